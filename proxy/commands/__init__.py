@@ -1,0 +1,2 @@
+"""One module per `strangler` subcommand; each exposes `register(subparsers)` that adds its parser
+and sets `func=run`, where `run(args) -> int` returns the exit code."""
