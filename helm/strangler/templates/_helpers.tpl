@@ -52,15 +52,33 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
+{{/*
+The effective routes.yaml as JSON: `routesYaml` (verbatim text) when set, else `config`.
+Use as: $cfg := include "strangler.config" . | fromJson
+*/}}
+{{- define "strangler.config" -}}
+{{- if .Values.routesYaml -}}
+{{- $parsed := fromYaml .Values.routesYaml -}}
+{{- if hasKey $parsed "Error" -}}
+{{- fail (printf "strangler: routesYaml is not a YAML mapping: %s" (index $parsed "Error")) -}}
+{{- end -}}
+{{- toJson $parsed -}}
+{{- else -}}
+{{- toJson .Values.config -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The flags backend of routes.yaml; absent means file (the embedded default). */}}
 {{- define "strangler.backend" -}}
-{{- $flags := .Values.config.flags | default dict -}}
+{{- $cfg := include "strangler.config" . | fromJson -}}
+{{- $flags := $cfg.flags | default dict -}}
 {{- $flags.backend | default "file" -}}
 {{- end -}}
 
 {{/* The Unleash section of routes.yaml, or an empty dict. */}}
 {{- define "strangler.unleashEnv" -}}
-{{- $flags := .Values.config.flags | default dict -}}
+{{- $cfg := include "strangler.config" . | fromJson -}}
+{{- $flags := $cfg.flags | default dict -}}
 {{- $u := $flags.unleash | default dict -}}
 {{- dict "token" ($u.token_env | default "UNLEASH_API_TOKEN") "admin" ($u.admin_token_env | default "UNLEASH_ADMIN_TOKEN") | toJson -}}
 {{- end -}}
@@ -101,7 +119,8 @@ seconds. Call with (list "config.limits.drain_timeout" $value).
 {{- end -}}
 
 {{- define "strangler.drainSeconds" -}}
-{{- $limits := .Values.config.limits | default dict -}}
+{{- $cfg := include "strangler.config" . | fromJson -}}
+{{- $limits := $cfg.limits | default dict -}}
 {{- include "strangler.seconds" (list "config.limits.drain_timeout" ($limits.drain_timeout | default "30s")) -}}
 {{- end -}}
 
@@ -131,24 +150,26 @@ config, so `helm template`, `install` and `upgrade` all stop with the same messa
 {{- if and (eq $backend "file") .Values.autoscaling.enabled -}}
 {{- fail "strangler: autoscaling.enabled needs config.flags.backend: unleash. With the file backend (the default) every replica keeps its own weights and rollbacks, so replicas would split traffic differently and a rollback would reach only one pod. Set config.flags.backend: unleash (and config.gate.metrics: prometheus), or disable autoscaling." -}}
 {{- end -}}
-{{- $admin := .Values.config.admin | default dict -}}
+{{- $cfg := include "strangler.config" . | fromJson -}}
+{{- $admin := $cfg.admin | default dict -}}
 {{- $adminHost := include "strangler.host" ($admin.listen | default "127.0.0.1:9901") -}}
 {{- if or (eq $adminHost "localhost" "::1") (hasPrefix "127." $adminHost) -}}
 {{- fail (printf "strangler: config.admin.listen %q is loopback; in a pod it must listen on the pod IP (e.g. 0.0.0.0:9901) so kubelet probes and Prometheus reach /readyz, /healthz and /metrics" ($admin.listen | default "127.0.0.1:9901")) -}}
 {{- end -}}
-{{- $stateDir := toString (.Values.config.state_dir | default "") -}}
+{{- $stateDir := toString ($cfg.state_dir | default "") -}}
 {{- if not (hasPrefix "/" $stateDir) -}}
 {{- fail (printf "strangler: config.state_dir %q must be an absolute path in a pod (the chart mounts a writable volume there; the root filesystem is read-only)" $stateDir) -}}
 {{- end -}}
 {{- if and (eq $backend "unleash") (not .Values.secret.existingSecret) (not .Values.secret.unleashApiToken) -}}
 {{- fail "strangler: config.flags.backend: unleash needs an Unleash client token: set secret.unleashApiToken, or secret.existingSecret with that key" -}}
 {{- end -}}
-{{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) -}}
-{{- fail "strangler: set only one of podDisruptionBudget.maxUnavailable and podDisruptionBudget.minAvailable (null the other)" -}}
-{{- end -}}
 {{- end -}}
 
 {{/* routes.yaml as it is written into the ConfigMap (also the input of the checksum). */}}
 {{- define "strangler.routesYaml" -}}
+{{- if .Values.routesYaml -}}
+{{ .Values.routesYaml }}
+{{- else -}}
 {{ toYaml .Values.config }}
+{{- end -}}
 {{- end -}}
