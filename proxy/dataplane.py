@@ -1,0 +1,993 @@
+"""The request path: an asyncio protocol per client connection, httptools' C parser both ways.
+
+Flow of one request (an `Exchange`): parse head -> canonical path -> route lookup on the current
+table generation -> split -> re-serialised head to a pooled upstream connection -> body streamed
+with flow control both ways -> response re-framed to the client -> stats, access log, shadow offer.
+Nothing on this path allocates per route or compiles anything; the table did that at load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import random
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import httptools
+
+from proxy.headers import (
+    FORWARDED_HEADERS,
+    HOP_BY_HOP,
+    NEVER_DROPPED_BY_CONNECTION,
+    connection_tokens,
+    has_header_injection,
+)
+from proxy.paths import BadPath, canonical_path
+from proxy.recorder import Recorder
+from proxy.spec import IDEMPOTENT_METHODS, Config, LimitsSpec
+from proxy.split import choose_target
+from proxy.table import CompiledRoute, RouteTable, cookie_value
+from proxy.upstream import (
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimeout,
+)
+
+REASONS = {
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+_IDEMPOTENT = frozenset(m.encode() for m in IDEMPOTENT_METHODS)
+_REPLAY_LIMIT = 64 * 1024
+_DEFAULT_ROUTE = "_default"
+_VALID_REQUEST_ID = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:"
+)
+
+
+class Reject(Exception):
+    """Refuse the request being parsed with `status` and close the connection."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_body(status: int, code: str, message: str, request_id: str | None) -> bytes:
+    return json.dumps(
+        {"error": code, "detail": message, "status": status, "request_id": request_id},
+        separators=(",", ":"),
+    ).encode()
+
+
+def _new_request_id() -> str:
+    return os.urandom(12).hex()
+
+
+class ShadowHook:
+    """What the data plane needs from shadowing; `None` on the plane means no shadowing."""
+
+    def wants(self, route: CompiledRoute, method: bytes, served_by_target: bool) -> bool:
+        raise NotImplementedError
+
+    def offer(self, exchange: Exchange) -> None:
+        raise NotImplementedError
+
+
+class DataPlane:
+    def __init__(
+        self,
+        recorder: Recorder,
+        access_log: Callable[[dict], None] | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.recorder = recorder
+        self.access_log = access_log
+        self.rand = rand
+        self.table: RouteTable | None = None
+        self.config: Config | None = None
+        self.limits = LimitsSpec()
+        self.pools: dict[str, UpstreamPool] = {}
+        self.default_pool: UpstreamPool | None = None
+        self.trusted: tuple[Any, ...] = ()
+        self.connections: set[ClientConnection] = set()
+        self.tasks: set[asyncio.Task] = set()
+        self.servers: list[asyncio.AbstractServer] = []
+        self.draining = False
+        self.shadow: ShadowHook | None = None
+        self._sweeper: asyncio.Task | None = None
+        self.now = time.monotonic
+
+    # -- configuration -------------------------------------------------------------------
+    def install(self, table: RouteTable) -> None:
+        """Swap in a new table generation; in-flight exchanges keep the routes they matched."""
+        config = table.config
+        old = self.pools
+        pools: dict[str, UpstreamPool] = {}
+        for name, spec in config.upstreams.items():
+            pool = old.get(name)
+            pools[name] = pool if pool is not None and pool.spec == spec else UpstreamPool(spec)
+        for name, pool in old.items():
+            if pools.get(name) is not pool:
+                pool.close()
+        self.pools = pools
+        self.default_pool = pools[config.default_upstream]
+        self.limits = config.limits
+        self.trusted = config.trusted_proxies
+        self.config = config
+        self.table = table  # one assignment: the new generation is live
+
+    # -- lifetime ------------------------------------------------------------------------
+    async def listen(self, host: str, port: int, reuse_port: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: ClientConnection(self), host, port, reuse_port=reuse_port, backlog=2048
+        )
+        self.servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep())
+
+    def bound_port(self) -> int:
+        return self.servers[0].sockets[0].getsockname()[1]
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _sweep(self) -> None:
+        """One timer for every connection: header, body-idle, keep-alive and upstream timeouts."""
+        while True:
+            await asyncio.sleep(0.1)
+            now = self.now()
+            for conn in list(self.connections):
+                conn.check_deadlines(now)
+
+    async def drain(self, timeout: float) -> int:
+        """Stop accepting, finish in-flight exchanges up to `timeout`; returns how many were cut."""
+        self.draining = True
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.drain()
+        deadline = self.now() + timeout
+        while self.connections and self.now() < deadline:
+            await asyncio.sleep(0.05)
+        cut = len(self.connections)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for task in list(self.tasks):
+            task.cancel()
+        for pool in self.pools.values():
+            pool.close()
+        return cut
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.peer_trusted = False
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._hbytes = 0
+        self.cur: Exchange | None = None
+        self.parsing: Exchange | None = None
+        self.queue: deque[Exchange] = deque()
+        self.closing = False
+        self.upgraded = False  # parser stopped at an Upgrade; close after this exchange
+        self.tunnel: Any = None
+        # deadlines (monotonic seconds); 0 = none
+        self.header_deadline = 0.0
+        self.idle_deadline = 0.0
+        self.in_headers = False
+        self.write_paused = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        plane = self.plane
+        plane.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        if plane.trusted and self.peer:
+            try:
+                ip = ipaddress.ip_address(self.peer)
+                self.peer_trusted = any(ip in net for net in plane.trusted)
+            except ValueError:
+                self.peer_trusted = False
+        self.idle_deadline = plane.now() + plane.limits.header_timeout
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_client(data)
+            return
+        if self.closing and self.cur is None:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._on_upgrade(data, exc)
+        except Reject as exc:
+            self.reject(exc.status, exc.code, exc.message)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, Reject):
+                self.reject(cause.status, cause.code, cause.message)
+            else:
+                self.reject(400, "bad_request", "malformed request")
+        except httptools.HttpParserInvalidMethodError:
+            self.reject(400, "bad_request", "invalid method")
+        except httptools.HttpParserInvalidURLError:
+            self.reject(400, "bad_request", "invalid request target")
+        except httptools.HttpParserError as exc:
+            msg = str(exc)
+            if "Content-Length" in msg and "Transfer-Encoding" in msg:
+                self.reject(400, "ambiguous_framing", "Content-Length with Transfer-Encoding")
+            else:
+                self.reject(400, "bad_request", f"malformed request: {msg}")
+
+    def eof_received(self) -> bool | None:
+        # Half-close from the client: keep sending the response in flight, then close.
+        if self.cur is None:
+            return None
+        self.closing = True
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.plane.connections.discard(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+        ex = self.cur
+        self.cur = None
+        if ex is not None:
+            ex.client_gone()
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self.cur
+        if ex is not None and ex.up is not None and ex.up.transport is not None:
+            ex.up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.cur
+        if ex is not None and ex.up is not None and ex.up.transport is not None:
+            ex.up.transport.resume_reading()
+
+    # -- httptools callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._hbytes = 0
+        self.in_headers = True
+        self.idle_deadline = 0.0
+        self.header_deadline = self.plane.now() + self.plane.limits.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.plane.limits.max_request_line:
+            raise Reject(414, "uri_too_long", "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._hbytes += len(name) + len(value) + 4
+        limits = self.plane.limits
+        if self._hbytes > limits.max_header_bytes or len(self._headers) >= limits.max_headers:
+            raise Reject(431, "headers_too_large", "request headers too large")
+        if b"_" in name:
+            raise Reject(400, "bad_header", "underscore in a header name")
+        if b"\x00" in value:
+            raise Reject(400, "bad_header", "NUL in a header value")
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_headers = False
+        self.header_deadline = 0.0
+        ex = Exchange.from_head(self, self.parser.get_method(), self._url, self._headers)
+        self.parsing = ex
+        if self.cur is None:
+            self.cur = ex
+            ex.start()
+        else:
+            self.queue.append(ex)
+            if self.transport is not None:
+                self.transport.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is not None:
+            ex.on_client_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        if ex is not None:
+            ex.on_client_done()
+
+    # -- exchange bookkeeping ------------------------------------------------------------
+    def exchange_finished(self, ex: Exchange) -> None:
+        if self.cur is not ex:
+            return
+        self.cur = None
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if not ex.keep_alive or self.closing or self.upgraded or self.plane.draining:
+            if self.parsing is None or self.parsing is ex:
+                t.close()
+                return
+        if self.queue:
+            nxt = self.queue.popleft()
+            self.cur = nxt
+            if not self.queue:
+                t.resume_reading()
+            nxt.start()
+            return
+        self.idle_deadline = self.plane.now() + max(self.plane.limits.header_timeout, 60.0)
+
+    def reject(self, status: int, code: str, message: str, request_id: str | None = None) -> None:
+        """Answer a request the proxy refuses and close the connection."""
+        t = self.transport
+        self.closing = True
+        if t is None or t.is_closing():
+            return
+        if self.cur is not None and self.cur.response_started:
+            t.close()
+            return
+        rid = request_id or _new_request_id()
+        body = error_body(status, code, message, rid)
+        t.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"x-request-id: %s\r\nconnection: close\r\n\r\n%s"
+            % (status, REASONS.get(status, b"Error"), len(body), rid.encode(), body)
+        )
+        t.close()
+        rec = self.plane.recorder
+        route = self.cur.route.name if self.cur is not None and self.cur.route else _DEFAULT_ROUTE
+        rec.request(route, 0, "proxy", status, 0.0)
+        if self.cur is not None:
+            self.cur.abandon()
+
+    def check_deadlines(self, now: float) -> None:
+        if self.header_deadline and now > self.header_deadline and self.in_headers:
+            self.reject(408, "request_timeout", "request headers not received in time")
+            return
+        if self.idle_deadline and now > self.idle_deadline and self.cur is None:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        ex = self.cur
+        if ex is not None:
+            ex.check_deadlines(now)
+
+    def drain(self) -> None:
+        self.closing = True
+        if self.cur is None and not self.in_headers and self.transport is not None:
+            self.transport.close()
+
+    def _on_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
+        self.upgraded = True
+        ex = self.parsing or self.cur
+        offset = exc.args[0] if exc.args else len(data)
+        rest = data[offset:]
+        if ex is not None and ex.is_tunnel:
+            ex.tunnel_early_bytes(rest)
+        # A non-tunnelled upgrade request is answered as a plain request; the connection closes
+        # after it because the parser stops at the upgrade.
+        if ex is not None and not ex.client_done:
+            ex.on_client_done()
+
+
+class Exchange:
+    """One request/response on a client connection."""
+
+    __slots__ = (
+        "backend",
+        "body_mode",
+        "client_done",
+        "conn",
+        "head_only",
+        "head_without_framing",
+        "head_deadline",
+        "is_tunnel",
+        "keep_alive",
+        "method",
+        "path",
+        "pending",
+        "plane",
+        "pool",
+        "query",
+        "replay",
+        "replay_size",
+        "req_body_size",
+        "request_id",
+        "resp_body",
+        "resp_chunked",
+        "resp_headers",
+        "resp_size",
+        "response_started",
+        "retried",
+        "route",
+        "shadow_wanted",
+        "start",
+        "status",
+        "step",
+        "sticky_key",
+        "target_failed",
+        "discarding",
+        "up",
+        "version_10",
+        "done",
+        "req_headers",
+        "tunnel_pending",
+        "last_body_at",
+        "declared_length",
+    )
+
+    def __init__(self) -> None:
+        self.up = None
+        self.pending: list[bytes] | None = []
+        self.replay: list[bytes] | None = []
+        self.replay_size = 0
+        self.req_body_size = 0
+        self.client_done = False
+        self.response_started = False
+        self.resp_chunked = False
+        self.resp_body: list[bytes] | None = None
+        self.resp_size = 0
+        self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.status = 0
+        self.retried = False
+        self.target_failed = False
+        self.discarding = False
+        self.done = False
+        self.head_deadline = 0.0
+        self.tunnel_pending = b""
+        self.last_body_at = 0.0
+        self.declared_length: int | None = None
+        self.is_tunnel = False
+
+    # -- head ----------------------------------------------------------------------------
+    @classmethod
+    def from_head(
+        cls, conn: ClientConnection, method: bytes, url: bytes, raw: list[tuple[bytes, bytes]]
+    ) -> Exchange:
+        ex = cls()
+        plane = conn.plane
+        ex.conn = conn
+        ex.plane = plane
+        ex.start = plane.now()
+        ex.method = method
+        ex.head_only = method == b"HEAD"
+        parser = conn.parser
+        ex.version_10 = parser.get_http_version() == "1.0"
+        ex.keep_alive = parser.should_keep_alive()
+        if parser.get_http_version() not in ("1.1", "1.0"):
+            raise Reject(505, "http_version", "only HTTP/1.0 and HTTP/1.1 are supported")
+
+        # Lower-case names once; collect what routing and framing need.
+        lowered: list[tuple[bytes, bytes, bytes]] = []
+        hdict: dict[bytes, bytes] = {}
+        conn_tokens: set[bytes] = set()
+        te = cl = host = None
+        for name, value in raw:
+            lname = name.lower()
+            lowered.append((lname, name, value))
+            if lname == b"connection":
+                conn_tokens |= connection_tokens(value)
+            elif lname == b"content-length":
+                if cl is not None and cl != value:
+                    raise Reject(400, "ambiguous_framing", "conflicting Content-Length headers")
+                cl = value
+            elif lname == b"transfer-encoding":
+                if te is not None:
+                    raise Reject(400, "ambiguous_framing", "repeated Transfer-Encoding")
+                te = value
+            elif lname == b"host":
+                if host is not None:
+                    raise Reject(400, "bad_request", "repeated Host header")
+                host = value
+            hdict[lname] = value
+        if te is not None and cl is not None:
+            raise Reject(400, "ambiguous_framing", "Content-Length with Transfer-Encoding")
+        if te is not None:
+            if te.strip().lower() != b"chunked":
+                raise Reject(501, "unsupported_transfer_encoding", "only chunked is supported")
+            ex.body_mode = 2
+        elif cl is not None:
+            if not cl.isdigit():
+                raise Reject(400, "ambiguous_framing", "invalid Content-Length")
+            ex.declared_length = int(cl)
+            ex.body_mode = 1 if ex.declared_length > 0 else 0
+            if ex.declared_length > plane.limits.max_body:
+                raise Reject(413, "body_too_large", "request body exceeds the configured limit")
+        else:
+            ex.body_mode = 0
+        if host is None and not ex.version_10:
+            raise Reject(400, "bad_request", "missing Host header")
+
+        # Request target: origin-form, or absolute-form whose authority must match Host.
+        if url[:1] != b"/":
+            if url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
+                parsed = httptools.parse_url(url)
+                authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+                if host is not None and authority.lower() != host.lower():
+                    raise Reject(400, "bad_request", "absolute-form target disagrees with Host")
+                url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+            else:
+                raise Reject(400, "bad_request", "request target must be origin-form")
+        if b"#" in url:
+            raise Reject(400, "bad_request", "fragment in request target")
+        path, _, query = url.partition(b"?")
+        try:
+            ex.path = canonical_path(path)
+        except BadPath as exc:
+            raise Reject(400, "bad_path", str(exc)) from None
+        ex.query = query if _ else None
+
+        rid = hdict.get(b"x-request-id")
+        if rid and len(rid) <= 128 and all(c in _VALID_REQUEST_ID for c in rid):
+            ex.request_id = rid.decode()
+        else:
+            ex.request_id = _new_request_id()
+
+        # Route and split on the generation current at this moment.
+        table = plane.table
+        route = table.match(method, ex.path, hdict) if table is not None else None
+        ex.route = route
+        to_target = False
+        if route is not None:
+            state = route.state
+            ex.step = state.step
+            key: bytes | None = None
+            if route.sticky_header is not None:
+                key = hdict.get(route.sticky_header)
+            elif route.sticky_cookie is not None:
+                cookie = hdict.get(b"cookie")
+                key = cookie_value(cookie, route.sticky_cookie) if cookie else None
+            ex.sticky_key = key
+            to_target = choose_target(state.weight_bp, route.hasher, key, plane.rand)
+            ex.backend = "target" if to_target else "legacy"
+            ex.pool = plane.pools[route.spec.target if to_target else route.spec.legacy]
+            shadow = plane.shadow
+            ex.shadow_wanted = (
+                shadow is not None
+                and b"x-strangler-shadow" not in hdict
+                and shadow.wants(route, method, to_target)
+            )
+        else:
+            ex.step = 0
+            ex.sticky_key = None
+            ex.backend = "legacy"
+            ex.pool = plane.default_pool
+            ex.shadow_wanted = False
+        if not ex.shadow_wanted and ex.body_mode and not (
+            route is not None and route.spec.fallback_to_legacy and method in _IDEMPOTENT
+        ):
+            ex.replay = None
+
+        # Headers to forward: drop hop-by-hop, Connection-named and untrusted forwarding ones.
+        drop = conn_tokens - NEVER_DROPPED_BY_CONNECTION
+        trusted = conn.peer_trusted
+        out: list[tuple[bytes, bytes]] = []
+        for lname, name, value in lowered:
+            if lname in HOP_BY_HOP or lname in drop:
+                if lname == b"te" and value.strip().lower() == b"trailers":
+                    out.append((name, value))
+                continue
+            if lname in FORWARDED_HEADERS and not trusted:
+                continue
+            if lname == b"x-forwarded-for" or lname == b"x-request-id":
+                continue
+            out.append((name, value))
+        ex.req_headers = out
+        xff = conn.peer.encode()
+        if trusted and b"x-forwarded-for" in hdict:
+            xff = hdict[b"x-forwarded-for"] + b", " + xff
+        out.append((b"x-forwarded-for", xff))
+        if not (trusted and b"x-forwarded-proto" in hdict):
+            out.append((b"x-forwarded-proto", b"http"))
+        if host is not None and not (trusted and b"x-forwarded-host" in hdict):
+            out.append((b"x-forwarded-host", host))
+        out.append((b"x-request-id", ex.request_id.encode()))
+        if ex.is_tunnel:
+            out.append((b"connection", b"upgrade"))
+            out.append((b"upgrade", hdict.get(b"upgrade", b"websocket")))
+        if ex.body_mode == 1:
+            out.append((b"content-length", cl))  # type: ignore[arg-type]
+        elif ex.body_mode == 2:
+            out.append((b"transfer-encoding", b"chunked"))
+        ex.head_without_framing = None
+        if hdict.get(b"expect", b"").lower() == b"100-continue" and ex.body_mode and conn.transport:
+            conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return ex
+
+    def upstream_head(self) -> bytes:
+        target = self.pool.spec.base_path.encode() + self.path
+        if self.query is not None:
+            target += b"?" + self.query
+        parts = [self.method, b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in self.req_headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    # -- request side --------------------------------------------------------------------
+    def start(self) -> None:
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        conn = self.pool.acquire_nowait()
+        if conn is not None:
+            self.attach(conn)
+        else:
+            self.plane.spawn(self._connect(self.pool))
+
+    async def _connect(self, pool: UpstreamPool) -> None:
+        try:
+            conn = await pool.acquire()
+        except UpstreamError as exc:
+            if not self.done:
+                self.upstream_failed(exc, pool)
+            return
+        if self.done or pool is not self.pool:
+            pool.release(conn)
+            return
+        self.attach(conn)
+
+    def attach(self, up: Any) -> None:
+        self.up = up
+        self.head_deadline = self.plane.now() + self.pool.spec.timeout
+        up.send(self, self.upstream_head(), self.head_only)
+        pending = self.pending
+        self.pending = None
+        t = up.transport
+        if pending:
+            for chunk in pending:
+                self._write_body(t, chunk)
+            if self.conn.transport is not None and not self.conn.queue:
+                self.conn.transport.resume_reading()
+        elif self.replay and self.retried:
+            for chunk in self.replay:
+                self._write_body(t, chunk)
+        if self.client_done and self.body_mode == 2:
+            t.write(b"0\r\n\r\n")
+        if self.is_tunnel and self.tunnel_pending:
+            t.write(self.tunnel_pending)
+            self.tunnel_pending = b""
+
+    def _write_body(self, t: Any, chunk: bytes) -> None:
+        if self.body_mode == 2:
+            t.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            t.write(chunk)
+
+    def on_client_body(self, chunk: bytes) -> None:
+        self.req_body_size += len(chunk)
+        self.last_body_at = self.plane.now()
+        if self.req_body_size > self.plane.limits.max_body:
+            raise Reject(413, "body_too_large", "request body exceeds the configured limit")
+        replay = self.replay
+        if replay is not None:
+            self.replay_size += len(chunk)
+            if self.replay_size <= _REPLAY_LIMIT or (
+                self.shadow_wanted and self.replay_size <= self.route.spec.shadow.max_body
+            ):
+                replay.append(chunk)
+            else:
+                self.replay = None
+        if self.pending is not None:
+            self.pending.append(chunk)
+            if len(self.pending) > 16 and self.conn.transport is not None:
+                self.conn.transport.pause_reading()  # resumed by attach via flow control
+        elif self.up is not None and self.up.transport is not None and not self.done:
+            self._write_body(self.up.transport, chunk)
+
+    def on_client_done(self) -> None:
+        self.client_done = True
+        self.last_body_at = 0.0
+        if self.body_mode == 2 and self.up is not None and self.pending is None and not self.done:
+            self.up.transport.write(b"0\r\n\r\n")
+
+    def tunnel_early_bytes(self, data: bytes) -> None:
+        self.tunnel_pending += data
+
+    # -- response side -------------------------------------------------------------------
+    def _fallback_eligible(self) -> bool:
+        route = self.route
+        return (
+            self.backend == "target"
+            and not self.retried
+            and route is not None
+            and route.spec.fallback_to_legacy
+            and self.method in _IDEMPOTENT
+            and self.client_done
+            and (self.body_mode == 0 or self.replay is not None)
+            and not self.response_started
+        )
+
+    def on_upstream_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], chunked: bool,
+        length: int | None,
+    ) -> None:
+        self.head_deadline = 0.0
+        if status >= 500 and self._fallback_eligible():
+            self.discarding = True
+            self.status = status
+            return
+        self.status = status
+        conn = self.conn
+        if conn.transport is None or conn.transport.is_closing():
+            return
+        drop: set[bytes] = set()
+        for name, value in headers:
+            if name.lower() == b"connection":
+                drop |= connection_tokens(value)
+        drop -= NEVER_DROPPED_BY_CONNECTION
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, reason.replace(b"\r", b"").replace(b"\n", b""))]
+        has_rid = False
+        kept: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP or lname in drop:
+                if self.is_tunnel and status == 101 and lname in (b"upgrade", b"connection"):
+                    out += (name, b": ", value, b"\r\n")
+                continue
+            if lname == b"x-request-id":
+                has_rid = True
+            kept.append((lname, value))
+            out += (name, b": ", value, b"\r\n")
+        self.resp_headers = kept
+        if not has_rid:
+            out.append(b"x-request-id: %s\r\n" % self.request_id.encode())
+        if self.is_tunnel and status == 101:
+            out.append(b"\r\n")
+            self.response_started = True
+            conn.transport.write(b"".join(out))
+            return
+        if self.head_only or status in (204, 304):
+            if length is not None:
+                out.append(b"content-length: %d\r\n" % length)
+        elif length is not None:
+            out.append(b"content-length: %d\r\n" % length)
+        elif self.version_10:
+            self.keep_alive = False
+        else:
+            self.resp_chunked = True
+            out.append(b"transfer-encoding: chunked\r\n")
+        if not self.keep_alive or conn.closing or self.plane.draining:
+            self.keep_alive = False
+            out.append(b"connection: close\r\n")
+        elif self.version_10:
+            out.append(b"connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        self.response_started = True
+        if self.shadow_wanted:
+            self.resp_body = []
+        conn.transport.write(b"".join(out))
+
+    def on_upstream_body(self, data: bytes) -> None:
+        if self.discarding:
+            return
+        self.resp_size += len(data)
+        t = self.conn.transport
+        if t is None:
+            return
+        if self.resp_chunked:
+            t.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            t.write(data)
+        body = self.resp_body
+        if body is not None:
+            if self.resp_size <= self.route.spec.shadow.max_body:
+                body.append(data)
+            else:
+                self.resp_body = None
+                self.plane.recorder.shadow_skipped(self.route.name, "body_too_large")
+                self.shadow_wanted = False
+
+    def on_upstream_done(self, reusable: bool) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            if reusable and not self.is_tunnel:
+                self.pool.release(up)
+            else:
+                self.pool.discard(up)
+        if self.discarding:
+            self.discarding = False
+            self._record(self.status, self.backend)
+            self._fallback()
+            return
+        if self.resp_chunked and self.conn.transport is not None:
+            self.conn.transport.write(b"0\r\n\r\n")
+        self.finish()
+
+    def on_upstream_lost(self, exc: UpstreamError) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            self.pool.forget(up)
+        self.upstream_failed(exc, self.pool, reused=bool(up is not None and up.reused
+                                                         and not up.got_bytes))
+
+    def upstream_failed(self, exc: UpstreamError, pool: UpstreamPool, reused: bool = False) -> None:
+        if self.done:
+            return
+        self.head_deadline = 0.0
+        if self.response_started and not self.discarding:
+            # Mid-body failure: the client must see a truncated response, never a clean one.
+            self.plane.recorder.upstream_error(pool.spec.name, exc.kind)
+            self.keep_alive = False
+            if self.conn.transport is not None:
+                self.conn.transport.abort()
+            self.finish(aborted=True)
+            return
+        replayable = self.client_done and (self.body_mode == 0 or self.replay is not None)
+        if reused and replayable and not self.retried and not self.discarding:
+            # A pooled keep-alive connection the upstream had already closed: retry once.
+            self.retried = True
+            self.pending = None
+            self.dispatch()
+            return
+        self.plane.recorder.upstream_error(pool.spec.name, exc.kind)
+        if self._fallback_eligible() or self.discarding:
+            self.discarding = False
+            status = 504 if isinstance(exc, UpstreamTimeout) else 502
+            self._record(status, self.backend)
+            self._fallback()
+            return
+        if isinstance(exc, UpstreamTimeout):
+            self.respond_error(504, "upstream_timeout", str(exc))
+        else:
+            self.respond_error(502, "upstream_unavailable", str(exc))
+
+    def _fallback(self) -> None:
+        """Retry once on legacy; the target's failure has been recorded already."""
+        route = self.route
+        self.target_failed = True
+        self.retried = True
+        self.backend = "legacy"
+        self.pool = self.plane.pools[route.spec.legacy]
+        self.start = self.plane.now()
+        self.pending = None
+        self.dispatch()
+
+    def _record(self, status: int, backend: str) -> None:
+        route = self.route
+        self.plane.recorder.request(
+            route.name if route is not None else _DEFAULT_ROUTE,
+            self.step,
+            backend,
+            status,
+            self.plane.now() - self.start,
+        )
+
+    def respond_error(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        t = self.conn.transport
+        if t is not None and not t.is_closing() and not self.response_started:
+            body = error_body(status, code, message, self.request_id)
+            close = not self.keep_alive or self.conn.closing or not self.client_done
+            if close:
+                self.keep_alive = False
+            t.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"x-request-id: %s\r\n%s\r\n%s"
+                % (
+                    status,
+                    REASONS[status],
+                    len(body),
+                    self.request_id.encode(),
+                    b"connection: close\r\n" if close else b"",
+                    body,
+                )
+            )
+            self.response_started = True
+        self.finish()
+
+    def check_deadlines(self, now: float) -> None:
+        if self.head_deadline and now > self.head_deadline and not self.done:
+            self.head_deadline = 0.0
+            up, self.up = self.up, None
+            if up is not None:
+                self.pool.discard(up)
+            self.upstream_failed(
+                UpstreamTimeout(f"{self.pool.spec.name} sent no response headers within "
+                                f"{self.pool.spec.timeout:g}s"),
+                self.pool,
+            )
+        elif (
+            self.last_body_at
+            and not self.client_done
+            and now - self.last_body_at > self.plane.limits.body_idle_timeout
+        ):
+            self.conn.reject(408, "request_timeout", "request body stalled", self.request_id)
+
+    def finish(self, aborted: bool = False) -> None:
+        if self.done:
+            return
+        self.done = True
+        plane = self.plane
+        route = self.route
+        route_name = route.name if route is not None else _DEFAULT_ROUTE
+        duration = plane.now() - self.start
+        plane.recorder.request(route_name, self.step, self.backend, self.status, duration)
+        log = plane.access_log
+        if log is not None:
+            log(
+                {
+                    "request_id": self.request_id,
+                    "route": route_name,
+                    "backend": self.backend,
+                    "upstream": self.pool.spec.name,
+                    "method": self.method.decode("latin-1"),
+                    "path": self.path.decode("latin-1"),
+                    "status": self.status,
+                    "duration_ms": round(duration * 1000, 3),
+                    "fallback": self.target_failed,
+                }
+            )
+        if self.shadow_wanted and not aborted and plane.shadow is not None:
+            plane.shadow.offer(self)
+        self.resp_body = None
+        self.conn.exchange_finished(self)
+
+    def client_gone(self) -> None:
+        if self.done:
+            return
+        up, self.up = self.up, None
+        if up is not None:
+            self.pool.discard(up)
+        self.status = 499
+        self.shadow_wanted = False
+        self.finish(aborted=True)
+
+    def abandon(self) -> None:
+        """The connection refused this request mid-way: drop the upstream side, no response."""
+        if self.done:
+            return
+        self.done = True
+        up, self.up = self.up, None
+        if up is not None:
+            self.pool.discard(up)
+
+    # -- flow control from the upstream connection ---------------------------------------
+    def upstream_pause_writing(self) -> None:
+        t = self.conn.transport
+        if t is not None:
+            t.pause_reading()
+
+    def upstream_resume_writing(self) -> None:
+        t = self.conn.transport
+        if t is not None and not self.conn.queue:
+            t.resume_reading()

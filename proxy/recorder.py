@@ -1,0 +1,114 @@
+"""Per-process request statistics, recorded on the hot path and shipped as deltas.
+
+The data plane only increments plain dict counters here (no locks, no label lookups); every
+~200 ms the delta is taken and merged into the control plane's `Aggregator` (in-process, or over
+the worker channel with `--workers N`). Keys carry the route's weight *step*, so the gate can
+judge each step on the requests recorded under it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+# Fine latency buckets: 50 µs * 2**(i/4), i = 0..87 (about 100 s), plus overflow.
+LAT_BASE = 50e-6
+LAT_STEPS_PER_OCTAVE = 4
+LAT_BUCKETS = 88
+LAT_BOUNDS = tuple(LAT_BASE * 2 ** (i / LAT_STEPS_PER_OCTAVE) for i in range(LAT_BUCKETS))
+_LOG_BASE = math.log2(LAT_BASE)
+
+
+def latency_index(seconds: float) -> int:
+    """Index of the first bound >= seconds (LAT_BUCKETS = overflow)."""
+    if seconds <= LAT_BASE:
+        return 0
+    i = math.ceil((math.log2(seconds) - _LOG_BASE) * LAT_STEPS_PER_OCTAVE - 1e-9)
+    return i if i < LAT_BUCKETS else LAT_BUCKETS
+
+
+def quantile(counts: list[int], q: float) -> float | None:
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, c in enumerate(counts):
+        seen += c
+        if seen >= rank and c:
+            return LAT_BOUNDS[i] if i < LAT_BUCKETS else LAT_BOUNDS[-1] * 2
+    return LAT_BOUNDS[-1] * 2
+
+
+@dataclass(slots=True)
+class Delta:
+    # (route, step, backend, code) -> count
+    requests: dict[tuple[str, int, str, int], int] = field(default_factory=dict)
+    # (route, step, backend) -> fine histogram counts
+    latency: dict[tuple[str, int, str], list[int]] = field(default_factory=dict)
+    # (upstream, kind) -> count
+    upstream_errors: dict[tuple[str, str], int] = field(default_factory=dict)
+    # (route, step, result) -> count; result match|mismatch|error
+    shadow: dict[tuple[str, int, str], int] = field(default_factory=dict)
+    # (route, reason) -> count
+    skipped: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def empty(self) -> bool:
+        return not (
+            self.requests or self.latency or self.upstream_errors or self.shadow or self.skipped
+        )
+
+    def to_wire(self) -> dict:
+        return {
+            "requests": [[*k, v] for k, v in self.requests.items()],
+            "latency": [[*k, v] for k, v in self.latency.items()],
+            "upstream_errors": [[*k, v] for k, v in self.upstream_errors.items()],
+            "shadow": [[*k, v] for k, v in self.shadow.items()],
+            "skipped": [[*k, v] for k, v in self.skipped.items()],
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict) -> Delta:
+        d = cls()
+        d.requests = {(r, s, b, c): n for r, s, b, c, n in data["requests"]}
+        d.latency = {(r, s, b): h for r, s, b, h in data["latency"]}
+        d.upstream_errors = {(u, k): n for u, k, n in data["upstream_errors"]}
+        d.shadow = {(r, s, x): n for r, s, x, n in data["shadow"]}
+        d.skipped = {(r, x): n for r, x, n in data["skipped"]}
+        return d
+
+
+class Recorder:
+    __slots__ = ("delta",)
+
+    def __init__(self) -> None:
+        self.delta = Delta()
+
+    def request(self, route: str, step: int, backend: str, code: int, seconds: float) -> None:
+        d = self.delta
+        key = (route, step, backend, code)
+        d.requests[key] = d.requests.get(key, 0) + 1
+        lkey = (route, step, backend)
+        hist = d.latency.get(lkey)
+        if hist is None:
+            hist = d.latency[lkey] = [0] * (LAT_BUCKETS + 1)
+        hist[latency_index(seconds)] += 1
+
+    def upstream_error(self, upstream: str, kind: str) -> None:
+        d = self.delta.upstream_errors
+        key = (upstream, kind)
+        d[key] = d.get(key, 0) + 1
+
+    def shadow_result(self, route: str, step: int, result: str) -> None:
+        d = self.delta.shadow
+        key = (route, step, result)
+        d[key] = d.get(key, 0) + 1
+
+    def shadow_skipped(self, route: str, reason: str) -> None:
+        d = self.delta.skipped
+        key = (route, reason)
+        d[key] = d.get(key, 0) + 1
+
+    def take(self) -> Delta:
+        delta, self.delta = self.delta, Delta()
+        return delta

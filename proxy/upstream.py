@@ -1,0 +1,299 @@
+"""Keep-alive connection pools to upstreams, on asyncio protocols with httptools' C parser.
+
+An `UpstreamConnection` carries one exchange at a time (no pipelining towards upstreams) and
+reports the response to its current `sink` (the data plane's exchange) through plain method
+calls: `on_upstream_head`, `on_upstream_body`, `on_upstream_done`, `on_upstream_lost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from typing import Any, Protocol
+
+import httptools
+
+from proxy.headers import has_header_injection
+from proxy.spec import UpstreamSpec
+
+
+class UpstreamError(Exception):
+    """An upstream could not give an answer. `kind` is the metric label."""
+
+    kind = "connect"
+
+
+class UpstreamConnectError(UpstreamError):
+    kind = "connect"
+
+
+class UpstreamTimeout(UpstreamError):
+    kind = "timeout"
+
+
+class UpstreamReset(UpstreamError):
+    kind = "reset"
+
+
+class UpstreamBadResponse(UpstreamError):
+    kind = "reset"
+
+
+class ResponseSink(Protocol):
+    def on_upstream_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], chunked: bool,
+        length: int | None,
+    ) -> None: ...
+    def on_upstream_body(self, data: bytes) -> None: ...
+    def on_upstream_done(self, reusable: bool) -> None: ...
+    def on_upstream_lost(self, exc: UpstreamError) -> None: ...
+    def upstream_pause_writing(self) -> None: ...
+    def upstream_resume_writing(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_chunked",
+        "_headers",
+        "_length",
+        "_in_body",
+        "_reason",
+        "got_bytes",
+        "head_only",
+        "parser",
+        "pool",
+        "reused",
+        "sink",
+        "transport",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.sink: Any = None
+        self.head_only = False
+        self.got_bytes = False
+        self.reused = False
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._chunked = False
+        self._length: int | None = None
+        self._in_body = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        if self.sink is None:  # bytes while idle: the upstream is confused; drop the connection
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            sink, self.sink = self.sink, None
+            self.transport.close()  # type: ignore[union-attr]
+            if sink is not None:
+                sink.on_upstream_lost(UpstreamBadResponse(f"invalid response: {exc}"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.forget(self)
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            # A close-delimited body ends with the connection: that is a complete response.
+            if self._awaiting_close_delimited():
+                sink.on_upstream_done(False)
+            else:
+                sink.on_upstream_lost(UpstreamReset("upstream closed the connection"))
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_resume_writing()
+
+    # -- httptools callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._reason = b""
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._headers = []  # interim responses are not forwarded
+            return
+        headers = self._headers
+        chunked = False
+        length: int | None = None
+        for name, value in headers:
+            if has_header_injection(value):
+                raise UpstreamBadResponse("control character in an upstream header")
+            lname = name.lower()
+            if lname == b"transfer-encoding":
+                chunked = True
+            elif lname == b"content-length":
+                if length is not None and length != int(value):
+                    raise UpstreamBadResponse("conflicting Content-Length from upstream")
+                length = int(value)
+        self._chunked = chunked
+        self._length = length
+        self._in_body = True
+        sink = self.sink
+        if sink is None:
+            return
+        sink.on_upstream_head(status, self._reason, headers, chunked, length)
+        if self.head_only or status in (204, 304):
+            # No body follows: finish now and use a fresh parser for the next response.
+            self.sink = None
+            self._in_body = False
+            self.parser = httptools.HttpResponseParser(self)
+            sink.on_upstream_done(True)
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink.on_upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            return
+        self._in_body = False
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.on_upstream_done(self.parser.should_keep_alive())
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _awaiting_close_delimited(self) -> bool:
+        return self._in_body and not self._chunked and self._length is None
+
+    def send(self, sink: Any, head: bytes, head_only: bool) -> None:
+        self.sink = sink
+        self.head_only = head_only
+        self.got_bytes = False
+        self._length = None
+        self._chunked = False
+        self._in_body = False
+        self.transport.write(head)  # type: ignore[union-attr]
+
+
+class UpstreamPool:
+    """Pooled keep-alive connections to one upstream, capped at `max_connections`."""
+
+    def __init__(self, spec: UpstreamSpec) -> None:
+        self.spec = spec
+        self.idle: list[UpstreamConnection] = []
+        self.total = 0
+        self.waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
+        self.closed = False
+        self.live: set[UpstreamConnection] = set()
+
+    def acquire_nowait(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            t = conn.transport
+            if t is not None and not t.is_closing():
+                conn.reused = True
+                return conn
+        return None
+
+    async def acquire(self) -> UpstreamConnection:
+        conn = self.acquire_nowait()
+        if conn is not None:
+            return conn
+        loop = asyncio.get_running_loop()
+        if self.total >= self.spec.max_connections:
+            fut: asyncio.Future[UpstreamConnection | None] = loop.create_future()
+            self.waiters.append(fut)
+            try:
+                got = await asyncio.wait_for(fut, self.spec.timeout)
+            except TimeoutError:
+                raise UpstreamTimeout("no free upstream connection in time") from None
+            finally:
+                if fut in self.waiters:
+                    self.waiters.remove(fut)
+            if got is not None:
+                got.reused = True
+                return got
+        self.total += 1
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: UpstreamConnection(self), self.spec.host, self.spec.port
+                ),
+                self.spec.connect_timeout,
+            )
+        except TimeoutError:
+            self.total -= 1
+            self._wake()
+            raise UpstreamConnectError(
+                f"connect to {self.spec.name} timed out after {self.spec.connect_timeout:g}s"
+            ) from None
+        except OSError as exc:
+            self.total -= 1
+            self._wake()
+            raise UpstreamConnectError(f"connect to {self.spec.name} failed: {exc.strerror or exc}")
+        self.live.add(conn)
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        t = conn.transport
+        if self.closed or t is None or t.is_closing():
+            self.discard(conn)
+            return
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(conn)
+                return
+        self.idle.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        if conn.transport is not None and not conn.transport.is_closing():
+            conn.sink = None
+            conn.transport.abort()
+        else:
+            self.forget(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        if conn in self.live:
+            self.live.discard(conn)
+            self.total -= 1
+            if conn in self.idle:
+                self.idle.remove(conn)
+            self._wake()
+
+    def _wake(self) -> None:
+        # A slot freed up: let one waiter open a new connection.
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    def close(self) -> None:
+        self.closed = True
+        for conn in list(self.idle):
+            if conn.transport is not None:
+                conn.transport.close()
+        self.idle.clear()
