@@ -1,0 +1,94 @@
+"""Value types shared by the mirror, the comparator, the noise model and the diff store.
+
+All are frozen: a comparison result is a fact about one request, never edited after the fact
+(the noise model returns a new `Comparison`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["KINDS", "Comparison", "Difference", "Exchange", "RequestRecord", "header_value"]
+
+# The closed set of difference kinds (Diffy's Difference types, flattened to field paths).
+KINDS = frozenset(
+    {
+        "status",  # HTTP status differs (path "status")
+        "value",  # same JSON type, different value
+        "type",  # different JSON types ("1" vs 1, null vs {})
+        "missing",  # in legacy, absent in target
+        "extra",  # absent in legacy, in target
+        "length",  # arrays of different sizes (values are the sizes)
+        "header",  # a compared header differs (path "header:NAME")
+        "body",  # non-JSON bodies differ as bytes (path "$")
+    }
+)
+
+
+def header_value(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
+    """All values of a (lower-case) header joined by ', ', or None when absent."""
+    vals = [v for k, v in headers if k == name]
+    return ", ".join(vals) if vals else None
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One upstream response as seen by the mirror. `truncated`: body cut at shadow.max_body."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]  # lower-case names, in order received
+    body: bytes
+    truncated: bool = False
+
+    def header(self, name: str) -> str | None:
+        return header_value(self.headers, name)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """The request as forwarded (path includes the query string)."""
+
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One difference at a field path; values are plain JSON values (already redacted)."""
+
+    path: str  # "$.items[3].amount", "$", "header:content-type", "status"
+    kind: str  # one of KINDS
+    legacy: object
+    target: object
+
+    def to_dict(self) -> dict[str, object]:
+        return {"path": self.path, "kind": self.kind, "legacy": self.legacy, "target": self.target}
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """The differences between legacy and target for one request.
+
+    `noise`: paths of differences judged noise (moved out by `NoiseModel.observe`).
+    `body_compared`: False when a body was over shadow.max_body (only status and headers compared).
+    `error`: set when the comparison itself could not be made; it then counts as neither match
+    nor mismatch.
+    """
+
+    differences: tuple[Difference, ...]
+    noise: tuple[str, ...] = ()
+    body_compared: bool = True
+    error: str | None = None
+
+    @property
+    def matched(self) -> bool:
+        return not self.differences and self.error is None
+
+    @property
+    def result(self) -> str:
+        """The `result` label of strangler_shadow_comparisons_total."""
+        if self.error is not None:
+            return "error"
+        return "mismatch" if self.differences else "match"
