@@ -11,6 +11,7 @@ line, so `strangler validate` and a rejected reload can show the whole list.
 from __future__ import annotations
 
 import difflib
+import gc
 import ipaddress
 import math
 import os
@@ -158,7 +159,15 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
     else:
         base = source.absolute().parent if source.is_file() else Path.cwd()
     walker = _Walker(file)
-    config = walker.config(text, source, base)
+    # Composing allocates a node per scalar and no garbage; the cyclic GC would rescan the
+    # growing tree over and over (5x the parse time for 10,000 routes), so it waits until the end.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        config = walker.config(text, source, base)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     if walker.problems or config is None:
         raise ConfigError(walker.problems)
     return config
