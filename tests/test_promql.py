@@ -1,0 +1,104 @@
+"""The Prometheus source's queries and failure modes that need no Prometheus.
+
+The source against a real Prometheus is in test_prometheus_source.py.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from aiohttp import web
+
+from proxy.spec import CheckSpec
+from shadow.promql import (
+    MetricsUnavailable,
+    PrometheusSource,
+    check_query,
+    comparisons_query,
+    label_value,
+    p99_query,
+    parse_result,
+    requests_query,
+)
+
+
+def test_request_queries_sum_every_replica_over_the_window() -> None:
+    assert requests_query("balance", "target", 300) == (
+        'sum(increase(strangler_requests_total{route="balance",backend="target"}[300s]))'
+    )
+    assert requests_query("balance", "legacy", 12.2, errors=True) == (
+        'sum(increase(strangler_requests_total{route="balance",backend="legacy",code=~"5.."}[13s]))'
+    )
+
+
+def test_p99_query_aggregates_buckets_by_le_before_the_quantile() -> None:
+    assert p99_query("balance", "target", 60) == (
+        "histogram_quantile(0.99, sum by (le) (increase("
+        'strangler_request_duration_seconds_bucket{route="balance",backend="target"}[60s])))'
+    )
+
+
+def test_mismatches_include_comparisons_that_errored() -> None:
+    assert 'result=~"mismatch|error"' in comparisons_query("r", 60, mismatched=True)
+    assert "result" not in comparisons_query("r", 60)
+
+
+def test_route_names_are_escaped_in_label_matchers() -> None:
+    assert label_value('we"ird\\name') == '"we\\"ird\\\\name"'
+
+
+def test_checks_may_use_the_steps_window() -> None:
+    q = "sum(increase(cost_total[$window])) / sum(increase(tx_total[$window]))"
+    assert check_query(q, 90) == "sum(increase(cost_total[90s])) / sum(increase(tx_total[90s]))"
+    assert check_query(q, None) == q
+
+
+def test_parse_result_reads_one_number_and_treats_empty_or_nan_as_no_data() -> None:
+    def vector(*values: str) -> dict:
+        result = [{"metric": {}, "value": [1.0, v]} for v in values]
+        return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+    assert parse_result("q", vector("1.5")) == 1.5
+    assert parse_result("q", vector()) is None
+    assert parse_result("q", vector("NaN")) is None
+    scalar = {"status": "success", "data": {"resultType": "scalar", "result": [1.0, "2"]}}
+    assert parse_result("q", scalar) == 2.0
+    with pytest.raises(MetricsUnavailable, match="returned 2 series; aggregate it"):
+        parse_result("q", vector("1", "2"))
+    with pytest.raises(MetricsUnavailable, match="parse error"):
+        parse_result("q", {"status": "error", "errorType": "bad_data", "error": "parse error"})
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_unreachable_prometheus_raises_metrics_unavailable() -> None:
+    url = f"http://127.0.0.1:{_closed_port()}"
+    async with PrometheusSource(url, timeout=2) as source:
+        with pytest.raises(MetricsUnavailable, match="unreachable"):
+            await source.query("up")
+        with pytest.raises(MetricsUnavailable):
+            await source.check(CheckSpec(name="c", query="up", max=1))
+
+
+async def test_a_url_that_is_not_prometheus_raises_metrics_unavailable() -> None:
+    async def not_found(request: web.Request) -> web.Response:
+        return web.Response(status=404, text="nope")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with PrometheusSource(f"http://127.0.0.1:{port}") as source:
+            with pytest.raises(MetricsUnavailable, match="HTTP 404"):
+                await source.query("up")
+    finally:
+        await runner.cleanup()
