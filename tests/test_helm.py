@@ -511,3 +511,21 @@ def test_dockerfile_passes_hadolint() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_default_upstream_can_be_dropped_with_null(chart: helm.Chart) -> None:
+    values = {
+        "config": {
+            "upstreams": {"monolith": None, "legacy": {"url": "http://legacy.shop.svc:80"}},
+            "default_upstream": "legacy",
+        }
+    }
+    config = load_config("routes.yaml", text=routes_yaml(render(chart, values)))
+    assert list(config.upstreams) == ["legacy"]
+
+
+def test_notes_warn_when_replicas_judge_promotions_on_local_metrics(chart: helm.Chart) -> None:
+    values = values_for("unleash-ha-values")
+    assert "WARNING" not in render(chart, values).notes
+    values["config"]["gate"] = {"metrics": "local"}
+    assert 'WARNING: config.gate.metrics is "local"' in render(chart, values).notes
