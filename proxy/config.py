@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from proxy.paths import BadPath, canonical_path
 from proxy.spec import (
     SAFE_METHODS,
     AdminSpec,
@@ -274,6 +275,14 @@ def _path_problem(path: str, *, prefix: bool) -> str | None:
             return "has a '%' that is not a percent-escape like %20"
         return (f"must not percent-encode {bad.group(0)!r}: write unreserved characters as "
                 "themselves, and %2e / %2f are never allowed")
+    if not path.isascii():
+        return "must be ASCII: percent-encode other characters (e.g. 'é' as %C3%A9)"
+    try:
+        canonical = canonical_path(path.encode("ascii")).decode("ascii")
+    except BadPath as exc:
+        return f"is refused by the proxy's path rules: {exc}"
+    if canonical != path:
+        return f"is not canonical: requests are normalised to {canonical!r} before routing"
     if prefix and len(path) > 1 and path.endswith("/"):
         return ("must not end with '/': path_prefix matches whole segments, so "
                 f"'{path.rstrip('/')}' already matches '{path}...'")
@@ -1252,7 +1261,7 @@ class _Coverage:
         m = route.match
         if m.headers:  # conditional on headers: never covers a route without the same headers
             return
-        if m.path_prefix is not None:
+        if m.path_prefix is not None and m.path_prefix != "/":  # "/" is every path
             self.prefix.setdefault(m.path_prefix, []).append(route)
         elif m.path is not None:
             self.exact.setdefault(m.path, []).append(route)
@@ -1270,11 +1279,9 @@ class _Coverage:
         if path is not None:
             if m.path is not None:
                 candidates += self.exact.get(m.path, ())
-            candidates += self.prefix.get("/", ())
             end = len(path)
             while end > 0:
-                if end < len(path) or path != "/":
-                    candidates += self.prefix.get(path[:end], ())
+                candidates += self.prefix.get(path[:end], ())
                 end = path.rfind("/", 0, end)
         found = [c for c in candidates if _methods_cover(c.match.methods, m.methods)]
         return min(found, key=lambda c: c.line) if found else None
