@@ -1,0 +1,106 @@
+"""Redaction of bodies, headers, query strings and differences."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shadow.jsonpath import PathSyntaxError
+from shadow.model import Difference, Exchange, RequestRecord
+from shadow.redact import REDACTED, WITHHELD, Redactor
+
+SECRET = "4111-1111-1111-1111"
+
+
+def test_json_paths_and_recursive_descent() -> None:
+    r = Redactor(["$.card_number", "$..iban", "$.users[*].token"])
+    doc = {
+        "card_number": SECRET,
+        "iban": "DE1",
+        "a": {"b": [{"iban": "DE2"}, {"iban": {"nested": "DE3"}}]},
+        "users": [{"token": "t1", "name": "x"}],
+        "keep": 1,
+    }
+    out = r.redact_json(doc)
+    assert out == {
+        "card_number": REDACTED,
+        "iban": REDACTED,
+        "a": {"b": [{"iban": REDACTED}, {"iban": REDACTED}]},
+        "users": [{"token": REDACTED, "name": "x"}],
+        "keep": 1,
+    }
+    assert doc["card_number"] == SECRET  # the input is not modified
+    assert r.redact_json({"keep": [1]}) == {"keep": [1]}
+
+
+def test_redact_json_at_a_sub_path() -> None:
+    r = Redactor(["$.acct.iban"])
+    assert r.redact_json({"iban": "x", "n": 1}, at=("acct",)) == {"iban": REDACTED, "n": 1}
+    assert r.redact_json("x", at=("acct", "iban")) == REDACTED
+    assert r.redact_json("x", at=("acct", "iban", "deeper")) == REDACTED
+
+
+def test_always_redacted_headers_and_header_entries() -> None:
+    r = Redactor(["header:X-Secret"])
+    h = (
+        ("authorization", "Bearer abc"),
+        ("cookie", "s=1"),
+        ("set-cookie", "s=2"),
+        ("proxy-authorization", "Basic x"),
+        ("x-api-key", "k"),
+        ("x-secret", "v"),
+        ("accept", "*/*"),
+    )
+    out = dict(r.redact_headers(h))
+    assert out.pop("accept") == "*/*"
+    assert set(out.values()) == {REDACTED}
+    assert Redactor().header_redacted("Authorization")
+
+
+def test_exchange_body_redacted_and_untouched_when_nothing_to_redact() -> None:
+    r = Redactor(["$.card_number"])
+    raw = json.dumps({"card_number": SECRET, "amount": 1.5}).encode()
+    ex = r.redact_exchange(Exchange(200, (("content-type", "application/json"),), raw))
+    assert SECRET.encode() not in ex.body
+    assert json.loads(ex.body) == {"card_number": REDACTED, "amount": 1.5}
+    same = b'{"amount":  1.50}'
+    assert r.redact_body(same) is same
+
+
+def test_unparseable_bodies_are_scrubbed_or_withheld() -> None:
+    r = Redactor(["$..card_number"])
+    cut = ('{"x": 1, "card_number": "' + SECRET[:9]).encode()  # cut at shadow.max_body
+    assert SECRET[:9].encode() not in r.redact_body(cut)
+    form = f"a=1&card_number={SECRET}&b=2".encode()
+    assert r.redact_body(form) == b"a=1&card_number=[REDACTED]&b=2"
+    wild = Redactor(["$.cards[*]"])
+    assert wild.redact_body(b"<html>" + SECRET.encode()) == WITHHELD
+
+
+def test_request_query_string_scrubbed() -> None:
+    r = Redactor(["$.iban"])
+    req = r.redact_request(
+        RequestRecord("GET", "/pay?iban=DE89&x=1", (("authorization", "t"),), b"")
+    )
+    assert req.path == "/pay?iban=[REDACTED]&x=1"
+    assert req.headers == (("authorization", REDACTED),)
+
+
+def test_differences_at_or_below_redacted_paths() -> None:
+    r = Redactor(["$..iban", "header:x-token"])
+    assert r.redact_difference(Difference("$.a.iban", "value", "DE1", "DE2")) == Difference(
+        "$.a.iban", "value", REDACTED, REDACTED
+    )
+    d = r.redact_difference(Difference("$.a", "missing", {"iban": "DE1", "n": 1}, None))
+    assert d.legacy == {"iban": REDACTED, "n": 1}
+    d = r.redact_difference(Difference("header:x-token", "header", "a", "b"))
+    assert (d.legacy, d.target) == (REDACTED, REDACTED)
+    d = r.redact_difference(Difference("$", "body", 'x "iban": "DE1"', "y"))
+    assert "DE1" not in str(d.legacy)
+    assert r.path_redacted("$.x[2].iban.y") and not r.path_redacted("$.ibanx")
+
+
+def test_bad_entries_refused() -> None:
+    with pytest.raises(PathSyntaxError):
+        Redactor(["card_number"])
