@@ -27,7 +27,6 @@ Errors: `UnleashError` > `UnleashConfigError` (token env var not set), `UnleashW
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -131,8 +130,10 @@ def _strategy_rollout(params: Mapping[str, Any]) -> float:
             value = float(exact)
         except (TypeError, ValueError):
             value = None
-        if value is not None and 0 <= value <= 100 and _unleash_rollout(value) == _unleash_rollout(
-            rollout
+        if (
+            value is not None
+            and 0 <= value <= 100
+            and _unleash_rollout(value) == _unleash_rollout(rollout)
         ):
             return round(value, 2)
     return round(min(max(rollout, 0.0), 100.0), 2)
@@ -157,7 +158,9 @@ def _feature_state(feature: Mapping[str, Any]) -> FlagState:
     return FlagState(enabled=bool(feature.get("enabled")), rollout=rollout)
 
 
-def parse_features(raw: str | Mapping[str, Any], watched: Iterable[str] = ()) -> dict[str, FlagState]:
+def parse_features(
+    raw: str | Mapping[str, Any], watched: Iterable[str] = ()
+) -> dict[str, FlagState]:
     """Snapshot from a /client/features body: every toggle, plus `watched` names as missing."""
     body = json.loads(raw) if isinstance(raw, str) else raw
     states = {f["name"]: _feature_state(f) for f in body.get("features") or [] if "name" in f}
@@ -177,8 +180,10 @@ class _SdkLogFilter(logging.Filter):
         self.last_error: str | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
-            self.last_error = record.getMessage()
+        message = record.getMessage()
+        # The SDK re-raises a bad HTTP status as a generic "...fetch failed!": keep the status.
+        if record.levelno >= logging.WARNING and "failed" in message and not message.endswith("!"):
+            self.last_error = message
         return False
 
 
@@ -216,7 +221,8 @@ class UnleashFlags:
         self._write_hold = write_hold
         self._watched: tuple[str, ...] = tuple(flags)
         self._server: dict[str, FlagState] = {}  # last state from Unleash or its cache
-        self._pending: dict[str, tuple[FlagState, float]] = {}  # write -> (state, hold until)
+        # flag -> (state we wrote, server state before the write, hold until)
+        self._pending: dict[str, tuple[FlagState, FlagState, float]] = {}
         self._snapshot: dict[str, FlagState] = parse_features({}, self._watched)
         self._callbacks: list[ChangeCallback] = []
         self._have_data = False
@@ -300,14 +306,13 @@ class UnleashFlags:
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
             headers={"Authorization": self._admin_token} if self._admin_token else None,
         )
-        await self._client.initialize_client()
-        if self.degraded:
-            log.warning(
-                "unleash.degraded",
-                url=self.spec.url,
-                reason=self._log_filter.last_error,
-                detail="Unleash unreachable and no cached flag state: every route at weight 0",
-            )
+        try:
+            await self._client.initialize_client()
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
+            await self.stop()
+            raise UnleashConfigError(
+                f"flags.unleash.url {self.spec.url!r} is not usable: {exc}"
+            ) from exc
 
     async def stop(self) -> None:
         client, self._client = self._client, None
@@ -338,12 +343,21 @@ class UnleashFlags:
             self._connected = False
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
-                log.warning(
-                    "unleash.unreachable",
-                    url=self.spec.url,
-                    reason=self._log_filter.last_error,
-                    using="last known state" if self._have_data else "nothing (degraded)",
-                )
+                if self._have_data:
+                    log.warning(
+                        "unleash.unreachable",
+                        url=self.spec.url,
+                        reason=self._log_filter.last_error,
+                        using="last known state",
+                    )
+                else:
+                    log.warning(
+                        "unleash.degraded",
+                        url=self.spec.url,
+                        reason=self._log_filter.last_error,
+                        detail="Unleash unreachable and no cached flag state: "
+                        "every route at weight 0 until it answers",
+                    )
             return
         self._connected = True
         if self._outage_since is not None:
@@ -368,15 +382,16 @@ class UnleashFlags:
     def _publish(self) -> None:
         """Recompute the snapshot (server state + unconfirmed writes); notify on change."""
         now = time.monotonic()
-        for name, (state, hold_until) in list(self._pending.items()):
+        for name, (state, before, hold_until) in list(self._pending.items()):
             server = self._server.get(name, MISSING)
             if server == state:
+                del self._pending[name]  # confirmed
+            elif server != before or now > hold_until:
+                # Changed again after our write (someone else wrote), or never confirmed.
                 del self._pending[name]
-            elif now > hold_until:
-                del self._pending[name]
-                log.warning("unleash.write_overridden", flag=name, wrote=state, unleash=server)
+                log.info("unleash.write_superseded", flag=name, wrote=state, unleash=server)
         merged = dict(self._server)
-        merged.update({name: state for name, (state, _) in self._pending.items()})
+        merged.update({name: state for name, (state, _, _) in self._pending.items()})
         snapshot = parse_features({}, self._watched) | merged
         if snapshot == self._snapshot:
             return
@@ -416,7 +431,7 @@ class UnleashFlags:
                         f"Unleash refused {method} {url}: {resp.status} {message}", resp.status
                     )
                 return json.loads(text) if text else None
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise UnleashWriteError(f"Unleash unreachable at {url}: {exc!r}") from exc
 
     async def _rollout_strategy(self, flag: str) -> tuple[dict[str, Any] | None, bool]:
@@ -457,6 +472,7 @@ class UnleashFlags:
         toggle's on/off state alone (a rolled-back toggle stays off).
         """
         percent = _check_percent(percent)
+        before = self._server.get(flag, MISSING)
         strategy, enabled = await self._rollout_strategy(flag)
         strategies = f"{self._env_url(flag)}/strategies"
         if strategy is None:
@@ -464,17 +480,18 @@ class UnleashFlags:
         else:
             body = self._strategy_body(flag, percent, strategy)
             await self._request("PUT", f"{strategies}/{quote(strategy['id'], safe='')}", body)
-        self._hold(flag, FlagState(enabled=enabled, rollout=percent))
+        self._hold(flag, FlagState(enabled=enabled, rollout=percent), before)
 
     async def set_enabled(self, flag: str, enabled: bool) -> None:
         """Turn the toggle on or off in the environment (off = every user to legacy)."""
         state = self._snapshot.get(flag, MISSING)
+        before = self._server.get(flag, MISSING)
         await self._request("POST", f"{self._env_url(flag)}/{'on' if enabled else 'off'}")
         if state.missing:
             strategy, _ = await self._rollout_strategy(flag)
             rollout = _strategy_rollout(strategy["parameters"]) if strategy else 100.0
             state = FlagState(enabled=enabled, rollout=rollout)
-        self._hold(flag, FlagState(enabled=enabled, rollout=state.rollout))
+        self._hold(flag, FlagState(enabled=enabled, rollout=state.rollout), before)
 
     async def ensure_flag(self, flag: str, percent: float, *, stickiness: str = "default") -> bool:
         """Create the toggle, on, with a flexibleRollout strategy at `percent`.
@@ -483,6 +500,7 @@ class UnleashFlags:
         weight. Returns False (and changes nothing) when the toggle already exists.
         """
         percent = _check_percent(percent)
+        before = self._server.get(flag, MISSING)
         body = {"name": flag, "type": "release", "description": "strangler route weight"}
         try:
             await self._request("POST", self._feature_url(), body)
@@ -501,11 +519,12 @@ class UnleashFlags:
         strategy = self._strategy_body(flag, percent, {"parameters": {"stickiness": stickiness}})
         await self._request("POST", f"{self._env_url(flag)}/strategies", strategy)
         await self._request("POST", f"{self._env_url(flag)}/on")
-        self._hold(flag, FlagState(enabled=True, rollout=percent))
+        self._hold(flag, FlagState(enabled=True, rollout=percent), before)
         return True
 
-    def _hold(self, flag: str, state: FlagState) -> None:
-        self._pending[flag] = (state, time.monotonic() + self._write_hold)
+    def _hold(self, flag: str, state: FlagState, before: FlagState) -> None:
+        """Show a write Unleash accepted until a poll brings the server's view of it."""
+        self._pending[flag] = (state, before, time.monotonic() + self._write_hold)
         self._publish()
 
 
