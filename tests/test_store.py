@@ -1,0 +1,249 @@
+"""The SQLite diff store: counters per step and in total, redacted samples, retention."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from proxy.spec import CompareSpec
+from shadow.diff import Comparator
+from shadow.model import Comparison, Difference, Exchange, RequestRecord
+from shadow.redact import Redactor
+from shadow.store import DiffStore
+
+JSON = (("content-type", "application/json"),)
+SECRET = "DE89370400440532013000"
+CARD = "4111111111111111"
+
+
+@pytest.fixture
+def make_store(tmp_path: Path):
+    stores: list[DiffStore] = []
+
+    def make(**kw) -> DiffStore:
+        s = DiffStore(tmp_path / "state" / "diffs.sqlite3", **kw)
+        stores.append(s)
+        return s
+
+    yield make
+    for s in stores:
+        s.close()
+
+
+def req(path: str = "/api/v1/balance/7", method: str = "GET", body: bytes = b"") -> RequestRecord:
+    return RequestRecord(method, path, (("accept", "application/json"),), body)
+
+
+def resp(doc: object, status: int = 200) -> Exchange:
+    return Exchange(status, JSON, json.dumps(doc).encode())
+
+
+MATCH = Comparison(())
+REDACTOR = Redactor()
+
+
+def mismatch(*paths: str) -> Comparison:
+    return Comparison(tuple(Difference(p, "value", 1, 2) for p in paths))
+
+
+def test_counts_and_summary_exact_before_and_after_flush(make_store) -> None:
+    store = make_store()
+    for i in range(30):
+        c = mismatch("$.amount", "$.ts") if i % 3 == 0 else mismatch("$.ts")
+        store.record("balance", 0, req(), resp({"amount": 1}), resp({"amount": 2}), c, REDACTOR)
+    for _ in range(10):
+        store.record("balance", 0, req(), resp({}), resp({}), MATCH, REDACTOR)
+    assert store.counts("balance") == (40, 30)  # not flushed yet: still exact
+    assert store.flush()
+    assert store.counts("balance") == (40, 30)
+    assert store.counts("balance", step=0) == (40, 30)
+    assert store.counts("other") == (0, 0)
+    s = store.summary("balance", limit=5)
+    assert set(s) == {"route", "compared", "mismatched", "fields", "samples"}
+    assert (s["route"], s["compared"], s["mismatched"]) == ("balance", 40, 30)
+    assert s["fields"] == [
+        {"path": "$.ts", "kind": "value", "count": 30, "rate": 0.75, "likely_noise": False},
+        {"path": "$.amount", "kind": "value", "count": 10, "rate": 0.25, "likely_noise": False},
+    ]
+    assert len(s["samples"]) == 10
+    sample = s["samples"][0]
+    assert sample["request"]["path"] == "/api/v1/balance/7"
+    assert sample["legacy"]["status"] == 200 and json.loads(sample["legacy"]["body"]) == {
+        "amount": 1
+    }
+    assert sample["differences"] == [{"path": "$.ts", "kind": "value", "legacy": 1, "target": 2}]
+    json.dumps(s)  # the admin API returns it as is
+
+
+def test_likely_noise_flag(make_store) -> None:
+    store = make_store()
+    for _ in range(20):
+        store.record("r", 0, req(), resp({}), resp({}), mismatch("$.now"), REDACTOR)
+    (f,) = store.summary("r")["fields"]
+    assert f["likely_noise"] and f["rate"] == 1.0
+    assert store.summary("r", likely_noise=lambda p: False)["fields"][0]["likely_noise"]
+
+
+def test_steps_kept_apart_from_totals(make_store) -> None:
+    store = make_store()
+    for _ in range(5):
+        store.record("r", 0, req(), resp({}), resp({}), mismatch("$.a"), REDACTOR)
+    store.flush()
+    for _ in range(3):
+        store.record("r", 1, req(), resp({}), resp({}), MATCH, REDACTOR)
+    store.record("r", 1, req("/b"), resp({}), resp({}), mismatch("$.b"), REDACTOR)
+    assert store.counts("r", step=0) == (5, 5)
+    assert store.counts("r", step=1) == (4, 1)
+    assert store.counts("r") == (9, 6)
+    store.flush()
+    s1 = store.summary("r", step=1)
+    assert [f["path"] for f in s1["fields"]] == ["$.b"]
+    assert [x["request"]["path"] for x in s1["samples"]] == ["/b"]
+    assert {f["path"] for f in store.summary("r")["fields"]} == {"$.a", "$.b"}
+
+
+def test_newest_samples_kept_per_route(make_store) -> None:
+    store = make_store(max_samples_per_route=5)
+    for i in range(12):
+        store.record("r", 0, req(f"/p/{i}"), resp({}), resp({}), mismatch("$.a"), REDACTOR)
+        if i % 4 == 0:
+            store.flush()
+    store.record("other", 0, req("/o"), resp({}), resp({}), mismatch("$.a"), REDACTOR)
+    store.flush()
+    paths = [x["request"]["path"] for x in store.summary("r", samples=50)["samples"]]
+    assert paths == [f"/p/{i}" for i in range(11, 6, -1)]
+    assert len(store.summary("other")["samples"]) == 1
+
+
+def test_retention_drops_old_samples_and_old_steps_keeps_totals(make_store) -> None:
+    now = [1_000_000.0]
+    store = make_store(retention_days=7, clock=lambda: now[0])
+    store.record("r", 0, req("/old"), resp({}), resp({}), mismatch("$.a"), REDACTOR)
+    store.flush()
+    now[0] += 8 * 86400
+    store.record("r", 1, req("/new"), resp({}), resp({}), mismatch("$.a"), REDACTOR)
+    store.flush()
+    assert [x["request"]["path"] for x in store.summary("r")["samples"]] == ["/new"]
+    assert store.counts("r", step=0) == (0, 0)
+    assert store.counts("r", step=1) == (1, 1)
+    assert store.counts("r") == (2, 2)
+
+
+def test_survives_reopen_and_files_are_shared_additively(make_store, tmp_path: Path) -> None:
+    a = make_store()
+    a.record("r", 0, req(), resp({}), resp({}), mismatch("$.a"), REDACTOR)
+    b = make_store()  # a second worker process on the same file
+    b.record("r", 0, req(), resp({}), resp({}), MATCH, REDACTOR)
+    a.close()
+    b.close()
+    c = make_store()
+    assert c.counts("r") == (2, 1)
+    assert (tmp_path / "state" / "diffs.sqlite3").exists()
+    journal = c._read.execute("PRAGMA journal_mode").fetchone()[0]
+    assert journal == "wal"
+
+
+def test_concurrent_recording_is_exact(make_store) -> None:
+    store = make_store()
+
+    def work() -> None:
+        for i in range(500):
+            c = mismatch("$.x") if i % 2 else MATCH
+            store.record("r", 0, req(), resp({}), resp({}), c, REDACTOR)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for _ in range(5):
+        store.counts("r")
+        time.sleep(0.01)
+    for t in threads:
+        t.join(10)
+    assert store.counts("r") == (2000, 1000)
+    store.flush()
+    assert store.counts("r") == (2000, 1000)
+    assert store.summary("r")["fields"][0]["count"] == 1000
+
+
+def test_record_never_blocks_and_drops_samples_when_queue_full(make_store) -> None:
+    store = make_store()
+    big = Exchange(200, JSON, b'{"a": "' + b"x" * (8 * 1024 * 1024) + b'"}')
+    started = time.perf_counter()
+    for _ in range(40):
+        store.record("r", 0, req(), big, big, mismatch("$.a"), REDACTOR)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 0.5  # no redaction, serialisation or I/O on the caller's thread
+    assert store.counts("r") == (40, 40)  # counters are never dropped
+    assert store.dropped_samples > 0
+    store.flush()
+    s = store.summary("r", samples=100)
+    assert 0 < len(s["samples"]) < 40
+    assert s["samples"][0]["legacy"]["body"].endswith(f"({len(big.body)} bytes)")
+
+
+def test_planted_secrets_never_reach_the_disk(make_store, tmp_path: Path) -> None:
+    spec = CompareSpec(redact=("$.card_number", "$..iban", "header:x-account"))
+    comparator = Comparator(spec)
+    store = make_store()
+    request = RequestRecord(
+        "POST",
+        f"/pay?iban={SECRET}",
+        (("authorization", f"Bearer {SECRET}"), ("x-account", SECRET), ("cookie", SECRET)),
+        json.dumps({"card_number": CARD, "to": {"iban": SECRET}}).encode(),
+    )
+    legacy = Exchange(
+        200,
+        (*JSON, ("set-cookie", f"sid={SECRET}")),
+        json.dumps({"card_number": CARD, "accounts": [{"iban": SECRET, "n": 1}]}).encode(),
+    )
+    target = Exchange(
+        200,
+        JSON,
+        json.dumps(
+            {"card_number": CARD[::-1], "accounts": [{"n": 2}], "x": {"iban": SECRET}}
+        ).encode(),
+    )
+    cut = Exchange(200, JSON, ('{"n": 1, "iban": "' + SECRET[:12]).encode(), truncated=True)
+    c = comparator.compare(legacy, target)
+    assert not c.matched
+    store.record("pay", 0, request, legacy, target, c, comparator.redactor)
+    store.record("pay", 0, request, cut, target, Comparison(c.differences), comparator.redactor)
+    assert store.flush()
+    s = json.dumps(store.summary("pay"))
+    assert SECRET not in s and CARD not in s and CARD[::-1] not in s
+    assert "[REDACTED]" in s
+    files = list((tmp_path / "state").iterdir())
+    assert any(f.name.endswith("-wal") for f in files)
+    for f in files:
+        data = f.read_bytes()
+        for planted in (SECRET, SECRET[:12], CARD, CARD[::-1]):
+            assert planted.encode() not in data, f"{planted} found in {f.name}"
+    store.close()
+    for f in (tmp_path / "state").iterdir():
+        assert SECRET[:12].encode() not in f.read_bytes()
+
+
+def test_samples_for_export_safe_requests_only_distinct(make_store) -> None:
+    store = make_store()
+    for path in ("/a", "/b", "/a"):
+        store.record("r", 0, req(path), resp({"p": path}), resp({}), mismatch("$.p"), REDACTOR)
+    store.record("r", 0, req("/w", "POST", b"{}"), resp({}), resp({}), mismatch("$.p"), REDACTOR)
+    store.flush()
+    out = store.samples_for_export("r")
+    assert [(x["method"], x["path"]) for x in out] == [("GET", "/a"), ("GET", "/b")]
+    assert json.loads(out[0]["legacy"]["body"]) == {"p": "/a"}
+    assert out[0]["legacy"]["status"] == 200 and out[0]["legacy"]["truncated"] is False
+
+
+def test_errors_are_not_comparisons_and_close_is_idempotent(make_store) -> None:
+    store = make_store()
+    store.record("r", 0, req(), resp({}), resp({}), Comparison((), error="boom"), REDACTOR)
+    assert store.counts("r") == (0, 0)
+    store.close()
+    store.close()
+    store.record("r", 0, req(), resp({}), resp({}), MATCH, REDACTOR)  # ignored, no exception
+    assert not store.flush()
