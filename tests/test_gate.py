@@ -7,6 +7,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.spec import CheckSpec, PromotionSpec
 from shadow.evidence import BackendEvidence, CheckResult, Evidence
@@ -315,3 +317,47 @@ def test_fail_wins_over_missing_evidence() -> None:
     e = replace(evidence(t_req=60, t_err=30), compared=10)
     d = decide(e, policy())
     assert d.decision == "fail"
+
+
+# --- properties over arbitrary consistent evidence -------------------------------------------
+
+
+@st.composite
+def any_evidence(draw: st.DrawFn) -> Evidence:
+    def backend() -> BackendEvidence:
+        n = draw(st.integers(0, 5000))
+        p99 = draw(st.one_of(st.none(), st.floats(0.0001, 60.0)))
+        return BackendEvidence(n, draw(st.integers(0, n)), p99, draw(st.integers(0, n)))
+
+    compared = draw(st.integers(0, 10_000))
+    return Evidence(
+        route="r",
+        weight=draw(st.sampled_from([0.0, 0.5, 1.0, 5.0, 7.25, 25.0, 50.0, 100.0])),
+        legacy=backend(),
+        target=backend(),
+        compared=compared,
+        mismatched=draw(st.integers(0, compared)),
+        shadow_enabled=draw(st.booleans()),
+        checks=tuple(
+            check(v) for v in draw(st.lists(st.one_of(st.none(), st.floats(0, 0.1)), max_size=2))
+        ),
+    )
+
+
+@given(any_evidence())
+def test_every_decision_is_explained_and_consistent(e: Evidence) -> None:
+    p = policy()
+    d = decide(e, p)
+    assert d.reasons and all(r.endswith(".") for r in d.reasons)
+    json.dumps(d.to_dict(), allow_nan=False)
+    if d.decision == "promote":
+        assert d.to_weight > d.from_weight
+        assert not e.shadow_enabled or e.mismatch_bounds()[1] <= p.max_mismatch_rate
+        assert e.weight == 0 or e.target.requests >= p.min_requests
+        assert all(c.ok for c in e.checks)
+    elif d.decision == "hold":
+        assert d.to_weight == d.from_weight
+    elif d.decision == "fail":
+        assert d.to_weight == 0.0
+    else:
+        assert e.weight == 100
