@@ -193,7 +193,7 @@ def render_hurl(route: str, cases: list[_Case]) -> str:
 
 # -- pytest ---------------------------------------------------------------------------------------
 
-_PYTEST_TEMPLATE = '''"""Regression tests of route {route}: {n} requests recorded by strangler shadow.
+_PYTEST_TEMPLATE = '''"""Regression tests of route {route}: {n} requests recorded in shadow.
 
 Each test replays one request against BASE_URL and asserts what legacy answered: the status and,
 for JSON, every field (ignored fields are not asserted, redacted fields are left out).
@@ -247,7 +247,8 @@ def _check(doc, a):
         want = repr(a["value"])
     if ok:
         return None
-    return "%s: expected %s, got %s" % (a["path"], want, "nothing" if got is _MISSING else repr(got))
+    shown = "nothing" if got is _MISSING else repr(got)
+    return "%s: expected %s, got %s" % (a["path"], want, shown)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
