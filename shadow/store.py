@@ -43,6 +43,7 @@ LIKELY_NOISE_MIN = 20
 _QUEUE_ITEMS = 256
 _QUEUE_BYTES = 32 * 1024 * 1024
 _RETENTION_EVERY = 60.0
+_BATCH_MAX = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS comparisons (
@@ -351,14 +352,13 @@ class DiffStore:
                 samples: list[_Sample] = []
                 waiters: list[threading.Event] = []
                 stop = False
-                while True:
+                # FIFO: a flush marker comes after every sample recorded before it
+                while len(samples) < _BATCH_MAX:
                     remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
                     try:
-                        item = (
-                            self._queue.get(timeout=max(remaining, 0.0))
-                            if remaining > 0
-                            else (self._queue.get_nowait())
-                        )
+                        item = self._queue.get(timeout=remaining)
                     except queue.Empty:
                         break
                     if isinstance(item, _Sample):
@@ -366,27 +366,12 @@ class DiffStore:
                         with self._lock:
                             self._queued_items -= 1
                             self._queued_bytes -= item.size()
-                    elif isinstance(item, _Flush):
-                        waiters.append(item.done)
-                        break
-                    else:
-                        stop = True
-                        break
-                # drain what is already queued, so a flush covers everything before it
-                while not stop:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if isinstance(item, _Sample):
-                        samples.append(item)
-                        with self._lock:
-                            self._queued_items -= 1
-                            self._queued_bytes -= item.size()
-                    elif isinstance(item, _Flush):
+                        continue
+                    if isinstance(item, _Flush):
                         waiters.append(item.done)
                     else:
                         stop = True
+                    break
                 try:
                     self._write(conn, samples)
                     now = self._clock()

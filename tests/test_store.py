@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -247,3 +248,32 @@ def test_errors_are_not_comparisons_and_close_is_idempotent(make_store) -> None:
     store.close()
     store.record("r", 0, req(), resp({}), resp({}), MATCH, REDACTOR)  # ignored, no exception
     assert not store.flush()
+
+
+def test_writes_reach_disk_without_flush_even_under_sustained_load(
+    make_store, tmp_path: Path
+) -> None:
+    store = make_store()
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            store.record("r", 0, req(), resp({}), resp({}), mismatch("$.a"), REDACTOR)
+            time.sleep(0.0005)
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        db = sqlite3.connect(tmp_path / "state" / "diffs.sqlite3")
+        on_disk = 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not on_disk:
+            time.sleep(0.1)
+            row = db.execute("SELECT compared FROM comparisons WHERE route='r' AND step=-1")
+            on_disk = (row.fetchone() or (0,))[0]
+            samples = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        db.close()
+    finally:
+        stop.set()
+        t.join(5)
+    assert on_disk > 0 and samples > 0
