@@ -170,9 +170,10 @@ def parse_features(
 
 
 class _SdkLogFilter(logging.Filter):
-    """Drops the SDK's per-poll chatter and error tracebacks; keeps the last error message.
+    """Drops the SDK's per-poll chatter and connection errors (a traceback per poll).
 
-    We report outages ourselves, once each (see `UnleashFlags._after_fetch`).
+    We report outages ourselves, once each (see `UnleashFlags._after_fetch`), with the last
+    error message kept here. Other SDK warnings (e.g. a toggle it cannot parse) pass.
     """
 
     def __init__(self) -> None:
@@ -180,11 +181,15 @@ class _SdkLogFilter(logging.Filter):
         self.last_error: str | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return False
         message = record.getMessage()
-        # The SDK re-raises a bad HTTP status as a generic "...fetch failed!": keep the status.
-        if record.levelno >= logging.WARNING and "failed" in message and not message.endswith("!"):
-            self.last_error = message
-        return False
+        if "failed" in message and not message.startswith("Scheduled job"):
+            # A bad HTTP status is re-raised as a generic "...fetch failed!": keep the status.
+            if not message.endswith("!"):
+                self.last_error = message
+            return False
+        return "cached features" not in message  # "no cache yet": our degraded warning says it
 
 
 ChangeCallback = Callable[[dict[str, FlagState]], None]
