@@ -27,7 +27,6 @@ from proxy.headers import (
     HOP_BY_HOP,
     NEVER_DROPPED_BY_CONNECTION,
     connection_tokens,
-    has_header_injection,
 )
 from proxy.paths import BadPath, canonical_path
 from proxy.recorder import Recorder
@@ -417,11 +416,15 @@ class Exchange:
         "body_mode",
         "client_done",
         "conn",
+        "declared_length",
+        "discarding",
+        "done",
+        "head_deadline",
         "head_only",
         "head_without_framing",
-        "head_deadline",
         "is_tunnel",
         "keep_alive",
+        "last_body_at",
         "method",
         "path",
         "pending",
@@ -431,6 +434,7 @@ class Exchange:
         "replay",
         "replay_size",
         "req_body_size",
+        "req_headers",
         "request_id",
         "resp_body",
         "resp_chunked",
@@ -440,19 +444,14 @@ class Exchange:
         "retried",
         "route",
         "shadow_wanted",
-        "start",
         "status",
         "step",
         "sticky_key",
+        "t0",
         "target_failed",
-        "discarding",
+        "tunnel_pending",
         "up",
         "version_10",
-        "done",
-        "req_headers",
-        "tunnel_pending",
-        "last_body_at",
-        "declared_length",
     )
 
     def __init__(self) -> None:
@@ -487,7 +486,7 @@ class Exchange:
         plane = conn.plane
         ex.conn = conn
         ex.plane = plane
-        ex.start = plane.now()
+        ex.t0 = plane.now()
         ex.method = method
         ex.head_only = method == b"HEAD"
         parser = conn.parser
@@ -878,7 +877,7 @@ class Exchange:
         self.retried = True
         self.backend = "legacy"
         self.pool = self.plane.pools[route.spec.legacy]
-        self.start = self.plane.now()
+        self.t0 = self.plane.now()
         self.pending = None
         self.dispatch()
 
@@ -889,7 +888,7 @@ class Exchange:
             self.step,
             backend,
             status,
-            self.plane.now() - self.start,
+            self.plane.now() - self.t0,
         )
 
     def respond_error(self, status: int, code: str, message: str) -> None:
@@ -940,7 +939,7 @@ class Exchange:
         plane = self.plane
         route = self.route
         route_name = route.name if route is not None else _DEFAULT_ROUTE
-        duration = plane.now() - self.start
+        duration = plane.now() - self.t0
         plane.recorder.request(route_name, self.step, self.backend, self.status, duration)
         log = plane.access_log
         if log is not None:

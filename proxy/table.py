@@ -84,7 +84,9 @@ class RouteTable:
             else:
                 self._general.append(route)
 
-    def match(self, method: bytes, path: bytes, headers: dict[bytes, bytes]) -> CompiledRoute | None:
+    def match(
+        self, method: bytes, path: bytes, headers: dict[bytes, bytes]
+    ) -> CompiledRoute | None:
         best: CompiledRoute | None = None
         for route in self._exact.get(path, ()):
             if route.accepts(method, headers):

@@ -56,8 +56,8 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_chunked",
         "_headers",
-        "_length",
         "_in_body",
+        "_length",
         "_reason",
         "got_bytes",
         "head_only",
@@ -252,7 +252,9 @@ class UpstreamPool:
         except OSError as exc:
             self.total -= 1
             self._wake()
-            raise UpstreamConnectError(f"connect to {self.spec.name} failed: {exc.strerror or exc}")
+            raise UpstreamConnectError(
+                f"connect to {self.spec.name} failed: {exc.strerror or exc}"
+            ) from None
         self.live.add(conn)
         return conn
 

@@ -1,0 +1,47 @@
+"""Optional pieces plugged into `serve`: shadow mirroring, the flag backend, the gate controller.
+
+Kept apart from `proxy.app` so the process lifetimes read the same with or without them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.recorder import Recorder
+from proxy.spec import Config
+
+
+async def before_planes(server: Any) -> None:
+    """Runs before data planes start (in the control process)."""
+    config = server.runtime.config
+    if server.opts.workers <= 1:
+        server.shadow = await worker_shadow(config, server.recorder)
+
+
+async def after_planes(server: Any) -> None:
+    """Runs once the data planes accept traffic (in the control process)."""
+    from proxy.controller import Controller
+
+    controller = Controller(server.runtime)
+    await controller.start()
+    server.extras.append(controller)
+
+
+async def stop(server: Any) -> None:
+    for extra in reversed(server.extras):
+        await extra.stop()
+    if server.shadow is not None:
+        await server.shadow.stop()
+
+
+async def worker_shadow(config: Config, recorder: Recorder) -> Any:
+    """The shadow mirror of one data plane, or None when no route shadows."""
+    if not any(r.shadow.enabled and r.shadow.sample > 0 for r in config.routes):
+        return None
+    try:
+        from proxy.mirror import Mirror
+    except ImportError:
+        return None
+    mirror = Mirror(config, recorder)
+    await mirror.start()
+    return mirror

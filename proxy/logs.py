@@ -1,0 +1,76 @@
+"""structlog set-up: JSON lines by default, `console` for humans; a cheap access log.
+
+The access log is the one log written per request, so it skips structlog's processor chain:
+events are rendered with a single `json.dumps` into a buffer that the flush loop writes every
+~200 ms. Its lines have the same shape as every other structlog JSON line (`event`, `level`,
+`timestamp`, fields). `sample` keeps a fraction of lines at high rates (errors are always kept).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+import time
+from typing import IO, Any
+
+import structlog
+
+
+def configure(fmt: str = "json", level: str = "info", stream: IO[str] | None = None) -> None:
+    renderer: Any
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+class AccessLog:
+    def __init__(self, stream: IO[str] | None = None, sample: float = 1.0,
+                 fmt: str = "json") -> None:
+        self.stream = stream or sys.stdout
+        self.sample = sample
+        self.fmt = fmt
+        self.buf: list[str] = []
+        self._rand = random.random
+
+    def __call__(self, fields: dict) -> None:
+        if self.sample < 1.0 and fields.get("status", 0) < 500 and self._rand() >= self.sample:
+            return
+        fields["event"] = "access"
+        fields["level"] = "info"
+        fields["timestamp"] = time.time()
+        if self.fmt == "console":
+            self.buf.append(
+                f"{fields['status']} {fields['method']} {fields['path']} -> {fields['route']}"
+                f"/{fields['backend']} {fields['duration_ms']}ms id={fields['request_id']}\n"
+            )
+        else:
+            self.buf.append(json.dumps(fields, separators=(",", ":")) + "\n")
+        if len(self.buf) >= 512:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            data, self.buf = "".join(self.buf), []
+            try:
+                self.stream.write(data)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass

@@ -1,0 +1,448 @@
+"""The control plane: effective weights, rollbacks, reloads, gate actions, audit.
+
+Every mutation follows the same order: change traffic first (every data plane, in-process or
+worker, has applied it before the call returns), then bookkeeping (state file, audit log).
+If persisting fails, the change still holds in memory and the result says it is not durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from proxy.aggregate import Aggregator
+from proxy.audit import AuditLog
+from proxy.config import ConfigError, load_config
+from proxy.spec import Config, RouteSpec
+from proxy.split import bp_to_weight, weight_to_bp
+from proxy.state import StateStore, StateWriteError
+from shadow.evidence import BackendEvidence, CheckResult, Evidence
+from shadow.gate import Decision, decide
+
+log = structlog.get_logger("strangler.runtime")
+
+
+class RuntimeError_(Exception):
+    """A refused admin action: `status` is the HTTP status the admin API answers with."""
+
+    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+class PlaneLink(Protocol):
+    """A data plane the control plane drives: in-process, or a worker process."""
+
+    async def apply_weights(self, updates: dict[str, tuple[int, int]]) -> None:
+        """route -> (weight in basis points, step); applied before this returns."""
+
+    async def install(self, config: Config, text: str, generation: int,
+                      weights: dict[str, tuple[int, int]]) -> None: ...
+
+
+@dataclass(slots=True)
+class MutationResult:
+    route: str | None
+    before: Any
+    after: Any
+    durable: bool = True
+    warning: str | None = None
+    audit: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+class Runtime:
+    def __init__(self, config_path: str, config: Config, text: str | None = None) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.config_text = text if text is not None else Path(config_path).read_text()
+        self.generation = 1
+        self.store = StateStore(config.state_dir)
+        self.state = self.store.load()
+        self.audit = AuditLog(config.state_dir / "audit.log")
+        self.agg = Aggregator()
+        self.planes: list[PlaneLink] = []
+        self.counters: dict[str, dict[tuple[str, ...], int]] = {
+            "gate_decisions": {},
+            "rollbacks": {},
+        }
+        self.last_decision: dict[str, dict] = {}
+        self.lock = asyncio.Lock()
+        self.durable = True
+        self.persist_error: str | None = None
+        self.flags: Any = None  # Unleash backend, when configured (proxy.flags_link)
+        self.prometheus: Any = None  # shadow.promql.PrometheusSource when gate needs it
+        self.on_reload: list[Callable[[Config], Awaitable[None] | None]] = []
+        self.started = time.time()
+        replaced = self.state.apply_file(config.file_weights())
+        for route in config.routes:
+            rt = self.state.route(route.name)
+            if rt.step_started == 0.0:
+                rt.step_started = time.time()
+            self.agg.new_step(route.name, rt.step, rt.step_started)
+        self._persist()
+        if replaced:
+            log.info("file weights replaced runtime values", routes=replaced)
+
+    # -- views ---------------------------------------------------------------------------
+    def spec(self, name: str) -> RouteSpec:
+        spec = self.config.route(name)
+        if spec is None:
+            raise RuntimeError_(404, f"unknown route '{name}'",
+                                {"routes": [r.name for r in self.config.routes]})
+        return spec
+
+    def effective(self, name: str) -> float:
+        spec = self.spec(name)
+        if self.flags is not None:
+            return self.flags.weight(spec)
+        return self.state.effective(name, spec.weight)
+
+    def rolled_back(self, name: str) -> bool:
+        if self.flags is not None:
+            return self.flags.rolled_back(self.spec(name))
+        r = self.state.routes.get(name)
+        return bool(r and r.rolled_back)
+
+    def weights_bp(self) -> dict[str, tuple[int, int]]:
+        return {
+            r.name: (weight_to_bp(self.effective(r.name)), self.state.route(r.name).step)
+            for r in self.config.routes
+        }
+
+    def weights_for_metrics(self) -> dict[str, tuple[float, bool]]:
+        return {r.name: (self.effective(r.name), self.rolled_back(r.name))
+                for r in self.config.routes}
+
+    def route_view(self, name: str) -> dict:
+        spec = self.spec(name)
+        rt = self.state.route(name)
+        win = self.agg.window(name)
+        tot = self.agg.total(name)
+        return {
+            "name": name,
+            "weight": self.effective(name),
+            "file_weight": spec.weight,
+            "runtime_weight": rt.weight,
+            "state": "rolled_back" if self.rolled_back(name) else "active",
+            "legacy": spec.legacy,
+            "target": spec.target,
+            "match": _match_view(spec),
+            "sticky": (
+                {"header": spec.sticky.header} if spec.sticky and spec.sticky.header
+                else {"cookie": spec.sticky.cookie} if spec.sticky else None
+            ),
+            "fallback_to_legacy": spec.fallback_to_legacy,
+            "flag": spec.flag,
+            "shadow": {"enabled": spec.shadow.enabled, "sample": spec.shadow.sample,
+                       "reverse": spec.shadow.reverse},
+            "promotion": {"steps": list(spec.promotion.steps),
+                          "auto": spec.promotion.auto.enabled},
+            "step": {"id": rt.step, "started": rt.step_started},
+            "stats": {
+                "step": _window_view(win),
+                "total": _window_view(tot),
+            },
+            "last_decision": self.last_decision.get(name),
+        }
+
+    def routes_view(self) -> list[dict]:
+        return [self.route_view(r.name) for r in self.config.routes]
+
+    # -- mutations -----------------------------------------------------------------------
+    async def _push(self, names: list[str]) -> None:
+        weights = self.weights_bp()
+        updates = {n: weights[n] for n in names if n in weights}
+        await asyncio.gather(*(p.apply_weights(updates) for p in self.planes))
+
+    def _new_step(self, name: str) -> None:
+        rt = self.state.route(name)
+        rt.step += 1
+        rt.step_started = time.time()
+        self.agg.new_step(name, rt.step, rt.step_started)
+        self.agg.reset_recent(name)
+
+    def _persist(self) -> str | None:
+        try:
+            self.store.save(self.state)
+        except StateWriteError as exc:
+            self.durable = False
+            self.persist_error = str(exc)
+            log.error("state not durable", error=str(exc))
+            return str(exc)
+        self.durable = True
+        self.persist_error = None
+        return None
+
+    def _audit(self, **entry: Any) -> tuple[dict | None, str | None]:
+        try:
+            return self.audit.append(**entry), None
+        except OSError as exc:
+            log.error("audit log write failed", error=str(exc))
+            return None, f"audit log not written: {exc}"
+
+    def _finish(self, result: MutationResult, **audit: Any) -> MutationResult:
+        warnings = []
+        err = self._persist()
+        if err:
+            result.durable = False
+            warnings.append(f"NOT DURABLE: the change holds in memory but was not saved: {err}")
+        entry, aerr = self._audit(**audit)
+        result.audit = entry
+        if aerr:
+            result.durable = False
+            warnings.append(aerr)
+        result.warning = "; ".join(warnings) or None
+        return result
+
+    async def set_weight(
+        self, name: str, weight: float, actor: str, reason: str,
+        action: str = "set_weight", evidence: Any = None,
+    ) -> MutationResult:
+        if not 0 <= weight <= 100 or round(weight, 2) != weight:
+            raise RuntimeError_(400, "weight must be between 0 and 100 with at most two decimals",
+                                {"weight": weight})
+        async with self.lock:
+            self.spec(name)
+            if self.rolled_back(name):
+                raise RuntimeError_(409, f"route '{name}' is rolled back; resume it first",
+                                    {"route": name, "state": "rolled_back"})
+            before = self.effective(name)
+            if self.flags is not None:
+                await self.flags.set_weight(self.spec(name), weight)
+            self.state.route(name).weight = weight
+            if before != weight:
+                self._new_step(name)
+            await self._push([name])
+            return self._finish(
+                MutationResult(name, before, weight),
+                action=action, actor=actor, reason=reason, route=name,
+                before=before, after=weight, evidence=evidence,
+            )
+
+    async def rollback(
+        self, names: list[str] | None, actor: str, reason: str, trigger: str = "manual",
+        evidence: Any = None,
+    ) -> list[MutationResult]:
+        targets = names if names is not None else [r.name for r in self.config.routes]
+        for n in targets:
+            self.spec(n)
+        # Traffic first: flip every data plane before taking the lock for bookkeeping, so a
+        # rollback never waits behind a slow set-weight or reload.
+        befores = {n: self.effective(n) for n in targets}
+        changed = []
+        for n in targets:
+            rt = self.state.route(n)
+            if not rt.rolled_back:
+                rt.rolled_back = True
+                self._new_step(n)
+                changed.append(n)
+        await self._push(targets)
+        if self.flags is not None:
+            for n in targets:
+                await self.flags.rollback(self.spec(n))
+        results = []
+        async with self.lock:
+            err = self._persist()
+            for n in targets:
+                key = (n, trigger)
+                if n in changed:
+                    self.counters["rollbacks"][key] = self.counters["rollbacks"].get(key, 0) + 1
+                entry, aerr = self._audit(
+                    action="rollback", actor=actor, reason=reason, route=n,
+                    before=befores[n], after=0.0, evidence=evidence, trigger=trigger,
+                    all=names is None,
+                )
+                res = MutationResult(n, befores[n], 0.0, audit=entry,
+                                     extra={"already_rolled_back": n not in changed})
+                warns = []
+                if err:
+                    res.durable = False
+                    warns.append("NOT DURABLE: rollback holds in memory but the state file "
+                                 f"was not written: {err}")
+                if aerr:
+                    res.durable = False
+                    warns.append(aerr)
+                res.warning = "; ".join(warns) or None
+                results.append(res)
+        log.warning("rollback", routes=targets, trigger=trigger, actor=actor, reason=reason)
+        return results
+
+    async def resume(self, name: str, actor: str, reason: str) -> MutationResult:
+        async with self.lock:
+            self.spec(name)
+            rt = self.state.route(name)
+            if not self.rolled_back(name):
+                raise RuntimeError_(409, f"route '{name}' is not rolled back", {"route": name})
+            rt.rolled_back = False
+            rt.weight = 0.0  # the weight stays 0 until set or promoted
+            if self.flags is not None:
+                await self.flags.resume(self.spec(name))
+            self._new_step(name)
+            await self._push([name])
+            return self._finish(
+                MutationResult(name, "rolled_back", "active"),
+                action="resume", actor=actor, reason=reason, route=name,
+                before="rolled_back", after="active",
+            )
+
+    async def reload(self, actor: str, reason: str = "reload") -> int:
+        """Load the file again; raises ConfigError (the running config stays) when invalid."""
+        async with self.lock:
+            path = self.config_path
+            text = await asyncio.to_thread(Path(path).read_text)
+            try:
+                config = await asyncio.to_thread(load_config, path, text)
+            except ConfigError as exc:
+                log.error("reload rejected", problems=[str(p) for p in exc.problems])
+                self._audit(action="reload_rejected", actor=actor, reason=reason,
+                            evidence={"problems": [str(p) for p in exc.problems]})
+                raise
+            before = {r.name: self.effective(r.name) for r in self.config.routes}
+            self.config = config
+            self.config_text = text
+            replaced = self.state.apply_file(config.file_weights())
+            for r in config.routes:
+                old = before.get(r.name)
+                if old is None or old != self.effective(r.name):
+                    self._new_step(r.name)
+            self.generation += 1
+            weights = self.weights_bp()
+            await asyncio.gather(
+                *(p.install(config, text, self.generation, weights) for p in self.planes)
+            )
+            for hook in self.on_reload:
+                res = hook(config)
+                if asyncio.iscoroutine(res):
+                    await res
+            after = {r.name: self.effective(r.name) for r in config.routes}
+            self._finish(
+                MutationResult(None, before, after),
+                action="reload", actor=actor, reason=reason, route=None,
+                before=before, after=after,
+                generation=self.generation, replaced_runtime_weights=replaced,
+            )
+            log.info("config reloaded", generation=self.generation, replaced=replaced)
+            return self.generation
+
+    # -- gate ----------------------------------------------------------------------------
+    async def evidence(self, name: str) -> Evidence:
+        spec = self.spec(name)
+        weight = self.effective(name)
+        checks: tuple[CheckResult, ...] = ()
+        prom = self.prometheus
+        win = self.agg.window(name)
+        window_s = max(1.0, time.time() - win.started)
+        if prom is not None and spec.promotion.checks:
+            checks = tuple(
+                await asyncio.gather(*(prom.check(c, window_s) for c in spec.promotion.checks))
+            )
+        if prom is not None and self.config.gate.metrics == "prometheus":
+            ev = await prom.evidence(name, weight, window_s, spec.shadow.enabled,
+                                     spec.promotion.checks)
+            if checks:
+                ev = Evidence(**{**ev.__dict__, "checks": checks}) if hasattr(ev, "__dict__") \
+                    else ev
+            return ev
+        return Evidence(
+            route=name,
+            weight=weight,
+            legacy=_backend_evidence(win.legacy),
+            target=_backend_evidence(win.target),
+            compared=win.compared,
+            mismatched=win.mismatched,
+            shadow_enabled=spec.shadow.enabled and spec.shadow.sample > 0,
+            checks=checks,
+        )
+
+    async def gate(self, name: str, act: bool, actor: str) -> tuple[Decision, list[str]]:
+        """Evaluate the gate; with `act`, do what it says. Returns the decision and notes."""
+        spec = self.spec(name)
+        notes: list[str] = []
+        if act and self.rolled_back(name):
+            raise RuntimeError_(409, f"route '{name}' is rolled back; resume it before promoting",
+                                {"route": name, "state": "rolled_back"})
+        ev = await self.evidence(name)
+        decision = decide(ev, spec.promotion)
+        key = (name, decision.decision)
+        self.counters["gate_decisions"][key] = self.counters["gate_decisions"].get(key, 0) + 1
+        view = decision.to_dict()
+        view["evaluated_at"] = time.time()
+        view["acted"] = False
+        if act:
+            if decision.decision == "promote":
+                await self.set_weight(name, decision.to_weight, actor,
+                                      "promotion gate: " + " ".join(decision.reasons),
+                                      action="promote", evidence=view)
+                view["acted"] = True
+            elif decision.decision == "fail" and spec.promotion.auto_rollback:
+                await self.rollback([name], actor, "promotion gate failed: "
+                                    + " ".join(decision.reasons), trigger="auto", evidence=view)
+                view["acted"] = True
+                notes.append("rolled back")
+        self.last_decision[name] = {
+            k: view[k] for k in ("decision", "from_weight", "to_weight", "reasons",
+                                 "evaluated_at", "acted")
+        }
+        return decision, notes
+
+
+def _backend_evidence(b: Any) -> BackendEvidence:
+    return BackendEvidence(
+        requests=b.requests, errors=b.errors, p99=b.p99, latency_samples=b.latency_samples
+    )
+
+
+def _window_view(w: Any) -> dict:
+    def backend(b: Any) -> dict:
+        return {
+            "requests": b.requests,
+            "errors": b.errors,
+            "error_rate": (b.errors / b.requests) if b.requests else None,
+            "p99_ms": round(b.p99 * 1000, 3) if b.p99 is not None else None,
+        }
+
+    return {
+        "since": w.started,
+        "legacy": backend(w.legacy),
+        "target": backend(w.target),
+        "shadow": {
+            "compared": w.compared,
+            "mismatched": w.mismatched,
+            "errors": w.shadow_errors,
+            "mismatch_rate": (w.mismatched / w.compared) if w.compared else None,
+        },
+    }
+
+
+def _match_view(spec: RouteSpec) -> dict:
+    m = spec.match
+    out: dict[str, Any] = {}
+    for k in ("path", "path_prefix", "path_regex"):
+        if getattr(m, k) is not None:
+            out[k] = getattr(m, k)
+    if m.methods:
+        out["methods"] = list(m.methods)
+    if m.headers:
+        out["headers"] = dict(m.headers)
+    return out
+
+
+__all__ = ["MutationResult", "PlaneLink", "Runtime", "RuntimeError_", "bp_to_weight",
+           "default_actor"]
