@@ -309,6 +309,7 @@ class _Walker:
         self.file = file
         self.problems: list[Problem] = []
         self._ctor = yaml.constructor.SafeConstructor()
+        self.gate_url_reported = False
 
     # -- recording -----------------------------------------------------------------------------
 
@@ -655,7 +656,7 @@ class _Walker:
         flags = self.flags(m["flags"]) if "flags" in m else FlagsSpec()
         routes: tuple[RouteSpec, ...] = ()
         if "routes" in m:
-            routes = self.routes(m["routes"], upstreams, gate, flags, m)
+            routes = self.routes(m["routes"], upstreams, gate, flags)
         if self.problems:
             return None
         return Config(
@@ -794,8 +795,13 @@ class _Walker:
             "metrics": lambda x: self.choice(x, ("local", "prometheus")),
             "url": lambda x: self.http_url(x, nullable=True),
         })
-        if kw.get("metrics") == "prometheus" and "url" not in m:
-            self.problem(m["metrics"].line, f"{e.path}.url", "required with metrics: prometheus "
+        # an invalid url was reported already; a missing (or null) one is reported here or at
+        # the routes whose promotion.checks need it
+        self.gate_url_reported = "url" in m and "url" not in kw
+        if kw.get("metrics") == "prometheus" and kw.get("url") is None \
+                and not self.gate_url_reported:
+            where = m["url"].line if "url" in m else m["metrics"].line
+            self.problem(where, f"{e.path}.url", "required with metrics: prometheus "
                          "(the Prometheus base url, e.g. http://prometheus:9090)")
         return GateSourceSpec(**kw)
 
@@ -831,7 +837,7 @@ class _Walker:
     # -- routes ---------------------------------------------------------------------------------
 
     def routes(self, e: _Entry, upstreams: dict[str, UpstreamSpec], gate: GateSourceSpec,
-               flags: FlagsSpec, top: dict[str, _Entry]) -> tuple[RouteSpec, ...]:
+               flags: FlagsSpec) -> tuple[RouteSpec, ...]:
         items = self.sequence(e, "a list of routes")
         if not items:
             return ()
@@ -840,7 +846,7 @@ class _Walker:
         out: list[RouteSpec] = []
         coverage = _Coverage()
         for item in items:
-            route = self.route(item, upstreams, gate, flags, names, flag_names, top)
+            route = self.route(item, upstreams, gate, flags, names, flag_names)
             if route is None:
                 continue
             out.append(route)
@@ -853,8 +859,8 @@ class _Walker:
         return tuple(out)
 
     def route(self, e: _Entry, upstreams: dict[str, UpstreamSpec], gate: GateSourceSpec,
-              flags: FlagsSpec, names: dict[str, int], flag_names: dict[str, str],
-              top: dict[str, _Entry]) -> RouteSpec | None:
+              flags: FlagsSpec, names: dict[str, int], flag_names: dict[str, str]
+              ) -> RouteSpec | None:
         m = self.mapping(e, ROUTE_KEYS, what="a route (a mapping with name, match, legacy, "
                          "target)")
         if m is None:
@@ -907,7 +913,7 @@ class _Walker:
             shadow = self.shadow(m["shadow"], upstreams, sides)
         promotion = PromotionSpec()
         if "promotion" in m:
-            promotion = self.promotion(m["promotion"], gate, top)
+            promotion = self.promotion(m["promotion"], gate)
         if match is BAD or not ok:
             return None
         return RouteSpec(name=name, match=match, legacy=sides["legacy"], target=sides["target"],
@@ -1101,8 +1107,7 @@ class _Walker:
             "noise_upstream": noise,
         }))
 
-    def promotion(self, e: _Entry, gate: GateSourceSpec, top: dict[str, _Entry]
-                  ) -> PromotionSpec:
+    def promotion(self, e: _Entry, gate: GateSourceSpec) -> PromotionSpec:
         node = e.node
         if isinstance(node, ScalarNode) and node.tag == f"{_TAG}null":
             return PromotionSpec()
@@ -1121,19 +1126,11 @@ class _Walker:
             "checks": self.checks,
             "guardrail": self.guardrail,
         })
-        if kw.get("checks") and gate.url is None:
+        if kw.get("checks") and gate.url is None and not self.gate_url_reported:
             c = m["checks"]
-            # when gate.url was given but is invalid, that is reported at gate.url already
-            if "gate" not in top or "url" not in (self._peek_keys(top["gate"])):
-                self.problem(c.line, c.path, "checks need a Prometheus url: set gate.url "
-                             "(e.g. gate: {metrics: local, url: http://prometheus:9090})")
+            self.problem(c.line, c.path, "checks need a Prometheus url: set gate.url "
+                         "(e.g. gate: {metrics: local, url: http://prometheus:9090})")
         return PromotionSpec(**kw)
-
-    @staticmethod
-    def _peek_keys(e: _Entry) -> set[str]:
-        if not isinstance(e.node, MappingNode):
-            return set()
-        return {k.value for k, _ in e.node.value if isinstance(k, ScalarNode)}
 
     def steps(self, e: _Entry) -> Any:
         items = self.sequence(e, "a list of weights, e.g. [1, 5, 25, 50, 100]")

@@ -589,3 +589,25 @@ def test_parse_host_port() -> None:
     for bad in ("::1:80", "host", ":80", "host:http", "host:70000", "[zz]:1", "a b:1"):
         with pytest.raises(ValueError):
             parse_host_port(bad)
+
+
+def test_gate_url_is_needed_once_for_prometheus_and_for_checks() -> None:
+    checks = route("""\
+          - name: a
+            legacy: old
+            target: new
+            promotion: {checks: [{name: cost, query: 'sum(x)', max: 0.04}]}
+    """)
+    # a null url is as missing as no url; an invalid one is reported once, at gate.url
+    assert problems(checks + "gate: {metrics: prometheus, url: null}\n") == [
+        "10: routes[0].promotion.checks: checks need a Prometheus url: set gate.url (e.g. gate: "
+        "{metrics: local, url: http://prometheus:9090})",
+        "11: gate.url: required with metrics: prometheus (the Prometheus base url, e.g. "
+        "http://prometheus:9090)",
+    ]
+    assert problems(checks + "gate: {metrics: prometheus, url: 'ftp://p'}\n") == [
+        "11: gate.url: invalid url 'ftp://p': expected http(s)://HOST[:PORT][/path]"]
+    config = load_config("r.yaml", checks + "gate: {metrics: prometheus, url: 'http://p:9090/'}\n")
+    assert config.gate.url == "http://p:9090"
+    (check,) = config.routes[0].promotion.checks
+    assert (check.name, check.query, check.max, check.min) == ("cost", "sum(x)", 0.04, None)
