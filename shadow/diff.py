@@ -83,7 +83,22 @@ def parse_ignore(patterns: Sequence[str]) -> tuple[list[str], list[str], bool]:
     return body, headers, status
 
 
+_TYPES: dict[type, str] = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    Decimal: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
 def _jtype(v: object) -> str:
+    t = _TYPES.get(type(v))
+    if t is not None:
+        return t
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -289,6 +304,8 @@ class Comparator:
         if ta != tb:
             out.append(self._diff(segs, "type", a, b))
             return
+        if (ta == "object" or ta == "array") and a == b and repr(a) == repr(b):
+            return  # identical subtree, checked in C; repr keeps true != 1 (== does not)
         if ta == "object":
             assert isinstance(a, dict) and isinstance(b, dict)
             self._walk_object(a, b, segs, ign, keys, out)
@@ -306,10 +323,11 @@ class Comparator:
             out.append(self._diff(segs, "value", a, b))
 
     def _child(self, ign: State, keys: State, seg: Segment) -> tuple[bool, State, State]:
-        st = self._ignore.step(ign, seg)
-        if self._ignore.accepts(st):
-            return True, st, keys
-        return False, st, self._array_keys.step(keys, seg)
+        if ign:
+            ign = self._ignore.step(ign, seg)
+            if ign and self._ignore.accepts(ign):
+                return True, ign, keys
+        return False, ign, self._array_keys.step(keys, seg) if keys else keys
 
     def _walk_object(
         self,

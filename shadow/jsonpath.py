@@ -164,11 +164,16 @@ def generalize(path: str) -> str:
 class PathSet:
     """A compiled set of patterns, matched incrementally while walking a document."""
 
-    __slots__ = ("_pats", "patterns")
+    __slots__ = ("_cache", "_index_free", "_pats", "patterns")
+
+    _CACHE_MAX = 8192
 
     def __init__(self, patterns: Sequence[str]) -> None:
         self.patterns = tuple(patterns)
         self._pats = tuple(parse_pattern(p) for p in self.patterns)
+        # without [N] in any pattern every index steps alike: one cache entry for all of them
+        self._index_free = all(e.kind != "index" for pat in self._pats for e in pat)
+        self._cache: dict[tuple[State, Segment], State] = {}
 
     def __bool__(self) -> bool:
         return bool(self._pats)
@@ -177,8 +182,22 @@ class PathSet:
         return frozenset((i, 0) for i in range(len(self._pats)))
 
     def step(self, state: State, seg: Segment) -> State:
+        """The state at a child (`seg`) of the node at `state`; memoised (documents repeat)."""
         if not state:
             return state
+        if isinstance(seg, int) and self._index_free:
+            seg = -1
+        key = (state, seg)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        nxt = self._step(state, seg)
+        if len(self._cache) >= self._CACHE_MAX:
+            self._cache.clear()
+        self._cache[key] = nxt
+        return nxt
+
+    def _step(self, state: State, seg: Segment) -> State:
         nxt: set[tuple[int, int]] = set()
         for i, pos in state:
             pat = self._pats[i]

@@ -86,6 +86,8 @@ def test_float_tolerance_is_absolute() -> None:
 def test_booleans_are_not_numbers() -> None:
     assert found(compare({"a": True}, {"a": 1})) == {("$.a", "type")}
     assert found(compare({"a": False}, {"a": 0}, numeric_tolerance=1.0)) == {("$.a", "type")}
+    nested = found(compare({"x": [{"a": 1, "b": True}]}, {"x": [{"a": 1.0, "b": 1}]}))
+    assert nested == {("$.x[0].b", "type")}
 
 
 def test_unicode_compared_after_nfc() -> None:
