@@ -1,0 +1,406 @@
+"""Results of a run: per-scenario runs, min/median/max, paired ratios to nginx, the issue's
+target checks, and the Markdown and JSON renderings.
+
+A ratio "to nginx" pairs run i of a row with run i of nginx for the same metric and body, so
+every ratio compares figures measured moments apart; the reported ratio is the median of those.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+LABELS = {
+    "direct": "direct to upstream (no proxy)",
+    "nginx": "nginx reverse proxy, 1 worker, keepalive",
+    "aiohttp": "naive aiohttp proxy (pooled ClientSession)",
+    "strangler": "strangler, 1 worker, 10 routes",
+    "strangler_w2": "strangler, 2 workers (unpinned)",
+    "strangler_shadow": "strangler, shadow sample 1.0",
+    "strangler_10k": "strangler, 10,000 routes",
+    "stream": "strangler, 1 GiB streamed up and down",
+}
+
+
+@dataclass
+class Row:
+    scenario: str
+    metric: str  # throughput | p50 | p99 | rss_growth
+    body: str  # small | 64KiB | size of the stream
+    unit: str
+    runs: list[float | None] = field(default_factory=list)  # index = repeat (None: failed)
+    details: list[dict] = field(default_factory=list)
+    ratio_to_nginx: list[float] = field(default_factory=list)
+
+    @property
+    def values(self) -> list[float]:
+        return [v for v in self.runs if v is not None]
+
+    def stat(self, fn: str) -> float | None:
+        vals = self.values
+        if not vals:
+            return None
+        return {"min": min, "median": statistics.median, "max": max}[fn](vals)
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    text: str
+    row: tuple[str, str, str]
+    ref: tuple[str, str, str] | None  # None: absolute value
+    op: str  # ">=" | "<="
+    goal: float
+    limit_hint: str = ""
+
+
+TARGETS = (
+    Target(
+        "small_vs_nginx",
+        "1 worker, small body: throughput vs nginx",
+        ("strangler", "throughput", "small"),
+        ("nginx", "throughput", "small"),
+        ">=",
+        0.5,
+    ),
+    Target(
+        "big_vs_nginx",
+        "1 worker, 64 KiB body: throughput vs nginx",
+        ("strangler", "throughput", "64KiB"),
+        ("nginx", "throughput", "64KiB"),
+        ">=",
+        0.6,
+    ),
+    Target(
+        "vs_aiohttp",
+        "1 worker, small body: throughput vs naive aiohttp proxy",
+        ("strangler", "throughput", "small"),
+        ("aiohttp", "throughput", "small"),
+        ">=",
+        5.0,
+    ),
+    Target(
+        "p50",
+        "p50 at 1,000 req/s over 16 connections vs nginx",
+        ("strangler", "p50", "small"),
+        ("nginx", "p50", "small"),
+        "<=",
+        1.3,
+    ),
+    Target(
+        "p99",
+        "p99 at 1,000 req/s over 16 connections vs nginx",
+        ("strangler", "p99", "small"),
+        ("nginx", "p99", "small"),
+        "<=",
+        2.0,
+    ),
+    Target(
+        "shadow",
+        "shadow at sample 1.0: primary throughput vs shadow off",
+        ("strangler_shadow", "throughput", "small"),
+        ("strangler", "throughput", "small"),
+        ">=",
+        0.65,
+    ),
+    Target(
+        "routes_10k",
+        "10,000 routes: throughput vs 10 routes",
+        ("strangler_10k", "throughput", "small"),
+        ("strangler", "throughput", "small"),
+        ">=",
+        0.9,
+    ),
+    Target(
+        "stream_rss",
+        "1 GiB streamed request and response: peak RSS growth, MiB (max of runs)",
+        ("stream", "rss_growth", "1GiB"),
+        None,
+        "<=",
+        64.0,
+    ),
+    Target(
+        "workers_2",
+        "2 workers vs 1 worker (throughput)",
+        ("strangler_w2", "throughput", "small"),
+        ("strangler", "throughput", "small"),
+        ">=",
+        1.6,
+    ),
+)
+
+
+@dataclass
+class Results:
+    meta: dict
+    rows: dict[tuple[str, str, str], Row] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(
+        self,
+        scenario: str,
+        metric: str,
+        body: str,
+        unit: str,
+        repeat: int,
+        value: float | None,
+        detail: dict | None = None,
+    ) -> None:
+        row = self.rows.setdefault((scenario, metric, body), Row(scenario, metric, body, unit))
+        while len(row.runs) < repeat:
+            row.runs.append(None)
+            row.details.append({})
+        row.runs.append(value)
+        row.details.append(detail or {})
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def paired(self, row: Row, ref: Row) -> list[float]:
+        return [
+            a / b
+            for a, b in zip(row.runs, ref.runs, strict=False)
+            if a is not None and b is not None and b > 0
+        ]
+
+    def finish(self) -> None:
+        for (_, metric, body), row in self.rows.items():
+            ref = self.rows.get(("nginx", metric, body))
+            row.ratio_to_nginx = self.paired(row, ref) if ref else []
+
+    def ratio(self, row: Row) -> float | None:
+        return statistics.median(row.ratio_to_nginx) if row.ratio_to_nginx else None
+
+    def checks(self) -> list[dict]:
+        out = []
+        for t in TARGETS:
+            row = self.rows.get(t.row)
+            ref = self.rows.get(t.ref) if t.ref else None
+            value: float | None = None
+            if row is not None and row.values:
+                if t.ref is None:
+                    value = max(row.values)
+                elif ref is not None and (pairs := self.paired(row, ref)):
+                    value = statistics.median(pairs)
+            if value is None:
+                status = "SKIP"
+            else:
+                ok = value >= t.goal if t.op == ">=" else value <= t.goal
+                status = "PASS" if ok else "MISS"
+            out.append(
+                {
+                    "key": t.key,
+                    "target": t.text,
+                    "op": t.op,
+                    "goal": t.goal,
+                    "value": value,
+                    "status": status,
+                    "limited_by": self.limit(t),
+                }
+            )
+        return out
+
+    def limit(self, t: Target) -> str:
+        """What the CPU figures say limited the measured row (median over runs)."""
+        row = self.rows.get(t.row)
+        if row is None or not row.values:
+            return ""
+        if t.row[1] != "throughput":
+            return ""
+        cpu = median_cpu(row)
+        if not cpu:
+            return ""
+        order = ("proxy", "loadgen", "upstream", "other")
+        parts = [f"{k} {cpu[k]:.0f}%" for k in order if k in cpu]
+        text = "CPU (% of one core): " + ", ".join(parts)
+        proxy, gen, other = cpu.get("proxy", 0), cpu.get("loadgen", 0), cpu.get("other", 0)
+        cores = self.meta.get("cores_per_proxy", {}).get(row.scenario, 1)
+        if proxy >= 90 * cores:
+            text += "; the proxy saturates its core(s)"
+        elif gen >= 90:
+            text += "; the load generator saturates its core"
+        if other >= 30:
+            text += f"; other work on the machine took {other:.0f}% of a core (noise)"
+        if row.scenario == "strangler_w2" and self.meta.get("nproc", 0) <= 2:
+            text += (
+                "; on 2 cores the two workers share the CPU with wrk and the upstream, "
+                "so this is bounded by the machine, not the proxy"
+            )
+        return text
+
+    # --- rendering ----------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        return {
+            "meta": self.meta,
+            "rows": [
+                {
+                    **asdict(r),
+                    "label": LABELS.get(r.scenario, r.scenario),
+                    "min": r.stat("min"),
+                    "median": r.stat("median"),
+                    "max": r.stat("max"),
+                    "median_ratio_to_nginx": self.ratio(r),
+                }
+                for r in self.rows.values()
+            ],
+            "targets": self.checks(),
+            "notes": self.notes,
+        }
+
+    def write(self, out_dir: Path, stem: str = "latest") -> tuple[Path, Path]:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        js, md = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+        js.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        md.write_text(self.markdown())
+        return js, md
+
+    def markdown(self) -> str:
+        m = self.meta
+        lines = [
+            f"# strangler benchmark, {m['date']}",
+            "",
+            f"- machine: {m['cpu_model']}, {m['nproc']} cores, Linux {m['kernel']}, "
+            f"Python {m['python']}, {m['nginx']}, {m['wrk']}",
+            f"- command: `{m['command']}`",
+            f"- {m['repeat']} run(s) of each measurement; throughput: `wrk -t1 -c64 "
+            f"-d{m['duration']}s`; latency: {m['latency_rate']:.0f} req/s evenly spaced over "
+            f"{m['latency_connections']} connections for {m['latency_duration']}s after a 1 s "
+            "warm-up (bench/fixedrate.py)",
+            f"- pinning: {m['pinning']}",
+            "- ratios are medians of per-run ratios to nginx measured in the same run",
+            "- CPU columns: median % of one core used during the run by the proxy (all its "
+            "processes), wrk, the upstream, and everything else on the machine (other jobs, "
+            "softirq network work not charged to a process); load average "
+            f"{m.get('loadavg_start', '?')} at the start, {m.get('loadavg_end', '?')} at the end",
+            "",
+            "## Throughput (requests/s)",
+            "",
+            "| server | body | min | median | max | x nginx | proxy CPU % | wrk CPU % "
+            "| upstream CPU % | other CPU % | errors |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in self._rows("throughput"):
+            cpu = median_cpu(r)
+            errors = sum(d.get("errors", 0) for d in r.details)
+            lines.append(
+                f"| {LABELS.get(r.scenario, r.scenario)} | {r.body} | {_n(r.stat('min'))} | "
+                f"{_n(r.stat('median'))} | {_n(r.stat('max'))} | {_x(self.ratio(r))} | "
+                f"{_n(cpu.get('proxy'))} | {_n(cpu.get('loadgen'))} | "
+                f"{_n(cpu.get('upstream'))} | {_n(cpu.get('other'))} | {errors} |"
+            )
+        shadow = self.rows.get(("strangler_shadow", "throughput", "small"))
+        if shadow is not None:
+            lines += ["", self.shadow_line(shadow)]
+        lat = self._rows("p50")
+        if lat:
+            lines += [
+                "",
+                f"## Latency at {m['latency_rate']:.0f} req/s over "
+                f"{m['latency_connections']} connections (µs, small body)",
+                "",
+                "| server | p50 min / median / max | p50 x nginx | p99 min / median / max "
+                "| p99 x nginx | achieved req/s | errors |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+            ]
+            for r in lat:
+                p99 = self.rows.get((r.scenario, "p99", r.body))
+                rates = [d.get("achieved_rps", 0) for d in r.details if d]
+                errors = sum(d.get("errors", 0) for d in r.details)
+                lines.append(
+                    f"| {LABELS.get(r.scenario, r.scenario)} | {_span(r)} | {_x(self.ratio(r))} | "
+                    f"{_span(p99)} | {_x(self.ratio(p99) if p99 else None)} | "
+                    f"{_n(statistics.median(rates) if rates else None)} | {errors} |"
+                )
+        stream = self.rows.get(("stream", "rss_growth", "1GiB"))
+        if stream:
+            lines += [
+                "",
+                f"## {m.get('stream_bytes', 0) / 2**30:g} GiB streamed through strangler "
+                "(PUT up, then GET down, one connection)",
+                "",
+                "| run | peak RSS growth, MiB | baseline RSS, MiB | upload MiB/s "
+                "| download MiB/s | ok |",
+                "|---:|---:|---:|---:|---:|---|",
+            ]
+            for i, (v, d) in enumerate(zip(stream.runs, stream.details, strict=False), 1):
+                lines.append(
+                    f"| {i} | {_n(v, 1)} | {_n(d.get('baseline_mib'), 1)} | "
+                    f"{_n(d.get('upload_mib_s'))} | {_n(d.get('download_mib_s'))} | "
+                    f"{d.get('ok', False)} |"
+                )
+        lines += [
+            "",
+            "## Targets (issue 9)",
+            "",
+            "| target | measured | goal | status | what limited it |",
+            "|---|---:|---:|---|---|",
+        ]
+        for c in self.checks():
+            value = "-" if c["value"] is None else f"{c['value']:.2f}"
+            lines.append(
+                f"| {c['target']} | {value} | {c['op']} {c['goal']:g} | {c['status']} "
+                f"| {c['limited_by']} |"
+            )
+        if self.notes:
+            lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def shadow_line(self, row: Row) -> str:
+        """How much mirroring the shadow row really did (from strangler's /metrics)."""
+        shares = [d["shadow_compared_share"] for d in row.details if "shadow_compared_share" in d]
+        if not shares:
+            return (
+                "Shadow row: strangler's /metrics did not report shadow counters, so it is "
+                "not shown that mirroring happened."
+            )
+        totals: dict[str, float] = {}
+        for d in row.details:
+            for k, v in d.get("shadow", {}).items():
+                totals[k] = totals.get(k, 0.0) + v
+        counts = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(totals.items()) if v)
+        return (
+            f"Shadow row: comparisons per primary request {statistics.median(shares):.2f} "
+            f"(median of runs; 1.00 = every request mirrored and compared); counters over all "
+            f"runs: {counts or 'none'}."
+        )
+
+    def _rows(self, metric: str) -> list[Row]:
+        order = list(LABELS)
+        rows = [r for r in self.rows.values() if r.metric == metric]
+        return sorted(
+            rows,
+            key=lambda r: (
+                r.body != "small",
+                order.index(r.scenario) if r.scenario in order else 99,
+            ),
+        )
+
+
+def median_cpu(row: Row) -> dict[str, float]:
+    keys = {k for d in row.details for k in d.get("cpu", {})}
+    out = {}
+    for k in sorted(keys):
+        vals = [d["cpu"][k] for d in row.details if k in d.get("cpu", {})]
+        if vals:
+            out[k] = statistics.median(vals)
+    return out
+
+
+def _n(v: float | None, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _span(r: Row | None) -> str:
+    if r is None or not r.values:
+        return "-"
+    return f"{_n(r.stat('min'))} / {_n(r.stat('median'))} / {_n(r.stat('max'))}"

@@ -1,0 +1,362 @@
+"""The servers of a benchmark run: nginx upstreams, nginx as reverse proxy, the naive aiohttp
+proxy, the streaming upstream and strangler, each started pinned and checked before use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+import yaml
+
+from bench.procs import Proc, Procs, free_port, wait_port
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+SMALL_BODY = json.dumps(
+    {"id": 4242, "name": "benchmark", "items": [1, 2, 3], "balance": "1024.50", "ok": True},
+    separators=(",", ":"),
+)
+BIG_SIZE = 64 * 1024
+
+
+class StartError(RuntimeError):
+    """A server did not come up; the message carries the tail of its log."""
+
+
+def big_body() -> bytes:
+    """A JSON document of exactly 64 KiB."""
+    head, tail = b'{"items":[', b'],"pad":"'
+    items = b",".join(b'{"id":%d,"amount":"%d.00"}' % (i, i * 7) for i in range(1500))
+    doc = head + items + tail
+    return doc + b"x" * (BIG_SIZE - len(doc) - 2) + b'"}'
+
+
+@dataclass
+class Upstream:
+    proc: Proc
+    small_port: int
+    big_port: int
+
+    @property
+    def small_url(self) -> str:
+        return f"http://127.0.0.1:{self.small_port}"
+
+    @property
+    def big_url(self) -> str:
+        return f"http://127.0.0.1:{self.big_port}"
+
+
+@dataclass
+class Server:
+    """Something under load: where to send the small-body and 64 KiB requests."""
+
+    name: str
+    proc: Proc | None
+    small_url: str
+    big_url: str | None
+
+
+def _render(template: str, out: Path, **values: object) -> Path:
+    text = Template((HERE / template).read_text()).substitute(**values)
+    out.write_text(text)
+    return out
+
+
+def _nginx(procs: Procs, name: str, conf: Path, ports: list[int], cpus: str | None) -> Proc:
+    proc = procs.start(
+        name,
+        [
+            "nginx",
+            "-e",
+            str(conf.parent / f"{name}.error.log"),
+            "-p",
+            str(conf.parent),
+            "-c",
+            str(conf),
+        ],
+        cpus,
+    )
+    for port in ports:
+        if not wait_port(port, 10, proc.popen):
+            raise StartError(f"{name} did not listen on {port}:\n{proc.tail()}")
+    return proc
+
+
+def start_upstream(procs: Procs, workdir: Path, name: str, cpus: str | None) -> Upstream:
+    """nginx, 1 worker: the small JSON body on one port, the 64 KiB file on another."""
+    www = workdir / "www"
+    www.mkdir(exist_ok=True)
+    (www / "big.json").write_bytes(big_body())
+    small_port, big_port = free_port(), free_port()
+    conf = _render(
+        "upstream_nginx.conf.tmpl",
+        workdir / f"{name}.conf",
+        dir=workdir,
+        name=name,
+        small_port=small_port,
+        big_port=big_port,
+        small_body=SMALL_BODY,
+    )
+    proc = _nginx(procs, name, conf, [small_port, big_port], cpus)
+    return Upstream(proc, small_port, big_port)
+
+
+def start_nginx_proxy(procs: Procs, workdir: Path, up: Upstream, cpus: str | None) -> Server:
+    """nginx reverse proxy, 1 worker, upstream keepalive: two ports, one per body size."""
+    name = "nginx-proxy"
+    ports = [free_port(), free_port()]
+    conf = _render(
+        "proxy_nginx.conf.tmpl",
+        workdir / f"{name}.conf",
+        dir=workdir,
+        name=name,
+        small_port=ports[0],
+        big_port=ports[1],
+        small_upstream_port=up.small_port,
+        big_upstream_port=up.big_port,
+    )
+    proc = _nginx(procs, name, conf, ports, cpus)
+    return Server("nginx", proc, f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}")
+
+
+def start_aiohttp(procs: Procs, up: Upstream, cpus: str | None) -> tuple[Server, Proc]:
+    """Two naive aiohttp proxies (one per upstream port), both pinned to `cpus`."""
+    started = []
+    for label, upstream in (("small", up.small_url), ("big", up.big_url)):
+        port = free_port()
+        proc = procs.start(
+            f"aiohttp-{label}",
+            [
+                sys.executable,
+                "-m",
+                "bench.naive_aiohttp_proxy",
+                "--port",
+                str(port),
+                "--upstream",
+                upstream,
+            ],
+            cpus,
+            env={"PYTHONPATH": str(REPO)},
+        )
+        if not wait_port(port, 20, proc.popen):
+            raise StartError(f"naive aiohttp proxy did not start:\n{proc.tail()}")
+        started.append((port, proc))
+    (small_port, small), (big_port, big) = started
+    server = Server(
+        "aiohttp", small, f"http://127.0.0.1:{small_port}", f"http://127.0.0.1:{big_port}"
+    )
+    return server, big
+
+
+def start_stream_upstream(procs: Procs, cpus: str | None) -> tuple[Proc, str]:
+    port = free_port()
+    proc = procs.start(
+        "stream-upstream",
+        [sys.executable, "-m", "bench.stream", "upstream", "--port", str(port)],
+        cpus,
+        env={"PYTHONPATH": str(REPO)},
+    )
+    if not wait_port(port, 20, proc.popen):
+        raise StartError(f"stream upstream did not start:\n{proc.tail()}")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+# --- strangler ---------------------------------------------------------------------------
+
+
+def route_name(i: int) -> str:
+    return f"r{i:05d}"
+
+
+def bench_paths(n_routes: int) -> tuple[str, str]:
+    """The small-body and 64 KiB paths: they match the last two of `n_routes` routes."""
+    return f"/svc/{route_name(n_routes - 2)}/item", f"/svc/{route_name(n_routes - 1)}/item"
+
+
+def strangler_config(
+    *,
+    port: int,
+    admin_port: int,
+    state_dir: Path,
+    up: Upstream,
+    n_routes: int = 10,
+    weight: float = 50,
+    shadow_url: str | None = None,
+) -> dict:
+    """routes.yaml for the bench: `n_routes` routes with distinct path prefixes.
+
+    Every route splits `weight`% to a second upstream name on the same nginx (routing and the
+    split decision run on every request; shadow off). With `shadow_url`, the small-body route
+    instead sends 100% to legacy and mirrors every request (sample 1.0) to that nginx.
+    """
+    upstreams = {
+        "legacy": {"url": up.small_url},
+        "modern": {"url": up.small_url},
+        "legacy-big": {"url": up.big_url},
+        "modern-big": {"url": up.big_url},
+    }
+    routes = []
+    for i in range(n_routes):
+        big = i == n_routes - 1
+        route = {
+            "name": route_name(i),
+            "match": {"path_prefix": f"/svc/{route_name(i)}"},
+            "legacy": "legacy-big" if big else "legacy",
+            "target": "modern-big" if big else "modern",
+            "weight": weight,
+            "shadow": {"enabled": False},
+        }
+        if shadow_url and i == n_routes - 2:
+            upstreams["shadow-target"] = {"url": shadow_url}
+            route.update(target="shadow-target", weight=0, shadow={"enabled": True, "sample": 1.0})
+        routes.append(route)
+    return _base(port, admin_port, state_dir, upstreams, routes)
+
+
+def stream_config(*, port: int, admin_port: int, state_dir: Path, upstream_url: str) -> dict:
+    """One route to the streaming upstream; bodies up to 2 GiB, 120 s to response headers."""
+    upstreams = {
+        "stream": {"url": upstream_url, "timeout": "120s"},
+        "stream-new": {"url": upstream_url, "timeout": "120s"},
+    }
+    routes = [
+        {
+            "name": "stream",
+            "match": {"path_prefix": "/stream"},
+            "legacy": "stream",
+            "target": "stream-new",
+            "weight": 0,
+            "shadow": {"enabled": False},
+        }
+    ]
+    cfg = _base(port, admin_port, state_dir, upstreams, routes, default="stream")
+    cfg["limits"] = {"max_body": "2GiB", "body_idle_timeout": "60s"}
+    return cfg
+
+
+def _base(
+    port: int,
+    admin_port: int,
+    state_dir: Path,
+    upstreams: dict,
+    routes: list,
+    default: str = "legacy",
+) -> dict:
+    return {
+        "version": 1,
+        "listen": f"127.0.0.1:{port}",
+        "admin": {"listen": f"127.0.0.1:{admin_port}"},
+        "state_dir": str(state_dir),
+        "upstreams": upstreams,
+        "default_upstream": default,
+        "routes": routes,
+    }
+
+
+def strangler_cmd() -> list[str]:
+    exe = Path(sys.executable).parent / "strangler"
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-c", "import sys; from proxy.cli import main; sys.exit(main())"]
+
+
+def _readyz(admin_port: int) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return None
+
+
+def start_strangler(
+    procs: Procs,
+    workdir: Path,
+    name: str,
+    config: dict,
+    cpus: str | None,
+    workers: int = 1,
+    timeout: float = 90.0,
+) -> Proc:
+    """`strangler serve -c FILE [--workers N]`; ready when admin /readyz answers 200 (or, if
+    the admin listener never answers, when the listen port has accepted for 3 s)."""
+    cfg_path = workdir / f"{name}.yaml"
+    cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    cmd = [*strangler_cmd(), "serve", "-c", str(cfg_path)]
+    if workers != 1:
+        cmd += ["--workers", str(workers)]
+    proc = procs.start(name, cmd, cpus, env={"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
+    port = int(config["listen"].rsplit(":", 1)[1])
+    admin_port = int(config["admin"]["listen"].rsplit(":", 1)[1])
+    deadline = time.monotonic() + timeout
+    listening_since: float | None = None
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise StartError(
+                f"`{' '.join(cmd[-4:])}` exited with {proc.popen.returncode}:\n{proc.tail()}"
+            )
+        if _readyz(admin_port) == 200:
+            return proc
+        if wait_port(port, 0.1):
+            listening_since = listening_since or time.monotonic()
+            if time.monotonic() - listening_since > 3 and _readyz(admin_port) is None:
+                return proc
+        time.sleep(0.1)
+    procs.stop(proc)
+    raise StartError(f"strangler ({name}) not ready after {timeout:.0f}s:\n{proc.tail()}")
+
+
+def shadow_counters(admin_port: int) -> dict[str, float] | None:
+    """Shadow counters from the admin /metrics: compared (per result) and skipped (per reason),
+    summed over routes; None if /metrics does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        for metric, label in (
+            ("strangler_shadow_comparisons_total{", "result"),
+            ("strangler_shadow_skipped_total{", "reason"),
+        ):
+            if line.startswith(metric):
+                labels, _, value = line.rpartition(" ")
+                m = re.search(label + r'="([^"]*)"', labels)
+                kind = ("compared_" if "comparisons" in metric else "skipped_") + (
+                    m.group(1) if m else "?"
+                )
+                out[kind] = out.get(kind, 0.0) + float(value)
+    return out
+
+
+def check_get(url: str, expect_len: int | None, timeout: float = 5.0) -> str | None:
+    """None if GET url answers 200 with the expected body length, else what went wrong."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            body = r.read()
+            if r.status != 200:
+                return f"status {r.status}"
+    except urllib.error.HTTPError as exc:
+        return f"status {exc.code}: {exc.read()[:200]!r}"
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if expect_len is not None and len(body) != expect_len:
+        return f"body of {len(body)} bytes, expected {expect_len}"
+    return None
+
+
+def chmod_for_nginx_workers(workdir: Path) -> None:
+    """nginx workers run as `nobody` when we are root: let them read the temp dir."""
+    os.chmod(workdir, 0o755)
