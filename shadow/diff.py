@@ -8,9 +8,10 @@ Rules (a closed set of kinds, see `shadow.model.KINDS`):
   content-type on that side): compared structurally. Objects by key (`missing`, `extra`), arrays
   by index (a `length` difference when sizes differ, then element by element over the common
   prefix) or, for an array named in `array_keys`, by the value of its key field (`length` plus
-  `missing`/`extra` for unmatched elements; the path of a matched element uses its index in the
-  legacy array). Numbers: 1 == 1.0, integers of any size exact, decimals exact (parsed as
-  Decimal), `numeric_tolerance` absolute; booleans are not numbers. Strings after NFC.
+  `missing`/`extra` for unmatched elements; a path uses the element's index in the legacy array,
+  or in the target array for an `extra` one). Numbers: 1 == 1.0, integers of any size exact,
+  decimals exact (parsed as Decimal), `numeric_tolerance` absolute; booleans are not numbers.
+  Strings after NFC.
 - Other bodies: bytes, after content-type-aware normalisation (text/*: CRLF -> LF, trailing
   whitespace at the end stripped); a `body` difference at `$` carries short previews.
 - A body cut at shadow.max_body (`Exchange.truncated`) is not compared (`body_compared=False`).
