@@ -317,6 +317,11 @@ class _Walker:
         self.problems.append(Problem(self.file, max(1, line), path, message))
         return BAD
 
+    def reject(self, line: int, path: str, message: str) -> bool:
+        """Record a problem; False, for `ok = self.reject(...)`."""
+        self.problem(line, path, message)
+        return False
+
     def expected(self, e: _Entry, what: str, value: Any = None) -> Any:
         return self.problem(e.line, e.path, f"expected {what}, got {_describe(e.node, value)}")
 
@@ -461,7 +466,10 @@ class _Walker:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             return self.expected(e, "a number", value)
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            value = math.inf
         if not math.isfinite(value):
             return self.problem(e.line, e.path, "must be a finite number")
         too_low = lo is not None and (value < lo or (lo_open and value == lo))
@@ -557,10 +565,10 @@ class _Walker:
                 continue
             method = value.upper()
             if not TOKEN_RE.match(method):
-                ok = self.problem(item.line, item.path, f"invalid HTTP method {value!r}") and False
+                ok = self.reject(item.line, item.path, f"invalid HTTP method {value!r}")
                 continue
             if method in out:
-                ok = self.problem(item.line, item.path, f"duplicate method {method}") and False
+                ok = self.reject(item.line, item.path, f"duplicate method {method}")
                 continue
             out.append(method)
         return tuple(out) if ok else BAD
@@ -637,9 +645,15 @@ class _Walker:
         admin = self.admin(m["admin"]) if "admin" in m else AdminSpec()
         state_dir = base / ".strangler"
         if "state_dir" in m:
-            value = self.string(m["state_dir"], what="a directory path")
+            e = m["state_dir"]
+            value = self.string(e, what="a directory path")
+            if value is not BAD and "\x00" in value:
+                value = self.problem(e.line, e.path, "must not contain NUL characters")
             if value is not BAD:
-                state_dir = base / Path(value).expanduser()
+                try:
+                    state_dir = base / Path(value).expanduser()
+                except RuntimeError as exc:  # ~user that does not exist
+                    self.problem(e.line, e.path, f"cannot expand {value!r}: {exc}")
         upstreams: dict[str, UpstreamSpec] = {}
         if self.require(m, "upstreams", top):
             upstreams = self.upstreams(m["upstreams"])
@@ -947,13 +961,13 @@ class _Walker:
                 try:
                     re.compile(value)
                 except (re.error, RecursionError, OverflowError) as exc:
-                    ok = self.problem(m[key].line, m[key].path,
-                                      f"invalid regular expression: {exc}") and False
+                    ok = self.reject(m[key].line, m[key].path,
+                                      f"invalid regular expression: {exc}")
                     continue
             else:
                 why = _path_problem(value, prefix=key == "path_prefix")
                 if why:
-                    ok = self.problem(m[key].line, m[key].path, f"{value!r} {why}") and False
+                    ok = self.reject(m[key].line, m[key].path, f"{value!r} {why}")
                     continue
             kw[key] = value
         if "methods" in m:
@@ -986,8 +1000,8 @@ class _Walker:
                 ok = False
                 continue
             if name in out:
-                ok = self.problem(entry.line, entry.path, f"header '{name}' is listed twice "
-                                  "(names are case-insensitive)") and False
+                ok = self.reject(entry.line, entry.path, f"header '{name}' is listed twice "
+                                  "(names are case-insensitive)")
                 continue
             out[name] = value
         return tuple(out.items()) if ok else BAD
@@ -1149,8 +1163,8 @@ class _Walker:
                 ok = False
                 continue
             if out and value <= out[-1]:
-                ok = self.problem(item.line, item.path, f"steps must increase: {value:g} comes "
-                                  f"after {out[-1]:g}") and False
+                ok = self.reject(item.line, item.path, f"steps must increase: {value:g} comes "
+                                  f"after {out[-1]:g}")
                 continue
             out.append(value)
         last = self.scalar_value(items[-1].node)
@@ -1208,13 +1222,13 @@ class _Walker:
                                  "query's value must stay within)")
                 complete = False
             elif lo is not None and hi is not None and lo > hi:
-                complete = self.problem(m["min"].line, m["min"].path,
-                                        f"min {lo:g} is above max {hi:g}") and False
+                complete = self.reject(m["min"].line, m["min"].path,
+                                        f"min {lo:g} is above max {hi:g}")
             name = kw.get("name")
             if name is not None:
                 if name in seen:
-                    complete = self.problem(m["name"].line, m["name"].path, f"duplicate check "
-                                            f"name '{name}' (first at line {seen[name]})") and False
+                    complete = self.reject(m["name"].line, m["name"].path, f"duplicate check "
+                                            f"name '{name}' (first at line {seen[name]})")
                 else:
                     seen[name] = m["name"].line
             if complete and "name" in kw and "query" in kw:

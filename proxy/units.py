@@ -34,7 +34,10 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}: expected {DURATION_HINT}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
     elif isinstance(value, str):
         m = _NUMBER_UNIT.fullmatch(value)
         unit = m.group(2).lower() if m else ""

@@ -35,7 +35,7 @@ KEYS = st.sampled_from([
 SCALARS = st.one_of(
     st.none(),
     st.booleans(),
-    st.integers(min_value=-(10**20), max_value=10**20),
+    st.integers(min_value=-(10**400), max_value=10**400),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=20),
     st.sampled_from(["1s", "250ms", "1MiB", "http://127.0.0.1:1", "https://h", "/api", "/a/../b",
@@ -149,5 +149,8 @@ def test_anchors_aliases_and_odd_tags_are_located_problems_not_crashes() -> None
         "version: 1\nupstreams: !!omap [a: 1]\n",
         "\ufeffversion: 1\n",
         "[" * 2000,
+        "version: 1\nstate_dir: ~nobody-here-at-all/x\n",
+        f"version: 1\nroutes: [{{name: a, weight: {10**400}, shadow: {{max_body: {10**400}}}}}]\n",
+        f"version: 1\nlimits: {{header_timeout: {10**400}, max_headers: {10**400}}}\n",
     ]:
         check(text)
