@@ -338,8 +338,6 @@ class _Walker:
         out: dict[str, _Entry] = {}
         prefix = f"{e.path}." if e.path else ""
         for key_node, value_node in self._pairs(node, e):
-            if key_node is None:  # merged in from `<<`
-                continue
             key = self._key(key_node, e)
             if key is None:
                 continue
@@ -366,8 +364,6 @@ class _Walker:
         seen: dict[str, int] = {}
         prefix = f"{e.path}." if e.path else ""
         for key_node, value_node in self._pairs(node, e):
-            if key_node is None:
-                continue
             key = self._key(key_node, e)
             if key is None:
                 continue
@@ -380,11 +376,11 @@ class _Walker:
             out.append((key, _Entry(value_node, line, f"{prefix}{key}")))
         return out
 
-    def _pairs(self, node: MappingNode, e: _Entry) -> list[tuple[Node | None, Node]]:
-        """Own pairs, plus pairs merged with `<<: *anchor` (key None; own keys win)."""
+    def _pairs(self, node: MappingNode, e: _Entry) -> list[tuple[Node, Node]]:
+        """The mapping's pairs; merge keys are refused (they hide where a value comes from)."""
         if node.tag != f"{_TAG}map":
             self.problem(e.line, e.path, f"unsupported YAML tag {node.tag!r} on a mapping")
-        pairs: list[tuple[Node | None, Node]] = []
+        pairs: list[tuple[Node, Node]] = []
         for key_node, value_node in node.value:
             if key_node.tag == f"{_TAG}merge":
                 self.problem(_line(key_node), e.path, "YAML merge keys (<<) are not supported; "
