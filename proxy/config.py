@@ -915,7 +915,8 @@ class _Walker:
                              f"route '{flag_names[flag]}'; each route needs its own toggle")
             else:
                 flag_names[flag] = name
-        if flags.backend == "unleash" and "flag" not in m:
+        flag_reported = "flag" in m and "flag" not in kw
+        if flags.backend == "unleash" and flag is None and not flag_reported:
             self.problem(e.line, f"{e.path}.flag", "required with flags.backend: unleash "
                          "(the Unleash toggle that holds this route's weight)")
         shadow = ShadowSpec()

@@ -207,6 +207,7 @@ def test_unleash_backend_reads_its_block_and_needs_a_flag_per_route() -> None:
     assert problems(text) == [f"{marked_line(text)}: routes[1].flag: required with "
                               "flags.backend: unleash (the Unleash toggle that holds this "
                               "route's weight)"]
+    assert problems(text.replace("match: {path: /b}", "flag: null")) == problems(text)
     fixed = text.replace("match: {path: /b}", "flag: strangler.b")
     flags = load_config("r.yaml", fixed).flags
     assert flags.backend == "unleash"
