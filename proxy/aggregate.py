@@ -134,12 +134,13 @@ class Aggregator:
             for w in (self.total(route), self.steps.get(route)):
                 if w is None or (w is not self.totals.get(route) and w.step != step):
                     continue
+                # A side that could not answer is not equivalent: an error counts as a
+                # compared-and-mismatched request, as in the Prometheus source.
                 if result == "error":
                     w.shadow_errors += n
-                else:
-                    w.compared += n
-                    if result == "mismatch":
-                        w.mismatched += n
+                w.compared += n
+                if result != "match":
+                    w.mismatched += n
         for key, n in delta.skipped.items():
             self.skipped[key] = self.skipped.get(key, 0) + n
         for route, (tr, te, lr, le) in touched.items():

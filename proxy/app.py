@@ -110,6 +110,7 @@ class Server:
         )
         self.admin_runner: Any = None
         self.shadow: Any = None
+        self.diff_store: Any = None
         self.extras: list[Any] = []  # things with async start()/stop() (controller, flags)
 
     async def start(self) -> None:

@@ -16,6 +16,12 @@ async def before_planes(server: Any) -> None:
     config = server.runtime.config
     if server.opts.workers <= 1:
         server.shadow = await worker_shadow(config, server.recorder)
+        server.diff_store = server.shadow.store if server.shadow is not None else None
+    else:
+        # Workers write the store; the control process reads it for the diffs view.
+        from shadow.store import DiffStore
+
+        server.diff_store = DiffStore(config.state_dir / "diffs.sqlite3")
 
 
 async def after_planes(server: Any) -> None:
@@ -32,6 +38,8 @@ async def stop(server: Any) -> None:
         await extra.stop()
     if server.shadow is not None:
         await server.shadow.stop()
+    elif server.diff_store is not None:
+        server.diff_store.close()
 
 
 async def worker_shadow(config: Config, recorder: Recorder) -> Any:

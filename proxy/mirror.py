@@ -1,0 +1,270 @@
+"""Shadow mirroring: copy served requests to the other side and compare the answers.
+
+The data plane calls `wants()` when a request's head is routed (cheap: no allocation) and
+`offer()` once the client's response is complete. `offer()` never blocks and never raises: a
+full queue drops the mirror and counts `queue_full`. A fixed pool of worker tasks sends the
+copies with aiohttp (`X-Strangler-Shadow: 1`), compares with the route's `Comparator` (compiled
+when the table is built), cancels noise, and records the result in the stats and the diff store.
+Nothing here can change or delay what the client receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+from yarl import URL
+
+from proxy.recorder import Recorder
+from proxy.spec import SAFE_METHODS, Config, RouteSpec, UpstreamSpec
+from proxy.table import CompiledRoute, RouteTable
+from shadow.diff import Comparator
+from shadow.model import Comparison, Exchange, RequestRecord
+from shadow.noise import NoiseModel
+from shadow.store import DiffStore
+
+log = structlog.get_logger("strangler.shadow")
+
+QUEUE_MAX = 1024
+CONCURRENCY = 32
+LARGE_BODY = 32 * 1024  # compare bodies above this size off the event loop
+_SAFE = frozenset(m.encode() for m in SAFE_METHODS)
+_SKIP_REQUEST_HEADERS = frozenset({"content-length", "transfer-encoding", "x-strangler-shadow"})
+
+
+@dataclass(slots=True)
+class _Compiled:
+    methods: frozenset[bytes]
+    unsafe_allowed: bool
+    sample: float
+    reverse: bool
+    comparator: Comparator
+    max_body: int
+
+
+@dataclass(slots=True)
+class _Job:
+    route: str
+    step: int
+    served_by_target: bool
+    legacy: UpstreamSpec
+    target: UpstreamSpec
+    noise: UpstreamSpec | None
+    request: RequestRecord
+    primary: Exchange
+    compiled: _Compiled
+
+
+class Mirror:
+    def __init__(self, config: Config, recorder: Recorder, store: DiffStore | None = None,
+                 rand: Any = random.random) -> None:
+        self.config = config
+        self.recorder = recorder
+        self.store = store or DiffStore(config.state_dir / "diffs.sqlite3")
+        self.rand = rand
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=QUEUE_MAX)
+        self.noise: dict[str, NoiseModel] = {}
+        self.workers: list[asyncio.Task] = []
+        self.session: aiohttp.ClientSession | None = None
+        self._compiled: dict[tuple[str, RouteSpec], _Compiled] = {}
+
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=CONCURRENCY * 2, limit_per_host=CONCURRENCY),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
+        )
+        loop = asyncio.get_running_loop()
+        self.workers = [loop.create_task(self._worker()) for _ in range(CONCURRENCY)]
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Finish queued mirrors for up to `timeout`, then cancel the rest (logged)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.queue.join(), timeout)
+        if self.queue.qsize():
+            log.warning("shadow mirrors dropped at shutdown", count=self.queue.qsize())
+        for w in self.workers:
+            w.cancel()
+        for w in self.workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await w
+        if self.session is not None:
+            await self.session.close()
+        await asyncio.to_thread(self.store.close)
+
+    # -- compile at table build ----------------------------------------------------------
+    def prepare(self, table: RouteTable) -> None:
+        self.config = table.config
+        fresh: dict[tuple[str, RouteSpec], _Compiled] = {}
+        for route in table.routes:
+            spec = route.spec
+            key = (spec.name, spec)
+            compiled = self._compiled.get(key)
+            if compiled is None:
+                sh = spec.shadow
+                compiled = _Compiled(
+                    methods=frozenset(m.encode() for m in sh.methods),
+                    unsafe_allowed=sh.allow_unsafe,
+                    sample=sh.sample if sh.enabled else 0.0,
+                    reverse=sh.reverse,
+                    comparator=Comparator(sh.compare),
+                    max_body=sh.max_body,
+                )
+            fresh[key] = compiled
+            route.extra["shadow"] = compiled
+            self.noise.setdefault(spec.name, NoiseModel())
+        self._compiled = fresh
+
+    # -- hot path (called by the data plane) ---------------------------------------------
+    def wants(self, route: CompiledRoute, method: bytes, served_by_target: bool) -> bool:
+        c: _Compiled | None = route.extra.get("shadow")
+        if c is None or c.sample <= 0.0:
+            return False
+        if served_by_target and not c.reverse:
+            return False
+        if method not in _SAFE and not c.unsafe_allowed:
+            self.recorder.shadow_skipped(route.name, "unsafe_method")
+            return False
+        if method not in c.methods:
+            return False
+        if served_by_target and method not in _SAFE:
+            return False  # reverse shadow never sends side effects to legacy
+        if c.sample < 1.0 and self.rand() >= c.sample:
+            self.recorder.shadow_skipped(route.name, "sampled_out")
+            return False
+        return True
+
+    def offer(self, ex: Any) -> None:
+        try:
+            self._offer(ex)
+        except Exception:
+            log.exception("shadow offer failed")
+
+    def _offer(self, ex: Any) -> None:
+        route: CompiledRoute = ex.route
+        c: _Compiled = route.extra["shadow"]
+        if ex.resp_body is None:
+            self.recorder.shadow_skipped(route.name, "body_too_large")
+            return
+        if ex.body_mode and ex.replay is None:
+            self.recorder.shadow_skipped(route.name, "body_too_large")
+            return
+        if self.queue.full():
+            self.recorder.shadow_skipped(route.name, "queue_full")
+            return
+        body = b"".join(ex.replay) if ex.body_mode and ex.replay else b""
+        if len(body) > c.max_body:
+            self.recorder.shadow_skipped(route.name, "body_too_large")
+            return
+        path = ex.path.decode("latin-1")
+        if ex.query is not None:
+            path += "?" + ex.query.decode("latin-1")
+        headers = tuple(
+            (n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in ex.req_headers
+        )
+        request = RequestRecord(ex.method.decode("latin-1"), path, headers, body)
+        primary = Exchange(
+            ex.status,
+            tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in ex.resp_headers),
+            b"".join(ex.resp_body),
+        )
+        spec = route.spec
+        ups = self.config.upstreams
+        noise_name = spec.shadow.compare.noise_upstream
+        self.queue.put_nowait(
+            _Job(
+                route=route.name,
+                step=ex.step,
+                served_by_target=ex.backend == "target",
+                legacy=ups[spec.legacy],
+                target=ups[spec.target],
+                noise=ups.get(noise_name) if noise_name else None,
+                request=request,
+                primary=primary,
+                compiled=c,
+            )
+        )
+
+    # -- workers -------------------------------------------------------------------------
+    async def _worker(self) -> None:
+        while True:
+            job = await self.queue.get()
+            try:
+                await self._run(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("shadow job failed", route=job.route)
+                self.recorder.shadow_result(job.route, job.step, "error")
+            finally:
+                self.queue.task_done()
+
+    async def _send(self, upstream: UpstreamSpec, job: _Job) -> Exchange:
+        assert self.session is not None
+        req = job.request
+        headers = [(k, v) for k, v in req.headers if k not in _SKIP_REQUEST_HEADERS]
+        headers.append(("x-strangler-shadow", "1"))
+        url = f"http://{upstream.host}:{upstream.port}{upstream.base_path}{req.path}"
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=upstream.connect_timeout, sock_read=upstream.timeout
+        )
+        async with self.session.request(
+            req.method, URL(url, encoded=True), headers=headers,
+            data=req.body or None, timeout=timeout, allow_redirects=False,
+        ) as resp:
+            limit = job.compiled.max_body
+            body = await resp.content.read(limit + 1)
+            truncated = len(body) > limit
+            return Exchange(
+                resp.status,
+                tuple((k.lower(), v) for k, v in resp.headers.items()),
+                body[:limit],
+                truncated,
+            )
+
+    async def _run(self, job: _Job) -> None:
+        other = job.legacy if job.served_by_target else job.target
+        noise_up = job.noise if not job.served_by_target else None
+        sends = [self._send(other, job)]
+        if noise_up is not None:
+            sends.append(self._send(noise_up, job))
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        mirrored = results[0]
+        if isinstance(mirrored, BaseException):
+            self.recorder.shadow_result(job.route, job.step, "error")
+            log.info("shadow request failed", route=job.route, upstream=other.name,
+                     error=type(mirrored).__name__)
+            return
+        if job.served_by_target:
+            legacy_ex, target_ex = mirrored, job.primary
+        else:
+            legacy_ex, target_ex = job.primary, mirrored
+        noise_ex = results[1] if len(results) > 1 else None
+        if isinstance(noise_ex, BaseException):
+            noise_ex = None
+        comparison = await self._compare(job, legacy_ex, target_ex, noise_ex)
+        self.recorder.shadow_result(job.route, job.step, comparison.result)
+        self.store.record(job.route, job.step, job.request, legacy_ex, target_ex, comparison,
+                          job.compiled.comparator.redactor)
+
+    async def _compare(self, job: _Job, legacy: Exchange, target: Exchange,
+                       noise: Exchange | None) -> Comparison:
+        comparator = job.compiled.comparator
+
+        def work() -> Comparison:
+            primary = comparator.compare(legacy, target)
+            noise_cmp = comparator.compare(legacy, noise) if noise is not None else None
+            return self.noise[job.route].observe(primary, noise_cmp)
+
+        if len(legacy.body) + len(target.body) > LARGE_BODY:
+            return await asyncio.to_thread(work)
+        return work()
+
+    def likely_noise(self, route: str) -> Any:
+        model = self.noise.get(route)
+        return model.likely_noise if model is not None else None

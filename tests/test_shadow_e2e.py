@@ -1,0 +1,101 @@
+"""Shadow mirroring end to end: real upstreams, planted differences, the client unaffected."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from aiohttp import web
+
+from tests.support import free_port, routes_yaml, wait_for
+
+ROUTES = """
+    version: 1
+    listen: 127.0.0.1:{port}
+    admin: {{listen: "127.0.0.1:{admin}"}}
+    state_dir: state
+    upstreams:
+      monolith: {{url: "http://127.0.0.1:{mono}"}}
+      svc: {{url: "http://127.0.0.1:{svc}", timeout: 10s}}
+    default_upstream: monolith
+    routes:
+      - name: balance
+        match: {{path_prefix: /api/v1/balance}}
+        legacy: monolith
+        target: svc
+        weight: 0
+        shadow:
+          sample: 1.0
+          compare:
+            ignore: ["$.server_time"]
+            redact: ["$.card_number"]
+"""
+
+
+def json_handler(payload_for):
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response(payload_for(request))
+
+    return handler
+
+
+async def make(upstreams, inproc_proxy, svc_payload, svc_delay=0.0):
+    mono = await upstreams("monolith", handler=json_handler(lambda r: {
+        "balance": 100, "currency": "EUR", "server_time": time.time(),
+        "card_number": "4111111111111111"}))
+    svc = await upstreams("svc", delay=svc_delay, handler=json_handler(svc_payload))
+    proxy = await inproc_proxy(routes_yaml(ROUTES, port=free_port(), admin=free_port(),
+                                           mono=mono.port, svc=svc.port))
+    return mono, svc, proxy
+
+
+async def test_planted_difference_reported_on_its_path_only(upstreams, inproc_proxy):
+    mono, svc, proxy = await make(upstreams, inproc_proxy, lambda r: {
+        "balance": 100, "currency": "USD", "server_time": 1.0,
+        "card_number": "4111111111111111"})
+    async with aiohttp.ClientSession() as s:
+        for _ in range(30):
+            async with s.get(proxy.url + "/api/v1/balance/7") as r:
+                assert (await r.json())["currency"] == "EUR"  # client always gets legacy
+    rt = proxy.runtime
+
+    def compared():
+        proxy.server.flush()
+        return rt.agg.window("balance").compared >= 30
+
+    await wait_for(compared)
+    assert rt.agg.window("balance").mismatched == 30
+    assert svc.count(shadow=True) == 30
+    store = proxy.server.diff_store
+    store.flush()
+    summary = store.summary("balance")
+    assert [(f["path"], f["kind"]) for f in summary["fields"]] == [("$.currency", "value")]
+    assert "4111111111111111" not in str(summary)
+
+
+async def test_post_not_mirrored_and_slow_shadow_does_not_delay_client(upstreams, inproc_proxy):
+    mono, svc, proxy = await make(upstreams, inproc_proxy, lambda r: {"balance": 100},
+                                  svc_delay=2.0)
+    async with aiohttp.ClientSession() as s:
+        async with s.post(proxy.url + "/api/v1/balance/7", json={"x": 1}) as r:
+            assert r.status == 200
+        t0 = time.monotonic()
+        for _ in range(5):
+            async with s.get(proxy.url + "/api/v1/balance/7") as r:
+                assert r.status == 200
+        elapsed = time.monotonic() - t0
+    assert elapsed < 1.0, elapsed  # the shadow target takes 2 s per request
+    await asyncio.sleep(0.2)
+    assert all(seen.method == "GET" for seen in svc.seen)
+
+
+async def test_unsafe_method_skip_is_counted(upstreams, inproc_proxy):
+    mono, svc, proxy = await make(upstreams, inproc_proxy, lambda r: {"balance": 100})
+    async with aiohttp.ClientSession() as s:
+        for _ in range(3):
+            async with s.delete(proxy.url + "/api/v1/balance/7") as r:
+                assert r.status == 200
+    proxy.server.flush()
+    assert proxy.runtime.agg.skipped[("balance", "unsafe_method")] == 3
+    assert svc.count() == 0
