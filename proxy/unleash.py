@@ -249,6 +249,11 @@ class UnleashFlags:
         """True when the last poll reached Unleash."""
         return self._connected
 
+    @property
+    def unconfirmed(self) -> tuple[str, ...]:
+        """Toggles written here that no poll has confirmed yet (shown as written meanwhile)."""
+        return tuple(self._pending)
+
     def snapshot(self) -> dict[str, FlagState]:
         """Every toggle known, plus watched toggles (missing ones with rollout None)."""
         return dict(self._snapshot)

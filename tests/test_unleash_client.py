@@ -18,7 +18,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 from structlog.testing import capture_logs
-from unleash_server import UnleashServer
 from yggdrasil_engine.engine import UnleashEngine
 
 from proxy.spec import UnleashSpec
@@ -30,6 +29,7 @@ from proxy.unleash import (
     UnleashWriteError,
     parse_features,
 )
+from tests.unleash_server import UnleashServer
 
 FOLLOW_TIMEOUT = 4.0  # refresh 1 s + Unleash's revision tick 1 s, with slack for 2 busy cores
 
@@ -205,7 +205,9 @@ async def test_existing_toggle_is_not_touched_and_unknown_toggle_is_an_error(
     assert flags.snapshot()[flag].weight == 0.0
     assert await flags.ensure_flag(flag, 20) is True
     assert await flags.ensure_flag(flag, 80) is False
-    await wait_for(lambda: flags.snapshot()[flag] == FlagState(True, 20.0) and not flags._pending)
+    await wait_for(
+        lambda: flags.snapshot()[flag] == FlagState(True, 20.0) and not flags.unconfirmed
+    )
     assert flags.missing() == []
 
     with pytest.raises(UnleashWriteError) as err:
@@ -236,7 +238,7 @@ async def test_unleash_killed_mid_run_keeps_last_state_and_warns_once(
     flag = unleash_server.flag_name()
     flags = await make_flags(flag)
     await flags.ensure_flag(flag, 40)
-    await wait_for(lambda: not flags._pending)  # confirmed by a poll, not only local
+    await wait_for(lambda: not flags.unconfirmed)  # confirmed by a poll, not only local
     before = flags.snapshot()
 
     caplog.set_level(logging.DEBUG, logger="UnleashClient")
@@ -268,7 +270,7 @@ async def test_restart_during_outage_uses_cache_or_reports_degraded(
     flag = unleash_server.flag_name()
     first = await make_flags(flag, cache="replica")
     await first.ensure_flag(flag, 15)
-    await wait_for(lambda: not first._pending)
+    await wait_for(lambda: not first.unconfirmed)
     await first.stop()
 
     outage()

@@ -1,7 +1,7 @@
 """A real Unleash server (scripts/unleash-dev) for the `unleash` test tier, one per session.
 
-In tests/conftest.py (tests/ is not a package; pytest puts it on sys.path):
-    from unleash_server import unleash_server  # noqa: F401  (the session fixture)
+In tests/conftest.py:
+    from tests.unleash_server import unleash_server  # noqa: F401  (the session fixture)
 Tests take the `unleash_server` fixture and are marked `@pytest.mark.unleash`.
 
 The server starts on first use only, so a run that deselects the tier never starts it. The
