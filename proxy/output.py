@@ -1,0 +1,189 @@
+"""Human-readable output of the control commands: tables, gate decisions, diffs, history.
+
+Every function takes the admin API's JSON and returns text; `--json` bypasses all of this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    return "\n".join(lines)
+
+
+def pct(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 100:.{digits}f}%"
+
+
+def weight(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return str(value)
+    return f"{value:g}%"
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}ms"
+
+
+def _backend(stats: dict, side: str) -> tuple[str, str, str]:
+    b = stats.get(side) or {}
+    n = b.get("requests", 0)
+    return str(n), pct(b.get("error_rate")), ms(b.get("p99_ms"))
+
+
+def status_table(routes: list[dict]) -> str:
+    rows = []
+    for r in routes:
+        step = (r.get("stats") or {}).get("step") or {}
+        leg_n, leg_err, leg_p99 = _backend(step, "legacy")
+        tgt_n, tgt_err, tgt_p99 = _backend(step, "target")
+        shadow = step.get("shadow") or {}
+        compared = shadow.get("compared", 0)
+        mism = (f"{pct(shadow.get('mismatch_rate'))} of {compared}" if compared else "-")
+        last = r.get("last_decision") or {}
+        gate = last.get("decision", "-")
+        if last.get("decision") == "promote":
+            gate += f" -> {weight(last.get('to_weight'))}"
+        weight_txt = weight(r.get("weight"))
+        if r.get("file_weight") is not None and r.get("file_weight") != r.get("weight"):
+            weight_txt += f" (file {weight(r.get('file_weight'))})"
+        rows.append([
+            r.get("name"), weight_txt, r.get("state"),
+            f"{leg_n} / {leg_err}", f"{tgt_n} / {tgt_err}",
+            f"{leg_p99} / {tgt_p99}", mism, gate,
+        ])
+    head = ["ROUTE", "WEIGHT", "STATE", "LEGACY REQ/ERR", "TARGET REQ/ERR",
+            "P99 LEGACY/TARGET", "SHADOW MISMATCH", "LAST GATE"]
+    return table(head, rows) + "\n(requests, errors, p99 and shadow since each route's last " \
+        "weight change)"
+
+
+def mutation(body: dict, verb: str) -> str:
+    name = body.get("name") or body.get("route")
+    lines = [f"{name}: {verb}: weight {weight(body.get('weight'))}, state {body.get('state')}"]
+    if body.get("already_rolled_back"):
+        lines.append(f"{name} was already rolled back; the freeze holds")
+    audit = body.get("audit")
+    if audit:
+        lines.append(f"recorded in the audit log (#{audit.get('seq')}) as {audit.get('actor')}")
+    return "\n".join(lines)
+
+
+def warning(body: dict) -> str | None:
+    if body.get("durable", True) and not body.get("warning"):
+        return None
+    return "WARNING: " + str(body.get("warning") or "NOT DURABLE: the change is in memory only")
+
+
+def decision(body: dict) -> str:
+    d = body.get("decision")
+    head = f"{body.get('route')}: {d}"
+    if d == "promote":
+        head += f" {weight(body.get('from_weight'))} -> {weight(body.get('to_weight'))}"
+    elif d == "fail":
+        head += f" at {weight(body.get('from_weight'))}"
+        if body.get("acted"):
+            head += " (rolled back to 0%)"
+    elif d in ("hold", "complete"):
+        head += f" at {weight(body.get('from_weight'))}"
+    if d == "promote" and body.get("acted"):
+        head += " (done)"
+    lines = [head]
+    lines += [f"  - {r}" for r in body.get("reasons") or []]
+    ev = body.get("evidence") or {}
+    if ev:
+        lines.append("  evidence:")
+        for side in ("legacy", "target"):
+            b = ev.get(side)
+            if isinstance(b, dict):
+                p99 = b.get("p99_seconds")
+                lines.append(
+                    f"    {side}: {b.get('requests')} requests, {b.get('errors')} errors "
+                    f"({pct(b.get('error_rate'))}), p99 "
+                    f"{'-' if p99 is None else f'{p99 * 1000:.1f}ms'}"
+                )
+        sh = ev.get("shadow") or {}
+        if sh.get("enabled"):
+            lines.append(
+                f"    shadow: {sh.get('compared')} compared, {sh.get('mismatched')} mismatched "
+                f"(rate {pct(sh.get('mismatch_rate'), 3)}, 95% upper bound "
+                f"{pct(sh.get('mismatch_rate_upper_95'), 3)})"
+            )
+        if ev.get("p99_ratio") is not None:
+            lines.append(f"    p99 ratio target/legacy: {ev['p99_ratio']:.3g}")
+    return "\n".join(lines)
+
+
+def diffs(body: dict) -> str:
+    compared = body.get("compared", 0)
+    mism = body.get("mismatched", 0)
+    rate = pct(mism / compared) if compared else "-"
+    lines = [f"{body.get('route')}: {compared} compared, {mism} mismatched ({rate})"]
+    fields = body.get("fields") or []
+    if fields:
+        lines.append("")
+        lines.append(table(
+            ["FIELD", "KIND", "COUNT", "RATE", "NOISE?"],
+            [[f.get("path"), f.get("kind"), f.get("count"), pct(f.get("rate")),
+              "likely noise" if f.get("likely_noise") else ""] for f in fields],
+        ))
+    samples = body.get("samples") or []
+    if samples:
+        lines.append("")
+        lines.append("recent samples (redacted):")
+        for s in samples:
+            req = s.get("request") or {}
+            leg = s.get("legacy") or {}
+            tgt = s.get("target") or {}
+            lines.append(f"  #{s.get('id')} {req.get('method')} {req.get('path')}  "
+                         f"legacy {leg.get('status')} / target {tgt.get('status')}")
+            for d in s.get("differences") or []:
+                if isinstance(d, dict):
+                    lines.append(f"      {d.get('path')}: {d.get('kind')}"
+                                 + _diff_values(d))
+    if not fields and not samples:
+        lines.append("no differences recorded")
+    return "\n".join(lines)
+
+
+def _diff_values(d: dict) -> str:
+    if "legacy" in d or "target" in d:
+        return f"  legacy={_short(d.get('legacy'))} target={_short(d.get('target'))}"
+    return ""
+
+
+def _short(v: Any, n: int = 60) -> str:
+    s = repr(v) if not isinstance(v, str) else v
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def history(entries: list[dict]) -> str:
+    if not entries:
+        return "no audit entries"
+    rows = []
+    for e in entries:
+        change = ""
+        if e.get("from") is not None or e.get("to") is not None:
+            change = f"{_val(e.get('from'))} -> {_val(e.get('to'))}"
+        rows.append([e.get("seq"), e.get("time"), e.get("actor"), e.get("action"),
+                     e.get("route") or "*", change, _short(e.get("reason") or "", 70)])
+    return table(["#", "TIME (UTC)", "ACTOR", "ACTION", "ROUTE", "CHANGE", "REASON"], rows)
+
+
+def _val(v: Any) -> str:
+    if isinstance(v, int | float):
+        return weight(v)
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_val(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
+__all__ = ["decision", "diffs", "history", "mutation", "status_table", "table", "warning"]
