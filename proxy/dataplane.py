@@ -521,6 +521,8 @@ class Exchange:
         if te is not None and cl is not None:
             raise Reject(400, "ambiguous_framing", "Content-Length with Transfer-Encoding")
         if te is not None:
+            if ex.version_10:
+                raise Reject(400, "ambiguous_framing", "Transfer-Encoding in an HTTP/1.0 request")
             if te.strip().lower() != b"chunked":
                 raise Reject(501, "unsupported_transfer_encoding", "only chunked is supported")
             ex.body_mode = 2

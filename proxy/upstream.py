@@ -150,11 +150,15 @@ class UpstreamConnection(asyncio.Protocol):
                 raise UpstreamBadResponse("control character in an upstream header")
             lname = name.lower()
             if lname == b"transfer-encoding":
+                if chunked or value.strip().lower() != b"chunked":
+                    raise UpstreamBadResponse("unsupported Transfer-Encoding from upstream")
                 chunked = True
             elif lname == b"content-length":
-                if length is not None and length != int(value):
-                    raise UpstreamBadResponse("conflicting Content-Length from upstream")
+                if not value.isdigit() or (length is not None and length != int(value)):
+                    raise UpstreamBadResponse("invalid or conflicting Content-Length from upstream")
                 length = int(value)
+        if chunked and length is not None:
+            raise UpstreamBadResponse("Content-Length with Transfer-Encoding from upstream")
         self._chunked = chunked
         self._length = length
         self._in_body = True
