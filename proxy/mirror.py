@@ -229,7 +229,7 @@ class Mirror:
 
     async def _run(self, job: _Job) -> None:
         other = job.legacy if job.served_by_target else job.target
-        noise_up = job.noise if not job.served_by_target else None
+        noise_up = job.noise  # a second copy of legacy, in both directions
         sends = [self._send(other, job)]
         if noise_up is not None:
             sends.append(self._send(noise_up, job))

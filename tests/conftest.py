@@ -56,3 +56,6 @@ async def inproc_proxy(tmp_path: Path):
     for p in started:
         with contextlib.suppress(Exception):
             await p.stop()
+
+
+from tests.unleash_server import unleash_server  # noqa: E402, F401  (session fixture)
