@@ -36,7 +36,7 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_LIMIT = 10_000
 EXPORT_FORMATS = ("hurl", "pytest")
 
-CALLER_KEY = "strangler.caller"
+CALLER_KEY = web.RequestKey("caller", Caller)
 
 
 class ApiError(Exception):
@@ -324,7 +324,9 @@ class Admin:
         last = self.rt.last_decision.get(name) or {}
         body["acted"] = bool(last.get("acted"))
         body["evaluated_at"] = last.get("evaluated_at")
-        body["notes"] = notes
+        body["notes"] = list(notes)
+        if self.rt.rolled_back(name) and not body["acted"]:
+            body["notes"].append("the route is rolled back: `resume` it before promoting")
         body["weight"] = self.rt.effective(name)
         body["state"] = "rolled_back" if self.rt.rolled_back(name) else "active"
         body["durable"] = self.rt.durable
