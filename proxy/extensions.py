@@ -28,14 +28,41 @@ async def after_planes(server: Any) -> None:
     """Runs once the data planes accept traffic (in the control process)."""
     from proxy.controller import Controller
 
+    _sync_prometheus(server, server.runtime.config)
+    server.runtime.on_reload.append(lambda cfg: _sync_prometheus(server, cfg))
+
     controller = Controller(server.runtime)
     await controller.start()
     server.extras.append(controller)
 
 
+def _sync_prometheus(server: Any, config: Config) -> None:
+    """The gate's Prometheus source follows `gate.url` across reloads."""
+    from shadow.promql import PrometheusSource
+
+    rt = server.runtime
+    url = config.gate.url
+    if rt.prometheus is not None and (url is None or rt.prometheus.url != url.rstrip("/")):
+        old = rt.prometheus
+        rt.prometheus = None
+        server.extras.append(_Closer(old))
+    if url and rt.prometheus is None:
+        rt.prometheus = PrometheusSource(url)
+
+
+class _Closer:
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    async def stop(self) -> None:
+        await self.source.close()
+
+
 async def stop(server: Any) -> None:
     for extra in reversed(server.extras):
         await extra.stop()
+    if server.runtime.prometheus is not None:
+        await server.runtime.prometheus.close()
     if server.shadow is not None:
         await server.shadow.stop()
     elif server.diff_store is not None:

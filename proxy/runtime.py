@@ -25,6 +25,7 @@ from proxy.split import bp_to_weight, weight_to_bp
 from proxy.state import StateStore, StateWriteError
 from shadow.evidence import BackendEvidence, CheckResult, Evidence
 from shadow.gate import Decision, decide
+from shadow.promql import MetricsUnavailable
 
 log = structlog.get_logger("strangler.runtime")
 
@@ -343,23 +344,23 @@ class Runtime:
 
     # -- gate ----------------------------------------------------------------------------
     async def evidence(self, name: str) -> Evidence:
+        """The current step's evidence: in-process counters, or Prometheus (every replica)."""
         spec = self.spec(name)
         weight = self.effective(name)
-        checks: tuple[CheckResult, ...] = ()
         prom = self.prometheus
         win = self.agg.window(name)
         window_s = max(1.0, time.time() - win.started)
-        if prom is not None and spec.promotion.checks:
-            checks = tuple(
-                await asyncio.gather(*(prom.check(c, window_s) for c in spec.promotion.checks))
-            )
+        shadow_on = spec.shadow.enabled and spec.shadow.sample > 0
         if prom is not None and self.config.gate.metrics == "prometheus":
-            ev = await prom.evidence(name, weight, window_s, spec.shadow.enabled,
-                                     spec.promotion.checks)
-            if checks:
-                ev = Evidence(**{**ev.__dict__, "checks": checks}) if hasattr(ev, "__dict__") \
-                    else ev
-            return ev
+            return await prom.evidence(name, weight, window_s, shadow_on, spec.promotion.checks)
+        checks: tuple[CheckResult, ...] = ()
+        if spec.promotion.checks:
+            if prom is None:
+                checks = tuple(CheckResult(c.name, c.query, None, c.max, c.min)
+                               for c in spec.promotion.checks)
+            else:
+                checks = tuple(await asyncio.gather(
+                    *(prom.check(c, window_s) for c in spec.promotion.checks)))
         return Evidence(
             route=name,
             weight=weight,
@@ -367,7 +368,7 @@ class Runtime:
             target=_backend_evidence(win.target),
             compared=win.compared,
             mismatched=win.mismatched,
-            shadow_enabled=spec.shadow.enabled and spec.shadow.sample > 0,
+            shadow_enabled=shadow_on,
             checks=checks,
         )
 
@@ -378,8 +379,15 @@ class Runtime:
         if act and self.rolled_back(name):
             raise RuntimeError_(409, f"route '{name}' is rolled back; resume it before promoting",
                                 {"route": name, "state": "rolled_back"})
-        ev = await self.evidence(name)
-        decision = decide(ev, spec.promotion)
+        try:
+            ev = await self.evidence(name)
+        except MetricsUnavailable as exc:
+            # No evidence is not bad evidence: hold, never fail, and say why.
+            weight = self.effective(name)
+            decision = Decision(name, "hold", weight, weight,
+                                (f"metrics unavailable: {exc}",), {"error": str(exc)})
+        else:
+            decision = decide(ev, spec.promotion)
         key = (name, decision.decision)
         self.counters["gate_decisions"][key] = self.counters["gate_decisions"].get(key, 0) + 1
         view = decision.to_dict()
