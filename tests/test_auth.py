@@ -1,4 +1,4 @@
-"""Admin API tokens: every endpoint × no token / read token / admin token."""
+"""Admin API tokens: every endpoint x no token / read token / admin token."""
 
 from __future__ import annotations
 

@@ -1,0 +1,202 @@
+"""The control commands as an operator or a CI job runs them: output, --json, exit codes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import aiohttp
+import pytest
+
+from tests.support import free_port, routes_yaml, run_cli
+
+ADMIN = "cli-admin-token-5d1e"
+READ = "cli-read-token-88a0"
+
+ROUTES = """
+    version: 1
+    listen: 127.0.0.1:{port}
+    admin: {{listen: "127.0.0.1:{admin}"}}
+    state_dir: state
+    upstreams:
+      monolith: {{url: "http://127.0.0.1:{mono}"}}
+      svc: {{url: "http://127.0.0.1:{svc}"}}
+      broken: {{url: "http://127.0.0.1:{broken}"}}
+    default_upstream: monolith
+    routes:
+      - name: balance
+        match: {{path_prefix: /api/v1/balance}}
+        legacy: monolith
+        target: svc
+        weight: 5
+        shadow: false
+      - name: orders
+        match: {{path_prefix: /api/v1/orders}}
+        legacy: monolith
+        target: svc
+        weight: 0
+        shadow: {{sample: 1.0}}
+      - name: cart
+        match: {{path_prefix: /api/v1/cart}}
+        legacy: monolith
+        target: broken
+        weight: 50
+        shadow: false
+        promotion:
+          auto_rollback: true
+          guardrail: {{enabled: false}}
+    """
+
+
+@pytest.fixture
+async def proxy(upstreams, inproc_proxy, monkeypatch):
+    monkeypatch.setenv("STRANGLER_ADMIN_TOKEN", ADMIN)
+    monkeypatch.setenv("STRANGLER_READ_TOKEN", READ)
+    mono = await upstreams("monolith")
+    svc = await upstreams("svc")
+    broken = await upstreams("broken", status=500)
+    return await inproc_proxy(routes_yaml(ROUTES, port=free_port(), admin=free_port(),
+                                          mono=mono.port, svc=svc.port, broken=broken.port))
+
+
+def env(proxy, token: str | None = ADMIN) -> dict[str, str]:
+    out = {"STRANGLER_ADMIN_URL": proxy.admin, "STRANGLER_ADMIN_TOKEN": token or ""}
+    return out
+
+
+async def test_status_table_and_json(proxy):
+    code, out, err = await run_cli("status", env=env(proxy, READ))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["ROUTE", "WEIGHT", "STATE"]
+    assert [ln.split()[:3] for ln in lines[1:4]] == [
+        ["balance", "5%", "active"], ["orders", "0%", "active"], ["cart", "50%", "active"]]
+    code, out, _ = await run_cli("status", "--json", env=env(proxy, READ))
+    assert code == 0
+    data = json.loads(out)  # exactly one JSON object
+    assert [r["name"] for r in data["routes"]] == ["balance", "orders", "cart"]
+
+
+async def test_set_weight_rollback_resume_round_trip(proxy):
+    rt = proxy.runtime
+    code, out, err = await run_cli("set-weight", "balance", "12.5", "--reason", "canary",
+                                   "--actor", "carol", env=env(proxy))
+    assert code == 0, err
+    assert "5% -> 12.5%" in out and "carol (admin token)" in out
+    assert rt.effective("balance") == 12.5
+    code, out, err = await run_cli("rollback", "balance", "--reason", "p99 up", "--json",
+                                   env=env(proxy))
+    assert code == 0, err
+    body = json.loads(out)
+    assert (body["state"], body["weight"], body["durable"]) == ("rolled_back", 0, True)
+    code, _, err = await run_cli("set-weight", "balance", "50", "--reason", "x", env=env(proxy))
+    assert code == 1
+    assert "rolled back" in err and "resume" in err
+    assert rt.effective("balance") == 0
+    code, out, err = await run_cli("resume", "balance", "--reason", "fixed", env=env(proxy))
+    assert code == 0, err
+    assert "state active" in out and rt.effective("balance") == 0
+    code, out, _ = await run_cli("history", "balance", env=env(proxy, READ))
+    assert code == 0
+    assert " resume " in out.splitlines()[1]  # newest first
+    code, out, _ = await run_cli("history", "balance", "--json", env=env(proxy, READ))
+    entries = json.loads(out)["entries"]
+    assert [e["action"] for e in entries] == ["resume", "rollback", "set_weight"]
+    assert [e["reason"] for e in entries] == ["fixed", "p99 up", "canary"]
+
+
+async def test_rollback_all(proxy):
+    code, out, err = await run_cli("rollback", "--all", "--reason", "incident 42",
+                                   env=env(proxy))
+    assert code == 0, err
+    assert out.count("rolled back, 100% to legacy") == 3
+    assert all(proxy.runtime.rolled_back(n) for n in ("balance", "orders", "cart"))
+
+
+async def test_usage_errors_exit_2(proxy):
+    code, _, err = await run_cli("set-weight", "nope", "10", "--reason", "x", env=env(proxy))
+    assert code == 2
+    assert "unknown route 'nope'" in err and "balance" in err
+    code, out, _ = await run_cli("gate", "nope", "--json", env=env(proxy))
+    assert code == 2 and json.loads(out)["error"] == "unknown route 'nope'"
+    code, _, err = await run_cli("set-weight", "balance", "101", "--reason", "x",
+                                 env=env(proxy))
+    assert code == 2
+    code, _, err = await run_cli("set-weight", "balance", "10", env=env(proxy))
+    assert code == 2 and "--reason" in err
+    code, _, err = await run_cli("rollback", "--reason", "x", env=env(proxy))
+    assert code == 2
+    assert proxy.runtime.effective("balance") == 5
+
+
+async def test_unreachable_or_refused_admin_exits_3(proxy):
+    closed = f"http://127.0.0.1:{free_port()}"
+    code, _, err = await run_cli("status", "--admin", closed)
+    assert code == 3 and f"admin API at {closed} unreachable" in err
+    code, _, err = await run_cli("rollback", "balance", "--reason", "x",
+                                 env=env(proxy, "wrong-token-3c9f"))
+    assert code == 3 and "refused the token (401)" in err
+    assert "wrong-token-3c9f" not in err  # tokens are never echoed
+    code, _, err = await run_cli("rollback", "balance", "--reason", "x", env=env(proxy, READ))
+    assert code == 3 and "(403)" in err and "read-only" in err
+    assert not proxy.runtime.rolled_back("balance")
+
+
+async def test_gate_and_promote_exit_codes(proxy):
+    rt = proxy.runtime
+    # orders shadows but has seen nothing: hold (4), nothing changes
+    code, out, _ = await run_cli("gate", "orders", "--json", env=env(proxy, READ))
+    assert code == 4
+    data = json.loads(out)
+    assert data["decision"] == "hold" and data["reasons"]
+    for key in ("route", "from_weight", "to_weight", "evidence"):
+        assert key in data
+    started = time.monotonic()
+    code, _, err = await run_cli("promote", "orders", "--wait", "1s", "--interval", "250ms",
+                                 env=env(proxy))
+    assert code == 4 and time.monotonic() - started >= 1.0
+    assert "hold" in err and rt.effective("orders") == 0
+    # balance without shadowing at 5%: hold until target has min_requests; gate changes nothing
+    code, out, _ = await run_cli("gate", "balance", env=env(proxy, READ))
+    assert code == 4 and out.startswith("balance: hold at 5%")
+    # cart: target answers 500 to everything -> fail (1), and promote rolls it back
+    async with aiohttp.ClientSession() as s:
+        for _ in range(200):
+            async with s.get(proxy.url + "/api/v1/cart") as r:
+                await r.read()
+    proxy.server.flush()
+    code, out, _ = await run_cli("gate", "cart", env=env(proxy, READ))
+    assert code == 1 and out.startswith("cart: fail at 50%")
+    assert not rt.rolled_back("cart")
+    code, out, _ = await run_cli("promote", "cart", env=env(proxy))
+    assert code == 1 and "rolled back" in out
+    assert rt.rolled_back("cart")
+
+
+async def test_promote_steps_up(upstreams, inproc_proxy, monkeypatch):
+    monkeypatch.delenv("STRANGLER_ADMIN_TOKEN", raising=False)
+    monkeypatch.delenv("STRANGLER_READ_TOKEN", raising=False)
+    mono = await upstreams("monolith")
+    svc = await upstreams("svc")
+    p = await inproc_proxy(routes_yaml(ROUTES, port=free_port(), admin=free_port(),
+                                       mono=mono.port, svc=svc.port, broken=svc.port))
+    code, out, err = await run_cli("set-weight", "balance", "0", "--reason", "restart ramp",
+                                   env={"STRANGLER_ADMIN_URL": p.admin})
+    assert code == 0, err
+    code, out, err = await run_cli("promote", "balance", "--json",
+                                   env={"STRANGLER_ADMIN_URL": p.admin})
+    assert code == 0, err
+    data = json.loads(out)
+    assert (data["decision"], data["from_weight"], data["to_weight"]) == ("promote", 0, 1)
+    assert data["acted"] is True and p.runtime.effective("balance") == 1
+
+
+async def test_history_verify_and_diffs(proxy):
+    await run_cli("set-weight", "balance", "7", "--reason", "a", env=env(proxy))
+    code, out, _ = await run_cli("history", "--verify", env=env(proxy, READ))
+    assert code == 0 and "chain intact" in out
+    code, out, _ = await run_cli("diffs", "orders", "--limit", "5", env=env(proxy, READ))
+    assert code == 0 and out.startswith("orders: ")
+    code, out, _ = await run_cli("diffs", "orders", "--json", env=env(proxy, READ))
+    body = json.loads(out)
+    assert {"route", "compared", "mismatched", "fields", "samples"} <= set(body)
