@@ -40,6 +40,10 @@ class UpstreamBadResponse(UpstreamError):
     kind = "reset"
 
 
+class _HeadDone(Exception):
+    """Raised from the parser callback to end a HEAD response at its head."""
+
+
 class ResponseSink(Protocol):
     def on_upstream_head(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], chunked: bool,
@@ -55,6 +59,7 @@ class ResponseSink(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_chunked",
+        "_head_keep_alive",
         "_headers",
         "_in_body",
         "_length",
@@ -81,6 +86,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunked = False
         self._length: int | None = None
         self._in_body = False
+        self._head_keep_alive = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -100,6 +106,15 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadDone):
+                # A HEAD response ends with its head whatever its Content-Length says; llhttp
+                # cannot be told, so parsing was stopped there. A fresh parser reads the next one.
+                self.parser = httptools.HttpResponseParser(self)
+                self._in_body = False
+                sink, self.sink = self.sink, None
+                if sink is not None:
+                    sink.on_upstream_done(self._head_keep_alive)
+                return
             sink, self.sink = self.sink, None
             self.transport.close()  # type: ignore[union-attr]
             if sink is not None:
@@ -166,12 +181,12 @@ class UpstreamConnection(asyncio.Protocol):
         if sink is None:
             return
         sink.on_upstream_head(status, self._reason, headers, chunked, length)
-        if self.head_only or status in (204, 304):
-            # No body follows: finish now and use a fresh parser for the next response.
-            self.sink = None
-            self._in_body = False
-            self.parser = httptools.HttpResponseParser(self)
-            sink.on_upstream_done(True)
+        if self.head_only and status not in (204, 304):
+            # llhttp would wait for a body that never comes after a HEAD; stop it here.
+            self._head_keep_alive = self.parser.get_http_version() == "1.1" and not any(
+                n.lower() == b"connection" and b"close" in v.lower() for n, v in headers
+            )
+            raise _HeadDone
 
     def on_body(self, body: bytes) -> None:
         if self.sink is not None:

@@ -213,6 +213,9 @@ class _UpConn(asyncio.Protocol):
             return
         t = self.transport
         assert t is not None
+        if answer == b"<CLOSE>":
+            t.close()
+            return
         if isinstance(answer, list):
             self.owner.spawn(self._trickle(answer))
         else:
@@ -239,7 +242,8 @@ class RawUpstream:
     """An upstream that records exactly what arrived and answers with chosen bytes.
 
     `respond(seen)` returns the raw response bytes, a list of pieces written 50 ms apart (the
-    piece b"<ABORT>" resets the connection), or None for no answer at all.
+    piece b"<ABORT>" resets the connection), b"<CLOSE>" to close without answering, or None
+    for no answer at all.
     """
 
     respond: Responder = ok_json
