@@ -221,6 +221,11 @@ async def test_fallback_failing_on_legacy_too_is_a_clean_error(inproc_proxy):
 
 # -- HTTP/1 corner cases -----------------------------------------------------------------------
 
+GET_TWICE = (b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n"
+             b"GET /api/y HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+HEAD_TWICE = GET_TWICE.replace(b"GET ", b"HEAD ")
+
+
 async def _raw_proxy(inproc_proxy, respond=ok_json, close_after=False):
     up = await RawUpstream(respond=respond, close_after=close_after).start()
     text, port, _ = config(up.port, up.port)
@@ -239,9 +244,6 @@ async def test_keep_alive_reuses_one_upstream_connection(inproc_proxy):
 
 async def test_pipelined_requests_answered_in_order(inproc_proxy):
     delays = {b"/api/slow": 0.2}
-
-    async def _never(seen):  # pragma: no cover
-        return None
 
     def respond(seen: SeenRaw):
         if seen.target in delays:
@@ -276,8 +278,7 @@ async def test_head_response_keeps_content_length_and_has_no_body(inproc_proxy):
         return b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nContent-Type: text/plain\r\n\r\n"
 
     port, up = await _raw_proxy(inproc_proxy, respond)
-    data, _ = await raw_request(port, b"HEAD /api/x HTTP/1.1\r\nHost: a\r\n\r\n"
-                                      b"HEAD /api/y HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    data, _ = await raw_request(port, HEAD_TWICE)
     resps = parse_responses(data, head_only=True)
     assert [r.status for r in resps] == [200, 200]
     assert all(r.header("content-length") == "1234" for r in resps)
@@ -292,8 +293,7 @@ async def test_no_body_statuses(inproc_proxy, status):
         return b"HTTP/1.1 %d X\r\nETag: \"v1\"\r\n\r\n" % status
 
     port, up = await _raw_proxy(inproc_proxy, respond)
-    data, _ = await raw_request(port, b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n"
-                                      b"GET /api/y HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    data, _ = await raw_request(port, GET_TWICE)
     resps = parse_responses(data)
     assert [r.status for r in resps] == [status, status]
     assert all(r.body == b"" and r.header("transfer-encoding") is None for r in resps)
@@ -341,8 +341,7 @@ async def test_close_delimited_upstream_response_is_complete(inproc_proxy):
         return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"z" * 10000
 
     port, up = await _raw_proxy(inproc_proxy, respond, close_after=True)
-    data, _ = await raw_request(port, b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n"
-                                      b"GET /api/y HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    data, _ = await raw_request(port, GET_TWICE)
     resps = parse_responses(data)
     assert [(r.status, r.complete, len(r.body)) for r in resps] == [(200, True, 10000)] * 2
     assert up.connections == 2  # a close-delimited connection is never reused
@@ -410,8 +409,7 @@ async def test_head_response_without_length_does_not_wait_for_close(inproc_proxy
         return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
 
     port, up = await _raw_proxy(inproc_proxy, respond)
-    data, _ = await raw_request(port, b"HEAD /api/x HTTP/1.1\r\nHost: a\r\n\r\n"
-                                      b"HEAD /api/y HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    data, _ = await raw_request(port, HEAD_TWICE,
                                 timeout=2)
     assert data.count(b"HTTP/1.1 200") == 2
     assert up.connections == 1
