@@ -8,7 +8,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.support import free_port, routes_yaml, run_cli
+from tests.support import free_port, routes_yaml, run_cli, wait_for
 
 ADMIN = "cli-admin-token-5d1e"
 READ = "cli-read-token-88a0"
@@ -200,3 +200,33 @@ async def test_history_verify_and_diffs(proxy):
     code, out, _ = await run_cli("diffs", "orders", "--json", env=env(proxy, READ))
     body = json.loads(out)
     assert {"route", "compared", "mismatched", "fields", "samples"} <= set(body)
+
+
+async def test_diffs_show_field_counts_and_export_regression_tests(proxy, tmp_path):
+    # orders is at 0% with shadowing on: every GET is mirrored to svc, whose answer says
+    # `served_by: svc` where the monolith says `monolith`.
+    async with aiohttp.ClientSession() as s:
+        for i in range(30):
+            async with s.get(f"{proxy.url}/api/v1/orders/{i}") as r:
+                assert (await r.json())["served_by"] == "monolith"
+
+        async def compared() -> bool:
+            async with s.get(proxy.admin + "/admin/routes/orders/diffs",
+                             headers={"Authorization": f"Bearer {READ}"}) as r:
+                return (await r.json())["compared"] >= 30
+
+        await wait_for(compared, timeout=10)
+    code, out, err = await run_cli("diffs", "orders", "--json", env=env(proxy, READ))
+    assert code == 0, err
+    body = json.loads(out)
+    assert body["mismatched"] >= 30
+    top = body["fields"][0]
+    assert (top["path"], top["kind"]) == ("$.served_by", "value")
+    assert top["count"] >= 30 and body["samples"]
+    code, out, _ = await run_cli("diffs", "orders", "--limit", "3", env=env(proxy, READ))
+    assert code == 0 and "$.served_by" in out and "recent samples" in out
+    dest = tmp_path / "orders.hurl"
+    code, out, err = await run_cli("diffs", "orders", "--export", "hurl", str(dest),
+                                   env=env(proxy, READ))
+    assert code == 0, err
+    assert "wrote" in out and "GET " in dest.read_text()
