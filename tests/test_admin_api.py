@@ -210,7 +210,7 @@ async def test_reload_answers_generation_or_the_errors(proxy):
     assert proxy.runtime.effective("balance") == 50
 
 
-async def test_health_readiness_and_errors_are_json(proxy):
+async def test_health_readiness_and_errors_are_json(proxy, monkeypatch):
     assert await _req("GET", proxy.admin + "/healthz") == (200, {"status": "ok"})
     status, body = await _req("GET", proxy.admin + "/readyz")
     assert status == 200 and body["status"] == "ready"
@@ -218,7 +218,8 @@ async def test_health_readiness_and_errors_are_json(proxy):
     status, body = await _req("GET", proxy.admin + "/readyz")
     assert status == 503 and body["status"] == "starting"
     proxy.server.ready = True
-    proxy.server.degraded = {"flags": "unleash unreachable, serving last known weights"}
+    monkeypatch.setattr(type(proxy.server), "degraded", property(
+        lambda self: {"flags": "unleash unreachable, serving last known weights"}))
     status, body = await _req("GET", proxy.admin + "/readyz")
     assert status == 200 and body["degraded"]["flags"].startswith("unleash")
     status, body = await _req("GET", proxy.admin + "/admin/nothing")
