@@ -1,0 +1,976 @@
+/* strangler dashboard: a small single-page app over the admin JSON API.
+ * No framework, no build step: DOM built with h()/svg() (text only, never innerHTML with data),
+ * hash routing (#/ and #/routes/NAME), polling every 2 s while the tab is visible.
+ * The token lives in sessionStorage (this tab only) and goes out as a bearer header. */
+"use strict";
+
+const TOKEN_KEY = "strangler.token";
+const ACTOR_KEY = "strangler.actor";
+const POLL_MS = 2000;
+const RATE_WINDOW_MS = 10000;   // req/s and error rates on the overview: the last 10 s
+const RING_MS = 10 * 60 * 1000; // client-side samples kept per route
+
+const S = {
+  token: sessionStorage.getItem(TOKEN_KEY),
+  actor: sessionStorage.getItem(ACTOR_KEY) || "",
+  ring: new Map(),      // route -> [{t, lr, le, tr, te, cmp, mis}] polled totals (overview rates)
+  series: new Map(),    // route -> [points] from /series (route page charts)
+  timer: null,
+  gen: 0,               // bumps on every navigation; stale responses are dropped
+  lastOk: 0,
+  range: 5 * 60,        // seconds shown by the route page's traffic charts
+  sel: { path: null, sample: 0 },
+  gate: null,
+  diffs: null,
+  history: null,
+};
+
+/* ---------- DOM helpers ---------- */
+function h(tag, attrs, ...kids) {
+  const el = document.createElement(tag);
+  setAttrs(el, attrs);
+  append(el, kids);
+  return el;
+}
+const SVGNS = "http://www.w3.org/2000/svg";
+function svg(tag, attrs, ...kids) {
+  const el = document.createElementNS(SVGNS, tag);
+  setAttrs(el, attrs);
+  append(el, kids);
+  return el;
+}
+function setAttrs(el, attrs) {
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "text") el.textContent = v;
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+}
+function append(el, kids) {
+  for (const k of kids.flat(Infinity)) {
+    if (k === null || k === undefined || k === false) continue;
+    el.append(k instanceof Node ? k : document.createTextNode(String(k)));
+  }
+}
+const $ = (id) => document.getElementById(id);
+
+/* ---------- formatting ---------- */
+const fmtPct = (x, d = 1) => (x === null || x === undefined || Number.isNaN(x)) ? "—" : (x * 100).toFixed(d) + "%";
+function fmtRate(x) {
+  if (x === null || x === undefined) return "—";
+  if (x === 0) return "0";
+  if (x < 10) return x.toFixed(1);
+  return Math.round(x).toLocaleString("en");
+}
+function fmtMs(x) {
+  if (x === null || x === undefined) return "—";
+  if (x < 1) return (x * 1000).toFixed(0) + "µs";
+  if (x < 100) return x.toFixed(1) + "ms";
+  if (x < 10000) return Math.round(x) + "ms";
+  return (x / 1000).toFixed(1) + "s";
+}
+const fmtW = (w) => (w === null || w === undefined) ? "—" : (Math.round(w * 100) / 100) + "%";
+const fmtInt = (n) => (n === null || n === undefined) ? "—" : Number(n).toLocaleString("en");
+function ago(tsSec) {
+  if (!tsSec) return "—";
+  const s = Math.max(0, Date.now() / 1000 - tsSec);
+  if (s < 5) return "just now";
+  if (s < 60) return Math.round(s) + "s ago";
+  if (s < 3600) return Math.round(s / 60) + "m ago";
+  if (s < 86400) return Math.round(s / 3600) + "h ago";
+  return Math.round(s / 86400) + "d ago";
+}
+const clock = (tsSec) => new Date(tsSec * 1000).toLocaleTimeString("en-GB", { hour12: false });
+const parseTime = (iso) => Date.parse(iso) / 1000;
+
+/* ---------- API ---------- */
+class ApiError extends Error {
+  constructor(status, body) {
+    const msg = (body && body.error) || ("HTTP " + status);
+    super(msg);
+    this.status = status;
+    this.body = body;
+  }
+}
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (S.token) headers.Authorization = "Bearer " + S.token;
+  if (S.actor) headers["X-Strangler-Actor"] = S.actor;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let resp;
+  try {
+    resp = await fetch(path, { method, headers, cache: "no-store",
+      body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (e) {
+    throw new ApiError(0, { error: "the proxy's admin listener is unreachable" });
+  }
+  let data = null;
+  try { data = await resp.json(); } catch (e) { /* not JSON */ }
+  if (!resp.ok) throw new ApiError(resp.status, data);
+  return data;
+}
+const enc = encodeURIComponent;
+
+/* ---------- live indicator, toasts ---------- */
+function setLive(ok, err) {
+  const el = $("live");
+  el.hidden = false;
+  if (ok) S.lastOk = Date.now();
+  const age = (Date.now() - S.lastOk) / 1000;
+  el.className = "live" + (ok ? "" : age > 10 ? " down" : " stale");
+  $("live-text").textContent = ok ? "live · " + clock(Date.now() / 1000) : (err || "reconnecting…");
+}
+function toast(msg, kind) {
+  const t = h("div", { class: "toast " + (kind || "") }, msg);
+  $("toasts").append(t);
+  setTimeout(() => t.remove(), 5000);
+}
+
+/* ---------- routing ---------- */
+function currentView() {
+  const m = location.hash.match(/^#\/routes\/([^/?]+)/);
+  return m ? { kind: "route", name: decodeURIComponent(m[1]) } : { kind: "overview" };
+}
+function crumbs(...parts) {
+  const c = $("crumbs");
+  c.replaceChildren();
+  parts.forEach((p, i) => {
+    if (i) c.append(h("span", { class: "sep" }, "/"));
+    c.append(p);
+  });
+}
+function stopPolling() {
+  if (S.timer) clearTimeout(S.timer);
+  S.timer = null;
+}
+function schedule(fn, ms) {
+  stopPolling();
+  const gen = S.gen;
+  S.timer = setTimeout(() => { if (gen === S.gen) fn(); }, ms);
+}
+
+async function navigate() {
+  S.gen += 1;
+  stopPolling();
+  closeModal();
+  if (S.token === null) return showLogin();
+  $("logout").hidden = false;
+  const v = currentView();
+  if (v.kind === "route") {
+    S.sel = { path: null, sample: 0 };
+    S.gate = S.diffs = S.history = null;
+    S.series.delete(v.name);
+    await routePage(v.name, true);
+  } else {
+    await overview(true);
+  }
+}
+
+function handleError(e) {
+  if (e instanceof ApiError && e.status === 401) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    S.token = null;
+    showLogin(e.message);
+    return true;
+  }
+  setLive(false, e.message);
+  return false;
+}
+
+/* ---------- login ---------- */
+function showLogin(message) {
+  stopPolling();
+  $("logout").hidden = true;
+  $("live").hidden = true;
+  crumbs();
+  const token = h("input", { id: "token", type: "password", autocomplete: "off",
+    placeholder: "STRANGLER_READ_TOKEN or STRANGLER_ADMIN_TOKEN" });
+  const actor = h("input", { id: "actor", type: "text", autocomplete: "off", value: S.actor,
+    placeholder: "e.g. alice" });
+  const err = h("div", { class: "error", id: "login-error", hidden: !message }, message || "");
+  const form = h("form", { class: "login", id: "login", onsubmit: async (ev) => {
+    ev.preventDefault();
+    S.token = token.value.trim();
+    S.actor = actor.value.trim();
+    try {
+      await api("GET", "/admin/routes");
+    } catch (e) {
+      S.token = null;
+      err.hidden = false;
+      err.textContent = e.status === 401 ? "That token was refused: " + e.message : e.message;
+      return;
+    }
+    sessionStorage.setItem(TOKEN_KEY, S.token);
+    sessionStorage.setItem(ACTOR_KEY, S.actor);
+    navigate();
+  } },
+    h("h1", {}, "strangler"),
+    h("p", {}, "Sign in with the proxy's admin API token."),
+    h("label", { for: "token" }, "Token"), token,
+    h("div", { class: "hint" }, "The read token shows everything; changes need the admin token. " +
+      "Kept in this tab only (sessionStorage). Leave empty if the proxy has no token."),
+    h("label", { for: "actor" }, "Your name (for the audit log, optional)"), actor,
+    h("button", { class: "btn primary", type: "submit", id: "login-submit" }, "Sign in"),
+    err);
+  $("main").replaceChildren(form);
+  token.focus();
+}
+
+/* ---------- client-side ring of polled totals ---------- */
+function recordTotals(routes) {
+  const now = Date.now();
+  for (const r of routes) {
+    const t = r.stats.total;
+    let ring = S.ring.get(r.name);
+    if (!ring) S.ring.set(r.name, ring = []);
+    ring.push({ t: now, lr: t.legacy.requests, le: t.legacy.errors, tr: t.target.requests,
+      te: t.target.errors, cmp: t.shadow.compared, mis: t.shadow.mismatched });
+    while (ring.length > 2 && ring[0].t < now - RING_MS) ring.shift();
+  }
+}
+/* Rates over the last RATE_WINDOW_MS from the ring: null until there are two samples. */
+function recent(name) {
+  const ring = S.ring.get(name) || [];
+  if (ring.length < 2) return null;
+  const last = ring[ring.length - 1];
+  let first = ring[0];
+  for (const s of ring) { if (s.t >= last.t - RATE_WINDOW_MS) { first = s; break; } }
+  if (first === last) first = ring[ring.length - 2];
+  const dt = (last.t - first.t) / 1000;
+  const d = (k) => Math.max(0, last[k] - first[k]);
+  return {
+    lrps: d("lr") / dt, trps: d("tr") / dt,
+    lerr: d("lr") ? d("le") / d("lr") : null, terr: d("tr") ? d("te") / d("tr") : null,
+    lreq: d("lr"), treq: d("tr"), le: d("le"), te: d("te"),
+    series: ring.map((s, i) => i ? [s.t, ((s.lr + s.tr) - (ring[i - 1].lr + ring[i - 1].tr)) /
+      Math.max(0.001, (s.t - ring[i - 1].t) / 1000)] : null).filter(Boolean),
+  };
+}
+
+/* ---------- overview ---------- */
+async function overview(first) {
+  const gen = S.gen;
+  let data;
+  try {
+    data = await api("GET", "/admin/routes");
+  } catch (e) {
+    if (gen !== S.gen) return;
+    if (!handleError(e)) schedule(() => overview(false), POLL_MS);
+    return;
+  }
+  if (gen !== S.gen) return;
+  recordTotals(data.routes);
+  setLive(true);
+  renderOverview(data);
+  // A quick second sample so the live rates show up within a second of opening the page.
+  schedule(() => overview(false), first ? 700 : POLL_MS);
+}
+
+function weightBar(r) {
+  const frozen = r.state === "rolled_back";
+  const track = h("div", { class: "track" });
+  const fill = h("div", { class: "fill" });
+  fill.style.width = Math.max(0, Math.min(100, r.weight)) + "%";
+  track.append(fill);
+  for (const s of (r.promotion && r.promotion.steps) || []) {
+    if (s <= 0 || s >= 100) continue;
+    const t = h("div", { class: "tick", title: "step " + s + "%" });
+    t.style.left = s + "%";
+    track.append(t);
+  }
+  return h("div", { class: "wbar" + (frozen ? " frozen" : ""), title: "percent of traffic to target" },
+    track, h("span", { class: "val" }, fmtW(r.weight)));
+}
+
+function pair(lv, tv, cls) {
+  return h("div", { class: "pair " + (cls || "") },
+    h("span", { class: "lab" }, "legacy"), h("span", { class: "l" }, lv),
+    h("span", { class: "lab" }, "target"), h("span", { class: "t" }, tv));
+}
+
+function errText(rate) {
+  if (rate === null || rate === undefined) return "—";
+  const s = fmtPct(rate, rate && rate < 0.01 ? 2 : 1);
+  return rate > 0 ? h("span", { class: "bad" }, s) : s;
+}
+
+function sparkline(points, w = 90, hgt = 22) {
+  if (!points || points.length < 2) return h("span", { class: "faint" }, "");
+  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+  const x0 = Math.min(...xs), x1 = Math.max(...xs), ymax = Math.max(1e-9, ...ys);
+  const pts = points.map((p) => [((p[0] - x0) / Math.max(1, x1 - x0)) * w,
+    hgt - 2 - (p[1] / ymax) * (hgt - 4)]);
+  const d = pts.map((p, i) => (i ? "L" : "M") + p[0].toFixed(1) + " " + p[1].toFixed(1)).join("");
+  return svg("svg", { width: w, height: hgt, viewBox: `0 0 ${w} ${hgt}`, class: "spark" },
+    svg("path", { d: d + `L${w} ${hgt}L0 ${hgt}Z`, fill: "rgba(56,189,248,.12)", stroke: "none" }),
+    svg("path", { d, fill: "none", stroke: "#38bdf8", "stroke-width": 1.5 }));
+}
+
+function decisionPill(ld) {
+  if (!ld) return h("span", { class: "faint" }, "not evaluated");
+  const label = ld.decision + (ld.decision === "promote" ? " → " + fmtW(ld.to_weight) : "");
+  return h("div", {},
+    h("span", { class: "pill " + ld.decision, title: (ld.reasons || []).join("\n") }, label),
+    h("div", { class: "rsub" }, (ld.acted ? "acted · " : "") + ago(ld.evaluated_at)));
+}
+
+function renderOverview(data) {
+  crumbs(h("span", { class: "here" }, "Routes"));
+  const routes = data.routes;
+  let lrps = 0, trps = 0, req = 0, errs = 0, cmp = 0, mis = 0, rolled = 0, haveRates = false;
+  for (const r of routes) {
+    const rc = recent(r.name);
+    if (rc) {
+      haveRates = true;
+      lrps += rc.lrps; trps += rc.trps; req += rc.lreq + rc.treq; errs += rc.le + rc.te;
+    }
+    cmp += r.stats.step.shadow.compared; mis += r.stats.step.shadow.mismatched;
+    if (r.state === "rolled_back") rolled += 1;
+  }
+  const cards = h("div", { class: "cards", id: "summary" },
+    card("Routes", routes.length, rolled ? h("span", { class: "bad" }, rolled + " rolled back")
+      : "all active"),
+    card("Traffic", haveRates ? fmtRate(lrps + trps) : "—", "req/s, last 10 s", "req/s"),
+    card("To target", haveRates ? fmtRate(trps) : "—",
+      haveRates && lrps + trps ? fmtPct(trps / (lrps + trps)) + " of requests" : "req/s", "req/s"),
+    card("Errors (5xx)", haveRates ? fmtPct(req ? errs / req : 0, 2) : "—", "last 10 s, both backends"),
+    card("Shadow mismatch", cmp ? fmtPct(mis / cmp, 2) : "—", fmtInt(cmp) + " compared this step"));
+
+  const head = h("div", { class: "panel-head" }, h("h2", {}, "Routes"),
+    h("span", { class: "sub" }, "generation " + data.generation + (data.durable ? "" : " · NOT DURABLE")),
+    h("div", { class: "spacer" }),
+    h("button", { class: "btn danger small", id: "rollback-all",
+      onclick: () => rollbackModal(null) }, "Roll back all"));
+  const rows = routes.map((r) => {
+    const rc = recent(r.name);
+    const st = r.stats.step;
+    const sh = r.shadow && r.shadow.enabled;
+    const href = "#/routes/" + enc(r.name);
+    const match = r.match.path_prefix || r.match.path || r.match.path_regex || "";
+    return h("tr", { class: "click route-row", "data-route": r.name,
+      onclick: (ev) => { if (!ev.target.closest("a")) location.hash = href; } },
+      h("td", {}, h("a", { class: "rname", href }, r.name),
+        h("div", { class: "rsub mono" }, (r.match.methods ? r.match.methods.join(",") + " " : "") + match),
+        h("div", { class: "rsub" }, r.legacy + " → " + r.target)),
+      h("td", {}, h("span", { class: "pill " + r.state }, r.state.replace("_", " ")),
+        r.promotion && r.promotion.auto ? h("span", { class: "tag" }, "auto") : null),
+      h("td", {}, weightBar(r)),
+      h("td", { class: "num rps" }, pair(rc ? fmtRate(rc.lrps) : "—", rc ? fmtRate(rc.trps) : "—")),
+      h("td", {}, sparkline(rc && rc.series.slice(-60))),
+      h("td", { class: "num err" }, pair(errText(rc && rc.lreq ? rc.lerr : st.legacy.error_rate),
+        errText(rc && rc.treq ? rc.terr : st.target.error_rate))),
+      h("td", { class: "num p99" }, pair(fmtMs(st.legacy.p99_ms), fmtMs(st.target.p99_ms))),
+      h("td", { class: "num shadow" }, sh ? h("div", {},
+        h("div", { class: st.shadow.mismatched ? "bad mono" : "mono" }, fmtPct(st.shadow.mismatch_rate, 2)),
+        h("div", { class: "rsub" }, fmtInt(st.shadow.compared) + " compared"))
+        : h("span", { class: "faint" }, "off")),
+      h("td", { class: "gate" }, decisionPill(r.last_decision)));
+  });
+  const table = h("table", { class: "routes", id: "routes" },
+    h("thead", {}, h("tr", {},
+      h("th", {}, "Route"), h("th", {}, "State"), h("th", {}, "Weight to target"),
+      h("th", { class: "num" }, "Req/s"), h("th", {}, "Trend"), h("th", { class: "num" }, "Error rate"),
+      h("th", { class: "num" }, "p99 (step)"), h("th", { class: "num" }, "Shadow mismatch"),
+      h("th", {}, "Last gate decision"))),
+    h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 9, class: "empty" },
+      "No routes in routes.yaml: unmatched traffic goes to the default upstream."))));
+  $("main").replaceChildren(cards, h("div", { class: "panel" }, head, table));
+}
+
+function card(k, v, s, unit) {
+  return h("div", { class: "card" }, h("div", { class: "k" }, k),
+    h("div", { class: "v" }, v, unit && v !== "—" ? h("span", { class: "unit" }, unit) : null),
+    h("div", { class: "s" }, s));
+}
+
+/* ---------- charts (inline SVG) ---------- */
+/* lines: [{cls, color, points: [[tSec, value|null], ...], step, area}] */
+function lineChart(lines, opts) {
+  const W = opts.width || 560, H = opts.height || 170;
+  const m = { l: 46, r: 10, t: 10, b: 22 };
+  const iw = W - m.l - m.r, ih = H - m.t - m.b;
+  const [x0, x1] = opts.x;
+  let ymax = opts.ymax;
+  if (ymax === undefined) {
+    ymax = 0;
+    for (const l of lines) for (const p of l.points) if (p[1] !== null && p[1] > ymax) ymax = p[1];
+    ymax = niceMax(ymax || (opts.yfloor || 1));
+  }
+  const X = (t) => m.l + ((t - x0) / Math.max(1e-9, x1 - x0)) * iw;
+  const Y = (v) => m.t + ih - (v / ymax) * ih;
+  const root = svg("svg", { class: "chart " + (opts.cls || ""), width: W, height: H,
+    viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": opts.label || "chart" });
+  const grid = svg("g", { class: "grid" });
+  const yt = opts.yticks || [0, ymax / 4, ymax / 2, (3 * ymax) / 4, ymax];
+  for (const v of yt) {
+    grid.append(svg("line", { x1: m.l, x2: W - m.r, y1: Y(v), y2: Y(v) }));
+    root.append(svg("text", { x: m.l - 6, y: Y(v) + 3.5, "text-anchor": "end" }, opts.fmt(v)));
+  }
+  root.prepend(grid);
+  const span = x1 - x0;
+  const nt = Math.max(2, Math.floor(iw / 110));
+  for (let i = 0; i <= nt; i++) {
+    const t = x0 + (span * i) / nt;
+    root.append(svg("text", { x: X(t), y: H - 6, "text-anchor": i === 0 ? "start" : i === nt ? "end" : "middle" },
+      span > 3 * 3600 ? new Date(t * 1000).toLocaleString("en-GB", { hour12: false, month: "short",
+        day: "numeric", hour: "2-digit", minute: "2-digit" }) : clock(t)));
+  }
+  for (const l of lines) {
+    const segs = [];
+    let cur = [];
+    for (const p of l.points) {
+      if (p[1] === null) { if (cur.length) segs.push(cur); cur = []; continue; }
+      cur.push(p);
+    }
+    if (cur.length) segs.push(cur);
+    for (const seg of segs) {
+      let d = "";
+      seg.forEach((p, i) => {
+        const x = X(p[0]).toFixed(1), y = Y(p[1]).toFixed(1);
+        if (i === 0) d += `M${x} ${y}`;
+        else if (l.step) d += `H${x}V${y}`;
+        else d += `L${x} ${y}`;
+      });
+      if (l.area) {
+        const first = X(seg[0][0]).toFixed(1), last = X(seg[seg.length - 1][0]).toFixed(1);
+        root.append(svg("path", { d: d + `V${Y(0)}H${first}Z`, fill: l.color, "fill-opacity": 0.12,
+          stroke: "none" }));
+        void last;
+      }
+      root.append(svg("path", { d, fill: "none", stroke: l.color, "stroke-width": 1.8,
+        "stroke-linejoin": "round", class: "line " + (l.cls || "") }));
+      if (seg.length === 1) {
+        root.append(svg("circle", { cx: X(seg[0][0]), cy: Y(seg[0][1]), r: 2.2, fill: l.color }));
+      }
+    }
+  }
+  for (const mk of opts.markers || []) {
+    const c = svg("circle", { cx: X(mk.t), cy: Y(mk.v), r: 4.5, fill: mk.color, stroke: "#0b1120",
+      "stroke-width": 1.5, class: "marker " + mk.cls });
+    c.append(svg("title", {}, mk.title));
+    root.append(c);
+  }
+  return root;
+}
+function niceMax(v) {
+  const p = Math.pow(10, Math.floor(Math.log10(v)));
+  for (const f of [1, 2, 2.5, 5, 10]) if (v <= f * p) return f * p;
+  return 10 * p;
+}
+function chartWidth(id) {
+  const el = $(id);
+  return Math.max(300, (el && el.clientWidth) || 560) - 28;
+}
+
+/* ---------- route page ---------- */
+async function routePage(name, first) {
+  const gen = S.gen;
+  const since = lastSeriesT(name);
+  const calls = [
+    api("GET", "/admin/routes/" + enc(name)),
+    api("GET", `/admin/routes/${enc(name)}/series?since=${since}`),
+  ];
+  const slow = first || !S.diffs || (Date.now() - (S.diffs._at || 0)) > 5000;
+  if (slow) {
+    calls.push(api("GET", `/admin/routes/${enc(name)}/diffs?limit=20`));
+    calls.push(api("GET", `/admin/history?route=${enc(name)}&limit=200`));
+  }
+  if (first) calls.push(api("GET", `/admin/routes/${enc(name)}/gate`).catch((e) => ({ _error: e })));
+  let res;
+  try {
+    res = await Promise.all(calls);
+  } catch (e) {
+    if (gen !== S.gen) return;
+    if (e instanceof ApiError && e.status === 404 && first) {
+      $("main").replaceChildren(h("div", { class: "panel empty" }, e.message + " ",
+        h("a", { href: "#/" }, "Back to routes")));
+      return;
+    }
+    if (!handleError(e)) schedule(() => routePage(name, false), POLL_MS);
+    return;
+  }
+  if (gen !== S.gen) return;
+  const [route, series] = res;
+  mergeSeries(name, series);
+  if (slow) {
+    S.diffs = res[2]; S.diffs._at = Date.now();
+    S.history = res[3];
+  }
+  if (first) S.gate = res[4];
+  recordTotals([route]);
+  setLive(true);
+  renderRoute(route);
+  schedule(() => routePage(name, false), POLL_MS);
+}
+
+function lastSeriesT(name) {
+  const pts = S.series.get(name);
+  return pts && pts.length ? pts[pts.length - 1].t : 0;
+}
+function mergeSeries(name, data) {
+  let pts = S.series.get(name);
+  if (!pts) S.series.set(name, pts = []);
+  for (const p of data.points) pts.push(p);
+  const cutoff = data.now - 600;
+  while (pts.length && pts[0].t < cutoff) pts.shift();
+  S.seriesNow = data.now;
+  S.seriesInterval = data.interval;
+}
+
+function renderRoute(r) {
+  const focus = document.activeElement && document.activeElement.id;
+  crumbs(h("a", { href: "#/" }, "Routes"), h("span", { class: "here" }, r.name));
+  const rolled = r.state === "rolled_back";
+  const match = Object.entries(r.match).map(([k, v]) => k + ": " + (Array.isArray(v) ? v.join(",") :
+    typeof v === "object" ? JSON.stringify(v) : v)).join(" · ");
+  const head = h("div", { class: "rhead" },
+    h("div", {},
+      h("h1", {}, r.name, h("span", { class: "pill " + r.state, id: "route-state" }, r.state.replace("_", " "))),
+      h("div", { class: "meta" },
+        h("span", {}, "legacy ", h("b", {}, r.legacy)),
+        h("span", {}, "target ", h("b", {}, r.target)),
+        h("span", { class: "mono" }, match),
+        h("span", {}, "sticky ", h("b", {}, r.sticky ? (r.sticky.header ? "header " + r.sticky.header
+          : "cookie " + r.sticky.cookie) : "none")),
+        h("span", {}, "steps ", h("b", {}, r.promotion.steps.join(" → "))),
+        h("span", {}, "file weight ", h("b", {}, fmtW(r.file_weight))),
+        r.promotion.auto ? h("span", { class: "tag" }, "auto-promotion") : null)),
+    h("div", { class: "actions" },
+      h("button", { class: "btn", id: "btn-weight", disabled: rolled, title: rolled ? "resume first" : null,
+        onclick: () => weightModal(r) }, "Set weight"),
+      h("button", { class: "btn", id: "btn-promote", disabled: rolled, onclick: () => promoteModal(r) }, "Promote"),
+      rolled ? h("button", { class: "btn primary", id: "btn-resume", onclick: () => resumeModal(r) }, "Resume")
+        : h("button", { class: "btn danger", id: "btn-rollback", onclick: () => rollbackModal(r) }, "Roll back")));
+
+  const banner = rolled ? h("div", { class: "banner", id: "rolled-banner" },
+    "Rolled back: 100% of this route's traffic goes to ", h("b", {}, r.legacy),
+    " and the weight is frozen until someone resumes it.") : null;
+
+  const st = r.stats.step, rc = recent(r.name);
+  const cards = h("div", { class: "cards" },
+    card("Weight to target", fmtW(r.weight), rolled ? "frozen at 0 (rolled back)" :
+      "step " + r.step.id + " since " + ago(r.step.started)),
+    card("Req/s", rc ? fmtRate(rc.lrps + rc.trps) : "—", rc ? h("span", {},
+      h("span", { class: "l-c" }, "legacy " + fmtRate(rc.lrps)), " · ", "target " + fmtRate(rc.trps)) : "last 10 s"),
+    card("Error rate (step)", fmtPct(combined(st, "error_rate"), 2),
+      "legacy " + fmtPct(st.legacy.error_rate, 2) + " · target " + fmtPct(st.target.error_rate, 2)),
+    card("p99 (step)", fmtMs(st.target.p99_ms), "target · legacy " + fmtMs(st.legacy.p99_ms)),
+    card("Shadow mismatch (step)", r.shadow.enabled ? fmtPct(st.shadow.mismatch_rate, 2) : "off",
+      r.shadow.enabled ? fmtInt(st.shadow.mismatched) + " of " + fmtInt(st.shadow.compared) + " compared" : "shadow disabled"),
+    card("Requests (step)", fmtInt(st.legacy.requests + st.target.requests),
+      fmtInt(st.legacy.requests) + " legacy · " + fmtInt(st.target.requests) + " target"));
+
+  const grid1 = h("div", { class: "grid two" }, weightPanel(r), trafficPanel("rps"));
+  const grid2 = h("div", { class: "grid two" }, trafficPanel("p99"), trafficPanel("err"));
+  const grid3 = h("div", { class: "grid two" }, gatePanel(r), historyPanel());
+  $("main").replaceChildren(head, banner || "", cards, grid1, grid2, diffPanel(r), grid3);
+  // draw charts now that panels have their widths
+  drawWeight(r);
+  for (const k of ["rps", "p99", "err"]) drawTraffic(r, k);
+  if (focus && $(focus)) $(focus).focus();
+}
+function combined(st, _k) {
+  const req = st.legacy.requests + st.target.requests;
+  return req ? (st.legacy.errors + st.target.errors) / req : null;
+}
+
+function legend() {
+  return h("div", { class: "legend" }, h("span", { class: "l" }, h("i"), "legacy"),
+    h("span", { class: "t" }, h("i"), "target"));
+}
+
+function weightPanel() {
+  return h("div", { class: "panel" }, h("div", { class: "panel-head" }, h("h2", {}, "Weight over time"),
+    h("span", { class: "sub" }, "from the audit log"), h("div", { class: "legend" },
+      h("span", { class: "t" }, h("i"), "to target"))),
+  h("div", { class: "panel-body", id: "chart-weight" }));
+}
+function drawWeight(r) {
+  const box = $("chart-weight");
+  if (!box) return;
+  const entries = ((S.history && S.history.entries) || []).filter((e) => e.route === r.name).slice().reverse();
+  const now = Date.now() / 1000;
+  const pts = [];
+  const markers = [];
+  const numeric = (v) => typeof v === "number";
+  let start = r.step.started || now;
+  if (entries.length) start = Math.min(start, parseTime(entries[0].time));
+  const x0 = Math.min(start, now - 15 * 60) - 60;
+  let w = entries.length && numeric(entries[0].from) ? entries[0].from : r.weight;
+  pts.push([x0, w]);
+  const colors = { rollback: "#f87171", resume: "#60a5fa", promote: "#34d399", set_weight: "#38bdf8" };
+  for (const e of entries) {
+    const t = parseTime(e.time);
+    if (e.action === "rollback") w = 0;
+    else if (e.action === "resume") w = 0;
+    else if (numeric(e.to)) w = e.to;
+    else continue;
+    pts.push([t, w]);
+    markers.push({ t, v: w, color: colors[e.action] || "#94a3b8", cls: e.action,
+      title: `${clock(t)} ${e.action} by ${e.actor}: ${e.reason || ""}` });
+  }
+  pts.push([now, r.weight]);
+  box.replaceChildren(lineChart([{ cls: "weight", color: "#34d399", points: pts, step: true, area: true }],
+    { x: [x0, now], ymax: 100, yticks: [0, 25, 50, 75, 100], fmt: (v) => v + "%",
+      width: chartWidth("chart-weight"), markers, label: "weight over time", cls: "weight-chart" }));
+}
+
+const TRAFFIC = {
+  rps: { title: "Requests per second", sub: "per backend", fmt: (v) => fmtRate(v),
+    val: (p, side, dt) => p[side].requests / dt },
+  p99: { title: "p99 latency", sub: "per backend, per second", fmt: (v) => fmtMs(v),
+    val: (p, side) => p[side].p99_ms },
+  err: { title: "Error rate (5xx)", sub: "per backend", fmt: (v) => fmtPct(v, v && v < 0.1 ? 1 : 0),
+    val: (p, side) => p[side].requests ? p[side].errors / p[side].requests : null },
+};
+function trafficPanel(kind) {
+  const spec = TRAFFIC[kind];
+  const ranges = [[60, "1m"], [300, "5m"], [600, "10m"]].map(([s, l]) => h("button", {
+    class: "btn small seg" + (S.range === s ? " on" : ""), onclick: () => {
+      S.range = s;
+      const v = currentView();
+      if (v.kind === "route") { S.gen += 1; routePage(v.name, false); }
+    } }, l));
+  return h("div", { class: "panel" }, h("div", { class: "panel-head" }, h("h2", {}, spec.title),
+    h("span", { class: "sub" }, spec.sub), legend(), kind === "rps" ? h("div", {}, ranges) : null),
+  h("div", { class: "panel-body", id: "chart-" + kind }));
+}
+function drawTraffic(r, kind) {
+  const box = $("chart-" + kind);
+  if (!box) return;
+  const spec = TRAFFIC[kind];
+  const now = S.seriesNow || Date.now() / 1000;
+  const x0 = now - S.range;
+  const pts = (S.series.get(r.name) || []).filter((p) => p.t >= x0);
+  const gapAfter = 2.5 * (S.seriesInterval || 1);
+  const lines = ["legacy", "target"].map((side) => {
+    const out = [];
+    let prev = null;
+    for (const p of pts) {
+      if (kind === "rps" && prev !== null && p.t - prev > gapAfter) {
+        out.push([prev + 1, 0], [p.t - p.dt, 0]); // no traffic in between: the rate was 0
+      } else if (kind !== "rps" && prev !== null && p.t - prev > gapAfter) {
+        out.push([prev + 1, null]);
+      }
+      out.push([p.t, spec.val(p, side, Math.max(0.001, p.dt))]);
+      prev = p.t;
+    }
+    return { cls: side, color: side === "legacy" ? "#a78bfa" : "#34d399", points: out };
+  });
+  if (!pts.length) {
+    box.replaceChildren(h("div", { class: "chart-empty" }, "No traffic on this route in the last " +
+      Math.round(S.range / 60) + " min."));
+    return;
+  }
+  box.replaceChildren(lineChart(lines, { x: [x0, now], fmt: spec.fmt, width: chartWidth("chart-" + kind),
+    ymax: kind === "err" ? undefined : undefined, yfloor: kind === "err" ? 0.01 : kind === "p99" ? 1 : 1,
+    label: spec.title, cls: kind + "-chart" }));
+}
+
+/* ---------- gate ---------- */
+function gatePanel(r) {
+  const g = S.gate;
+  const btn = h("button", { class: "btn small", id: "btn-gate", onclick: async (ev) => {
+    ev.target.disabled = true;
+    try { S.gate = await api("GET", `/admin/routes/${enc(r.name)}/gate`); }
+    catch (e) { S.gate = { _error: e }; }
+    const v = currentView();
+    if (v.kind === "route") { S.gen += 1; routePage(v.name, false); }
+  } }, "Evaluate now");
+  const head = h("div", { class: "panel-head" }, h("h2", {}, "Promotion gate"),
+    h("span", { class: "sub" }, g && g.evaluated_at ? "evaluated " + ago(g.evaluated_at) : ""),
+    h("div", { class: "spacer" }), btn);
+  const body = h("div", { class: "panel-body", id: "gate" });
+  if (!g) body.append(h("div", { class: "muted" }, "Not evaluated yet."));
+  else if (g._error) body.append(h("div", { class: "error" }, g._error.message));
+  else {
+    const label = g.decision + (g.decision === "promote" ? ` ${fmtW(g.from_weight)} → ${fmtW(g.to_weight)}`
+      : ` at ${fmtW(g.from_weight)}`);
+    body.append(h("div", { class: "decision" }, h("span", { class: "pill big " + g.decision, id: "gate-decision" }, label),
+      g.acted ? h("span", { class: "tag" }, "acted") : null,
+      h("span", { class: "muted" }, "gate decisions change nothing here; Promote acts on them")));
+    body.append(h("ul", { class: "reasons", id: "gate-reasons" }, (g.reasons || []).map((x) => h("li", {}, x))));
+    for (const n of g.notes || []) body.append(h("div", { class: "hint" }, n));
+    body.append(evidenceTable(g.evidence || {}));
+  }
+  return h("div", { class: "panel" }, head, body);
+}
+
+function evidenceTable(ev) {
+  const th = ev.thresholds || {};
+  const sh = ev.shadow || {};
+  const L = ev.legacy || {}, T = ev.target || {};
+  const mark = (state) => state === null ? h("td", { class: "chk faint" }, "·") :
+    state === "ok" ? h("td", { class: "chk good", title: "within the limit" }, "✓") :
+    state === "bad" ? h("td", { class: "chk bad", title: "over the limit" }, "✗") :
+    h("td", { class: "chk warn", title: "not enough evidence yet, or inconclusive" }, "…");
+  const bounds = (v, lo, hi, max) => v === null || v === undefined || max === undefined ? null :
+    hi !== undefined && hi !== null && hi <= max ? "ok" : lo !== undefined && lo !== null && lo > max ? "bad" : "wait";
+  const rows = [
+    ["Requests (target / legacy)", `${fmtInt(T.requests)} / ${fmtInt(L.requests)}`, "≥ " + fmtInt(th.min_requests),
+      T.requests >= th.min_requests ? "ok" : "wait"],
+    ["Error rate (target / legacy)", `${fmtPct(T.error_rate, 2)} / ${fmtPct(L.error_rate, 2)}`, "", null],
+    ["Error rate increase (95% CI)", ev.error_rate_increase === undefined || ev.error_rate_increase === null ? "—" :
+      `${fmtPct(ev.error_rate_increase, 2)} [${fmtPct(ev.error_rate_increase_lower_95, 2)}, ${fmtPct(ev.error_rate_increase_upper_95, 2)}]`,
+      "≤ " + fmtPct(th.max_error_rate_increase, 2),
+      bounds(ev.error_rate_increase, ev.error_rate_increase_lower_95, ev.error_rate_increase_upper_95, th.max_error_rate_increase)],
+    ["p99 (target / legacy)", `${fmtMs(T.p99_seconds === null || T.p99_seconds === undefined ? null : T.p99_seconds * 1000)} / ` +
+      `${fmtMs(L.p99_seconds === null || L.p99_seconds === undefined ? null : L.p99_seconds * 1000)}`,
+      `samples ≥ ${fmtInt(th.min_latency_samples)}`,
+      (T.latency_samples || 0) >= (th.min_latency_samples || 0) && (L.latency_samples || 0) >= (th.min_latency_samples || 0) ? "ok" : "wait"],
+    ["p99 ratio target / legacy", ev.p99_ratio === null || ev.p99_ratio === undefined ? "—" : ev.p99_ratio.toFixed(2),
+      "≤ " + th.max_p99_ratio, ev.p99_ratio === null || ev.p99_ratio === undefined ? null : ev.p99_ratio <= th.max_p99_ratio ? "ok" : "bad"],
+  ];
+  if (sh.enabled) {
+    rows.push(["Shadow comparisons", `${fmtInt(sh.compared)} (${fmtInt(sh.mismatched)} mismatched)`,
+      "≥ " + fmtInt(th.min_comparisons), sh.compared >= th.min_comparisons ? "ok" : "wait"]);
+    rows.push(["Mismatch rate (95% Wilson)", sh.mismatch_rate === null || sh.mismatch_rate === undefined ? "—" :
+      `${fmtPct(sh.mismatch_rate, 2)} [${fmtPct(sh.mismatch_rate_lower_95, 2)}, ${fmtPct(sh.mismatch_rate_upper_95, 2)}]`,
+      "≤ " + fmtPct(th.max_mismatch_rate, 2), bounds(sh.mismatch_rate, sh.mismatch_rate_lower_95, sh.mismatch_rate_upper_95, th.max_mismatch_rate)]);
+  } else {
+    rows.push(["Shadow comparisons", "shadowing off", "", null]);
+  }
+  for (const c of ev.checks || []) {
+    const lim = [c.min !== undefined && c.min !== null ? "≥ " + c.min : "", c.max !== undefined && c.max !== null ? "≤ " + c.max : ""].filter(Boolean).join(", ");
+    rows.push(["check " + c.name, c.value === null || c.value === undefined ? "no data" : String(c.value), lim,
+      c.ok === true ? "ok" : c.ok === false ? "bad" : "wait"]);
+  }
+  return h("table", { class: "ev", id: "gate-evidence" },
+    h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", {}, "Evidence (this step)"), h("th", {}, "Value"), h("th", {}, "Limit"))),
+    h("tbody", {}, rows.map(([k, v, lim, state]) => h("tr", {}, mark(state), h("td", {}, k),
+      h("td", { class: "mono" }, v), h("td", { class: "muted mono" }, lim)))));
+}
+
+/* ---------- history ---------- */
+function historyPanel() {
+  const entries = (S.history && S.history.entries) || [];
+  const rows = entries.slice(0, 30).map((e) => h("tr", {},
+    h("td", { class: "mono muted", title: e.time }, ago(parseTime(e.time))),
+    h("td", {}, h("span", { class: "pill plain " + (e.action === "rollback" ? "rollback" : e.action === "resume" ? "resume" :
+      e.action === "promote" ? "promote" : "kind") }, e.action.replace("_", " "))),
+    h("td", { class: "mono" }, histChange(e)),
+    h("td", {}, e.actor),
+    h("td", { class: "reason" }, e.reason || "")));
+  return h("div", { class: "panel" }, h("div", { class: "panel-head" }, h("h2", {}, "Audit log"),
+    h("span", { class: "sub" }, "newest first")),
+  entries.length ? h("table", { id: "history" }, h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Action"),
+    h("th", {}, "Change"), h("th", {}, "Actor"), h("th", {}, "Reason"))), h("tbody", {}, rows))
+    : h("div", { class: "empty" }, "No changes recorded for this route yet."));
+}
+function histChange(e) {
+  const f = (v) => typeof v === "number" ? fmtW(v) : v === null || v === undefined ? "—" : String(v);
+  if (typeof e.from === "object" && e.from !== null) return "";
+  return f(e.from) + " → " + f(e.to);
+}
+
+/* ---------- diffs ---------- */
+function diffPanel(r) {
+  const d = S.diffs;
+  const head = h("div", { class: "panel-head" }, h("h2", {}, "Shadow differences"),
+    h("span", { class: "sub" }, d ? `${fmtInt(d.compared)} compared · ${fmtInt(d.mismatched)} mismatched` +
+      (d.compared ? ` (${fmtPct(d.mismatched / d.compared, 2)})` : "") + " · this step" : ""));
+  const panel = h("div", { class: "panel", id: "diffs" }, head);
+  if (!r.shadow.enabled) {
+    panel.append(h("div", { class: "empty" }, "Shadowing is off for this route."));
+    return h("div", { class: "grid" }, panel);
+  }
+  if (!d || !d.fields.length) {
+    panel.append(h("div", { class: "empty" }, d && d.note ? d.note : d && d.compared ?
+      "No differences: every compared response matched." : "No comparisons yet."));
+    return h("div", { class: "grid" }, panel);
+  }
+  const maxRate = Math.max(...d.fields.map((f) => f.rate), 1e-9);
+  const rows = d.fields.map((f) => {
+    const bar = h("span", { class: "rate-bar" }, h("span"));
+    bar.firstChild.style.width = Math.max(2, (f.rate / maxRate) * 100) + "%";
+    return h("tr", { class: "click diff-row" + (S.sel.path === f.path ? " sel" : ""), "data-path": f.path,
+      onclick: () => { S.sel = { path: S.sel.path === f.path ? null : f.path, sample: 0 }; refreshDiffs(r); } },
+    h("td", { class: "path" }, f.path),
+    h("td", {}, h("span", { class: "pill kind" }, f.kind)),
+    h("td", { class: "num" }, fmtInt(f.count)),
+    h("td", { class: "num" }, bar, fmtPct(f.rate, 2)),
+    h("td", {}, f.likely_noise ? h("span", { class: "pill noise", title:
+      "differs in nearly every comparison: often a timestamp, id or ordering; check before trusting it" },
+    "likely nondeterministic") : ""));
+  });
+  panel.append(h("table", { id: "diff-table" }, h("thead", {}, h("tr", {}, h("th", {}, "Field path"),
+    h("th", {}, "Kind"), h("th", { class: "num" }, "Count"), h("th", { class: "num" }, "Rate"), h("th", {}, ""))),
+  h("tbody", {}, rows)));
+  panel.append(samplePanel(d));
+  return h("div", { class: "grid" }, panel);
+}
+function refreshDiffs(r) {
+  const old = $("diffs");
+  if (old) old.parentElement.replaceWith(diffPanel(r));
+}
+
+function samplePanel(d) {
+  const all = d.samples || [];
+  const list = S.sel.path ? all.filter((s) => (s.differences || []).some((x) => x.path === S.sel.path)) : all;
+  const box = h("div", { id: "sample" });
+  if (!list.length) {
+    box.append(h("div", { class: "sample-head muted" }, S.sel.path ? "No recent sample shows " + S.sel.path + "." : "No samples recorded."));
+    return box;
+  }
+  const i = Math.min(S.sel.sample, list.length - 1);
+  const s = list[i];
+  const req = s.request || {};
+  const nav = (delta) => () => { S.sel.sample = Math.max(0, Math.min(list.length - 1, i + delta)); const v = $("sample"); v.replaceWith(samplePanel(d)); };
+  box.append(h("div", { class: "sample-head" },
+    h("b", {}, "Sample"), h("span", { class: "mono" }, (req.method || "") + " " + (req.path || "")),
+    h("span", { class: "muted" }, ago(s.time)),
+    S.sel.path ? h("span", { class: "tag" }, "showing " + S.sel.path) : null,
+    h("div", { class: "spacer" }),
+    h("span", { class: "muted" }, `${i + 1} of ${list.length}`),
+    h("button", { class: "btn small", disabled: i === 0, onclick: nav(-1) }, "‹ newer"),
+    h("button", { class: "btn small", disabled: i >= list.length - 1, onclick: nav(1) }, "older ›")));
+  const diffs = s.differences || [];
+  if (diffs.length) {
+    const dl = h("div", { class: "dlist" }, h("span", { class: "h" }, "path"), h("span", { class: "h" }, "legacy"),
+      h("span", { class: "h" }, "target"));
+    for (const x of diffs) {
+      dl.append(h("span", { class: "path" }, x.path), h("span", { class: "l-c" }, show(x.legacy)),
+        h("span", {}, show(x.target)));
+    }
+    box.append(dl);
+  }
+  const keys = diffs.map((x) => lastKey(x.path)).filter(Boolean);
+  box.append(h("div", { class: "side" },
+    sideView("legacy", s.legacy, keys), sideView("target", s.target, keys)));
+  return box;
+}
+function show(v) { return v === undefined ? "(absent)" : typeof v === "string" ? JSON.stringify(v) : JSON.stringify(v); }
+function lastKey(path) {
+  if (path.startsWith("header:")) return path.slice(7);
+  const m = path.match(/\.([A-Za-z0-9_$-]+)(\[\d+\])*$/);
+  return m ? m[1] : null;
+}
+function sideView(side, resp, keys) {
+  resp = resp || {};
+  let text = resp.body || "";
+  try { text = JSON.stringify(JSON.parse(text), null, 2); } catch (e) { /* not JSON: shown as is */ }
+  const pre = h("pre", { class: "body" });
+  const hdrs = (resp.headers || []).map(([k, v]) => k + ": " + v);
+  for (const line of [...hdrs, hdrs.length ? "" : null, ...text.split("\n")]) {
+    if (line === null) continue;
+    const hit = keys.some((k) => line.includes('"' + k + '":') || line.toLowerCase().startsWith(k.toLowerCase() + ":"));
+    const span = h("span", { class: hit ? "hl" : "" });
+    const parts = line.split("[REDACTED]");
+    parts.forEach((p, j) => { if (j) span.append(h("span", { class: "red", title: "redacted before storage" }, "[REDACTED]")); span.append(p); });
+    pre.append(span, hit ? "" : "\n");
+  }
+  return h("div", {}, h("h3", { class: side === "legacy" ? "l" : "t" }, side,
+    h("span", { class: "pill plain kind" }, String(resp.status ?? "—")), resp.truncated ? h("span", { class: "tag" }, "truncated") : null),
+  pre);
+}
+
+/* ---------- modals and mutations ---------- */
+function closeModal() {
+  const m = $("modal");
+  m.hidden = true;
+  m.replaceChildren();
+}
+function modal({ title, text, fields, confirm, danger, submit }) {
+  const m = $("modal");
+  const err = h("div", { class: "error", id: "modal-error", hidden: true });
+  const go = h("button", { class: "btn " + (danger ? "danger" : "primary"), type: "submit", id: "modal-confirm" }, confirm);
+  const form = h("form", { class: "modal", role: "dialog", "aria-modal": "true", onsubmit: async (ev) => {
+    ev.preventDefault();
+    const values = {};
+    for (const f of fields) values[f.name] = form.elements[f.name].value.trim();
+    const missing = fields.find((f) => f.required && !values[f.name]);
+    if (missing) { err.hidden = false; err.textContent = missing.label + " is required."; return; }
+    go.disabled = true;
+    try {
+      const res = await submit(values);
+      closeModal();
+      if (res && res.warning) toast(res.warning, "bad");
+      const v = currentView();
+      S.gen += 1;
+      if (v.kind === "route") { S.diffs = null; await routePage(v.name, false); } else await overview(false);
+    } catch (e) {
+      go.disabled = false;
+      err.hidden = false;
+      err.textContent = e.message + (e.status ? ` (HTTP ${e.status})` : "");
+      if (e.status === 401) { /* the token expired or changed: sign in again */ }
+    }
+  } },
+  h("h2", {}, title),
+  h("div", { class: "mbody" }, h("p", {}, text),
+    fields.map((f) => [h("label", { for: "f-" + f.name }, f.label),
+      f.type === "textarea" ? h("textarea", { id: "f-" + f.name, name: f.name, placeholder: f.placeholder || "" })
+        : h("input", { id: "f-" + f.name, name: f.name, type: f.type || "text", value: f.value ?? "",
+          placeholder: f.placeholder || "", step: f.step, min: f.min, max: f.max })]),
+    err),
+  h("div", { class: "mfoot" }, h("button", { class: "btn ghost", type: "button", id: "modal-cancel", onclick: closeModal }, "Cancel"), go));
+  m.replaceChildren(form);
+  m.hidden = false;
+  const firstField = form.querySelector("textarea, input");
+  if (firstField) firstField.focus();
+  m.onclick = (ev) => { if (ev.target === m) closeModal(); };
+}
+
+function rollbackModal(r) {
+  const all = r === null;
+  modal({
+    title: all ? "Roll back every route" : `Roll back ${r.name}`,
+    text: all ? "Sends 100% of every route's traffic to legacy now and freezes the weights until each is resumed."
+      : `Sends 100% of ${r.name}'s traffic to ${r.legacy} now and freezes the weight until someone resumes it.`,
+    fields: [{ name: "reason", label: "Reason (kept in the audit log)", type: "textarea", required: true,
+      placeholder: "e.g. p99 spike on target, investigating" }],
+    confirm: all ? "Roll back all routes" : "Roll back now",
+    danger: true,
+    submit: (v) => api("POST", all ? "/admin/rollback" : `/admin/routes/${enc(r.name)}/rollback`, { reason: v.reason })
+      .then((res) => { toast(all ? "Every route rolled back" : `${r.name} rolled back to legacy`, "good"); return res; }),
+  });
+}
+function resumeModal(r) {
+  modal({
+    title: `Resume ${r.name}`,
+    text: "Lifts the rollback freeze. The weight stays at 0% until it is set or promoted.",
+    fields: [{ name: "reason", label: "Reason", type: "textarea", required: true, placeholder: "e.g. fix deployed" }],
+    confirm: "Resume",
+    submit: (v) => api("POST", `/admin/routes/${enc(r.name)}/resume`, { reason: v.reason })
+      .then((res) => { toast(`${r.name} resumed at 0%`, "good"); return res; }),
+  });
+}
+function weightModal(r) {
+  modal({
+    title: `Set the weight of ${r.name}`,
+    text: `Percent of matching traffic sent to ${r.target} (0-100, up to two decimals). Now at ${fmtW(r.weight)}.`,
+    fields: [{ name: "weight", label: "Weight (%)", type: "number", value: r.weight, step: "0.01", min: 0, max: 100, required: true },
+      { name: "reason", label: "Reason", type: "textarea", required: true }],
+    confirm: "Set weight",
+    submit: (v) => api("PUT", `/admin/routes/${enc(r.name)}/weight`, { weight: Number(v.weight), reason: v.reason })
+      .then((res) => { toast(`${r.name}: ${fmtW(res.from)} → ${fmtW(res.to)}`, "good"); return res; }),
+  });
+}
+function promoteModal(r) {
+  modal({
+    title: `Promote ${r.name}`,
+    text: "Evaluates the gate and acts on it: steps the weight up, holds, or (with auto_rollback) rolls back.",
+    fields: [],
+    confirm: "Evaluate and act",
+    submit: (v) => api("POST", `/admin/routes/${enc(r.name)}/promote`, {}).then((res) => {
+      S.gate = res;
+      toast(`gate: ${res.decision}` + (res.acted ? " (acted)" : ""), res.decision === "fail" ? "bad" : "good");
+      return res;
+    }),
+  });
+}
+
+/* ---------- start ---------- */
+document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") closeModal(); });
+window.addEventListener("hashchange", navigate);
+document.addEventListener("visibilitychange", () => { if (!document.hidden && S.token !== null) navigate(); });
+window.addEventListener("DOMContentLoaded", () => {
+  $("logout").addEventListener("click", () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    S.token = null;
+    S.ring.clear();
+    S.series.clear();
+    showLogin();
+  });
+  navigate();
+});
