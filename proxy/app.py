@@ -52,6 +52,7 @@ class ServeOptions:
     access_log: bool = True
     access_log_sample: float = 1.0
     watch: bool = True
+    create_flags: bool = False  # unleash backend: create missing toggles at the file's weight
     extra: dict = field(default_factory=dict)
 
 
@@ -112,6 +113,12 @@ class Server:
         self.shadow: Any = None
         self.diff_store: Any = None
         self.extras: list[Any] = []  # things with async start()/stop() (controller, flags)
+
+    @property
+    def degraded(self) -> dict | None:
+        """Why routing runs reduced (/readyz reports it, still 200: legacy keeps serving)."""
+        flags = self.runtime.flags
+        return getattr(flags, "degraded_reason", None) if flags is not None else None
 
     async def start(self) -> None:
         rt = self.runtime

@@ -14,6 +14,8 @@ from proxy.spec import Config
 async def before_planes(server: Any) -> None:
     """Runs before data planes start (in the control process)."""
     config = server.runtime.config
+    if config.flags.backend == "unleash":
+        await start_flags(server)
     if server.opts.workers <= 1:
         server.shadow = await worker_shadow(config, server.recorder)
         server.diff_store = server.shadow.store if server.shadow is not None else None
@@ -22,6 +24,20 @@ async def before_planes(server: Any) -> None:
         from shadow.store import DiffStore
 
         server.diff_store = DiffStore(config.state_dir / "diffs.sqlite3")
+
+
+async def start_flags(server: Any) -> None:
+    """Weights from Unleash (`proxy.flags_link`); a startup problem is a ServeError (exit 2)."""
+    from proxy.app import ServeError
+    from proxy.flags_link import FlagsLink, FlagsStartupError
+
+    link = FlagsLink(server.runtime, create_flags=getattr(server.opts, "create_flags", False))
+    try:
+        await link.start()
+    except FlagsStartupError as exc:
+        raise ServeError(str(exc)) from exc
+    server.runtime.flags = link
+    server.extras.append(link)
 
 
 async def after_planes(server: Any) -> None:

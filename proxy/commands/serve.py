@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="log this fraction of successful requests (errors are always logged)")
     p.add_argument("--no-watch", action="store_true",
                    help="do not reload when the file changes on disk (SIGHUP still reloads)")
+    p.add_argument("--create-flags", action="store_true",
+                   help="flags.backend unleash: create toggles missing in Unleash, each at its "
+                   "route's weight in routes.yaml (without it a missing toggle is an error)")
     p.set_defaults(func=run)
 
 
@@ -47,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         access_log=not args.no_access_log,
         access_log_sample=args.access_log_sample,
         watch=not args.no_watch,
+        create_flags=args.create_flags,
     )
     try:
         return serve(opts)
