@@ -20,7 +20,6 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from proxy.audit import GENESIS
 from proxy.auth import ACTOR_HEADER, AuthError, Caller, Tokens, actor_name
 from proxy.config import ConfigError
 from proxy.metrics import StranglerCollector, make_registry, render
@@ -260,16 +259,7 @@ class Admin:
         audit = self.rt.audit
         result = await asyncio.to_thread(audit.verify)
         body = {"ok": result.ok, "entries": result.entries, "bad_line": result.bad_line,
-                "message": result.message}
-        if not result.ok and result.bad_line:
-            body["message"] = _explain_break(result.bad_line, result.message)
-            body["suspect_lines"] = [n for n in (result.bad_line - 1, result.bad_line) if n >= 1]
-        elif result.ok:
-            # The chain cannot vouch for its own last line; this process remembers its hash.
-            tail = await asyncio.to_thread(_tail_check, audit)
-            if tail is not None:
-                body.update(ok=False, bad_line=tail[0], message=tail[1],
-                            suspect_lines=[tail[0]] if tail[0] else [])
+                "message": result.message, "suspect_lines": list(result.suspect_lines)}
         return web.json_response(body)
 
     async def diffs(self, request: web.Request) -> web.Response:
@@ -410,37 +400,3 @@ class Admin:
 def _not_durable(error: str | None) -> str:
     return ("NOT DURABLE: the change holds in memory but was not saved to state_dir"
             + (f": {error}" if error else "") + "; it will be lost at restart")
-
-
-def _explain_break(bad_line: int, message: str) -> str:
-    if bad_line <= 1:
-        return message
-    return (f"{message}: line {bad_line - 1} was edited or deleted, or line {bad_line} was "
-            f"altered or inserted (line {bad_line} no longer holds the SHA-256 of the line "
-            "before it)")
-
-
-def _tail_check(audit: Any) -> tuple[int, str] | None:
-    """Compare the file's last line with the hash this process wrote last (when it wrote)."""
-    import hashlib
-
-    with audit._lock:  # not while an append is half done
-        expected = getattr(audit, "_last_hash", None)
-        if expected is None or expected == GENESIS:
-            return None
-        try:
-            raw = audit.path.read_bytes()
-        except FileNotFoundError:
-            return 0, "the audit log was deleted after this proxy wrote to it"
-    lines = raw.split(b"\n")
-    numbered = [(i, ln) for i, ln in enumerate(lines, start=1) if ln.strip()]
-    if not numbered:
-        return 0, "the audit log is empty but this proxy wrote entries to it: it was truncated"
-    n, last = numbered[-1]
-    if hashlib.sha256(last).hexdigest() != expected:
-        return n, (f"line {n} (the last entry) is not the entry this proxy wrote last: "
-                   "it was edited, or entries after it were deleted")
-    return None
-
-
-__all__ = ["ApiError", "build_admin_app", "error_response"]

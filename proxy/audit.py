@@ -2,7 +2,10 @@
 
 Each entry carries `prev`, the SHA-256 of the previous line's exact bytes (64 zeros for the
 first), so editing or deleting any line breaks the chain at the next one; `verify()` names it.
-Every append is fsynced before the call returns.
+Every append is fsynced before the call returns. The chain cannot vouch for its own last line,
+so each append also writes an anchor (`audit.log.tail`: seq and hash of the newest entry);
+`verify()` checks the file against it, so editing or deleting the last line is caught too, also
+after a restart.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ class VerifyResult:
     entries: int
     bad_line: int | None = None  # 1-based line number of the first entry that does not chain
     message: str = ""
+    suspect_lines: tuple[int, ...] = ()  # the lines that may have been tampered with
 
 
 class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.anchor_path = path.with_name(path.name + ".tail")
         self._lock = threading.Lock()
         self._last_hash: str | None = None
         self._seq = 0
@@ -87,7 +92,25 @@ class AuditLog:
                 os.close(fd)
             self._last_hash = hashlib.sha256(line).hexdigest()
             self._seq = seq + 1
+            self._write_anchor()
             return entry
+
+    def _write_anchor(self) -> None:
+        data = json.dumps({"seq": self._seq, "hash": self._last_hash}).encode()
+        tmp = self.anchor_path.with_name(self.anchor_path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.anchor_path)
+
+    def _anchor(self) -> dict | None:
+        try:
+            return json.loads(self.anchor_path.read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None
 
     def entries(self, route: str | None = None, limit: int | None = None) -> list[dict]:
         """Newest first."""
@@ -124,16 +147,29 @@ class AuditLog:
             except ValueError:
                 return VerifyResult(False, count, number, f"line {number} is not valid JSON")
             if entry.get("prev") != prev:
+                before = f"line {number - 1} was edited or deleted, or " if number > 1 else ""
                 return VerifyResult(
                     False,
                     count,
                     number,
-                    f"line {number} does not chain to the line before it "
-                    "(an entry was edited, inserted or deleted)",
+                    f"line {number} does not chain to the line before it: {before}line "
+                    f"{number} was altered or inserted (it no longer holds the SHA-256 of the "
+                    "line before it)",
+                    tuple(n for n in (number - 1, number) if n >= 1),
                 )
             if entry.get("seq") != count + 1:
                 return VerifyResult(False, count, number, f"line {number} has seq "
                                     f"{entry.get('seq')}, expected {count + 1}")
             prev = hashlib.sha256(raw).hexdigest()
             count += 1
+        anchor = self._anchor()
+        if anchor is not None:
+            if count < anchor.get("seq", 0):
+                return VerifyResult(False, count, count + 1,
+                                    f"the log ends at line {count} but {anchor['seq']} entries "
+                                    "were written: the last entries were deleted",
+                                    (count + 1,))
+            if count == anchor.get("seq") and prev != anchor.get("hash"):
+                return VerifyResult(False, count, count,
+                                    f"line {count} (the last entry) was edited", (count,))
         return VerifyResult(True, count, message=f"{count} entries, chain intact")
