@@ -353,6 +353,8 @@ class ClientConnection(asyncio.Protocol):
                 t.resume_reading()
             nxt.start()
             return
+        if not t.is_reading():
+            t.resume_reading()  # paused by this exchange's upstream back-pressure
         self.idle_deadline = self.plane.now() + max(self.plane.limits.header_timeout, 60.0)
 
     def reject(self, status: int, code: str, message: str, request_id: str | None = None) -> None:
@@ -822,6 +824,9 @@ class Exchange:
         up, self.up = self.up, None
         if up is not None:
             if reusable and not self.is_tunnel:
+                if self.conn.write_paused and up.transport is not None:
+                    # Paused for this slow client; the next exchange on it must read again.
+                    up.transport.resume_reading()
                 self.pool.release(up)
             else:
                 self.pool.discard(up)
