@@ -381,13 +381,18 @@ class Runtime:
                                 {"route": name, "state": "rolled_back"})
         try:
             ev = await self.evidence(name)
+            if self.rolled_back(name):
+                # A frozen route is not promoted whatever the evidence says.
+                decision = Decision(name, "hold", 0.0, 0.0, (
+                    f"route '{name}' is rolled back; `strangler resume {name}` before "
+                    "promoting it",), ev.to_dict(spec.promotion))
+            else:
+                decision = decide(ev, spec.promotion)
         except MetricsUnavailable as exc:
             # No evidence is not bad evidence: hold, never fail, and say why.
             weight = self.effective(name)
             decision = Decision(name, "hold", weight, weight,
                                 (f"metrics unavailable: {exc}",), {"error": str(exc)})
-        else:
-            decision = decide(ev, spec.promotion)
         key = (name, decision.decision)
         self.counters["gate_decisions"][key] = self.counters["gate_decisions"].get(key, 0) + 1
         view = decision.to_dict()
