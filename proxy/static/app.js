@@ -18,7 +18,7 @@ const S = {
   timer: null,
   gen: 0,               // bumps on every navigation; stale responses are dropped
   lastOk: 0,
-  range: 5 * 60,        // seconds shown by the route page's traffic charts
+  range: null,          // seconds shown by the traffic charts; null: the smallest that fits
   sel: { path: null, sample: 0 },
   gate: null,
   diffs: null,
@@ -65,6 +65,7 @@ function fmtRate(x) {
 }
 function fmtMs(x) {
   if (x === null || x === undefined) return "—";
+  if (x === 0) return "0";
   if (x < 1) return (x * 1000).toFixed(0) + "µs";
   if (x < 100) return x.toFixed(1) + "ms";
   if (x < 10000) return Math.round(x) + "ms";
@@ -433,10 +434,9 @@ function lineChart(lines, opts) {
         else d += `L${x} ${y}`;
       });
       if (l.area) {
-        const first = X(seg[0][0]).toFixed(1), last = X(seg[seg.length - 1][0]).toFixed(1);
+        const first = X(seg[0][0]).toFixed(1);
         root.append(svg("path", { d: d + `V${Y(0)}H${first}Z`, fill: l.color, "fill-opacity": 0.12,
           stroke: "none" }));
-        void last;
       }
       root.append(svg("path", { d, fill: "none", stroke: l.color, "stroke-width": 1.8,
         "stroke-linejoin": "round", class: "line " + (l.cls || "") }));
@@ -452,6 +452,10 @@ function lineChart(lines, opts) {
     root.append(c);
   }
   return root;
+}
+function autoRange(points, now) {
+  const span = points.length ? now - points[0].t : 0;
+  return span <= 60 ? 60 : span <= 300 ? 300 : 600;
 }
 function niceMax(v) {
   const p = Math.pow(10, Math.floor(Math.log10(v)));
@@ -594,9 +598,10 @@ function drawWeight(r) {
   const pts = [];
   const markers = [];
   const numeric = (v) => typeof v === "number";
-  let start = r.step.started || now;
-  if (entries.length) start = Math.min(start, parseTime(entries[0].time));
-  const x0 = Math.min(start, now - 15 * 60) - 60;
+  // From a little before the first change (or the current step) to now, at least a minute.
+  const start = entries.length ? parseTime(entries[0].time) : (r.step.started || now);
+  const span = Math.max(60, now - start);
+  const x0 = start - 0.12 * span;
   let w = entries.length && numeric(entries[0].from) ? entries[0].from : r.weight;
   pts.push([x0, w]);
   const colors = { rollback: "#f87171", resume: "#60a5fa", promote: "#34d399", set_weight: "#38bdf8" };
@@ -621,13 +626,14 @@ const TRAFFIC = {
     val: (p, side, dt) => p[side].requests / dt },
   p99: { title: "p99 latency", sub: "per backend, per second", fmt: (v) => fmtMs(v),
     val: (p, side) => p[side].p99_ms },
-  err: { title: "Error rate (5xx)", sub: "per backend", fmt: (v) => fmtPct(v, v && v < 0.1 ? 1 : 0),
+  err: { title: "Error rate (5xx)", sub: "per backend", fmt: (v) => v ? fmtPct(v, v < 0.01 ? 2 : v < 0.1 ? 1 : 0) : "0",
     val: (p, side) => p[side].requests ? p[side].errors / p[side].requests : null },
 };
 function trafficPanel(kind) {
   const spec = TRAFFIC[kind];
   const ranges = [[60, "1m"], [300, "5m"], [600, "10m"]].map(([s, l]) => h("button", {
-    class: "btn small seg" + (S.range === s ? " on" : ""), onclick: () => {
+    class: "btn small seg" + ((S.range || autoRange(S.series.get(currentView().name) || [],
+      S.seriesNow || Date.now() / 1000)) === s ? " on" : ""), onclick: () => {
       S.range = s;
       const v = currentView();
       if (v.kind === "route") { S.gen += 1; routePage(v.name, false); }
@@ -641,8 +647,10 @@ function drawTraffic(r, kind) {
   if (!box) return;
   const spec = TRAFFIC[kind];
   const now = S.seriesNow || Date.now() / 1000;
-  const x0 = now - S.range;
-  const pts = (S.series.get(r.name) || []).filter((p) => p.t >= x0);
+  const all = S.series.get(r.name) || [];
+  const range = S.range || autoRange(all, now);
+  const x0 = now - range;
+  const pts = all.filter((p) => p.t >= x0);
   const gapAfter = 2.5 * (S.seriesInterval || 1);
   const lines = ["legacy", "target"].map((side) => {
     const out = [];
@@ -660,11 +668,11 @@ function drawTraffic(r, kind) {
   });
   if (!pts.length) {
     box.replaceChildren(h("div", { class: "chart-empty" }, "No traffic on this route in the last " +
-      Math.round(S.range / 60) + " min."));
+      Math.round(range / 60) + " min."));
     return;
   }
   box.replaceChildren(lineChart(lines, { x: [x0, now], fmt: spec.fmt, width: chartWidth("chart-" + kind),
-    ymax: kind === "err" ? undefined : undefined, yfloor: kind === "err" ? 0.01 : kind === "p99" ? 1 : 1,
+    yfloor: kind === "err" ? 0.01 : 1,
     label: spec.title, cls: kind + "-chart" }));
 }
 
@@ -769,7 +777,7 @@ function diffPanel(r) {
   const d = S.diffs;
   const head = h("div", { class: "panel-head" }, h("h2", {}, "Shadow differences"),
     h("span", { class: "sub" }, d ? `${fmtInt(d.compared)} compared · ${fmtInt(d.mismatched)} mismatched` +
-      (d.compared ? ` (${fmtPct(d.mismatched / d.compared, 2)})` : "") + " · this step" : ""));
+      (d.compared ? ` (${fmtPct(d.mismatched / d.compared, 2)})` : "") : ""));
   const panel = h("div", { class: "panel", id: "diffs" }, head);
   if (!r.shadow.enabled) {
     panel.append(h("div", { class: "empty" }, "Shadowing is off for this route."));

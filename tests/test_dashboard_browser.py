@@ -1,0 +1,230 @@
+"""The dashboard in a real headless Chromium (Debian `chromium`, driven by Playwright's Python
+package; no browser download): sign in, watch live numbers, find a planted diff on its field
+path, and roll a route back from the page — then check the proxy really sends it to legacy.
+
+Screenshots go to test-artifacts/; with STRANGLER_UPDATE_SCREENSHOT=1 the route page is also
+copied to docs/dashboard.png (the README's picture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.support import REPO, free_port, routes_yaml, wait_for
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("STRANGLER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+ARTIFACTS = REPO / "test-artifacts"
+ADMIN_TOKEN = "adm-3f9c2e7d41b8"
+READ_TOKEN = "read-8a61d0c5e2f4"
+CARD = "4111111111111111"
+
+ROUTES = """
+    version: 1
+    listen: 127.0.0.1:{port}
+    admin: {{listen: "127.0.0.1:{admin}"}}
+    state_dir: state
+    upstreams:
+      monolith: {{url: "http://127.0.0.1:{mono}"}}
+      balance-svc: {{url: "http://127.0.0.1:{svc}"}}
+      orders-svc: {{url: "http://127.0.0.1:{orders}"}}
+    default_upstream: monolith
+    routes:
+      - name: balance
+        match: {{path_prefix: /api/v1/balance, methods: [GET]}}
+        legacy: monolith
+        target: balance-svc
+        weight: 1
+        shadow:
+          sample: 1.0
+          compare:
+            ignore: ["$.server_time", "$.served_by"]
+            redact: ["$.card_number"]
+      - name: orders
+        match: {{path_prefix: /api/v1/orders}}
+        legacy: monolith
+        target: orders-svc
+        weight: 25
+"""
+
+
+def _balance(currency: str, who: str):
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"served_by": who, "balance": 100, "currency": currency,
+                                  "server_time": time.time(), "card_number": CARD})
+
+    return handler
+
+
+async def _traffic(url: str, stop: asyncio.Event) -> None:
+    async with aiohttp.ClientSession() as s:
+        i = 0
+        while not stop.is_set():
+            path = "/api/v1/balance/7" if i % 3 else "/api/v1/orders/3"
+            with contextlib.suppress(aiohttp.ClientError):
+                async with s.get(url + path, headers={"X-User-Id": str(i)}) as r:
+                    await r.read()
+            i += 1
+            await asyncio.sleep(0.01)
+
+
+async def _admin(proxy, method: str, path: str, body: dict | None = None) -> dict:
+    async with aiohttp.ClientSession() as s:
+        async with s.request(method, proxy.admin + path, json=body,
+                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+
+@pytest.fixture
+async def browser_page(tmp_path: Path):
+    async_api = pytest.importorskip("playwright.async_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (scripts/install-test-deps installs it)")
+    async with async_api.async_playwright() as pw:
+        ctx = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_ARGS, viewport={"width": 1440, "height": 1000},
+        )
+        page = ctx.pages[0] if ctx.pages else await ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.js_errors = errors
+        try:
+            yield page
+        finally:
+            await ctx.close()
+
+
+async def _login(page, token: str, actor: str = "", then: str = "#routes") -> None:
+    await page.fill("#token", token)
+    await page.fill("#actor", actor)
+    await page.click("#login-submit")
+    await page.wait_for_selector(then)
+
+
+async def test_dashboard_live_diff_and_rollback(upstreams, proxy_process, browser_page):
+    page = browser_page
+    mono = await upstreams("monolith", handler=_balance("EUR", "monolith"))
+    svc = await upstreams("balance-svc", handler=_balance("USD", "balance-svc"))
+    orders = await upstreams("orders-svc")
+    proxy = await proxy_process(
+        routes_yaml(ROUTES, port=free_port(), admin=free_port(), mono=mono.port, svc=svc.port,
+                    orders=orders.port),
+        env={"STRANGLER_ADMIN_TOKEN": ADMIN_TOKEN, "STRANGLER_READ_TOKEN": READ_TOKEN},
+    )
+    stop = asyncio.Event()
+    traffic = asyncio.create_task(_traffic(proxy.url, stop))
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        # A short weight history for the chart: 1% -> 5% -> 10%.
+        for w in (5, 10):
+            await asyncio.sleep(1.0)
+            await _admin(proxy, "PUT", "/admin/routes/balance/weight",
+                         {"weight": w, "reason": f"canary step to {w}%"})
+
+        # Sign-in: a wrong token is refused with the API's message.
+        await page.goto(proxy.admin + "/")
+        await page.fill("#token", "not-a-token")
+        await page.click("#login-submit")
+        await page.wait_for_selector("#login-error:not([hidden])")
+        assert "invalid token" in await page.inner_text("#login-error")
+
+        # The read token shows everything, with live numbers.
+        await _login(page, READ_TOKEN, "ci-reader")
+        row = page.locator('tr.route-row[data-route="balance"]')
+        await row.wait_for()
+        await page.wait_for_function(
+            """() => { const c = document.querySelector('tr[data-route="balance"] td.rps .t');
+                       return c && parseFloat(c.textContent) > 0; }""", timeout=15000)
+        assert "10%" in await row.locator(".wbar .val").inner_text()
+        assert "active" in await row.locator(".pill").first.inner_text()
+        assert await page.locator('tr.route-row[data-route="orders"]').count() == 1
+        mismatch = await row.locator("td.shadow").inner_text()
+        assert re.search(r"100\.00%", mismatch), mismatch
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-overview.png"))
+
+        # The route page: the planted difference on its field path, redacted samples.
+        await row.locator("a.rname").click()
+        diff_row = page.locator('#diff-table tr[data-path="$.currency"]')
+        await diff_row.wait_for(timeout=15000)
+        assert "value" in await diff_row.inner_text()
+        paths = await page.locator("#diff-table tr.diff-row").evaluate_all(
+            "rows => rows.map(r => r.dataset.path)")
+        assert paths == ["$.currency"], paths  # server_time is ignored, card_number redacted
+        await diff_row.click()
+        sample = await page.inner_text("#sample")
+        assert '"EUR"' in sample and '"USD"' in sample
+        assert "[REDACTED]" in sample
+        assert CARD not in await page.content()
+        await page.wait_for_selector("#gate-decision")
+        assert "fail" in await page.inner_text("#gate-decision")
+        await page.wait_for_selector("#chart-weight svg .marker.set_weight")
+        await page.wait_for_selector("#chart-rps svg path.line.legacy")
+        await asyncio.sleep(2.5)  # a few more points on the traffic charts
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-route.png"))
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-route-full.png"), full_page=True)
+
+        # Rollback with the read token: the API's refusal is shown, nothing changes.
+        await page.click("#btn-rollback")
+        await page.fill("#f-reason", "trying with the read token")
+        await page.click("#modal-confirm")
+        await page.wait_for_selector("#modal-error:not([hidden])")
+        assert "read-only" in await page.inner_text("#modal-error")
+        await page.click("#modal-cancel")
+        assert (await _admin(proxy, "GET", "/admin/routes/balance"))["state"] == "active"
+
+        # Sign in again with the admin token and roll back: reason, confirmation, new state.
+        await page.click("#logout")
+        await page.wait_for_selector("#login")
+        await _login(page, ADMIN_TOKEN, "alice", then="#btn-rollback")  # back where we were
+        await page.click("#btn-rollback")
+        await page.click("#modal-confirm")  # no reason: refused in the page
+        assert "required" in await page.inner_text("#modal-error")
+        await page.fill("#f-reason", "currency differs on target (dashboard test)")
+        await page.click("#modal-confirm")
+        await page.wait_for_function(
+            "() => (document.querySelector('#route-state') || {}).textContent === 'rolled back'",
+            timeout=10000)
+        await page.wait_for_selector("#btn-resume")
+        await page.wait_for_selector("#rolled-banner")
+        await page.wait_for_selector("#history >> text=currency differs on target")
+        assert "alice" in await page.inner_text("#history")
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-rolled-back.png"))
+
+        view = await _admin(proxy, "GET", "/admin/routes/balance")
+        assert view["state"] == "rolled_back" and view["weight"] == 0
+        stop.set()
+        await traffic
+        before = svc.count(shadow=False)
+        async with aiohttp.ClientSession() as s:
+            for i in range(60):
+                async with s.get(proxy.url + "/api/v1/balance/7",
+                                 headers={"X-User-Id": str(i)}) as r:
+                    assert (await r.json())["served_by"] == "monolith"
+        assert svc.count(shadow=False) == before  # not one client request reached target
+
+        # The overview shows the new state too.
+        await page.click(".crumbs a")
+        await wait_for(lambda: page.locator(
+            'tr[data-route="balance"] .pill.rolled_back').count(), timeout=10)
+        assert page.js_errors == []
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await traffic
+    if os.environ.get("STRANGLER_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(ARTIFACTS / "dashboard-route.png", REPO / "docs" / "dashboard.png")
