@@ -25,6 +25,7 @@ from tests.support import REPO, free_port, routes_yaml, wait_for
 pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("STRANGLER_CHROMIUM", "/usr/bin/chromium")
+HAVE_CHROMIUM = Path(CHROMIUM).exists()
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 ARTIFACTS = REPO / "test-artifacts"
@@ -92,7 +93,7 @@ async def _admin(proxy, method: str, path: str, body: dict | None = None) -> dic
 @pytest.fixture
 async def browser_page(tmp_path: Path):
     async_api = pytest.importorskip("playwright.async_api")
-    if not Path(CHROMIUM).exists():
+    if not HAVE_CHROMIUM:
         pytest.skip(f"no Chromium at {CHROMIUM} (scripts/install-test-deps installs it)")
     async with async_api.async_playwright() as pw:
         ctx = await pw.chromium.launch_persistent_context(
