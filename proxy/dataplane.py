@@ -229,7 +229,7 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
-            self.tunnel.from_client(data)
+            self.tunnel.tunnel_from_client(data)
             return
         if self.closing and self.cur is None:
             return
@@ -265,8 +265,9 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.plane.connections.discard(self)
-        if self.tunnel is not None:
-            self.tunnel.close()
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None:
+            tunnel.tunnel_client_gone()
         ex = self.cur
         self.cur = None
         if ex is not None:
@@ -402,8 +403,11 @@ class ClientConnection(asyncio.Protocol):
         ex = self.parsing or self.cur
         offset = exc.args[0] if exc.args else len(data)
         rest = data[offset:]
-        if ex is not None and ex.is_tunnel:
-            ex.tunnel_early_bytes(rest)
+        if ex is not None and ex.is_tunnel and not ex.done:
+            # From here on the client's bytes are WebSocket frames for the upstream, not HTTP.
+            self.tunnel = ex
+            if rest:
+                ex.tunnel_from_client(rest)
         # A non-tunnelled upgrade request is answered as a plain request; the connection closes
         # after it because the parser stops at the upgrade.
         if ex is not None and not ex.client_done:
@@ -583,9 +587,16 @@ class Exchange:
             to_target = choose_target(state.weight_bp, route.hasher, key, plane.rand)
             ex.backend = "target" if to_target else "legacy"
             ex.pool = plane.pools[route.spec.target if to_target else route.spec.legacy]
+            ex.is_tunnel = (
+                route.spec.websocket
+                and method == b"GET"
+                and b"upgrade" in conn_tokens
+                and hdict.get(b"upgrade", b"").strip().lower() == b"websocket"
+            )
             shadow = plane.shadow
             ex.shadow_wanted = (
                 shadow is not None
+                and not ex.is_tunnel
                 and b"x-strangler-shadow" not in hdict
                 and shadow.wants(route, method, to_target)
             )
@@ -626,7 +637,7 @@ class Exchange:
         out.append((b"x-request-id", ex.request_id.encode()))
         if ex.is_tunnel:
             out.append((b"connection", b"upgrade"))
-            out.append((b"upgrade", hdict.get(b"upgrade", b"websocket")))
+            out.append((b"upgrade", b"websocket"))
         if ex.body_mode == 1:
             out.append((b"content-length", cl))  # type: ignore[arg-type]
         elif ex.body_mode == 2:
@@ -723,8 +734,32 @@ class Exchange:
         if self.body_mode == 2 and self.up is not None and self.pending is None and not self.done:
             self.up.transport.write(b"0\r\n\r\n")
 
-    def tunnel_early_bytes(self, data: bytes) -> None:
-        self.tunnel_pending += data
+    # -- WebSocket tunnel (after a 101 the connection carries opaque bytes both ways) -------
+    def tunnel_from_client(self, data: bytes) -> None:
+        up = self.up
+        if up is not None and up.transport is not None:
+            up.transport.write(data)
+        elif not self.done:
+            self.tunnel_pending += data  # before the upstream connection exists: sent by attach
+
+    def tunnel_from_upstream(self, data: bytes) -> None:
+        t = self.conn.transport
+        if t is not None:
+            t.write(data)
+
+    def tunnel_upstream_gone(self) -> None:
+        self.up = None
+        t = self.conn.transport
+        if t is not None:
+            t.close()  # flushes what the upstream sent last (its close frame)
+        self.finish()
+
+    def tunnel_client_gone(self) -> None:
+        up, self.up = self.up, None
+        if up is not None and up.transport is not None:
+            up.sink = None
+            up.transport.close()
+        self.finish(aborted=True)
 
     # -- response side -------------------------------------------------------------------
     def _fallback_eligible(self) -> bool:

@@ -71,6 +71,7 @@ class UpstreamConnection(asyncio.Protocol):
         "reused",
         "sink",
         "transport",
+        "tunnel",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -87,6 +88,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._length: int | None = None
         self._in_body = False
         self._head_keep_alive = False
+        self.tunnel: Any = None  # the exchange after a 101: bytes pass through unparsed
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -100,11 +102,26 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        if self.tunnel is not None:
+            self.tunnel.tunnel_from_upstream(data)
+            return
         if self.sink is None:  # bytes while idle: the upstream is confused; drop the connection
             self.transport.close()  # type: ignore[union-attr]
             return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            sink = self.sink
+            if sink is not None and sink.is_tunnel and self.parser.get_status_code() == 101:
+                self.tunnel = sink
+                rest = data[exc.args[0]:] if exc.args else b""
+                if rest:
+                    sink.tunnel_from_upstream(rest)
+                return
+            self.sink = None
+            self.transport.close()  # type: ignore[union-attr]
+            if sink is not None:
+                sink.on_upstream_lost(UpstreamBadResponse("unexpected protocol switch"))
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _HeadDone):
                 # A HEAD response ends with its head whatever its Content-Length says; llhttp
@@ -125,6 +142,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.forget(self)
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None:
+            self.sink = None
+            tunnel.tunnel_upstream_gone()
+            return
         sink, self.sink = self.sink, None
         if sink is not None:
             # A close-delimited body ends with the connection: that is a complete response.
@@ -157,6 +179,8 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:
             self._headers = []  # interim responses are not forwarded
             return
+        if status == 101 and (self.sink is None or not self.sink.is_tunnel):
+            raise UpstreamBadResponse("101 Switching Protocols to a request that did not upgrade")
         headers = self._headers
         chunked = False
         length: int | None = None
@@ -194,8 +218,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         status = self.parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
-            return
+        if 100 <= status < 200 and (status != 101 or (self.sink is not None
+                                                       and self.sink.is_tunnel)):
+            return  # interim response, or a 101 that turns this connection into a tunnel
         self._in_body = False
         sink, self.sink = self.sink, None
         if sink is not None:
