@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
-from bench.procs import busy_seconds, cpu_seconds, pinned, tree
+from bench.procs import MachineCpu, cpu_seconds, pinned, tree
 from bench.servers import REPO
 
 _RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
@@ -41,7 +41,7 @@ def _run(
     pids = {name: [p for pid in roots for p in tree(pid)] for name, roots in watched.items()}
     before = {name: cpu_seconds(p) for name, p in pids.items()}
     gen_before = _children_cpu()
-    busy_before = busy_seconds()
+    machine_before = MachineCpu.read()
     t0 = time.monotonic()
     try:
         done = subprocess.run(
@@ -50,12 +50,15 @@ def _run(
     except subprocess.TimeoutExpired as exc:  # subprocess.run kills it
         raise LoadError(f"{cmd[0]} did not finish in {timeout:.0f}s") from exc
     wall = time.monotonic() - t0
-    busy = busy_seconds() - busy_before
+    machine = MachineCpu.read()
     used = {name: cpu_seconds(p) - before[name] for name, p in pids.items() if p}
     used["loadgen"] = _children_cpu() - gen_before
-    # Everything else on the machine (other users' jobs, the kernel's softirq work not
-    # charged to a process): the noise a reader should know about.
-    used["other"] = max(0.0, busy - sum(used.values()))
+    # The network stack's softirq work (mostly not charged to any process), then everything
+    # else on the machine (other jobs): the second is noise a reader should know about.
+    used["softirq"] = machine.softirq - machine_before.softirq
+    used["other"] = max(0.0, machine.busy - machine_before.busy - sum(used.values()))
+    for name, secs in machine.per_cpu.items():
+        used[name] = secs - machine_before.per_cpu.get(name, 0.0)
     cpu = {name: 100 * v / wall for name, v in used.items()}
     if done.returncode != 0:
         raise LoadError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr[-500:]}")

@@ -75,14 +75,30 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / CLK_TCK
 
 
-def busy_seconds() -> float:
-    """CPU seconds every process on the machine has used so far (all cores, from /proc/stat)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = ticks[3] + ticks[4]  # idle, iowait
-        steal = ticks[7] if len(ticks) > 7 else 0
-        return (sum(ticks[:8]) - idle - steal) / CLK_TCK
-    return 0.0
+@dataclass(frozen=True)
+class MachineCpu:
+    """Cumulative CPU seconds from /proc/stat: busy per CPU, softirq and total busy."""
+
+    per_cpu: dict[str, float]
+    softirq: float
+    busy: float
+
+    @classmethod
+    def read(cls) -> MachineCpu:
+        per_cpu: dict[str, float] = {}
+        softirq = busy = 0.0
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path("/proc/stat").read_text().splitlines():
+                if not line.startswith("cpu"):
+                    break
+                name, *rest = line.split()
+                ticks = [int(x) for x in rest[:8]]  # user nice system idle iowait irq softirq steal
+                used = (sum(ticks) - ticks[3] - ticks[4] - ticks[7]) / CLK_TCK
+                if name == "cpu":
+                    busy, softirq = used, ticks[6] / CLK_TCK
+                else:
+                    per_cpu[name] = used
+        return cls(per_cpu, softirq, busy)
 
 
 def status_kib(pid: int, key: str) -> int | None:

@@ -213,7 +213,7 @@ class Results:
         cpu = median_cpu(row)
         if not cpu:
             return ""
-        order = ("proxy", "loadgen", "upstream", "other")
+        order = ("proxy", "loadgen", "upstream", "softirq", "other")
         parts = [f"{k} {cpu[k]:.0f}%" for k in order if k in cpu]
         text = "CPU (% of one core): " + ", ".join(parts)
         proxy, gen, other = cpu.get("proxy", 0), cpu.get("loadgen", 0), cpu.get("other", 0)
@@ -224,6 +224,9 @@ class Results:
             text += "; the load generator saturates its core"
         if other >= 30:
             text += f"; other work on the machine took {other:.0f}% of a core (noise)"
+        busy = [v for k, v in cpu.items() if k.startswith("cpu") and k[3:].isdigit()]
+        if busy and min(busy) >= 90:
+            text += "; every CPU was busy (bounded by the machine)"
         if row.scenario == "strangler_w2" and self.meta.get("nproc", 0) <= 2:
             text += (
                 "; on 2 cores the two workers share the CPU with wrk and the upstream, "
@@ -273,15 +276,15 @@ class Results:
             f"- pinning: {m['pinning']}",
             "- ratios are medians of per-run ratios to nginx measured in the same run",
             "- CPU columns: median % of one core used during the run by the proxy (all its "
-            "processes), wrk, the upstream, and everything else on the machine (other jobs, "
-            "softirq network work not charged to a process); load average "
+            "processes), wrk, the upstream, the kernel's softirq (network) work, everything "
+            "else on the machine (other jobs: noise), and how busy each CPU was; load average "
             f"{m.get('loadavg_start', '?')} at the start, {m.get('loadavg_end', '?')} at the end",
             "",
             "## Throughput (requests/s)",
             "",
             "| server | body | min | median | max | x nginx | proxy CPU % | wrk CPU % "
-            "| upstream CPU % | other CPU % | errors |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| upstream CPU % | softirq % | other % | busy % per CPU | errors |",
+            "|---|---|" + "---:|" * 11,
         ]
         for r in self._rows("throughput"):
             cpu = median_cpu(r)
@@ -290,7 +293,8 @@ class Results:
                 f"| {LABELS.get(r.scenario, r.scenario)} | {r.body} | {_n(r.stat('min'))} | "
                 f"{_n(r.stat('median'))} | {_n(r.stat('max'))} | {_x(self.ratio(r))} | "
                 f"{_n(cpu.get('proxy'))} | {_n(cpu.get('loadgen'))} | "
-                f"{_n(cpu.get('upstream'))} | {_n(cpu.get('other'))} | {errors} |"
+                f"{_n(cpu.get('upstream'))} | {_n(cpu.get('softirq'))} | "
+                f"{_n(cpu.get('other'))} | {_per_cpu(cpu)} | {errors} |"
             )
         shadow = self.rows.get(("strangler_shadow", "throughput", "small"))
         if shadow is not None:
@@ -388,6 +392,13 @@ def median_cpu(row: Row) -> dict[str, float]:
         if vals:
             out[k] = statistics.median(vals)
     return out
+
+
+def _per_cpu(cpu: dict[str, float]) -> str:
+    cores = sorted(
+        (int(k[3:]), v) for k, v in cpu.items() if k.startswith("cpu") and k[3:].isdigit()
+    )
+    return " / ".join(f"{v:.0f}" for _, v in cores) or "-"
 
 
 def _n(v: float | None, digits: int = 0) -> str:

@@ -77,7 +77,7 @@ class Target:
     procs: dict[str, list[Proc]] = field(default_factory=dict)
     upstreams: list[Proc] = field(default_factory=list)
     latency: bool = False
-    admin_port: int | None = None  # strangler: where /metrics is
+    admin_port: int = 0  # strangler: where /metrics is
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -280,11 +280,9 @@ class Bench:
         urls = {"small": base + small_path}
         if name == "strangler":
             urls["64KiB"] = base + big_path
-        self.add(
-            Target(
-                name, urls, {key: [proc] for key in urls}, upstreams, latency=name == "strangler"
-            )
-        )
+        procs = {key: [proc] for key in urls}
+        latency = name == "strangler"
+        self.add(Target(name, urls, procs, upstreams, latency=latency, admin_port=admin))
 
     def start_stream(self) -> None:
         if self.strangler_broken:
@@ -346,13 +344,13 @@ class Bench:
 
     def throughput(self, rep: int, t: Target, body: str, url: str, watched: dict) -> None:
         what = f"[{rep + 1}/{self.args.repeat}] {t.name} throughput {body}"
-        shadow = t.name == "strangler_shadow" and t.admin_port is not None
-        before = servers.shadow_counters(t.admin_port) if shadow else None  # type: ignore[arg-type]
+        shadow = t.name == "strangler_shadow"
+        before = servers.shadow_counters(t.admin_port) if shadow else None
         r = self._guard(what, lambda: load.wrk(url, self.args.duration, self.cpus.gen, watched))
         value = None
         if r is not None and before is not None:
             time.sleep(0.5)  # let the last mirrors finish
-            after = servers.shadow_counters(t.admin_port) or {}  # type: ignore[arg-type]
+            after = servers.shadow_counters(t.admin_port) or {}
             r["shadow"] = {k: v - before.get(k, 0.0) for k, v in after.items()}
             compared = sum(v for k, v in r["shadow"].items() if k.startswith("compared_"))
             r["shadow_compared_share"] = compared / max(1, r["requests"])
@@ -469,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in background
     started = time.monotonic()
     try:
         bench = Bench(args, procs, results, cpus)

@@ -323,7 +323,8 @@ def shadow_counters(admin_port: int) -> dict[str, float] | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
             text = r.read().decode()
-    except OSError:
+    except OSError as exc:
+        print(f"warning: no shadow counters from /metrics: {exc}", file=sys.stderr)
         return None
     out: dict[str, float] = {}
     for line in text.splitlines():
