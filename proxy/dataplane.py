@@ -500,6 +500,9 @@ class Exchange:
         ex.keep_alive = parser.should_keep_alive()
         if parser.get_http_version() not in ("1.1", "1.0"):
             raise Reject(505, "http_version", "only HTTP/1.0 and HTTP/1.1 are supported")
+        if method == b"CONNECT" or method == b"PRI":
+            # A reverse proxy opens no tunnels on request; llhttp would treat CONNECT as one.
+            raise Reject(405, "method_not_allowed", "CONNECT is not supported")
 
         # Lower-case names once; collect what routing and framing need.
         lowered: list[tuple[bytes, bytes, bytes]] = []

@@ -188,7 +188,7 @@ class _UpConn(asyncio.Protocol):
         self.owner.raw += data
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self.owner.errors.append(repr(exc))
             self.transport.close()  # type: ignore[union-attr]
 

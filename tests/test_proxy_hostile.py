@@ -86,6 +86,7 @@ REFUSED = [
      {400}),
     ("absolute_form_other_port", b"GET http://a:81/api HTTP/1.1\r\nHost: a\r\n\r\n", {400}),
     ("authority_form", b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", {400, 405, 501}),
+    ("connect_origin_form", b"CONNECT /api HTTP/1.1\r\nHost: a\r\n\r\n", {405}),
     ("asterisk_form", b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", {400}),
     ("http2_line", b"GET /api HTTP/2.0\r\nHost: a\r\n\r\n", {400, 505}),
     ("h2_preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", {400, 505}),
