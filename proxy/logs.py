@@ -1,5 +1,9 @@
 """structlog set-up: JSON lines by default, `console` for humans; a cheap access log.
 
+Everything goes through one renderer: structlog loggers, and the stdlib `logging` records of
+libraries (aiohttp, asyncio, the Unleash SDK) and `warnings`, via structlog's ProcessorFormatter
+on the root logger, so no line on stderr is in another format.
+
 The access log is the one log written per request, so it skips structlog's processor chain:
 events are rendered with a single `json.dumps` into a buffer that the flush loop writes every
 ~200 ms. Its lines have the same shape as every other structlog JSON line (`event`, `level`,
@@ -19,26 +23,45 @@ import structlog
 
 
 def configure(fmt: str = "json", level: str = "info", stream: IO[str] | None = None) -> None:
+    stream = stream or sys.stderr
+    level_no = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     renderer: Any
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     else:
         renderer = structlog.processors.JSONRenderer()
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-        ),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(level_no),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.stdlib.add_logger_name,
+            timestamper,
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    ))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level_no)
+    logging.captureWarnings(True)
 
 
 class AccessLog:
@@ -49,13 +72,23 @@ class AccessLog:
         self.fmt = fmt
         self.buf: list[str] = []
         self._rand = random.random
+        self._second = -1
+        self._prefix = ""
+
+    def _timestamp(self, now: float) -> str:
+        """ISO 8601 in UTC like structlog's TimeStamper; strftime once a second, not per line."""
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
 
     def __call__(self, fields: dict) -> None:
         if self.sample < 1.0 and fields.get("status", 0) < 500 and self._rand() >= self.sample:
             return
         fields["event"] = "access"
         fields["level"] = "info"
-        fields["timestamp"] = time.time()
+        fields["timestamp"] = self._timestamp(time.time())
         if self.fmt == "console":
             self.buf.append(
                 f"{fields['status']} {fields['method']} {fields['path']} -> {fields['route']}"
