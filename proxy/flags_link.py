@@ -108,6 +108,7 @@ class FlagsLink:
             raise
         self._snap = self._client.snapshot()
         self._sync()  # before any data plane exists: nothing to push
+        self.runtime._persist()
         self._unsubscribe = self._client.on_change(self._on_change)
         self.runtime.on_reload.append(self._on_reload)
         loop = asyncio.get_running_loop()
@@ -208,9 +209,15 @@ class FlagsLink:
         return spec.flag
 
     async def _disable(self, spec: RouteSpec) -> bool:
+        """Disable the route's toggle; False when Unleash did not take it (worth a retry)."""
+        if not spec.flag:
+            return True
         try:
-            await self.client.set_enabled(self._flag(spec), False)
-        except (UnleashWriteError, RuntimeError_) as exc:
+            await self.client.set_enabled(spec.flag, False)
+        except UnleashWriteError as exc:
+            if exc.status == 404:  # no toggle: nothing in Unleash sends traffic to target
+                log.warning("flags.rollback_no_toggle", route=spec.name, toggle=spec.flag)
+                return True
             if spec.name not in self._retry:
                 log.error("flags.rollback_write_failed", route=spec.name, toggle=spec.flag,
                           error=str(exc), detail="rolled back here; other replicas follow once "

@@ -291,6 +291,13 @@ async def test_unleash_killed_mid_run_routing_continues_on_last_known_state(
             assert resp.status == 200
         assert len(log_events(proxy, "unleash.unreachable")) == 1  # one warning per outage
 
+        # A weight change cannot reach Unleash: refused, nothing changes.
+        async with s.put(f"{proxy.admin}/admin/routes/{ROUTE}/weight",
+                         json={"weight": 100, "reason": "during outage"}) as resp:
+            assert resp.status == 503
+            assert "Unleash unreachable" in (await resp.json())["error"]
+        assert await sides(s, proxy, users) == before
+
         # A rollback during the outage holds here at once and reaches Unleash once it is back.
         async with s.post(f"{proxy.admin}/admin/routes/{ROUTE}/rollback",
                           json={"reason": "outage drill"}) as resp:
