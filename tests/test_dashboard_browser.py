@@ -20,9 +20,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from proxy.aggregate import Aggregator
+from proxy.dashboard import CSP, TrafficSeries
+from proxy.recorder import Recorder
 from tests.support import REPO, free_port, routes_yaml, wait_for
-
-pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("STRANGLER_CHROMIUM", "/usr/bin/chromium")
 HAVE_CHROMIUM = Path(CHROMIUM).exists()
@@ -117,6 +118,7 @@ async def _login(page, token: str, actor: str = "", then: str = "#routes") -> No
     await page.wait_for_selector(then)
 
 
+@pytest.mark.browser
 async def test_dashboard_live_diff_and_rollback(upstreams, proxy_process, browser_page):
     page = browser_page
     mono = await upstreams("monolith", handler=_balance("EUR", "monolith"))
@@ -229,3 +231,75 @@ async def test_dashboard_live_diff_and_rollback(upstreams, proxy_process, browse
             await traffic
     if os.environ.get("STRANGLER_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(ARTIFACTS / "dashboard-route.png", REPO / "docs" / "dashboard.png")
+
+
+# -- without a browser: what the page is served with, and the series behind its charts ------
+async def test_page_and_assets_are_open_data_needs_a_token(upstreams, inproc_proxy, monkeypatch):
+    monkeypatch.setenv("STRANGLER_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.delenv("STRANGLER_READ_TOKEN", raising=False)
+    mono = await upstreams("monolith", handler=_balance("EUR", "monolith"))
+    svc = await upstreams("balance-svc", handler=_balance("EUR", "balance-svc"))
+    orders = await upstreams("orders-svc")
+    proxy = await inproc_proxy(routes_yaml(ROUTES, port=free_port(), admin=free_port(),
+                                           mono=mono.port, svc=svc.port, orders=orders.port))
+    async with aiohttp.ClientSession() as s:
+        async with s.get(proxy.admin + "/") as r:
+            assert r.status == 200 and r.content_type == "text/html"
+            assert r.headers["Content-Security-Policy"] == CSP
+            page = await r.text()
+            etag = r.headers["ETag"]
+        for asset in ("app.js", "app.css", "favicon.svg"):
+            assert f"/static/{asset}" in page
+            async with s.get(proxy.admin + f"/static/{asset}") as r:
+                assert r.status == 200, asset
+                assert r.headers["X-Content-Type-Options"] == "nosniff"
+        async with s.get(proxy.admin + "/", headers={"If-None-Match": etag}) as r:
+            assert r.status == 304
+        for missing in ("/static/nope.js", "/static/..%2fdashboard.py"):
+            async with s.get(proxy.admin + missing) as r:
+                assert r.status == 404
+                assert "from __future__" not in await r.text()
+        for _ in range(5):
+            async with s.get(proxy.url + "/api/v1/balance/1") as r:
+                assert r.status == 200
+        proxy.server.flush()
+        series = proxy.admin + "/admin/routes/balance/series"
+        async with s.get(series) as r:
+            assert r.status == 401  # the numbers need the token
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with s.get(series, headers=auth) as r:
+            body = await r.json()
+        assert sum(p["legacy"]["requests"] + p["target"]["requests"]
+                   for p in body["points"]) == 5
+        async with s.get(series + "?since=" + str(body["now"]), headers=auth) as r:
+            assert (await r.json())["points"] == []
+        async with s.get(proxy.admin + "/admin/routes/nope/series", headers=auth) as r:
+            assert r.status == 404
+
+
+def test_series_points_are_per_interval_not_cumulative():
+    now = [1000.0]
+    agg = Aggregator()
+    series = TrafficSeries(agg, interval=1.0, clock=lambda: now[0])
+    agg.listeners.append(series.on_merge)
+
+    def traffic(n_legacy: int, seconds: float, errors: int = 0) -> None:
+        rec = Recorder()
+        for i in range(n_legacy):
+            rec.request("r", 0, "legacy", 500 if i < errors else 200, seconds)
+        rec.request("r", 0, "target", 200, 0.0002)
+        agg.merge(rec.take())
+
+    traffic(100, 0.050)          # first second: slow legacy
+    now[0] += 0.5
+    traffic(10, 0.050)           # same interval: no new point yet
+    now[0] += 0.6
+    traffic(100, 0.0005, 7)      # next second: fast, with errors
+    points = series.view("r")["points"]
+    assert len(points) == 2
+    first, second = points
+    assert first["legacy"]["requests"] == 100 and first["legacy"]["p99_ms"] >= 45
+    assert second["legacy"]["requests"] == 110 and second["legacy"]["errors"] == 7
+    assert second["target"]["requests"] == 2 and second["target"]["p99_ms"] < 0.3
+    assert second["dt"] == 1.1
+    assert series.view("r", since=first["t"])["points"] == [second]
