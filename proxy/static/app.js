@@ -60,6 +60,7 @@ const fmtPct = (x, d = 1) => (x === null || x === undefined || Number.isNaN(x)) 
 function fmtRate(x) {
   if (x === null || x === undefined) return "—";
   if (x === 0) return "0";
+  if (x < 1) return x.toFixed(2);
   if (x < 10) return x.toFixed(1);
   return Math.round(x).toLocaleString("en");
 }
@@ -459,7 +460,7 @@ function autoRange(points, now) {
 }
 function niceMax(v) {
   const p = Math.pow(10, Math.floor(Math.log10(v)));
-  for (const f of [1, 2, 2.5, 5, 10]) if (v <= f * p) return f * p;
+  for (const f of [1, 2, 4, 6, 8, 10]) if (v <= f * p) return f * p; // quarters stay round
   return 10 * p;
 }
 function chartWidth(id) {
