@@ -271,7 +271,10 @@ class Admin:
             return web.json_response({"route": name, "compared": 0, "mismatched": 0,
                                       "fields": [], "samples": [],
                                       "note": "no diff store: shadowing is not running"})
-        summary = await asyncio.to_thread(store.summary, name, limit, None, min(limit, 50))
+        # With a second legacy copy, noise was measured and removed before recording.
+        heuristic = self.rt.spec(name).shadow.compare.noise_upstream is None
+        summary = await asyncio.to_thread(store.summary, name, limit, None, min(limit, 50),
+                                          None, heuristic)
         return web.json_response(summary)
 
     async def diffs_export(self, request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ Every function takes the admin API's JSON and returns text; `--json` bypasses al
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -161,7 +162,8 @@ def _diff_values(d: dict) -> str:
 
 
 def _short(v: Any, n: int = 60) -> str:
-    s = repr(v) if not isinstance(v, str) else v
+    # JSON spelling, so a type difference shows: 97 vs "97".
+    s = json.dumps(v, ensure_ascii=False, default=str)
     return s if len(s) <= n else s[: n - 3] + "..."
 
 

@@ -228,8 +228,15 @@ class DiffStore:
         step: int | None = None,
         samples: int = 10,
         likely_noise: Callable[[str], bool] | None = None,
+        heuristic: bool = True,
     ) -> dict[str, object]:
-        """The diffs object of the admin API and `strangler diffs`."""
+        """The diffs object of the admin API and `strangler diffs`.
+
+        `likely_noise` is set for a field when `likely_noise(path)` says so, or (with
+        `heuristic`, i.e. when the route has no second legacy copy to measure noise with) when
+        its *values* differ in nearly every comparison: timestamps, nonces, ids. A structural
+        difference (type, missing, extra, length) that is always there is a contract mismatch,
+        not nondeterminism, and is never flagged by the heuristic."""
         s = self._key_step(step)
         with self._read_lock:
             with self._lock:
@@ -261,7 +268,8 @@ class DiffStore:
         out_fields = []
         for (p, k), n in top:
             rate = n / compared if compared else 0.0
-            noisy = compared >= LIKELY_NOISE_MIN and rate >= LIKELY_NOISE_RATE
+            noisy = (heuristic and k == "value" and compared >= LIKELY_NOISE_MIN
+                     and rate >= LIKELY_NOISE_RATE)
             if likely_noise is not None and likely_noise(p):
                 noisy = True
             out_fields.append(
