@@ -386,6 +386,54 @@ async def test_missing_toggle_stops_serve_naming_it_unless_create_flags(
     assert await proxy.stop() == 0
 
 
+async def test_reload_adds_a_route_its_toggle_missing_until_created_in_unleash(
+    unleash_server: UnleashServer, unleash_admin: aiohttp.ClientSession, upstreams,
+    proxy_process,
+) -> None:
+    mono, svc = await upstreams("monolith"), await upstreams("balance-svc")
+    flag, new_flag = unleash_server.flag_name("reload"), unleash_server.flag_name("added")
+    await create_toggle(unleash_admin, flag, 0)
+    text = config_text(unleash_server.url, flag, mono, svc)
+    proxy = await proxy_process(text, args=("--no-watch",), env=unleash_server.env())
+    added = (
+        "  - name: orders\n"
+        "    match: {path_prefix: /api/v1/orders}\n"
+        "    legacy: monolith\n"
+        "    target: balance-svc\n"
+        f"    flag: {new_flag}\n"
+        "    shadow: false\n"
+    )
+    proxy.config.write_text(text.rstrip() + "\n" + added)
+    async with aiohttp.ClientSession() as s:
+        async with s.post(proxy.admin + "/admin/reload") as resp:
+            assert resp.status == 200, await resp.text()
+
+        async def orders_served_by() -> str:
+            async with s.get(proxy.url + "/api/v1/orders/1") as resp:
+                return (await resp.json())["served_by"]
+
+        async def readyz() -> dict:
+            async with s.get(proxy.admin + "/readyz") as resp:
+                assert resp.status == 200
+                return await resp.json()
+
+        assert await orders_served_by() == "monolith"
+
+        async def reported_missing() -> bool:
+            body = await readyz()
+            return any(new_flag in t for t in body.get("degraded", {}).get("missing_toggles", []))
+
+        await eventually(reported_missing)
+        await create_toggle(unleash_admin, new_flag, 100)
+
+        async def followed() -> bool:
+            return await orders_served_by() == "balance-svc"
+
+        await eventually(followed)
+        assert "degraded" not in await readyz()
+    assert await proxy.stop() == 0
+
+
 async def test_backend_token_missing_is_a_usage_error(
     unleash_server: UnleashServer, upstreams, tmp_path,
 ) -> None:

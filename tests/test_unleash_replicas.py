@@ -97,7 +97,7 @@ async def test_same_user_same_side_on_every_replica_and_unleash_changes_reach_al
         assert all(after[0][u] == "balance-svc" for u in users if seen[0][u] == "balance-svc")
 
 
-@pytest.mark.parametrize(("refresh", "limit"), [("1s", 3.0), ("500ms", 2.0)])
+@pytest.mark.parametrize(("refresh", "limit"), [("1s", 3.5), ("500ms", 3.0)])
 async def test_rollback_through_one_replica_reaches_all_three(
     unleash_server: UnleashServer, unleash_admin: aiohttp.ClientSession, upstreams,
     proxy_process, refresh: str, limit: float,
