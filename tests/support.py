@@ -192,7 +192,7 @@ class InProcessProxy:
     """The proxy's Server object in the test's own event loop (fast, no subprocess)."""
 
     def __init__(self, directory: Path, config_text: str, **opts: Any) -> None:
-        from proxy.app import Server, ServeOptions
+        from proxy.app import ServeOptions, Server
         from proxy.config import load_config
 
         directory.mkdir(parents=True, exist_ok=True)

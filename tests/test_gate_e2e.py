@@ -129,7 +129,7 @@ async def test_clean_target_is_promoted_step_by_step(upstreams, inproc_proxy):
 async def test_target_errors_fail_the_gate_and_roll_back(upstreams, inproc_proxy):
     _, _, proxy = await start(upstreams, inproc_proxy, weight=50, shadow="false",
                               error_rate=0.2)
-    ok, failed = await send(proxy, 400)
+    _ok, failed = await send(proxy, 400)
     assert failed == 0  # fallback_to_legacy answered every idempotent request
     code, body = await gate(proxy, "promote", "balance")
     assert code == 1, body

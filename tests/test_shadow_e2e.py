@@ -51,7 +51,7 @@ async def make(upstreams, inproc_proxy, svc_payload, svc_delay=0.0):
 
 
 async def test_planted_difference_reported_on_its_path_only(upstreams, inproc_proxy):
-    mono, svc, proxy = await make(upstreams, inproc_proxy, lambda r: {
+    _mono, svc, proxy = await make(upstreams, inproc_proxy, lambda r: {
         "balance": 100, "currency": "USD", "server_time": 1.0,
         "card_number": "4111111111111111"})
     async with aiohttp.ClientSession() as s:
@@ -75,7 +75,7 @@ async def test_planted_difference_reported_on_its_path_only(upstreams, inproc_pr
 
 
 async def test_post_not_mirrored_and_slow_shadow_does_not_delay_client(upstreams, inproc_proxy):
-    mono, svc, proxy = await make(upstreams, inproc_proxy, lambda r: {"balance": 100},
+    _mono, svc, proxy = await make(upstreams, inproc_proxy, lambda r: {"balance": 100},
                                   svc_delay=2.0)
     async with aiohttp.ClientSession() as s:
         async with s.post(proxy.url + "/api/v1/balance/7", json={"x": 1}) as r:
@@ -91,7 +91,7 @@ async def test_post_not_mirrored_and_slow_shadow_does_not_delay_client(upstreams
 
 
 async def test_unsafe_method_skip_is_counted(upstreams, inproc_proxy):
-    mono, svc, proxy = await make(upstreams, inproc_proxy, lambda r: {"balance": 100})
+    _mono, svc, proxy = await make(upstreams, inproc_proxy, lambda r: {"balance": 100})
     async with aiohttp.ClientSession() as s:
         for _ in range(3):
             async with s.delete(proxy.url + "/api/v1/balance/7") as r:
