@@ -99,3 +99,82 @@ async def test_unsafe_method_skip_is_counted(upstreams, inproc_proxy):
     proxy.server.flush()
     assert proxy.runtime.agg.skipped[("balance", "unsafe_method")] == 3
     assert svc.count() == 0
+
+
+async def _direct(url: str) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        return r.status, await r.read()
+
+
+async def test_shadow_target_down_or_failing_leaves_client_bytes_identical(upstreams,
+                                                                          inproc_proxy):
+    async def fixed(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"balance": 100, "currency": "EUR"}',
+                            content_type="application/json")
+
+    async def broken(request: web.Request) -> web.Response:
+        return web.Response(status=500, body=b"oops")
+
+    mono = await upstreams("monolith", handler=fixed)
+    svc = await upstreams("svc", handler=broken)
+    proxy = await inproc_proxy(routes_yaml(ROUTES, port=free_port(), admin=free_port(),
+                                           mono=mono.port, svc=svc.port))
+    expected = await _direct(mono.url + "/api/v1/balance/7")
+    for _ in range(10):
+        assert await _direct(proxy.url + "/api/v1/balance/7") == expected
+    await svc.stop()  # now the shadow target is down
+    for _ in range(10):
+        assert await _direct(proxy.url + "/api/v1/balance/7") == expected
+    await asyncio.sleep(0.5)
+    proxy.server.flush()
+    shadow = proxy.runtime.agg.shadow
+    assert shadow[("balance", "mismatch")] == 10  # 500 from the target is a difference
+    assert shadow[("balance", "error")] == 10  # connection refused is an error, not a match
+
+
+async def test_queue_overflow_is_dropped_and_counted(upstreams, inproc_proxy):
+    _mono, _svc, proxy = await make(upstreams, inproc_proxy, lambda r: {"balance": 100},
+                                    svc_delay=3.0)
+    n = 1200  # more than the queue (1024) plus the 32 mirrors in flight
+    async with aiohttp.ClientSession() as s:
+
+        async def loop(ids):
+            for _ in ids:
+                async with s.get(proxy.url + "/api/v1/balance/7") as r:
+                    assert r.status == 200
+
+        it = iter(range(n))
+        await asyncio.gather(*(loop(it) for _ in range(16)))
+    proxy.server.flush()
+    assert proxy.runtime.agg.skipped[("balance", "queue_full")] >= n - 1024 - 32
+
+
+async def test_redacted_value_never_on_disk_or_in_logs(upstreams, proxy_process):
+    secret = "DE44500105175407324931"
+
+    async def legacy(request: web.Request) -> web.Response:
+        return web.json_response({"balance": 100, "iban": secret, "currency": "EUR"})
+
+    async def target(request: web.Request) -> web.Response:
+        return web.json_response({"balance": 101, "iban": secret, "currency": "EUR"})
+
+    mono = await upstreams("monolith", handler=legacy)
+    svc = await upstreams("svc", handler=target)
+    text = routes_yaml(ROUTES, port=free_port(), admin=free_port(), mono=mono.port,
+                       svc=svc.port).replace('["$.card_number"]', '["$..iban"]')
+    proxy = await proxy_process(text)
+    async with aiohttp.ClientSession() as s:
+        for i in range(20):
+            async with s.get(f"{proxy.url}/api/v1/balance/{i}",
+                             headers={"Authorization": f"Bearer {secret}"}) as r:
+                assert (await r.json())["iban"] == secret  # the client gets it untouched
+        await asyncio.sleep(0.5)
+        async with s.get(proxy.admin + "/admin/routes/balance/diffs") as r:
+            diffs = await r.text()
+    assert "$.balance" in diffs and secret not in diffs
+    assert await proxy.stop() == 0
+    state = proxy.dir / "state"
+    files = [p for p in state.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("diffs.sqlite3") for p in files)
+    for p in [*files, proxy.stdout_path, proxy.stderr_path]:
+        assert secret.encode() not in p.read_bytes(), p
