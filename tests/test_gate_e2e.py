@@ -216,3 +216,19 @@ async def test_promote_wait_keeps_evaluating_until_evidence_arrives(upstreams, i
     code, out, _ = await asyncio.wait_for(cli, 30)
     assert code == 0 and json.loads(out)["to_weight"] == 1.0
     await wait_for(lambda: proxy.runtime.effective("balance") == 1.0)
+
+
+async def test_auto_promotion_runs_the_gate_itself(upstreams, inproc_proxy):
+    mono = await upstreams("monolith", handler=account_handler())
+    svc = await upstreams("svc", handler=account_handler())
+    text = routes_yaml(ROUTES, port=free_port(), admin=free_port(), mono=mono.port,
+                       svc=svc.port, weight=0, shadow="{sample: 1.0}", guardrail="false")
+    text = text.replace("guardrail: {enabled: false}",
+                        "guardrail: {enabled: false}\n      auto: {enabled: true, interval: 0.5s}")
+    proxy = await inproc_proxy(text)
+    rt = proxy.runtime
+    await send(proxy, 80)
+    await wait_for(lambda: rt.effective("balance") == 1.0, timeout=10)
+    entry = rt.audit.entries("balance")[0]
+    assert entry["action"] == "promote" and entry["actor"] == "auto-promotion"
+    assert entry["evidence"]["evidence"]["shadow"]["compared"] >= 60
