@@ -12,6 +12,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+DISTURBED = 30.0  # % of one core used by other work during a run
+
 LABELS = {
     "direct": "direct to upstream (no proxy)",
     "nginx": "nginx reverse proxy, 1 worker, keepalive",
@@ -275,6 +277,9 @@ class Results:
             "warm-up (bench/fixedrate.py)",
             f"- pinning: {m['pinning']}",
             "- ratios are medians of per-run ratios to nginx measured in the same run",
+            f"- each measurement waited up to {m.get('quiet_wait', 0):g} s for other work on the "
+            f"machine to drop below a third of a core; a run is counted as disturbed when other "
+            f"work used more than {DISTURBED:.0f}% of a core during it",
             "- CPU columns: median % of one core used during the run by the proxy (all its "
             "processes), wrk, the upstream, the kernel's softirq (network) work, everything "
             "else on the machine (other jobs: noise), and how busy each CPU was; load average "
@@ -283,8 +288,8 @@ class Results:
             "## Throughput (requests/s)",
             "",
             "| server | body | min | median | max | x nginx | proxy CPU % | wrk CPU % "
-            "| upstream CPU % | softirq % | other % | busy % per CPU | errors |",
-            "|---|---|" + "---:|" * 11,
+            "| upstream CPU % | softirq % | other % | busy % per CPU | disturbed runs | errors |",
+            "|---|---|" + "---:|" * 12,
         ]
         for r in self._rows("throughput"):
             cpu = median_cpu(r)
@@ -294,7 +299,7 @@ class Results:
                 f"{_n(r.stat('median'))} | {_n(r.stat('max'))} | {_x(self.ratio(r))} | "
                 f"{_n(cpu.get('proxy'))} | {_n(cpu.get('loadgen'))} | "
                 f"{_n(cpu.get('upstream'))} | {_n(cpu.get('softirq'))} | "
-                f"{_n(cpu.get('other'))} | {_per_cpu(cpu)} | {errors} |"
+                f"{_n(cpu.get('other'))} | {_per_cpu(cpu)} | {self.disturbed(r)} | {errors} |"
             )
         shadow = self.rows.get(("strangler_shadow", "throughput", "small"))
         if shadow is not None:
@@ -352,6 +357,12 @@ class Results:
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
+
+    def disturbed(self, row: Row) -> str:
+        """Runs during which other work on the machine used more than DISTURBED % of a core."""
+        runs = [d for d in row.details if d.get("cpu")]
+        bad = sum(1 for d in runs if d["cpu"].get("other", 0) > DISTURBED)
+        return f"{bad}/{len(runs)}"
 
     def shadow_line(self, row: Row) -> str:
         """How much mirroring the shadow row really did (from strangler's /metrics)."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import load, servers
-from bench.procs import Proc, Procs, free_port, reset_peak_rss, status_kib, tree
+from bench.procs import MachineCpu, Proc, Procs, free_port, reset_peak_rss, status_kib, tree
 from bench.report import Results
 from bench.servers import REPO, SMALL_BODY, StartError, Upstream
 
@@ -42,6 +42,7 @@ SCENARIOS = (
     "stream",
 )
 BODY_LEN = {"small": len(SMALL_BODY), "64KiB": servers.BIG_SIZE}
+QUIET_SHARE = 0.33  # machine busy (cores) below which a measurement may start
 MAX_ERROR_SHARE = 0.01  # a run with more failed requests than this is not a throughput figure
 
 
@@ -104,6 +105,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where latest.json and latest.md go (default bench/results)",
     )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs and logs)")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=15.0,
+        help="before each measurement, wait up to S seconds for other work on the machine to "
+        "drop below a third of a core (default 15; 0: do not wait)",
+    )
     args = p.parse_args(argv)
     quick = args.quick
     args.repeat = args.repeat or (1 if quick else 3)
@@ -167,6 +175,7 @@ def machine(args: argparse.Namespace, argv: list[str], cpus: Cpus) -> dict:
         "pinning": cpus.describe(),
         "cores_per_proxy": {"strangler_w2": 2},
         "scenarios": args.scenarios,
+        "quiet_wait": args.quiet_wait,
         "loadavg_start": _loadavg(),
     }
 
@@ -342,8 +351,19 @@ class Bench:
             self.log(f"{what}: FAILED {exc}")
             return None
 
+    def wait_quiet(self) -> float:
+        """Seconds waited for the machine to be quiet (our idle servers use ~nothing)."""
+        started = time.monotonic()
+        while time.monotonic() - started < self.args.quiet_wait:
+            before = MachineCpu.read()
+            time.sleep(0.5)
+            if (MachineCpu.read().busy - before.busy) / 0.5 < QUIET_SHARE:
+                break
+        return round(time.monotonic() - started, 1)
+
     def throughput(self, rep: int, t: Target, body: str, url: str, watched: dict) -> None:
         what = f"[{rep + 1}/{self.args.repeat}] {t.name} throughput {body}"
+        waited = self.wait_quiet()
         shadow = t.name == "strangler_shadow"
         before = servers.shadow_counters(t.admin_port) if shadow else None
         r = self._guard(what, lambda: load.wrk(url, self.args.duration, self.cpus.gen, watched))
@@ -355,6 +375,7 @@ class Bench:
             compared = sum(v for k, v in r["shadow"].items() if k.startswith("compared_"))
             r["shadow_compared_share"] = compared / max(1, r["requests"])
         if r is not None:
+            r["quiet_wait_s"] = waited
             value = r["rps"]
             if r["errors"] > MAX_ERROR_SHARE * max(1, r["requests"]):
                 self.results.note(
@@ -366,6 +387,7 @@ class Bench:
 
     def latency(self, rep: int, t: Target, url: str, watched: dict) -> None:
         what = f"[{rep + 1}/{self.args.repeat}] {t.name} latency"
+        waited = self.wait_quiet()
         r = self._guard(
             what,
             lambda: load.fixed_rate(
@@ -378,6 +400,7 @@ class Bench:
         )
         p50 = p99 = None
         if r is not None:
+            r["quiet_wait_s"] = waited
             bad = r["errors"] > MAX_ERROR_SHARE * max(1, r["requests"])
             if bad:
                 self.results.note(f"{what}: {r['errors']} of {r['requests']} failed; not counted")

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 def test_quick_run_writes_numeric_rows_for_direct_and_nginx(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--only", "direct,nginx",
-         "--duration", "1", "--latency-duration", "1", "--warmup", "0", "--out", str(tmp_path)],
+         "--duration", "1", "--latency-duration", "1", "--warmup", "0", "--quiet-wait", "0",
+         "--out", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
