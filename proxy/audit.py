@@ -10,6 +10,8 @@ after a restart.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -86,22 +88,38 @@ class AuditLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:
-                os.write(fd, line + b"\n")
-                os.fsync(fd)
+                size = os.fstat(fd).st_size
+                try:
+                    # A full disk can take part of the line without an error: the rest is
+                    # refused, and a torn line would break the chain for every later entry.
+                    if os.write(fd, line + b"\n") != len(line) + 1:
+                        raise OSError(errno.ENOSPC, "short write to the audit log")
+                    os.fsync(fd)
+                    self._write_anchor(seq + 1, hashlib.sha256(line).hexdigest())
+                except OSError:
+                    # Either the entry and its anchor are written, or neither is.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, size)
+                        os.fsync(fd)
+                    raise
             finally:
                 os.close(fd)
             self._last_hash = hashlib.sha256(line).hexdigest()
             self._seq = seq + 1
-            self._write_anchor()
             return entry
 
-    def _write_anchor(self) -> None:
-        data = json.dumps({"seq": self._seq, "hash": self._last_hash}).encode()
+    def _write_anchor(self, seq: int, last_hash: str) -> None:
+        data = json.dumps({"seq": seq, "hash": last_hash}).encode()
         tmp = self.anchor_path.with_name(self.anchor_path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
-            os.write(fd, data)
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "short write to the audit anchor")
             os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         finally:
             os.close(fd)
         os.replace(tmp, self.anchor_path)
