@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import queue
 import sqlite3
@@ -58,6 +59,9 @@ CREATE TABLE IF NOT EXISTS samples (
     id INTEGER PRIMARY KEY AUTOINCREMENT, route TEXT NOT NULL, step INTEGER NOT NULL,
     ts REAL NOT NULL, method TEXT NOT NULL, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS samples_route ON samples (route, id);
+CREATE TABLE IF NOT EXISTS field_values (
+    route TEXT NOT NULL, path TEXT NOT NULL, sig TEXT NOT NULL, varies INTEGER NOT NULL,
+    PRIMARY KEY (route, path));
 """
 
 
@@ -153,6 +157,7 @@ class DiffStore:
         self._pending_fields: Counter[tuple[str, int, str, str]] = Counter()
         self._inflight_cmp: Counter[tuple[str, int, str]] = Counter()
         self._inflight_fields: Counter[tuple[str, int, str, str]] = Counter()
+        self._pending_sigs: dict[tuple[str, str], tuple[str, bool]] = {}
         self._queue: queue.Queue[_Sample | _Flush | _Stop] = queue.Queue()
         self._queued_items = 0
         self._queued_bytes = 0
@@ -191,6 +196,9 @@ class DiffStore:
                     self._pending_cmp[(route, s, "mismatched")] += 1
                 for d in comparison.differences:
                     self._pending_fields[(route, s, d.path, d.kind)] += 1
+            for d in comparison.differences:
+                if d.kind == "value":
+                    self._note_value(route, d.path, d.legacy)
             if sample is not None:
                 size = sample.size()
                 if self._queued_items >= _QUEUE_ITEMS or self._queued_bytes + size > _QUEUE_BYTES:
@@ -200,6 +208,18 @@ class DiffStore:
                 self._queued_bytes += size
         if sample is not None:
             self._queue.put_nowait(sample)
+
+    def _note_value(self, route: str, path: str, legacy: object) -> None:
+        """Remember whether legacy's (already redacted) value at `path` changes between
+        comparisons: a nondeterministic field does, a wrong constant in target does not.
+        Caller holds `_lock`."""
+        sig = hashlib.sha256(repr(legacy).encode()).hexdigest()[:16]
+        key = (route, path)
+        old = self._pending_sigs.get(key)
+        if old is None:
+            self._pending_sigs[key] = (sig, False)
+        elif not old[1] and old[0] != sig:
+            self._pending_sigs[key] = (old[0], True)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -234,7 +254,8 @@ class DiffStore:
 
         `likely_noise` is set for a field when `likely_noise(path)` says so, or (with
         `heuristic`, i.e. when the route has no second legacy copy to measure noise with) when
-        its *values* differ in nearly every comparison: timestamps, nonces, ids. A structural
+        its *values* differ in nearly every comparison while legacy's own value there changes
+        from request to request: timestamps, nonces, ids. A constant wrong value, or a structural
         difference (type, missing, extra, length) that is always there is a contract mismatch,
         not nondeterminism, and is never flagged by the heuristic."""
         s = self._key_step(step)
@@ -256,6 +277,11 @@ class DiffStore:
                 "SELECT path, kind, count FROM fields WHERE route=? AND step=?", (route, s)
             ):
                 fields[(p, k)] += n
+            varies = {p for p, v in self._read.execute(
+                "SELECT path, varies FROM field_values WHERE route=?", (route,)) if v}
+            with self._lock:
+                varies |= {p for (r, p), (_, v) in self._pending_sigs.items()
+                           if r == route and v}
             q = "SELECT id, step, ts, data FROM samples WHERE route=?"
             args: tuple[object, ...] = (route,)
             if step is not None:
@@ -268,8 +294,8 @@ class DiffStore:
         out_fields = []
         for (p, k), n in top:
             rate = n / compared if compared else 0.0
-            noisy = (heuristic and k == "value" and compared >= LIKELY_NOISE_MIN
-                     and rate >= LIKELY_NOISE_RATE)
+            noisy = (heuristic and k == "value" and p in varies
+                     and compared >= LIKELY_NOISE_MIN and rate >= LIKELY_NOISE_RATE)
             if likely_noise is not None and likely_noise(p):
                 noisy = True
             out_fields.append(
@@ -410,7 +436,8 @@ class DiffStore:
             )
             cmp_items = list(self._inflight_cmp.items())
             field_items = list(self._inflight_fields.items())
-        if not rows and not cmp_items and not field_items:
+            sig_items, self._pending_sigs = list(self._pending_sigs.items()), {}
+        if not rows and not cmp_items and not field_items and not sig_items:
             return
         now = self._clock()
         cmp_rows: dict[tuple[str, int], list[int]] = {}
@@ -430,6 +457,12 @@ class DiffStore:
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (route, step, path, kind) DO UPDATE SET "
                 "count = count + excluded.count, updated = excluded.updated",
                 [(r, s, p, k, n, now) for (r, s, p, k), n in field_items],
+            )
+            conn.executemany(
+                "INSERT INTO field_values (route, path, sig, varies) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (route, path) DO UPDATE SET varies = MAX(field_values.varies, "
+                "excluded.varies, field_values.sig != excluded.sig)",
+                [(r, p, sig, int(v)) for (r, p), (sig, v) in sig_items],
             )
             conn.executemany(
                 "INSERT INTO samples (route, step, ts, method, data) VALUES (?, ?, ?, ?, ?)", rows

@@ -82,11 +82,27 @@ def test_counts_and_summary_exact_before_and_after_flush(make_store) -> None:
 
 def test_likely_noise_flag(make_store) -> None:
     store = make_store()
-    for _ in range(20):
-        store.record("r", 0, req(), resp({}), resp({}), mismatch("$.now"), REDACTOR)
+    for i in range(20):  # legacy's own value changes every time: a clock, a nonce
+        c = Comparison((Difference("$.now", "value", 1000 + i, 2000 + i),))
+        store.record("r", 0, req(), resp({}), resp({}), c, REDACTOR)
     (f,) = store.summary("r")["fields"]
     assert f["likely_noise"] and f["rate"] == 1.0
     assert store.summary("r", likely_noise=lambda p: False)["fields"][0]["likely_noise"]
+    assert store.flush()  # the same answer from disk
+    assert store.summary("r")["fields"][0]["likely_noise"]
+    assert not store.summary("r", heuristic=False)["fields"][0]["likely_noise"]
+
+
+def test_a_constant_wrong_value_or_type_is_never_called_noise(make_store) -> None:
+    store = make_store()
+    for _ in range(30):
+        c = Comparison((Difference("$.currency", "value", "EUR", "USD"),
+                        Difference("$.risk.score", "type", 12, "12")))
+        store.record("r", 0, req(), resp({}), resp({}), c, REDACTOR)
+    assert store.flush()
+    fields = store.summary("r")["fields"]
+    assert [f["likely_noise"] for f in fields] == [False, False]
+    assert {f["rate"] for f in fields} == {1.0}
 
 
 def test_steps_kept_apart_from_totals(make_store) -> None:
