@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import structlog
+import structlog.contextvars
 from yarl import URL
 
 from proxy.recorder import Recorder
@@ -58,6 +59,7 @@ class _Job:
     request: RequestRecord
     primary: Exchange
     compiled: _Compiled
+    request_id: str = ""
 
 
 class Mirror:
@@ -187,6 +189,7 @@ class Mirror:
                 request=request,
                 primary=primary,
                 compiled=c,
+                request_id=ex.request_id,
             )
         )
 
@@ -195,7 +198,10 @@ class Mirror:
         while True:
             job = await self.queue.get()
             try:
-                await self._run(job)
+                # Every log line of this mirror carries the request id it copies.
+                with structlog.contextvars.bound_contextvars(request_id=job.request_id,
+                                                             route=job.route):
+                    await self._run(job)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -237,7 +243,7 @@ class Mirror:
         mirrored = results[0]
         if isinstance(mirrored, BaseException):
             self.recorder.shadow_result(job.route, job.step, "error")
-            log.info("shadow request failed", route=job.route, upstream=other.name,
+            log.info("shadow request failed", upstream=other.name,
                      error=type(mirrored).__name__)
             return
         if job.served_by_target:
