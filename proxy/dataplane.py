@@ -78,8 +78,26 @@ def error_body(status: int, code: str, message: str, request_id: str | None) -> 
     ).encode()
 
 
-def _new_request_id() -> str:
-    return os.urandom(12).hex()
+class _RequestIds:
+    """24 hex digits: a random per-process prefix and a counter (one urandom per process, not per
+    request). The prefix is drawn again in a forked child so workers never share ids."""
+
+    __slots__ = ("n", "prefix")
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.prefix = os.urandom(6).hex()
+        self.n = int.from_bytes(os.urandom(4), "big")
+
+    def __call__(self) -> str:
+        self.n = n = (self.n + 1) & 0xFFFFFFFFFFFF
+        return f"{self.prefix}{n:012x}"
+
+
+_new_request_id = _RequestIds()
+os.register_at_fork(after_in_child=_new_request_id.reseed)
 
 
 class ShadowHook:
@@ -458,6 +476,7 @@ class Exchange:
         "tunnel_pending",
         "up",
         "version_10",
+        "wbuf",
     )
 
     def __init__(self) -> None:
@@ -482,6 +501,9 @@ class Exchange:
         self.last_body_at = 0.0
         self.declared_length: int | None = None
         self.is_tunnel = False
+        # Response bytes held until the end of the current upstream read, so a head and the body
+        # that arrived with it leave in one write (None: nothing held, write through).
+        self.wbuf: list[bytes] | None = None
 
     # -- head ----------------------------------------------------------------------------
     @classmethod
@@ -836,19 +858,26 @@ class Exchange:
         self.response_started = True
         if self.shadow_wanted:
             self.resp_body = []
-        conn.transport.write(b"".join(out))
+        self.wbuf = [b"".join(out)]  # flushed by flush_out() at the end of this upstream read
 
     def on_upstream_body(self, data: bytes) -> None:
         if self.discarding:
             return
         self.resp_size += len(data)
-        t = self.conn.transport
-        if t is None:
-            return
-        if self.resp_chunked:
-            t.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        buf = self.wbuf
+        if buf is not None:
+            if self.resp_chunked:
+                buf += (b"%x\r\n" % len(data), data, b"\r\n")
+            else:
+                buf.append(data)
         else:
-            t.write(data)
+            t = self.conn.transport
+            if t is None:
+                return
+            if self.resp_chunked:
+                t.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            else:
+                t.write(data)
         body = self.resp_body
         if body is not None:
             if self.resp_size <= self.route.spec.shadow.max_body:
@@ -873,9 +902,25 @@ class Exchange:
             self._record(self.status, self.backend)
             self._fallback()
             return
-        if self.resp_chunked and self.conn.transport is not None:
-            self.conn.transport.write(b"0\r\n\r\n")
+        if self.resp_chunked:
+            if self.wbuf is not None:
+                self.wbuf.append(b"0\r\n\r\n")
+            elif self.conn.transport is not None:
+                self.conn.transport.write(b"0\r\n\r\n")
         self.finish()
+
+    def flush_out(self) -> None:
+        """Write what this upstream read produced for the client: one syscall (writev)."""
+        buf = self.wbuf
+        if buf is None:
+            return
+        self.wbuf = None
+        t = self.conn.transport
+        if t is not None and not t.is_closing():
+            if len(buf) == 1:
+                t.write(buf[0])
+            else:
+                t.writelines(buf)
 
     def on_upstream_lost(self, exc: UpstreamError) -> None:
         up, self.up = self.up, None
@@ -981,6 +1026,11 @@ class Exchange:
         if self.done:
             return
         self.done = True
+        if self.wbuf is not None:
+            if aborted:
+                self.wbuf = None
+            else:
+                self.flush_out()
         plane = self.plane
         route = self.route
         route_name = route.name if route is not None else _DEFAULT_ROUTE

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 # Always removed when forwarding, both ways. Framing headers (content-length,
 # transfer-encoding) are removed too: every message is re-framed by the proxy.
 HOP_BY_HOP = frozenset(
@@ -35,5 +37,9 @@ def connection_tokens(value: bytes) -> set[bytes]:
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
 
+# `.search(value)` is not None when a header value could split or end a header line.
+HEADER_INJECTION = re.compile(rb"[\r\n\x00]").search
+
+
 def has_header_injection(value: bytes) -> bool:
-    return b"\r" in value or b"\n" in value or b"\x00" in value
+    return HEADER_INJECTION(value) is not None

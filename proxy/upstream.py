@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import httptools
 
-from proxy.headers import has_header_injection
+from proxy.headers import HEADER_INJECTION
 from proxy.spec import UpstreamSpec
 
 
@@ -45,6 +45,8 @@ class _HeadDone(Exception):
 
 
 class ResponseSink(Protocol):
+    wbuf: list[bytes] | None  # response bytes held until the end of the current read
+
     def on_upstream_head(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], chunked: bool,
         length: int | None,
@@ -52,6 +54,7 @@ class ResponseSink(Protocol):
     def on_upstream_body(self, data: bytes) -> None: ...
     def on_upstream_done(self, reusable: bool) -> None: ...
     def on_upstream_lost(self, exc: UpstreamError) -> None: ...
+    def flush_out(self) -> None: ...
     def upstream_pause_writing(self) -> None: ...
     def upstream_resume_writing(self) -> None: ...
 
@@ -108,6 +111,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.sink is None:  # bytes while idle: the upstream is confused; drop the connection
             self.transport.close()  # type: ignore[union-attr]
             return
+        sink = self.sink
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -136,6 +140,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()  # type: ignore[union-attr]
             if sink is not None:
                 sink.on_upstream_lost(UpstreamBadResponse(f"invalid response: {exc}"))
+        else:
+            # What this read produced for the client (head and body) leaves in one write.
+            if sink.wbuf is not None:
+                sink.flush_out()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
@@ -184,8 +192,9 @@ class UpstreamConnection(asyncio.Protocol):
         headers = self._headers
         chunked = False
         length: int | None = None
+        injection = HEADER_INJECTION
         for name, value in headers:
-            if has_header_injection(value):
+            if injection(value) is not None:
                 raise UpstreamBadResponse("control character in an upstream header")
             lname = name.lower()
             if lname == b"transfer-encoding":
