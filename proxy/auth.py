@@ -66,7 +66,9 @@ class Tokens:
         if presented is None:
             raise AuthError(401, "missing bearer token: send 'Authorization: Bearer <token>' "
                             f"(the CLI reads --token or ${ADMIN_ENV})")
-        given = presented.encode()
+        # aiohttp decodes header bytes that are not UTF-8 with surrogateescape: compare the bytes
+        # the client sent (a plain encode() raised, and the caller got a 500 instead of a 401).
+        given = presented.encode("utf-8", "surrogateescape")
         found: Caller | None = None
         for token, caller in self._tokens:  # no early exit: compare against every token
             if hmac.compare_digest(given, token) and found is None:
