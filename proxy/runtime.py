@@ -328,6 +328,9 @@ class Runtime:
             await asyncio.gather(
                 *(p.install(config, text, self.generation, weights) for p in self.planes)
             )
+            # A rollback may have landed while the new tables were being installed (rollback
+            # does not wait for this lock): push the weights again so it cannot be undone.
+            await self._push([r.name for r in config.routes])
             for hook in self.on_reload:
                 res = hook(config)
                 if asyncio.iscoroutine(res):
