@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import json
 import os
@@ -55,6 +56,8 @@ REASONS = {
 }
 _IDEMPOTENT = frozenset(m.encode() for m in IDEMPOTENT_METHODS)
 _REPLAY_LIMIT = 64 * 1024
+GC_GEN0_THRESHOLD = 20_000
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 _DEFAULT_ROUTE = "_default"
 _VALID_REQUEST_ID = frozenset(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:"
@@ -160,6 +163,12 @@ class DataPlane:
             lambda: ClientConnection(self), host, port, reuse_port=reuse_port, backlog=2048
         )
         self.servers.append(server)
+        if not self.servers[1:]:
+            # Startup objects (config, tables, modules) move out of the collector's sight, and
+            # young collections run less often: each request allocates a few dozen objects.
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep())
 
@@ -801,8 +810,8 @@ class Exchange:
         )
 
     def on_upstream_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], chunked: bool,
-        length: int | None,
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes, bytes]],
+        chunked: bool, length: int | None, connection: set[bytes] | None,
     ) -> None:
         self.head_deadline = 0.0
         if status >= 500 and self._fallback_eligible():
@@ -813,28 +822,31 @@ class Exchange:
         conn = self.conn
         if conn.transport is None or conn.transport.is_closing():
             return
-        drop: set[bytes] = set()
-        for name, value in headers:
-            if name.lower() == b"connection":
-                drop |= connection_tokens(value)
-        drop -= NEVER_DROPPED_BY_CONNECTION
-        out = [b"HTTP/1.1 %d %s\r\n" % (status, reason.replace(b"\r", b"").replace(b"\n", b""))]
+        drop = HOP_BY_HOP
+        if connection:
+            drop = drop | (connection - NEVER_DROPPED_BY_CONNECTION)
+        line = _STATUS_LINES.get((status, reason))
+        if line is None:
+            line = b"HTTP/1.1 %d %s\r\n" % (status, reason.replace(b"\r", b"").replace(b"\n", b""))
+            if len(_STATUS_LINES) < 256:
+                _STATUS_LINES[(status, reason)] = line
+        out = [line]
         has_rid = False
-        kept: list[tuple[bytes, bytes]] = []
-        for name, value in headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP or lname in drop:
-                if self.is_tunnel and status == 101 and lname in (b"upgrade", b"connection"):
+        tunnel101 = self.is_tunnel and status == 101
+        for lname, name, value in headers:
+            if lname in drop:
+                if tunnel101 and (lname == b"upgrade" or lname == b"connection"):
                     out += (name, b": ", value, b"\r\n")
                 continue
             if lname == b"x-request-id":
                 has_rid = True
-            kept.append((lname, value))
             out += (name, b": ", value, b"\r\n")
-        self.resp_headers = kept
+        if self.shadow_wanted:
+            self.resp_headers = [(lname, value) for lname, _, value in headers
+                                 if lname not in drop]
         if not has_rid:
             out.append(b"x-request-id: %s\r\n" % self.request_id.encode())
-        if self.is_tunnel and status == 101:
+        if tunnel101:
             out.append(b"\r\n")
             self.response_started = True
             conn.transport.write(b"".join(out))

