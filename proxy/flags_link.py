@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -38,7 +39,15 @@ __all__ = ["CACHE_DIR", "FlagsLink", "FlagsStartupError"]
 log = structlog.get_logger("strangler.flags")
 
 CACHE_DIR = "unleash-cache"  # under state_dir
+WRITE_HOLD = 10.0  # seconds our own write outranks older states shown by polls
 SETTLE_SLACK = 1.0  # seconds beyond two refresh intervals before a missing toggle is an error
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    state: FlagState  # what the toggle is after our write
+    stale: frozenset[FlagState]  # states from before it that polls may still show
+    until: float  # monotonic deadline
 
 
 class FlagsStartupError(Exception):
@@ -72,6 +81,7 @@ class FlagsLink:
         self.cache_dir = config.state_dir / CACHE_DIR
         self._client = client
         self._snap: dict[str, FlagState] = {}
+        self._writes: dict[str, _Write] = {}  # our writes Unleash has not confirmed yet
         self._seen: dict[str, FlagState] = {}  # toggle state last mirrored into runtime.state
         self._applied: dict[str, int] = {}  # route -> basis points the data planes have
         self._retry: set[str] = set()  # routes whose rollback Unleash has not taken yet
@@ -163,7 +173,7 @@ class FlagsLink:
             return 0.0
         if self.runtime.state.route(spec.name).rolled_back:
             return 0.0
-        state = self._snap.get(spec.flag) if spec.flag else None
+        state = self._state(spec.flag)
         return state.weight if state is not None else 0.0
 
     def rolled_back(self, spec: RouteSpec) -> bool:
@@ -174,12 +184,13 @@ class FlagsLink:
     async def set_weight(self, spec: RouteSpec, weight: float) -> None:
         """Write the toggle's rollout; raises RuntimeError_ (nothing changed) if Unleash refuses."""
         flag = self._flag(spec)
+        prior = self._state(flag)
         try:
             await self.client.set_rollout(flag, weight)
         except UnleashWriteError as exc:
             raise _write_failure(exc, flag, f"weight {weight}") from exc
+        self._wrote(flag, prior)
         # The runtime pushes this weight itself: do not report it again as an Unleash change.
-        self._snap = self.client.snapshot()
         self._applied[spec.name] = weight_to_bp(self.weight(spec))
 
     async def rollback(self, spec: RouteSpec) -> None:
@@ -193,13 +204,15 @@ class FlagsLink:
         flag = self._flag(spec)
         self._retry.discard(spec.name)
         rt = self.runtime.state.route(spec.name)
+        prior = self._state(flag)
         try:
             await self.client.set_rollout(flag, 0)
+            self._wrote(flag, prior)
             await self.client.set_enabled(flag, True)
         except UnleashWriteError as exc:
             rt.rolled_back = True
             raise _write_failure(exc, flag, "resume") from exc
-        self._snap = self.client.snapshot()
+        self._wrote(flag, prior)
         self._applied[spec.name] = weight_to_bp(self.weight(spec))
 
     def _flag(self, spec: RouteSpec) -> str:
@@ -212,6 +225,7 @@ class FlagsLink:
         """Disable the route's toggle; False when Unleash did not take it (worth a retry)."""
         if not spec.flag:
             return True
+        prior = self._state(spec.flag)
         try:
             await self.client.set_enabled(spec.flag, False)
         except UnleashWriteError as exc:
@@ -223,8 +237,38 @@ class FlagsLink:
                           error=str(exc), detail="rolled back here; other replicas follow once "
                           "Unleash takes it (retrying every refresh interval)")
             return False
-        self._snap = self.client.snapshot()
+        self._wrote(spec.flag, prior)
         return True
+
+    def _wrote(self, flag: str, prior: FlagState | None) -> None:
+        """Remember a write Unleash accepted, until a poll shows it (see `_state`)."""
+        self._snap = self.client.snapshot()
+        written = self._snap.get(flag)
+        if written is None:
+            return
+        earlier = self._writes.get(flag)
+        stale = set(earlier.stale) | {earlier.state} if earlier else set()
+        if prior is not None:
+            stale.add(prior)
+        stale.discard(written)
+        self._writes[flag] = _Write(written, frozenset(stale), time.monotonic() + WRITE_HOLD)
+
+    def _state(self, flag: str | None) -> FlagState | None:
+        """The toggle's state: the snapshot, or our own write while polls still show a state
+        from before it. (Unleash's client API lags writes by its revision tick, and a poll can
+        show our previous write after our latest one was accepted: that is not someone else's
+        change, and must not undo a rollback even for a moment.)
+        """
+        if not flag:
+            return None
+        state = self._snap.get(flag)
+        write = self._writes.get(flag)
+        if write is None:
+            return state
+        if state == write.state or state not in write.stale or time.monotonic() > write.until:
+            del self._writes[flag]  # confirmed, changed by someone else, or never confirmed
+            return state
+        return write.state
 
     # -- following Unleash --------------------------------------------------------------------
     def _on_change(self, snapshot: dict[str, FlagState]) -> None:
@@ -257,7 +301,7 @@ class FlagsLink:
             for name in changed:
                 spec = rt.config.route(name)
                 flag = spec.flag if spec else None
-                state = self._snap.get(flag) if flag else None
+                state = self._state(flag)
                 rt._audit(
                     action="flag_change", actor="unleash",
                     reason=f"toggle {flag} changed in Unleash", route=name,
@@ -275,7 +319,7 @@ class FlagsLink:
         changed = []
         for spec in self.runtime.config.routes:
             rr = state.route(spec.name)
-            toggle = self._snap.get(spec.flag) if spec.flag else None
+            toggle = self._state(spec.flag)
             if toggle is not None and not toggle.missing:
                 seen = self._seen.get(spec.flag or "")
                 if seen is None or seen.missing or seen.enabled != toggle.enabled:
@@ -375,6 +419,8 @@ class FlagsLink:
         interval = max(0.5, self.spec.refresh_interval)
         while True:
             await asyncio.sleep(interval)
+            if self._writes:
+                self._changed.set()  # an unconfirmed write may have expired: look again
             for name in sorted(self._retry):
                 spec = self.runtime.config.route(name)
                 if spec is None or not self.runtime.rolled_back(name):

@@ -231,6 +231,37 @@ async def test_writes_go_to_unleash_and_take_effect_here_at_once(
     assert await proxy.stop() == 0
 
 
+async def test_rollback_right_after_a_weight_change_never_flips_back(
+    unleash_server: UnleashServer, unleash_admin: aiohttp.ClientSession, upstreams,
+    proxy_process,
+) -> None:
+    """Polls that still show the earlier write (Unleash publishes on a 1 s tick) must not undo
+    the rollback on the replica that took it, not even for one request."""
+    mono, svc = await upstreams("monolith"), await upstreams("balance-svc")
+    flag = unleash_server.flag_name("flap")
+    await create_toggle(unleash_admin, flag, 0)
+    proxy = await proxy_process(config_text(unleash_server.url, flag, mono, svc),
+                                env=unleash_server.env())
+    route = f"{proxy.admin}/admin/routes/{ROUTE}"
+    async with aiohttp.ClientSession() as s:
+        for gap in (0.2, 0.6):
+            # A burst of writes straddling Unleash's revision ticks, ending rolled back.
+            for method, path, body in (("PUT", "/weight", {"weight": 100}),
+                                       ("POST", "/rollback", {}), ("POST", "/resume", {}),
+                                       ("PUT", "/weight", {"weight": 50}),
+                                       ("POST", "/rollback", {})):
+                async with s.request(method, route + path, json={**body, "reason": "x"}) as r:
+                    assert r.status == 200, await r.text()
+                await asyncio.sleep(gap)
+            deadline = time.monotonic() + 2.5
+            while time.monotonic() < deadline:
+                assert await served_by(s, proxy, "u1") == "monolith"
+                assert (await route_view(s, proxy))["state"] == "rolled_back"
+            async with s.post(route + "/resume", json={"reason": "again"}) as resp:
+                assert resp.status == 200
+    assert await proxy.stop() == 0
+
+
 async def test_weight_set_in_unleash_itself_is_followed(
     unleash_server: UnleashServer, unleash_admin: aiohttp.ClientSession, upstreams,
     proxy_process,
