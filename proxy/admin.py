@@ -232,7 +232,9 @@ class Admin:
         if not self.rt.durable:
             body["persist_error"] = self.rt.persist_error
         if self.server.ready:
-            return web.json_response({"status": "ready", **body})
+            # Degraded (e.g. no flag data: every route on legacy) still takes traffic: 200.
+            status = "degraded" if degraded else "ready"
+            return web.json_response({"status": status, **body})
         return web.json_response({"status": "starting", **body}, status=503)
 
     async def metrics(self, request: web.Request) -> web.Response:
