@@ -227,7 +227,7 @@ class UnleashFlags:
         self._watched: tuple[str, ...] = tuple(flags)
         self._server: dict[str, FlagState] = {}  # last state from Unleash or its cache
         # flag -> (state we wrote, server state before the write, hold until)
-        self._pending: dict[str, tuple[FlagState, FlagState, float]] = {}
+        self._pending: dict[str, tuple[FlagState, frozenset[FlagState], float]] = {}
         self._snapshot: dict[str, FlagState] = parse_features({}, self._watched)
         self._callbacks: list[ChangeCallback] = []
         self._have_data = False
@@ -392,11 +392,11 @@ class UnleashFlags:
     def _publish(self) -> None:
         """Recompute the snapshot (server state + unconfirmed writes); notify on change."""
         now = time.monotonic()
-        for name, (state, before, hold_until) in list(self._pending.items()):
+        for name, (state, stale, hold_until) in list(self._pending.items()):
             server = self._server.get(name, MISSING)
             if server == state:
                 del self._pending[name]  # confirmed
-            elif server != before or now > hold_until:
+            elif server not in stale or now > hold_until:
                 # Changed again after our write (someone else wrote), or never confirmed.
                 del self._pending[name]
                 log.info("unleash.write_superseded", flag=name, wrote=state, unleash=server)
@@ -533,8 +533,16 @@ class UnleashFlags:
         return True
 
     def _hold(self, flag: str, state: FlagState, before: FlagState) -> None:
-        """Show a write Unleash accepted until a poll brings the server's view of it."""
-        self._pending[flag] = (state, before, time.monotonic() + self._write_hold)
+        """Show a write Unleash accepted until a poll brings the server's view of it.
+
+        Polls may still show any state from before this write — including our own earlier
+        writes that are not confirmed yet — so all of those are stale, not someone else's."""
+        stale = {before}
+        earlier = self._pending.get(flag)
+        if earlier is not None:
+            stale |= earlier[1] | {earlier[0]}
+        stale.discard(state)
+        self._pending[flag] = (state, frozenset(stale), time.monotonic() + self._write_hold)
         self._publish()
 
 
