@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import socket
 import time
 from collections import deque
@@ -59,9 +60,10 @@ _REPLAY_LIMIT = 64 * 1024
 GC_GEN0_THRESHOLD = 20_000
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 _DEFAULT_ROUTE = "_default"
-_VALID_REQUEST_ID = frozenset(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:"
-)
+_VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9_.:-]{1,128}").fullmatch
+_REQ_FRAMING = frozenset({b"connection", b"content-length", b"transfer-encoding", b"host"})
+# Request headers never forwarded as received (some are re-added by the proxy).
+_REQ_SKIP = HOP_BY_HOP | FORWARDED_HEADERS | {b"x-request-id"}
 
 
 class Reject(Exception):
@@ -527,9 +529,10 @@ class Exchange:
         ex.method = method
         ex.head_only = method == b"HEAD"
         parser = conn.parser
-        ex.version_10 = parser.get_http_version() == "1.0"
+        version = parser.get_http_version()
+        ex.version_10 = version == "1.0"
         ex.keep_alive = parser.should_keep_alive()
-        if parser.get_http_version() not in ("1.1", "1.0"):
+        if version != "1.1" and version != "1.0":
             raise Reject(505, "http_version", "only HTTP/1.0 and HTTP/1.1 are supported")
         if method == b"CONNECT" or method == b"PRI":
             # A reverse proxy opens no tunnels on request; llhttp would treat CONNECT as one.
@@ -543,6 +546,9 @@ class Exchange:
         for name, value in raw:
             lname = name.lower()
             lowered.append((lname, name, value))
+            hdict[lname] = value
+            if lname not in _REQ_FRAMING:
+                continue
             if lname == b"connection":
                 conn_tokens |= connection_tokens(value)
             elif lname == b"content-length":
@@ -557,7 +563,6 @@ class Exchange:
                 if host is not None:
                     raise Reject(400, "bad_request", "repeated Host header")
                 host = value
-            hdict[lname] = value
         if te is not None and cl is not None:
             raise Reject(400, "ambiguous_framing", "Content-Length with Transfer-Encoding")
         if te is not None:
@@ -598,7 +603,7 @@ class Exchange:
         ex.query = query if _ else None
 
         rid = hdict.get(b"x-request-id")
-        if rid and len(rid) <= 128 and all(c in _VALID_REQUEST_ID for c in rid):
+        if rid and _VALID_REQUEST_ID(rid) is not None:
             ex.request_id = rid.decode()
         else:
             ex.request_id = _new_request_id()
@@ -646,10 +651,14 @@ class Exchange:
             ex.replay = None
 
         # Headers to forward: drop hop-by-hop, Connection-named and untrusted forwarding ones.
-        drop = conn_tokens - NEVER_DROPPED_BY_CONNECTION
+        drop = conn_tokens - NEVER_DROPPED_BY_CONNECTION if conn_tokens else conn_tokens
+        skip = _REQ_SKIP | drop if drop else _REQ_SKIP
         trusted = conn.peer_trusted
         out: list[tuple[bytes, bytes]] = []
         for lname, name, value in lowered:
+            if lname not in skip:
+                out.append((name, value))
+                continue
             if lname in HOP_BY_HOP or lname in drop:
                 if lname == b"te" and value.strip().lower() == b"trailers":
                     out.append((name, value))
@@ -682,7 +691,7 @@ class Exchange:
         return ex
 
     def upstream_head(self) -> bytes:
-        target = self.pool.spec.base_path.encode() + self.path
+        target = self.pool.base_path + self.path
         if self.query is not None:
             target += b"?" + self.query
         parts = [self.method, b" ", target, b" HTTP/1.1\r\n"]

@@ -2,7 +2,8 @@
 
 Lookup never scans every route: exact paths are a dict, path prefixes live in a trie keyed by
 whole segments, and only routes with a regex or no path condition are checked on every request.
-First match wins, so the candidate with the lowest file order is chosen.
+First match wins, so the candidate with the lowest file order is chosen. When no route has a
+header condition, results are cached per (method, path) for the life of the table generation.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class CompiledRoute:
         return True
 
 
+CACHE_SIZE = 4096
+CACHE_MAX_PATH = 256  # longer paths are looked up every time: the cache stays under ~1.5 MiB
+
+
 class _Node:
     __slots__ = ("children", "routes")
 
@@ -83,8 +88,30 @@ class RouteTable:
                 node.routes.append(route)
             else:
                 self._general.append(route)
+        # Without header conditions the answer depends on (method, path) only: remember it.
+        cacheable = not any(r.headers for r in self.routes)
+        self._cache: dict[tuple[bytes, bytes], CompiledRoute | None] | None = (
+            {} if cacheable else None
+        )
 
     def match(
+        self, method: bytes, path: bytes, headers: dict[bytes, bytes]
+    ) -> CompiledRoute | None:
+        cache = self._cache
+        if cache is None or len(path) > CACHE_MAX_PATH:
+            return self._match(method, path, headers)
+        key = (method, path)
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        route = self._match(method, path, headers)
+        if len(cache) >= CACHE_SIZE:
+            cache.clear()  # many distinct paths (ids in paths): start over rather than track age
+        cache[key] = route
+        return route
+
+    def _match(
         self, method: bytes, path: bytes, headers: dict[bytes, bytes]
     ) -> CompiledRoute | None:
         best: CompiledRoute | None = None

@@ -262,6 +262,7 @@ class UpstreamPool:
 
     def __init__(self, spec: UpstreamSpec) -> None:
         self.spec = spec
+        self.base_path = spec.base_path.encode()  # prefixed to every forwarded path
         self.idle: list[UpstreamConnection] = []
         self.total = 0
         self.waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
