@@ -1,0 +1,146 @@
+"""CPU cost of the data plane's Python per request, without the network: `python -m bench.hotpath`.
+
+The real DataPlane, route table (the bench's 10 routes), Recorder and AccessLog, driven through
+their protocol callbacks with in-memory transports: one GET in, one nginx-like small response out.
+Prints the process CPU time per request (min of --rounds), or a cProfile table with --profile.
+Steadier than wrk on a shared machine, so it is how each hot-path change was measured; it does
+not include syscalls, the event loop or the kernel (see the README's log for wrk figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import pstats
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import servers
+from proxy.config import load_config
+from proxy.dataplane import ClientConnection, DataPlane
+from proxy.logs import AccessLog
+from proxy.planes import build_table
+from proxy.recorder import Recorder
+from proxy.upstream import UpstreamConnection
+
+BODY = b'{"status":"ok","service":"legacy","items":[1,2,3,4,5,6,7,8,9,10],"message":"hello"}'
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 22 Nov 2026 01:00:00 GMT\r\n"
+    b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n"
+    % len(BODY)
+) + BODY
+
+
+class MemoryTransport:
+    """Just enough of asyncio.Transport for the data plane; writes are kept, then dropped."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.closing = False
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def writelines(self, parts: Any) -> None:
+        self.out.extend(parts)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, key: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if key == "peername" else default
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def close(self) -> None:
+        self.closing = True
+
+
+class _Url:
+    small_url = big_url = "http://127.0.0.1:9/"
+
+
+def build(n_routes: int, access_log: bool) -> tuple[Any, Any]:
+    """A data plane with one client connection and one pooled connection per upstream."""
+    state = Path(tempfile.mkdtemp(prefix="hotpath"))
+    cfg = servers.strangler_config(port=1, admin_port=2, state_dir=state, up=_Url,  # type: ignore[arg-type]
+                                   n_routes=n_routes)
+    config = load_config(str(state / "routes.yaml"), yaml.safe_dump(cfg))
+    recorder = Recorder()
+    log = AccessLog(stream=io.StringIO()) if access_log else None
+    plane = DataPlane(recorder, log)
+    plane.install(build_table(config, {}, 1, {}))
+    conn = ClientConnection(plane)
+    conn.connection_made(MemoryTransport())  # type: ignore[arg-type]
+    ups = []
+    for pool in plane.pools.values():
+        up = UpstreamConnection(pool)
+        up.connection_made(MemoryTransport())  # type: ignore[arg-type]
+        pool.live.add(up)
+        pool.total += 1
+        pool.idle.append(up)
+        ups.append(up)
+    request = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n" % servers.bench_paths(
+        n_routes)[0].encode()
+
+    def one() -> None:
+        conn.data_received(request)
+        conn.cur.up.data_received(RESPONSE)  # type: ignore[union-attr]
+
+    def loop(n: int) -> None:
+        for i in range(n):
+            one()
+            if i % 200 == 0:  # what the 200 ms flush loop does
+                conn.transport.out.clear()  # type: ignore[union-attr]
+                for up in ups:
+                    up.transport.out.clear()  # type: ignore[union-attr]
+                recorder.take()
+                if log is not None:
+                    log.flush()
+                    log.stream.seek(0)
+                    log.stream.truncate()
+
+    return loop, plane
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__.splitlines()[0])
+    p.add_argument("-n", type=int, default=30_000, help="requests per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--routes", type=int, default=10)
+    p.add_argument("--no-access-log", action="store_true")
+    p.add_argument("--profile", action="store_true", help="print cProfile's top 25 instead")
+    args = p.parse_args(argv)
+    loop, _ = build(args.routes, not args.no_access_log)
+    loop(2_000)  # warm up: pools, caches
+    gc.collect()
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.runcall(loop, args.n)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return 0
+    per = []
+    for _ in range(args.rounds):
+        t = time.process_time()
+        loop(args.n)
+        per.append((time.process_time() - t) / args.n * 1e6)
+    print(f"CPU per request: min {min(per):.2f} µs; rounds {', '.join(f'{x:.2f}' for x in per)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
