@@ -479,6 +479,7 @@ class Exchange:
         "retried",
         "route",
         "shadow_wanted",
+        "stale_retried",
         "status",
         "step",
         "sticky_key",
@@ -503,7 +504,8 @@ class Exchange:
         self.resp_size = 0
         self.resp_headers: list[tuple[bytes, bytes]] = []
         self.status = 0
-        self.retried = False
+        self.retried = False  # fallback to legacy used
+        self.stale_retried = False  # resent once after a dead pooled connection
         self.target_failed = False
         self.discarding = False
         self.done = False
@@ -735,7 +737,7 @@ class Exchange:
                 self._write_body(t, chunk)
             if self.conn.transport is not None and not self.conn.queue:
                 self.conn.transport.resume_reading()
-        elif self.replay and self.retried:
+        elif self.replay and (self.retried or self.stale_retried):
             for chunk in self.replay:
                 self._write_body(t, chunk)
         if self.client_done and self.body_mode == 2:
@@ -963,9 +965,10 @@ class Exchange:
             self.finish(aborted=True)
             return
         replayable = self.client_done and (self.body_mode == 0 or self.replay is not None)
-        if reused and replayable and not self.retried and not self.discarding:
-            # A pooled keep-alive connection the upstream had already closed: retry once.
-            self.retried = True
+        if reused and replayable and not self.stale_retried and not self.discarding:
+            # A pooled keep-alive connection the upstream had already closed: retry once. This
+            # is not the fallback: a target that is really down still falls back to legacy.
+            self.stale_retried = True
             self.pending = None
             self.dispatch()
             return

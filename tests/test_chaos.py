@@ -176,15 +176,6 @@ class TargetProcess:
             await self.proc.wait()
 
 
-STALE_RETRY_BUG = (
-    "proxy/dataplane.py upstream_failed(): the retry of a stale pooled connection sets "
-    "`retried`, which _fallback_eligible() also checks, so a GET whose pooled target connection "
-    "was closed is retried once on the (dead) target and then answered 502 instead of falling "
-    "back to legacy. Remove this mark once fixed (owned by the data-plane engineer)."
-)
-
-
-@pytest.mark.xfail(reason=STALE_RETRY_BUG, strict=False)
 @pytest.mark.parametrize("how,workers", [("stop", "1"), ("sigkill", "2")])
 async def test_target_killed_mid_load_no_failed_get_and_guardrail_rolls_back(
         upstreams, proxy_process, how, workers):
