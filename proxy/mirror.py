@@ -3,9 +3,11 @@
 The data plane calls `wants()` when a request's head is routed (cheap: no allocation) and
 `offer()` once the client's response is complete. `offer()` never blocks and never raises: a
 full queue drops the mirror and counts `queue_full`. A fixed pool of worker tasks sends the
-copies with aiohttp (`X-Strangler-Shadow: 1`), compares with the route's `Comparator` (compiled
-when the table is built), cancels noise, and records the result in the stats and the diff store.
-Nothing here can change or delay what the client receives.
+copies (`X-Strangler-Shadow: 1`) over keep-alive pools of the data plane's own upstream
+connections (httptools; separate pools, so mirrors never take the primary's connections),
+compares with the route's `Comparator` (compiled when the table is built), cancels noise, and
+records the result in the stats and the diff store. Nothing here can change or delay what the
+client receives.
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import structlog
 import structlog.contextvars
-from yarl import URL
 
 from proxy.recorder import Recorder
 from proxy.spec import SAFE_METHODS, Config, RouteSpec, UpstreamSpec
 from proxy.table import CompiledRoute, RouteTable
+from proxy.upstream import UpstreamError, UpstreamPool, UpstreamReset, UpstreamTimeout
 from shadow.diff import Comparator
 from shadow.model import Comparison, Exchange, RequestRecord
 from shadow.noise import NoiseModel
@@ -35,7 +36,7 @@ QUEUE_MAX = 1024
 CONCURRENCY = 32
 LARGE_BODY = 32 * 1024  # compare bodies above this size off the event loop
 _SAFE = frozenset(m.encode() for m in SAFE_METHODS)
-_SKIP_REQUEST_HEADERS = frozenset({"content-length", "transfer-encoding", "x-strangler-shadow"})
+_SKIP_REQUEST_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"x-strangler-shadow"})
 
 
 @dataclass(slots=True)
@@ -60,6 +61,62 @@ class _Job:
     primary: Exchange
     compiled: _Compiled
     request_id: str = ""
+    raw_headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+class _Collect:
+    """Response sink for a mirrored request: keeps status, headers and up to `limit` bytes of
+    body (then stops: the connection is dropped rather than read to the end)."""
+
+    is_tunnel = False
+    wbuf = None
+
+    __slots__ = ("body", "done", "headers", "limit", "size", "status", "truncated")
+
+    def __init__(self, limit: int) -> None:
+        self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.limit = limit
+        self.status = 0
+        self.headers: tuple[tuple[str, str], ...] = ()
+        self.body: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+
+    def on_upstream_head(self, status: int, reason: bytes, headers: list, chunked: bool,
+                         length: int | None, tokens: object) -> None:
+        self.status = status
+        self.headers = tuple((ln.decode("latin-1"), v.decode("latin-1")) for ln, _, v in headers)
+
+    def on_upstream_body(self, data: bytes) -> None:
+        if self.truncated:
+            return
+        room = self.limit - self.size
+        if len(data) > room:
+            self.body.append(data[:room])
+            self.size = self.limit
+            self.truncated = True
+            if not self.done.done():
+                self.done.set_result(False)
+            return
+        self.body.append(data)
+        self.size += len(data)
+
+    def on_upstream_done(self, reusable: bool) -> None:
+        if not self.done.done():
+            self.done.set_result(reusable)
+
+    def on_upstream_lost(self, exc: UpstreamError) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+    def flush_out(self) -> None:
+        return None
+
+    def upstream_pause_writing(self) -> None:
+        return None
+
+    def upstream_resume_writing(self) -> None:
+        return None
 
 
 class Mirror:
@@ -72,15 +129,10 @@ class Mirror:
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=QUEUE_MAX)
         self.noise: dict[str, NoiseModel] = {}
         self.workers: list[asyncio.Task] = []
-        self.session: aiohttp.ClientSession | None = None
+        self.pools: dict[str, UpstreamPool] = {}
         self._compiled: dict[tuple[str, RouteSpec], _Compiled] = {}
 
     async def start(self) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=CONCURRENCY * 2, limit_per_host=CONCURRENCY),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
-        )
         loop = asyncio.get_running_loop()
         self.workers = [loop.create_task(self._worker()) for _ in range(CONCURRENCY)]
 
@@ -95,8 +147,8 @@ class Mirror:
         for w in self.workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await w
-        if self.session is not None:
-            await self.session.close()
+        for pool in self.pools.values():
+            pool.close()
         await asyncio.to_thread(self.store.close)
 
     # -- compile at table build ----------------------------------------------------------
@@ -121,6 +173,14 @@ class Mirror:
             route.extra["shadow"] = compiled
             self.noise.setdefault(spec.name, NoiseModel())
         self._compiled = fresh
+        pools: dict[str, UpstreamPool] = {}
+        for name, spec in table.config.upstreams.items():
+            pool = self.pools.get(name)
+            pools[name] = pool if pool is not None and pool.spec == spec else UpstreamPool(spec)
+        for name, pool in self.pools.items():
+            if pools.get(name) is not pool:
+                pool.close()
+        self.pools = pools
 
     # -- hot path (called by the data plane) ---------------------------------------------
     def wants(self, route: CompiledRoute, method: bytes, served_by_target: bool) -> bool:
@@ -190,6 +250,7 @@ class Mirror:
                 primary=primary,
                 compiled=c,
                 request_id=ex.request_id,
+                raw_headers=tuple(ex.req_headers),
             )
         )
 
@@ -211,27 +272,45 @@ class Mirror:
                 self.queue.task_done()
 
     async def _send(self, upstream: UpstreamSpec, job: _Job) -> Exchange:
-        assert self.session is not None
+        """One mirrored request on a pooled connection; a dead pooled connection is retried
+        once on a fresh one."""
+        pool = self.pools.get(upstream.name)
+        if pool is None or pool.spec != upstream:
+            pool = self.pools[upstream.name] = UpstreamPool(upstream)
         req = job.request
-        headers = [(k, v) for k, v in req.headers if k not in _SKIP_REQUEST_HEADERS]
-        headers.append(("x-strangler-shadow", "1"))
-        url = f"http://{upstream.host}:{upstream.port}{upstream.base_path}{req.path}"
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=upstream.connect_timeout, sock_read=upstream.timeout
-        )
-        async with self.session.request(
-            req.method, URL(url, encoded=True), headers=headers,
-            data=req.body or None, timeout=timeout, allow_redirects=False,
-        ) as resp:
-            limit = job.compiled.max_body
-            body = await resp.content.read(limit + 1)
-            truncated = len(body) > limit
-            return Exchange(
-                resp.status,
-                tuple((k.lower(), v) for k, v in resp.headers.items()),
-                body[:limit],
-                truncated,
-            )
+        body = req.body
+        parts = [req.method.encode(), b" ", pool.base_path, req.path.encode("latin-1"),
+                 b" HTTP/1.1\r\n"]
+        for name, value in job.raw_headers:
+            if name.lower() not in _SKIP_REQUEST_HEADERS:
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(b"x-strangler-shadow: 1\r\n")
+        if body or req.method not in ("GET", "HEAD", "OPTIONS"):
+            parts.append(b"content-length: %d\r\n" % len(body))
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        for attempt in (0, 1):
+            conn = await pool.acquire()
+            sink = _Collect(job.compiled.max_body)
+            conn.send(sink, head, req.method == "HEAD")
+            if body:
+                conn.transport.write(body)
+            try:
+                reusable = await asyncio.wait_for(sink.done, upstream.timeout)
+            except TimeoutError:
+                pool.discard(conn)
+                raise UpstreamTimeout(f"{upstream.name} did not answer the mirror in "
+                                      f"{upstream.timeout:g}s") from None
+            except UpstreamReset:
+                if attempt == 0 and conn.reused and not conn.got_bytes:
+                    continue  # the upstream had closed this idle connection: once more
+                raise
+            if reusable and not sink.truncated:
+                pool.release(conn)
+            else:
+                pool.discard(conn)
+            return Exchange(sink.status, sink.headers, b"".join(sink.body), sink.truncated)
+        raise UpstreamReset("unreachable")  # pragma: no cover - the loop always returns
 
     async def _run(self, job: _Job) -> None:
         other = job.legacy if job.served_by_target else job.target
