@@ -109,6 +109,10 @@ class _Collect:
         if not self.done.done():
             self.done.set_exception(exc)
 
+    def time_out(self) -> None:
+        if not self.done.done():
+            self.done.set_exception(UpstreamTimeout("mirror timed out"))
+
     def flush_out(self) -> None:
         return None
 
@@ -259,10 +263,11 @@ class Mirror:
         while True:
             job = await self.queue.get()
             try:
-                # Every log line of this mirror carries the request id it copies.
-                with structlog.contextvars.bound_contextvars(request_id=job.request_id,
-                                                             route=job.route):
-                    await self._run(job)
+                # Every log line of this mirror carries the request id it copies (each worker
+                # task has its own context, so binding per job needs no unbinding).
+                structlog.contextvars.bind_contextvars(request_id=job.request_id,
+                                                       route=job.route)
+                await self._run(job)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -295,9 +300,11 @@ class Mirror:
             conn.send(sink, head, req.method == "HEAD")
             if body:
                 conn.transport.write(body)
+            # One timer handle instead of wait_for's task machinery: this runs per mirror.
+            timer = asyncio.get_running_loop().call_later(upstream.timeout, sink.time_out)
             try:
-                reusable = await asyncio.wait_for(sink.done, upstream.timeout)
-            except TimeoutError:
+                reusable = await sink.done
+            except UpstreamTimeout:
                 pool.discard(conn)
                 raise UpstreamTimeout(f"{upstream.name} did not answer the mirror in "
                                       f"{upstream.timeout:g}s") from None
@@ -305,6 +312,8 @@ class Mirror:
                 if attempt == 0 and conn.reused and not conn.got_bytes:
                     continue  # the upstream had closed this idle connection: once more
                 raise
+            finally:
+                timer.cancel()
             if reusable and not sink.truncated:
                 pool.release(conn)
             else:
@@ -315,10 +324,14 @@ class Mirror:
     async def _run(self, job: _Job) -> None:
         other = job.legacy if job.served_by_target else job.target
         noise_up = job.noise  # a second copy of legacy, in both directions
-        sends = [self._send(other, job)]
-        if noise_up is not None:
-            sends.append(self._send(noise_up, job))
-        results = await asyncio.gather(*sends, return_exceptions=True)
+        if noise_up is None:
+            try:
+                results: list[Any] = [await self._send(other, job)]
+            except (UpstreamError, OSError) as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(self._send(other, job), self._send(noise_up, job),
+                                           return_exceptions=True)
         mirrored = results[0]
         if isinstance(mirrored, BaseException):
             self.recorder.shadow_result(job.route, job.step, "error")
