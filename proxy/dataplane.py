@@ -62,8 +62,12 @@ _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 _DEFAULT_ROUTE = "_default"
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9_.:-]{1,128}").fullmatch
 _REQ_FRAMING = frozenset({b"connection", b"content-length", b"transfer-encoding", b"host"})
-# Request headers never forwarded as received (some are re-added by the proxy).
-_REQ_SKIP = HOP_BY_HOP | FORWARDED_HEADERS | {b"x-request-id"}
+# Request headers handled one by one in `from_head`: framing, and those never forwarded as
+# received (some are re-added by the proxy); every other header is forwarded as it came.
+_REQ_SPECIAL = HOP_BY_HOP | FORWARDED_HEADERS | _REQ_FRAMING | {b"x-request-id"}
+# Connection tokens that need no extra filtering: hop-by-hop (dropped anyway) or never dropped.
+_CONN_KEEP = HOP_BY_HOP | NEVER_DROPPED_BY_CONNECTION
+_NO_TOKENS: frozenset[bytes] = frozenset()
 
 
 class Reject(Exception):
@@ -124,6 +128,9 @@ class DataPlane:
     ) -> None:
         self.recorder = recorder
         self.access_log = access_log
+        # AccessLog.request takes the fields as arguments (no dict per request); any other
+        # callable gets the dict.
+        self.log_request: Callable[..., None] | None = getattr(access_log, "request", None)
         self.rand = rand
         self.table: RouteTable | None = None
         self.config: Config | None = None
@@ -540,19 +547,23 @@ class Exchange:
             # A reverse proxy opens no tunnels on request; llhttp would treat CONNECT as one.
             raise Reject(405, "method_not_allowed", "CONNECT is not supported")
 
-        # Lower-case names once; collect what routing and framing need.
-        lowered: list[tuple[bytes, bytes, bytes]] = []
+        # One pass: lower-case each name once, collect what routing and framing need, and keep
+        # the headers to forward (hop-by-hop and untrusted forwarding headers are dropped here;
+        # the rare headers a Connection list names are dropped after the loop).
         hdict: dict[bytes, bytes] = {}
-        conn_tokens: set[bytes] = set()
+        out: list[tuple[bytes, bytes]] = []
+        conn_tokens: frozenset[bytes] = _NO_TOKENS
+        trusted = conn.peer_trusted
         te = cl = host = None
-        for name, value in raw:
+        for header in raw:
+            name, value = header
             lname = name.lower()
-            lowered.append((lname, name, value))
             hdict[lname] = value
-            if lname not in _REQ_FRAMING:
+            if lname not in _REQ_SPECIAL:
+                out.append(header)
                 continue
             if lname == b"connection":
-                conn_tokens |= connection_tokens(value)
+                conn_tokens = conn_tokens | connection_tokens(value)
             elif lname == b"content-length":
                 if cl is not None and cl != value:
                     raise Reject(400, "ambiguous_framing", "conflicting Content-Length headers")
@@ -565,6 +576,17 @@ class Exchange:
                 if host is not None:
                     raise Reject(400, "bad_request", "repeated Host header")
                 host = value
+                out.append(header)
+            elif lname == b"te":
+                if value.strip().lower() == b"trailers":
+                    out.append(header)
+            elif lname in HOP_BY_HOP or lname == b"x-request-id" or lname == b"x-forwarded-for":
+                pass
+            elif trusted:  # x-forwarded-proto, x-forwarded-host, forwarded from a trusted peer
+                out.append(header)
+        if conn_tokens and not conn_tokens <= _CONN_KEEP:
+            drop = conn_tokens - _CONN_KEEP
+            out = [h for h in out if h[0].lower() not in drop]
         if te is not None and cl is not None:
             raise Reject(400, "ambiguous_framing", "Content-Length with Transfer-Encoding")
         if te is not None:
@@ -652,24 +674,6 @@ class Exchange:
         ):
             ex.replay = None
 
-        # Headers to forward: drop hop-by-hop, Connection-named and untrusted forwarding ones.
-        drop = conn_tokens - NEVER_DROPPED_BY_CONNECTION if conn_tokens else conn_tokens
-        skip = _REQ_SKIP | drop if drop else _REQ_SKIP
-        trusted = conn.peer_trusted
-        out: list[tuple[bytes, bytes]] = []
-        for lname, name, value in lowered:
-            if lname not in skip:
-                out.append((name, value))
-                continue
-            if lname in HOP_BY_HOP or lname in drop:
-                if lname == b"te" and value.strip().lower() == b"trailers":
-                    out.append((name, value))
-                continue
-            if lname in FORWARDED_HEADERS and not trusted:
-                continue
-            if lname == b"x-forwarded-for" or lname == b"x-request-id":
-                continue
-            out.append((name, value))
         ex.req_headers = out
         xff = conn.peer.encode()
         if trusted and b"x-forwarded-for" in hdict:
@@ -822,7 +826,7 @@ class Exchange:
 
     def on_upstream_head(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes, bytes]],
-        chunked: bool, length: int | None, connection: set[bytes] | None,
+        chunked: bool, length: int | None, connection: frozenset[bytes] | None,
     ) -> None:
         self.head_deadline = 0.0
         if status >= 500 and self._fallback_eligible():
@@ -834,7 +838,7 @@ class Exchange:
         if conn.transport is None or conn.transport.is_closing():
             return
         drop = HOP_BY_HOP
-        if connection:
+        if connection and not connection <= _CONN_KEEP:
             drop = drop | (connection - NEVER_DROPPED_BY_CONNECTION)
         line = _STATUS_LINES.get((status, reason))
         if line is None:
@@ -942,6 +946,8 @@ class Exchange:
         if t is not None and not t.is_closing():
             if len(buf) == 1:
                 t.write(buf[0])
+            elif len(buf) == 2 and len(buf[1]) <= 4096:
+                t.write(buf[0] + buf[1])  # cheaper than writev's per-call set-up when small
             else:
                 t.writelines(buf)
 
@@ -1060,14 +1066,17 @@ class Exchange:
         route_name = route.name if route is not None else _DEFAULT_ROUTE
         duration = plane.now() - self.t0
         plane.recorder.request(route_name, self.step, self.backend, self.status, duration)
-        log = plane.access_log
+        log = plane.log_request
         if log is not None:
-            log(
+            log(self.request_id, route_name, self.backend, self.pool.name, self.method,
+                self.path, self.status, duration, self.target_failed)
+        elif plane.access_log is not None:
+            plane.access_log(
                 {
                     "request_id": self.request_id,
                     "route": route_name,
                     "backend": self.backend,
-                    "upstream": self.pool.spec.name,
+                    "upstream": self.pool.name,
                     "method": self.method.decode("latin-1"),
                     "path": self.path.decode("latin-1"),
                     "status": self.status,

@@ -33,8 +33,17 @@ FORWARDED_HEADERS = frozenset(
 )
 
 
-def connection_tokens(value: bytes) -> set[bytes]:
-    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+_TOKENS: dict[bytes, frozenset[bytes]] = {}
+
+
+def connection_tokens(value: bytes) -> frozenset[bytes]:
+    """The lower-cased tokens of a Connection header value (cached: a few values are common)."""
+    tokens = _TOKENS.get(value)
+    if tokens is None:
+        tokens = frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+        if len(value) <= 64 and len(_TOKENS) < 256:
+            _TOKENS[value] = tokens
+    return tokens
 
 
 # `.search(value)` is not None when a header value could split or end a header line.

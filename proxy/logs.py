@@ -92,15 +92,23 @@ def _json_line(fields: dict) -> str:
 
 
 class AccessLog:
+    """Buffered access lines, written by `flush` (the ~200 ms loop) or every 512 entries.
+
+    `__call__(fields)` takes a dict; the data plane uses `request(...)`, which only appends a
+    tuple: the line is rendered at flush time (same bytes as `__call__` would produce), and the
+    quoted forms of route, backend, upstream and method names are cached."""
+
     def __init__(self, stream: IO[str] | None = None, sample: float = 1.0,
                  fmt: str = "json") -> None:
         self.stream = stream or sys.stdout
         self.sample = sample
         self.fmt = fmt
-        self.buf: list[str] = []
+        self.buf: list[Any] = []  # rendered lines (str) and data plane tuples
         self._rand = random.random
+        self._clock = time.time
         self._second = -1
         self._prefix = ""
+        self._quoted: dict[Any, str] = {}
 
     def _timestamp(self, now: float) -> str:
         """ISO 8601 in UTC like structlog's TimeStamper; strftime once a second, not per line."""
@@ -126,9 +134,49 @@ class AccessLog:
         if len(self.buf) >= 512:
             self.flush()
 
+    def request(self, request_id: str, route: str, backend: str, upstream: str, method: bytes,
+                path: bytes, status: int, seconds: float, fallback: bool) -> None:
+        """One proxied request (the data plane's line); rendered at flush time."""
+        if self.sample < 1.0 and status < 500 and self._rand() >= self.sample:
+            return
+        buf = self.buf
+        buf.append((request_id, route, backend, upstream, method, path, status, seconds,
+                    fallback, self._clock()))
+        if len(buf) >= 512:
+            self.flush()
+
+    def _quote(self, value: Any) -> str:
+        q = self._quoted.get(value)
+        if q is None:
+            q = _q(value.decode("latin-1") if type(value) is bytes else value)
+            if len(self._quoted) < 4096:
+                self._quoted[value] = q
+        return q
+
+    def _render(self, entry: tuple) -> str:
+        rid, route, backend, upstream, method, path, status, seconds, fallback, now = entry
+        if self.fmt == "console" or type(rid) is not str:
+            fields = {"request_id": rid, "route": route, "backend": backend,
+                      "upstream": upstream, "method": method.decode("latin-1"),
+                      "path": path.decode("latin-1"), "status": status,
+                      "duration_ms": round(seconds * 1000, 3), "fallback": fallback}
+            if self.fmt == "console":
+                return (f"{status} {fields['method']} {fields['path']} -> {route}/{backend} "
+                        f"{fields['duration_ms']}ms id={rid}\n")
+            fields.update(event="access", level="info", timestamp=self._timestamp(now))
+            return _json_line(fields)
+        quote = self._quote
+        return _ACCESS_LINE % (
+            _q(rid), quote(route), quote(backend), quote(upstream), quote(method),
+            _q(path.decode("latin-1")), status, round(seconds * 1000, 3),
+            "true" if fallback else "false", _q(self._timestamp(now)),
+        )
+
     def flush(self) -> None:
         if self.buf:
-            data, self.buf = "".join(self.buf), []
+            buf, self.buf = self.buf, []
+            render = self._render
+            data = "".join([x if type(x) is str else render(x) for x in buf])
             try:
                 self.stream.write(data)
                 self.stream.flush()

@@ -51,7 +51,7 @@ class ResponseSink(Protocol):
 
     def on_upstream_head(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes, bytes]],
-        chunked: bool, length: int | None, connection: set[bytes] | None,
+        chunked: bool, length: int | None, connection: frozenset[bytes] | None,
     ) -> None:
         """`headers`: (lower-cased name, name, value); `connection`: the Connection tokens."""
     def on_upstream_body(self, data: bytes) -> None: ...
@@ -195,7 +195,7 @@ class UpstreamConnection(asyncio.Protocol):
         headers = self._headers
         chunked = False
         length: int | None = None
-        tokens: set[bytes] | None = None
+        tokens: frozenset[bytes] | None = None
         injection = HEADER_INJECTION
         for lname, _, value in headers:
             if injection(value) is not None:
@@ -262,6 +262,7 @@ class UpstreamPool:
 
     def __init__(self, spec: UpstreamSpec) -> None:
         self.spec = spec
+        self.name = spec.name
         self.base_path = spec.base_path.encode()  # prefixed to every forwarded path
         self.idle: list[UpstreamConnection] = []
         self.total = 0

@@ -1,0 +1,108 @@
+"""A/B of two strangler source trees under wrk: `python -m bench.ab --old DIR [--new DIR]`.
+
+Starts the bench's upstream nginx (CPU 1), nginx as a reverse proxy and one `strangler serve`
+per tree (all on CPU 0, only one under load at a time), then runs `wrk -t1 -c64` (CPU 1) on
+nginx, old and new in turn, `--rounds` times, and prints each figure and the medians. The old
+tree is e.g. `git archive HEAD | tar -x -C /tmp/old`. Used for the hot-path log in README.md;
+`bench.run` is the benchmark of record. `--hold` keeps everything up (pids and URLs printed) for
+py-spy or perf until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import load, servers
+from bench.procs import Procs, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _start(procs: Procs, work: Path, name: str, tree: Path, up: servers.Upstream,
+           big: bool, env: dict[str, str]) -> tuple[str, int]:
+    port, admin = free_port(), free_port()
+    cfg = servers.strangler_config(port=port, admin_port=admin, state_dir=work / f"st-{name}",
+                                   up=up)
+    cfg_path = work / f"{name}.yaml"
+    import yaml
+
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cmd = [sys.executable, "-c", "import sys; from proxy.cli import main; sys.exit(main())",
+           "serve", "-c", str(cfg_path)]
+    proc = procs.start(name, cmd, "0", env={"PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1",
+                                             **env})
+    deadline = time.monotonic() + 60
+    while servers._readyz(admin) != 200:
+        if time.monotonic() > deadline or not proc.alive():
+            raise SystemExit(f"{name} did not start:\n{proc.tail()}")
+        time.sleep(0.1)
+    path = servers.bench_paths(10)[1 if big else 0]
+    return f"http://127.0.0.1:{port}{path}", proc.pid
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.splitlines()[0])
+    p.add_argument("--old", type=Path, required=True)
+    p.add_argument("--new", type=Path, default=REPO)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--duration", type=float, default=5)
+    p.add_argument("--big", action="store_true", help="the 64 KiB body")
+    p.add_argument("--no-nginx", action="store_true")
+    p.add_argument("--hold", action="store_true")
+    p.add_argument("--env", action="append", default=[], help="NAME=VALUE for the new tree")
+    args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+    procs = Procs(work)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    try:
+        up = servers.start_upstream(procs, work, "upstream", "1")
+        urls: dict[str, str] = {}
+        pids: dict[str, list[int]] = {}
+        if not args.no_nginx:
+            ng = servers.start_nginx_proxy(procs, work, up, "0")
+            path = servers.bench_paths(10)[1 if args.big else 0]
+            urls["nginx"] = (ng.big_url if args.big else ng.small_url) + path  # type: ignore[operator]
+            pids["nginx"] = [ng.proc.pid]  # type: ignore[union-attr]
+        env = dict(kv.split("=", 1) for kv in args.env)
+        for name, tree in (("old", args.old), ("new", args.new)):
+            urls[name], pid = _start(procs, work, name, tree.resolve(), up, args.big,
+                                     env if name == "new" else {})
+            pids[name] = [pid]
+        if args.hold:
+            for name in urls:
+                print(f"{name}: pid {pids[name]} {urls[name]}", flush=True)
+            while True:
+                time.sleep(3600)
+        got: dict[str, list[float]] = {name: [] for name in urls}
+        for r in range(args.rounds):
+            order = list(urls) if r % 2 == 0 else list(reversed(urls))
+            for name in order:
+                load.wrk(urls[name], 1, "1", {})  # warm-up
+                res = load.wrk(urls[name], args.duration, "1", {name: pids[name]})
+                got[name].append(res["rps"])
+                print(f"round {r + 1} {name}: {res['rps']:,.0f} req/s errors {res['errors']} "
+                      f"cpu {res['cpu']}", flush=True)
+        for name, xs in got.items():
+            print(f"{name}: median {statistics.median(xs):,.0f} "
+                  f"({', '.join(f'{x:,.0f}' for x in xs)})")
+        if "nginx" in got:
+            for name in ("old", "new"):
+                ratios = [a / b for a, b in zip(got[name], got["nginx"], strict=True)]
+                print(f"{name} / nginx: median {statistics.median(ratios):.3f}")
+        ratios = [a / b for a, b in zip(got["new"], got["old"], strict=True)]
+        print(f"new / old: median {statistics.median(ratios):.3f}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        procs.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
