@@ -280,7 +280,9 @@ class Mirror:
         """One mirrored request on a pooled connection; a dead pooled connection is retried
         once on a fresh one."""
         pool = self.pools.get(upstream.name)
-        if pool is None or pool.spec != upstream:
+        if pool is None or (pool.spec is not upstream and pool.spec != upstream):
+            if pool is not None:
+                pool.close()
             pool = self.pools[upstream.name] = UpstreamPool(upstream)
         req = job.request
         body = req.body
