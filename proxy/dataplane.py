@@ -68,6 +68,7 @@ _REQ_SPECIAL = HOP_BY_HOP | FORWARDED_HEADERS | _REQ_FRAMING | {b"x-request-id"}
 # Connection tokens that need no extra filtering: hop-by-hop (dropped anyway) or never dropped.
 _CONN_KEEP = HOP_BY_HOP | NEVER_DROPPED_BY_CONNECTION
 _NO_TOKENS: frozenset[bytes] = frozenset()
+_XFP_HTTP = (b"x-forwarded-proto", b"http")
 
 
 class Reject(Exception):
@@ -228,6 +229,8 @@ class ClientConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        self.peer_b = b""
+        self.xff: tuple[bytes, bytes] = (b"x-forwarded-for", b"")
         self.peer_trusted = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -255,6 +258,8 @@ class ClientConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
+        self.peer_b = self.peer.encode()
+        self.xff = (b"x-forwarded-for", self.peer_b)
         if plane.trusted and self.peer:
             try:
                 ip = ipaddress.ip_address(self.peer)
@@ -484,6 +489,7 @@ class Exchange:
         "resp_size",
         "response_started",
         "retried",
+        "rid",
         "route",
         "shadow_wanted",
         "stale_retried",
@@ -629,8 +635,10 @@ class Exchange:
         rid = hdict.get(b"x-request-id")
         if rid and _VALID_REQUEST_ID(rid) is not None:
             ex.request_id = rid.decode()
+            ex.rid = rid
         else:
-            ex.request_id = _new_request_id()
+            ex.request_id = request_id = _new_request_id()
+            ex.rid = request_id.encode()
 
         # Route and split on the generation current at this moment.
         table = plane.table
@@ -649,9 +657,9 @@ class Exchange:
             ex.sticky_key = key
             to_target = choose_target(state.weight_bp, route.hasher, key, plane.rand)
             ex.backend = "target" if to_target else "legacy"
-            ex.pool = plane.pools[route.spec.target if to_target else route.spec.legacy]
+            ex.pool = plane.pools[route.target if to_target else route.legacy]
             ex.is_tunnel = (
-                route.spec.websocket
+                route.websocket
                 and method == b"GET"
                 and b"upgrade" in conn_tokens
                 and hdict.get(b"upgrade", b"").strip().lower() == b"websocket"
@@ -670,20 +678,26 @@ class Exchange:
             ex.pool = plane.default_pool
             ex.shadow_wanted = False
         if not ex.shadow_wanted and ex.body_mode and not (
-            route is not None and route.spec.fallback_to_legacy and method in _IDEMPOTENT
+            route is not None and route.fallback and method in _IDEMPOTENT
         ):
             ex.replay = None
 
         ex.req_headers = out
-        xff = conn.peer.encode()
-        if trusted and b"x-forwarded-for" in hdict:
-            xff = hdict[b"x-forwarded-for"] + b", " + xff
-        out.append((b"x-forwarded-for", xff))
-        if not (trusted and b"x-forwarded-proto" in hdict):
-            out.append((b"x-forwarded-proto", b"http"))
-        if host is not None and not (trusted and b"x-forwarded-host" in hdict):
-            out.append((b"x-forwarded-host", host))
-        out.append((b"x-request-id", ex.request_id.encode()))
+        if trusted:
+            xff = conn.peer_b
+            if b"x-forwarded-for" in hdict:
+                xff = hdict[b"x-forwarded-for"] + b", " + xff
+            out.append((b"x-forwarded-for", xff))
+            if b"x-forwarded-proto" not in hdict:
+                out.append(_XFP_HTTP)
+            if host is not None and b"x-forwarded-host" not in hdict:
+                out.append((b"x-forwarded-host", host))
+        else:
+            out.append(conn.xff)
+            out.append(_XFP_HTTP)
+            if host is not None:
+                out.append((b"x-forwarded-host", host))
+        out.append((b"x-request-id", ex.rid))
         if ex.is_tunnel:
             out.append((b"connection", b"upgrade"))
             out.append((b"upgrade", b"websocket"))
@@ -692,7 +706,9 @@ class Exchange:
         elif ex.body_mode == 2:
             out.append((b"transfer-encoding", b"chunked"))
         ex.head_without_framing = None
-        if hdict.get(b"expect", b"").lower() == b"100-continue" and ex.body_mode and conn.transport:
+        expect = hdict.get(b"expect")
+        if (expect is not None and expect.lower() == b"100-continue" and ex.body_mode
+                and conn.transport):
             conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return ex
 
@@ -860,7 +876,7 @@ class Exchange:
             self.resp_headers = [(lname, value) for lname, _, value in headers
                                  if lname not in drop]
         if not has_rid:
-            out.append(b"x-request-id: %s\r\n" % self.request_id.encode())
+            out.append(b"x-request-id: %s\r\n" % self.rid)
         if tunnel101:
             out.append(b"\r\n")
             self.response_started = True

@@ -41,6 +41,11 @@ class CompiledRoute:
     sticky_cookie: bytes | None
     hasher: StickyHasher
     name_bytes: bytes = b""
+    # spec fields the data plane reads per request, copied out of the spec
+    legacy: str = ""
+    target: str = ""
+    websocket: bool = False
+    fallback: bool = False
     extra: dict = field(default_factory=dict)  # per-route compiled helpers (comparator, ...)
 
     def accepts(self, method: bytes, headers: dict[bytes, bytes]) -> bool:
@@ -162,6 +167,10 @@ def _compile(order: int, spec: RouteSpec, state: RouteState) -> CompiledRoute:
         sticky_cookie=sticky.cookie.encode() if sticky and sticky.cookie else None,
         hasher=StickyHasher(spec.name),
         name_bytes=spec.name.encode(),
+        legacy=spec.legacy,
+        target=spec.target,
+        websocket=spec.websocket,
+        fallback=spec.fallback_to_legacy,
     )
 
 
