@@ -136,6 +136,7 @@ class DataPlane:
         self.table: RouteTable | None = None
         self.config: Config | None = None
         self.limits = LimitsSpec()
+        self.idle_timeout = max(self.limits.header_timeout, 60.0)
         self.pools: dict[str, UpstreamPool] = {}
         self.default_pool: UpstreamPool | None = None
         self.trusted: tuple[Any, ...] = ()
@@ -162,6 +163,7 @@ class DataPlane:
         self.pools = pools
         self.default_pool = pools[config.default_upstream]
         self.limits = config.limits
+        self.idle_timeout = max(config.limits.header_timeout, 60.0)  # keep-alive idle
         self.trusted = config.trusted_proxies
         self.config = config
         self.table = table  # one assignment: the new generation is live
@@ -359,7 +361,7 @@ class ClientConnection(asyncio.Protocol):
         self.parsing = ex
         if self.cur is None:
             self.cur = ex
-            ex.start()
+            ex.dispatch()
         else:
             self.queue.append(ex)
             if self.transport is not None:
@@ -377,7 +379,7 @@ class ClientConnection(asyncio.Protocol):
             ex.on_client_done()
 
     # -- exchange bookkeeping ------------------------------------------------------------
-    def exchange_finished(self, ex: Exchange) -> None:
+    def exchange_finished(self, ex: Exchange, now: float) -> None:
         if self.cur is not ex:
             return
         self.cur = None
@@ -393,11 +395,11 @@ class ClientConnection(asyncio.Protocol):
             self.cur = nxt
             if not self.queue:
                 t.resume_reading()
-            nxt.start()
+            nxt.dispatch()
             return
         if not t.is_reading():
             t.resume_reading()  # paused by this exchange's upstream back-pressure
-        self.idle_deadline = self.plane.now() + max(self.plane.limits.header_timeout, 60.0)
+        self.idle_deadline = now + self.plane.idle_timeout
 
     def reject(self, status: int, code: str, message: str, request_id: str | None = None) -> None:
         """Answer a request the proxy refuses and close the connection."""
@@ -1080,7 +1082,8 @@ class Exchange:
         plane = self.plane
         route = self.route
         route_name = route.name if route is not None else _DEFAULT_ROUTE
-        duration = plane.now() - self.t0
+        now = plane.now()
+        duration = now - self.t0
         plane.recorder.request(route_name, self.step, self.backend, self.status, duration)
         log = plane.log_request
         if log is not None:
@@ -1103,7 +1106,7 @@ class Exchange:
         if self.shadow_wanted and not aborted and plane.shadow is not None:
             plane.shadow.offer(self)
         self.resp_body = None
-        self.conn.exchange_finished(self)
+        self.conn.exchange_finished(self, now)
 
     def client_gone(self) -> None:
         if self.done:

@@ -75,6 +75,13 @@ _ACCESS_LINE = (
 )
 
 
+# The same line for `AccessLog.request` (duration_ms always with 3 decimals).
+_REQUEST_LINE = (
+    '{"request_id":%s,%s,"path":%s,"status":%d,"duration_ms":%.3f,"fallback":%s,'
+    '"event":"access","level":"info","timestamp":"%s.%06dZ"}\n'
+)
+
+
 def _json_line(fields: dict) -> str:
     if tuple(fields) == _ACCESS_KEYS:
         f = fields
@@ -108,7 +115,7 @@ class AccessLog:
         self._clock = time.time
         self._second = -1
         self._prefix = ""
-        self._quoted: dict[Any, str] = {}
+        self._quoted: dict[tuple, str] = {}
 
     def _timestamp(self, now: float) -> str:
         """ISO 8601 in UTC like structlog's TimeStamper; strftime once a second, not per line."""
@@ -145,17 +152,20 @@ class AccessLog:
         if len(buf) >= 512:
             self.flush()
 
-    def _quote(self, value: Any) -> str:
-        q = self._quoted.get(value)
-        if q is None:
-            q = _q(value.decode("latin-1") if type(value) is bytes else value)
+    def _names(self, route: str, backend: str, upstream: str, method: bytes) -> str:
+        """The quoted route/backend/upstream/method part of a line (few distinct values)."""
+        key = (route, backend, upstream, method)
+        part = self._quoted.get(key)
+        if part is None:
+            part = (f'"route":{_q(route)},"backend":{_q(backend)},"upstream":{_q(upstream)},'
+                    f'"method":{_q(method.decode("latin-1"))}')
             if len(self._quoted) < 4096:
-                self._quoted[value] = q
-        return q
+                self._quoted[key] = part
+        return part
 
     def _render(self, entry: tuple) -> str:
         rid, route, backend, upstream, method, path, status, seconds, fallback, now = entry
-        if self.fmt == "console" or type(rid) is not str:
+        if self.fmt == "console" or type(rid) is not str or type(route) is not str:
             fields = {"request_id": rid, "route": route, "backend": backend,
                       "upstream": upstream, "method": method.decode("latin-1"),
                       "path": path.decode("latin-1"), "status": status,
@@ -165,11 +175,13 @@ class AccessLog:
                         f"{fields['duration_ms']}ms id={rid}\n")
             fields.update(event="access", level="info", timestamp=self._timestamp(now))
             return _json_line(fields)
-        quote = self._quote
-        return _ACCESS_LINE % (
-            _q(rid), quote(route), quote(backend), quote(upstream), quote(method),
-            _q(path.decode("latin-1")), status, round(seconds * 1000, 3),
-            "true" if fallback else "false", _q(self._timestamp(now)),
+        second = int(now)
+        if second != self._second:
+            self._timestamp(now)
+        return _REQUEST_LINE % (
+            _q(rid), self._names(route, backend, upstream, method), _q(path.decode("latin-1")),
+            status, seconds * 1000, "true" if fallback else "false", self._prefix,
+            (now - second) * 1e6,
         )
 
     def flush(self) -> None:

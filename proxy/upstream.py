@@ -175,9 +175,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.sink.upstream_resume_writing()
 
     # -- httptools callbacks ---------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._headers = []
-        self._reason = b""
+    # No on_message_begin (one callback less per response): `on_headers_complete` starts the
+    # next message's header list and reason.
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
@@ -187,12 +186,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        headers, reason = self._headers, self._reason
+        self._headers = []
+        self._reason = b""
         if 100 <= status < 200 and status != 101:
-            self._headers = []  # interim responses are not forwarded
-            return
+            return  # interim responses are not forwarded
         if status == 101 and (self.sink is None or not self.sink.is_tunnel):
             raise UpstreamBadResponse("101 Switching Protocols to a request that did not upgrade")
-        headers = self._headers
         chunked = False
         length: int | None = None
         tokens: frozenset[bytes] | None = None
@@ -221,7 +221,7 @@ class UpstreamConnection(asyncio.Protocol):
         sink = self.sink
         if sink is None:
             return
-        sink.on_upstream_head(status, self._reason, headers, chunked, length, tokens)
+        sink.on_upstream_head(status, reason, headers, chunked, length, tokens)
         if self.head_only and status not in (204, 304):
             # llhttp would wait for a body that never comes after a HEAD; stop it here.
             self._head_keep_alive = self.parser.get_http_version() == "1.1" and not any(
@@ -251,6 +251,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = sink
         self.head_only = head_only
         self.got_bytes = False
+        self._headers = []
+        self._reason = b""
         self._length = None
         self._chunked = False
         self._in_body = False
