@@ -48,7 +48,8 @@ def choose_target(
     sticky_key: bytes | None,
     rand: Callable[[], float] = random.random,
 ) -> bool:
-    """True when the request goes to target. One random draw only without a sticky key."""
+    """True when the request goes to target. One random draw only without a sticky key.
+    (Inlined in `Exchange.from_head`: keep the two in step.)"""
     if weight_bp <= 0:
         return False
     if weight_bp >= BUCKETS:
