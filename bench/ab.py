@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env", action="append", default=[], help="NAME=VALUE for the new tree")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+    servers.chmod_for_nginx_workers(work)
     procs = Procs(work)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
