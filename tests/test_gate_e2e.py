@@ -228,7 +228,8 @@ async def test_auto_promotion_runs_the_gate_itself(upstreams, inproc_proxy):
     proxy = await inproc_proxy(text)
     rt = proxy.runtime
     await send(proxy, 80)
-    await wait_for(lambda: rt.effective("balance") == 1.0, timeout=10)
+    await wait_for(lambda: rt.audit.entries("balance"), timeout=10)  # audited after the move
+    assert rt.effective("balance") == 1.0
     entry = rt.audit.entries("balance")[0]
     assert entry["action"] == "promote" and entry["actor"] == "auto-promotion"
     assert entry["evidence"]["evidence"]["shadow"]["compared"] >= 60
