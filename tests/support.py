@@ -98,6 +98,20 @@ class Upstream:
             self.runner = None
 
 
+# The head of most test configs: a proxy and its admin on free ports, a monolith and a new
+# service. Append a `routes:` block indented by four spaces and pass both to `routes_yaml`.
+TWO_UPSTREAMS = """
+    version: 1
+    listen: 127.0.0.1:{port}
+    admin: {{listen: "127.0.0.1:{admin}"}}
+    state_dir: state
+    upstreams:
+      monolith: {{url: "http://127.0.0.1:{mono}"}}
+      svc: {{url: "http://127.0.0.1:{svc}"}}
+    default_upstream: monolith
+"""
+
+
 def routes_yaml(body: str, **ports: int) -> str:
     """Dedent a YAML snippet and fill `{name}` placeholders with ports."""
     return textwrap.dedent(body).format(**ports)

@@ -5,17 +5,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tests.support import free_port, routes_yaml
+from tests.support import TWO_UPSTREAMS, free_port, routes_yaml
 
-ROUTES = """
-    version: 1
-    listen: 127.0.0.1:{port}
-    admin: {{listen: "127.0.0.1:{admin}"}}
-    state_dir: state
-    upstreams:
-      monolith: {{url: "http://127.0.0.1:{mono}"}}
-      svc: {{url: "http://127.0.0.1:{svc}"}}
-    default_upstream: monolith
+ROUTES = TWO_UPSTREAMS + """
     routes:
       - name: balance
         match: {{path_prefix: /api/v1/balance}}

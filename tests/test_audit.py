@@ -9,17 +9,9 @@ import json
 import pytest
 
 from proxy.audit import GENESIS, AuditLog
-from tests.support import free_port, routes_yaml, run_cli
+from tests.support import TWO_UPSTREAMS, free_port, routes_yaml, run_cli
 
-ROUTES = """
-    version: 1
-    listen: 127.0.0.1:{port}
-    admin: {{listen: "127.0.0.1:{admin}"}}
-    state_dir: state
-    upstreams:
-      monolith: {{url: "http://127.0.0.1:{mono}"}}
-      svc: {{url: "http://127.0.0.1:{svc}"}}
-    default_upstream: monolith
+ROUTES = TWO_UPSTREAMS + """
     routes:
       - name: balance
         match: {{path_prefix: /api/v1/balance}}

@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 
 from proxy.auth import AuthError, Caller, Tokens, actor_name
-from tests.support import free_port, routes_yaml
+from tests.support import TWO_UPSTREAMS, free_port, routes_yaml
 
 ADMIN = "admin-secret-7f3a"
 READ = "read-secret-91bc"
@@ -32,23 +32,15 @@ MUTATIONS = [
 
 
 def config(mono: int, svc: int) -> str:
-    return routes_yaml("""
-        version: 1
-        listen: 127.0.0.1:{port}
-        admin: {{listen: "127.0.0.1:{admin}"}}
-        state_dir: state
-        upstreams:
-          monolith: {{url: "http://127.0.0.1:{mono}"}}
-          svc: {{url: "http://127.0.0.1:{svc}"}}
-        default_upstream: monolith
-        routes:
-          - name: balance
-            match: {{path_prefix: /api/v1/balance}}
-            legacy: monolith
-            target: svc
-            weight: 5
-            shadow: false
-        """, port=free_port(), admin=free_port(), mono=mono, svc=svc)
+    return routes_yaml(TWO_UPSTREAMS + """
+    routes:
+      - name: balance
+        match: {{path_prefix: /api/v1/balance}}
+        legacy: monolith
+        target: svc
+        weight: 5
+        shadow: false
+    """, port=free_port(), admin=free_port(), mono=mono, svc=svc)
 
 
 @pytest.fixture

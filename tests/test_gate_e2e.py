@@ -12,17 +12,9 @@ import time
 import aiohttp
 from aiohttp import web
 
-from tests.support import free_port, routes_yaml, run_cli, wait_for
+from tests.support import TWO_UPSTREAMS, free_port, routes_yaml, run_cli, wait_for
 
-ROUTES = """
-    version: 1
-    listen: 127.0.0.1:{port}
-    admin: {{listen: "127.0.0.1:{admin}"}}
-    state_dir: state
-    upstreams:
-      monolith: {{url: "http://127.0.0.1:{mono}"}}
-      svc: {{url: "http://127.0.0.1:{svc}"}}
-    default_upstream: monolith
+ROUTES = TWO_UPSTREAMS + """
     routes:
       - name: balance
         match: {{path_prefix: /api/v1/balance}}

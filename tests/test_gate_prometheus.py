@@ -20,19 +20,11 @@ from proxy.spec import PromotionSpec
 from shadow.evidence import BackendEvidence, Evidence
 from shadow.gate import decide
 from shadow.promql import PrometheusSource
-from tests.support import REPO, free_port, routes_yaml
+from tests.support import REPO, TWO_UPSTREAMS, free_port, routes_yaml
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
-ROUTES = """
-    version: 1
-    listen: 127.0.0.1:{port}
-    admin: {{listen: "127.0.0.1:{admin}"}}
-    state_dir: state
-    upstreams:
-      monolith: {{url: "http://127.0.0.1:{mono}"}}
-      svc: {{url: "http://127.0.0.1:{svc}"}}
-    default_upstream: monolith
+ROUTES = TWO_UPSTREAMS + """
     gate: {{metrics: local, url: "http://127.0.0.1:{prom}"}}
     routes:
       - name: balance

@@ -15,20 +15,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.support import free_port, routes_yaml, wait_for
+from tests.support import TWO_UPSTREAMS, free_port, routes_yaml, wait_for
 from tests.test_metrics import scrape, total
 
 pytestmark = pytest.mark.slow
 
-ROUTES = """
-    version: 1
-    listen: 127.0.0.1:{port}
-    admin: {{listen: "127.0.0.1:{admin}"}}
-    state_dir: state
-    upstreams:
-      monolith: {{url: "http://127.0.0.1:{mono}"}}
-      svc: {{url: "http://127.0.0.1:{svc}"}}
-    default_upstream: monolith
+ROUTES = TWO_UPSTREAMS + """
     routes:
       - name: balance
         match: {{path_prefix: /api/v1/balance}}
