@@ -58,4 +58,8 @@ async def inproc_proxy(tmp_path: Path):
             await p.stop()
 
 
-from tests.unleash_server import unleash_server  # noqa: E402, F401  (session fixture)
+from tests.unleash_server import (  # noqa: E402, F401  (fixtures)
+    outage,
+    unleash_admin,
+    unleash_server,
+)

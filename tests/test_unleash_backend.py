@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.support import ProxyProcess, Upstream, free_port, routes_yaml, run_cli
-from tests.unleash_server import UnleashServer
+from tests.unleash_server import UnleashServer, feature_path
 
 pytestmark = pytest.mark.unleash
 
@@ -54,28 +54,6 @@ def config_text(unleash_url: str, flag: str, mono: Upstream, svc: Upstream, *,
         """, port=free_port(), admin=free_port(), mono=mono.port, svc=svc.port,
         url=unleash_url, refresh=refresh, weight=weight, flag=flag,
         sticky="sticky: {header: X-User-Id}" if sticky else "fallback_to_legacy: true")
-
-
-@pytest.fixture
-async def unleash_admin(unleash_server: UnleashServer) -> AsyncIterator[aiohttp.ClientSession]:
-    """Unleash's own Admin API, as a user in its UI would change toggles."""
-    async with aiohttp.ClientSession(
-        base_url=unleash_server.base + "/",
-        headers={"Authorization": unleash_server.admin_token},
-        raise_for_status=True,
-    ) as session:
-        yield session
-
-
-@pytest.fixture
-def outage(unleash_server: UnleashServer):
-    """Kill Unleash on demand; it is brought back after the test whatever happens."""
-    yield unleash_server.kill_unleash
-    unleash_server.restart_unleash()
-
-
-def feature_path(flag: str) -> str:
-    return f"api/admin/projects/default/features/{flag}"
 
 
 async def create_toggle(admin: aiohttp.ClientSession, flag: str, rollout: int,

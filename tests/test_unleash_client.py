@@ -29,7 +29,7 @@ from proxy.unleash import (
     UnleashWriteError,
     parse_features,
 )
-from tests.unleash_server import UnleashServer
+from tests.unleash_server import UnleashServer, feature_path
 
 FOLLOW_TIMEOUT = 4.0  # refresh 1 s + Unleash's revision tick 1 s, with slack for 2 busy cores
 
@@ -66,28 +66,6 @@ async def make_flags(unleash_server: UnleashServer, tmp_path: Path) -> AsyncIter
     yield make
     for client in started:
         await client.stop()
-
-
-@pytest.fixture
-async def admin(unleash_server: UnleashServer) -> AsyncIterator[aiohttp.ClientSession]:
-    """A plain Admin API session, for changes made around strangler (as a user in the UI)."""
-    async with aiohttp.ClientSession(
-        base_url=unleash_server.base + "/",
-        headers={"Authorization": unleash_server.admin_token},
-        raise_for_status=True,
-    ) as session:
-        yield session
-
-
-@pytest.fixture
-def outage(unleash_server: UnleashServer):
-    """Kill Unleash on demand; it is brought back after the test whatever happens."""
-    yield unleash_server.kill_unleash
-    unleash_server.restart_unleash()
-
-
-def feature_path(flag: str) -> str:
-    return f"api/admin/projects/default/features/{flag}"
 
 
 async def rollout_strategy(admin: aiohttp.ClientSession, flag: str) -> dict:
@@ -151,12 +129,12 @@ async def test_disabled_toggle_means_weight_zero_everywhere(
 
 @pytest.mark.unleash
 async def test_changes_made_in_unleash_itself_are_followed(
-    unleash_server: UnleashServer, make_flags: Factory, admin: aiohttp.ClientSession
+    unleash_server: UnleashServer, make_flags: Factory, unleash_admin: aiohttp.ClientSession
 ) -> None:
     flag = unleash_server.flag_name()
     flags = await make_flags(flag)
     await flags.ensure_flag(flag, 12.5)
-    strategy = await rollout_strategy(admin, flag)
+    strategy = await rollout_strategy(unleash_admin, flag)
     # Unleash keeps an integer rollout (what its UI and SDKs understand) and the exact weight.
     assert strategy["parameters"]["rollout"] == "13"
     assert strategy["parameters"][WEIGHT_PARAM] == "12.50"
@@ -166,11 +144,11 @@ async def test_changes_made_in_unleash_itself_are_followed(
     params = {**strategy["parameters"], "rollout": "60"}
     body = {"name": "flexibleRollout", "constraints": [], "parameters": params}
     env_path = f"{feature_path(flag)}/environments/development"
-    async with admin.put(f"{env_path}/strategies/{strategy['id']}", json=body):
+    async with unleash_admin.put(f"{env_path}/strategies/{strategy['id']}", json=body):
         pass
     await wait_for(lambda: flags.snapshot()[flag] == FlagState(True, 60.0))
 
-    async with admin.post(f"{env_path}/off"):
+    async with unleash_admin.post(f"{env_path}/off"):
         pass
     await wait_for(lambda: flags.snapshot()[flag].weight == 0.0)
 

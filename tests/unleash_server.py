@@ -19,10 +19,11 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,3 +143,25 @@ def unleash_server() -> Iterator[UnleashServer]:
             [str(SCRIPT), "stop", "--dir", str(run_dir)], cwd=ROOT, check=False, timeout=60
         )
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+async def unleash_admin(unleash_server: UnleashServer) -> AsyncIterator[aiohttp.ClientSession]:
+    """Unleash's own Admin API, as a user in its UI would change toggles."""
+    async with aiohttp.ClientSession(
+        base_url=unleash_server.base + "/",
+        headers={"Authorization": unleash_server.admin_token},
+        raise_for_status=True,
+    ) as session:
+        yield session
+
+
+@pytest.fixture
+def outage(unleash_server: UnleashServer):
+    """Kill Unleash on demand; it is brought back after the test whatever happens."""
+    yield unleash_server.kill_unleash
+    unleash_server.restart_unleash()
+
+
+def feature_path(flag: str) -> str:
+    return f"api/admin/projects/default/features/{flag}"
