@@ -470,7 +470,6 @@ class Exchange:
         "done",
         "head_deadline",
         "head_only",
-        "head_without_framing",
         "is_tunnel",
         "keep_alive",
         "last_body_at",
@@ -715,7 +714,6 @@ class Exchange:
             out.append((b"content-length", cl))  # type: ignore[arg-type]
         elif ex.body_mode == 2:
             out.append((b"transfer-encoding", b"chunked"))
-        ex.head_without_framing = None
         expect = hdict.get(b"expect")
         if (expect is not None and expect.lower() == b"100-continue" and ex.body_mode
                 and conn.transport):
