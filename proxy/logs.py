@@ -5,13 +5,16 @@ libraries (aiohttp, asyncio, the Unleash SDK) and `warnings`, via structlog's Pr
 on the root logger, so no line on stderr is in another format.
 
 The access log is the one log written per request, so it skips structlog's processor chain:
-events are rendered with a single `json.dumps` into a buffer that the flush loop writes every
-~200 ms. Its lines have the same shape as every other structlog JSON line (`event`, `level`,
+the data plane hands over a tuple, lines are rendered in batches just after the responses of an
+event-loop iteration have been written (never while a client waits, and never hundreds at once
+in the periodic flush: that stall showed in the p99 latency), and the flush loop writes them out
+every ~200 ms. Its lines have the same shape as every other structlog JSON line (`event`, `level`,
 `timestamp`, fields). `sample` keeps a fraction of lines at high rates (errors are always kept).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -102,20 +105,26 @@ class AccessLog:
     """Buffered access lines, written by `flush` (the ~200 ms loop) or every 512 entries.
 
     `__call__(fields)` takes a dict; the data plane uses `request(...)`, which only appends a
-    tuple: the line is rendered at flush time (same bytes as `__call__` would produce), and the
-    quoted forms of route, backend, upstream and method names are cached."""
+    tuple (same bytes as `__call__` would produce; the quoted forms of route, backend, upstream
+    and method names are cached). Inside an event loop the tuples appended during one loop
+    iteration are rendered together by one `call_soon` callback, which runs after that
+    iteration's I/O callbacks, i.e. after the responses went out; outside a loop they are
+    rendered at flush."""
 
     def __init__(self, stream: IO[str] | None = None, sample: float = 1.0,
                  fmt: str = "json") -> None:
         self.stream = stream or sys.stdout
         self.sample = sample
         self.fmt = fmt
-        self.buf: list[Any] = []  # rendered lines (str) and data plane tuples
+        self.buf: list[Any] = []  # rendered lines (str) and data plane tuples, in order
         self._rand = random.random
         self._clock = time.time
         self._second = -1
         self._prefix = ""
         self._quoted: dict[tuple, str] = {}
+        self._rendered = 0  # buf[:_rendered] holds no tuples
+        self._render_scheduled = False
+        self._call_soon: Any = None  # the running loop's call_soon, found on first use
 
     def _timestamp(self, now: float) -> str:
         """ISO 8601 in UTC like structlog's TimeStamper; strftime once a second, not per line."""
@@ -151,6 +160,28 @@ class AccessLog:
                     fallback, self._clock()))
         if len(buf) >= 512:
             self.flush()
+        elif not self._render_scheduled:
+            self._schedule_render()
+
+    def _schedule_render(self) -> None:
+        call_soon = self._call_soon
+        if call_soon is None:
+            try:
+                call_soon = self._call_soon = asyncio.get_running_loop().call_soon
+            except RuntimeError:  # no loop (tests, tools): rendered at flush
+                return
+        self._render_scheduled = True
+        call_soon(self._render_pending)
+
+    def _render_pending(self) -> None:
+        """Render the tuples appended since the last call (the lines stay buffered)."""
+        self._render_scheduled = False
+        buf = self.buf
+        start = self._rendered
+        if start < len(buf):
+            render = self._render
+            buf[start:] = [x if type(x) is str else render(x) for x in buf[start:]]
+            self._rendered = len(buf)
 
     def _names(self, route: str, backend: str, upstream: str, method: bytes) -> str:
         """The quoted route/backend/upstream/method part of a line (few distinct values)."""
@@ -187,6 +218,7 @@ class AccessLog:
     def flush(self) -> None:
         if self.buf:
             buf, self.buf = self.buf, []
+            self._rendered = 0
             render = self._render
             data = "".join([x if type(x) is str else render(x) for x in buf])
             try:
