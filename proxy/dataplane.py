@@ -468,6 +468,7 @@ class Exchange:
         "declared_length",
         "discarding",
         "done",
+        "head",
         "head_deadline",
         "head_only",
         "is_tunnel",
@@ -524,6 +525,7 @@ class Exchange:
         self.discarding = False
         self.done = False
         self.head_deadline = 0.0
+        self.head = b""
         self.tunnel_pending = b""
         self.last_body_at = 0.0
         self.declared_length: int | None = None
@@ -756,7 +758,10 @@ class Exchange:
     def attach(self, up: Any) -> None:
         self.up = up
         self.head_deadline = self.plane.now() + self.pool.spec.timeout
-        up.send(self, self.upstream_head(), self.head_only)
+        head = self.upstream_head()
+        if self.shadow_wanted:
+            self.head = head  # the mirror sends the same bytes (plus its marker header)
+        up.send(self, head, self.head_only)
         pending = self.pending
         self.pending = None
         t = up.transport

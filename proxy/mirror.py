@@ -1,13 +1,19 @@
 """Shadow mirroring: copy served requests to the other side and compare the answers.
 
 The data plane calls `wants()` when a request's head is routed (cheap: no allocation) and
-`offer()` once the client's response is complete. `offer()` never blocks and never raises: a
-full queue drops the mirror and counts `queue_full`. A fixed pool of worker tasks sends the
-copies (`X-Strangler-Shadow: 1`) over keep-alive pools of the data plane's own upstream
-connections (httptools; separate pools, so mirrors never take the primary's connections),
-compares with the route's `Comparator` (compiled when the table is built), cancels noise, and
-records the result in the stats and the diff store. Nothing here can change or delay what the
-client receives.
+`offer()` once the client's response is complete. `offer()` never blocks and never raises: past
+`CONCURRENCY` mirrors in flight, up to `QUEUE_MAX` wait in a backlog; beyond that a mirror is
+dropped and counted `queue_full`.
+
+A mirror is a `_Job` with one leg (the other side) or two (plus the route's noise upstream, a
+second copy of legacy). Each leg is the response sink of one pooled upstream connection of the
+data plane's own kind (httptools; separate pools, so mirrors never take the primary's
+connections), driven by plain callbacks: no task, future or timer per mirror (one sweeper checks
+deadlines). The mirror's request head is the primary's, byte for byte, plus
+`X-Strangler-Shadow: 1`. When both answers are byte-identical (status, compared headers, body)
+the result is a match without decoding anything; otherwise the route's `Comparator` (compiled
+when the table is built) compares, the noise model cancels noise, and the result goes to the
+stats and the diff store. Nothing here can change or delay what the client receives.
 """
 
 from __future__ import annotations
@@ -15,16 +21,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
-import structlog.contextvars
 
+from proxy.pipeline import PipelinePool
 from proxy.recorder import Recorder
 from proxy.spec import SAFE_METHODS, Config, RouteSpec, UpstreamSpec
 from proxy.table import CompiledRoute, RouteTable
-from proxy.upstream import UpstreamError, UpstreamPool, UpstreamReset, UpstreamTimeout
+from proxy.upstream import (
+    UpstreamConnection,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamReset,
+    UpstreamTimeout,
+)
 from shadow.diff import Comparator
 from shadow.model import Comparison, Exchange, RequestRecord
 from shadow.noise import NoiseModel
@@ -32,11 +45,16 @@ from shadow.store import DiffStore
 
 log = structlog.get_logger("strangler.shadow")
 
-QUEUE_MAX = 1024
-CONCURRENCY = 32
+QUEUE_MAX = 1024  # mirrors waiting for one of the CONCURRENCY slots
+CONCURRENCY = 256  # mirrors in flight per data plane (pipelined: up to 8 per connection)
+CONNECTIONS = 32  # pipelined connections per upstream
+SWEEP_INTERVAL = 0.1  # how often mirror deadlines are checked
 LARGE_BODY = 32 * 1024  # compare bodies above this size off the event loop
 _SAFE = frozenset(m.encode() for m in SAFE_METHODS)
 _SKIP_REQUEST_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"x-strangler-shadow"})
+_SHADOW_HEADER = b"x-strangler-shadow: 1\r\n"
+_SHADOW_HEADER_END = _SHADOW_HEADER + b"\r\n"
+_NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
 @dataclass(slots=True)
@@ -47,71 +65,141 @@ class _Compiled:
     reverse: bool
     comparator: Comparator
     max_body: int
+    header_names: frozenset[bytes]  # the compared headers, for the byte-identical check
 
 
-@dataclass(slots=True)
 class _Job:
-    route: str
-    step: int
-    served_by_target: bool
-    legacy: UpstreamSpec
-    target: UpstreamSpec
-    noise: UpstreamSpec | None
-    request: RequestRecord
-    primary: Exchange
-    compiled: _Compiled
-    request_id: str = ""
-    raw_headers: tuple[tuple[bytes, bytes], ...] = ()
+    """One mirrored request: what the client got, and its legs (other side, noise copy)."""
+
+    __slots__ = ("body", "compiled", "legs", "method", "pending", "primary_body",
+                 "primary_headers", "primary_status", "req_headers", "request_id", "route",
+                 "served_by_target", "step", "target")
+
+    def __init__(self) -> None:
+        self.legs: list[_Leg] = []
+        self.pending = 0
 
 
-class _Collect:
-    """Response sink for a mirrored request: keeps status, headers and up to `limit` bytes of
-    body (then stops: the connection is dropped rather than read to the end)."""
+class _Leg:
+    """One mirrored request on one upstream, and the sink of the connection carrying it:
+    keeps status, headers and up to `limit` bytes of body (then stops: the connection is
+    dropped rather than read to the end)."""
 
     is_tunnel = False
     wbuf = None
 
-    __slots__ = ("body", "done", "headers", "limit", "size", "status", "truncated")
+    __slots__ = ("attempt", "chunks", "conn", "deadline", "done", "error", "got_bytes", "head",
+                 "headers", "job", "limit", "mirror", "pipe", "pool", "sent_at", "size",
+                 "status", "truncated")
 
-    def __init__(self, limit: int) -> None:
-        self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    def __init__(self, mirror: Mirror, job: _Job, pool: UpstreamPool, head: bytes,
+                 limit: int, pipe: PipelinePool | None = None) -> None:
+        self.mirror = mirror
+        self.job = job
+        self.pool = pool
+        self.pipe = pipe  # set while this leg goes (or went) over a pipelined connection
+        self.head = head
         self.limit = limit
+        self.conn: Any = None
+        self.sent_at = 0.0
+        self.got_bytes = False
+        self.attempt = 0
+        self.deadline = 0.0
+        self.done = False
+        self.error: BaseException | None = None
         self.status = 0
-        self.headers: tuple[tuple[str, str], ...] = ()
-        self.body: list[bytes] = []
+        self.headers: list[tuple[bytes, bytes, bytes]] = []
+        self.chunks: list[bytes] = []
         self.size = 0
         self.truncated = False
 
+    # -- sending ----------------------------------------------------------------------------
+    def start(self) -> None:
+        pipe = self.pipe
+        if pipe is not None:
+            pipe.submit(self)  # then sent(), when a pipelined connection has room
+            return
+        conn = self.pool.acquire_nowait()
+        if conn is not None:
+            self.send(conn)
+        else:
+            self.mirror.spawn(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            conn = await self.pool.acquire()
+        except (UpstreamError, OSError) as exc:
+            self.finish(exc)
+            return
+        if self.done:
+            self.pool.release(conn)
+            return
+        self.send(conn)
+
+    def sent(self, conn: Any, now: float) -> None:
+        """Written on a pipelined connection: the deadline starts now."""
+        self.conn = conn
+        self.sent_at = now
+        self.deadline = now + self.pipe.spec.timeout  # type: ignore[union-attr]
+        self.mirror.in_flight.add(self)
+
+    def send(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        mirror = self.mirror
+        self.deadline = mirror.now() + self.pool.spec.timeout
+        mirror.in_flight.add(self)
+        job = self.job
+        conn.send(self, self.head, job.method == b"HEAD")
+        if job.body:
+            conn.transport.write(job.body)  # type: ignore[union-attr]
+
+    # -- the sink interface (called by UpstreamConnection) -----------------------------------
     def on_upstream_head(self, status: int, reason: bytes, headers: list, chunked: bool,
                          length: int | None, tokens: object) -> None:
+        self.got_bytes = True
         self.status = status
-        self.headers = tuple((ln.decode("latin-1"), v.decode("latin-1")) for ln, _, v in headers)
+        self.headers = headers
 
     def on_upstream_body(self, data: bytes) -> None:
-        if self.truncated:
+        if self.truncated or self.done:
             return
         room = self.limit - self.size
         if len(data) > room:
-            self.body.append(data[:room])
+            self.chunks.append(data[:room])
             self.size = self.limit
             self.truncated = True
-            if not self.done.done():
-                self.done.set_result(False)
+            # A plain connection is dropped rather than read to the end; a pipelined one
+            # reads on (the rest of this body is ignored) for the requests behind this one.
+            self._release(self.pipe is not None)
+            self.finish(None)
             return
-        self.body.append(data)
+        self.chunks.append(data)
         self.size += len(data)
 
     def on_upstream_done(self, reusable: bool) -> None:
-        if not self.done.done():
-            self.done.set_result(reusable)
+        if self.done:
+            return
+        self._release(reusable)
+        self.finish(None)
 
     def on_upstream_lost(self, exc: UpstreamError) -> None:
-        if not self.done.done():
-            self.done.set_exception(exc)
-
-    def time_out(self) -> None:
-        if not self.done.done():
-            self.done.set_exception(UpstreamTimeout("mirror timed out"))
+        if self.done:
+            return
+        conn, self.conn = self.conn, None
+        self.mirror.in_flight.discard(self)
+        if self.pipe is not None:
+            retry = not self.got_bytes  # the connection went before this request's answer
+        else:
+            retry = conn is not None and conn.reused and not conn.got_bytes
+        if self.attempt == 0 and isinstance(exc, UpstreamReset) and retry:
+            # The upstream had closed this idle pooled (or pipelined) connection: once more,
+            # on a fresh one (a retried pipelined leg goes alone on its connection).
+            self.attempt = 1
+            self.got_bytes = False
+            self.status, self.headers, self.chunks, self.size = 0, [], [], 0
+            self.start()
+            return
+        self.finish(exc)
 
     def flush_out(self) -> None:
         return None
@@ -122,6 +210,50 @@ class _Collect:
     def upstream_resume_writing(self) -> None:
         return None
 
+    # -- ending -----------------------------------------------------------------------------
+    def time_out(self) -> None:
+        if self.done:
+            return
+        conn = self.conn
+        if self.pipe is not None and conn is not None and conn.waiting and \
+                conn.waiting[0] is not self:
+            return  # behind the oldest request: retried when that one's time-out drops the line
+        self._release(False)
+        self.finish(UpstreamTimeout(f"{self.pool.spec.name} did not answer the mirror in "
+                                    f"{self.pool.spec.timeout:g}s"))
+
+    def _release(self, reusable: bool) -> None:
+        conn, self.conn = self.conn, None
+        self.mirror.in_flight.discard(self)
+        if conn is None:
+            return
+        if self.pipe is not None:
+            if not reusable:  # timed out: the answers behind it cannot be told apart
+                self.pipe.broken(conn)
+            return
+        if reusable and not self.truncated:
+            self.pool.release(conn)
+        else:
+            self.pool.discard(conn)
+
+    def finish(self, error: BaseException | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.error = error
+        job = self.job
+        job.pending -= 1
+        if job.pending == 0:
+            self.mirror.job_done(job)
+
+    def exchange(self) -> Exchange:
+        return Exchange(
+            self.status,
+            tuple((ln.decode("latin-1"), v.decode("latin-1")) for ln, _, v in self.headers),
+            b"".join(self.chunks),
+            self.truncated,
+        )
+
 
 class Mirror:
     def __init__(self, config: Config, recorder: Recorder, store: DiffStore | None = None,
@@ -130,30 +262,61 @@ class Mirror:
         self.recorder = recorder
         self.store = store or DiffStore(config.state_dir / "diffs.sqlite3")
         self.rand = rand
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=QUEUE_MAX)
+        self.backlog: deque[_Job] = deque()
+        self.running = 0  # jobs started and not yet done
+        self.in_flight: set[_Leg] = set()  # legs on a connection, for the deadline sweep
         self.noise: dict[str, NoiseModel] = {}
-        self.workers: list[asyncio.Task] = []
         self.pools: dict[str, UpstreamPool] = {}
+        self.pipes: dict[str, PipelinePool] = {}
+        self._specs: dict[str, UpstreamSpec] = {}  # as configured, before the CONNECTIONS cap
+        self.tasks: set[asyncio.Task] = set()
         self._compiled: dict[tuple[str, RouteSpec], _Compiled] = {}
+        self._sweeper: asyncio.Task | None = None
+        self._idle: asyncio.Event | None = None
+        self.now: Any = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.workers = [loop.create_task(self._worker()) for _ in range(CONCURRENCY)]
+        self.now = loop.time
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._sweeper = loop.create_task(self._sweep())
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Finish queued mirrors for up to `timeout`, then cancel the rest (logged)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.queue.join(), timeout)
-        if self.queue.qsize():
-            log.warning("shadow mirrors dropped at shutdown", count=self.queue.qsize())
-        for w in self.workers:
-            w.cancel()
-        for w in self.workers:
+        """Finish queued mirrors for up to `timeout`, then drop the rest (logged)."""
+        if self._idle is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout)
+        left = len(self.backlog) + self.running
+        if left:
+            log.warning("shadow mirrors dropped at shutdown", count=left)
+        self.backlog.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await w
+                await self._sweeper
+        for task in list(self.tasks):
+            task.cancel()
+        for leg in list(self.in_flight):
+            leg._release(False)
         for pool in self.pools.values():
             pool.close()
+        for pipe in self.pipes.values():
+            pipe.close()
         await asyncio.to_thread(self.store.close)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _sweep(self) -> None:
+        """One timer for every mirror in flight (a timer handle per mirror costs more)."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = self.now()
+            for leg in [leg for leg in self.in_flight if leg.deadline < now]:
+                leg.time_out()
 
     # -- compile at table build ----------------------------------------------------------
     def prepare(self, table: RouteTable) -> None:
@@ -172,19 +335,44 @@ class Mirror:
                     reverse=sh.reverse,
                     comparator=Comparator(sh.compare),
                     max_body=sh.max_body,
+                    header_names=frozenset(
+                        {h.lower().encode("latin-1") for h in sh.compare.headers}
+                        | {b"content-encoding"}
+                    ),
                 )
             fresh[key] = compiled
             route.extra["shadow"] = compiled
             self.noise.setdefault(spec.name, NoiseModel())
         self._compiled = fresh
-        pools: dict[str, UpstreamPool] = {}
-        for name, spec in table.config.upstreams.items():
-            pool = self.pools.get(name)
-            pools[name] = pool if pool is not None and pool.spec == spec else UpstreamPool(spec)
-        for name, pool in self.pools.items():
-            if pools.get(name) is not pool:
-                pool.close()
-        self.pools = pools
+        ups = table.config.upstreams
+        for name in [n for n, spec in self._specs.items() if ups.get(n) != spec]:
+            self._close_pools(name)
+
+    def _pools_for(self, name: str) -> tuple[UpstreamPool, PipelinePool]:
+        """The plain and the pipelined pool of an upstream (made on first use; remade when its
+        spec changed). Both hold at most CONNECTIONS connections: mirrors never take more of
+        the upstream than that, whatever its max_connections."""
+        spec = self.config.upstreams[name]
+        old = self._specs.get(name)
+        if old is not spec:
+            if old is not None and old == spec:
+                self._specs[name] = spec
+            else:
+                self._close_pools(name)
+                capped = replace(spec, max_connections=min(spec.max_connections, CONNECTIONS))
+                self.pools[name] = UpstreamPool(capped)
+                self.pipes[name] = PipelinePool(capped, CONNECTIONS)
+                self._specs[name] = spec
+        return self.pools[name], self.pipes[name]
+
+    def _close_pools(self, name: str) -> None:
+        self._specs.pop(name, None)
+        pool = self.pools.pop(name, None)
+        if pool is not None:
+            pool.close()
+        pipe = self.pipes.pop(name, None)
+        if pipe is not None:
+            pipe.close()
 
     # -- hot path (called by the data plane) ---------------------------------------------
     def wants(self, route: CompiledRoute, method: bytes, served_by_target: bool) -> bool:
@@ -220,150 +408,161 @@ class Mirror:
         if ex.body_mode and ex.replay is None:
             self.recorder.shadow_skipped(route.name, "body_too_large")
             return
-        if self.queue.full():
+        if self.running >= CONCURRENCY and len(self.backlog) >= QUEUE_MAX:
             self.recorder.shadow_skipped(route.name, "queue_full")
             return
         body = b"".join(ex.replay) if ex.body_mode and ex.replay else b""
         if len(body) > c.max_body:
             self.recorder.shadow_skipped(route.name, "body_too_large")
             return
-        path = ex.path.decode("latin-1")
-        if ex.query is not None:
-            path += "?" + ex.query.decode("latin-1")
-        headers = tuple(
-            (n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in ex.req_headers
-        )
-        request = RequestRecord(ex.method.decode("latin-1"), path, headers, body)
-        primary = Exchange(
-            ex.status,
-            tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in ex.resp_headers),
-            b"".join(ex.resp_body),
-        )
         spec = route.spec
-        ups = self.config.upstreams
+        served_by_target = ex.backend == "target"
+        job = _Job()
+        job.route = route.name
+        job.step = ex.step
+        job.served_by_target = served_by_target
+        job.compiled = c
+        job.method = ex.method
+        job.target = target = ex.path if ex.query is None else ex.path + b"?" + ex.query
+        job.body = body
+        job.req_headers = ex.req_headers
+        job.request_id = ex.request_id
+        job.primary_status = ex.status
+        job.primary_headers = ex.resp_headers
+        chunks = ex.resp_body
+        job.primary_body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        # The primary's request head as sent, when it can serve as the mirror's: no body
+        # framing to redo, and the other upstream has the same base path.
+        same_head = ex.head if not ex.body_mode and ex.method in _NO_BODY_METHODS else None
+        base = ex.pool.base_path
+        other = spec.legacy if served_by_target else spec.target
+        legs = [self._leg(job, other, target, c.max_body, same_head, base)]
         noise_name = spec.shadow.compare.noise_upstream
-        self.queue.put_nowait(
-            _Job(
-                route=route.name,
-                step=ex.step,
-                served_by_target=ex.backend == "target",
-                legacy=ups[spec.legacy],
-                target=ups[spec.target],
-                noise=ups.get(noise_name) if noise_name else None,
-                request=request,
-                primary=primary,
-                compiled=c,
-                request_id=ex.request_id,
-                raw_headers=tuple(ex.req_headers),
-            )
-        )
+        if noise_name:
+            legs.append(self._leg(job, noise_name, target, c.max_body, same_head, base))
+        job.legs = legs
+        job.pending = len(legs)
+        if self.running < CONCURRENCY:
+            self._run(job)
+        else:
+            self.backlog.append(job)
 
-    # -- workers -------------------------------------------------------------------------
-    async def _worker(self) -> None:
-        while True:
-            job = await self.queue.get()
-            try:
-                # Every log line of this mirror carries the request id it copies (each worker
-                # task has its own context, so binding per job needs no unbinding).
-                structlog.contextvars.bind_contextvars(request_id=job.request_id,
-                                                       route=job.route)
-                await self._run(job)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("shadow job failed", route=job.route)
-                self.recorder.shadow_result(job.route, job.step, "error")
-            finally:
-                self.queue.task_done()
-
-    async def _send(self, upstream: UpstreamSpec, job: _Job) -> Exchange:
-        """One mirrored request on a pooled connection; a dead pooled connection is retried
-        once on a fresh one."""
-        pool = self.pools.get(upstream.name)
-        if pool is None or (pool.spec is not upstream and pool.spec != upstream):
-            if pool is not None:
-                pool.close()
-            pool = self.pools[upstream.name] = UpstreamPool(upstream)
-        req = job.request
-        body = req.body
-        parts = [req.method.encode(), b" ", pool.base_path, req.path.encode("latin-1"),
-                 b" HTTP/1.1\r\n"]
-        for name, value in job.raw_headers:
-            if name.lower() not in _SKIP_REQUEST_HEADERS:
+    def _leg(self, job: _Job, upstream: str, target: bytes, limit: int, same_head: bytes | None,
+             base_path: bytes) -> _Leg:
+        pool, pipe = self._pools_for(upstream)
+        if job.method != b"GET" or job.body:
+            pipe = None  # HEAD answers cannot be framed in a pipeline; bodies are not repeated
+        if same_head and pool.base_path == base_path:
+            return _Leg(self, job, pool, same_head[:-2] + _SHADOW_HEADER_END, limit, pipe)
+        parts = [job.method, b" ", pool.base_path, target, b" HTTP/1.1\r\n"]
+        skip = _SKIP_REQUEST_HEADERS
+        for name, value in job.req_headers:
+            if name.lower() not in skip:
                 parts += (name, b": ", value, b"\r\n")
-        parts.append(b"x-strangler-shadow: 1\r\n")
-        if body or req.method not in ("GET", "HEAD", "OPTIONS"):
-            parts.append(b"content-length: %d\r\n" % len(body))
+        parts.append(_SHADOW_HEADER)
+        if job.body or job.method not in _NO_BODY_METHODS:
+            parts.append(b"content-length: %d\r\n" % len(job.body))
         parts.append(b"\r\n")
-        head = b"".join(parts)
-        for attempt in (0, 1):
-            conn = await pool.acquire()
-            sink = _Collect(job.compiled.max_body)
-            conn.send(sink, head, req.method == "HEAD")
-            if body:
-                conn.transport.write(body)
-            # One timer handle instead of wait_for's task machinery: this runs per mirror.
-            timer = asyncio.get_running_loop().call_later(upstream.timeout, sink.time_out)
-            try:
-                reusable = await sink.done
-            except UpstreamTimeout:
-                pool.discard(conn)
-                raise UpstreamTimeout(f"{upstream.name} did not answer the mirror in "
-                                      f"{upstream.timeout:g}s") from None
-            except UpstreamReset:
-                if attempt == 0 and conn.reused and not conn.got_bytes:
-                    continue  # the upstream had closed this idle connection: once more
-                raise
-            finally:
-                timer.cancel()
-            if reusable and not sink.truncated:
-                pool.release(conn)
-            else:
-                pool.discard(conn)
-            return Exchange(sink.status, sink.headers, b"".join(sink.body), sink.truncated)
-        raise UpstreamReset("unreachable")  # pragma: no cover - the loop always returns
+        return _Leg(self, job, pool, b"".join(parts), limit, pipe)
 
-    async def _run(self, job: _Job) -> None:
-        other = job.legacy if job.served_by_target else job.target
-        noise_up = job.noise  # a second copy of legacy, in both directions
-        if noise_up is None:
-            try:
-                results: list[Any] = [await self._send(other, job)]
-            except (UpstreamError, OSError) as exc:
-                results = [exc]
-        else:
-            results = await asyncio.gather(self._send(other, job), self._send(noise_up, job),
-                                           return_exceptions=True)
-        mirrored = results[0]
-        if isinstance(mirrored, BaseException):
+    def _run(self, job: _Job) -> None:
+        self.running += 1
+        if self._idle is not None:
+            self._idle.clear()
+        for leg in job.legs:
+            leg.start()
+
+    # -- results --------------------------------------------------------------------------
+    def job_done(self, job: _Job) -> None:
+        """Every leg of `job` has answered, failed or timed out (called from callbacks)."""
+        try:
+            self._result(job)
+        except Exception:
+            log.exception("shadow job failed", route=job.route)
             self.recorder.shadow_result(job.route, job.step, "error")
-            log.info("shadow request failed", upstream=other.name,
-                     error=type(mirrored).__name__)
+        job.legs = []  # job <-> leg is a cycle: break it, so refcounting frees both now
+        self.running -= 1
+        backlog = self.backlog
+        while backlog and self.running < CONCURRENCY:
+            self._run(backlog.popleft())
+        if not self.running and not backlog and self._idle is not None:
+            self._idle.set()
+
+    def _result(self, job: _Job) -> None:
+        mirrored = job.legs[0]
+        if mirrored.error is not None:
+            self.recorder.shadow_result(job.route, job.step, "error")
+            # Every log line of a mirror carries the request id it copies.
+            log.info("shadow request failed", upstream=mirrored.pool.name,
+                     error=type(mirrored.error).__name__, request_id=job.request_id,
+                     route=job.route)
             return
+        if len(job.legs) == 1 and self._identical(job, mirrored):
+            self.recorder.shadow_result(job.route, job.step, "match")
+            self.noise[job.route].observe_match()
+            self.store.record_match(job.route, job.step)
+            return
+        primary = Exchange(
+            job.primary_status,
+            tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in job.primary_headers),
+            job.primary_body,
+        )
+        other = mirrored.exchange()
         if job.served_by_target:
-            legacy_ex, target_ex = mirrored, job.primary
+            legacy_ex, target_ex = other, primary
         else:
-            legacy_ex, target_ex = job.primary, mirrored
-        noise_ex = results[1] if len(results) > 1 else None
-        if isinstance(noise_ex, BaseException):
-            noise_ex = None
-        comparison = await self._compare(job, legacy_ex, target_ex, noise_ex)
-        self.recorder.shadow_result(job.route, job.step, comparison.result)
-        self.store.record(job.route, job.step, job.request, legacy_ex, target_ex, comparison,
-                          job.compiled.comparator.redactor)
+            legacy_ex, target_ex = primary, other
+        noise_ex = None
+        if len(job.legs) > 1 and job.legs[1].error is None:
+            noise_ex = job.legs[1].exchange()
+        if len(legacy_ex.body) + len(target_ex.body) > LARGE_BODY:
+            self.spawn(self._compare_off_loop(job, legacy_ex, target_ex, noise_ex))
+        else:
+            self._record(job, legacy_ex, target_ex,
+                         self._compare(job, legacy_ex, target_ex, noise_ex))
 
-    async def _compare(self, job: _Job, legacy: Exchange, target: Exchange,
-                       noise: Exchange | None) -> Comparison:
+    @staticmethod
+    def _identical(job: _Job, leg: _Leg) -> bool:
+        """Status, compared headers and body byte for byte the same: a match, whatever the
+        comparison rules (they can only forgive differences)."""
+        if leg.truncated or leg.status != job.primary_status:
+            return False
+        body = leg.chunks[0] if len(leg.chunks) == 1 else b"".join(leg.chunks)
+        if body != job.primary_body:
+            return False
+        names = job.compiled.header_names
+        # Same names in another order only sends the pair to the full comparison.
+        return [(n, v.strip()) for n, v in job.primary_headers if n in names] == [
+            (n, v.strip()) for n, _, v in leg.headers if n in names]
+
+    def _compare(self, job: _Job, legacy: Exchange, target: Exchange,
+                 noise: Exchange | None) -> Comparison:
         comparator = job.compiled.comparator
+        primary = comparator.compare(legacy, target)
+        noise_cmp = comparator.compare(legacy, noise) if noise is not None else None
+        return self.noise[job.route].observe(primary, noise_cmp)
 
-        def work() -> Comparison:
-            primary = comparator.compare(legacy, target)
-            noise_cmp = comparator.compare(legacy, noise) if noise is not None else None
-            return self.noise[job.route].observe(primary, noise_cmp)
+    async def _compare_off_loop(self, job: _Job, legacy: Exchange, target: Exchange,
+                                noise: Exchange | None) -> None:
+        try:
+            comparison = await asyncio.to_thread(self._compare, job, legacy, target, noise)
+            self._record(job, legacy, target, comparison)
+        except Exception:
+            log.exception("shadow comparison failed", route=job.route)
+            self.recorder.shadow_result(job.route, job.step, "error")
 
-        if len(legacy.body) + len(target.body) > LARGE_BODY:
-            return await asyncio.to_thread(work)
-        return work()
+    def _record(self, job: _Job, legacy: Exchange, target: Exchange,
+                comparison: Comparison) -> None:
+        self.recorder.shadow_result(job.route, job.step, comparison.result)
+        request = RequestRecord(
+            job.method.decode("latin-1"),
+            job.target.decode("latin-1"),
+            tuple((n.decode("latin-1").lower(), v.decode("latin-1"))
+                  for n, v in job.req_headers),
+            job.body,
+        )
+        self.store.record(job.route, job.step, request, legacy, target, comparison,
+                          job.compiled.comparator.redactor)
 
     def likely_noise(self, route: str) -> Any:
         model = self.noise.get(route)

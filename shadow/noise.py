@@ -115,6 +115,12 @@ class NoiseModel:
             error=primary.error,
         )
 
+    def observe_match(self) -> None:
+        """Count a comparison without differences and without a noise copy: what `observe`
+        does for it, minus building and returning anything."""
+        with self._lock:
+            self._total += 1
+
     def _bump(self, counter: Counter, key: object) -> None:
         if key in counter or len(counter) < self.t.max_fields:
             counter[key] += 1

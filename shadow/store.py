@@ -209,6 +209,15 @@ class DiffStore:
         if sample is not None:
             self._queue.put_nowait(sample)
 
+    def record_match(self, route: str, step: int) -> None:
+        """Count one comparison that matched: `record` for a clean comparison, without one."""
+        if self._closed:
+            return
+        with self._lock:
+            pending = self._pending_cmp
+            pending[(route, step, "compared")] += 1
+            pending[(route, TOTAL, "compared")] += 1
+
     def _note_value(self, route: str, path: str, legacy: object) -> None:
         """Remember whether legacy's (already redacted) value at `path` changes between
         comparisons: a nondeterministic field does, a wrong constant in target does not.

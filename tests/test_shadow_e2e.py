@@ -8,6 +8,7 @@ import time
 import aiohttp
 from aiohttp import web
 
+from proxy.mirror import CONCURRENCY, QUEUE_MAX
 from tests.support import free_port, routes_yaml, wait_for
 
 ROUTES = """
@@ -135,7 +136,7 @@ async def test_shadow_target_down_or_failing_leaves_client_bytes_identical(upstr
 async def test_queue_overflow_is_dropped_and_counted(upstreams, inproc_proxy):
     _mono, _svc, proxy = await make(upstreams, inproc_proxy, lambda r: {"balance": 100},
                                     svc_delay=3.0)
-    n = 1200  # more than the queue (1024) plus the 32 mirrors in flight
+    n = QUEUE_MAX + CONCURRENCY + 200  # more than the backlog plus the mirrors in flight
     async with aiohttp.ClientSession() as s:
 
         async def loop(ids):
@@ -146,7 +147,7 @@ async def test_queue_overflow_is_dropped_and_counted(upstreams, inproc_proxy):
         it = iter(range(n))
         await asyncio.gather(*(loop(it) for _ in range(16)))
     proxy.server.flush()
-    assert proxy.runtime.agg.skipped[("balance", "queue_full")] >= n - 1024 - 32
+    assert proxy.runtime.agg.skipped[("balance", "queue_full")] >= n - QUEUE_MAX - CONCURRENCY
 
 
 async def test_redacted_value_never_on_disk_or_in_logs(upstreams, proxy_process):
