@@ -475,12 +475,18 @@ class Mirror:
     # -- results --------------------------------------------------------------------------
     def job_done(self, job: _Job) -> None:
         """Every leg of `job` has answered, failed or timed out (called from callbacks)."""
+        finished = True
         try:
-            self._result(job)
+            finished = self._result(job)
         except Exception:
             log.exception("shadow job failed", route=job.route)
             self.recorder.shadow_result(job.route, job.step, "error")
         job.legs = []  # job <-> leg is a cycle: break it, so refcounting frees both now
+        if finished:
+            self._next()
+
+    def _next(self) -> None:
+        """A job ended: start waiting ones while there is room."""
         self.running -= 1
         backlog = self.backlog
         while backlog and self.running < CONCURRENCY:
@@ -488,7 +494,9 @@ class Mirror:
         if not self.running and not backlog and self._idle is not None:
             self._idle.set()
 
-    def _result(self, job: _Job) -> None:
+    def _result(self, job: _Job) -> bool:
+        """Count and record the job's result; False when a large comparison went to a thread
+        (the job stays running, and so bounded by CONCURRENCY, until it is done)."""
         mirrored = job.legs[0]
         if mirrored.error is not None:
             self.recorder.shadow_result(job.route, job.step, "error")
@@ -496,12 +504,12 @@ class Mirror:
             log.info("shadow request failed", upstream=mirrored.pool.name,
                      error=type(mirrored.error).__name__, request_id=job.request_id,
                      route=job.route)
-            return
+            return True
         if len(job.legs) == 1 and self._identical(job, mirrored):
             self.recorder.shadow_result(job.route, job.step, "match")
             self.noise[job.route].observe_match()
             self.store.record_match(job.route, job.step)
-            return
+            return True
         primary = Exchange(
             job.primary_status,
             tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in job.primary_headers),
@@ -517,9 +525,9 @@ class Mirror:
             noise_ex = job.legs[1].exchange()
         if len(legacy_ex.body) + len(target_ex.body) > LARGE_BODY:
             self.spawn(self._compare_off_loop(job, legacy_ex, target_ex, noise_ex))
-        else:
-            self._record(job, legacy_ex, target_ex,
-                         self._compare(job, legacy_ex, target_ex, noise_ex))
+            return False
+        self._record(job, legacy_ex, target_ex, self._compare(job, legacy_ex, target_ex, noise_ex))
+        return True
 
     @staticmethod
     def _identical(job: _Job, leg: _Leg) -> bool:
@@ -550,6 +558,8 @@ class Mirror:
         except Exception:
             log.exception("shadow comparison failed", route=job.route)
             self.recorder.shadow_result(job.route, job.step, "error")
+        finally:
+            self._next()
 
     def _record(self, job: _Job, legacy: Exchange, target: Exchange,
                 comparison: Comparison) -> None:

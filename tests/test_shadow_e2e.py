@@ -179,3 +179,24 @@ async def test_redacted_value_never_on_disk_or_in_logs(upstreams, proxy_process)
     assert any(p.name.startswith("diffs.sqlite3") for p in files)
     for p in [*files, proxy.stdout_path, proxy.stderr_path]:
         assert secret.encode() not in p.read_bytes(), p
+
+
+async def test_large_bodies_compared_off_the_loop_and_counted(upstreams, inproc_proxy):
+    pad = "x" * 40_000  # the two bodies together exceed mirror.LARGE_BODY: a thread compares
+    _mono, _svc, proxy = await make(upstreams, inproc_proxy, lambda r: {
+        "balance": 100, "currency": "USD", "pad": pad})
+    async with aiohttp.ClientSession() as s:
+        for _ in range(20):
+            async with s.get(proxy.url + "/api/v1/balance/7") as r:
+                assert r.status == 200
+    rt = proxy.runtime
+
+    def compared():
+        proxy.server.flush()
+        return rt.agg.window("balance").compared >= 20
+
+    await wait_for(compared)
+    w = rt.agg.window("balance")
+    assert (w.mismatched, w.shadow_errors) == (20, 0)  # currency differs, pad is extra
+    mirror = proxy.server.plane.shadow
+    await wait_for(lambda: mirror.running == 0 and not mirror.backlog)
