@@ -1039,6 +1039,7 @@ class _Walker:
             "methods": self.methods,
             "allow_unsafe": self.boolean,
             "max_body": self.size,
+            "pipeline": self.boolean,
         })
         if "methods" in kw and not kw.get("allow_unsafe", False):
             items = self.sequence(m["methods"]) or []
@@ -1311,7 +1312,8 @@ UNLEASH_KEYS = ("url", "app_name", "refresh_interval", "token_env", "admin_token
 ROUTE_KEYS = ("name", "match", "legacy", "target", "weight", "sticky", "fallback_to_legacy",
               "flag", "websocket", "shadow", "promotion")
 MATCH_KEYS = ("path", "path_prefix", "path_regex", "methods", "headers")
-SHADOW_KEYS = ("enabled", "sample", "reverse", "methods", "allow_unsafe", "max_body", "compare")
+SHADOW_KEYS = ("enabled", "sample", "reverse", "methods", "allow_unsafe", "max_body", "compare",
+               "pipeline")
 COMPARE_KEYS = ("headers", "ignore", "redact", "numeric_tolerance", "array_keys",
                 "noise_upstream")
 PROMOTION_KEYS = ("steps", "min_requests", "min_comparisons", "max_mismatch_rate",

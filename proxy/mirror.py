@@ -66,6 +66,7 @@ class _Compiled:
     comparator: Comparator
     max_body: int
     header_names: frozenset[bytes]  # the compared headers, for the byte-identical check
+    pipeline: bool  # GET mirrors may go over pipelined connections
 
 
 class _Job:
@@ -339,6 +340,7 @@ class Mirror:
                         {h.lower().encode("latin-1") for h in sh.compare.headers}
                         | {b"content-encoding"}
                     ),
+                    pipeline=sh.pipeline,
                 )
             fresh[key] = compiled
             route.extra["shadow"] = compiled
@@ -450,7 +452,7 @@ class Mirror:
     def _leg(self, job: _Job, upstream: str, target: bytes, limit: int, same_head: bytes | None,
              base_path: bytes) -> _Leg:
         pool, pipe = self._pools_for(upstream)
-        if job.method != b"GET" or job.body:
+        if job.method != b"GET" or job.body or not job.compiled.pipeline:
             pipe = None  # HEAD answers cannot be framed in a pipeline; bodies are not repeated
         if same_head and pool.base_path == base_path:
             return _Leg(self, job, pool, same_head[:-2] + _SHADOW_HEADER_END, limit, pipe)

@@ -85,6 +85,7 @@ class ShadowSpec:
     allow_unsafe: bool = False
     max_body: int = 1 * MiB
     compare: CompareSpec = field(default_factory=CompareSpec)
+    pipeline: bool = True  # GET mirrors may be HTTP/1.1-pipelined to a fast target
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,6 +138,7 @@ def test_all_values_are_read_and_frozen() -> None:
               methods: [GET, POST]
               allow_unsafe: true
               max_body: 64KiB
+              pipeline: false
               compare: {ignore: ["header:Date", "$.a..b[0]['x y'][*]"], numeric_tolerance: 0.01}
             promotion:
               steps: [0.5, 10, 100]
@@ -151,6 +152,7 @@ def test_all_values_are_read_and_frozen() -> None:
     assert r.fallback_to_legacy is False and r.websocket is True
     assert r.shadow.sample == 0.25 and r.shadow.max_body == 64 * 1024
     assert r.shadow.methods == ("GET", "POST") and r.shadow.allow_unsafe
+    assert r.shadow.pipeline is False and ShadowSpec().pipeline is True
     assert r.shadow.compare.ignore == ("header:date", "$.a..b[0]['x y'][*]")
     assert r.promotion.steps == (0.5, 10.0, 100.0)
     assert r.promotion.auto.enabled and r.promotion.auto.interval == 1.5

@@ -99,13 +99,15 @@ async def drive(proxy_url: str, n: int, clients: int) -> None:
 
 
 async def mirror_through(upstreams, inproc_proxy, svc_port: int, n: int,
-                         svc_timeout: str = "5s"):
+                         svc_timeout: str = "5s", pipeline: bool = True):
     """`n` GETs with distinct paths through a proxy that mirrors them all to `svc_port`; waits
     until all are accounted for and returns the route's window (and the proxy)."""
     mono = await upstreams("monolith", handler=legacy_echo)
     text = ROUTES.replace('svc: {{url: "http://127.0.0.1:{svc}"}}',
                           f'svc: {{{{url: "http://127.0.0.1:{{svc}}", timeout: {svc_timeout}}}}}')
     assert text != ROUTES
+    if not pipeline:
+        text = text.replace("shadow: {{sample: 1.0}}", "shadow: {{sample: 1.0, pipeline: false}}")
     proxy = await inproc_proxy(routes_yaml(text, port=free_port(), admin=free_port(),
                                            mono=mono.port, svc=svc_port))
     await drive(proxy.url, n, clients=48)
@@ -129,6 +131,18 @@ async def test_pipelined_mirrors_are_matched_to_their_own_requests(upstreams, in
         assert sum(reads) == n
         assert max(reads) > 1, "no two mirrors were ever written together"
         assert max(reads) <= DEPTH
+    finally:
+        server.close()
+
+
+async def test_pipeline_false_sends_one_mirror_per_connection_at_a_time(upstreams,
+                                                                       inproc_proxy):
+    server, port, reads = await start_raw()
+    try:
+        n = 600
+        w, _ = await mirror_through(upstreams, inproc_proxy, port, n, pipeline=False)
+        assert (w.compared, w.mismatched, w.shadow_errors) == (n, 0, 0)
+        assert sum(reads) == n and max(reads) == 1
     finally:
         server.close()
 
