@@ -217,10 +217,10 @@ class AccessLog:
 
     def flush(self) -> None:
         if self.buf:
+            self._render_pending()
             buf, self.buf = self.buf, []
             self._rendered = 0
-            render = self._render
-            data = "".join([x if type(x) is str else render(x) for x in buf])
+            data = "".join(buf)
             try:
                 self.stream.write(data)
                 self.stream.flush()

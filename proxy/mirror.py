@@ -118,7 +118,7 @@ class _Leg:
     def start(self) -> None:
         pipe = self.pipe
         if pipe is not None:
-            pipe.submit(self)  # then sent(), when a pipelined connection has room
+            pipe.submit(self)  # then on_written(), when a pipelined connection takes it
             return
         conn = self.pool.acquire_nowait()
         if conn is not None:
@@ -137,7 +137,7 @@ class _Leg:
             return
         self.send(conn)
 
-    def sent(self, conn: Any, now: float) -> None:
+    def on_written(self, conn: Any, now: float) -> None:
         """Written on a pipelined connection: the deadline starts now."""
         self.conn = conn
         self.sent_at = now

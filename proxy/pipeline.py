@@ -12,8 +12,8 @@ and nothing with side effects is). Pipelining is used only while the upstream is
 pool starts at depth 1 (one request per connection, as without pipelining) and goes to `depth`
 once the smoothed per-response service time is under `FAST_SERVICE`; a slow upstream stays at
 depth 1, so no mirror waits behind another's slow answer. A batch is written only to an idle
-connection. A connection that breaks takes its unanswered requests with it: the legs retry once
-on a plain connection. When the oldest request of a pipeline times out, it is an error, the
+connection. A connection that breaks takes its unanswered requests with it: each leg retries
+once, alone on a connection. When the oldest request of a pipeline times out, it is an error, the
 ones behind it are retried, and the pool stops pipelining for `COOL_OFF` seconds.
 """
 
@@ -60,7 +60,7 @@ class PipelinedConnection(asyncio.Protocol):
     def send(self, legs: list[Any], now: float) -> None:
         heads = []
         for leg in legs:
-            leg.sent(self, now)
+            leg.on_written(self, now)
             self.waiting.append(leg)
             heads.append(leg.head)
         if self.transport is None:
@@ -155,7 +155,6 @@ class PipelinePool:
     def __init__(self, spec: UpstreamSpec, max_connections: int, depth: int = DEPTH) -> None:
         self.spec = spec
         self.name = spec.name
-        self.base_path = spec.base_path.encode()
         self.max_connections = min(max_connections, spec.max_connections)
         self.max_depth = depth
         self.conns: list[PipelinedConnection] = []
@@ -179,9 +178,7 @@ class PipelinePool:
 
     def submit(self, leg: Any) -> None:
         self.queue.append(leg)
-        if not self.scheduled:
-            self.scheduled = True
-            self._call_soon(self._dispatch)
+        self.wake()
 
     def wake(self) -> None:
         """Room may have freed up for queued legs: dispatch at the end of this iteration."""
