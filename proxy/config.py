@@ -1133,6 +1133,9 @@ class _Walker:
             "max_mismatch_rate": lambda x: self.number(x, lo=0, hi=1),
             "max_error_rate_increase": lambda x: self.number(x, lo=0, hi=1),
             "max_p99_ratio": lambda x: self.number(x, lo=0, lo_open=True),
+            "min_latency_samples": self.integer,
+            "early_fail_samples": self.integer,
+            "min_fail_events": self.integer,
             "auto_rollback": self.boolean,
             "auto": self.auto,
             "checks": self.checks,
@@ -1317,7 +1320,8 @@ SHADOW_KEYS = ("enabled", "sample", "reverse", "methods", "allow_unsafe", "max_b
 COMPARE_KEYS = ("headers", "ignore", "redact", "numeric_tolerance", "array_keys",
                 "noise_upstream")
 PROMOTION_KEYS = ("steps", "min_requests", "min_comparisons", "max_mismatch_rate",
-                  "max_error_rate_increase", "max_p99_ratio", "auto_rollback", "auto", "checks",
+                  "max_error_rate_increase", "max_p99_ratio", "min_latency_samples",
+                  "early_fail_samples", "min_fail_events", "auto_rollback", "auto", "checks",
                   "guardrail")
 GUARDRAIL_KEYS = ("enabled", "window", "min_requests", "max_error_rate",
                   "min_error_rate_increase")

@@ -121,6 +121,10 @@ class PromotionSpec:
     max_mismatch_rate: float = 0.001
     max_error_rate_increase: float = 0.005
     max_p99_ratio: float = 1.25
+    # The gate's evidence floors, which apply whatever min_requests/min_comparisons say:
+    min_latency_samples: int = 100  # per backend, before a p99 is judged (hold below)
+    early_fail_samples: int = 50  # a fail may be judged this early (or at the min, if lower)
+    min_fail_events: int = 3  # mismatches or target errors before a fail (Wilson's small-n)
     auto_rollback: bool = True
     auto: AutoSpec = field(default_factory=AutoSpec)
     checks: tuple[CheckSpec, ...] = ()

@@ -13,9 +13,6 @@ from typing import Any
 from proxy.spec import PromotionSpec
 from shadow.stats import diff_interval, wilson_interval
 
-#: p99 is only compared when each backend has at least this many latency samples.
-MIN_LATENCY_SAMPLES = 100
-
 
 @dataclass(frozen=True, slots=True)
 class BackendEvidence:
@@ -138,7 +135,9 @@ class Evidence:
                 "max_mismatch_rate": policy.max_mismatch_rate,
                 "max_error_rate_increase": policy.max_error_rate_increase,
                 "max_p99_ratio": policy.max_p99_ratio,
-                "min_latency_samples": MIN_LATENCY_SAMPLES,
+                "min_latency_samples": policy.min_latency_samples,
+                "early_fail_samples": policy.early_fail_samples,
+                "min_fail_events": policy.min_fail_events,
                 "auto_rollback": policy.auto_rollback,
             }
         return out

@@ -9,16 +9,16 @@ acts on the `Decision`. The rules, in the order they are applied:
    - target's error rate exceeds legacy's by more than `max_error_rate_increase` with 95%
      confidence (the lower end of the one-sided Newcombe bound is above the margin);
    - target p99 / legacy p99 is above `max_p99_ratio`, each backend having at least
-     MIN_LATENCY_SAMPLES latency samples;
+     `min_latency_samples` latency samples;
    - a custom check's value is outside its `max`/`min`.
    A fail needs no `min_requests`/`min_comparisons`: it is judged as soon as the test has
-   EARLY_FAIL_SAMPLES samples (or the configured minimum, if lower) and at least
-   MIN_FAIL_EVENTS bad events (mismatches or target errors). The event floor is there because
+   `early_fail_samples` samples (or the configured minimum, if lower) and at least
+   `min_fail_events` bad events (mismatches or target errors). The event floor is there because
    Wilson's lower bound is known to be optimistic with one or two events (Brown, Cai &
    DasGupta 2001): a single odd response must not roll a route back.
 3. hold - not enough evidence, or inconclusive: target requests < `min_requests` (not at
    weight 0), comparisons < `min_comparisons` (with shadowing on), a check without data, fewer
-   than MIN_LATENCY_SAMPLES latency samples on a backend, or a bound that straddles its limit.
+   than `min_latency_samples` latency samples on a backend, or a bound that straddles its limit.
 4. promote - the mismatch rate's 95% Wilson upper bound is at most `max_mismatch_rate`, the
    error increase's 95% upper bound is at most `max_error_rate_increase`, the p99 ratio is at
    most `max_p99_ratio` and every check is within bounds: go to the next entry of `steps`
@@ -26,6 +26,8 @@ acts on the `Decision`. The rules, in the order they are applied:
    At weight 0 (not started) only the shadow evidence and the checks are judged; with
    shadowing off there is nothing to wait for and the route goes to the first step.
 A fail moves to weight 0 when `auto_rollback` is on, otherwise it leaves the weight alone.
+The three floors (`min_latency_samples`, `early_fail_samples`, `min_fail_events`; defaults 100,
+50, 3) are `promotion` fields read from the policy: they apply whatever `min_requests` says.
 """
 
 from __future__ import annotations
@@ -34,13 +36,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from proxy.spec import PromotionSpec
-from shadow.evidence import MIN_LATENCY_SAMPLES, Evidence
+from shadow.evidence import Evidence
 from shadow.stats import within_margin
 
 DecisionKind = Literal["promote", "complete", "hold", "fail"]
 
-EARLY_FAIL_SAMPLES = 50
-MIN_FAIL_EVENTS = 3
 _EPS = 1e-9
 
 
@@ -105,14 +105,15 @@ def decide(evidence: Evidence, policy: PromotionSpec) -> Decision:
 # --- fail ------------------------------------------------------------------------------------
 
 
-def _floor(configured: int) -> int:
-    return max(1, min(configured, EARLY_FAIL_SAMPLES))
+def _floor(configured: int, p: PromotionSpec) -> int:
+    """Samples before a fail is judged: `early_fail_samples`, or the configured minimum."""
+    return max(1, min(configured, p.early_fail_samples))
 
 
 def _fail_reasons(ev: Evidence, p: PromotionSpec) -> list[str]:
     reasons: list[str] = []
 
-    if ev.compared >= _floor(p.min_comparisons) and ev.mismatched >= MIN_FAIL_EVENTS:
+    if ev.compared >= _floor(p.min_comparisons, p) and ev.mismatched >= p.min_fail_events:
         low, _ = ev.mismatch_bounds()
         if low > p.max_mismatch_rate:
             reasons.append(
@@ -122,7 +123,7 @@ def _fail_reasons(ev: Evidence, p: PromotionSpec) -> list[str]:
             )
 
     t, leg = ev.target, ev.legacy
-    if t.requests >= _floor(p.min_requests) and t.errors >= MIN_FAIL_EVENTS:
+    if t.requests >= _floor(p.min_requests, p) and t.errors >= p.min_fail_events:
         low, _ = ev.error_increase_bounds()
         if low > p.max_error_rate_increase:
             reasons.append(
@@ -132,7 +133,7 @@ def _fail_reasons(ev: Evidence, p: PromotionSpec) -> list[str]:
             )
 
     ratio = ev.p99_ratio()
-    if _latency_judgeable(ev) and ratio is not None and ratio > p.max_p99_ratio:
+    if _latency_judgeable(ev, p) and ratio is not None and ratio > p.max_p99_ratio:
         reasons.append(
             f"target p99 {_ms(t.p99)} is {ratio:.2f}x legacy's {_ms(leg.p99)}, above the limit "
             f"{p.max_p99_ratio:.2f}x ({t.latency_samples} and {leg.latency_samples} samples)."
@@ -195,9 +196,9 @@ def _judge(ev: Evidence, p: PromotionSpec) -> tuple[list[str], list[str]]:
                 f"inconclusive, more target requests are needed."
             )
 
-        if not _latency_judgeable(ev):
+        if not _latency_judgeable(ev, p):
             holds.append(
-                f"a p99 needs at least {MIN_LATENCY_SAMPLES} latency samples per backend "
+                f"a p99 needs at least {p.min_latency_samples} latency samples per backend "
                 f"(target has {t.latency_samples}, legacy {leg.latency_samples})."
             )
         elif (ratio := ev.p99_ratio()) is None:
@@ -216,11 +217,9 @@ def _judge(ev: Evidence, p: PromotionSpec) -> tuple[list[str], list[str]]:
     return holds, passes
 
 
-def _latency_judgeable(ev: Evidence) -> bool:
-    return (
-        ev.target.latency_samples >= MIN_LATENCY_SAMPLES
-        and ev.legacy.latency_samples >= MIN_LATENCY_SAMPLES
-    )
+def _latency_judgeable(ev: Evidence, p: PromotionSpec) -> bool:
+    n = p.min_latency_samples
+    return ev.target.latency_samples >= n and ev.legacy.latency_samples >= n
 
 
 # --- wording --------------------------------------------------------------------------------

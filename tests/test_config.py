@@ -163,6 +163,39 @@ def test_all_values_are_read_and_frozen() -> None:
         r.weight = 50  # type: ignore[misc]
 
 
+def test_gate_floors_default_to_100_50_3_and_are_read_per_route() -> None:
+    config = load_config("r.yaml", route("""\
+          - {name: a, legacy: old, target: new, match: {path: /a}}
+          - name: b
+            legacy: old
+            target: new
+            promotion: {min_latency_samples: 30, early_fail_samples: 20, min_fail_events: 1}
+        """))
+    a, b = config.routes
+    floors = ("min_latency_samples", "early_fail_samples", "min_fail_events")
+    assert [getattr(a.promotion, f) for f in floors] == [100, 50, 3]
+    assert [getattr(b.promotion, f) for f in floors] == [30, 20, 1]
+    assert b.promotion.min_requests == PromotionSpec().min_requests
+
+
+def test_a_bad_gate_floor_names_file_line_and_field_path() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config("deploy/routes.yaml", route("""\
+          - name: a
+            legacy: old
+            target: new
+            promotion:
+              min_latency_samples: 0
+              min_fail_events: -2
+        """))
+    assert str(info.value).splitlines() == [
+        "deploy/routes.yaml:11: routes[0].promotion.min_latency_samples: 0 is out of range: "
+        "must be at least 1",
+        "deploy/routes.yaml:12: routes[0].promotion.min_fail_events: -2 is out of range: "
+        "must be at least 1",
+    ]
+
+
 def test_shadow_false_turns_mirroring_off() -> None:
     config = load_config("r.yaml", route("  - {name: r, legacy: old, target: new, "
                                          "shadow: false}\n"))
@@ -369,6 +402,18 @@ CASES = [
     ("min-requests", route("  - name: a\n    legacy: old\n    target: new\n    promotion:\n"
                            "      min_requests: 10.5   # <-\n"),
      "routes[0].promotion.min_requests", "expected a whole number, got number 10.5"),
+    ("min-latency-samples", route("  - name: a\n    legacy: old\n    target: new\n"
+                                  "    promotion:\n      min_latency_samples: 0   # <-\n"),
+     "routes[0].promotion.min_latency_samples", "0 is out of range: must be at least 1"),
+    ("early-fail-samples", route("  - name: a\n    legacy: old\n    target: new\n"
+                                 "    promotion:\n      early_fail_samples: 12.5   # <-\n"),
+     "routes[0].promotion.early_fail_samples", "expected a whole number, got number 12.5"),
+    ("min-fail-events", route("  - name: a\n    legacy: old\n    target: new\n"
+                              "    promotion:\n      min_fail_events: many   # <-\n"),
+     "routes[0].promotion.min_fail_events", "expected a whole number, got string 'many'"),
+    ("min-fail-events-bool", route("  - name: a\n    legacy: old\n    target: new\n"
+                                   "    promotion: {min_fail_events: true}   # <-\n"),
+     "routes[0].promotion.min_fail_events", "expected a whole number, got boolean true"),
     ("mismatch-rate", route("  - name: a\n    legacy: old\n    target: new\n    promotion:\n"
                             "      max_mismatch_rate: 2   # <-\n"),
      "routes[0].promotion.max_mismatch_rate", "must be between 0 and 1"),

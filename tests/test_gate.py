@@ -239,6 +239,61 @@ def test_p99_is_not_judged_below_100_latency_samples() -> None:
     assert decide(evidence(t_req=100, t_p99=0.5, l_p99=0.02), p).decision == "fail"
 
 
+# --- the evidence floors are policy, not constants ---------------------------------------------
+
+
+def test_min_latency_samples_lets_a_p99_be_judged_on_30_samples() -> None:
+    slow = evidence(t_req=30, t_p99=0.5, l_p99=0.02)  # 25x legacy's p99, 30 target samples
+    p = policy(min_requests=30, max_error_rate_increase=0.2)
+    held = decide(slow, p)
+    assert held.decision == "hold"
+    assert "a p99 needs at least 100 latency samples per backend (target has 30" in text(held)
+    judged = decide(slow, replace(p, min_latency_samples=30))
+    assert judged.decision == "fail"
+    assert "target p99 500.0 ms is 25.00x legacy's 20.0 ms" in text(judged)
+    assert "(30 and 100000 samples)" in text(judged)
+    assert decide(slow, replace(p, min_latency_samples=31)).decision == "hold"
+
+
+def test_min_latency_samples_also_holds_a_clean_route_that_min_requests_would_pass() -> None:
+    clean = evidence(t_req=1000)
+    assert decide(clean, policy()).decision == "promote"
+    d = decide(clean, policy(min_latency_samples=1001))
+    assert d.decision == "hold"
+    assert "a p99 needs at least 1001 latency samples per backend (target has 1000" in text(d)
+
+
+def test_early_fail_samples_moves_when_a_planted_difference_fails() -> None:
+    planted = evidence(t_req=10, compared=20, mismatched=20)
+    assert decide(planted, policy()).decision == "hold"  # 20 < 50 comparisons
+    assert decide(planted, policy(early_fail_samples=20)).decision == "fail"
+    assert decide(planted, policy(early_fail_samples=21)).decision == "hold"
+    # and later than the default: 60 of 60 is conclusive, but not yet with a floor of 100
+    later = evidence(t_req=10, compared=60, mismatched=60)
+    assert decide(later, policy()).decision == "fail"
+    assert decide(later, policy(early_fail_samples=100)).decision == "hold"
+
+
+def test_min_fail_events_sets_how_many_bad_events_a_fail_needs() -> None:
+    two = evidence(compared=500, mismatched=2)  # Wilson lower bound 0.11% > the 0.10% limit
+    assert decide(two, policy()).decision == "hold"
+    assert decide(two, policy(min_fail_events=2)).decision == "fail"
+    errors = evidence(t_req=100, t_err=5)
+    assert decide(errors, policy()).decision == "fail"
+    assert decide(errors, policy(min_fail_events=6)).decision != "fail"
+
+
+def test_the_floors_are_in_the_evidence_thresholds() -> None:
+    d = decide(evidence(), policy(min_latency_samples=30, early_fail_samples=20,
+                                  min_fail_events=5))
+    th = json.loads(json.dumps(d.to_dict()))["evidence"]["thresholds"]
+    assert (th["min_latency_samples"], th["early_fail_samples"], th["min_fail_events"]) == (
+        30, 20, 5)
+    th = decide(evidence(), policy()).evidence["thresholds"]
+    assert (th["min_latency_samples"], th["early_fail_samples"], th["min_fail_events"]) == (
+        100, 50, 3)
+
+
 def test_missing_p99_holds() -> None:
     d = decide(evidence(t_p99=None), policy())
     assert d.decision == "hold"

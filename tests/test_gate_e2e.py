@@ -225,3 +225,44 @@ async def test_auto_promotion_runs_the_gate_itself(upstreams, inproc_proxy):
     entry = rt.audit.entries("balance")[0]
     assert entry["action"] == "promote" and entry["actor"] == "auto-promotion"
     assert entry["evidence"]["evidence"]["shadow"]["compared"] >= 60
+
+
+async def test_min_latency_samples_in_routes_yaml_decides_whether_a_p99_is_judged(
+        upstreams, inproc_proxy):
+    """Same evidence (about 60 latency samples per backend, target 0.25 s slower), judged twice:
+    held under the default floor of 100 samples, failed after a reload sets it to 30."""
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.25)
+        return web.json_response({"balance": 100})
+
+    mono = await upstreams("monolith", handler=account_handler())
+    svc = await upstreams("svc", handler=slow)
+    text = routes_yaml(ROUTES, port=free_port(), admin=free_port(), mono=mono.port,
+                       svc=svc.port, weight=50, shadow="false", guardrail="false")
+    text = text.replace("max_p99_ratio: 20", "max_p99_ratio: 2")
+    proxy = await inproc_proxy(text)
+    await send(proxy, 120)  # weight 50: each side gets 60 +- 6, far from both 30 and 100
+    code, body = await gate(proxy, "gate", "balance")
+    ev = body["evidence"]
+    assert 30 <= ev["target"]["latency_samples"] < 100, ev
+    assert 30 <= ev["legacy"]["latency_samples"] < 100, ev
+    assert (code, body["decision"]) == (4, "hold"), body
+    assert any("a p99 needs at least 100 latency samples per backend" in r
+               for r in body["reasons"]), body
+    th = ev["thresholds"]
+    assert (th["min_latency_samples"], th["early_fail_samples"], th["min_fail_events"]) == (
+        100, 50, 3)
+
+    proxy.path.write_text(text.replace(
+        "max_p99_ratio: 2",
+        "max_p99_ratio: 2\n      min_latency_samples: 30\n      min_fail_events: 4"))
+    code, _out, err = await run_cli("validate", "-c", str(proxy.path))
+    assert code == 0, err
+    await proxy.runtime.reload(actor="test", reason="lower the p99 floor")
+    code, body = await gate(proxy, "gate", "balance")
+    assert (code, body["decision"]) == (1, "fail"), body
+    assert any("target p99" in r and "above the limit 2.00x" in r for r in body["reasons"])
+    th = body["evidence"]["thresholds"]
+    assert (th["min_latency_samples"], th["early_fail_samples"], th["min_fail_events"]) == (
+        30, 50, 4)
+    assert not proxy.runtime.rolled_back("balance")  # `gate` changes nothing

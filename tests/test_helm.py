@@ -453,6 +453,22 @@ def test_several_replicas_on_unleash_render(chart: helm.Chart) -> None:
             },
             "additional properties 'wieght'",
         ),
+        (
+            {
+                "config": {
+                    "routes": [
+                        {
+                            "name": "a",
+                            "match": {"path_prefix": "/a"},
+                            "legacy": "monolith",
+                            "target": "monolith",
+                            "promotion": {"min_latency_samples": 0},
+                        }
+                    ]
+                }
+            },
+            "/config/routes/0/promotion/min_latency_samples",
+        ),
     ],
 )
 def test_schema_rejects_unknown_keys_and_wrong_types(
