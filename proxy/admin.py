@@ -33,7 +33,7 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/favicon.ico"})
 OPEN_PREFIXES = ("/static/", "/dashboard/")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_LIMIT = 10_000
-EXPORT_FORMATS = ("hurl", "pytest")
+EXPORT_FORMATS = ("hurl", "pytest", "jsonl")
 
 CALLER_KEY = web.RequestKey("caller", Caller)
 

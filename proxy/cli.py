@@ -20,6 +20,7 @@ COMMANDS = (
     "gate",
     "promote",
     "diffs",
+    "reconcile",
     "history",
     "demo",
 )

@@ -1,8 +1,10 @@
 """Mismatches become regression tests: recorded requests replayed with the legacy answers as
 assertions, for the new service's team to run in their own CI.
 
-Two formats: `hurl` (a Hurl file; run `hurl --test --variable BASE_URL=http://host:port FILE`)
-and `pytest` (a self-contained module using httpx; run `BASE_URL=http://host:port pytest FILE`).
+Three formats: `hurl` (a Hurl file; run `hurl --test --variable BASE_URL=http://host:port FILE`),
+`pytest` (a self-contained module using httpx; run `BASE_URL=http://host:port pytest FILE`) and
+`jsonl` (one request per line, `{"method", "path", "headers", "status"}` with legacy's status: the
+request set `strangler reconcile --requests FILE` replays; it reads hurl back too).
 Only safe-method requests are exported (one per distinct request, newest first). Each asserts the
 legacy status and, for a JSON legacy body, every scalar field and array length, except fields at
 or below an `ignore` path and redacted fields (left out). Headers that cannot be replayed
@@ -29,9 +31,10 @@ from shadow.redact import REDACTED
 if TYPE_CHECKING:
     from shadow.store import DiffStore
 
-__all__ = ["FORMATS", "Assertion", "assertions", "export", "render_hurl", "render_pytest"]
+__all__ = ["FORMATS", "Assertion", "assertions", "export", "render_hurl", "render_jsonl",
+           "render_pytest"]
 
-FORMATS = ("hurl", "pytest")
+FORMATS = ("hurl", "pytest", "jsonl")
 _NOT_REPLAYED = frozenset(
     {
         "host",
@@ -298,6 +301,18 @@ def render_pytest(route: str, cases: list[_Case]) -> str:
     )
 
 
+# -- jsonl (the request set of `strangler reconcile`) -----------------------------------------
+
+
+def render_jsonl(route: str, cases: list[_Case]) -> str:
+    """One JSON object per line; bodies are left out (reconcile replays GET and HEAD only)."""
+    return "".join(
+        json.dumps({"method": c.method, "path": c.path, "headers": [list(h) for h in c.headers],
+                    "status": c.status, "route": route}, ensure_ascii=False) + "\n"
+        for c in cases
+    )
+
+
 def export(
     store: DiffStore, route: str, fmt: str, path: Path | str, *, ignore: Sequence[str] = ()
 ) -> int:
@@ -308,6 +323,7 @@ def export(
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     cases = _cases(store.samples_for_export(route), ignore)
-    text = render_hurl(route, cases) if fmt == "hurl" else render_pytest(route, cases)
+    render = {"hurl": render_hurl, "pytest": render_pytest, "jsonl": render_jsonl}[fmt]
+    text = render(route, cases)
     Path(path).write_text(text, encoding="utf-8")
     return len(cases)

@@ -10,7 +10,7 @@ from proxy import output
 from proxy.client import AdminClient, add_client_options, print_json, run_with_client
 from proxy.exitcodes import OK, USAGE
 
-FORMATS = ("hurl", "pytest")
+FORMATS = ("hurl", "pytest", "jsonl")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "diffs", help="a route's shadow differences: counts per field path, recent samples",
         description="Show ROUTE's shadow differences: counts per field path (with likely "
         "noise marked), then recent samples, redacted. With --export, write the recorded "
-        "requests and legacy answers as regression tests (hurl or pytest).")
+        "requests and legacy answers as regression tests (hurl or pytest), or as the request "
+        "set of `strangler reconcile` (jsonl).")
     p.add_argument("route", metavar="ROUTE")
     p.add_argument("--limit", type=int, default=20, metavar="N",
                    help="field paths and samples to show (default: %(default)s)")

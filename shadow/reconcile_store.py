@@ -1,0 +1,145 @@
+"""Reconcile runs in the diff store's SQLite file (state_dir/diffs.sqlite3), in tables of their own.
+
+The proxy's diff store may be writing the same file at the same moment: the connection uses WAL
+and a busy timeout, each write is one short transaction, and the tables are created
+`IF NOT EXISTS` (the diff store never touches them). A run is inserted when it starts
+(`finished` NULL: still running, or the process died) and completed in one transaction. What is
+written is already redacted (see `shadow.reconcile`); no body is stored. Only the newest
+`KEEP_RUNS` runs of a route are kept.
+
+Readers (`latest`, `latest_all`) never create the file or the tables: no reconcile yet is None.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from shadow.reconcile import RunResult
+
+__all__ = ["KEEP_RUNS", "ReconcileStore", "latest_runs"]
+
+KEEP_RUNS = 50
+BUSY_TIMEOUT = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reconcile_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, route TEXT NOT NULL, source TEXT NOT NULL,
+    started REAL NOT NULL, finished REAL,
+    requests INTEGER NOT NULL DEFAULT 0, compared INTEGER NOT NULL DEFAULT 0,
+    mismatched INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0,
+    skipped INTEGER NOT NULL DEFAULT 0, noise INTEGER NOT NULL DEFAULT 0,
+    detail TEXT NOT NULL DEFAULT '{}');
+CREATE INDEX IF NOT EXISTS reconcile_runs_route ON reconcile_runs (route, id);
+CREATE TABLE IF NOT EXISTS reconcile_fields (
+    run_id INTEGER NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (run_id, path, kind));
+CREATE TABLE IF NOT EXISTS reconcile_samples (
+    run_id INTEGER NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq));
+"""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+    return conn
+
+
+class ReconcileStore:
+    """The writer of `strangler reconcile` (one run at a time)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = _connect(self.path)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.executescript(_SCHEMA)
+
+    def begin(self, route: str, source: str, started: float | None = None) -> int:
+        cur = self._conn.execute(
+            "INSERT INTO reconcile_runs (route, source, started) VALUES (?, ?, ?)",
+            (route, source, time.time() if started is None else started))
+        return int(cur.lastrowid or 0)
+
+    def finish(self, run_id: int, r: RunResult) -> None:
+        detail = {"skipped_by_reason": r.skipped, "error_kinds": r.error_kinds}
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute(
+                "UPDATE reconcile_runs SET finished=?, requests=?, compared=?, mismatched=?, "
+                "errors=?, skipped=?, noise=?, detail=? WHERE id=?",
+                (r.finished, r.requests, r.compared, r.mismatched, r.errors,
+                 sum(r.skipped.values()), r.noise, json.dumps(detail), run_id))
+            c.executemany("INSERT INTO reconcile_fields (run_id, path, kind, count) "
+                          "VALUES (?, ?, ?, ?)", [(run_id, p, k, n) for p, k, n in r.fields])
+            c.executemany("INSERT INTO reconcile_samples (run_id, seq, data) VALUES (?, ?, ?)",
+                          [(run_id, i, json.dumps(s, ensure_ascii=False, default=str))
+                           for i, s in enumerate(r.samples)])
+            old = [row[0] for row in c.execute(
+                "SELECT id FROM reconcile_runs WHERE route=? ORDER BY id DESC LIMIT -1 OFFSET ?",
+                (r.route, KEEP_RUNS))]
+            for table, col in (("reconcile_fields", "run_id"), ("reconcile_samples", "run_id"),
+                               ("reconcile_runs", "id")):
+                c.executemany(f"DELETE FROM {table} WHERE {col}=?", [(i,) for i in old])
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ReconcileStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _run_view(c: sqlite3.Connection, row: tuple, fields: int, samples: int) -> dict[str, object]:
+    (rid, route, source, started, finished, requests, compared, mismatched, errors, skipped,
+     noise, detail) = row
+    out: dict[str, object] = {
+        "route": route, "run_id": rid, "source": source, "started": started,
+        "finished": finished, "requests": requests, "compared": compared,
+        "mismatched": mismatched, "errors": errors, "skipped": skipped, "noise": noise,
+        **json.loads(detail or "{}"),
+    }
+    rows = c.execute("SELECT path, kind, count FROM reconcile_fields WHERE run_id=? "
+                     "ORDER BY count DESC, path, kind LIMIT ?", (rid, fields)).fetchall()
+    out["fields"] = [{"path": p, "kind": k, "count": n, "rate": n / compared if compared else 0.0}
+                     for p, k, n in rows]
+    out["samples"] = [json.loads(d) for (d,) in c.execute(
+        "SELECT data FROM reconcile_samples WHERE run_id=? ORDER BY seq LIMIT ?",
+        (rid, samples))]
+    return out
+
+
+_COLUMNS = ("id, route, source, started, finished, requests, compared, mismatched, errors, "
+            "skipped, noise, detail")
+
+
+def latest_runs(path: Path | str, route: str | None = None, fields: int = 20,
+                samples: int = 5) -> dict[str, dict[str, object]]:
+    """route -> its newest reconcile run (all routes, or one). Empty when there is none yet."""
+    p = Path(path)
+    if not p.exists():
+        return {}
+    try:
+        c = _connect(p)
+    except sqlite3.Error:
+        return {}
+    try:
+        q = (f"SELECT {_COLUMNS} FROM reconcile_runs WHERE id IN "
+             "(SELECT MAX(id) FROM reconcile_runs {where} GROUP BY route)")
+        rows = c.execute(q.format(where="WHERE route=?"), (route,)).fetchall() if route else \
+            c.execute(q.format(where="")).fetchall()
+        return {row[1]: _run_view(c, row, fields, samples) for row in rows}
+    except sqlite3.OperationalError:  # no reconcile tables yet
+        return {}
+    finally:
+        c.close()
