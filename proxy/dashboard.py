@@ -8,10 +8,14 @@ thing the JSON API lacks for it, recent traffic per route as a time series.
   about one second each for the last ten minutes, per backend requests, errors and p99, plus
   shadow comparisons. The aggregator's totals are sampled when a merge touches a route, at most
   once a second, so an idle route costs nothing and the page shows history as soon as it opens.
+- `GET /admin/routes/{name}/reconcile` and `GET /admin/reconcile` (all routes): the newest
+  `strangler reconcile` run, read from its tables in state_dir/diffs.sqlite3 (`latest` null, or
+  the route absent, before the first run).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections import deque
@@ -24,6 +28,7 @@ from aiohttp import web
 
 from proxy.aggregate import Aggregator, RouteWindow
 from proxy.recorder import quantile
+from shadow.reconcile_store import latest_runs
 
 STATIC_DIR = Path(__file__).with_name("static")
 CONTENT_TYPES = {
@@ -171,10 +176,26 @@ def register(app: web.Application, server: Any) -> None:
                                       "detail": {"field": "since"}}, status=400)
         return web.json_response(series.view(name, since))
 
+    def store_path() -> Path:
+        return server.runtime.config.state_dir / "diffs.sqlite3"
+
+    async def route_reconcile(request: web.Request) -> web.Response:
+        """The route's newest `strangler reconcile` run (null before the first)."""
+        name = request.match_info["name"]
+        server.runtime.spec(name)
+        runs = await asyncio.to_thread(latest_runs, store_path(), name)
+        return web.json_response({"route": name, "latest": runs.get(name)})
+
+    async def all_reconcile(request: web.Request) -> web.Response:
+        runs = await asyncio.to_thread(latest_runs, store_path(), None, 5, 0)
+        return web.json_response({"routes": runs})
+
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", static)
     app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/admin/routes/{name}/series", route_series)
+    app.router.add_get("/admin/routes/{name}/reconcile", route_reconcile)
+    app.router.add_get("/admin/reconcile", all_reconcile)
 
 
 __all__ = ["CSP", "STATIC_DIR", "TrafficSeries", "load_assets", "register"]

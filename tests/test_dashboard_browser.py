@@ -22,7 +22,7 @@ from aiohttp import web
 from proxy.aggregate import Aggregator
 from proxy.dashboard import CSP, TrafficSeries
 from proxy.recorder import Recorder
-from tests.support import REPO, free_port, routes_yaml, wait_for
+from tests.support import REPO, free_port, routes_yaml, run_cli, wait_for
 
 CHROMIUM = os.environ.get("STRANGLER_CHROMIUM", "/usr/bin/chromium")
 HAVE_CHROMIUM = Path(CHROMIUM).exists()
@@ -182,6 +182,20 @@ async def test_dashboard_live_diff_and_rollback(upstreams, proxy_process, browse
         assert CARD not in await page.content()
         await page.wait_for_selector("#gate-decision")
         assert "fail" in await page.inner_text("#gate-decision")
+
+        # A nightly reconcile run (its own process, the same SQLite file as the running proxy)
+        # shows beside the shadow numbers: its drift on the field path.
+        assert "No reconcile run yet" in await page.inner_text("#reconcile")
+        reads = proxy.dir / "reads.txt"
+        reads.write_text("/api/v1/balance/1\n/api/v1/balance/2\n")
+        code, out, err = await run_cli("reconcile", "balance", "-c", str(proxy.config),
+                                       "--requests", str(reads))
+        assert code == 1, (out, err)
+        rec_row = page.locator('#reconcile-table tr[data-path="$.currency"]')
+        await rec_row.wait_for(timeout=15000)  # the route page refreshes it within ~5 s
+        assert "2 of 2 differ" in await page.inner_text("#reconcile-summary")
+        assert "run #1" in await page.inner_text("#reconcile")
+        await page.locator("#reconcile").screenshot(path=str(ARTIFACTS / "dashboard-reconcile.png"))
         await page.wait_for_selector("#chart-weight svg .marker.set_weight")
         await page.wait_for_selector("#chart-rps svg path.line.legacy")
         await asyncio.sleep(2.5)  # a few more points on the traffic charts
@@ -231,6 +245,9 @@ async def test_dashboard_live_diff_and_rollback(upstreams, proxy_process, browse
         await page.click(".crumbs a")
         await wait_for(lambda: page.locator(
             'tr[data-route="balance"] .pill.rolled_back').count(), timeout=10)
+        rec = page.locator('tr[data-route="balance"] td.shadow .rec')
+        await rec.wait_for(timeout=10000)
+        assert "reconcile: 2 of 2 differ" in await rec.inner_text()
         assert page.js_errors == []
     finally:
         stop.set()

@@ -277,6 +277,18 @@ async def test_from_store_and_exported_jsonl_and_hurl_replay_what_shadow_recorde
     run = latest_runs(proxy.runtime.config.state_dir / "diffs.sqlite3", "balance")["balance"]
     assert run["source"] == "file:export.hurl" and run["fields"][0]["path"] == "$.currency"
 
+    # the admin API (and the dashboard) show the newest run per route
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{proxy.admin}/admin/routes/balance/reconcile") as r:
+            latest = (await r.json())["latest"]
+        async with s.get(f"{proxy.admin}/admin/reconcile") as r:
+            every = (await r.json())["routes"]
+        async with s.get(f"{proxy.admin}/admin/routes/nope/reconcile") as r:
+            assert r.status == 404
+    assert latest["run_id"] == run["run_id"] == 3 and latest["mismatched"] == 1
+    assert latest["fields"] == [{"path": "$.currency", "kind": "value", "count": 1, "rate": 1.0}]
+    assert set(every) == {"balance"} and every["balance"]["run_id"] == 3
+
 
 async def test_from_store_without_records_is_clean_and_says_so(tmp_path, upstreams):
     cfg, _ = await setup(tmp_path, upstreams)

@@ -23,6 +23,8 @@ const S = {
   gate: null,
   diffs: null,
   history: null,
+  reconcile: null,      // the route page's newest reconcile run ({route, latest})
+  recAll: null,         // route -> newest reconcile run (overview), refreshed every 10 s
 };
 
 /* ---------- DOM helpers ---------- */
@@ -255,7 +257,11 @@ async function overview(first) {
   const gen = S.gen;
   let data;
   try {
-    data = await api("GET", "/admin/routes");
+    const recDue = first || !S.recAll || (Date.now() - S.recAll._at) > 10000;
+    const [routes, rec] = await Promise.all([api("GET", "/admin/routes"),
+      recDue ? api("GET", "/admin/reconcile").catch(() => null) : Promise.resolve(null)]);
+    data = routes;
+    if (rec) S.recAll = { runs: rec.routes || {}, _at: Date.now() };
   } catch (e) {
     if (gen !== S.gen) return;
     if (!handleError(e)) schedule(() => overview(false), POLL_MS);
@@ -366,7 +372,8 @@ function renderOverview(data) {
       h("td", { class: "num shadow" }, sh ? h("div", {},
         h("div", { class: st.shadow.mismatched ? "bad mono" : "mono" }, fmtPct(st.shadow.mismatch_rate, 2)),
         h("div", { class: "rsub" }, fmtInt(st.shadow.compared) + " compared"))
-        : h("span", { class: "faint" }, "off")),
+        : h("span", { class: "faint" }, "off"),
+        recLine(S.recAll && S.recAll.runs[r.name])),
       h("td", { class: "gate" }, decisionPill(r.last_decision)));
   });
   const table = h("table", { class: "routes", id: "routes" },
@@ -378,6 +385,43 @@ function renderOverview(data) {
     h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 9, class: "empty" },
       "No routes in routes.yaml: unmatched traffic goes to the default upstream."))));
   $("main").replaceChildren(cards, h("div", { class: "panel" }, head, table));
+}
+
+/* ---------- reconcile (strangler reconcile runs, from the diff store) ---------- */
+function recSummary(run) {
+  if (!run.finished) return "running or interrupted";
+  if (run.mismatched) return fmtInt(run.mismatched) + " of " + fmtInt(run.compared) + " differ";
+  if (run.errors) return fmtInt(run.errors) + " errors";
+  return "clean · " + fmtInt(run.compared) + " compared";
+}
+function recLine(run) {
+  if (!run) return null;
+  return h("div", { class: "rsub rec" + (run.mismatched || run.errors ? " bad" : ""),
+    title: "latest strangler reconcile run #" + run.run_id + " (" + run.source + ")" },
+  "reconcile: " + recSummary(run) + " · " + ago(run.finished || run.started));
+}
+function reconcilePanel(r) {
+  const run = S.reconcile && S.reconcile.latest;
+  const head = h("div", { class: "panel-head" }, h("h2", {}, "Latest reconcile run"),
+    h("span", { class: "sub" }, run ? `run #${run.run_id} · ${run.source} · ${ago(run.finished || run.started)}` : ""));
+  const panel = h("div", { class: "panel", id: "reconcile" }, head);
+  if (!run) {
+    panel.append(h("div", { class: "empty" }, "No reconcile run yet: ",
+      h("code", {}, `strangler reconcile ${r.name} --from-store`), " replays recorded reads against both sides."));
+    return h("div", { class: "grid" }, panel);
+  }
+  panel.append(h("div", { class: "panel-body", id: "reconcile-summary" },
+    h("span", { class: run.mismatched || run.errors ? "bad" : "" }, recSummary(run)),
+    ` · ${fmtInt(run.requests)} replayed, ${fmtInt(run.errors)} errors, ${fmtInt(run.skipped)} skipped` +
+    (run.noise ? `, ${fmtInt(run.noise)} noise cancelled` : "")));
+  if (run.fields && run.fields.length) {
+    panel.append(h("table", { id: "reconcile-table" }, h("thead", {}, h("tr", {}, h("th", {}, "Field path"),
+      h("th", {}, "Kind"), h("th", { class: "num" }, "Count"), h("th", { class: "num" }, "Rate"))),
+    h("tbody", {}, run.fields.map((f) => h("tr", { class: "rec-row", "data-path": f.path },
+      h("td", { class: "path" }, f.path), h("td", {}, h("span", { class: "pill kind" }, f.kind)),
+      h("td", { class: "num" }, fmtInt(f.count)), h("td", { class: "num" }, fmtPct(f.rate, 2)))))));
+  }
+  return h("div", { class: "grid" }, panel);
 }
 
 function card(k, v, s, unit) {
@@ -480,8 +524,10 @@ async function routePage(name, first) {
   if (slow) {
     calls.push(api("GET", `/admin/routes/${enc(name)}/diffs?limit=20`));
     calls.push(api("GET", `/admin/history?route=${enc(name)}&limit=200`));
+    calls.push(api("GET", `/admin/routes/${enc(name)}/reconcile`).catch(() => null));
   }
   if (first) calls.push(api("GET", `/admin/routes/${enc(name)}/gate`).catch((e) => ({ _error: e })));
+  const gateAt = slow ? 5 : 2;
   let res;
   try {
     res = await Promise.all(calls);
@@ -501,8 +547,9 @@ async function routePage(name, first) {
   if (slow) {
     S.diffs = res[2]; S.diffs._at = Date.now();
     S.history = res[3];
+    S.reconcile = res[4];
   }
-  if (first) S.gate = res[4];
+  if (first) S.gate = res[gateAt];
   recordTotals([route]);
   setLive(true);
   renderRoute(route);
@@ -563,13 +610,16 @@ function renderRoute(r) {
     card("p99 (step)", fmtMs(st.target.p99_ms), "target · legacy " + fmtMs(st.legacy.p99_ms)),
     card("Shadow mismatch (step)", r.shadow.enabled ? fmtPct(st.shadow.mismatch_rate, 2) : "off",
       r.shadow.enabled ? fmtInt(st.shadow.mismatched) + " of " + fmtInt(st.shadow.compared) + " compared" : "shadow disabled"),
+    card("Reconcile (latest)", S.reconcile && S.reconcile.latest ? recSummary(S.reconcile.latest) : "—",
+      S.reconcile && S.reconcile.latest ? "run #" + S.reconcile.latest.run_id + " · " +
+        ago(S.reconcile.latest.finished || S.reconcile.latest.started) : "no run yet"),
     card("Requests (step)", fmtInt(st.legacy.requests + st.target.requests),
       fmtInt(st.legacy.requests) + " legacy · " + fmtInt(st.target.requests) + " target"));
 
   const grid1 = h("div", { class: "grid two" }, weightPanel(r), trafficPanel("rps"));
   const grid2 = h("div", { class: "grid two" }, trafficPanel("p99"), trafficPanel("err"));
   const grid3 = h("div", { class: "grid two" }, gatePanel(r), historyPanel());
-  $("main").replaceChildren(head, banner || "", cards, grid1, grid2, diffPanel(r), grid3);
+  $("main").replaceChildren(head, banner || "", cards, grid1, grid2, diffPanel(r), reconcilePanel(r), grid3);
   // draw charts now that panels have their widths
   drawWeight(r);
   for (const k of ["rps", "p99", "err"]) drawTraffic(r, k);
