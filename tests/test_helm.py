@@ -545,3 +545,75 @@ def test_notes_warn_when_replicas_judge_promotions_on_local_metrics(chart: helm.
     assert "WARNING" not in render(chart, values).notes
     values["config"]["gate"] = {"metrics": "local"}
     assert 'WARNING: config.gate.metrics is "local"' in render(chart, values).notes
+
+
+# --- reconcile CronJobs -------------------------------------------------------------------------
+
+
+def test_no_reconcile_cronjob_by_default(chart: helm.Chart) -> None:
+    assert render(chart).of("CronJob") == []
+
+
+def test_reconcile_cronjob_per_route_runs_from_the_store_on_the_proxy_state_volume(
+    chart: helm.Chart,
+) -> None:
+    r = render(chart, values_for("reconcile-values"))
+    jobs = {j["metadata"]["name"]: j for j in r.of("CronJob")}
+    assert set(jobs) == {"edge-strangler-reconcile-balance", "edge-strangler-reconcile-orders-v2"}
+    job = jobs["edge-strangler-reconcile-orders-v2"]
+    spec = job["spec"]
+    assert spec["schedule"] == "30 2 * * *" and spec["timeZone"] == "Europe/Berlin"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["jobTemplate"]["spec"]["backoffLimit"] == 0  # drift (exit 1) is not retried
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["image"] == r.container["image"]
+    assert c["command"] == ["strangler", "reconcile"]
+    assert c["args"] == ["orders_v2", "-c", "/etc/strangler/routes.yaml", "--from-store",
+                         "--rate", "5"]
+    config = load_config("routes.yaml", text=routes_yaml(r))
+    assert "orders_v2" in {rt.name for rt in config.routes}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["state"] == str(config.state_dir) and mounts["config"] == "/etc/strangler"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["state"]["persistentVolumeClaim"] == {"claimName": "strangler-state"}
+    assert volumes["config"]["configMap"]["name"] == r.one("ConfigMap")["metadata"]["name"]
+    # next to a proxy pod (ReadWriteOnce), but never selected by the proxy's Service or PDB
+    term = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    selector = r.one("Deployment")["spec"]["selector"]["matchLabels"]
+    assert term["labelSelector"]["matchLabels"] == selector
+    labels = spec["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    assert not all(labels.get(k) == v for k, v in selector.items())
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "env" not in c or all("STRANGLER_ADMIN_TOKEN" != e["name"] for e in c["env"])
+
+
+def test_reconcile_request_file_ships_in_its_own_configmap(chart: helm.Chart) -> None:
+    values = values_for("reconcile-values")
+    values["state"] = {"existingClaim": ""}
+    values["reconcile"]["routes"] = ["balance"]
+    values["reconcile"]["requests"] = "# nightly reads\nGET /api/v1/balance/7\n"
+    r = render(chart, values)
+    job = r.one("CronJob")
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["args"][3:5] == ["--requests", "/etc/strangler-reconcile/requests.txt"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    cm = r.one("ConfigMap", volumes["requests"]["configMap"]["name"])
+    assert cm["data"]["requests.txt"].strip() == values["reconcile"]["requests"].strip()
+    assert "emptyDir" in volumes["state"] and "affinity" not in pod
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"routes": ["nope"]}, r"reconcile.routes: unknown route \"nope\""),
+    ({"args": ["--from-store"]}, r"reconcile.args must not contain --from-store"),
+    ({"state": True}, r"needs state.existingClaim"),
+])
+def test_reconcile_misconfigurations_are_refused(chart: helm.Chart, change: dict,
+                                                 message: str) -> None:
+    values = values_for("reconcile-values")
+    if change.pop("state", None):
+        values["state"] = {"existingClaim": ""}
+    values["reconcile"].update(change)
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(chart, values)
