@@ -231,6 +231,10 @@ class Admin:
             body["degraded"] = degraded if isinstance(degraded, dict | list | str) else True
         if not self.rt.durable:
             body["persist_error"] = self.rt.persist_error
+        recovery = getattr(self.rt, "recovery", None)
+        if recovery is not None:
+            degraded = True
+            body["state_recovered"] = recovery.to_dict()
         if self.server.ready:
             # Degraded (e.g. no flag data: every route on legacy) still takes traffic: 200.
             status = "degraded" if degraded else "ready"

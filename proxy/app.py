@@ -89,6 +89,12 @@ def run(opts: ServeOptions) -> int:
     problem = admin_token_problem(config)
     if problem:
         raise ServeError(problem)
+    from proxy.recovery import RefuseToStart, check_audit_log
+
+    try:
+        check_audit_log(config.state_dir)
+    except RefuseToStart as exc:
+        raise ServeError(str(exc)) from exc
     install_uvloop()
     return asyncio.run(_serve(opts, config, text))
 

@@ -151,36 +151,49 @@ class AuditLog:
         return out
 
     def verify(self) -> VerifyResult:
-        prev = GENESIS
-        count = 0
+        """Check the chain and the anchor; the result names the first line that is wrong."""
+        anchor = self._anchor()
         try:
-            lines = self.path.read_bytes().split(b"\n")
+            data = self.path.read_bytes()
         except FileNotFoundError:
+            if anchor is not None and anchor.get("seq", 0) > 0:
+                return VerifyResult(False, 0, 1, f"{self.path.name} is missing but "
+                                    f"{self.anchor_path.name} says {anchor['seq']} entries were "
+                                    "written: the log was deleted or moved", ())
             return VerifyResult(True, 0, message="no audit log yet")
-        for number, raw in enumerate(lines, start=1):
-            if not raw.strip():
-                continue
+        lines = data.split(b"\n")
+        numbered = [(n, raw) for n, raw in enumerate(lines, start=1) if raw.strip()]
+        last_number = len(lines)  # the segment after the last newline (empty when complete)
+        prev, prev_number, count = GENESIS, 0, 0
+        for i, (number, raw) in enumerate(numbered):
             try:
                 entry = json.loads(raw)
+                if not isinstance(entry, dict):
+                    raise ValueError("not an object")
             except ValueError:
-                return VerifyResult(False, count, number, f"line {number} is not valid JSON")
+                if number == last_number:
+                    return VerifyResult(False, count, number, f"line {number} is torn: the last "
+                                        "line is incomplete (no newline, not JSON), an append was "
+                                        "interrupted; `strangler serve` moves it aside at start",
+                                        (number,))
+                return VerifyResult(False, count, number, f"line {number} is not valid JSON: "
+                                    "it was edited", (number,))
             if entry.get("prev") != prev:
-                before = f"line {number - 1} was edited or deleted, or " if number > 1 else ""
-                return VerifyResult(
-                    False,
-                    count,
-                    number,
-                    f"line {number} does not chain to the line before it: {before}line "
-                    f"{number} was altered or inserted (it no longer holds the SHA-256 of the "
-                    "line before it)",
-                    tuple(n for n in (number - 1, number) if n >= 1),
+                following = numbered[i + 1][1] if i + 1 < len(numbered) else None
+                intact = (
+                    json.loads(following).get("prev") == hashlib.sha256(raw).hexdigest()
+                    if following is not None and _is_json(following)
+                    else following is None and anchor is not None
+                    and anchor.get("hash") == hashlib.sha256(raw).hexdigest()
                 )
+                return _chain_break(number, prev_number, entry.get("seq"), count + 1, intact,
+                                    count)
             if entry.get("seq") != count + 1:
                 return VerifyResult(False, count, number, f"line {number} has seq "
-                                    f"{entry.get('seq')}, expected {count + 1}")
+                                    f"{entry.get('seq')}, expected {count + 1}", (number,))
             prev = hashlib.sha256(raw).hexdigest()
+            prev_number = number
             count += 1
-        anchor = self._anchor()
         if anchor is not None:
             if count < anchor.get("seq", 0):
                 return VerifyResult(False, count, count + 1,
@@ -191,3 +204,63 @@ class AuditLog:
                 return VerifyResult(False, count, count,
                                     f"line {count} (the last entry) was edited", (count,))
         return VerifyResult(True, count, message=f"{count} entries, chain intact")
+
+    def repair_torn_tail(self, stamp: str) -> dict | None:
+        """An interrupted append leaves a last line without its newline: move those bytes to
+        `audit.log.torn-<stamp>` and cut the log back to its last complete line (a complete
+        JSON line that only lacks the newline gets it). Returns what was done, or None."""
+        with self._lock:
+            try:
+                data = self.path.read_bytes()
+            except FileNotFoundError:
+                return None
+            if not data or data.endswith(b"\n"):
+                return None
+            cut = data.rfind(b"\n") + 1
+            tail = data[cut:]
+            line = data.count(b"\n") + 1
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                if _is_json(tail):
+                    os.lseek(fd, 0, os.SEEK_END)
+                    os.write(fd, b"\n")
+                    os.fsync(fd)
+                    self._last_hash = None
+                    return {"line": line, "action": "newline added", "bytes": len(tail)}
+                dest = self.path.with_name(f"{self.path.name}.torn-{stamp}")
+                dest.write_bytes(tail)
+                os.ftruncate(fd, cut)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._last_hash = None
+            return {"line": line, "action": "moved aside", "bytes": len(tail),
+                    "sha256": hashlib.sha256(tail).hexdigest(), "moved_to": str(dest)}
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        return isinstance(json.loads(raw), dict)
+    except ValueError:
+        return False
+
+
+def _chain_break(number: int, prev_number: int, seq: Any, expected: int, intact: bool,
+                 count: int) -> VerifyResult:
+    """Say which line is wrong when line `number` does not hold the hash of the one before it."""
+    if isinstance(seq, int) and seq > expected:
+        where = f"after line {prev_number}" if prev_number else "at the start"
+        gone = f"entry {expected}" if seq == expected + 1 else f"entries {expected}-{seq - 1}"
+        return VerifyResult(False, count, number, f"line {number} does not chain to the line "
+                            f"before it: {gone} deleted {where}", (number,))
+    if isinstance(seq, int) and seq < expected:
+        return VerifyResult(False, count, number, f"line {number} was inserted: it repeats seq "
+                            f"{seq} and does not chain to line {prev_number}", (number,))
+    if intact and prev_number:
+        # Line `number` is vouched for by its successor (or the anchor): its predecessor changed.
+        return VerifyResult(False, count, prev_number, f"line {prev_number} was edited: line "
+                            f"{number} holds the SHA-256 of a different line {prev_number}",
+                            (prev_number, number))
+    return VerifyResult(False, count, number, f"line {number} does not chain to the line before "
+                        f"it: line {number} was altered, or line {prev_number} was edited",
+                        tuple(n for n in (prev_number, number) if n >= 1))

@@ -14,6 +14,10 @@ from proxy.spec import Config
 async def before_planes(server: Any) -> None:
     """Runs before data planes start (in the control process)."""
     config = server.runtime.config
+    from shadow.store_check import quarantine_if_corrupt
+
+    # Before anything (mirror, workers, comparer) opens the store: a corrupt file is moved aside.
+    server.diff_store_recovered = quarantine_if_corrupt(config.state_dir / "diffs.sqlite3")
     if config.flags.backend == "unleash":
         await start_flags(server)
     if server.opts.workers <= 1:

@@ -20,6 +20,7 @@ import structlog
 from proxy.aggregate import Aggregator
 from proxy.audit import AuditLog
 from proxy.config import ConfigError, load_config
+from proxy.recovery import load_state
 from proxy.spec import Config, RouteSpec
 from proxy.split import bp_to_weight, weight_to_bp
 from proxy.state import StateStore, StateWriteError
@@ -75,8 +76,10 @@ class Runtime:
         self.config_text = text if text is not None else Path(config_path).read_text()
         self.generation = 1
         self.store = StateStore(config.state_dir)
-        self.state = self.store.load()
         self.audit = AuditLog(config.state_dir / "audit.log")
+        # An unreadable state.json starts every route rolled back (proxy.recovery).
+        self.state, self.recovery = load_state(self.store, self.audit,
+                                               [r.name for r in config.routes])
         self.agg = Aggregator()
         self.planes: list[PlaneLink] = []
         self.counters: dict[str, dict[tuple[str, ...], int]] = {
@@ -98,6 +101,10 @@ class Runtime:
                 rt.step_started = time.time()
             self.agg.new_step(route.name, rt.step, rt.step_started)
         self._persist()
+        if self.recovery is not None:
+            self._audit(action="state_recovered", actor="system", route=None,
+                        reason=f"{self.recovery.file}: {self.recovery.problem}",
+                        after="every route rolled back", evidence=self.recovery.to_dict())
         if replaced:
             log.info("file weights replaced runtime values", routes=replaced)
 

@@ -19,6 +19,15 @@ class StateWriteError(OSError):
     """The state could not be persisted (disk full, read-only...). Memory still holds it."""
 
 
+class StateCorrupt(ValueError):
+    """state.json exists but is not strangler state (truncated, not JSON, wrong shape)."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
 @dataclass(slots=True)
 class RouteRuntime:
     weight: float | None = None  # runtime value (set-weight, promote); None = use the file's
@@ -69,8 +78,9 @@ class RuntimeState:
     def from_json(cls, data: dict) -> RuntimeState:
         state = cls()
         for name, raw in (data.get("routes") or {}).items():
+            weight = raw.get("weight")
             state.routes[name] = RouteRuntime(
-                weight=raw.get("weight"),
+                weight=None if weight is None else float(weight),
                 rolled_back=bool(raw.get("rolled_back", False)),
                 step=int(raw.get("step", 0)),
                 step_started=float(raw.get("step_started", 0.0)),
@@ -83,11 +93,32 @@ class StateStore:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "state.json"
 
+    def exists(self) -> bool:
+        return self.path.exists()
+
     def load(self) -> RuntimeState:
+        """The saved state; a fresh one when there is no file. Raises StateCorrupt."""
         try:
-            return RuntimeState.from_json(json.loads(self.path.read_text()))
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return RuntimeState()
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            what = "empty" if not raw.strip() else f"not valid JSON ({exc})"
+            raise StateCorrupt(self.path, f"{what}, {len(raw)} bytes") from exc
+        if not isinstance(data, dict) or data.get("version") != 1:
+            raise StateCorrupt(self.path, "not a strangler state file (no \"version\": 1 object)")
+        try:
+            return RuntimeState.from_json(data)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise StateCorrupt(self.path, f"unexpected content ({exc})") from exc
+
+    def quarantine(self, stamp: str) -> Path:
+        """Move the file aside (kept for inspection); raises OSError when it cannot."""
+        dest = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        os.replace(self.path, dest)
+        return dest
 
     def save(self, state: RuntimeState) -> None:
         """temp file + fsync + rename + fsync(dir): the file is either old or new, never torn."""

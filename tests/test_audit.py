@@ -81,7 +81,7 @@ async def test_verify_names_an_edited_line(proxy):
     assert "BROKEN" in err and "line 2 was edited" in err
     code, out, _ = await run_cli("history", "--verify", "--json", env=proxy.env)
     body = json.loads(out)
-    assert code == 1 and body["ok"] is False and body["bad_line"] == 3
+    assert code == 1 and body["ok"] is False and body["bad_line"] == 2  # the edited line
     assert body["suspect_lines"] == [2, 3]
 
 

@@ -1,13 +1,15 @@
 """`strangler history [ROUTE] [--verify] [--limit N]`: the audit log, newest first.
 
 `--verify` checks the SHA-256 chain of the whole log and exits 1 naming the first line that
-does not chain (an entry was edited, inserted or deleted).
+does not chain (an entry was edited, inserted or deleted). With `--state-dir DIR` it reads
+DIR/audit.log itself, without a running proxy (e.g. when `serve` refuses a broken log).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from proxy import output
 from proxy.client import AdminClient, add_client_options, print_json, run_with_client
@@ -25,8 +27,34 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="verify the hash chain instead of listing (exit 1 when broken)")
     p.add_argument("--limit", type=int, default=50, metavar="N",
                    help="entries to show (default: %(default)s)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="with --verify: check DIR/audit.log directly, no running proxy needed")
     add_client_options(p)
     p.set_defaults(func=run)
+
+
+def _report(data: dict, as_json: bool) -> int:
+    if as_json:
+        print_json(data)
+    if data.get("ok"):
+        if not as_json:
+            print(f"audit log OK: {data.get('message')}")
+        return OK
+    print(f"audit log BROKEN: {data.get('message')}", file=sys.stderr)
+    return FAILED
+
+
+def _verify_offline(state_dir: str, as_json: bool) -> int:
+    from proxy.audit import AuditLog
+
+    directory = Path(state_dir)
+    if not directory.is_dir():
+        print(f"strangler history: --state-dir {state_dir}: not a directory", file=sys.stderr)
+        return USAGE
+    result = AuditLog(directory / "audit.log").verify()
+    return _report({"ok": result.ok, "entries": result.entries, "bad_line": result.bad_line,
+                    "message": result.message, "suspect_lines": list(result.suspect_lines),
+                    "file": str(directory / "audit.log")}, as_json)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,17 +62,15 @@ def run(args: argparse.Namespace) -> int:
         print("strangler history: --limit must be at least 1", file=sys.stderr)
         return USAGE
 
+    if args.state_dir is not None:
+        if not args.verify:
+            print("strangler history: --state-dir needs --verify", file=sys.stderr)
+            return USAGE
+        return _verify_offline(args.state_dir, args.json)
+
     def body(client: AdminClient) -> int:
         if args.verify:
-            data = client.call("GET", "/admin/history/verify")
-            if args.json:
-                print_json(data)
-            if data.get("ok"):
-                if not args.json:
-                    print(f"audit log OK: {data.get('message')}")
-                return OK
-            print(f"audit log BROKEN: {data.get('message')}", file=sys.stderr)
-            return FAILED
+            return _report(client.call("GET", "/admin/history/verify"), args.json)
         params: dict = {"limit": args.limit}
         if args.route:
             params["route"] = args.route
