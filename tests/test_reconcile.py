@@ -299,7 +299,7 @@ async def test_from_store_without_records_is_clean_and_says_so(tmp_path, upstrea
 
 @pytest.mark.parametrize("case", ["unknown route", "unreadable file", "bad line", "bad config",
                                   "rate", "no source", "both sources", "all skipped",
-                                  "empty file", "header env"])
+                                  "empty file", "header env", "store unwritable"])
 async def test_usage_and_config_errors_exit_2(tmp_path, upstreams, case):
     cfg, ups = await setup(tmp_path, upstreams)
     good = requests_file(tmp_path, "/api/v1/balance/1\n")
@@ -327,6 +327,9 @@ async def test_usage_and_config_errors_exit_2(tmp_path, upstreams, case):
     elif case == "empty file":
         empty = requests_file(tmp_path, "# nothing yet\n", "empty.txt")
         args, want = ("--requests", str(empty)), "no requests in it"
+    elif case == "store unwritable":
+        (tmp_path / "state").write_text("a file where state_dir should be")
+        args, want = ("--requests", str(good)), "cannot write the diff store"
     else:
         args, want = ("--requests", str(good), "--header", "X-Token=RECONCILE_UNSET_VAR"), \
             "RECONCILE_UNSET_VAR is not set"

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -100,7 +101,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.from_store:
         source = "store"
-        requests = _from_store(store_path, spec.name, redacted)
+        try:
+            requests = _from_store(store_path, spec.name, redacted)
+        except (sqlite3.Error, OSError) as exc:
+            return _usage(f"cannot read the diff store {store_path}: {exc}")
     else:
         source = f"file:{Path(args.requests).name}"
         try:
@@ -124,8 +128,12 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     tally = Tally(spec.name, source, started, Redactor(compare.redact),
                   noise=compare.noise_upstream is not None)
-    with ReconcileStore(store_path) as store:
+    try:
+        store = ReconcileStore(store_path)
         run_id = store.begin(spec.name, source, started)
+    except (sqlite3.Error, OSError) as exc:
+        return _usage(f"cannot write the diff store {store_path}: {exc}")
+    with store:
         asyncio.run(replayer.run(requests, tally))
         if progress:
             progress.end()
