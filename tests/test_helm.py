@@ -586,6 +586,8 @@ def test_reconcile_cronjob_per_route_runs_from_the_store_on_the_proxy_state_volu
     assert not all(labels.get(k) == v for k, v in selector.items())
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert "env" not in c or all("STRANGLER_ADMIN_TOKEN" != e["name"] for e in c["env"])
+    assert "Nightly reconcile (30 2 * * *): balance, orders_v2" in r.notes
+    assert "reconcile" not in render(chart).notes.lower()
 
 
 def test_reconcile_request_file_ships_in_its_own_configmap(chart: helm.Chart) -> None:
