@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import functools
 import json
 import re
@@ -213,7 +214,7 @@ def test_the_reference_file_loads_and_shows_the_loaders_defaults(tmp_path: Path)
     assert config.listen == HostPort("0.0.0.0", 8080)
     assert config.admin == AdminSpec()
     assert config.state_dir == tmp_path / ".strangler"
-    assert config.limits == LimitsSpec(), "the limits shown are not the defaults"
+    assert config.limits == LimitsSpec(), _not_defaults("limits", config.limits, LimitsSpec())
     assert config.gate == GateSourceSpec() and config.flags.backend == "file"
     first = next(iter(config.upstreams.values()))
     defaults = UpstreamSpec(name="", url="", host="", port=0)
@@ -221,11 +222,17 @@ def test_the_reference_file_loads_and_shows_the_loaders_defaults(tmp_path: Path)
         defaults.connect_timeout, defaults.timeout, defaults.max_connections)
     (route,) = config.routes
     assert route.weight == 0.0 and route.fallback_to_legacy and not route.websocket
-    assert route.shadow == ShadowSpec(), (
-        f"the shadow block shown is not the defaults: {route.shadow} != {ShadowSpec()}")
-    assert route.promotion == PromotionSpec(), (
-        f"the promotion block shown is not the defaults: {route.promotion} != "
-        f"{PromotionSpec()}")
+    assert route.shadow == ShadowSpec(), _not_defaults("shadow", route.shadow, ShadowSpec())
+    assert route.promotion == PromotionSpec(), _not_defaults("promotion", route.promotion,
+                                                             PromotionSpec())
+
+
+def _not_defaults(block: str, shown: Any, default: Any) -> str:
+    wrong = [f"{block}.{f.name}: the doc shows {getattr(shown, f.name)!r}, the default is "
+             f"{getattr(default, f.name)!r}" for f in dataclasses.fields(default)
+             if getattr(shown, f.name) != getattr(default, f.name)]
+    return "the reference block of docs/contract.md section 3 is not at the defaults: " + \
+        "; ".join(wrong)
 
 
 def test_the_unleash_block_shows_the_loaders_defaults(tmp_path: Path) -> None:
