@@ -5,8 +5,9 @@ and is frozen into a `RunResult` at the end. Comparisons pass through a `NoiseMo
 own when the route has a noise twin, exactly as shadow comparisons do, so noise is cancelled
 before anything counts. Samples are kept for at most `MAX_SAMPLES` requests, at most
 `SAMPLES_PER_FIELD` per field path (one noisy field cannot crowd out the others); they hold the
-request line, its safe headers, the statuses and the (already redacted) differences, never a
-body.
+request line, its safe headers, the statuses and the (already redacted) differences (at most
+`DIFFS_PER_SAMPLE`), never a body. At most `MAX_FIELDS` distinct (path, kind) are counted; the
+differences beyond are counted in `fields_dropped`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from shadow.noise import NoiseModel
 from shadow.redact import Redactor
 from shadow.requestset import ReplayRequest
 
-__all__ = ["MAX_SAMPLES", "SAMPLES_PER_FIELD", "RunResult", "Tally"]
+__all__ = ["DIFFS_PER_SAMPLE", "MAX_FIELDS", "MAX_SAMPLES", "SAMPLES_PER_FIELD", "RunResult",
+           "Tally"]
 
 MAX_SAMPLES = 20
 SAMPLES_PER_FIELD = 3
+DIFFS_PER_SAMPLE = 50
+MAX_FIELDS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,7 @@ class RunResult:
     fields: tuple[tuple[str, str, int], ...]  # (path, kind, count), most frequent first
     samples: tuple[dict[str, object], ...]
     error_kinds: dict[str, int] = field(default_factory=dict)
+    fields_dropped: int = 0  # differences on fields past MAX_FIELDS (counted in mismatched)
 
     @property
     def clean(self) -> bool:
@@ -63,6 +68,7 @@ class Tally:
         self.fields: Counter[tuple[str, str]] = Counter()
         self.samples: list[dict[str, object]] = []
         self._per_field: Counter[str] = Counter()
+        self.fields_dropped = 0
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] += 1
@@ -88,7 +94,11 @@ class Tally:
         self.mismatched += 1
         paths = []
         for d in result.differences:
-            self.fields[(d.path, d.kind)] += 1
+            key = (d.path, d.kind)
+            if key in self.fields or len(self.fields) < MAX_FIELDS:
+                self.fields[key] += 1
+            else:
+                self.fields_dropped += 1
             paths.append(d.path)
         if len(self.samples) < MAX_SAMPLES and any(
                 self._per_field[p] < SAMPLES_PER_FIELD for p in paths):
@@ -102,7 +112,9 @@ class Tally:
                 "legacy_status": legacy_status,
                 "target_status": target_status,
                 # the comparator redacts differences already; again, cheaply, to be sure
-                "differences": [red.redact_difference(d).to_dict() for d in result.differences],
+                "differences": [red.redact_difference(d).to_dict()
+                                for d in result.differences[:DIFFS_PER_SAMPLE]],
+                "more_differences": max(0, len(result.differences) - DIFFS_PER_SAMPLE),
             })
         return result
 
@@ -113,5 +125,5 @@ class Tally:
             requests=self.requests, compared=self.compared, mismatched=self.mismatched,
             errors=self.errors, skipped=dict(self.skipped), noise=self.cancelled,
             fields=tuple((p, k, n) for (p, k), n in fields), samples=tuple(self.samples),
-            error_kinds=dict(self.error_kinds),
+            error_kinds=dict(self.error_kinds), fields_dropped=self.fields_dropped,
         )

@@ -65,7 +65,8 @@ class ReconcileStore:
         return int(cur.lastrowid or 0)
 
     def finish(self, run_id: int, r: RunResult) -> None:
-        detail = {"skipped_by_reason": r.skipped, "error_kinds": r.error_kinds}
+        detail = {"skipped_by_reason": r.skipped, "error_kinds": r.error_kinds,
+                  "fields_dropped": r.fields_dropped}
         c = self._conn
         c.execute("BEGIN IMMEDIATE")
         try:

@@ -377,9 +377,19 @@ def test_safe_headers_drop_credentials_and_plumbing():
     assert got == (("accept", "a"),)
 
 
-def test_samples_are_bounded_per_field_and_per_run(tmp_path):
+def test_samples_are_bounded_per_field_and_per_run(tmp_path, monkeypatch):
+    from shadow import reconcile
     from shadow.model import Comparison, Difference
     from shadow.requestset import ReplayRequest
+
+    monkeypatch.setattr(reconcile, "MAX_FIELDS", 3)
+    wide = Tally("r", "file:x", 0.0, Redactor(), noise=False)
+    many = Comparison(tuple(Difference(f"$.f{i}", "value", i, -i) for i in range(60)))
+    wide.compared_one(ReplayRequest("GET", "/wide"), 200, 200, many, None)
+    w = wide.result(1.0)
+    assert len(w.fields) == 3 and w.fields_dropped == 57 and w.mismatched == 1
+    assert len(w.samples[0]["differences"]) == 50 and w.samples[0]["more_differences"] == 10
+    monkeypatch.undo()
 
     tally = Tally("r", "file:x", 0.0, Redactor(CompareSpec().redact), noise=False)
     for i in range(40):

@@ -192,7 +192,8 @@ def _json(r: RunResult, run_id: int, rate: float) -> dict[str, object]:
         "finished": r.finished, "rate": rate, "requests": r.requests, "compared": r.compared,
         "mismatched": r.mismatched, "errors": r.errors, "error_kinds": r.error_kinds,
         "skipped": sum(r.skipped.values()), "skipped_by_reason": r.skipped, "noise": r.noise,
-        "clean": r.clean, "fields": r.field_rows(), "samples": list(r.samples),
+        "clean": r.clean, "fields": r.field_rows(), "fields_dropped": r.fields_dropped,
+        "samples": list(r.samples),
     }
 
 
@@ -209,6 +210,9 @@ def _text(r: RunResult, run_id: int) -> str:
                                                 sorted(r.error_kinds.items())))
     if r.noise:
         lines.append(f"  {r.noise} difference(s) cancelled as noise (legacy twin differed too)")
+    if r.fields_dropped:
+        lines.append(f"  {r.fields_dropped} difference(s) on fields past the first "
+                     f"{len(r.fields)} not counted per field")
     if r.fields:
         lines.append("")
         lines.append(output.table(["FIELD", "KIND", "COUNT", "RATE"],
