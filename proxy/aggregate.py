@@ -64,6 +64,9 @@ class Aggregator:
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.shadow: dict[tuple[str, str], int] = {}
         self.skipped: dict[tuple[str, str], int] = {}
+        # Pinned (QA) requests and ignored pins: exported, never part of a window or `recent`.
+        self.overrides: dict[tuple[str, str, int], int] = {}
+        self.override_ignored: dict[tuple[str, str], int] = {}
         self.steps: dict[str, RouteWindow] = {}
         self.totals: dict[str, RouteWindow] = {}
         # Guardrail: per route, (time, target req, target err, legacy req, legacy err) per merge.
@@ -143,6 +146,10 @@ class Aggregator:
                     w.mismatched += n
         for key, n in delta.skipped.items():
             self.skipped[key] = self.skipped.get(key, 0) + n
+        for okey, n in delta.overrides.items():
+            self.overrides[okey] = self.overrides.get(okey, 0) + n
+        for key, n in delta.override_ignored.items():
+            self.override_ignored[key] = self.override_ignored.get(key, 0) + n
         for route, (tr, te, lr, le) in touched.items():
             dq = self.recent.setdefault(route, deque())
             dq.append((now, tr, te, lr, le))

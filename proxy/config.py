@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from proxy import override_config
 from proxy.paths import BadPath, canonical_path
 from proxy.spec import (
     SAFE_METHODS,
@@ -310,6 +311,7 @@ class _Walker:
         self.problems: list[Problem] = []
         self._ctor = yaml.constructor.SafeConstructor()
         self.gate_url_reported = False
+        self.override_trust: Any = None  # `overrides.trusted`, read before the routes
 
     # -- recording -----------------------------------------------------------------------------
 
@@ -664,6 +666,8 @@ class _Walker:
         limits = self.limits(m["limits"]) if "limits" in m else LimitsSpec()
         gate = self.gate(m["gate"]) if "gate" in m else GateSourceSpec()
         flags = self.flags(m["flags"]) if "flags" in m else FlagsSpec()
+        self.override_trust = override_config.overrides(self, m["overrides"]) \
+            if "overrides" in m else None
         routes: tuple[RouteSpec, ...] = ()
         if "routes" in m:
             routes = self.routes(m["routes"], upstreams, gate, flags)
@@ -682,6 +686,7 @@ class _Walker:
             gate=gate,
             flags=flags,
             routes=routes,
+            overrides=self.override_trust,
         )
 
     def admin(self, e: _Entry) -> AdminSpec:
@@ -919,6 +924,11 @@ class _Walker:
         if flags.backend == "unleash" and flag is None and not flag_reported:
             self.problem(e.line, f"{e.path}.flag", "required with flags.backend: unleash "
                          "(the Unleash toggle that holds this route's weight)")
+        if "override" in m:
+            value = override_config.route_override(self, m["override"], self.override_trust,
+                                                   kw.get("sticky"))
+            if value is not BAD:
+                kw["override"] = value
         shadow = ShadowSpec()
         if "shadow" in m:
             shadow = self.shadow(m["shadow"], upstreams, sides)
@@ -1306,14 +1316,14 @@ def _methods_cover(earlier: tuple[str, ...] | None, later: tuple[str, ...] | Non
 
 
 TOP_KEYS = ("version", "listen", "admin", "state_dir", "upstreams", "default_upstream",
-            "trusted_proxies", "limits", "gate", "flags", "routes")
+            "trusted_proxies", "limits", "gate", "flags", "routes", "overrides")
 UPSTREAM_KEYS = ("url", "connect_timeout", "timeout", "max_connections")
 LIMITS_KEYS = ("max_body", "header_timeout", "body_idle_timeout", "drain_timeout",
                "max_request_line", "max_header_bytes", "max_headers")
 UNLEASH_KEYS = ("url", "app_name", "refresh_interval", "token_env", "admin_token_env",
                 "environment", "project")
 ROUTE_KEYS = ("name", "match", "legacy", "target", "weight", "sticky", "fallback_to_legacy",
-              "flag", "websocket", "shadow", "promotion")
+              "flag", "websocket", "override", "shadow", "promotion")
 MATCH_KEYS = ("path", "path_prefix", "path_regex", "methods", "headers")
 SHADOW_KEYS = ("enabled", "sample", "reverse", "methods", "allow_unsafe", "max_body", "compare",
                "pipeline")

@@ -23,6 +23,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httptools
+import structlog
 
 from proxy.headers import (
     FORWARDED_HEADERS,
@@ -30,6 +31,7 @@ from proxy.headers import (
     NEVER_DROPPED_BY_CONNECTION,
     connection_tokens,
 )
+from proxy.overrides import INVALID, TARGET, OverridePolicy
 from proxy.paths import BadPath, canonical_path
 from proxy.recorder import Recorder
 from proxy.spec import IDEMPOTENT_METHODS, Config, LimitsSpec
@@ -69,6 +71,8 @@ _REQ_SPECIAL = HOP_BY_HOP | FORWARDED_HEADERS | _REQ_FRAMING | {b"x-request-id"}
 _CONN_KEEP = HOP_BY_HOP | NEVER_DROPPED_BY_CONNECTION
 _NO_TOKENS: frozenset[bytes] = frozenset()
 _XFP_HTTP = (b"x-forwarded-proto", b"http")
+
+_log = structlog.get_logger("strangler.dataplane")
 
 
 class Reject(Exception):
@@ -140,6 +144,10 @@ class DataPlane:
         self.pools: dict[str, UpstreamPool] = {}
         self.default_pool: UpstreamPool | None = None
         self.trusted: tuple[Any, ...] = ()
+        self.overrides: OverridePolicy | None = None
+        # Request headers `from_head` does not forward as they came: _REQ_SPECIAL plus the
+        # override (pin and secret) headers of the current config, which are never forwarded.
+        self.req_special: frozenset[bytes] = _REQ_SPECIAL
         self.connections: set[ClientConnection] = set()
         self.tasks: set[asyncio.Task] = set()
         self.servers: list[asyncio.AbstractServer] = []
@@ -165,6 +173,12 @@ class DataPlane:
         self.limits = config.limits
         self.idle_timeout = max(config.limits.header_timeout, 60.0)  # keep-alive idle
         self.trusted = config.trusted_proxies
+        policy = OverridePolicy(config)
+        if policy.missing_secret:
+            _log.warning("overrides.secret_env is not set: the secret header trusts nobody",
+                        secret_env=policy.missing_secret)
+        self.overrides = policy if policy.strip or policy.nets else None
+        self.req_special = _REQ_SPECIAL | policy.strip
         self.config = config
         self.table = table  # one assignment: the new generation is live
 
@@ -234,6 +248,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer_b = b""
         self.xff: tuple[bytes, bytes] = (b"x-forwarded-for", b"")
         self.peer_trusted = False
+        self.override_peer: tuple[Any, bool] | None = None  # (policy, peer in its cidrs)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._hbytes = 0
@@ -475,6 +490,7 @@ class Exchange:
         "keep_alive",
         "last_body_at",
         "method",
+        "override",
         "path",
         "pending",
         "plane",
@@ -530,6 +546,7 @@ class Exchange:
         self.last_body_at = 0.0
         self.declared_length: int | None = None
         self.is_tunnel = False
+        self.override: str | None = None  # set when a trusted request pinned its backend
         # Response bytes held until the end of the current upstream read, so a head and the body
         # that arrived with it leave in one write (None: nothing held, write through).
         self.wbuf: list[bytes] | None = None
@@ -563,12 +580,13 @@ class Exchange:
         out: list[tuple[bytes, bytes]] = []
         conn_tokens: frozenset[bytes] = _NO_TOKENS
         trusted = conn.peer_trusted
+        special = plane.req_special
         te = cl = host = None
         for header in raw:
             name, value = header
             lname = name.lower()
             hdict[lname] = value
-            if lname not in _REQ_SPECIAL:
+            if lname not in special:
                 out.append(header)
                 continue
             if lname == b"connection":
@@ -591,8 +609,9 @@ class Exchange:
                     out.append(header)
             elif lname in HOP_BY_HOP or lname == b"x-request-id" or lname == b"x-forwarded-for":
                 pass
-            elif trusted:  # x-forwarded-proto, x-forwarded-host, forwarded from a trusted peer
-                out.append(header)
+            elif trusted and lname in FORWARDED_HEADERS:
+                out.append(header)  # x-forwarded-proto, -host, forwarded from a trusted peer
+            # else: an override pin or secret header, consumed here and never forwarded
         if conn_tokens and not conn_tokens <= _CONN_KEEP:
             drop = conn_tokens - _CONN_KEEP
             out = [h for h in out if h[0].lower() not in drop]
@@ -667,6 +686,9 @@ class Exchange:
                 to_target = route.hasher.bucket(key) < bp
             else:
                 to_target = plane.rand() * BUCKETS < bp
+            pin = route.override
+            if pin is not None and pin in hdict:
+                to_target = ex._pin(route, hdict[pin], hdict, to_target)
             ex.backend = "target" if to_target else "legacy"
             ex.pool = plane.pools[route.target if to_target else route.legacy]
             ex.is_tunnel = (
@@ -680,6 +702,7 @@ class Exchange:
                 shadow is not None
                 and not ex.is_tunnel
                 and b"x-strangler-shadow" not in hdict
+                and ex.override is None  # QA traffic: a comparison would be gate evidence
                 and shadow.wants(route, method, to_target)
             )
         else:
@@ -721,6 +744,22 @@ class Exchange:
                 and conn.transport):
             conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return ex
+
+    def _pin(self, route: CompiledRoute, value: bytes, hdict: dict[bytes, bytes],
+             to_target: bool) -> bool:
+        """The side a request carrying the route's override header goes to (proxy.overrides):
+        its pin when the requester is trusted, else the split's choice."""
+        policy = self.plane.overrides
+        if policy is None:
+            return to_target
+        pin = policy.decide(self.conn, route, value, hdict, self.plane.recorder)
+        if pin is None:
+            return to_target
+        if pin is INVALID:
+            name = (route.override or b"").decode()
+            raise Reject(400, "bad_override", f"{name} must be legacy or target")
+        self.override = pin
+        return pin is TARGET
 
     def upstream_head(self) -> bytes:
         target = self.pool.base_path + self.path
@@ -845,6 +884,7 @@ class Exchange:
         return (
             self.backend == "target"
             and not self.retried
+            and self.override is None  # a pinned request wants the target's own answer
             and route is not None
             and route.spec.fallback_to_legacy
             and self.method in _IDEMPOTENT
@@ -1095,25 +1135,30 @@ class Exchange:
         route_name = route.name if route is not None else _DEFAULT_ROUTE
         now = plane.now()
         duration = now - self.t0
-        plane.recorder.request(route_name, self.step, self.backend, self.status, duration)
+        pinned = self.override
+        if pinned is None:
+            plane.recorder.request(route_name, self.step, self.backend, self.status, duration)
+        else:  # QA traffic: counted apart, never gate or guardrail evidence
+            plane.recorder.override_request(route_name, self.backend, self.status)
         log = plane.log_request
-        if log is not None:
+        if log is not None and pinned is None:
             log(self.request_id, route_name, self.backend, self.pool.name, self.method,
                 self.path, self.status, duration, self.target_failed)
         elif plane.access_log is not None:
-            plane.access_log(
-                {
-                    "request_id": self.request_id,
-                    "route": route_name,
-                    "backend": self.backend,
-                    "upstream": self.pool.name,
-                    "method": self.method.decode("latin-1"),
-                    "path": self.path.decode("latin-1"),
-                    "status": self.status,
-                    "duration_ms": round(duration * 1000, 3),
-                    "fallback": self.target_failed,
-                }
-            )
+            fields = {
+                "request_id": self.request_id,
+                "route": route_name,
+                "backend": self.backend,
+                "upstream": self.pool.name,
+                "method": self.method.decode("latin-1"),
+                "path": self.path.decode("latin-1"),
+                "status": self.status,
+                "duration_ms": round(duration * 1000, 3),
+                "fallback": self.target_failed,
+            }
+            if pinned is not None:
+                fields["override"] = pinned
+            plane.access_log(fields)
         if self.shadow_wanted and not aborted and plane.shadow is not None:
             plane.shadow.offer(self)
         self.resp_body = None

@@ -141,9 +141,11 @@ class AccessLog:
         fields["level"] = "info"
         fields["timestamp"] = self._timestamp(time.time())
         if self.fmt == "console":
+            pinned = fields.get("override")  # a pinned (QA) request: proxy.overrides
             self.buf.append(
                 f"{fields['status']} {fields['method']} {fields['path']} -> {fields['route']}"
-                f"/{fields['backend']} {fields['duration_ms']}ms id={fields['request_id']}\n"
+                f"/{fields['backend']} {fields['duration_ms']}ms id={fields['request_id']}"
+                + (f" override={pinned}\n" if pinned else "\n")
             )
         else:
             self.buf.append(_json_line(fields))

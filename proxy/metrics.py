@@ -127,6 +127,24 @@ class StranglerCollector:
             skipped.add_metric([route, reason], n)
         yield skipped
 
+        pinned = CounterMetricFamily(
+            "strangler_override_requests",
+            "Requests pinned to a backend by a trusted override header (QA traffic, not in "
+            "strangler_requests_total nor in the gate's evidence)",
+            labels=["route", "backend", "code"],
+        )
+        for (route, backend, code), n in sorted(agg.overrides.items()):
+            pinned.add_metric([route, backend, str(code)], n)
+        yield pinned
+        ignored = CounterMetricFamily(
+            "strangler_override_ignored",
+            "Override headers not honoured, by reason (untrusted, invalid, rolled_back)",
+            labels=["route", "reason"],
+        )
+        for (route, reason), n in sorted(agg.override_ignored.items()):
+            ignored.add_metric([route, reason], n)
+        yield ignored
+
         up = CounterMetricFamily(
             "strangler_upstream_errors", "Upstream failures by kind",
             labels=["upstream", "kind"],

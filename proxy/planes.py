@@ -26,13 +26,15 @@ log = structlog.get_logger("strangler.planes")
 
 
 def apply_updates(states: dict[str, RouteState], updates: dict[str, Any]) -> None:
-    for name, (bp, step) in updates.items():
+    """route -> (basis points, step[, rolled back]) as `Runtime.weights_bp` sends them."""
+    for name, update in updates.items():
+        bp, step = update[0], update[1]
         st = states.get(name)
         if st is None:
             st = states[name] = RouteState()
         st.step = step
         st.weight_bp = bp
-        st.rolled_back = bp == 0 and st.rolled_back
+        st.rolled_back = bool(update[2]) if len(update) > 2 else bp == 0 and st.rolled_back
 
 
 def build_table(config: Config, states: dict[str, RouteState], generation: int,

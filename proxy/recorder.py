@@ -52,10 +52,15 @@ class Delta:
     shadow: dict[tuple[str, int, str], int] = field(default_factory=dict)
     # (route, reason) -> count
     skipped: dict[tuple[str, str], int] = field(default_factory=dict)
+    # pinned (QA) requests, kept out of `requests`: (route, backend, code) -> count
+    overrides: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    # override headers not honoured: (route, reason) -> count
+    override_ignored: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def empty(self) -> bool:
         return not (
             self.requests or self.latency or self.upstream_errors or self.shadow or self.skipped
+            or self.overrides or self.override_ignored
         )
 
     def to_wire(self) -> dict:
@@ -65,6 +70,8 @@ class Delta:
             "upstream_errors": [[*k, v] for k, v in self.upstream_errors.items()],
             "shadow": [[*k, v] for k, v in self.shadow.items()],
             "skipped": [[*k, v] for k, v in self.skipped.items()],
+            "overrides": [[*k, v] for k, v in self.overrides.items()],
+            "override_ignored": [[*k, v] for k, v in self.override_ignored.items()],
         }
 
     @classmethod
@@ -75,6 +82,8 @@ class Delta:
         d.upstream_errors = {(u, k): n for u, k, n in data["upstream_errors"]}
         d.shadow = {(r, s, x): n for r, s, x, n in data["shadow"]}
         d.skipped = {(r, x): n for r, x, n in data["skipped"]}
+        d.overrides = {(r, b, c): n for r, b, c, n in data.get("overrides", ())}
+        d.override_ignored = {(r, x): n for r, x, n in data.get("override_ignored", ())}
         return d
 
 
@@ -111,6 +120,17 @@ class Recorder:
 
     def shadow_skipped(self, route: str, reason: str) -> None:
         d = self.delta.skipped
+        key = (route, reason)
+        d[key] = d.get(key, 0) + 1
+
+    def override_request(self, route: str, backend: str, code: int) -> None:
+        """A pinned (QA) request: counted apart, never in the gate's or guardrail's numbers."""
+        d = self.delta.overrides
+        key = (route, backend, code)
+        d[key] = d.get(key, 0) + 1
+
+    def override_ignored(self, route: str, reason: str) -> None:
+        d = self.delta.override_ignored
         key = (route, reason)
         d[key] = d.get(key, 0) + 1
 

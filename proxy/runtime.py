@@ -44,11 +44,11 @@ class RuntimeError_(Exception):
 class PlaneLink(Protocol):
     """A data plane the control plane drives: in-process, or a worker process."""
 
-    async def apply_weights(self, updates: dict[str, tuple[int, int]]) -> None:
-        """route -> (weight in basis points, step); applied before this returns."""
+    async def apply_weights(self, updates: dict[str, tuple[int, int, bool]]) -> None:
+        """route -> (weight in basis points, step, rolled back); applied before this returns."""
 
     async def install(self, config: Config, text: str, generation: int,
-                      weights: dict[str, tuple[int, int]]) -> None: ...
+                      weights: dict[str, tuple[int, int, bool]]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -128,9 +128,11 @@ class Runtime:
         r = self.state.routes.get(name)
         return bool(r and r.rolled_back)
 
-    def weights_bp(self) -> dict[str, tuple[int, int]]:
+    def weights_bp(self) -> dict[str, tuple[int, int, bool]]:
+        """What the data planes need per route: (basis points, step, rolled back)."""
         return {
-            r.name: (weight_to_bp(self.effective(r.name)), self.state.route(r.name).step)
+            r.name: (weight_to_bp(self.effective(r.name)), self.state.route(r.name).step,
+                     self.rolled_back(r.name))
             for r in self.config.routes
         }
 

@@ -132,6 +132,28 @@ class PromotionSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class OverrideSpec:
+    """A route's `override`: a trusted request may pin itself to legacy or target by header."""
+
+    header: str = "x-strangler-backend"  # lower-case
+    line: int = 0  # line of the route's `override:` key
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideTrustSpec:
+    """`overrides.trusted`: who may pin requests (a peer in `cidrs`, or a matching secret).
+
+    The secret's value is read from the environment variable `secret_env` when the table is
+    built, never from the file.
+    """
+
+    cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    secret_header: str | None = None  # lower-case
+    secret_env: str | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSpec:
     name: str
     match: MatchSpec
@@ -144,6 +166,7 @@ class RouteSpec:
     websocket: bool = False  # pass WebSocket upgrades through (never mirrored)
     shadow: ShadowSpec = field(default_factory=ShadowSpec)
     promotion: PromotionSpec = field(default_factory=PromotionSpec)
+    override: OverrideSpec | None = None  # None: the route cannot be pinned by a header
     line: int = 0  # line of the route's `- name:` entry in the file
 
 
@@ -189,6 +212,7 @@ class Config:
     gate: GateSourceSpec
     flags: FlagsSpec
     routes: tuple[RouteSpec, ...]
+    overrides: OverrideTrustSpec | None = None  # `overrides.trusted`; None: nobody may pin
 
     def route(self, name: str) -> RouteSpec | None:
         for r in self.routes:

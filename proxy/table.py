@@ -25,7 +25,7 @@ class RouteState:
 
     weight_bp: int = 0
     step: int = 0
-    rolled_back: bool = False
+    rolled_back: bool = False  # pushed by the control plane; only `legacy` pins are honoured
 
 
 @dataclass(slots=True, eq=False)
@@ -46,6 +46,7 @@ class CompiledRoute:
     target: str = ""
     websocket: bool = False
     fallback: bool = False
+    override: bytes | None = None  # the pin header (lower-case) when `override` is on
     extra: dict = field(default_factory=dict)  # per-route compiled helpers (comparator, ...)
 
     def accepts(self, method: bytes, headers: dict[bytes, bytes]) -> bool:
@@ -171,6 +172,7 @@ def _compile(order: int, spec: RouteSpec, state: RouteState) -> CompiledRoute:
         target=spec.target,
         websocket=spec.websocket,
         fallback=spec.fallback_to_legacy,
+        override=spec.override.header.encode() if spec.override is not None else None,
     )
 
 
