@@ -24,6 +24,17 @@ from typing import Any
 GENESIS = "0" * 64
 
 
+def encode(entry: dict) -> bytes:
+    """An entry's exact line in the file (without the newline)."""
+    return json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
+
+
+def entry_hash(entry: dict) -> str:
+    """SHA-256 of the entry's line: what the next entry's `prev` holds, and what a notification
+    quotes so a reader can find (and trust) the entry it is about."""
+    return hashlib.sha256(encode(entry)).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
     ok: bool
@@ -84,7 +95,7 @@ class AuditLog:
                 **extra,
                 "prev": prev,
             }
-            line = json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
+            line = encode(entry)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:

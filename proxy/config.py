@@ -671,6 +671,12 @@ class _Walker:
         routes: tuple[RouteSpec, ...] = ()
         if "routes" in m:
             routes = self.routes(m["routes"], upstreams, gate, flags)
+        notify: tuple[Any, ...] = ()
+        if "notify" in m:
+            from proxy.notify_config import notify_sinks
+
+            names = None if self.problems else [r.name for r in routes]
+            notify = notify_sinks(self, m["notify"], names)
         if self.problems:
             return None
         return Config(
@@ -686,14 +692,18 @@ class _Walker:
             gate=gate,
             flags=flags,
             routes=routes,
+            notify=notify,
             overrides=self.override_trust,
         )
 
     def admin(self, e: _Entry) -> AdminSpec:
-        m = self.mapping(e, ("listen",))
+        m = self.mapping(e, ("listen", "dashboard_url"))
         if not m:
             return AdminSpec()
-        return AdminSpec(**self.fields(m, {"listen": self.address}))
+        return AdminSpec(**self.fields(m, {
+            "listen": self.address,
+            "dashboard_url": lambda x: self.http_url(x, nullable=True),
+        }))
 
     def upstreams(self, e: _Entry) -> dict[str, UpstreamSpec]:
         items = self.free_mapping(e)
@@ -1316,7 +1326,7 @@ def _methods_cover(earlier: tuple[str, ...] | None, later: tuple[str, ...] | Non
 
 
 TOP_KEYS = ("version", "listen", "admin", "state_dir", "upstreams", "default_upstream",
-            "trusted_proxies", "limits", "gate", "flags", "routes", "overrides")
+            "trusted_proxies", "limits", "gate", "flags", "routes", "overrides", "notify")
 UPSTREAM_KEYS = ("url", "connect_timeout", "timeout", "max_connections")
 LIMITS_KEYS = ("max_body", "header_timeout", "body_idle_timeout", "drain_timeout",
                "max_request_line", "max_header_bytes", "max_headers")

@@ -18,6 +18,7 @@ async def before_planes(server: Any) -> None:
 
     # Before anything (mirror, workers, comparer) opens the store: a corrupt file is moved aside.
     server.diff_store_recovered = quarantine_if_corrupt(config.state_dir / "diffs.sqlite3")
+    await start_notifier(server)
     if config.flags.backend == "unleash":
         await start_flags(server)
     if server.opts.workers <= 1:
@@ -28,6 +29,25 @@ async def before_planes(server: Any) -> None:
         from shadow.store import DiffStore
 
         server.diff_store = DiffStore(config.state_dir / "diffs.sqlite3")
+
+
+async def start_notifier(server: Any) -> None:
+    """Notification sinks (`proxy.notify`); a sink whose url_env is unset refuses the start.
+
+    Started first so it is stopped last: the controller's last rollbacks are still sent.
+    """
+    from proxy.app import ServeError
+    from proxy.notify import Notifier
+
+    rt = server.runtime
+    notifier = Notifier(rt.counters.setdefault("notifications", {}))
+    problems = notifier.configure(rt.config)
+    if problems:
+        raise ServeError("; ".join(problems))
+    await notifier.start()
+    rt.notifier = notifier
+    rt.on_reload.append(notifier.reconfigure)
+    server.extras.append(notifier)
 
 
 async def start_flags(server: Any) -> None:

@@ -170,6 +170,15 @@ class StranglerCollector:
         for labels, n in sorted(_zeros(extra.get("rollbacks", {}), routes, TRIGGERS).items()):
             rb.add_metric(list(labels), n)
         yield rb
+        # sink = the sink's index in `notify:` (never its url); proxy.notify zero-fills the
+        # results of every configured sink
+        notes = CounterMetricFamily(
+            "strangler_notifications", "Notifications by sink and result (sent, failed, "
+            "dropped)", labels=["sink", "result"],
+        )
+        for labels, n in sorted(extra.get("notifications", {}).items()):
+            notes.add_metric(list(labels), n)
+        yield notes
 
 
 def _zeros(counts: dict, names: Iterable[str], values: Iterable[str]) -> dict:

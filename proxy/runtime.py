@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import structlog
 
 from proxy.aggregate import Aggregator
-from proxy.audit import AuditLog
+from proxy.audit import AuditLog, entry_hash
 from proxy.config import ConfigError, load_config
 from proxy.recovery import load_state
 from proxy.spec import Config, RouteSpec
@@ -60,6 +60,7 @@ class MutationResult:
     warning: str | None = None
     audit: dict | None = None
     extra: dict = field(default_factory=dict)
+    audit_hash: str | None = None  # SHA-256 of the audit entry's line (notifications quote it)
 
 
 def default_actor() -> str:
@@ -91,6 +92,8 @@ class Runtime:
         self.durable = True
         self.persist_error: str | None = None
         self.flags: Any = None  # Unleash backend, when configured (proxy.flags_link)
+        self.notifier: Any = None  # proxy.notify.Notifier, when serve runs one
+        self._fail_notified: dict[str, int] = {}  # route -> step whose gate failure was sent
         self.prometheus: Any = None  # shadow.promql.PrometheusSource when gate needs it
         self.on_reload: list[Callable[[Config], Awaitable[None] | None]] = []
         self.started = time.time()
@@ -215,6 +218,7 @@ class Runtime:
             warnings.append(f"NOT DURABLE: the change holds in memory but was not saved: {err}")
         entry, aerr = self._audit(**audit)
         result.audit = entry
+        result.audit_hash = entry_hash(entry) if entry is not None else None
         if aerr:
             result.durable = False
             warnings.append(aerr)
@@ -240,11 +244,18 @@ class Runtime:
             if before != weight:
                 self._new_step(name)
             await self._push([name])
-            return self._finish(
+            result = self._finish(
                 MutationResult(name, before, weight),
                 action=action, actor=actor, reason=reason, route=name,
                 before=before, after=weight, evidence=evidence,
             )
+            if before != weight:
+                if action == "promote":
+                    event = "complete" if weight >= 100 else "promote"
+                    self._notify(event, result, "gate", actor, reason, evidence=evidence)
+                else:
+                    self._notify("weight_changed", result, "manual", actor, reason)
+            return result
 
     async def rollback(
         self, names: list[str] | None, actor: str, reason: str, trigger: str = "manual",
@@ -280,7 +291,8 @@ class Runtime:
                     all=names is None,
                 )
                 res = MutationResult(n, befores[n], 0.0, audit=entry,
-                                     extra={"already_rolled_back": n not in changed})
+                                     extra={"already_rolled_back": n not in changed},
+                                     audit_hash=entry_hash(entry) if entry else None)
                 warns = []
                 if err:
                     res.durable = False
@@ -292,6 +304,11 @@ class Runtime:
                 res.warning = "; ".join(warns) or None
                 results.append(res)
         log.warning("rollback", routes=targets, trigger=trigger, actor=actor, reason=reason)
+        from_gate = isinstance(evidence, dict) and "decision" in evidence
+        for res in results:
+            if res.route in changed:
+                self._notify("rollback", res, "gate" if from_gate else trigger, actor, reason,
+                             evidence=evidence)
         return results
 
     async def resume(self, name: str, actor: str, reason: str) -> MutationResult:
@@ -306,11 +323,13 @@ class Runtime:
                 await self.flags.resume(self.spec(name))
             self._new_step(name)
             await self._push([name])
-            return self._finish(
+            result = self._finish(
                 MutationResult(name, "rolled_back", "active"),
                 action="resume", actor=actor, reason=reason, route=name,
                 before="rolled_back", after="active",
             )
+            self._notify("resume", result, "manual", actor, reason, weights=(0.0, 0.0))
+            return result
 
     async def reload(self, actor: str, reason: str = "reload") -> int:
         """Load the file again; raises ConfigError (the running config stays) when invalid."""
@@ -345,14 +364,45 @@ class Runtime:
                 if asyncio.iscoroutine(res):
                     await res
             after = {r.name: self.effective(r.name) for r in config.routes}
-            self._finish(
+            result = self._finish(
                 MutationResult(None, before, after),
                 action="reload", actor=actor, reason=reason, route=None,
                 before=before, after=after,
                 generation=self.generation, replaced_runtime_weights=replaced,
             )
+            for name, new in after.items():
+                old = before.get(name)
+                if old is not None and old != new:
+                    self._notify("weight_changed", result, "reload", actor, reason,
+                                 route=name, weights=(old, new))
             log.info("config reloaded", generation=self.generation, replaced=replaced)
             return self.generation
+
+    # -- notifications -------------------------------------------------------------------
+    def _notify(self, event: str, result: MutationResult, trigger: str, actor: str,
+                reason: str, *, evidence: Any = None, route: str | None = None,
+                weights: tuple[Any, Any] | None = None, decision: str | None = None) -> None:
+        """Queue a notification about a change that has taken effect (never blocks)."""
+        if self.notifier is None:
+            return
+        before, after = weights if weights is not None else (result.before, result.after)
+        self.notifier.emit(
+            event, route or result.route, from_weight=before, to_weight=after, trigger=trigger,
+            actor=actor, reason=reason, decision=decision, evidence=evidence,
+            audit=result.audit, audit_hash=result.audit_hash,
+        )
+
+    def _notify_fail(self, name: str, decision: Decision, view: dict, actor: str,
+                     rolled: MutationResult | None) -> None:
+        """One `fail` per step: a gate that keeps failing (auto_rollback off) is heard once."""
+        step = self.state.route(name).step
+        if rolled is None and self._fail_notified.get(name) == step:
+            return
+        self._fail_notified[name] = step
+        result = rolled or MutationResult(name, decision.from_weight, decision.to_weight)
+        self._notify("fail", result, "gate", actor, " ".join(decision.reasons),
+                     evidence=view, weights=(decision.from_weight, decision.to_weight),
+                     decision="fail")
 
     # -- gate ----------------------------------------------------------------------------
     async def evidence(self, name: str) -> Evidence:
@@ -416,11 +466,15 @@ class Runtime:
                                       "promotion gate: " + " ".join(decision.reasons),
                                       action="promote", evidence=view)
                 view["acted"] = True
-            elif decision.decision == "fail" and spec.promotion.auto_rollback:
-                await self.rollback([name], actor, "promotion gate failed: "
-                                    + " ".join(decision.reasons), trigger="auto", evidence=view)
-                view["acted"] = True
-                notes.append("rolled back")
+            elif decision.decision == "fail":
+                rolled: MutationResult | None = None
+                if spec.promotion.auto_rollback:
+                    (rolled,) = await self.rollback(
+                        [name], actor, "promotion gate failed: " + " ".join(decision.reasons),
+                        trigger="auto", evidence=view)
+                    view["acted"] = True
+                    notes.append("rolled back")
+                self._notify_fail(name, decision, view, actor, rolled)
         self.last_decision[name] = {
             k: view[k] for k in ("decision", "from_weight", "to_weight", "reasons",
                                  "evaluated_at", "acted")

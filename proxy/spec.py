@@ -173,6 +173,27 @@ class RouteSpec:
 @dataclass(frozen=True, slots=True)
 class AdminSpec:
     listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9901))
+    dashboard_url: str | None = None  # where people open the dashboard (notification links)
+
+
+NOTIFY_EVENTS = ("rollback", "fail", "promote", "complete", "resume", "weight_changed")
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySpec:
+    """One notification sink (`notify[i]`): where decisions and rollbacks are posted.
+
+    Exactly one of `url` and `url_env` is set; with `url_env` the url (a secret, for Slack)
+    is read from the environment when serve starts, never from the file.
+    """
+
+    url: str | None = None
+    url_env: str | None = None
+    events: tuple[str, ...] = NOTIFY_EVENTS
+    format: Literal["json", "slack"] = "json"
+    routes: tuple[str, ...] | None = None  # None: every route
+    timeout: float = 5.0  # per delivery attempt
+    line: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +233,7 @@ class Config:
     gate: GateSourceSpec
     flags: FlagsSpec
     routes: tuple[RouteSpec, ...]
+    notify: tuple[NotifySpec, ...] = ()
     overrides: OverrideTrustSpec | None = None  # `overrides.trusted`; None: nobody may pin
 
     def route(self, name: str) -> RouteSpec | None:
