@@ -20,7 +20,10 @@ LABELS = {
     "aiohttp": "naive aiohttp proxy (pooled ClientSession)",
     "strangler": "strangler, 1 worker, 10 routes",
     "strangler_w2": "strangler, 2 workers (unpinned)",
-    "strangler_shadow": "strangler, shadow sample 1.0",
+    "strangler_shadow": "strangler, shadow sample 1.0 (best case: identical answers)",
+    "strangler_default_diff": "strangler, default routes.yaml (weight 50, shadow defaults), "
+                              "answers differ",
+    "strangler_shadow_diff": "strangler, shadow 1.0 unlimited, answers differ",
     "strangler_10k": "strangler, 10,000 routes",
     "stream": "strangler, 1 GiB streamed up and down",
 }
@@ -106,6 +109,30 @@ TARGETS = (
         ("strangler", "throughput", "small"),
         ">=",
         0.65,
+    ),
+    Target(
+        "default_diff_small",
+        "default routes.yaml, answers differ, small body: throughput vs nginx",
+        ("strangler_default_diff", "throughput", "small"),
+        ("nginx", "throughput", "small"),
+        ">=",
+        0.40,
+    ),
+    Target(
+        "default_diff_big",
+        "default routes.yaml, answers differ, 64 KiB body: throughput vs nginx",
+        ("strangler_default_diff", "throughput", "64KiB"),
+        ("nginx", "throughput", "64KiB"),
+        ">=",
+        0.50,
+    ),
+    Target(
+        "shadow_diff_p99",
+        "p99 at 1,000 req/s, every request shadowed and mismatching, vs nginx",
+        ("strangler_shadow_diff", "p99", "small"),
+        ("nginx", "p99", "small"),
+        "<=",
+        2.0,
     ),
     Target(
         "routes_10k",
@@ -301,9 +328,16 @@ class Results:
                 f"{_n(cpu.get('upstream'))} | {_n(cpu.get('softirq'))} | "
                 f"{_n(cpu.get('other'))} | {_per_cpu(cpu)} | {self.disturbed(r)} | {errors} |"
             )
-        shadow = self.rows.get(("strangler_shadow", "throughput", "small"))
-        if shadow is not None:
-            lines += ["", self.shadow_line(shadow)]
+        for key in (("strangler_shadow", "throughput", "small"),
+                    ("strangler_default_diff", "throughput", "small"),
+                    ("strangler_default_diff", "throughput", "64KiB"),
+                    ("strangler_shadow_diff", "throughput", "small"),
+                    ("strangler_shadow_diff", "throughput", "64KiB"),
+                    ("strangler_default_diff", "p50", "small"),
+                    ("strangler_shadow_diff", "p50", "small")):
+            shadow = self.rows.get(key)
+            if shadow is not None:
+                lines += ["", self.shadow_line(shadow)]
         lat = self._rows("p50")
         if lat:
             lines += [
@@ -377,10 +411,17 @@ class Results:
             for k, v in d.get("shadow", {}).items():
                 totals[k] = totals.get(k, 0.0) + v
         counts = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(totals.items()) if v)
+        rates = [(d["shadow_compared_per_s"], d["shadow_shed_per_s"]) for d in row.details
+                 if "shadow_compared_per_s" in d]
+        per_s = ""
+        if rates:
+            per_s = (f"; comparisons completed {statistics.median(c for c, _ in rates):,.0f}/s, "
+                     f"shed {statistics.median(x for _, x in rates):,.0f}/s (medians)")
+        what = "latency runs" if row.metric != "throughput" else f"{row.body} throughput"
         return (
-            f"Shadow row: comparisons per primary request {statistics.median(shares):.2f} "
-            f"(median of runs; 1.00 = every request mirrored and compared); counters over all "
-            f"runs: {counts or 'none'}."
+            f"Shadow, {LABELS.get(row.scenario, row.scenario)} ({what}): comparisons per "
+            f"primary request {statistics.median(shares):.2f} (1.00 = every request mirrored "
+            f"and compared){per_s}; counters over all runs: {counts or 'none'}."
         )
 
     def _rows(self, metric: str) -> list[Row]:

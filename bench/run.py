@@ -5,7 +5,12 @@ taskset), measures each scenario --repeat times, interleaved so that every figur
 nginx figure from moments before, then writes bench/results/latest.{json,md} and prints the
 Markdown. Every process started is stopped by PID at the end, also on Ctrl-C or an error.
 Scenarios (for --only): direct, nginx, aiohttp, strangler, strangler_w2, strangler_shadow,
-strangler_10k, stream.
+strangler_default_diff, strangler_shadow_diff, strangler_10k, stream.
+
+The two `_diff` scenarios are the cases users hit first: a new service whose answers differ
+from the monolith's. `strangler_default_diff` is the routes.yaml a user writes first (weight 50,
+no shadow block: shadow on with its default budget); `strangler_shadow_diff` mirrors every
+request (sample 1.0, no rate limit) to that service, so every comparison is a mismatch.
 """
 
 from __future__ import annotations
@@ -38,10 +43,14 @@ SCENARIOS = (
     "strangler",
     "strangler_w2",
     "strangler_shadow",
+    "strangler_default_diff",
+    "strangler_shadow_diff",
     "strangler_10k",
     "stream",
 )
 BODY_LEN = {"small": len(SMALL_BODY), "64KiB": servers.BIG_SIZE}
+SHADOW_SCENARIOS = ("strangler_shadow", "strangler_default_diff", "strangler_shadow_diff")
+DIFF_SCENARIOS = ("strangler_default_diff", "strangler_shadow_diff")
 QUIET_SHARE = 0.33  # machine busy (cores) below which a measurement may start
 MAX_ERROR_SHARE = 0.01  # a run with more failed requests than this is not a throughput figure
 
@@ -234,6 +243,12 @@ class Bench:
         for name in ("strangler", "strangler_w2", "strangler_shadow", "strangler_10k"):
             if name in want:
                 self.start_strangler(name, up)
+        if any(name in want for name in DIFF_SCENARIOS):
+            new = servers.start_upstream(self.procs, self.workdir, "new-service",
+                                         self.cpus.upstream, different=True)
+            for name in DIFF_SCENARIOS:
+                if name in want:
+                    self.start_differing(name, up, new)
         if "stream" in want:
             self.start_stream()
 
@@ -292,6 +307,33 @@ class Bench:
         procs = {key: [proc] for key in urls}
         latency = name == "strangler"
         self.add(Target(name, urls, procs, upstreams, latency=latency, admin_port=admin))
+
+    def start_differing(self, name: str, up: Upstream, new: Upstream) -> None:
+        if self.strangler_broken:
+            self.strangler_skip(name, f"strangler did not start ({self.strangler_broken})")
+            return
+        port, admin = free_port(), free_port()
+        shadow = None if name == "strangler_default_diff" else {"sample": 1.0,
+                                                                "max_rate": "unlimited"}
+        config = servers.differing_config(port=port, admin_port=admin,
+                                          state_dir=self.workdir / f"state-{name}", up=up,
+                                          new=new, shadow=shadow)
+        try:
+            proc = servers.start_strangler(self.procs, self.workdir, name, config,
+                                           self.cpus.proxy)
+        except StartError as exc:
+            self.strangler_skip(name, str(exc))
+            return
+        small_path, big_path = servers.bench_paths(2)
+        base = f"http://127.0.0.1:{port}"
+        # At weight 50 half the answers come from the new service: any length is fine.
+        target = Target(name, {"small": base + small_path, "64KiB": base + big_path},
+                        {"small": [proc], "64KiB": [proc]}, [up.proc, new.proc], latency=True,
+                        admin_port=admin)
+        if name == "strangler_default_diff":
+            self.targets.append(target)
+        else:
+            self.add(target)
 
     def start_stream(self) -> None:
         if self.strangler_broken:
@@ -364,16 +406,12 @@ class Bench:
     def throughput(self, rep: int, t: Target, body: str, url: str, watched: dict) -> None:
         what = f"[{rep + 1}/{self.args.repeat}] {t.name} throughput {body}"
         waited = self.wait_quiet()
-        shadow = t.name == "strangler_shadow"
+        shadow = t.name in SHADOW_SCENARIOS
         before = servers.shadow_counters(t.admin_port) if shadow else None
         r = self._guard(what, lambda: load.wrk(url, self.args.duration, self.cpus.gen, watched))
         value = None
         if r is not None and before is not None:
-            time.sleep(0.5)  # let the last mirrors finish
-            after = servers.shadow_counters(t.admin_port) or {}
-            r["shadow"] = {k: v - before.get(k, 0.0) for k, v in after.items()}
-            compared = sum(v for k, v in r["shadow"].items() if k.startswith("compared_"))
-            r["shadow_compared_share"] = compared / max(1, r["requests"])
+            self.shadow_detail(r, t, before, self.args.duration)
         if r is not None:
             r["quiet_wait_s"] = waited
             value = r["rps"]
@@ -385,9 +423,24 @@ class Bench:
             self.log(f"{what}: {r['rps']:,.0f} req/s, errors {r['errors']}, CPU % {r['cpu']}")
         self.results.add(t.name, "throughput", body, "req/s", rep, value, r)
 
+    def shadow_detail(self, r: dict, t: Target, before: dict, seconds: float) -> None:
+        """Comparisons completed (per second of the run) beside what was shed, from /metrics.
+        Counted after a pause, so a comparison still running at the end counts if it ends."""
+        time.sleep(1.0)
+        after = servers.shadow_counters(t.admin_port) or {}
+        r["shadow"] = {k: v - before.get(k, 0.0) for k, v in after.items()}
+        compared = sum(v for k, v in r["shadow"].items() if k.startswith("compared_"))
+        shed = sum(v for k, v in r["shadow"].items()
+                   if k.startswith("skipped_") and k != "skipped_sampled_out")
+        r["shadow_compared_share"] = compared / max(1, r["requests"])
+        r["shadow_compared_per_s"] = compared / seconds
+        r["shadow_shed_per_s"] = shed / seconds
+
     def latency(self, rep: int, t: Target, url: str, watched: dict) -> None:
         what = f"[{rep + 1}/{self.args.repeat}] {t.name} latency"
         waited = self.wait_quiet()
+        shadow = t.name in SHADOW_SCENARIOS
+        before = servers.shadow_counters(t.admin_port) if shadow else None
         r = self._guard(
             what,
             lambda: load.fixed_rate(
@@ -399,6 +452,8 @@ class Bench:
             ),
         )
         p50 = p99 = None
+        if r is not None and before is not None:
+            self.shadow_detail(r, t, before, self.args.latency_duration)
         if r is not None:
             r["quiet_wait_s"] = waited
             bad = r["errors"] > MAX_ERROR_SHARE * max(1, r["requests"])

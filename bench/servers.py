@@ -33,12 +33,20 @@ class StartError(RuntimeError):
     """A server did not come up; the message carries the tail of its log."""
 
 
-def big_body() -> bytes:
-    """A JSON document of exactly 64 KiB."""
+# What a new service that disagrees with the monolith answers (the first days of a migration):
+# the same shape, other values (and, in the 64 KiB body, every item's amount differs).
+DIFFERENT_SMALL_BODY = SMALL_BODY.replace('"1024.50"', '"1024.51"').replace('"ok":true',
+                                                                          '"ok":false')
+
+
+def big_body(different: bool = False) -> bytes:
+    """A JSON document of exactly 64 KiB (`different`: other amounts, same size)."""
     head, tail = b'{"items":[', b'],"pad":"'
-    items = b",".join(b'{"id":%d,"amount":"%d.00"}' % (i, i * 7) for i in range(1500))
+    step = 9 if different else 7
+    items = b",".join(b'{"id":%d,"amount":"%d.00"}' % (i, i * step) for i in range(1500))
     doc = head + items + tail
-    return doc + b"x" * (BIG_SIZE - len(doc) - 2) + b'"}'
+    pad = BIG_SIZE - len(doc) - 2
+    return doc + b"x" * pad + b'"}'
 
 
 @dataclass
@@ -92,11 +100,13 @@ def _nginx(procs: Procs, name: str, conf: Path, ports: list[int], cpus: str | No
     return proc
 
 
-def start_upstream(procs: Procs, workdir: Path, name: str, cpus: str | None) -> Upstream:
-    """nginx, 1 worker: the small JSON body on one port, the 64 KiB file on another."""
-    www = workdir / "www"
+def start_upstream(procs: Procs, workdir: Path, name: str, cpus: str | None,
+                   different: bool = False) -> Upstream:
+    """nginx, 1 worker: the small JSON body on one port, the 64 KiB file on another
+    (`different`: the bodies of a new service whose answers differ)."""
+    www = workdir / ("www-different" if different else "www")
     www.mkdir(exist_ok=True)
-    (www / "big.json").write_bytes(big_body())
+    (www / "big.json").write_bytes(big_body(different))
     small_port, big_port = free_port(), free_port()
     conf = _render(
         "upstream_nginx.conf.tmpl",
@@ -105,7 +115,8 @@ def start_upstream(procs: Procs, workdir: Path, name: str, cpus: str | None) -> 
         name=name,
         small_port=small_port,
         big_port=big_port,
-        small_body=SMALL_BODY,
+        small_body=DIFFERENT_SMALL_BODY if different else SMALL_BODY,
+        www=www,
     )
     proc = _nginx(procs, name, conf, [small_port, big_port], cpus)
     return Upstream(proc, small_port, big_port)
@@ -221,6 +232,35 @@ def strangler_config(
             route.update(target="shadow-target", weight=0, shadow={"enabled": True, "sample": 1.0})
         routes.append(route)
     return _base(port, admin_port, state_dir, upstreams, routes)
+
+
+def differing_config(*, port: int, admin_port: int, state_dir: Path, up: Upstream,
+                     new: Upstream, shadow: dict | None) -> dict:
+    """Two routes (small body, 64 KiB) whose target is a new service that answers differently.
+    `shadow=None` is the routes.yaml a user writes first: weight 50 and no shadow block (the
+    defaults: sample 1.0, the shadow budget). Otherwise weight 0 and that shadow block."""
+    upstreams = {
+        "legacy": {"url": up.small_url},
+        "new": {"url": new.small_url},
+        "legacy-big": {"url": up.big_url},
+        "new-big": {"url": new.big_url},
+    }
+    routes = []
+    for i, (legacy, target) in enumerate((("legacy", "new"), ("legacy-big", "new-big"))):
+        route: dict = {
+            "name": route_name(i),
+            "match": {"path_prefix": f"/svc/{route_name(i)}"},
+            "legacy": legacy,
+            "target": target,
+            "weight": 50 if shadow is None else 0,
+        }
+        if shadow is not None:
+            route["shadow"] = shadow
+        routes.append(route)
+    cfg = _base(port, admin_port, state_dir, upstreams, routes)
+    if shadow is not None:
+        cfg["shadow_budget"] = {"max_rate": "unlimited"}
+    return cfg
 
 
 def stream_config(*, port: int, admin_port: int, state_dir: Path, upstream_url: str) -> dict:

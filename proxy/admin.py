@@ -279,8 +279,11 @@ class Admin:
                                       "note": "no diff store: shadowing is not running"})
         # With a second legacy copy, noise was measured and removed before recording.
         heuristic = self.rt.spec(name).shadow.compare.noise_upstream is None
-        # Samples are read from disk: let what is queued land first (bounded wait).
-        await asyncio.to_thread(store.flush, 2.0)
+        # Counts and samples are read from disk: let what the comparer has land first (bounded
+        # wait; with --workers N the workers' comparers write within 0.2 s on their own).
+        shadow = getattr(self.server, "shadow", None)
+        if shadow is not None:
+            await shadow.flush(2.0)
         summary = await asyncio.to_thread(store.summary, name, limit, None, min(limit, 50),
                                           None, heuristic)
         return web.json_response(summary)

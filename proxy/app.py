@@ -301,7 +301,8 @@ async def _worker(index: int, opts: ServeOptions, text: str, generation: int, we
     plane = DataPlane(recorder, access)
     from proxy import extensions
 
-    shadow = await extensions.worker_shadow(config, recorder)
+    shadow = await extensions.worker_shadow(config, recorder, opts.workers, opts.log_format,
+                                            opts.log_level)
     if shadow is not None:
         plane.shadow = shadow
     states: dict = {}

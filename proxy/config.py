@@ -42,6 +42,7 @@ from proxy.spec import (
     MatchSpec,
     PromotionSpec,
     RouteSpec,
+    ShadowBudgetSpec,
     ShadowSpec,
     StickySpec,
     UnleashSpec,
@@ -666,6 +667,8 @@ class _Walker:
         limits = self.limits(m["limits"]) if "limits" in m else LimitsSpec()
         gate = self.gate(m["gate"]) if "gate" in m else GateSourceSpec()
         flags = self.flags(m["flags"]) if "flags" in m else FlagsSpec()
+        shadow_budget = self.shadow_budget(m["shadow_budget"]) if "shadow_budget" in m \
+            else ShadowBudgetSpec()
         self.override_trust = override_config.overrides(self, m["overrides"]) \
             if "overrides" in m else None
         routes: tuple[RouteSpec, ...] = ()
@@ -694,6 +697,7 @@ class _Walker:
             routes=routes,
             notify=notify,
             overrides=self.override_trust,
+            shadow_budget=shadow_budget,
         )
 
     def admin(self, e: _Entry) -> AdminSpec:
@@ -797,6 +801,29 @@ class _Walker:
             except ValueError as exc:
                 self.problem(item.line, item.path, f"invalid network {value!r}: {exc}")
         return tuple(out)
+
+    def rate(self, e: _Entry) -> Any:
+        """Mirrors per second: a positive number, or `unlimited`."""
+        value = self.scalar_value(e.node) if isinstance(e.node, ScalarNode) else None
+        if value == "unlimited":
+            return None
+        return self.number(e, lo=0, lo_open=True)
+
+    def nice(self, e: _Entry) -> Any:
+        value = self.integer(e, lo=0)
+        if value is not BAD and value > 19:
+            return self.problem(e.line, e.path, f"{value} is out of range: must be 0 to 19")
+        return value
+
+    def shadow_budget(self, e: _Entry) -> ShadowBudgetSpec:
+        m = self.mapping(e, SHADOW_BUDGET_KEYS)
+        if not m:
+            return ShadowBudgetSpec()
+        return ShadowBudgetSpec(**self.fields(m, {
+            "max_rate": self.rate,
+            "max_pending": lambda x: self.size(x, lo=64 * 1024),
+            "comparer_nice": self.nice,
+        }))
 
     def limits(self, e: _Entry) -> LimitsSpec:
         m = self.mapping(e, LIMITS_KEYS)
@@ -1060,6 +1087,7 @@ class _Walker:
             "allow_unsafe": self.boolean,
             "max_body": self.size,
             "pipeline": self.boolean,
+            "max_rate": self.rate,
         })
         if "methods" in kw and not kw.get("allow_unsafe", False):
             items = self.sequence(m["methods"]) or []
@@ -1326,7 +1354,8 @@ def _methods_cover(earlier: tuple[str, ...] | None, later: tuple[str, ...] | Non
 
 
 TOP_KEYS = ("version", "listen", "admin", "state_dir", "upstreams", "default_upstream",
-            "trusted_proxies", "limits", "gate", "flags", "routes", "overrides", "notify")
+            "trusted_proxies", "limits", "gate", "flags", "routes", "notify", "overrides",
+            "shadow_budget")
 UPSTREAM_KEYS = ("url", "connect_timeout", "timeout", "max_connections")
 LIMITS_KEYS = ("max_body", "header_timeout", "body_idle_timeout", "drain_timeout",
                "max_request_line", "max_header_bytes", "max_headers")
@@ -1336,7 +1365,8 @@ ROUTE_KEYS = ("name", "match", "legacy", "target", "weight", "sticky", "fallback
               "flag", "websocket", "override", "shadow", "promotion")
 MATCH_KEYS = ("path", "path_prefix", "path_regex", "methods", "headers")
 SHADOW_KEYS = ("enabled", "sample", "reverse", "methods", "allow_unsafe", "max_body", "compare",
-               "pipeline")
+               "pipeline", "max_rate")
+SHADOW_BUDGET_KEYS = ("max_rate", "max_pending", "comparer_nice")
 COMPARE_KEYS = ("headers", "ignore", "redact", "numeric_tolerance", "array_keys",
                 "noise_upstream")
 PROMOTION_KEYS = ("steps", "min_requests", "min_comparisons", "max_mismatch_rate",

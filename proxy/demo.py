@@ -240,7 +240,8 @@ async def run_demo(duration: float, out: IO[str] = sys.stdout, keep: bool = Fals
         p(f"  {route:8} weight {rt.effective(route):g}%  {state}")
     store = server.diff_store
     if store is not None:
-        await asyncio.to_thread(store.flush)
+        if server.shadow is not None:
+            await server.shadow.flush()
         fields = store.summary("kyc", limit=3)["fields"]
         for f in fields:
             p(f"  kyc diff: {f['path']} ({f['kind']}) in {f['count']} comparisons")

@@ -22,10 +22,10 @@ async def before_planes(server: Any) -> None:
     if config.flags.backend == "unleash":
         await start_flags(server)
     if server.opts.workers <= 1:
-        server.shadow = await worker_shadow(config, server.recorder)
-        server.diff_store = server.shadow.store if server.shadow is not None else None
-    else:
-        # Workers write the store; the control process reads it for the diffs view.
+        server.shadow = await worker_shadow(config, server.recorder, 1, server.opts.log_format,
+                                            server.opts.log_level)
+    if _shadows(config):
+        # Comparer processes write the store; the control process reads it for the diffs view.
         from shadow.store import DiffStore
 
         server.diff_store = DiffStore(config.state_dir / "diffs.sqlite3")
@@ -105,18 +105,25 @@ async def stop(server: Any) -> None:
         await server.runtime.prometheus.close()
     if server.shadow is not None:
         await server.shadow.stop()
-    elif server.diff_store is not None:
+    if server.diff_store is not None:
         server.diff_store.close()
 
 
-async def worker_shadow(config: Config, recorder: Recorder) -> Any:
-    """The shadow mirror of one data plane, or None when no route shadows."""
-    if not any(r.shadow.enabled and r.shadow.sample > 0 for r in config.routes):
+async def worker_shadow(config: Config, recorder: Recorder, workers: int = 1,
+                        log_format: str = "json", log_level: str = "info") -> Any:
+    """The shadow mirror of one data plane (and its comparer process), or None when no route
+    shadows."""
+    if not _shadows(config):
         return None
     try:
         from proxy.mirror import Mirror
     except ImportError:
         return None
-    mirror = Mirror(config, recorder)
+    mirror = Mirror(config, recorder, workers=workers, log_format=log_format,
+                    log_level=log_level)
     await mirror.start()
     return mirror
+
+
+def _shadows(config: Config) -> bool:
+    return any(r.shadow.enabled and r.shadow.sample > 0 for r in config.routes)

@@ -11,9 +11,15 @@ data plane's own kind (httptools; separate pools, so mirrors never take the prim
 connections), driven by plain callbacks: no task, future or timer per mirror (one sweeper checks
 deadlines). The mirror's request head is the primary's, byte for byte, plus
 `X-Strangler-Shadow: 1`. When both answers are byte-identical (status, compared headers, body)
-the result is a match without decoding anything; otherwise the route's `Comparator` (compiled
-when the table is built) compares, the noise model cancels noise, and the result goes to the
-stats and the diff store. Nothing here can change or delay what the client receives.
+the result is a match without decoding anything; otherwise the pair's bytes go to the comparer
+process (`proxy.comparer_link`, `shadow.comparer`), which decodes, diffs, cancels noise, redacts
+and stores off this event loop. Nothing here can change or delay what the client receives.
+
+The shadow budget is checked in `wants()`, before anything is mirrored: the route's
+`shadow.max_rate` and the proxy-wide `shadow_budget.max_rate` (token buckets, mirrors per
+second; the proxy-wide one is split evenly across workers), and whether the comparer is keeping
+up. What is shed is counted in `strangler_shadow_skipped_total` (`rate_limited`, `budget`,
+`comparer_busy`), never queued without bound.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from proxy.comparer_link import ComparerLink
 from proxy.pipeline import PipelinePool
 from proxy.recorder import Recorder
 from proxy.spec import SAFE_METHODS, Config, RouteSpec, UpstreamSpec
@@ -38,18 +45,15 @@ from proxy.upstream import (
     UpstreamReset,
     UpstreamTimeout,
 )
-from shadow.diff import Comparator
-from shadow.model import Comparison, Exchange, RequestRecord
-from shadow.noise import NoiseModel
-from shadow.store import DiffStore
 
 log = structlog.get_logger("strangler.shadow")
 
 QUEUE_MAX = 1024  # mirrors waiting for one of the CONCURRENCY slots
+MAX_SAMPLES_PER_ROUTE = 200  # diff store: newest samples kept per route (plus first per field)
+RETENTION_DAYS = 7.0
 CONCURRENCY = 256  # mirrors in flight per data plane (pipelined: up to 8 per connection)
 CONNECTIONS = 32  # pipelined connections per upstream
 SWEEP_INTERVAL = 0.1  # how often mirror deadlines are checked
-LARGE_BODY = 32 * 1024  # compare bodies above this size off the event loop
 _SAFE = frozenset(m.encode() for m in SAFE_METHODS)
 _SKIP_REQUEST_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"x-strangler-shadow"})
 _SHADOW_HEADER = b"x-strangler-shadow: 1\r\n"
@@ -63,10 +67,33 @@ class _Compiled:
     unsafe_allowed: bool
     sample: float
     reverse: bool
-    comparator: Comparator
     max_body: int
     header_names: frozenset[bytes]  # the compared headers, for the byte-identical check
     pipeline: bool  # GET mirrors may go over pipelined connections
+    bucket: TokenBucket | None  # shadow.max_rate; None: no per-route limit
+
+
+class TokenBucket:
+    """Mirrors per second, with a burst of one second's worth (at least 1)."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, rate)
+        self.tokens = self.burst
+        self.stamp = 0.0
+
+    def take(self, now: float) -> bool:
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        self.stamp = now
+        if tokens > self.burst:
+            tokens = self.burst
+        if tokens < 1.0:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - 1.0
+        return True
 
 
 class _Job:
@@ -247,26 +274,28 @@ class _Leg:
         if job.pending == 0:
             self.mirror.job_done(job)
 
-    def exchange(self) -> Exchange:
-        return Exchange(
-            self.status,
-            tuple((ln.decode("latin-1"), v.decode("latin-1")) for ln, _, v in self.headers),
-            b"".join(self.chunks),
-            self.truncated,
-        )
+    def raw(self) -> tuple:
+        """The answer as the comparer takes it: (status, headers, body, truncated)."""
+        body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        return (self.status, [(ln, v) for ln, _, v in self.headers], body, self.truncated)
 
 
 class Mirror:
-    def __init__(self, config: Config, recorder: Recorder, store: DiffStore | None = None,
-                 rand: Any = random.random) -> None:
+    def __init__(self, config: Config, recorder: Recorder, rand: Any = random.random, *,
+                 workers: int = 1, log_format: str = "json", log_level: str = "info") -> None:
         self.config = config
         self.recorder = recorder
-        self.store = store or DiffStore(config.state_dir / "diffs.sqlite3")
         self.rand = rand
+        self.workers = max(1, workers)
+        budget = config.shadow_budget
+        self.link = ComparerLink(recorder, budget.max_pending, log_format, log_level,
+                                 budget.comparer_nice)
+        self.budget: TokenBucket | None = None
+        self.budget_rate: float | None = None
         self.backlog: deque[_Job] = deque()
         self.running = 0  # jobs started and not yet done
+        self.noise_down: set[str] = set()  # routes whose noise twin failed its last mirror
         self.in_flight: set[_Leg] = set()  # legs on a connection, for the deadline sweep
-        self.noise: dict[str, NoiseModel] = {}
         self.pools: dict[str, UpstreamPool] = {}
         self.pipes: dict[str, PipelinePool] = {}
         self._specs: dict[str, UpstreamSpec] = {}  # as configured, before the CONNECTIONS cap
@@ -282,9 +311,15 @@ class Mirror:
         self._idle = asyncio.Event()
         self._idle.set()
         self._sweeper = loop.create_task(self._sweep())
+        await self.link.start()
+
+    async def flush(self, timeout: float = 2.0) -> bool:
+        """Wait (bounded) until every pair handed to the comparer is compared and stored."""
+        return await self.link.flush(timeout)
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Finish queued mirrors for up to `timeout`, then drop the rest (logged)."""
+        """Finish queued mirrors for up to `timeout`, then drop the rest (logged); then let the
+        comparer finish and store what it was given."""
         if self._idle is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), timeout)
@@ -304,7 +339,7 @@ class Mirror:
             pool.close()
         for pipe in self.pipes.values():
             pipe.close()
-        await asyncio.to_thread(self.store.close)
+        await self.link.stop(max(timeout, 5.0))
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -321,7 +356,7 @@ class Mirror:
 
     # -- compile at table build ----------------------------------------------------------
     def prepare(self, table: RouteTable) -> None:
-        self.config = table.config
+        config = self.config = table.config
         fresh: dict[tuple[str, RouteSpec], _Compiled] = {}
         for route in table.routes:
             spec = route.spec
@@ -334,19 +369,27 @@ class Mirror:
                     unsafe_allowed=sh.allow_unsafe,
                     sample=sh.sample if sh.enabled else 0.0,
                     reverse=sh.reverse,
-                    comparator=Comparator(sh.compare),
                     max_body=sh.max_body,
                     header_names=frozenset(
                         {h.lower().encode("latin-1") for h in sh.compare.headers}
                         | {b"content-encoding"}
                     ),
                     pipeline=sh.pipeline,
+                    bucket=TokenBucket(sh.max_rate) if sh.max_rate is not None else None,
                 )
             fresh[key] = compiled
             route.extra["shadow"] = compiled
-            self.noise.setdefault(spec.name, NoiseModel())
         self._compiled = fresh
-        ups = table.config.upstreams
+        rate = config.shadow_budget.max_rate
+        rate = rate / self.workers if rate is not None else None
+        if rate != self.budget_rate:
+            self.budget_rate = rate
+            self.budget = TokenBucket(rate) if rate is not None else None
+        self.link.configure((
+            "config", str(config.state_dir / "diffs.sqlite3"), MAX_SAMPLES_PER_ROUTE,
+            RETENTION_DAYS, {r.name: r.shadow.compare for r in config.routes},
+        ))
+        ups = config.upstreams
         for name in [n for n, spec in self._specs.items() if ups.get(n) != spec]:
             self._close_pools(name)
 
@@ -392,6 +435,17 @@ class Mirror:
             return False  # reverse shadow never sends side effects to legacy
         if c.sample < 1.0 and self.rand() >= c.sample:
             self.recorder.shadow_skipped(route.name, "sampled_out")
+            return False
+        bucket = c.bucket
+        if bucket is not None and not bucket.take(self.now()):
+            self.recorder.shadow_skipped(route.name, "rate_limited")
+            return False
+        budget = self.budget
+        if budget is not None and not budget.take(self.now()):
+            self.recorder.shadow_skipped(route.name, "budget")
+            return False
+        if self.link.busy():
+            self.recorder.shadow_skipped(route.name, "comparer_busy")
             return False
         return True
 
@@ -477,15 +531,13 @@ class Mirror:
     # -- results --------------------------------------------------------------------------
     def job_done(self, job: _Job) -> None:
         """Every leg of `job` has answered, failed or timed out (called from callbacks)."""
-        finished = True
         try:
-            finished = self._result(job)
+            self._result(job)
         except Exception:
             log.exception("shadow job failed", route=job.route)
             self.recorder.shadow_result(job.route, job.step, "error")
         job.legs = []  # job <-> leg is a cycle: break it, so refcounting frees both now
-        if finished:
-            self._next()
+        self._next()
 
     def _next(self) -> None:
         """A job ended: start waiting ones while there is room."""
@@ -496,9 +548,8 @@ class Mirror:
         if not self.running and not backlog and self._idle is not None:
             self._idle.set()
 
-    def _result(self, job: _Job) -> bool:
-        """Count and record the job's result; False when a large comparison went to a thread
-        (the job stays running, and so bounded by CONCURRENCY, until it is done)."""
+    def _result(self, job: _Job) -> None:
+        """Count a byte-identical pair here; hand any other to the comparer process."""
         mirrored = job.legs[0]
         if mirrored.error is not None:
             self.recorder.shadow_result(job.route, job.step, "error")
@@ -506,30 +557,33 @@ class Mirror:
             log.info("shadow request failed", upstream=mirrored.pool.name,
                      error=type(mirrored.error).__name__, request_id=job.request_id,
                      route=job.route)
-            return True
+            return
         if len(job.legs) == 1 and self._identical(job, mirrored):
             self.recorder.shadow_result(job.route, job.step, "match")
-            self.noise[job.route].observe_match()
-            self.store.record_match(job.route, job.step)
-            return True
-        primary = Exchange(
-            job.primary_status,
-            tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in job.primary_headers),
-            job.primary_body,
-        )
-        other = mirrored.exchange()
-        if job.served_by_target:
-            legacy_ex, target_ex = other, primary
+            self.link.match(job.route, job.step)
+            return
+        noise = None
+        if len(job.legs) > 1:
+            if job.legs[1].error is None:
+                noise = job.legs[1].raw()
+            if (job.legs[1].error is not None) != (job.route in self.noise_down):
+                self._noise_changed(job.route, job.legs[1])
+        frame = ("pair", job.route, job.step, job.served_by_target, job.method, job.target,
+                 job.req_headers, job.body,
+                 (job.primary_status, job.primary_headers, job.primary_body, False),
+                 mirrored.raw(), noise)
+        if not self.link.submit(frame):
+            self.recorder.shadow_skipped(job.route, "comparer_busy")
+
+    def _noise_changed(self, route: str, leg: _Leg) -> None:
+        """One log line when a route's noise twin stops answering, one when it is back."""
+        if leg.error is not None:
+            self.noise_down.add(route)
+            log.warning("noise upstream unreachable: comparisons run without noise cancellation",
+                        route=route, upstream=leg.pool.name, error=type(leg.error).__name__)
         else:
-            legacy_ex, target_ex = primary, other
-        noise_ex = None
-        if len(job.legs) > 1 and job.legs[1].error is None:
-            noise_ex = job.legs[1].exchange()
-        if len(legacy_ex.body) + len(target_ex.body) > LARGE_BODY:
-            self.spawn(self._compare_off_loop(job, legacy_ex, target_ex, noise_ex))
-            return False
-        self._record(job, legacy_ex, target_ex, self._compare(job, legacy_ex, target_ex, noise_ex))
-        return True
+            self.noise_down.discard(route)
+            log.info("noise upstream answering again", route=route, upstream=leg.pool.name)
 
     @staticmethod
     def _identical(job: _Job, leg: _Leg) -> bool:
@@ -544,38 +598,3 @@ class Mirror:
         # Same names in another order only sends the pair to the full comparison.
         return [(n, v.strip()) for n, v in job.primary_headers if n in names] == [
             (n, v.strip()) for n, _, v in leg.headers if n in names]
-
-    def _compare(self, job: _Job, legacy: Exchange, target: Exchange,
-                 noise: Exchange | None) -> Comparison:
-        comparator = job.compiled.comparator
-        primary = comparator.compare(legacy, target)
-        noise_cmp = comparator.compare(legacy, noise) if noise is not None else None
-        return self.noise[job.route].observe(primary, noise_cmp)
-
-    async def _compare_off_loop(self, job: _Job, legacy: Exchange, target: Exchange,
-                                noise: Exchange | None) -> None:
-        try:
-            comparison = await asyncio.to_thread(self._compare, job, legacy, target, noise)
-            self._record(job, legacy, target, comparison)
-        except Exception:
-            log.exception("shadow comparison failed", route=job.route)
-            self.recorder.shadow_result(job.route, job.step, "error")
-        finally:
-            self._next()
-
-    def _record(self, job: _Job, legacy: Exchange, target: Exchange,
-                comparison: Comparison) -> None:
-        self.recorder.shadow_result(job.route, job.step, comparison.result)
-        request = RequestRecord(
-            job.method.decode("latin-1"),
-            job.target.decode("latin-1"),
-            tuple((n.decode("latin-1").lower(), v.decode("latin-1"))
-                  for n, v in job.req_headers),
-            job.body,
-        )
-        self.store.record(job.route, job.step, request, legacy, target, comparison,
-                          job.compiled.comparator.redactor)
-
-    def likely_noise(self, route: str) -> Any:
-        model = self.noise.get(route)
-        return model.likely_noise if model is not None else None

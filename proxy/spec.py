@@ -80,12 +80,15 @@ class CompareSpec:
 class ShadowSpec:
     enabled: bool = True
     sample: float = 1.0
-    reverse: bool = True
+    # Off by default: mirroring target-served requests back to legacy keeps the monolith's
+    # load at 100% whatever the weight, and relieving it is why teams migrate.
+    reverse: bool = False
     methods: tuple[str, ...] = ("GET", "HEAD")
     allow_unsafe: bool = False
     max_body: int = 1 * MiB
     compare: CompareSpec = field(default_factory=CompareSpec)
     pipeline: bool = True  # GET mirrors may be HTTP/1.1-pipelined to a fast target
+    max_rate: float | None = 100.0  # mirrors per second for this route; None: no route limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +200,15 @@ class NotifySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowBudgetSpec:
+    """Proxy-wide limits on shadow work (routes.yaml `shadow_budget`)."""
+
+    max_rate: float | None = 1000.0  # mirrors per second, whole proxy (split across workers)
+    max_pending: int = 16 * MiB  # pair bytes waiting for the comparer, per data plane
+    comparer_nice: int = 10  # CPU priority of the comparer process (0-19; higher yields more)
+
+
+@dataclass(frozen=True, slots=True)
 class GateSourceSpec:
     metrics: Literal["local", "prometheus"] = "local"
     url: str | None = None  # Prometheus base url (needed for prometheus metrics or checks)
@@ -235,6 +247,7 @@ class Config:
     routes: tuple[RouteSpec, ...]
     notify: tuple[NotifySpec, ...] = ()
     overrides: OverrideTrustSpec | None = None  # `overrides.trusted`; None: nobody may pin
+    shadow_budget: ShadowBudgetSpec = field(default_factory=ShadowBudgetSpec)
 
     def route(self, name: str) -> RouteSpec | None:
         for r in self.routes:

@@ -115,11 +115,11 @@ class NoiseModel:
             error=primary.error,
         )
 
-    def observe_match(self) -> None:
-        """Count a comparison without differences and without a noise copy: what `observe`
-        does for it, minus building and returning anything."""
+    def observe_match(self, n: int = 1) -> None:
+        """Count `n` comparisons without differences and without a noise copy: what `observe`
+        does for them, minus building and returning anything."""
         with self._lock:
-            self._total += 1
+            self._total += n
 
     def _bump(self, counter: Counter, key: object) -> None:
         if key in counter or len(counter) < self.t.max_fields:

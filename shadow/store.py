@@ -1,7 +1,11 @@
 """The diff store: shadow comparison counters and redacted mismatch samples in SQLite (WAL).
 
-`record()` is called on the data plane's hot path: it only bumps in-memory counters under a
-lock and, for a mismatch, puts the raw sample on a bounded queue (dropped, and counted in
+`record()` runs in the comparer process (`shadow.comparer`), once per comparison: it bumps
+in-memory counters under a lock (exact, per field path) and, for a mismatch, decides whether the
+pair is kept as a sample. Per route and field path (and kind) the store keeps the first
+`FIRST_SAMPLES` mismatches ever seen and the latest `LATEST_SAMPLES`, taking a new "latest" at
+most every `LATEST_EVERY` seconds: a mismatch that happens on every request costs counters, not
+a redaction and a row each. A kept sample goes on a bounded queue (dropped, and counted in
 `dropped_samples`, when full). A background thread redacts the samples, cuts their bodies to
 16 KiB and writes everything in one transaction at least every 0.2 s. Nothing unredacted is ever
 written: the redactor runs before a sample reaches SQLite.
@@ -45,6 +49,10 @@ _QUEUE_ITEMS = 256
 _QUEUE_BYTES = 32 * 1024 * 1024
 _RETENTION_EVERY = 60.0
 _BATCH_MAX = 500
+FIRST_SAMPLES = 3  # per (route, field path, kind): the first mismatches ever seen
+LATEST_SAMPLES = 5  # ... and the latest ones
+LATEST_EVERY = 1.0  # seconds between two "latest" samples of one field
+MAX_FIELDS_SAMPLED = 100  # field paths per route that get samples of their own
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS comparisons (
@@ -59,6 +67,11 @@ CREATE TABLE IF NOT EXISTS samples (
     id INTEGER PRIMARY KEY AUTOINCREMENT, route TEXT NOT NULL, step INTEGER NOT NULL,
     ts REAL NOT NULL, method TEXT NOT NULL, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS samples_route ON samples (route, id);
+CREATE TABLE IF NOT EXISTS sample_refs (
+    route TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, role TEXT NOT NULL,
+    sample_id INTEGER NOT NULL,
+    PRIMARY KEY (route, path, kind, role, sample_id));
+CREATE INDEX IF NOT EXISTS sample_refs_id ON sample_refs (sample_id);
 CREATE TABLE IF NOT EXISTS field_values (
     route TEXT NOT NULL, path TEXT NOT NULL, sig TEXT NOT NULL, varies INTEGER NOT NULL,
     PRIMARY KEY (route, path));
@@ -75,6 +88,7 @@ class _Sample:
     target: Exchange
     comparison: Comparison
     redactor: Redactor
+    roles: tuple[tuple[str, str, str], ...] = ()  # (path, kind, "first" | "latest")
 
     def size(self) -> int:
         return len(self.request.body) + len(self.legacy.body) + len(self.target.body) + 1024
@@ -164,6 +178,15 @@ class DiffStore:
         self.dropped_samples = 0
         self.write_errors = 0
         self._closed = False
+        # Which fields still want a "first" sample, and when each last got a "latest" one.
+        self._first_taken: dict[tuple[str, str, str], int] = {}
+        self._fields_sampled: Counter[str] = Counter()
+        self._latest_at: dict[tuple[str, str, str], float] = {}
+        for route, path, kind, n in self._read.execute(
+                "SELECT route, path, kind, COUNT(*) FROM sample_refs WHERE role='first' "
+                "GROUP BY route, path, kind"):
+            self._first_taken[(route, path, kind)] = n
+            self._fields_sampled[route] += 1
         self._thread = threading.Thread(target=self._run, name="strangler-diffstore", daemon=True)
         self._thread.start()
 
@@ -185,10 +208,13 @@ class DiffStore:
             return
         mismatch = not comparison.matched
         sample = None
+        now = self._clock()
         if mismatch:
-            sample = _Sample(
-                route, step, self._clock(), request, legacy, target, comparison, redactor
-            )
+            roles = self._roles(route, comparison, now)
+            if roles:
+                sample = _Sample(
+                    route, step, now, request, legacy, target, comparison, redactor, roles
+                )
         with self._lock:
             for s in (step, TOTAL):
                 self._pending_cmp[(route, s, "compared")] += 1
@@ -209,14 +235,35 @@ class DiffStore:
         if sample is not None:
             self._queue.put_nowait(sample)
 
-    def record_match(self, route: str, step: int) -> None:
-        """Count one comparison that matched: `record` for a clean comparison, without one."""
+    def _roles(self, route: str, comparison: Comparison, now: float
+               ) -> tuple[tuple[str, str, str], ...]:
+        """The fields this mismatch is kept for, and as what (first or latest)."""
+        roles = []
+        first_taken, latest_at = self._first_taken, self._latest_at
+        for path, kind in {(d.path, d.kind) for d in comparison.differences}:
+            key = (route, path, kind)
+            n = first_taken.get(key)
+            if n is None:
+                if self._fields_sampled[route] >= MAX_FIELDS_SAMPLED:
+                    continue
+                self._fields_sampled[route] += 1
+                n = 0
+            if n < FIRST_SAMPLES:
+                first_taken[key] = n + 1
+                roles.append((path, kind, "first"))
+            elif now - latest_at.get(key, 0.0) >= LATEST_EVERY:
+                latest_at[key] = now
+                roles.append((path, kind, "latest"))
+        return tuple(roles)
+
+    def record_match(self, route: str, step: int, n: int = 1) -> None:
+        """Count `n` comparisons that matched: `record` for clean comparisons, without them."""
         if self._closed:
             return
         with self._lock:
             pending = self._pending_cmp
-            pending[(route, step, "compared")] += 1
-            pending[(route, TOTAL, "compared")] += 1
+            pending[(route, step, "compared")] += n
+            pending[(route, TOTAL, "compared")] += n
 
     def _note_value(self, route: str, path: str, legacy: object) -> None:
         """Remember whether legacy's (already redacted) value at `path` changes between
@@ -291,6 +338,11 @@ class DiffStore:
             with self._lock:
                 varies |= {p for (r, p), (_, v) in self._pending_sigs.items()
                            if r == route and v}
+            refs: dict[tuple[str, str], dict[str, list[int]]] = {}
+            for p, k, role, sid in self._read.execute(
+                    "SELECT path, kind, role, sample_id FROM sample_refs WHERE route=? "
+                    "ORDER BY sample_id", (route,)):
+                refs.setdefault((p, k), {"first": [], "latest": []})[role].append(sid)
             q = "SELECT id, step, ts, data FROM samples WHERE route=?"
             args: tuple[object, ...] = (route,)
             if step is not None:
@@ -308,7 +360,8 @@ class DiffStore:
             if likely_noise is not None and likely_noise(p):
                 noisy = True
             out_fields.append(
-                {"path": p, "kind": k, "count": n, "rate": rate, "likely_noise": noisy}
+                {"path": p, "kind": k, "count": n, "rate": rate, "likely_noise": noisy,
+                 "sample_ids": refs.get((p, k), {"first": [], "latest": []})}
             )
         out_samples = []
         for sid, sstep, ts, data in rows:
@@ -432,9 +485,11 @@ class DiffStore:
 
     def _write(self, conn: sqlite3.Connection, samples: list[_Sample]) -> None:
         rows = []
+        kept: list[_Sample] = []
         for s in samples:
             try:
                 rows.append((s.route, s.step, s.ts, s.request.method, _sample_json(s)))
+                kept.append(s)
             except Exception:  # a sample that cannot be redacted is never written
                 self.dropped_samples += 1
         with self._lock:
@@ -473,15 +528,7 @@ class DiffStore:
                 "excluded.varies, field_values.sig != excluded.sig)",
                 [(r, p, sig, int(v)) for (r, p), (sig, v) in sig_items],
             )
-            conn.executemany(
-                "INSERT INTO samples (route, step, ts, method, data) VALUES (?, ?, ?, ?, ?)", rows
-            )
-            for route in {r[0] for r in rows}:
-                conn.execute(
-                    "DELETE FROM samples WHERE route=? AND id <= (SELECT id FROM samples "
-                    "WHERE route=? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                    (route, route, self.max_samples_per_route),
-                )
+            self._insert_samples(conn, rows, kept)
             with self._read_lock:
                 conn.execute("COMMIT")
                 with self._lock:
@@ -497,10 +544,50 @@ class DiffStore:
                 self._inflight_fields.clear()
             raise
 
+    def _insert_samples(self, conn: sqlite3.Connection, rows: list[tuple],
+                        kept: list[_Sample]) -> None:
+        """Insert samples with their per-field roles; keep the newest LATEST_SAMPLES "latest"
+        per field, and at most max_samples_per_route samples no field refers to."""
+        touched: set[tuple[str, str, str]] = set()
+        for row, sample in zip(rows, kept, strict=True):
+            cur = conn.execute(
+                "INSERT INTO samples (route, step, ts, method, data) VALUES (?, ?, ?, ?, ?)", row)
+            sid = cur.lastrowid
+            conn.executemany(
+                "INSERT OR IGNORE INTO sample_refs (route, path, kind, role, sample_id) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(sample.route, p, k, role, sid) for p, k, role in sample.roles])
+            touched.update((sample.route, p, k) for p, k, role in sample.roles
+                           if role == "latest")
+        dropped: set[int] = set()
+        for route, path, kind in touched:
+            old = [sid for (sid,) in conn.execute(
+                "SELECT sample_id FROM sample_refs WHERE route=? AND path=? AND kind=? AND "
+                "role='latest' ORDER BY sample_id DESC LIMIT -1 OFFSET ?",
+                (route, path, kind, LATEST_SAMPLES))]
+            if old:
+                conn.executemany(
+                    "DELETE FROM sample_refs WHERE route=? AND path=? AND kind=? AND "
+                    "role='latest' AND sample_id=?", [(route, path, kind, sid) for sid in old])
+                dropped.update(old)
+        if dropped:
+            conn.executemany(
+                "DELETE FROM samples WHERE id=? AND NOT EXISTS "
+                "(SELECT 1 FROM sample_refs WHERE sample_id=?)", [(i, i) for i in dropped])
+        for route in {r[0] for r in rows}:
+            conn.execute(
+                "DELETE FROM samples WHERE route=? AND id <= (SELECT id FROM samples "
+                "WHERE route=? ORDER BY id DESC LIMIT 1 OFFSET ?) AND NOT EXISTS "
+                "(SELECT 1 FROM sample_refs WHERE sample_id=samples.id)",
+                (route, route, self.max_samples_per_route),
+            )
+
     def _prune(self, conn: sqlite3.Connection, now: float) -> None:
         cutoff = now - self.retention
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("DELETE FROM samples WHERE ts < ?", (cutoff,))
+        conn.execute("DELETE FROM sample_refs WHERE NOT EXISTS "
+                     "(SELECT 1 FROM samples WHERE id=sample_refs.sample_id)")
         for table in ("comparisons", "fields"):
             conn.execute(
                 f"DELETE FROM {table} WHERE step <> ? AND updated < ? AND step < "

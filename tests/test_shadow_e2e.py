@@ -20,6 +20,7 @@ ROUTES = """
       monolith: {{url: "http://127.0.0.1:{mono}"}}
       svc: {{url: "http://127.0.0.1:{svc}", timeout: 10s}}
     default_upstream: monolith
+    shadow_budget: {{max_rate: unlimited}}
     routes:
       - name: balance
         match: {{path_prefix: /api/v1/balance}}
@@ -28,6 +29,7 @@ ROUTES = """
         weight: 0
         shadow:
           sample: 1.0
+          max_rate: unlimited
           compare:
             ignore: ["$.server_time"]
             redact: ["$.card_number"]
@@ -68,9 +70,8 @@ async def test_planted_difference_reported_on_its_path_only(upstreams, inproc_pr
     await wait_for(compared)
     assert rt.agg.window("balance").mismatched == 30
     assert svc.count(shadow=True) == 30
-    store = proxy.server.diff_store
-    store.flush()
-    summary = store.summary("balance")
+    assert await proxy.server.shadow.flush()  # the comparer process has stored all it got
+    summary = proxy.server.diff_store.summary("balance")
     assert [(f["path"], f["kind"]) for f in summary["fields"]] == [("$.currency", "value")]
     assert "4111111111111111" not in str(summary)
 

@@ -25,7 +25,8 @@ ROUTES = TWO_UPSTREAMS + """
         legacy: monolith
         target: svc
         weight: 0
-        shadow: {{sample: 1.0}}
+        shadow: {{sample: 1.0, max_rate: unlimited}}
+    shadow_budget: {{max_rate: unlimited}}
 """
 
 
@@ -107,7 +108,7 @@ async def mirror_through(upstreams, inproc_proxy, svc_port: int, n: int,
                           f'svc: {{{{url: "http://127.0.0.1:{{svc}}", timeout: {svc_timeout}}}}}')
     assert text != ROUTES
     if not pipeline:
-        text = text.replace("shadow: {{sample: 1.0}}", "shadow: {{sample: 1.0, pipeline: false}}")
+        text = text.replace("sample: 1.0,", "sample: 1.0, pipeline: false,")
     proxy = await inproc_proxy(routes_yaml(text, port=free_port(), admin=free_port(),
                                            mono=mono.port, svc=svc_port))
     await drive(proxy.url, n, clients=48)

@@ -66,17 +66,23 @@ def test_counts_and_summary_exact_before_and_after_flush(make_store) -> None:
     s = store.summary("balance", limit=5)
     assert set(s) == {"route", "compared", "mismatched", "fields", "samples"}
     assert (s["route"], s["compared"], s["mismatched"]) == ("balance", 40, 30)
+    # Counters are exact; samples are the first three per field and one "latest" per field
+    # per LATEST_EVERY second: 6 rows for 30 mismatches (each mismatch is 1 or 2 fields).
     assert s["fields"] == [
-        {"path": "$.ts", "kind": "value", "count": 30, "rate": 0.75, "likely_noise": False},
-        {"path": "$.amount", "kind": "value", "count": 10, "rate": 0.25, "likely_noise": False},
+        {"path": "$.ts", "kind": "value", "count": 30, "rate": 0.75, "likely_noise": False,
+         "sample_ids": {"first": [1, 2, 3], "latest": [4]}},
+        {"path": "$.amount", "kind": "value", "count": 10, "rate": 0.25, "likely_noise": False,
+         "sample_ids": {"first": [1, 4, 5], "latest": [6]}},
     ]
-    assert len(s["samples"]) == 10
-    sample = s["samples"][0]
+    assert [x["id"] for x in s["samples"]] == [6, 5, 4, 3, 2, 1]
+    sample = s["samples"][1]
     assert sample["request"]["path"] == "/api/v1/balance/7"
     assert sample["legacy"]["status"] == 200 and json.loads(sample["legacy"]["body"]) == {
         "amount": 1
     }
-    assert sample["differences"] == [{"path": "$.ts", "kind": "value", "legacy": 1, "target": 2}]
+    assert sample["differences"] == [
+        {"path": "$.amount", "kind": "value", "legacy": 1, "target": 2},
+        {"path": "$.ts", "kind": "value", "legacy": 1, "target": 2}]
     json.dumps(s)  # the admin API returns it as is
 
 
@@ -123,17 +129,39 @@ def test_steps_kept_apart_from_totals(make_store) -> None:
     assert {f["path"] for f in store.summary("r")["fields"]} == {"$.a", "$.b"}
 
 
-def test_newest_samples_kept_per_route(make_store) -> None:
-    store = make_store(max_samples_per_route=5)
-    for i in range(12):
+def test_samples_are_the_first_and_latest_per_field(make_store) -> None:
+    now = [1_000_000.0]
+    store = make_store(clock=lambda: now[0])
+    for i in range(40):
+        now[0] += 0.5  # a "latest" sample at most once a second: every other mismatch
         store.record("r", 0, req(f"/p/{i}"), resp({}), resp({}), mismatch("$.a"), REDACTOR)
         if i % 4 == 0:
             store.flush()
     store.record("other", 0, req("/o"), resp({}), resp({}), mismatch("$.a"), REDACTOR)
     store.flush()
-    paths = [x["request"]["path"] for x in store.summary("r", samples=50)["samples"]]
-    assert paths == [f"/p/{i}" for i in range(11, 6, -1)]
+    s = store.summary("r", samples=50)
+    assert s["mismatched"] == 40  # counted exactly, whatever is sampled
+    paths = [x["request"]["path"] for x in s["samples"]]
+    latest = [f"/p/{i}" for i in range(39, 29, -2)]  # the newest LATEST_SAMPLES (5)
+    assert paths == [*latest, "/p/2", "/p/1", "/p/0"]
+    (field,) = s["fields"]
+    assert len(field["sample_ids"]["first"]) == 3 and len(field["sample_ids"]["latest"]) == 5
     assert len(store.summary("other")["samples"]) == 1
+    with sqlite3.connect(store.path) as db:  # nothing else was kept on disk
+        assert db.execute("SELECT COUNT(*) FROM samples WHERE route='r'").fetchone() == (8,)
+
+
+def test_a_mismatch_on_every_request_costs_no_sample_each(make_store) -> None:
+    store = make_store()
+    for i in range(2000):
+        store.record("r", 0, req(f"/p/{i}"), resp({}), resp({}), mismatch("$.a", "$.b"),
+                     REDACTOR)
+    assert store.flush()
+    assert store.counts("r") == (2000, 2000)
+    assert store.dropped_samples == 0  # the queue never filled: few were kept at all
+    with sqlite3.connect(store.path) as db:
+        (n,) = db.execute("SELECT COUNT(*) FROM samples").fetchone()
+    assert 3 <= n <= 3 + 2 * 5
 
 
 def test_retention_drops_old_samples_and_old_steps_keeps_totals(make_store) -> None:
