@@ -85,6 +85,7 @@ class FlagsLink:
         self._seen: dict[str, FlagState] = {}  # toggle state last mirrored into runtime.state
         self._applied: dict[str, int] = {}  # route -> basis points the data planes have
         self._retry: set[str] = set()  # routes whose rollback Unleash has not taken yet
+        self._frozen: dict[str, bool] = {}  # route -> rolled back, as last pushed from here
         self._missing_reported: set[str] = set()
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -290,6 +291,9 @@ class FlagsLink:
             await self._check_missing(startup=False)
         before = {name: bp_to_weight(bp) for name, bp in self._applied.items()}
         changed = self._sync()
+        frozen = [n for n in self._freeze_changes() if n not in changed]
+        if frozen:  # rolled back or resumed without a weight change (a route at 0%): the data
+            await rt._push(frozen)  # planes refuse `target` pins while a route is rolled back
         if not changed:
             return
         for name in changed:
@@ -312,6 +316,16 @@ class FlagsLink:
                               "rolled_back": rt.rolled_back(name)},
                 )
         log.info("flags.weights_changed", weights=after)
+
+    def _freeze_changes(self) -> list[str]:
+        """Routes whose rolled-back state changed since this was last asked (all, at first)."""
+        out = []
+        for spec in self.runtime.config.routes:
+            rolled = self.runtime.rolled_back(spec.name)
+            if self._frozen.get(spec.name) != rolled:
+                self._frozen[spec.name] = rolled
+                out.append(spec.name)
+        return out
 
     def _sync(self) -> list[str]:
         """Mirror toggle on/off into runtime.state; routes whose pushed weight must change."""

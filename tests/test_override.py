@@ -480,3 +480,46 @@ def test_helm_values_carry_overrides_and_the_secret_comes_from_a_secret_ref() ->
                                                             "override": {"headr": "X"}}]}}
         with pytest.raises(helm.HelmValuesError, match="headr"):
             chart.validate_schema(chart.merge_values(wrong))
+
+
+# -- several replicas on Unleash -------------------------------------------------------------
+
+@pytest.mark.unleash
+async def test_a_rollback_through_one_replica_refuses_target_pins_on_the_others(
+        unleash_server, unleash_admin, upstreams, proxy_process) -> None:
+    """At weight 0 a rollback changes no weight: the other replica must still learn of it."""
+    from tests.test_unleash_backend import create_toggle
+
+    flag = unleash_server.flag_name("pin")
+    await create_toggle(unleash_admin, flag, 0)
+    mono, svc = await upstreams("monolith"), await upstreams("svc")
+    unleash = f"""
+    flags:
+      backend: unleash
+      unleash: {{{{url: "{unleash_server.url}", refresh_interval: 500ms}}}}
+"""
+    routes = f"""
+      - name: balance
+        match: {{{{path_prefix: /api/v1/balance}}}}
+        legacy: monolith
+        target: svc
+        flag: {flag}
+        override: true
+        shadow: false
+"""
+    replicas = [await proxy_process(config(mono.port, svc.port, "{cidrs: [127.0.0.1/32]}",
+                                           routes, head=TWO_UPSTREAMS + unleash),
+                                    env=unleash_server.env(), name=f"replica{i}")
+                for i in range(2)]
+    url = "/api/v1/balance/1"
+    for p in replicas:
+        assert await served_by(p.url + url, {PIN: "target"}) == "svc"
+    code, out, err = await run_cli("rollback", "balance", "--reason", "drill", "--admin",
+                                   replicas[0].admin)
+    assert code == 0, out + err
+    assert await served_by(replicas[0].url + url, {PIN: "target"}) == "monolith"
+
+    async def refused() -> bool:
+        return await served_by(replicas[1].url + url, {PIN: "target"}) == "monolith"
+
+    await wait_for(refused, timeout=10, interval=0.1)
