@@ -62,9 +62,11 @@ class OverridePolicy:
         if not self.nets or not peer:
             return False
         try:
-            ip = ipaddress.ip_address(peer)
+            ip: Any = ipaddress.ip_address(peer)
         except ValueError:
             return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:  # a dual-stack listener's IPv4 peer
+            ip = ip.ipv4_mapped
         return any(ip in net for net in self.nets)
 
     def trusted(self, conn: Any, headers: Mapping[bytes, bytes]) -> bool:

@@ -523,3 +523,26 @@ async def test_a_rollback_through_one_replica_refuses_target_pins_on_the_others(
         return await served_by(replicas[1].url + url, {PIN: "target"}) == "monolith"
 
     await wait_for(refused, timeout=10, interval=0.1)
+
+
+def test_peer_check_reads_ipv4_peers_of_a_dual_stack_listener(tmp_path) -> None:
+    from proxy.overrides import OverridePolicy
+
+    path = tmp_path / "routes.yaml"
+    path.write_text(BASE + "overrides: {trusted: {cidrs: [10.20.0.0/16, 'fd00::/8']}}\n")
+    policy = OverridePolicy(load_config(path), env={})
+    assert policy.peer_trusted("10.20.3.4") and policy.peer_trusted("::ffff:10.20.3.4")
+    assert policy.peer_trusted("fd00::1")
+    assert not policy.peer_trusted("10.21.0.1") and not policy.peer_trusted("::ffff:10.21.0.1")
+    assert not policy.peer_trusted("") and not policy.peer_trusted("not-an-ip")
+
+
+async def test_an_unset_secret_env_trusts_nobody(upstreams, inproc_proxy, monkeypatch):
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    mono, svc = await upstreams("monolith"), await upstreams("svc")
+    trusted = f"{{secret_header: {SECRET_HEADER}, secret_env: {SECRET_ENV}}}"
+    proxy = await inproc_proxy(config(mono.port, svc.port, trusted, TWO_ROUTES))
+    for guess in ("", "x", "None"):
+        assert await served_by(proxy.url + "/zero/1", {PIN: "target",
+                                                       SECRET_HEADER: guess}) == "monolith"
+    assert "x-qa-token" not in forwarded_names(mono)
