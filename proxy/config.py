@@ -674,6 +674,7 @@ class _Walker:
         routes: tuple[RouteSpec, ...] = ()
         if "routes" in m:
             routes = self.routes(m["routes"], upstreams, gate, flags)
+        override_config.check_consumed(self, routes, self.override_trust)
         notify: tuple[Any, ...] = ()
         if "notify" in m:
             from proxy.notify_config import notify_sinks

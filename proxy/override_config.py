@@ -127,3 +127,25 @@ def route_override(w: Any, e: Any, trust: OverrideTrustSpec | None, sticky: Any)
     if sticky is not None and sticky.header == header:
         return w.problem(line, path, f"'{header}' is also this route's sticky header")
     return OverrideSpec(header=header, line=e.line)
+
+
+def check_consumed(w: Any, routes: Any, trust: Any) -> None:
+    """The pin and secret headers are consumed on every route: none may be a header another
+    route needs forwarded or keys its split on (a sticky header). Run when the rest is valid,
+    so that `routes[i]` is the i-th route of the file."""
+    if w.problems or trust is None:
+        return
+    sticky = {r.sticky.header: r for r in routes if r.sticky is not None and r.sticky.header}
+    if trust.secret_header in sticky:
+        other = sticky[trust.secret_header]
+        w.problem(trust.line, "overrides.trusted.secret_header", f"'{trust.secret_header}' is "
+                  f"route '{other.name}''s sticky header; the proxy never forwards the secret "
+                  "header, so that route's upstream would not see it")
+    for i, r in enumerate(routes):
+        if r.override is None:
+            continue
+        other = sticky.get(r.override.header)
+        if other is not None and other is not r:
+            w.problem(r.override.line, f"routes[{i}].override", f"'{r.override.header}' is "
+                      f"route '{other.name}''s sticky header; the proxy never forwards a pin "
+                      "header, on any route, so that route's upstream would not see it")

@@ -546,3 +546,21 @@ async def test_an_unset_secret_env_trusts_nobody(upstreams, inproc_proxy, monkey
         assert await served_by(proxy.url + "/zero/1", {PIN: "target",
                                                        SECRET_HEADER: guess}) == "monolith"
     assert "x-qa-token" not in forwarded_names(mono)
+
+
+def test_config_a_consumed_header_cannot_be_another_routes_sticky_header(tmp_path):
+    text = BASE + """\
+overrides:
+  trusted: {cidrs: [10.0.0.0/8], secret_header: X-User-Id, secret_env: QA_SECRET}
+routes:
+""" + ROUTE.format(name="a") + "    override: {header: X-Session}\n" \
+        + ROUTE.format(name="b") + "    sticky: {header: X-Session}\n" \
+        + ROUTE.format(name="c") + "    sticky: {header: X-User-Id}\n"
+    assert problems(tmp_path, text) == [
+        "routes.yaml:7: overrides.trusted.secret_header: 'x-user-id' is route 'c''s sticky "
+        "header; the proxy never forwards the secret header, so that route's upstream would "
+        "not see it",
+        "routes.yaml:13: routes[0].override: 'x-session' is route 'b''s sticky header; the "
+        "proxy never forwards a pin header, on any route, so that route's upstream would not "
+        "see it",
+    ]
