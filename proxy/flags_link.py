@@ -87,6 +87,9 @@ class FlagsLink:
         self._retry: set[str] = set()  # routes whose rollback Unleash has not taken yet
         self._frozen: dict[str, bool] = {}  # route -> rolled back, as last pushed from here
         self._missing_reported: set[str] = set()
+        # Rollback, its retries and resume write the on/off state one at a time, in order: a
+        # retried rollback still on its way must not land after (and undo) a resume.
+        self._onoff = asyncio.Lock()
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._unsubscribe: Any = None
@@ -197,24 +200,29 @@ class FlagsLink:
     async def rollback(self, spec: RouteSpec) -> None:
         """Disable the toggle. Traffic already moved; never raises (retried until taken)."""
         self._applied[spec.name] = 0
-        if not await self._disable(spec):
-            self._retry.add(spec.name)
+        async with self._onoff:
+            if not await self._disable(spec):
+                self._retry.add(spec.name)
 
     async def resume(self, spec: RouteSpec) -> None:
-        """Rollout 0, then enable the toggle; on failure the route stays rolled back here."""
+        """Rollout 0, then enable the toggle; on failure the route stays rolled back here.
+
+        The caller lifts the freeze only after this returns: while the writes are on their
+        way the toggle may still show the rollout from before the rollback."""
         flag = self._flag(spec)
-        self._retry.discard(spec.name)
         rt = self.runtime.state.route(spec.name)
-        prior = self._state(flag)
-        try:
-            await self.client.set_rollout(flag, 0)
+        async with self._onoff:
+            self._retry.discard(spec.name)
+            prior = self._state(flag)
+            try:
+                await self.client.set_rollout(flag, 0)
+                self._wrote(flag, prior)
+                await self.client.set_enabled(flag, True)
+            except UnleashWriteError as exc:
+                rt.rolled_back = True
+                raise _write_failure(exc, flag, "resume") from exc
             self._wrote(flag, prior)
-            await self.client.set_enabled(flag, True)
-        except UnleashWriteError as exc:
-            rt.rolled_back = True
-            raise _write_failure(exc, flag, "resume") from exc
-        self._wrote(flag, prior)
-        self._applied[spec.name] = weight_to_bp(self.weight(spec))
+        self._applied[spec.name] = 0
 
     def _flag(self, spec: RouteSpec) -> str:
         if not spec.flag:
@@ -242,15 +250,20 @@ class FlagsLink:
         return True
 
     def _wrote(self, flag: str, prior: FlagState | None) -> None:
-        """Remember a write Unleash accepted, until a poll shows it (see `_state`)."""
+        """Remember a write Unleash accepted, until a poll shows it (see `_state`).
+
+        `prior` is the state when the write started; the snapshot followed polls while the
+        write was on its way, and what they showed is from before the write too."""
+        during = self._snap.get(flag)
         self._snap = self.client.snapshot()
         written = self._snap.get(flag)
         if written is None:
             return
         earlier = self._writes.get(flag)
         stale = set(earlier.stale) | {earlier.state} if earlier else set()
-        if prior is not None:
-            stale.add(prior)
+        for state in (prior, during):
+            if state is not None:
+                stale.add(state)
         stale.discard(written)
         self._writes[flag] = _Write(written, frozenset(stale), time.monotonic() + WRITE_HOLD)
 
@@ -436,10 +449,13 @@ class FlagsLink:
             if self._writes:
                 self._changed.set()  # an unconfirmed write may have expired: look again
             for name in sorted(self._retry):
-                spec = self.runtime.config.route(name)
-                if spec is None or not self.runtime.rolled_back(name):
-                    self._retry.discard(name)
-                    continue
-                if await self._disable(spec):
-                    self._retry.discard(name)
-                    log.info("flags.rollback_written", route=name, toggle=spec.flag)
+                async with self._onoff:
+                    if name not in self._retry:  # resumed, or taken, meanwhile
+                        continue
+                    spec = self.runtime.config.route(name)
+                    if spec is None or not self.runtime.rolled_back(name):
+                        self._retry.discard(name)
+                        continue
+                    if await self._disable(spec):
+                        self._retry.discard(name)
+                        log.info("flags.rollback_written", route=name, toggle=spec.flag)

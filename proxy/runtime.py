@@ -317,10 +317,12 @@ class Runtime:
             rt = self.state.route(name)
             if not self.rolled_back(name):
                 raise RuntimeError_(409, f"route '{name}' is not rolled back", {"route": name})
-            rt.rolled_back = False
             rt.weight = 0.0  # the weight stays 0 until set or promoted
             if self.flags is not None:
+                # Frozen until Unleash has the toggle at rollout 0 and on: while the writes are
+                # on their way it may still show the rollout from before the rollback.
                 await self.flags.resume(self.spec(name))
+            rt.rolled_back = False
             self._new_step(name)
             await self._push([name])
             result = self._finish(

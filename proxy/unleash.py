@@ -493,10 +493,14 @@ class UnleashFlags:
         self._hold(flag, FlagState(enabled=enabled, rollout=percent), before)
 
     async def set_enabled(self, flag: str, enabled: bool) -> None:
-        """Turn the toggle on or off in the environment (off = every user to legacy)."""
-        state = self._snapshot.get(flag, MISSING)
+        """Turn the toggle on or off in the environment (off = every user to legacy).
+
+        The rollout it holds is the latest one known once Unleash took the write (our own
+        unconfirmed rollout write included), not the one from before the request.
+        """
         before = self._server.get(flag, MISSING)
         await self._request("POST", f"{self._env_url(flag)}/{'on' if enabled else 'off'}")
+        state = self._snapshot.get(flag, MISSING)
         if state.missing:
             strategy, _ = await self._rollout_strategy(flag)
             rollout = _strategy_rollout(strategy["parameters"]) if strategy else 100.0
@@ -536,8 +540,12 @@ class UnleashFlags:
         """Show a write Unleash accepted until a poll brings the server's view of it.
 
         Polls may still show any state from before this write — including our own earlier
-        writes that are not confirmed yet — so all of those are stale, not someone else's."""
-        stale = {before}
+        writes that are not confirmed yet — so all of those are stale, not someone else's.
+        That includes what a poll brought while this write was on its way (`_server` now, when
+        it differs from `before`): e.g. the poll that confirmed our rollback landing during
+        resume's rollout write. Without it, that state would supersede the write at once and
+        resume would enable the toggle at the rollout from before the rollback (issue 17)."""
+        stale = {before, self._server.get(flag, MISSING)}
         earlier = self._pending.get(flag)
         if earlier is not None:
             stale |= earlier[1] | {earlier[0]}
