@@ -127,9 +127,15 @@ async def test_shadow_target_down_or_failing_leaves_client_bytes_identical(upstr
     await svc.stop()  # now the shadow target is down
     for _ in range(10):
         assert await _direct(proxy.url + "/api/v1/balance/7") == expected
-    await asyncio.sleep(0.5)
-    proxy.server.flush()
     shadow = proxy.runtime.agg.shadow
+
+    def counted() -> int:
+        proxy.server.flush()
+        return shadow.get(("balance", "mismatch"), 0) + shadow.get(("balance", "error"), 0)
+
+    await wait_for(lambda: counted() >= 20)  # the comparer process reports within ~50 ms
+    await asyncio.sleep(0.3)
+    proxy.server.flush()
     assert shadow[("balance", "mismatch")] == 10  # 500 from the target is a difference
     assert shadow[("balance", "error")] == 10  # connection refused is an error, not a match
 
