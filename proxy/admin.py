@@ -231,6 +231,9 @@ class Admin:
             body["degraded"] = degraded if isinstance(degraded, dict | list | str) else True
         if not self.rt.durable:
             body["persist_error"] = self.rt.persist_error
+        stale = getattr(self.rt.flags, "stale_reason", None)
+        if stale:
+            body["flags_stale"] = stale
         recovery = getattr(self.rt, "recovery", None)
         if recovery is not None:
             degraded = True

@@ -172,6 +172,15 @@ class FlagsLink:
                     "missing_toggles": missing}
         return None
 
+    @property
+    def stale_reason(self) -> str | None:
+        """Unleash unreachable while a last known state routes: /readyz says so (still ready)."""
+        client = self._client
+        if client is None or client.degraded or client.connected:
+            return None
+        return (f"Unleash at {self.spec.url} unreachable: routing on the last known flag "
+                "state; weight changes are refused and rollbacks hold here until it answers")
+
     def weight(self, spec: RouteSpec) -> float:
         if self._client is None or self._client.degraded:
             return 0.0
@@ -203,6 +212,10 @@ class FlagsLink:
         async with self._onoff:
             if not await self._disable(spec):
                 self._retry.add(spec.name)
+
+    def rollback_unconfirmed(self, name: str) -> bool:
+        """A rollback Unleash has not taken yet: it holds here, other replicas wait for it."""
+        return name in self._retry
 
     async def resume(self, spec: RouteSpec) -> None:
         """Rollout 0, then enable the toggle; on failure the route stays rolled back here.

@@ -97,6 +97,7 @@ class Runtime:
         self.prometheus: Any = None  # shadow.promql.PrometheusSource when gate needs it
         self.on_reload: list[Callable[[Config], Awaitable[None] | None]] = []
         self.started = time.time()
+        self.metrics_error: str | None = None  # why the gate's metrics are unavailable now
         replaced = self.state.apply_file(config.file_weights())
         for route in config.routes:
             rt = self.state.route(route.name)
@@ -275,9 +276,11 @@ class Runtime:
                 self._new_step(n)
                 changed.append(n)
         await self._push(targets)
+        unconfirmed: set[str] = set()
         if self.flags is not None:
             for n in targets:
                 await self.flags.rollback(self.spec(n))
+            unconfirmed = {n for n in targets if self.flags.rollback_unconfirmed(n)}
         results = []
         async with self.lock:
             err = self._persist()
@@ -301,6 +304,11 @@ class Runtime:
                 if aerr:
                     res.durable = False
                     warns.append(aerr)
+                if n in unconfirmed:
+                    res.durable = False
+                    warns.append("NOT IN UNLEASH YET: rolled back on this replica; Unleash did "
+                                 "not take the write, so other replicas keep their weight until "
+                                 "it does (retried every refresh interval)")
                 res.warning = "; ".join(warns) or None
                 results.append(res)
         log.warning("rollback", routes=targets, trigger=trigger, actor=actor, reason=reason)
@@ -436,6 +444,16 @@ class Runtime:
             checks=checks,
         )
 
+    def _metrics_outage(self, error: str | None) -> None:
+        """One log line when the gate's metrics go away and one when they are back (the auto
+        loop and CI retries evaluate often; the gate's answer carries the reason each time)."""
+        if error is not None and self.metrics_error is None:
+            log.warning("gate metrics unavailable: every gate decision holds until they return",
+                        error=error)
+        elif error is None and self.metrics_error is not None:
+            log.info("gate metrics available again", was=self.metrics_error)
+        self.metrics_error = error
+
     async def gate(self, name: str, act: bool, actor: str) -> tuple[Decision, list[str]]:
         """Evaluate the gate; with `act`, do what it says. Returns the decision and notes."""
         spec = self.spec(name)
@@ -445,6 +463,7 @@ class Runtime:
                                 {"route": name, "state": "rolled_back"})
         try:
             ev = await self.evidence(name)
+            self._metrics_outage(None)
             if self.rolled_back(name):
                 # A frozen route is not promoted whatever the evidence says.
                 decision = Decision(name, "hold", 0.0, 0.0, (
@@ -457,6 +476,7 @@ class Runtime:
             weight = self.effective(name)
             decision = Decision(name, "hold", weight, weight,
                                 (f"metrics unavailable: {exc}",), {"error": str(exc)})
+            self._metrics_outage(str(exc))
         key = (name, decision.decision)
         self.counters["gate_decisions"][key] = self.counters["gate_decisions"].get(key, 0) + 1
         view = decision.to_dict()
