@@ -219,6 +219,12 @@ class Admin:
         r.add_get("/admin/history", self.history)
         r.add_get("/admin/history/verify", self.history_verify)
         r.add_post("/admin/reload", self.reload)
+        r.add_get("/admin/debug/tasks", self.debug_tasks)
+
+    async def debug_tasks(self, request: web.Request) -> web.Response:
+        from proxy.debug import task_counts
+
+        return web.json_response(await task_counts(self.server))
 
     # health ---------------------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:

@@ -358,7 +358,10 @@ async def _worker(index: int, opts: ServeOptions, text: str, generation: int, we
             elif op == "drain":
                 stop.set()
             if "id" in msg:
-                writer.write(json.dumps({"op": "ack", "id": msg["id"]}).encode() + b"\n")
+                ack = {"op": "ack", "id": msg["id"]}
+                if op == "tasks":  # GET /admin/debug/tasks (soak runs): read-only
+                    ack["tasks"] = len(asyncio.all_tasks())
+                writer.write(json.dumps(ack).encode() + b"\n")
 
     tasks = [asyncio.create_task(flush_loop()), asyncio.create_task(control())]
     await stop.wait()

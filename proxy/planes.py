@@ -2,8 +2,9 @@
 
 Wire protocol with a worker (JSON lines over a socketpair):
   control -> worker: {"op": "weights", "id", "updates"} | {"op": "install", "id", "text",
-                     "generation", "weights"} | {"op": "drain"}
-  worker -> control: {"op": "ack", "id"} | {"op": "delta", "data"} | {"op": "ready", "pid"}
+                     "generation", "weights"} | {"op": "tasks", "id"} | {"op": "drain"}
+  worker -> control: {"op": "ack", "id"[, "tasks"]} | {"op": "delta", "data"}
+                     | {"op": "ready", "pid"}
 A change is acknowledged only after the worker applied it, so when `apply_weights` returns every
 request accepted afterwards, in every worker, sees the new weight.
 """
@@ -79,7 +80,7 @@ class WorkerLink:
         self.on_delta = on_delta
         self.process = process
         self.ids = itertools.count(1)
-        self.waiting: dict[int, asyncio.Future[None]] = {}
+        self.waiting: dict[int, asyncio.Future[dict | None]] = {}
         self.ready = asyncio.get_running_loop().create_future()
         self.task = asyncio.get_running_loop().create_task(self._read())
 
@@ -96,7 +97,7 @@ class WorkerLink:
                 elif op == "ack":
                     fut = self.waiting.pop(msg["id"], None)
                     if fut is not None and not fut.done():
-                        fut.set_result(None)
+                        fut.set_result(msg)
                 elif op == "ready" and not self.ready.done():
                     self.ready.set_result(msg.get("pid"))
                 elif op == "error" and not self.ready.done():
@@ -108,9 +109,10 @@ class WorkerLink:
             if not self.ready.done():
                 self.ready.set_exception(RuntimeError(f"worker {self.index} exited"))
 
-    async def _call(self, msg: dict, timeout: float = 5.0) -> None:
+    async def _call(self, msg: dict, timeout: float = 5.0) -> dict | None:
+        """Send `msg`; the worker's ack (None if the worker is gone)."""
         if self.task.done():
-            return
+            return None
         mid = next(self.ids)
         msg["id"] = mid
         fut = asyncio.get_running_loop().create_future()
@@ -118,7 +120,7 @@ class WorkerLink:
         self.writer.write(json.dumps(msg).encode() + b"\n")
         await self.writer.drain()
         try:
-            await asyncio.wait_for(fut, timeout)
+            return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             log.error("worker did not acknowledge", worker=self.index, op=msg["op"])
             raise
@@ -130,6 +132,11 @@ class WorkerLink:
                       weights: dict[str, Any]) -> None:
         await self._call({"op": "install", "text": text, "generation": generation,
                           "weights": weights}, timeout=30.0)
+
+    async def task_count(self, timeout: float = 1.0) -> int | None:
+        """The worker's asyncio task count (read-only; for `GET /admin/debug/tasks`)."""
+        ack = await self._call({"op": "tasks"}, timeout)
+        return ack.get("tasks") if ack else None
 
     def drain(self) -> None:
         if not self.task.done():

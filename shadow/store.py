@@ -16,7 +16,10 @@ totals (stored under step -1); `summary(step=None)` and `counts(step=None)` answ
 Reads combine what is on disk with what is still queued, so they are exact at any moment.
 
 Retention: samples older than `retention_days`, and the counters of steps (other than a route's
-newest) not updated for that long, are deleted; totals are kept.
+newest) not updated for that long, are deleted; so are the counters of all but a route's newest
+`STEPS_KEPT` steps (every weight change or reload that moves a weight is a step, and a wide
+answer costs a row per field path and step: in bench/soak.py 2,000 of them left 1M rows, 100 MB);
+totals are kept.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ FIRST_SAMPLES = 3  # per (route, field path, kind): the first mismatches ever se
 LATEST_SAMPLES = 5  # ... and the latest ones
 LATEST_EVERY = 1.0  # seconds between two "latest" samples of one field
 MAX_FIELDS_SAMPLED = 100  # field paths per route that get samples of their own
+STEPS_KEPT = 20  # per route: counters of older steps are deleted at the next prune
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS comparisons (
@@ -594,6 +598,16 @@ class DiffStore:
                 f"(SELECT MAX(step) FROM comparisons c WHERE c.route = {table}.route)",
                 (TOTAL, cutoff),
             )
+        cuts = conn.execute(
+            "SELECT route, (SELECT step FROM comparisons c WHERE c.route = r.route AND "
+            "c.step >= 0 ORDER BY c.step DESC LIMIT 1 OFFSET ?) "
+            "FROM (SELECT DISTINCT route FROM comparisons) r",
+            (STEPS_KEPT - 1,)).fetchall()
+        for route, oldest_kept in cuts:
+            if oldest_kept is not None:
+                for table in ("fields", "comparisons"):
+                    conn.execute(f"DELETE FROM {table} WHERE route = ? AND step >= 0 AND step < ?",
+                                 (route, oldest_kept))
         with self._read_lock:
             conn.execute("COMMIT")
 

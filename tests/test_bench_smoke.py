@@ -44,3 +44,36 @@ def test_quick_run_writes_numeric_rows_for_direct_and_nginx(tmp_path: Path) -> N
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False)
     assert workdir not in ps.stdout
     assert not Path(workdir).exists()
+
+
+@pytest.mark.skipif(
+    not (shutil.which("nginx") and shutil.which("wrk")), reason="needs nginx and wrk (make deps)"
+)
+def test_soak_smoke_samples_every_process_and_audits_every_change(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.soak", "--requests", "3000", "--reloads", "4",
+         "--weights", "4", "--settle", "4", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((tmp_path / "soak-latest.json").read_text())
+    start, end = data["samples"][0], data["samples"][-1]
+    assert (start["label"], end["label"]) == ("start", "end")
+    roles = sorted(p["role"] for p in end["procs"])
+    # The whole tree: the control process, 2 workers and the comparer each worker started.
+    assert roles.count("control") == 1 and roles.count("worker") == 2
+    assert roles.count("comparer") == 2
+    for p in end["procs"]:
+        assert p["rss_kib"] > 0 and p["fds"] > 0, p
+        if p["role"] in ("control", "worker"):  # read through GET /admin/debug/tasks
+            assert isinstance(p["tasks"], int) and p["tasks"] > 0, p
+    # Every reload and weight change went through the admin API and is in the audit log.
+    assert data["reload_failures"] == [] and data["weight_failures"] == []
+    assert (end["reloads"], end["weights"]) == (4, 4)
+    assert end["audit_entries"] - start["audit_entries"] == 8
+    assert data["wrk"]["requests"] >= 3000
+    assert data["wrk"]["non2xx"] == 0 and data["wrk"]["socket_errors"] == 0
+    # Shadowing ran: answers differ, so what was compared mismatched.
+    assert data["shadow"].get("compared_mismatch", 0) > 0
+    md = next(tmp_path.glob("soak-*.md")).read_text()
+    assert "| RSS growth <= 32 MiB" in md and "| sample | requests |" in md

@@ -321,3 +321,36 @@ def test_writes_reach_disk_without_flush_even_under_sustained_load(
         stop.set()
         t.join(5)
     assert on_disk > 0 and samples > 0
+
+
+def test_only_the_newest_steps_keep_counters_totals_stay_exact(make_store) -> None:
+    """Every weight change is a step; a route changed 50 times keeps the counters of its newest
+    STEPS_KEPT steps (the gate's current step among them) and exact totals, not 50 sets of rows
+    per field path."""
+    from shadow.store import STEPS_KEPT
+
+    now = [1_000_000.0]
+    store = make_store(clock=lambda: now[0])
+    for step in range(50):
+        store.record("wide", step, req(), resp({}), resp({}),
+                     mismatch(*(f"$.items[{i}].amount" for i in range(30))), REDACTOR)
+        store.record("other", step, req(), resp({}), resp({}), mismatch("$.a"), REDACTOR)
+        store.flush()
+    now[0] += 61  # the next write prunes
+    store.record("wide", 49, req(), resp({}), resp({}), MATCH, REDACTOR)
+    store.flush()
+    with sqlite3.connect(store.path) as db:
+        steps = {r: sorted(s for (s,) in db.execute(
+            "SELECT step FROM comparisons WHERE route=? AND step >= 0", (r,)))
+            for r in ("wide", "other")}
+        field_steps = {s for (s,) in db.execute("SELECT DISTINCT step FROM fields WHERE step >= 0")}
+        (rows,) = db.execute("SELECT COUNT(*) FROM fields WHERE route='wide'").fetchone()
+    kept = list(range(50 - STEPS_KEPT, 50))
+    assert steps == {"wide": kept, "other": kept}
+    assert field_steps == set(kept)
+    assert rows == 30 * (STEPS_KEPT + 1)  # the kept steps and the totals
+    assert store.counts("wide", step=49) == (2, 1)
+    assert store.counts("wide", step=0) == (0, 0)
+    assert store.counts("wide") == (51, 50)
+    totals = {f["path"]: f["count"] for f in store.summary("wide", limit=100)["fields"]}
+    assert totals["$.items[7].amount"] == 50

@@ -161,3 +161,27 @@ def _gone(pid: int) -> bool:
     except OSError:
         return True
 
+
+
+async def test_debug_tasks_counts_every_process_behind_the_admin_auth(upstreams, proxy_process):
+    up_mono, up_svc = await upstreams("monolith"), await upstreams("svc")
+    text = routes_yaml(ROUTES, port=free_port(), admin=free_port(), mono=up_mono.port,
+                       svc=up_svc.port)
+    proxy = await proxy_process(text, args=("--workers", "2"),
+                                env={"STRANGLER_ADMIN_TOKEN": "adm-debug-5e1f",
+                                     "STRANGLER_READ_TOKEN": "rd-debug-77c2"})
+    url = proxy.admin + "/admin/debug/tasks"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url) as r:
+            assert r.status == 401  # like every /admin/ path
+        async with s.get(url, headers={"Authorization": "Bearer rd-debug-77c2"}) as r:
+            assert r.status == 200  # a read: the read token is enough
+            body = await r.json()
+        async with s.post(url, headers={"Authorization": "Bearer adm-debug-5e1f"}) as r:
+            assert r.status == 405  # read-only: nothing to post
+    assert body["control"]["pid"] == proxy.proc.pid
+    assert isinstance(body["control"]["tasks"], int) and body["control"]["tasks"] >= 1
+    assert sorted(w["pid"] for w in body["workers"]) == sorted(_worker_pids(proxy.proc.pid))
+    assert sorted(w["index"] for w in body["workers"]) == [0, 1]
+    for w in body["workers"]:
+        assert isinstance(w["tasks"], int) and w["tasks"] >= 2, w  # flush loop, control link
