@@ -296,8 +296,8 @@ async def _worker(index: int, opts: ServeOptions, text: str, generation: int, we
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=2**24)
     config = load_config(opts.config_path, text)
     recorder = Recorder()
-    access = logs.AccessLog(sample=opts.access_log_sample, fmt=opts.log_format) \
-        if opts.access_log else None
+    access = logs.AccessLog(sample=opts.access_log_sample, fmt=opts.log_format, shared=True) \
+        if opts.access_log else None  # shared: every worker writes to the one stdout
     plane = DataPlane(recorder, access)
     from proxy import extensions
 
