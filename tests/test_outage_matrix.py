@@ -243,7 +243,8 @@ async def test_prometheus_down_the_gate_holds_and_rollback_still_works(upstreams
                                         mono=mono.port, svc=svc.port, prom=prom_port),
                             args=("--no-access-log",))
     env = {"STRANGLER_ADMIN_URL": p.admin}
-    async with running(Load(p.url, workers=4)) as load:
+    # Bounded, but Prometheus' start-up alone can take 20 s of closed-loop requests.
+    async with running(Load(p.url, workers=4, max_requests=400_000, max_seconds=150)) as load:
         # At start, Prometheus down: every evaluation holds (exit 4), saying why; the auto
         # loop promotes nothing however much traffic passes.
         await load.more(400)
@@ -411,7 +412,9 @@ async def test_postgres_under_unleash_down_routing_holds_and_rollback_takes_effe
     async with aiohttp.ClientSession() as s:
         before = await sides(s, p, users)
         assert set(before.values()) == {"monolith", "svc"}
-        async with running(Load(p.url, workers=4)) as load:
+        # Bounded; Unleash's write timeout and polls add seconds of closed-loop requests.
+        async with running(Load(p.url, workers=4, max_requests=400_000,
+                                max_seconds=150)) as load:
             await load.more(100)
             await asyncio.to_thread(stop_pg)
             await asyncio.sleep(3.5)  # polls against an Unleash without its database
@@ -471,7 +474,9 @@ async def test_unleash_down_under_load_serves_last_state_and_rollback_says_not_i
         before = await sides(s, p, users)
         ready = (await admin_json(p.admin, "GET", "/readyz"))[1]
         assert ready["status"] == "ready" and "flags_stale" not in ready
-        async with running(Load(p.url, workers=4)) as load:
+        # Bounded; Unleash's write timeout and polls add seconds of closed-loop requests.
+        async with running(Load(p.url, workers=4, max_requests=400_000,
+                                max_seconds=150)) as load:
             await load.more(100)
             outage()
             await wait_for(lambda: log_events(p, "unleash.unreachable"), timeout=10)
