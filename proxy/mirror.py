@@ -54,6 +54,7 @@ RETENTION_DAYS = 7.0
 CONCURRENCY = 256  # mirrors in flight per data plane (pipelined: up to 8 per connection)
 CONNECTIONS = 32  # pipelined connections per upstream
 SWEEP_INTERVAL = 0.1  # how often mirror deadlines are checked
+FAILING_LOG_EVERY = 60.0  # seconds between "still failing" lines of a route's mirrors
 _SAFE = frozenset(m.encode() for m in SAFE_METHODS)
 _SKIP_REQUEST_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"x-strangler-shadow"})
 _SHADOW_HEADER = b"x-strangler-shadow: 1\r\n"
@@ -295,6 +296,7 @@ class Mirror:
         self.backlog: deque[_Job] = deque()
         self.running = 0  # jobs started and not yet done
         self.noise_down: set[str] = set()  # routes whose noise twin failed its last mirror
+        self.failing: dict[str, list] = {}  # route -> [failures not logged, last line's time]
         self.in_flight: set[_Leg] = set()  # legs on a connection, for the deadline sweep
         self.pools: dict[str, UpstreamPool] = {}
         self.pipes: dict[str, PipelinePool] = {}
@@ -553,11 +555,10 @@ class Mirror:
         mirrored = job.legs[0]
         if mirrored.error is not None:
             self.recorder.shadow_result(job.route, job.step, "error")
-            # Every log line of a mirror carries the request id it copies.
-            log.info("shadow request failed", upstream=mirrored.pool.name,
-                     error=type(mirrored.error).__name__, request_id=job.request_id,
-                     route=job.route)
+            self._mirror_failed(job, mirrored)
             return
+        if job.route in self.failing:
+            self._mirror_back(job.route, mirrored)
         if len(job.legs) == 1 and self._identical(job, mirrored):
             self.recorder.shadow_result(job.route, job.step, "match")
             self.link.match(job.route, job.step)
@@ -574,6 +575,29 @@ class Mirror:
                  mirrored.raw(), noise)
         if not self.link.submit(frame):
             self.recorder.shadow_skipped(job.route, "comparer_busy")
+
+    def _mirror_failed(self, job: _Job, leg: _Leg) -> None:
+        """One log line when a route's mirrors start failing (with the request id it copied),
+        then one a minute with the count; every failure is counted in the metrics."""
+        now = self.now()
+        state = self.failing.get(job.route)
+        if state is None:
+            self.failing[job.route] = [0, now]
+            log.warning("shadow requests failing", upstream=leg.pool.name,
+                        error=type(leg.error).__name__, request_id=job.request_id,
+                        route=job.route)
+            return
+        state[0] += 1
+        if now - state[1] >= FAILING_LOG_EVERY:
+            log.warning("shadow requests still failing", upstream=leg.pool.name,
+                        error=type(leg.error).__name__, failed_since_last_line=state[0],
+                        route=job.route)
+            state[0], state[1] = 0, now
+
+    def _mirror_back(self, route: str, leg: _Leg) -> None:
+        failed = self.failing.pop(route)[0]
+        log.info("shadow requests answering again", upstream=leg.pool.name, route=route,
+                 failed_since_last_line=failed)
 
     def _noise_changed(self, route: str, leg: _Leg) -> None:
         """One log line when a route's noise twin stops answering, one when it is back."""

@@ -13,6 +13,7 @@ import signal
 
 import aiohttp
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from tests.support import TWO_UPSTREAMS, free_port, routes_yaml, wait_for
 
@@ -186,3 +187,20 @@ async def test_mismatch_heavy_load_keeps_client_bytes_and_counts_every_mirror(up
     # Bounded samples: the first few and the latest few per field, not one per mismatch.
     assert len(proxy.server.diff_store.summary("items", samples=500)["samples"]) <= 3 * 8
     assert svc.count(shadow=True) >= shadow[("items", "mismatch")]
+
+
+async def test_a_failing_shadow_target_is_logged_once_not_per_request(upstreams, inproc_proxy):
+    _mono, svc, proxy = await start(upstreams, inproc_proxy,
+                                    "{sample: 1.0, max_rate: unlimited}")
+    await svc.stop()  # the new service is down: every mirror fails to connect
+    with capture_logs() as logs:
+        bodies = await drive(proxy.url, 50, clients=4)
+        assert len(bodies) == 50
+        await wait_for(lambda: counts(proxy)[0].get(("items", "error"), 0) == 50)
+        await svc.start()  # back on the same port
+        await drive(proxy.url, 5, clients=1)
+        await wait_for(lambda: counts(proxy)[0].get(("items", "mismatch"), 0) == 5)
+    events = [e["event"] for e in logs if e["event"].startswith("shadow requests")]
+    assert events == ["shadow requests failing", "shadow requests answering again"]
+    back = next(e for e in logs if e["event"] == "shadow requests answering again")
+    assert back["failed_since_last_line"] == 49 and back["route"] == "items"
