@@ -208,7 +208,8 @@ def strangler_config(
 
     Every route splits `weight`% to a second upstream name on the same nginx (routing and the
     split decision run on every request; shadow off). With `shadow_url`, the small-body route
-    instead sends 100% to legacy and mirrors every request (sample 1.0) to that nginx.
+    instead sends 100% to legacy and mirrors every request (sample 1.0, no rate limit, no
+    proxy-wide budget) to that nginx, whose answers are identical (the best case).
     """
     upstreams = {
         "legacy": {"url": up.small_url},
@@ -229,9 +230,13 @@ def strangler_config(
         }
         if shadow_url and i == n_routes - 2:
             upstreams["shadow-target"] = {"url": shadow_url}
-            route.update(target="shadow-target", weight=0, shadow={"enabled": True, "sample": 1.0})
+            route.update(target="shadow-target", weight=0,
+                         shadow={"enabled": True, "sample": 1.0, "max_rate": "unlimited"})
         routes.append(route)
-    return _base(port, admin_port, state_dir, upstreams, routes)
+    cfg = _base(port, admin_port, state_dir, upstreams, routes)
+    if shadow_url:  # every request mirrored: no shadow budget
+        cfg["shadow_budget"] = {"max_rate": "unlimited"}
+    return cfg
 
 
 def differing_config(*, port: int, admin_port: int, state_dir: Path, up: Upstream,
