@@ -101,8 +101,7 @@ class ComparerLink:
         return t is None or t.is_closing() or t.get_write_buffer_size() >= self.max_pending
 
     def submit(self, frame: tuple) -> bool:
-        t = self.transport
-        if t is None or t.is_closing() or t.get_write_buffer_size() >= self.max_pending:
+        if self.busy():
             return False
         self._write(frame)
         self.sent += 1

@@ -438,12 +438,13 @@ class Mirror:
         if c.sample < 1.0 and self.rand() >= c.sample:
             self.recorder.shadow_skipped(route.name, "sampled_out")
             return False
+        now = self.now()
         bucket = c.bucket
-        if bucket is not None and not bucket.take(self.now()):
+        if bucket is not None and not bucket.take(now):
             self.recorder.shadow_skipped(route.name, "rate_limited")
             return False
         budget = self.budget
-        if budget is not None and not budget.take(self.now()):
+        if budget is not None and not budget.take(now):
             self.recorder.shadow_skipped(route.name, "budget")
             return False
         if self.link.busy():

@@ -83,7 +83,7 @@ async def test_route_max_rate_sheds_mirrors_and_counts_them(upstreams, inproc_pr
     assert shadow[("items", "mismatch")] == mirrored  # every mirror sent was compared
 
 
-async def test_proxy_wide_budget_is_shared_by_routes(upstreams, inproc_proxy):
+async def test_proxy_wide_budget_sheds_and_counts(upstreams, inproc_proxy):
     _mono, svc, proxy = await start(upstreams, inproc_proxy,
                                     "{sample: 1.0, max_rate: unlimited}",
                                     budget="{max_rate: 3}")
