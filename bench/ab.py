@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench import load, servers
-from bench.procs import Procs, free_port
+from bench.procs import STRANGLER_MAIN, Procs, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def _start(procs: Procs, work: Path, name: str, tree: Path, up: servers.Upstream
     import yaml
 
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    cmd = [sys.executable, "-c", "import sys; from proxy.cli import main; sys.exit(main())",
+    cmd = [sys.executable, "-c", STRANGLER_MAIN,
            "serve", "-c", str(cfg_path)]
     proc = procs.start(name, cmd, "0", env={"PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1",
                                              **env})

@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 from bench import load, servers
-from bench.procs import CLK_TCK, MachineCpu, Proc, Procs, free_port, pinned, tree
+from bench.procs import CLK_TCK, STRANGLER_MAIN, MachineCpu, Proc, Procs, free_port, pinned, tree
 from bench.servers import REPO
 
 NAMES = ("nginx_off", "nginx_on", "strangler_on", "strangler_off")
@@ -86,7 +86,7 @@ def start_strangler(procs: Procs, work: Path, up: servers.Upstream, name: str, t
                                    up=up)
     cfg_path = work / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    cmd = [sys.executable, "-c", "import sys; from proxy.cli import main; sys.exit(main())",
+    cmd = [sys.executable, "-c", STRANGLER_MAIN,
            "serve", "-c", str(cfg_path), *extra]
     proc = procs.start(name, cmd, PROXY_CPU,
                        env={"PYTHONPATH": str(tree_dir), "PYTHONUNBUFFERED": "1"})
@@ -213,7 +213,10 @@ def summary(r: dict) -> str:
 # 200 ms flush at 10k req/s); process CPU per line, minus the same loop without the log.
 _LINE_COST = r"""
 import asyncio, sys, time, uvloop
-from proxy.logs import AccessLog
+try:
+    from proxy.dataplane.access_log import AccessLog
+except ImportError:  # a tree from before issue 16's layout
+    from proxy.logs import AccessLog
 n, rounds, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 async def drive(log):
     t0 = time.process_time()

@@ -22,12 +22,12 @@ from typing import Any
 import yaml
 
 from bench import servers
-from proxy.config import load_config
-from proxy.dataplane import ClientConnection, DataPlane
-from proxy.logs import AccessLog
-from proxy.planes import build_table
-from proxy.recorder import Recorder
-from proxy.upstream import UpstreamConnection
+from proxy.config.loader import load_config
+from proxy.control.planes import build_table
+from proxy.dataplane.access_log import AccessLog
+from proxy.dataplane.recorder import Recorder
+from proxy.dataplane.server import ClientConnection, DataPlane
+from proxy.dataplane.upstream import UpstreamConnection
 
 BODY = b'{"status":"ok","service":"legacy","items":[1,2,3,4,5,6,7,8,9,10],"message":"hello"}'
 RESPONSE = (

@@ -201,3 +201,14 @@ class Procs:
         for proc in reversed(list(self.started)):
             with contextlib.suppress(Exception):
                 self.stop(proc)
+
+
+# `strangler` in a given tree (PYTHONPATH=tree), for the A/B benches that run older commits too
+STRANGLER_MAIN = (
+    "import sys\n"
+    "try:\n"
+    "    from proxy.cli.main import main\n"
+    "except ImportError:  # a tree from before the package layout of issue 16\n"
+    "    from proxy.cli import main\n"
+    "sys.exit(main())\n"
+)

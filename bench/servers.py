@@ -17,7 +17,7 @@ from string import Template
 
 import yaml
 
-from bench.procs import Proc, Procs, free_port, wait_port
+from bench.procs import STRANGLER_MAIN, Proc, Procs, free_port, wait_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -312,7 +312,7 @@ def strangler_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "strangler"
     if exe.exists():
         return [str(exe)]
-    return [sys.executable, "-c", "import sys; from proxy.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", STRANGLER_MAIN]
 
 
 def _readyz(admin_port: int) -> int | None:

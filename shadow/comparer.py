@@ -205,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     fmt = args[0] if args else "json"
     level = args[1] if len(args) > 1 else "info"
     nice = int(args[2]) if len(args) > 2 else 10
-    from proxy import logs
+    from proxy.config import logsetup
 
-    logs.configure(fmt, level)
+    logsetup.configure(fmt, level)
     if nice:
         try:
             os.nice(nice)

@@ -33,7 +33,7 @@ import zlib
 from collections.abc import Sequence
 from decimal import Decimal
 
-from proxy.spec import CompareSpec
+from proxy.config.spec import CompareSpec
 from shadow.jsonpath import PathSet, PathSyntaxError, Segment, State, format_path, is_json_path
 from shadow.model import Comparison, Difference, Exchange
 from shadow.redact import Redactor

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.spec import PromotionSpec
+from proxy.config.spec import PromotionSpec
 from shadow.stats import diff_interval, wilson_interval
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from proxy.spec import PromotionSpec
+from proxy.config.spec import PromotionSpec
 from shadow.evidence import Evidence
 from shadow.stats import within_margin
 

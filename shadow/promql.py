@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from proxy.spec import CheckSpec
+from proxy.config.spec import CheckSpec
 from shadow.evidence import BackendEvidence, CheckResult, Evidence
 
 WINDOW_PLACEHOLDER = "$window"  # in a check's query: replaced by the step's window, e.g. "300s"

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from proxy.spec import SAFE_METHODS
+from proxy.config.spec import SAFE_METHODS
 from shadow.model import Comparison, Exchange, RequestRecord
 from shadow.redact import Redactor
 

@@ -131,7 +131,7 @@ class ProxyProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.stdout_path = self.dir / "stdout.log"
         self.stderr_path = self.dir / "stderr.log"
-        from proxy.config import load_config
+        from proxy.config.loader import load_config
 
         cfg = load_config(str(self.config))
         self.port = cfg.listen.port
@@ -206,8 +206,8 @@ class InProcessProxy:
     """The proxy's Server object in the test's own event loop (fast, no subprocess)."""
 
     def __init__(self, directory: Path, config_text: str, **opts: Any) -> None:
-        from proxy.app import ServeOptions, Server
-        from proxy.config import load_config
+        from proxy.config.loader import load_config
+        from proxy.serve.app import ServeOptions, Server
 
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "routes.yaml"

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy import logs
+from proxy.dataplane import access_log as logs
 from tests.support import STRANGLER, TWO_UPSTREAMS, free_port, routes_yaml, wait_for
 
 ROUTES = TWO_UPSTREAMS + """
@@ -149,7 +149,7 @@ def test_lines_go_out_in_batches_and_the_buffer_stays_bounded(tmp_path):
 def test_an_exit_by_an_exception_still_writes_the_buffered_lines(tmp_path):
     # No event loop runs, so nothing renders the lines before the crash: only the exit does.
     script = (
-        "from proxy.logs import AccessLog\n"
+        "from proxy.dataplane.access_log import AccessLog\n"
         "log = AccessLog()\n"
         "for i in range(3):\n"
         "    log.request(f'id-{i}', 'r', 'legacy', 'm', b'GET', b'/x', 200, 0.001, False)\n"

@@ -23,8 +23,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy import auth
-from proxy.auth import AuthError, Caller, Tokens
+from proxy.api import auth
+from proxy.api.auth import AuthError, Caller, Tokens
 from tests.rawhttp import parse_responses, raw_request
 from tests.support import STRANGLER, free_port, routes_yaml, run_cli, wait_for
 

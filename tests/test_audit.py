@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from proxy.audit import GENESIS, AuditLog
+from proxy.control.audit import GENESIS, AuditLog
 from tests.support import TWO_UPSTREAMS, free_port, routes_yaml, run_cli
 
 ROUTES = TWO_UPSTREAMS + """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from proxy.auth import AuthError, Caller, Tokens, actor_name
+from proxy.api.auth import AuthError, Caller, Tokens, actor_name
 from tests.support import TWO_UPSTREAMS, free_port, routes_yaml
 
 ADMIN = "admin-secret-7f3a"

@@ -10,8 +10,8 @@ from textwrap import dedent
 
 import pytest
 
-from proxy.config import ConfigError, Problem, format_problems, load_config, parse_host_port
-from proxy.spec import (
+from proxy.config.loader import ConfigError, Problem, format_problems, load_config, parse_host_port
+from proxy.config.spec import (
     CompareSpec,
     HostPort,
     LimitsSpec,
@@ -21,7 +21,7 @@ from proxy.spec import (
     StickySpec,
     UnleashSpec,
 )
-from proxy.units import parse_duration, parse_size
+from proxy.config.units import parse_duration, parse_size
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "routes.yaml"

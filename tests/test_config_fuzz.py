@@ -15,8 +15,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.config import ConfigError, load_config
-from proxy.spec import Config
+from proxy.config.loader import ConfigError, load_config
+from proxy.config.spec import Config
 
 EXAMPLE_TEXT = (Path(__file__).resolve().parent.parent / "routes.yaml").read_text()
 EXAMPLE = yaml.safe_load(EXAMPLE_TEXT)

@@ -7,8 +7,8 @@ from textwrap import dedent
 
 import pytest
 
-from proxy.config import ConfigError, load_config
-from proxy.spec import NOTIFY_EVENTS, NotifySpec
+from proxy.config.loader import ConfigError, load_config
+from proxy.config.spec import NOTIFY_EVENTS, NotifySpec
 
 # Routes end at line 8; a `notify:` block appended starts at line 9.
 BASE = """\

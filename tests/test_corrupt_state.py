@@ -2,10 +2,10 @@
 
 Each test prepares a real state_dir with a real `strangler serve` (route `a` set to 100%, route
 `b` rolled back), damages one file, and runs the real processes again. What serve must do is
-decided per file in proxy/recovery.py and SECURITY.md ("Reliability"): an unreadable state.json
-starts with every route rolled back (never a forgotten rollback); a torn audit line is moved
-aside; an edited, cut or missing audit log is refused with exit 2; a corrupt diff store is moved
-aside and replaced.
+decided per file in proxy/control/recovery.py and SECURITY.md ("Reliability"): an unreadable
+state.json starts with every route rolled back (never a forgotten rollback); a torn audit line
+is moved aside; an edited, cut or missing audit log is refused with exit 2; a corrupt diff store
+is moved aside and replaced.
 """
 
 from __future__ import annotations

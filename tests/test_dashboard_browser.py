@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.aggregate import Aggregator
-from proxy.dashboard import CSP, TrafficSeries
-from proxy.recorder import Recorder
+from proxy.api.dashboard import CSP, TrafficSeries
+from proxy.control.aggregate import Aggregator
+from proxy.dataplane.recorder import Recorder
 from tests.support import REPO, free_port, routes_yaml, run_cli, wait_for
 
 CHROMIUM = os.environ.get("STRANGLER_CHROMIUM", "/usr/bin/chromium")

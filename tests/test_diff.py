@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from proxy.spec import CompareSpec
+from proxy.config.spec import CompareSpec
 from shadow.diff import Comparator
 from shadow.jsonpath import PathSet, PathSyntaxError, format_path, parse_path
 from shadow.model import Comparison, Exchange

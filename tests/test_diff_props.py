@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.spec import CompareSpec
+from proxy.config.spec import CompareSpec
 from shadow.diff import Comparator
 from shadow.model import Exchange
 

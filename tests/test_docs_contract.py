@@ -4,7 +4,7 @@ Every list below is read from the code itself: the routes.yaml keys by probing t
 mapping is fed an unknown key and its error names the keys allowed there, recursively, so a new
 block is found without anyone registering it), the CLI from the argparse parser, the admin
 endpoints from the aiohttp router, the metrics from a real collector's exposition, the exit codes
-from proxy/exitcodes.py. A test fails naming what the doc is missing.
+from proxy/cli/exitcodes.py. A test fails naming what the doc is missing.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy import exitcodes
-from proxy.cli import build_parser
-from proxy.config import ConfigError, load_config
-from proxy.spec import (
+from proxy.cli import exitcodes
+from proxy.cli.main import build_parser
+from proxy.config.loader import ConfigError, load_config
+from proxy.config.spec import (
     AdminSpec,
     GateSourceSpec,
     HostPort,
@@ -342,7 +342,7 @@ def test_every_exit_code_is_in_the_table() -> None:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Any:
-    from proxy.app import ServeOptions, Server
+    from proxy.serve.app import ServeOptions, Server
 
     path = tmp_path / "routes.yaml"
     path.write_text(yaml.safe_dump(SKELETON))
@@ -352,8 +352,8 @@ def server(tmp_path: Path) -> Any:
 
 
 def test_every_admin_endpoint_is_documented(server: Any) -> None:
-    from proxy.admin import build_admin_app
-    from proxy.auth import Tokens
+    from proxy.api.admin import build_admin_app
+    from proxy.api.auth import Tokens
 
     app = build_admin_app(server, Tokens(None, None))
     endpoints = sorted({(r.method, r.resource.canonical) for r in app.router.routes()
@@ -366,7 +366,7 @@ def test_every_admin_endpoint_is_documented(server: Any) -> None:
 
 
 def test_every_metric_and_label_value_is_documented(server: Any) -> None:
-    from proxy.metrics import StranglerCollector, make_registry, render
+    from proxy.api.metrics import StranglerCollector, make_registry, render
 
     rt = server.runtime
     exposition = render(make_registry(

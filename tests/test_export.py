@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 from aiohttp import web
 
-from proxy.spec import CompareSpec
+from proxy.config.spec import CompareSpec
 from shadow.diff import Comparator
 from shadow.export import assertions, export
 from shadow.jsonpath import PathSet

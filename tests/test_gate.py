@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.spec import CheckSpec, PromotionSpec
+from proxy.config.spec import CheckSpec, PromotionSpec
 from shadow.evidence import BackendEvidence, CheckResult, Evidence
 from shadow.gate import Decision, decide, next_step
 from shadow.stats import Z_95_ONE_SIDED, Z_95_TWO_SIDED, wilson_interval

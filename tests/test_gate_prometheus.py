@@ -16,7 +16,7 @@ import aiohttp
 import aiohttp.web
 import pytest
 
-from proxy.spec import PromotionSpec
+from proxy.config.spec import PromotionSpec
 from shadow.evidence import BackendEvidence, Evidence
 from shadow.gate import decide
 from shadow.promql import PrometheusSource

@@ -24,7 +24,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from proxy.config import load_config
+from proxy.config.loader import load_config
 
 pytestmark = pytest.mark.helm
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import structlog
 
-from proxy import logs
+from proxy.config import logsetup as logs
 from tests.support import free_port, routes_yaml, wait_for
 
 ADMIN_TOKEN = "adm-log-7c1e94b0f2"

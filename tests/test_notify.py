@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-import proxy.notify as notify
-from proxy.notify import display_url, slack_payload
+import proxy.control.notify as notify
+from proxy.control.notify import display_url, slack_payload
 from tests.support import TWO_UPSTREAMS, free_port, routes_yaml, run_cli, wait_for
 
 ROUTES = TWO_UPSTREAMS + """

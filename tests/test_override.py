@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.config import ConfigError, load_config
+from proxy.config.loader import ConfigError, load_config
 from tests.support import TWO_UPSTREAMS, free_port, routes_yaml, run_cli, wait_for
 
 PIN = "X-Strangler-Backend"
@@ -526,7 +526,7 @@ async def test_a_rollback_through_one_replica_refuses_target_pins_on_the_others(
 
 
 def test_peer_check_reads_ipv4_peers_of_a_dual_stack_listener(tmp_path) -> None:
-    from proxy.overrides import OverridePolicy
+    from proxy.dataplane.overrides import OverridePolicy
 
     path = tmp_path / "routes.yaml"
     path.write_text(BASE + "overrides: {trusted: {cidrs: [10.20.0.0/16, 'fd00::/8']}}\n")

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from proxy.paths import BadPath, canonical_path
+from proxy.config.paths import BadPath, canonical_path
 from tests.rawhttp import RawUpstream, parse_responses, raw_request
 from tests.support import free_port, routes_yaml
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from proxy.spec import CheckSpec, PromotionSpec
+from proxy.config.spec import CheckSpec, PromotionSpec
 from shadow.gate import decide
 from shadow.promql import MetricsUnavailable, PrometheusSource
 from shadow.stats import PROMETHEUS_BOUNDS

@@ -10,7 +10,7 @@ import socket
 import pytest
 from aiohttp import web
 
-from proxy.spec import CheckSpec
+from proxy.config.spec import CheckSpec
 from shadow.promql import (
     MetricsUnavailable,
     PrometheusSource,

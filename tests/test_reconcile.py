@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.spec import CompareSpec
+from proxy.config.spec import CompareSpec
 from shadow.export import render_hurl
 from shadow.reconcile import Tally
 from shadow.reconcile_store import ReconcileStore, latest_runs

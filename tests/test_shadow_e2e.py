@@ -8,7 +8,7 @@ import time
 import aiohttp
 from aiohttp import web
 
-from proxy.mirror import CONCURRENCY, QUEUE_MAX
+from proxy.dataplane.mirror import CONCURRENCY, QUEUE_MAX
 from tests.support import free_port, routes_yaml, wait_for
 
 ROUTES = """

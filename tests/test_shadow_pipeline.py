@@ -13,9 +13,9 @@ import json
 import aiohttp
 from aiohttp import web
 
-from proxy.mirror import CONNECTIONS
-from proxy.pipeline import DEPTH, START_SERVICE, PipelinePool
-from proxy.spec import UpstreamSpec
+from proxy.config.spec import UpstreamSpec
+from proxy.dataplane.mirror import CONNECTIONS
+from proxy.dataplane.pipeline import DEPTH, START_SERVICE, PipelinePool
 from tests.support import TWO_UPSTREAMS, free_port, routes_yaml, wait_for
 
 ROUTES = TWO_UPSTREAMS + """

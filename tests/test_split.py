@@ -12,7 +12,7 @@ import sys
 
 import aiohttp
 
-from proxy.split import BUCKETS, StickyHasher, bp_to_weight, choose_target, weight_to_bp
+from proxy.dataplane.split import BUCKETS, StickyHasher, bp_to_weight, choose_target, weight_to_bp
 from tests.support import REPO, free_port, routes_yaml
 
 Z999 = 3.2905  # two-sided 99.9% normal quantile
@@ -36,7 +36,7 @@ def test_bucket_is_pinned_across_versions_and_processes():
     h = StickyHasher("balance")
     assert [h.bucket(k) for k in (b"user-1", b"user-2", b"alice", b"")] == [3884, 6200, 5243, 5429]
     assert StickyHasher("other").bucket(b"user-1") == 110  # keyed by route name
-    code = ("from proxy.split import StickyHasher; "
+    code = ("from proxy.dataplane.split import StickyHasher; "
             "print(StickyHasher('balance').bucket(b'user-1'))")
     for seed in ("1", "2", "random"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.spec import CompareSpec
+from proxy.config.spec import CompareSpec
 from shadow.diff import Comparator
 from shadow.model import Comparison, Difference, Exchange, RequestRecord
 from shadow.redact import Redactor

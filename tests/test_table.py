@@ -8,8 +8,8 @@ import textwrap
 import aiohttp
 import pytest
 
-from proxy.config import load_config
-from proxy.table import RouteTable, cookie_value
+from proxy.config.loader import load_config
+from proxy.dataplane.table import RouteTable, cookie_value
 from tests.support import free_port, routes_yaml
 
 HEAD = """\

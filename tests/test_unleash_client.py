@@ -20,8 +20,8 @@ import pytest
 from structlog.testing import capture_logs
 from yggdrasil_engine.engine import UnleashEngine
 
-from proxy.spec import UnleashSpec
-from proxy.unleash import (
+from proxy.config.spec import UnleashSpec
+from proxy.control.unleash import (
     WEIGHT_PARAM,
     FlagState,
     UnleashConfigError,

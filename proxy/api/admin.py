@@ -1,0 +1,425 @@
+"""Admin API (contract §4): JSON over HTTP on `admin.listen`.
+
+- `/healthz`, `/readyz`, `/metrics`, and the dashboard's HTML shell are open; everything under
+  `/admin/` needs a bearer token when one is configured (`proxy.api.auth`): any token reads,
+  only the admin token changes anything.
+- Every refusal is `{"error": "...", "detail": ...}` with 400, 401, 403, 404, 405 or 409.
+- Mutations need a `reason`; they answer with the route object after the change, the audit entry,
+  `durable`, and a loud `warning` when the change holds in memory only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from proxy.api.auth import ACTOR_HEADER, AuthError, Caller, Tokens, actor_name
+from proxy.api.metrics import StranglerCollector, make_registry, render
+from proxy.config.loader import ConfigError
+from proxy.control.runtime import MutationResult, RuntimeError_
+
+log = structlog.get_logger("strangler.admin")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/favicon.ico"})
+OPEN_PREFIXES = ("/static/", "/dashboard/")
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_LIMIT = 10_000
+EXPORT_FORMATS = ("hurl", "pytest", "jsonl")
+
+CALLER_KEY = web.RequestKey("caller", Caller)
+
+
+class ApiError(Exception):
+    """A 400-class answer from a handler (bad input)."""
+
+    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+def error_response(status: int, error: str, detail: Any = None) -> web.Response:
+    return web.json_response({"error": error, "detail": detail}, status=status)
+
+
+def build_admin_app(server: Any, tokens: Tokens | None = None) -> web.Application:
+    """The admin application of one `serve`; tokens default to the process environment."""
+    tokens = tokens if tokens is not None else Tokens.from_env()
+    app = web.Application(middlewares=[_errors, _auth_middleware(tokens)])
+    Admin(server).register(app)
+    _register_dashboard(app, server)
+    return app
+
+
+# -- middlewares -------------------------------------------------------------------------------
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except (ApiError, RuntimeError_) as exc:
+        return error_response(exc.status, exc.error, exc.detail)
+    except AuthError as exc:
+        resp = error_response(exc.status, exc.error)
+        if exc.status == 401:
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="strangler"'
+        return resp
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = {"method": request.method, "path": request.path}
+        if exc.status == 405:
+            detail["allowed"] = sorted(getattr(exc, "allowed_methods", ()) or ())
+        return error_response(exc.status, exc.reason.lower(), detail)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # never a bare traceback page; the log has the details
+        log.exception("admin handler failed", path=request.path, method=request.method)
+        return error_response(500, "internal error", {"type": type(exc).__name__})
+
+
+def _auth_middleware(tokens: Tokens) -> Any:
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            return await handler(request)
+        caller = tokens.authorize(request.headers.get("Authorization"),
+                                  write=request.method not in READ_METHODS)
+        request[CALLER_KEY] = caller
+        return await handler(request)
+
+    return auth
+
+
+def _register_dashboard(app: web.Application, server: Any) -> None:
+    try:
+        from proxy.api import dashboard  # owned by the dashboard; optional
+    except ImportError:
+        dashboard = None
+    if dashboard is not None and hasattr(dashboard, "register"):
+        dashboard.register(app, server)
+        return
+
+    async def placeholder(request: web.Request) -> web.Response:
+        return web.Response(text=PLACEHOLDER_HTML, content_type="text/html")
+
+    app.router.add_get("/", placeholder)
+
+
+PLACEHOLDER_HTML = """<!doctype html>
+<html><head><meta charset="utf-8"><title>strangler</title></head>
+<body><h1>strangler</h1>
+<p>The dashboard is not installed. The admin API is at <code>/admin/routes</code>;
+metrics at <a href="/metrics">/metrics</a>.</p></body></html>
+"""
+
+
+# -- request helpers ---------------------------------------------------------------------------
+async def _body(request: web.Request) -> dict:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except ValueError as exc:
+        raise ApiError(400, "request body is not valid JSON", {"message": str(exc)}) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object", None)
+    return data
+
+
+def _reason(body: dict, required: bool = True, default: str = "") -> str:
+    reason = body.get("reason")
+    if reason is None or (isinstance(reason, str) and not reason.strip()):
+        if required:
+            raise ApiError(400, "a reason is required for every change: send "
+                           '{"reason": "..."} (the CLI: --reason TEXT)', {"field": "reason"})
+        return default
+    if not isinstance(reason, str):
+        raise ApiError(400, "reason must be a string", {"field": "reason"})
+    return reason.strip()[:2000]
+
+
+def _weight(body: dict) -> float:
+    raw = body.get("weight")
+    if isinstance(raw, bool) or raw is None:
+        raise ApiError(400, 'weight is required: send {"weight": 25, "reason": "..."}',
+                       {"field": "weight"})
+    try:
+        weight = float(raw)
+    except (TypeError, ValueError):
+        raise ApiError(400, "weight must be a number of percent (0-100)",
+                       {"field": "weight", "value": raw}) from None
+    if not math.isfinite(weight):
+        raise ApiError(400, "weight must be a finite number", {"field": "weight"})
+    return weight
+
+
+def _int_query(request: web.Request, name: str, default: int | None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a whole number", {"field": name, "value": raw}) \
+            from None
+    if value < 1:
+        raise ApiError(400, f"{name} must be at least 1", {"field": name, "value": value})
+    return min(value, MAX_LIMIT)
+
+
+def _actor(request: web.Request) -> str:
+    caller = request.get(CALLER_KEY)
+    if caller is None:  # every /admin path goes through auth; this is belt and braces
+        caller = Caller("open", True)
+    return actor_name(caller, request.headers.get(ACTOR_HEADER))
+
+
+# -- the endpoints -----------------------------------------------------------------------------
+class Admin:
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        rt = server.runtime
+        self.registry = make_registry(
+            StranglerCollector(rt.agg, rt.weights_for_metrics, lambda: rt.counters)
+        )
+
+    @property
+    def rt(self) -> Any:
+        return self.server.runtime
+
+    def register(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/admin/routes", self.routes)
+        r.add_get("/admin/routes/{name}", self.route)
+        r.add_put("/admin/routes/{name}/weight", self.set_weight)
+        r.add_post("/admin/routes/{name}/weight", self.set_weight)  # for clients without PUT
+        r.add_post("/admin/routes/{name}/rollback", self.rollback_one)
+        r.add_post("/admin/rollback", self.rollback_all)
+        r.add_post("/admin/routes/{name}/resume", self.resume)
+        r.add_get("/admin/routes/{name}/gate", self.gate)
+        r.add_post("/admin/routes/{name}/promote", self.promote)
+        r.add_get("/admin/routes/{name}/diffs", self.diffs)
+        r.add_get("/admin/routes/{name}/diffs/export", self.diffs_export)
+        r.add_get("/admin/history", self.history)
+        r.add_get("/admin/history/verify", self.history_verify)
+        r.add_post("/admin/reload", self.reload)
+        r.add_get("/admin/debug/tasks", self.debug_tasks)
+
+    async def debug_tasks(self, request: web.Request) -> web.Response:
+        from proxy.api.debug import task_counts
+
+        return web.json_response(await task_counts(self.server))
+
+    # health ---------------------------------------------------------------------------------
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        body: dict[str, Any] = {"generation": self.rt.generation, "durable": self.rt.durable}
+        degraded = getattr(self.server, "degraded", None)
+        if degraded:
+            body["degraded"] = degraded if isinstance(degraded, dict | list | str) else True
+        if not self.rt.durable:
+            body["persist_error"] = self.rt.persist_error
+        stale = getattr(self.rt.flags, "stale_reason", None)
+        if stale:
+            body["flags_stale"] = stale
+        recovery = getattr(self.rt, "recovery", None)
+        if recovery is not None:
+            degraded = True
+            body["state_recovered"] = recovery.to_dict()
+        if self.server.ready:
+            # Degraded (e.g. no flag data: every route on legacy) still takes traffic: 200.
+            status = "degraded" if degraded else "ready"
+            return web.json_response({"status": status, **body})
+        return web.json_response({"status": "starting", **body}, status=503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        self.server.flush()
+        return web.Response(body=render(self.registry),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    # reads ----------------------------------------------------------------------------------
+    async def routes(self, request: web.Request) -> web.Response:
+        return web.json_response({"routes": self.rt.routes_view(),
+                                  "generation": self.rt.generation,
+                                  "durable": self.rt.durable})
+
+    async def route(self, request: web.Request) -> web.Response:
+        return web.json_response(self.rt.route_view(request.match_info["name"]))
+
+    async def history(self, request: web.Request) -> web.Response:
+        route = request.query.get("route") or None
+        limit = _int_query(request, "limit", 100)
+        entries = await asyncio.to_thread(self.rt.audit.entries, route, limit)
+        return web.json_response({"entries": entries, "route": route, "limit": limit})
+
+    async def history_verify(self, request: web.Request) -> web.Response:
+        audit = self.rt.audit
+        result = await asyncio.to_thread(audit.verify)
+        body = {"ok": result.ok, "entries": result.entries, "bad_line": result.bad_line,
+                "message": result.message, "suspect_lines": list(result.suspect_lines)}
+        return web.json_response(body)
+
+    async def diffs(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.rt.spec(name)
+        limit = _int_query(request, "limit", 20) or 20
+        store = getattr(self.server, "diff_store", None)
+        if store is None:
+            return web.json_response({"route": name, "compared": 0, "mismatched": 0,
+                                      "fields": [], "samples": [],
+                                      "note": "no diff store: shadowing is not running"})
+        # With a second legacy copy, noise was measured and removed before recording.
+        heuristic = self.rt.spec(name).shadow.compare.noise_upstream is None
+        # Counts and samples are read from disk: let what the comparer has land first (bounded
+        # wait; with --workers N the workers' comparers write within 0.2 s on their own).
+        shadow = getattr(self.server, "shadow", None)
+        if shadow is not None:
+            await shadow.flush(2.0)
+        summary = await asyncio.to_thread(store.summary, name, limit, None, min(limit, 50),
+                                          None, heuristic)
+        return web.json_response(summary)
+
+    async def diffs_export(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        spec = self.rt.spec(name)
+        fmt = request.query.get("format", "hurl")
+        if fmt not in EXPORT_FORMATS:
+            raise ApiError(400, f"unknown export format {fmt!r}; use one of "
+                           f"{', '.join(EXPORT_FORMATS)}", {"field": "format"})
+        store = getattr(self.server, "diff_store", None)
+        if store is None:
+            raise ApiError(409, "no diff store: shadowing is not running, nothing to export",
+                           {"route": name})
+        from shadow.export import export
+
+        def run() -> tuple[int, str]:
+            with tempfile.TemporaryDirectory(prefix="strangler-export-") as d:
+                path = Path(d) / f"export.{fmt}"
+                n = export(store, name, fmt, path, ignore=spec.shadow.compare.ignore)
+                return n, path.read_text(encoding="utf-8")
+
+        count, text = await asyncio.to_thread(run)
+        return web.Response(text=text, content_type="text/plain", charset="utf-8",
+                            headers={"X-Strangler-Cases": str(count)})
+
+    # gate -----------------------------------------------------------------------------------
+    async def gate(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        decision, notes = await self.rt.gate(name, act=False, actor=_actor(request))
+        return web.json_response(self._decision_body(name, decision, notes))
+
+    async def promote(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        await _body(request)  # validate when present; the reason comes from the gate
+        decision, notes = await self.rt.gate(name, act=True, actor=_actor(request))
+        return web.json_response(self._decision_body(name, decision, notes))
+
+    def _decision_body(self, name: str, decision: Any, notes: list[str]) -> dict:
+        body = decision.to_dict()
+        last = self.rt.last_decision.get(name) or {}
+        body["acted"] = bool(last.get("acted"))
+        body["evaluated_at"] = last.get("evaluated_at")
+        body["notes"] = list(notes)
+        if self.rt.rolled_back(name) and not body["acted"]:
+            body["notes"].append("the route is rolled back: `resume` it before promoting")
+        body["weight"] = self.rt.effective(name)
+        body["state"] = "rolled_back" if self.rt.rolled_back(name) else "active"
+        body["durable"] = self.rt.durable
+        if not self.rt.durable:
+            body["warning"] = _not_durable(self.rt.persist_error)
+        return body
+
+    # mutations ------------------------------------------------------------------------------
+    async def set_weight(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await _body(request)
+        self.rt.spec(name)
+        weight = _weight(body)
+        reason = _reason(body)
+        result = await self.rt.set_weight(name, weight, _actor(request), reason)
+        return web.json_response(self._mutation(result))
+
+    async def rollback_one(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await _body(request)
+        self.rt.spec(name)
+        reason = _reason(body)
+        (result,) = await self.rt.rollback([name], _actor(request), reason)
+        return web.json_response(self._mutation(result))
+
+    async def rollback_all(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        reason = _reason(body)
+        results = await self.rt.rollback(None, _actor(request), reason)
+        items = [self._mutation(r) for r in results]
+        warnings = sorted({i["warning"] for i in items if i.get("warning")})
+        return web.json_response({
+            "rolled_back": [r.route for r in results],
+            "routes": items,
+            "durable": all(i["durable"] for i in items),
+            "warning": "; ".join(warnings) or None,
+        })
+
+    async def resume(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await _body(request)
+        self.rt.spec(name)
+        reason = _reason(body)
+        result = await self.rt.resume(name, _actor(request), reason)
+        return web.json_response(self._mutation(result))
+
+    async def reload(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        reason = _reason(body, required=False, default="admin API reload")
+        try:
+            generation = await self.rt.reload(actor=_actor(request), reason=reason)
+        except ConfigError as exc:
+            problems = [str(p) for p in exc.problems]
+            return web.json_response(
+                {"error": "the file is invalid; the running config stays in force",
+                 "detail": {"errors": problems}, "errors": problems}, status=400)
+        except OSError as exc:
+            raise ApiError(400, f"cannot read the config file: {exc.strerror or exc}",
+                           {"path": self.rt.config_path}) from None
+        return web.json_response({"generation": generation, "durable": self.rt.durable})
+
+    def _mutation(self, result: MutationResult) -> dict:
+        """The route object after the change, plus what changed and whether it is on disk."""
+        body: dict[str, Any] = {}
+        if result.route is not None and self.rt.config.route(result.route) is not None:
+            body.update(self.rt.route_view(result.route))
+        body.update({
+            "route": result.route,
+            "from": result.before,
+            "to": result.after,
+            "audit": result.audit,
+            "durable": result.durable,
+            "warning": result.warning,
+            **result.extra,
+        })
+        if not result.durable and not result.warning:
+            body["warning"] = _not_durable(self.rt.persist_error)
+        return body
+
+
+def _not_durable(error: str | None) -> str:
+    return ("NOT DURABLE: the change holds in memory but was not saved to state_dir"
+            + (f": {error}" if error else "") + "; it will be lost at restart")

@@ -1,0 +1,203 @@
+"""Prometheus exposition of the contract's metrics (§6), read from the control plane.
+
+A custom collector reads the aggregated counters at scrape time, so the hot path never touches
+prometheus-client objects and `--workers N` is covered without multiprocess files: workers ship
+their deltas to the control plane, which is the only process that serves /metrics.
+
+Every configured route (and upstream) has its label series from the first scrape, at 0, so
+`increase()`/`rate()` see the first request instead of starting from it: requests for both
+backends with the codes 200, 500, 502, 503 and 504, the latency histogram, comparison results,
+skip reasons, upstream error kinds, gate decisions and rollback triggers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import generate_latest
+
+from proxy.control.aggregate import Aggregator
+from proxy.dataplane.recorder import LAT_BOUNDS, LAT_BUCKETS
+
+# Exported bucket bounds: a subset of the fine bounds (50 µs * 2**(i/4)), so every exported count
+# is exact. Half-octave steps (x1.41) from 50 µs to 13 s, where a proxy's own latency lives and
+# histogram_quantile() needs resolution, then octaves to 52 s (beyond: +Inf).
+EXPORT_INDEXES = (*range(0, 73, 2), 76, 80)
+EXPORT_BOUNDS = tuple(LAT_BOUNDS[i] for i in EXPORT_INDEXES)
+# Midpoint of a fine bucket, geometrically: the estimate of one latency in it, for `_sum`.
+_MID = (*(b * 2 ** (-1 / 8) for b in LAT_BOUNDS), LAT_BOUNDS[-1] * 2)
+
+BACKENDS = ("legacy", "target")
+CODES = (200, 500, 502, 503, 504)
+RESULTS = ("match", "mismatch", "error")
+SKIP_REASONS = ("queue_full", "body_too_large", "unsafe_method", "sampled_out", "rate_limited",
+                "budget", "comparer_busy")
+ERROR_KINDS = ("connect", "timeout", "reset")
+DECISIONS = ("promote", "complete", "hold", "fail")
+TRIGGERS = ("manual", "auto")
+
+
+class StranglerCollector:
+    def __init__(
+        self,
+        agg: Aggregator,
+        weights: Callable[[], dict[str, tuple[float, bool]]],
+        counters: Callable[[], dict[str, dict[tuple[str, ...], int]]],
+        upstreams: Callable[[], Iterable[str]] | None = None,
+    ) -> None:
+        self.agg = agg
+        self.weights = weights  # route -> (effective weight, rolled back)
+        self.counters = counters  # "gate_decisions" / "rollbacks" -> label tuple -> count
+        if upstreams is None:  # the runtime behind `weights` knows the configured upstreams
+            runtime = getattr(weights, "__self__", None)
+            # read at every scrape: a reload may change the upstreams
+            upstreams = (lambda: runtime.config.upstreams) if hasattr(runtime, "config") \
+                else tuple
+        self.upstreams = upstreams
+
+    def collect(self) -> Iterator[Any]:
+        agg = self.agg
+        weights = self.weights()
+        routes = sorted(weights)
+        req = CounterMetricFamily(
+            "strangler_requests", "Requests served, by route, backend and status code",
+            labels=["route", "backend", "code"],
+        )
+        requests: dict[tuple[str, str, int], int] = {
+            (r, b, c): 0 for r in routes for b in BACKENDS for c in CODES
+        }
+        requests.update(agg.requests)
+        for (route, backend, code), n in sorted(requests.items()):
+            req.add_metric([route, backend, str(code)], n)
+        yield req
+
+        hist = HistogramMetricFamily(
+            "strangler_request_duration_seconds",
+            "Time from request head to the end of the response, by route and backend",
+            labels=["route", "backend"],
+        )
+        zero = [0] * (LAT_BUCKETS + 1)
+        latency = {(r, b): zero for r in routes for b in BACKENDS}
+        latency.update(agg.latency)
+        for (route, backend), counts in sorted(latency.items()):
+            buckets = []
+            running = 0
+            pos = 0
+            for idx, bound in zip(EXPORT_INDEXES, EXPORT_BOUNDS, strict=True):
+                while pos <= idx:
+                    running += counts[pos]
+                    pos += 1
+                buckets.append((_fmt(bound), running))
+            total = sum(counts)
+            buckets.append(("+Inf", total))
+            # The sum is estimated from the fine buckets' midpoints (each within 9% of a value).
+            approx_sum = sum(c * _MID[i] for i, c in enumerate(counts) if c)
+            hist.add_metric([route, backend], buckets, approx_sum)
+        yield hist
+
+        weight = GaugeMetricFamily(
+            "strangler_route_weight", "Effective weight of the route, percent to target",
+            labels=["route"],
+        )
+        rolled = GaugeMetricFamily(
+            "strangler_route_rolled_back", "1 while the route is rolled back (frozen)",
+            labels=["route"],
+        )
+        for route, (w, rb) in sorted(weights.items()):
+            weight.add_metric([route], w)
+            rolled.add_metric([route], 1.0 if rb else 0.0)
+        yield weight
+        yield rolled
+
+        cmp_ = CounterMetricFamily(
+            "strangler_shadow_comparisons", "Shadow comparisons by result",
+            labels=["route", "result"],
+        )
+        for (route, result), n in sorted(_zeros(agg.shadow, routes, RESULTS).items()):
+            cmp_.add_metric([route, result], n)
+        yield cmp_
+
+        skipped = CounterMetricFamily(
+            "strangler_shadow_skipped", "Requests not mirrored, by reason",
+            labels=["route", "reason"],
+        )
+        for (route, reason), n in sorted(_zeros(agg.skipped, routes, SKIP_REASONS).items()):
+            skipped.add_metric([route, reason], n)
+        yield skipped
+
+        pinned = CounterMetricFamily(
+            "strangler_override_requests",
+            "Requests pinned to a backend by a trusted override header (QA traffic, not in "
+            "strangler_requests_total nor in the gate's evidence)",
+            labels=["route", "backend", "code"],
+        )
+        for (route, backend, code), n in sorted(agg.overrides.items()):
+            pinned.add_metric([route, backend, str(code)], n)
+        yield pinned
+        ignored = CounterMetricFamily(
+            "strangler_override_ignored",
+            "Override headers not honoured, by reason (untrusted, invalid, rolled_back)",
+            labels=["route", "reason"],
+        )
+        for (route, reason), n in sorted(agg.override_ignored.items()):
+            ignored.add_metric([route, reason], n)
+        yield ignored
+
+        up = CounterMetricFamily(
+            "strangler_upstream_errors", "Upstream failures by kind",
+            labels=["upstream", "kind"],
+        )
+        upstream_names = sorted(self.upstreams())
+        for (upstream, kind), n in sorted(
+            _zeros(agg.upstream_errors, upstream_names, ERROR_KINDS).items()
+        ):
+            up.add_metric([upstream, kind], n)
+        yield up
+
+        extra = self.counters()
+        gate = CounterMetricFamily(
+            "strangler_gate_decisions", "Gate evaluations by decision",
+            labels=["route", "decision"],
+        )
+        for labels, n in sorted(_zeros(extra.get("gate_decisions", {}), routes, DECISIONS).items()):
+            gate.add_metric(list(labels), n)
+        yield gate
+        rb = CounterMetricFamily(
+            "strangler_rollbacks", "Rollbacks by trigger", labels=["route", "trigger"]
+        )
+        for labels, n in sorted(_zeros(extra.get("rollbacks", {}), routes, TRIGGERS).items()):
+            rb.add_metric(list(labels), n)
+        yield rb
+        # sink = the sink's index in `notify:` (never its url); proxy.control.notify zero-fills the
+        # results of every configured sink
+        notes = CounterMetricFamily(
+            "strangler_notifications", "Notifications by sink and result (sent, failed, "
+            "dropped)", labels=["sink", "result"],
+        )
+        for labels, n in sorted(extra.get("notifications", {}).items()):
+            notes.add_metric(list(labels), n)
+        yield notes
+
+
+def _zeros(counts: dict, names: Iterable[str], values: Iterable[str]) -> dict:
+    """`counts` with a 0 for every (name, value) pair it does not have yet."""
+    out: dict = {(n, v): 0 for n in names for v in values}
+    out.update(counts)
+    return out
+
+
+def _fmt(bound: float) -> str:
+    return f"{bound:.6g}"
+
+
+def make_registry(collector: StranglerCollector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)  # type: ignore[arg-type]
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,2 @@
+"""The `strangler` command: argument parsing (`main`), one module per subcommand in `commands`,
+the admin API client, output formatting and exit codes."""

@@ -1,0 +1,30 @@
+"""`strangler demo`: a migration told end to end (see proxy/cli/demo.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="run a self-contained migration demo (monolith, new service, proxy, gate)",
+        description="Start a demo monolith, a demo new service (one route clean, one with a "
+        "planted field difference), the proxy, a traffic generator and the promotion gate; show "
+        "the clean route promoted step by step to 100%% and the other rolled back.")
+    p.add_argument("--duration", type=float, default=60.0, metavar="S",
+                   help="stop after S seconds at most (default %(default)s)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the proxy and dashboard running after the story ends")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from proxy.cli.demo import run_demo
+    from proxy.serve.app import install_uvloop
+
+    install_uvloop()
+    try:
+        return asyncio.run(run_demo(args.duration, keep=args.keep))
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,64 @@
+"""`strangler diffs ROUTE [--limit N] [--export FORMAT FILE]`: the route's shadow differences."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from proxy.cli import output
+from proxy.cli.client import AdminClient, add_client_options, print_json, run_with_client
+from proxy.cli.exitcodes import OK, USAGE
+
+FORMATS = ("hurl", "pytest", "jsonl")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "diffs", help="a route's shadow differences: counts per field path, recent samples",
+        description="Show ROUTE's shadow differences: counts per field path (with likely "
+        "noise marked), then recent samples, redacted. With --export, write the recorded "
+        "requests and legacy answers as regression tests (hurl or pytest), or as the request "
+        "set of `strangler reconcile` (jsonl).")
+    p.add_argument("route", metavar="ROUTE")
+    p.add_argument("--limit", type=int, default=20, metavar="N",
+                   help="field paths and samples to show (default: %(default)s)")
+    p.add_argument("--export", nargs=2, metavar=("FORMAT", "FILE"),
+                   help=f"write regression tests: FORMAT is one of {', '.join(FORMATS)}")
+    add_client_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        print("strangler diffs: --limit must be at least 1", file=sys.stderr)
+        return USAGE
+    if args.export and args.export[0] not in FORMATS:
+        print(f"strangler diffs: unknown export format {args.export[0]!r}; use one of "
+              f"{', '.join(FORMATS)}", file=sys.stderr)
+        return USAGE
+
+    def body(client: AdminClient) -> int:
+        if args.export:
+            fmt, dest = args.export
+            resp = client.text(f"/admin/routes/{args.route}/diffs/export", {"format": fmt})
+            try:
+                Path(dest).write_text(resp.text, encoding="utf-8")
+            except OSError as exc:
+                print(f"strangler diffs: cannot write {dest}: {exc.strerror}", file=sys.stderr)
+                return USAGE
+            cases = resp.headers.get("X-Strangler-Cases", "?")
+            if args.json:
+                print_json({"route": args.route, "format": fmt, "file": dest,
+                            "cases": int(cases) if cases.isdigit() else None})
+            else:
+                print(f"{args.route}: wrote {cases} case(s) as {fmt} to {dest}")
+            return OK
+        data = client.call("GET", f"/admin/routes/{args.route}/diffs", params={"limit": args.limit})
+        if args.json:
+            print_json(data)
+        else:
+            print(output.diffs(data))
+        return OK
+
+    return run_with_client(args, body)

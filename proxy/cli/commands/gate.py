@@ -1,0 +1,41 @@
+"""`strangler gate ROUTE`: evaluate the promotion gate and change nothing.
+
+Exit codes: 0 promote (or complete at 100%), 1 fail, 4 hold; 2 usage, 3 admin API unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from proxy.cli import output
+from proxy.cli.client import AdminClient, add_client_options, print_json, run_with_client
+from proxy.cli.exitcodes import FAILED, HOLD, OK
+
+DECISION_EXIT = {"promote": OK, "complete": OK, "fail": FAILED, "hold": HOLD}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "gate", help="evaluate the promotion gate, change nothing",
+        description="Evaluate ROUTE's promotion gate on the current step's evidence and print "
+        "the decision with its reasons. Changes nothing. Exit 0 promote or complete, 1 fail, "
+        "4 hold (not enough evidence yet).")
+    p.add_argument("route", metavar="ROUTE")
+    add_client_options(p)
+    p.set_defaults(func=run)
+
+
+def exit_code(data: dict) -> int:
+    return DECISION_EXIT.get(str(data.get("decision")), FAILED)
+
+
+def run(args: argparse.Namespace) -> int:
+    def body(client: AdminClient) -> int:
+        data = client.call("GET", f"/admin/routes/{args.route}/gate")
+        if args.json:
+            print_json(data)
+        else:
+            print(output.decision(data))
+        return exit_code(data)
+
+    return run_with_client(args, body)

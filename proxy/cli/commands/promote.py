@@ -1,0 +1,65 @@
+"""`strangler promote ROUTE [--wait DURATION]`: evaluate the gate and act on it.
+
+promote steps the weight up, fail rolls back (where `auto_rollback` is on), hold changes nothing.
+With `--wait`, a hold is re-evaluated every `--interval` until another answer or the deadline.
+Exit codes as `strangler gate`: 0 promoted or complete, 1 fail, 4 hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from proxy.cli import output
+from proxy.cli.client import AdminClient, add_client_options, print_json, run_with_client
+from proxy.cli.commands.gate import exit_code
+from proxy.cli.exitcodes import USAGE
+from proxy.config.units import parse_duration
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "promote", help="evaluate the gate and act: step up, hold, or roll back",
+        description="Evaluate ROUTE's promotion gate and act on it: step the weight up to the "
+        "next step, hold, or roll back. Exit 0 promoted (or complete), 1 fail, 4 hold.")
+    p.add_argument("route", metavar="ROUTE")
+    p.add_argument("--wait", metavar="DURATION", default="0s",
+                   help="keep re-evaluating while the answer is hold, up to DURATION "
+                   "(e.g. 30s, 5m, 30m)")
+    p.add_argument("--interval", metavar="DURATION", default="5s",
+                   help="time between evaluations with --wait (default: %(default)s)")
+    add_client_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        wait = parse_duration(args.wait)
+        interval = max(0.1, parse_duration(args.interval))
+    except ValueError as exc:
+        print(f"strangler promote: {exc}", file=sys.stderr)
+        return USAGE
+
+    def body(client: AdminClient) -> int:
+        deadline = time.monotonic() + wait
+        while True:
+            data = client.call("POST", f"/admin/routes/{args.route}/promote", {})
+            left = deadline - time.monotonic()
+            if data.get("decision") != "hold" or left <= 0:
+                break
+            if not args.json:
+                reasons = "; ".join(data.get("reasons") or [])
+                print(f"{args.route}: hold ({reasons}); evaluating again in "
+                      f"{min(interval, left):.0f}s, {left:.0f}s left", file=sys.stderr)
+            time.sleep(min(interval, left))
+        if args.json:
+            print_json(data)
+        else:
+            print(output.decision(data))
+        warn = output.warning(data)
+        if warn:
+            print(warn, file=sys.stderr)
+        return exit_code(data)
+
+    return run_with_client(args, body)

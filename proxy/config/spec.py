@@ -1,0 +1,259 @@
+"""Frozen, typed form of routes.yaml (version 1).
+
+`proxy.config.loader.load_config` turns a file into a `Config`; everything downstream (the compiled
+route table, the data plane, the gate) reads these values and never the raw YAML.
+Durations are float seconds, sizes are int bytes, weights are float percent (0-100, 2 decimals).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+MiB = 1024 * 1024
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSpec:
+    name: str
+    url: str  # as written, e.g. "http://127.0.0.1:8001"
+    host: str
+    port: int
+    base_path: str = ""  # path prefix of the url without trailing slash ("" for none)
+    connect_timeout: float = 1.0
+    timeout: float = 30.0  # until the response headers arrive
+    max_connections: int = 256
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSpec:
+    max_body: int = 100 * MiB
+    header_timeout: float = 10.0
+    body_idle_timeout: float = 30.0
+    drain_timeout: float = 30.0
+    max_request_line: int = 8 * 1024
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class MatchSpec:
+    path: str | None = None
+    path_prefix: str | None = None
+    path_regex: str | None = None
+    methods: tuple[str, ...] | None = None  # upper-case; None = any
+    headers: tuple[tuple[str, str], ...] = ()  # (lower-case name, exact value)
+
+
+@dataclass(frozen=True, slots=True)
+class StickySpec:
+    header: str | None = None  # lower-case header name
+    cookie: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompareSpec:
+    headers: tuple[str, ...] = ("content-type",)  # lower-case
+    ignore: tuple[str, ...] = ()
+    redact: tuple[str, ...] = ()
+    numeric_tolerance: float = 0.0
+    array_keys: tuple[tuple[str, str], ...] = ()  # (array path, key field)
+    noise_upstream: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowSpec:
+    enabled: bool = True
+    sample: float = 1.0
+    # Off by default: mirroring target-served requests back to legacy keeps the monolith's
+    # load at 100% whatever the weight, and relieving it is why teams migrate.
+    reverse: bool = False
+    methods: tuple[str, ...] = ("GET", "HEAD")
+    allow_unsafe: bool = False
+    max_body: int = 1 * MiB
+    compare: CompareSpec = field(default_factory=CompareSpec)
+    pipeline: bool = True  # GET mirrors may be HTTP/1.1-pipelined to a fast target
+    max_rate: float | None = 100.0  # mirrors per second for this route; None: no route limit
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSpec:
+    name: str
+    query: str
+    max: float | None = None
+    min: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AutoSpec:
+    enabled: bool = False
+    interval: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class GuardrailSpec:
+    """Fast automatic rollback when target errors spike, independent of promotion."""
+
+    enabled: bool = True
+    window: float = 5.0  # sliding window, seconds
+    min_requests: int = 20  # target requests in the window before it can trigger
+    max_error_rate: float = 0.2  # target error rate in the window...
+    min_error_rate_increase: float = 0.1  # ...and at least this much above legacy's
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionSpec:
+    steps: tuple[float, ...] = (1.0, 5.0, 25.0, 50.0, 100.0)
+    min_requests: int = 500
+    min_comparisons: int = 500
+    max_mismatch_rate: float = 0.001
+    max_error_rate_increase: float = 0.005
+    max_p99_ratio: float = 1.25
+    # The gate's evidence floors, which apply whatever min_requests/min_comparisons say:
+    min_latency_samples: int = 100  # per backend, before a p99 is judged (hold below)
+    early_fail_samples: int = 50  # a fail may be judged this early (or at the min, if lower)
+    min_fail_events: int = 3  # mismatches or target errors before a fail (Wilson's small-n)
+    auto_rollback: bool = True
+    auto: AutoSpec = field(default_factory=AutoSpec)
+    checks: tuple[CheckSpec, ...] = ()
+    guardrail: GuardrailSpec = field(default_factory=GuardrailSpec)
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideSpec:
+    """A route's `override`: a trusted request may pin itself to legacy or target by header."""
+
+    header: str = "x-strangler-backend"  # lower-case
+    line: int = 0  # line of the route's `override:` key
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideTrustSpec:
+    """`overrides.trusted`: who may pin requests (a peer in `cidrs`, or a matching secret).
+
+    The secret's value is read from the environment variable `secret_env` when the table is
+    built, never from the file.
+    """
+
+    cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    secret_header: str | None = None  # lower-case
+    secret_env: str | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    name: str
+    match: MatchSpec
+    legacy: str  # upstream name
+    target: str  # upstream name
+    weight: float = 0.0  # percent of matching traffic to target
+    sticky: StickySpec | None = None
+    fallback_to_legacy: bool = True
+    flag: str | None = None
+    websocket: bool = False  # pass WebSocket upgrades through (never mirrored)
+    shadow: ShadowSpec = field(default_factory=ShadowSpec)
+    promotion: PromotionSpec = field(default_factory=PromotionSpec)
+    override: OverrideSpec | None = None  # None: the route cannot be pinned by a header
+    line: int = 0  # line of the route's `- name:` entry in the file
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSpec:
+    listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9901))
+    dashboard_url: str | None = None  # where people open the dashboard (notification links)
+
+
+NOTIFY_EVENTS = ("rollback", "fail", "promote", "complete", "resume", "weight_changed")
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySpec:
+    """One notification sink (`notify[i]`): where decisions and rollbacks are posted.
+
+    Exactly one of `url` and `url_env` is set; with `url_env` the url (a secret, for Slack)
+    is read from the environment when serve starts, never from the file.
+    """
+
+    url: str | None = None
+    url_env: str | None = None
+    events: tuple[str, ...] = NOTIFY_EVENTS
+    format: Literal["json", "slack"] = "json"
+    routes: tuple[str, ...] | None = None  # None: every route
+    timeout: float = 5.0  # per delivery attempt
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowBudgetSpec:
+    """Proxy-wide limits on shadow work (routes.yaml `shadow_budget`)."""
+
+    max_rate: float | None = 1000.0  # mirrors per second, whole proxy (split across workers)
+    max_pending: int = 16 * MiB  # pair bytes waiting for the comparer, per data plane
+    comparer_nice: int = 10  # CPU priority of the comparer process (0-19; higher yields more)
+
+
+@dataclass(frozen=True, slots=True)
+class GateSourceSpec:
+    metrics: Literal["local", "prometheus"] = "local"
+    url: str | None = None  # Prometheus base url (needed for prometheus metrics or checks)
+
+
+@dataclass(frozen=True, slots=True)
+class UnleashSpec:
+    url: str = "http://127.0.0.1:4242/api"
+    app_name: str = "strangler"
+    refresh_interval: float = 1.0
+    token_env: str = "UNLEASH_API_TOKEN"
+    admin_token_env: str = "UNLEASH_ADMIN_TOKEN"
+    environment: str = "development"
+    project: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class FlagsSpec:
+    backend: Literal["file", "unleash"] = "file"
+    unleash: UnleashSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: Path  # the file as given (used in messages)
+    version: int
+    listen: HostPort
+    admin: AdminSpec
+    state_dir: Path  # resolved relative to the file's directory
+    upstreams: dict[str, UpstreamSpec]
+    default_upstream: str
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    limits: LimitsSpec
+    gate: GateSourceSpec
+    flags: FlagsSpec
+    routes: tuple[RouteSpec, ...]
+    notify: tuple[NotifySpec, ...] = ()
+    overrides: OverrideTrustSpec | None = None  # `overrides.trusted`; None: nobody may pin
+    shadow_budget: ShadowBudgetSpec = field(default_factory=ShadowBudgetSpec)
+
+    def route(self, name: str) -> RouteSpec | None:
+        for r in self.routes:
+            if r.name == name:
+                return r
+        return None
+
+    def file_weights(self) -> dict[str, float]:
+        return {r.name: r.weight for r in self.routes}

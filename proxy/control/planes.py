@@ -1,0 +1,143 @@
+"""Links from the control plane to data planes: in-process, or worker processes over a socket.
+
+Wire protocol with a worker (JSON lines over a socketpair):
+  control -> worker: {"op": "weights", "id", "updates"} | {"op": "install", "id", "text",
+                     "generation", "weights"} | {"op": "tasks", "id"} | {"op": "drain"}
+  worker -> control: {"op": "ack", "id"[, "tasks"]} | {"op": "delta", "data"}
+                     | {"op": "ready", "pid"}
+A change is acknowledged only after the worker applied it, so when `apply_weights` returns every
+request accepted afterwards, in every worker, sees the new weight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from typing import Any
+
+import structlog
+
+from proxy.config.spec import Config
+from proxy.dataplane.recorder import Delta
+from proxy.dataplane.server import DataPlane
+from proxy.dataplane.table import RouteState, RouteTable
+
+log = structlog.get_logger("strangler.planes")
+
+
+def apply_updates(states: dict[str, RouteState], updates: dict[str, Any]) -> None:
+    """route -> (basis points, step[, rolled back]) as `Runtime.weights_bp` sends them."""
+    for name, update in updates.items():
+        bp, step = update[0], update[1]
+        st = states.get(name)
+        if st is None:
+            st = states[name] = RouteState()
+        st.step = step
+        st.weight_bp = bp
+        st.rolled_back = bool(update[2]) if len(update) > 2 else bp == 0 and st.rolled_back
+
+
+def build_table(config: Config, states: dict[str, RouteState], generation: int,
+                weights: dict[str, Any]) -> RouteTable:
+    for name in list(states):
+        if config.route(name) is None:
+            del states[name]
+    apply_updates(states, weights)
+    return RouteTable(config, states, generation)
+
+
+class LocalPlane:
+    """The data plane in this process: changes are plain assignments, effective at once."""
+
+    def __init__(self, plane: DataPlane, prepare: Any = None) -> None:
+        self.plane = plane
+        self.states: dict[str, RouteState] = {}
+        self.prepare = prepare  # callable(table) run before a table goes live (shadow compile)
+
+    def install_now(self, config: Config, generation: int, weights: dict[str, Any]) -> None:
+        table = build_table(config, self.states, generation, weights)
+        if self.prepare is not None:
+            self.prepare(table)
+        self.plane.install(table)
+
+    async def apply_weights(self, updates: dict[str, Any]) -> None:
+        apply_updates(self.states, updates)
+
+    async def install(self, config: Config, text: str, generation: int,
+                      weights: dict[str, Any]) -> None:
+        self.install_now(config, generation, weights)
+
+
+class WorkerLink:
+    """Control-plane side of one worker process."""
+
+    def __init__(self, index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 on_delta: Any, process: Any) -> None:
+        self.index = index
+        self.reader = reader
+        self.writer = writer
+        self.on_delta = on_delta
+        self.process = process
+        self.ids = itertools.count(1)
+        self.waiting: dict[int, asyncio.Future[dict | None]] = {}
+        self.ready = asyncio.get_running_loop().create_future()
+        self.task = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                line = await self.reader.readline()
+                if not line:
+                    break
+                msg = json.loads(line)
+                op = msg.get("op")
+                if op == "delta":
+                    self.on_delta(Delta.from_wire(msg["data"]))
+                elif op == "ack":
+                    fut = self.waiting.pop(msg["id"], None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg)
+                elif op == "ready" and not self.ready.done():
+                    self.ready.set_result(msg.get("pid"))
+                elif op == "error" and not self.ready.done():
+                    self.ready.set_exception(RuntimeError(msg.get("message", "worker failed")))
+        finally:
+            for fut in self.waiting.values():
+                if not fut.done():
+                    fut.set_result(None)  # a dead worker serves nothing: nothing to wait for
+            if not self.ready.done():
+                self.ready.set_exception(RuntimeError(f"worker {self.index} exited"))
+
+    async def _call(self, msg: dict, timeout: float = 5.0) -> dict | None:
+        """Send `msg`; the worker's ack (None if the worker is gone)."""
+        if self.task.done():
+            return None
+        mid = next(self.ids)
+        msg["id"] = mid
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting[mid] = fut
+        self.writer.write(json.dumps(msg).encode() + b"\n")
+        await self.writer.drain()
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            log.error("worker did not acknowledge", worker=self.index, op=msg["op"])
+            raise
+
+    async def apply_weights(self, updates: dict[str, Any]) -> None:
+        await self._call({"op": "weights", "updates": updates})
+
+    async def install(self, config: Config, text: str, generation: int,
+                      weights: dict[str, Any]) -> None:
+        await self._call({"op": "install", "text": text, "generation": generation,
+                          "weights": weights}, timeout=30.0)
+
+    async def task_count(self, timeout: float = 1.0) -> int | None:
+        """The worker's asyncio task count (read-only; for `GET /admin/debug/tasks`)."""
+        ack = await self._call({"op": "tasks"}, timeout)
+        return ack.get("tasks") if ack else None
+
+    def drain(self) -> None:
+        if not self.task.done():
+            self.writer.write(b'{"op":"drain"}\n')

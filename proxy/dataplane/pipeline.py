@@ -1,0 +1,273 @@
+"""HTTP/1.1 pipelining for shadow mirrors: fewer syscalls per mirrored request.
+
+A mirror costs the proxy a write and a read on the target's socket, which on a saturated core
+is most of what it costs. Mirrors started in one event-loop iteration are therefore written
+together: `PipelinePool.submit` queues a leg, and at the end of the iteration (`call_soon`) the
+queued heads are written in batches of up to `depth` requests, each batch to an idle connection
+of the pool (or a new one) in one `write`. The responses come back in order on each connection
+and often in one read.
+
+Only GET mirrors without a body are pipelined (HEAD responses cannot be framed in a pipeline,
+and nothing with side effects is). Pipelining is used only while the upstream is fast: every
+pool starts at depth 1 (one request per connection, as without pipelining) and goes to `depth`
+once the smoothed per-response service time is under `FAST_SERVICE`; a slow upstream stays at
+depth 1, so no mirror waits behind another's slow answer. A batch is written only to an idle
+connection. A connection that breaks takes its unanswered requests with it: each leg retries
+once, alone on a connection. When the oldest request of a pipeline times out, it is an error, the
+ones behind it are retried, and the pool stops pipelining for `COOL_OFF` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+import httptools
+
+from proxy.config.spec import UpstreamSpec
+from proxy.dataplane.upstream import (
+    UpstreamBadResponse,
+    UpstreamConnectError,
+    UpstreamReset,
+    set_nodelay,
+)
+
+DEPTH = 8  # requests outstanding per connection while pipelining
+FAST_SERVICE = 0.005  # seconds per response under which the upstream counts as fast
+START_SERVICE = 1.0  # the estimate before any response: not fast
+ALPHA = 0.2  # weight of the newest response in the smoothed service time
+COOL_OFF = 30.0  # seconds without pipelining after a pipelined connection failed
+
+
+class PipelinedConnection(asyncio.Protocol):
+    """One keep-alive connection carrying requests back to back; `waiting` is the legs whose
+    responses are due, oldest first. A leg is a response sink (see proxy.dataplane.upstream)."""
+
+    def __init__(self, pool: PipelinePool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiting: deque[Any] = deque()
+        self.unsent: list[bytes] = []  # heads written once connected
+        self.closed = False
+        self.last_done = 0.0
+        self._headers: list[tuple[bytes, bytes, bytes]] = []
+        self._reason = b""
+        self._close_delimited = False
+        self._framed = False  # the current response has Content-Length or Transfer-Encoding
+
+    def send(self, legs: list[Any], now: float) -> None:
+        heads = []
+        for leg in legs:
+            leg.on_written(self, now)
+            self.waiting.append(leg)
+            heads.append(leg.head)
+        if self.transport is None:
+            self.unsent += heads
+        else:
+            self.transport.write(b"".join(heads))
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        set_nodelay(transport)
+        if self.unsent:
+            heads, self.unsent = self.unsent, []
+            self.transport.write(b"".join(heads))
+
+    def data_received(self, data: bytes) -> None:
+        if not self.waiting:  # bytes nobody asked for: the upstream is confused
+            self.abort()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.fail(UpstreamBadResponse(f"invalid response: {exc}"))
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        self.pool.forget(self)
+        waiting, self.waiting = self.waiting, deque()
+        if waiting and self._close_delimited:
+            waiting.popleft().on_upstream_done(False)  # its body ended with the connection
+        for leg in waiting:
+            leg.on_upstream_lost(UpstreamReset("upstream closed a pipelined connection"))
+
+    # -- httptools callbacks ----------------------------------------------------------------
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname == b"content-length" or lname == b"transfer-encoding":
+            self._framed = True
+        self._headers.append((lname, name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        headers, reason = self._headers, self._reason
+        self._headers = []
+        self._reason = b""
+        if 100 <= status < 200:
+            if status == 101:
+                raise UpstreamBadResponse("101 Switching Protocols to a mirror")
+            return
+        self._close_delimited = not self._framed and status not in (204, 304)
+        self._framed = False
+        self.waiting[0].on_upstream_head(status, reason, headers, False, None, None)
+
+    def on_body(self, body: bytes) -> None:
+        self.waiting[0].on_upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if 100 <= self.parser.get_status_code() < 200:
+            return
+        leg = self.waiting.popleft()
+        now = self.pool.now()
+        self.pool.served(now - max(leg.sent_at, self.last_done))
+        self.last_done = now
+        leg.on_upstream_done(True)
+        if not self.parser.should_keep_alive():
+            self.abort()  # what is still waiting is retried by its legs
+        elif self.pool.queue and not self.waiting:
+            self.pool.wake()
+
+    # -- ending -----------------------------------------------------------------------------
+    def fail(self, exc: Exception) -> None:
+        """A broken response: its leg fails, the connection goes (the rest retry)."""
+        if self.waiting:
+            self.waiting.popleft().on_upstream_lost(exc)
+        self.abort()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+
+
+class PipelinePool:
+    """Connections to one upstream for pipelined mirrors (at most `max_connections`)."""
+
+    def __init__(self, spec: UpstreamSpec, max_connections: int, depth: int = DEPTH) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.max_connections = min(max_connections, spec.max_connections)
+        self.max_depth = depth
+        self.conns: list[PipelinedConnection] = []
+        self.queue: list[Any] = []
+        self.scheduled = False
+        self.service = START_SERVICE
+        self.no_pipelining_until = 0.0
+        self.closed = False
+        self.tasks: set[asyncio.Task] = set()
+        loop = asyncio.get_running_loop()
+        self.now = loop.time
+        self._call_soon = loop.call_soon
+
+    def depth(self) -> int:
+        if self.service < FAST_SERVICE and self.now() >= self.no_pipelining_until:
+            return self.max_depth
+        return 1
+
+    def served(self, seconds: float) -> None:
+        self.service += ALPHA * (seconds - self.service)
+
+    def submit(self, leg: Any) -> None:
+        self.queue.append(leg)
+        self.wake()
+
+    def wake(self) -> None:
+        """Room may have freed up for queued legs: dispatch at the end of this iteration."""
+        if not self.scheduled:
+            self.scheduled = True
+            self._call_soon(self._dispatch)
+
+    def _batches(self, legs: list[Any]) -> list[list[Any]]:
+        """Consecutive legs, `depth()` to a batch; a retried leg goes alone."""
+        depth = self.depth()
+        out: list[list[Any]] = []
+        batch: list[Any] = []
+        for leg in legs:
+            if leg.done:
+                continue
+            if leg.attempt:
+                out.append([leg])
+                continue
+            batch.append(leg)
+            if len(batch) >= depth:
+                out.append(batch)
+                batch = []
+        if batch:
+            out.append(batch)
+        return out
+
+    def _dispatch(self) -> None:
+        self.scheduled = False
+        legs, self.queue = self.queue, []
+        if self.closed:
+            for leg in legs:
+                leg.on_upstream_lost(UpstreamReset("mirror pool closed"))
+            return
+        batches = self._batches(legs)
+        now = self.now()
+        i, n = 0, len(batches)
+        # A batch goes only to an idle connection, never behind requests already out there: a
+        # server that dropped part of a pipeline would otherwise answer later requests in their
+        # place, and answers would be compared with the wrong requests.
+        for conn in self.conns:
+            if i >= n:
+                return
+            if not conn.closed and not conn.waiting:
+                conn.send(batches[i], now)
+                i += 1
+        while i < n and len(self.conns) < self.max_connections:
+            conn = PipelinedConnection(self)
+            self.conns.append(conn)
+            conn.send(batches[i], now)
+            i += 1
+            task = asyncio.get_running_loop().create_task(self._connect(conn))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        for batch in batches[i:]:  # every connection busy: wait for answers (they call wake)
+            self.queue += batch
+
+    async def _connect(self, conn: PipelinedConnection) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: conn, self.spec.host, self.spec.port),
+                self.spec.connect_timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            self.forget(conn)
+            conn.closed = True
+            waiting, conn.waiting = conn.waiting, deque()
+            error = UpstreamConnectError(f"connect to {self.name} failed: "
+                                         f"{getattr(exc, 'strerror', None) or exc or 'timeout'}")
+            for leg in waiting:
+                leg.on_upstream_lost(error)
+
+    def broken(self, conn: PipelinedConnection) -> None:
+        """A pipelined request timed out: drop the connection (the requests behind it are
+        retried by their legs), pipeline no more for a while."""
+        if len(conn.waiting) > 1:
+            self.no_pipelining_until = self.now() + COOL_OFF
+        conn.abort()
+
+    def forget(self, conn: PipelinedConnection) -> None:
+        if conn in self.conns:
+            self.conns.remove(conn)
+            if self.queue and not self.closed:
+                self.wake()
+
+    def close(self) -> None:
+        self.closed = True
+        for conn in list(self.conns):
+            if conn.transport is not None:
+                conn.transport.close()
+        for task in list(self.tasks):
+            task.cancel()

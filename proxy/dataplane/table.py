@@ -1,0 +1,185 @@
+"""Compiled, indexed route table: built once per config generation, swapped whole on reload.
+
+Lookup never scans every route: exact paths are a dict, path prefixes live in a trie keyed by
+whole segments, and only routes with a regex or no path condition are checked on every request.
+First match wins, so the candidate with the lowest file order is chosen. When no route has a
+header condition, results are cached per (method, path) for the life of the table generation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from proxy.config.spec import Config, RouteSpec
+from proxy.dataplane.split import StickyHasher, weight_to_bp
+
+
+@dataclass(slots=True)
+class RouteState:
+    """Mutable runtime state of one route, shared by every table generation that has it.
+
+    The data plane reads `weight_bp` per request; the control plane writes it. `step` changes at
+    every weight change so statistics can be attributed to the step they were recorded under.
+    """
+
+    weight_bp: int = 0
+    step: int = 0
+    rolled_back: bool = False  # pushed by the control plane; only `legacy` pins are honoured
+
+
+@dataclass(slots=True, eq=False)
+class CompiledRoute:
+    order: int
+    name: str
+    spec: RouteSpec
+    state: RouteState
+    methods: frozenset[bytes] | None
+    headers: tuple[tuple[bytes, bytes], ...]
+    regex: re.Pattern[bytes] | None
+    sticky_header: bytes | None
+    sticky_cookie: bytes | None
+    hasher: StickyHasher
+    name_bytes: bytes = b""
+    # spec fields the data plane reads per request, copied out of the spec
+    legacy: str = ""
+    target: str = ""
+    websocket: bool = False
+    fallback: bool = False
+    override: bytes | None = None  # the pin header (lower-case) when `override` is on
+    extra: dict = field(default_factory=dict)  # per-route compiled helpers (comparator, ...)
+
+    def accepts(self, method: bytes, headers: dict[bytes, bytes]) -> bool:
+        if self.methods is not None and method not in self.methods:
+            return False
+        for name, value in self.headers:
+            if headers.get(name) != value:
+                return False
+        return True
+
+
+CACHE_SIZE = 4096
+CACHE_MAX_PATH = 256  # longer paths are looked up every time: the cache stays under ~1.5 MiB
+
+
+class _Node:
+    __slots__ = ("children", "routes")
+
+    def __init__(self) -> None:
+        self.children: dict[bytes, _Node] = {}
+        self.routes: list[CompiledRoute] = []
+
+
+class RouteTable:
+    def __init__(self, config: Config, states: dict[str, RouteState], generation: int) -> None:
+        self.config = config
+        self.generation = generation
+        self.routes: list[CompiledRoute] = []
+        self.by_name: dict[str, CompiledRoute] = {}
+        self._exact: dict[bytes, list[CompiledRoute]] = {}
+        self._trie = _Node()
+        self._general: list[CompiledRoute] = []
+        for order, spec in enumerate(config.routes):
+            state = states.setdefault(spec.name, RouteState(weight_bp=weight_to_bp(spec.weight)))
+            route = _compile(order, spec, state)
+            self.routes.append(route)
+            self.by_name[spec.name] = route
+            m = spec.match
+            if m.path is not None:
+                self._exact.setdefault(m.path.encode(), []).append(route)
+            elif m.path_prefix is not None:
+                node = self._trie
+                for seg in _segments(m.path_prefix.encode()):
+                    node = node.children.setdefault(seg, _Node())
+                node.routes.append(route)
+            else:
+                self._general.append(route)
+        # Without header conditions the answer depends on (method, path) only: remember it.
+        cacheable = not any(r.headers for r in self.routes)
+        self._cache: dict[tuple[bytes, bytes], CompiledRoute | None] | None = (
+            {} if cacheable else None
+        )
+
+    def match(
+        self, method: bytes, path: bytes, headers: dict[bytes, bytes]
+    ) -> CompiledRoute | None:
+        cache = self._cache
+        if cache is None or len(path) > CACHE_MAX_PATH:
+            return self._match(method, path, headers)
+        key = (method, path)
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        route = self._match(method, path, headers)
+        if len(cache) >= CACHE_SIZE:
+            cache.clear()  # many distinct paths (ids in paths): start over rather than track age
+        cache[key] = route
+        return route
+
+    def _match(
+        self, method: bytes, path: bytes, headers: dict[bytes, bytes]
+    ) -> CompiledRoute | None:
+        best: CompiledRoute | None = None
+        for route in self._exact.get(path, ()):
+            if route.accepts(method, headers):
+                best = route
+                break
+        node = self._trie
+        for route in node.routes:
+            if (best is None or route.order < best.order) and route.accepts(method, headers):
+                best = route
+                break
+        for seg in _segments(path):
+            node = node.children.get(seg)  # type: ignore[assignment]
+            if node is None:
+                break
+            for route in node.routes:
+                if (best is None or route.order < best.order) and route.accepts(method, headers):
+                    best = route
+                    break
+        for route in self._general:
+            if best is not None and route.order > best.order:
+                break
+            if route.accepts(method, headers) and (
+                route.regex is None or route.regex.fullmatch(path) is not None
+            ):
+                best = route
+                break
+        return best
+
+
+def _segments(path: bytes) -> list[bytes]:
+    return [s for s in path.split(b"/") if s]
+
+
+def _compile(order: int, spec: RouteSpec, state: RouteState) -> CompiledRoute:
+    m = spec.match
+    sticky = spec.sticky
+    return CompiledRoute(
+        order=order,
+        name=spec.name,
+        spec=spec,
+        state=state,
+        methods=frozenset(x.encode() for x in m.methods) if m.methods else None,
+        headers=tuple((k.lower().encode(), v.encode()) for k, v in m.headers),
+        regex=re.compile(m.path_regex.encode()) if m.path_regex else None,
+        sticky_header=sticky.header.lower().encode() if sticky and sticky.header else None,
+        sticky_cookie=sticky.cookie.encode() if sticky and sticky.cookie else None,
+        hasher=StickyHasher(spec.name),
+        name_bytes=spec.name.encode(),
+        legacy=spec.legacy,
+        target=spec.target,
+        websocket=spec.websocket,
+        fallback=spec.fallback_to_legacy,
+        override=spec.override.header.encode() if spec.override is not None else None,
+    )
+
+
+def cookie_value(cookie_header: bytes, name: bytes) -> bytes | None:
+    """Value of one cookie from a Cookie header, without parsing the others."""
+    for part in cookie_header.split(b";"):
+        k, sep, v = part.strip().partition(b"=")
+        if sep and k == name:
+            return v.strip().strip(b'"') or None
+    return None

@@ -1,0 +1,371 @@
+"""Keep-alive connection pools to upstreams, on asyncio protocols with httptools' C parser.
+
+An `UpstreamConnection` carries one exchange at a time (no pipelining towards upstreams) and
+reports the response to its current `sink` (the data plane's exchange) through plain method
+calls: `on_upstream_head`, `on_upstream_body`, `on_upstream_done`, `on_upstream_lost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from typing import Any, Protocol
+
+import httptools
+
+from proxy.config.spec import UpstreamSpec
+from proxy.dataplane.headers import HEADER_INJECTION, connection_tokens
+
+_FRAMING = frozenset({b"transfer-encoding", b"content-length", b"connection"})
+
+
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """No Nagle delay on a request or response written in pieces (uvloop sets it already)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+class UpstreamError(Exception):
+    """An upstream could not give an answer. `kind` is the metric label."""
+
+    kind = "connect"
+
+
+class UpstreamConnectError(UpstreamError):
+    kind = "connect"
+
+
+class UpstreamTimeout(UpstreamError):
+    kind = "timeout"
+
+
+class UpstreamReset(UpstreamError):
+    kind = "reset"
+
+
+class UpstreamBadResponse(UpstreamError):
+    kind = "reset"
+
+
+class _HeadDone(Exception):
+    """Raised from the parser callback to end a HEAD response at its head."""
+
+
+class ResponseSink(Protocol):
+    wbuf: list[bytes] | None  # response bytes held until the end of the current read
+
+    def on_upstream_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes, bytes]],
+        chunked: bool, length: int | None, connection: frozenset[bytes] | None,
+    ) -> None:
+        """`headers`: (lower-cased name, name, value); `connection`: the Connection tokens."""
+    def on_upstream_body(self, data: bytes) -> None: ...
+    def on_upstream_done(self, reusable: bool) -> None: ...
+    def on_upstream_lost(self, exc: UpstreamError) -> None: ...
+    def flush_out(self) -> None: ...
+    def upstream_pause_writing(self) -> None: ...
+    def upstream_resume_writing(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_chunked",
+        "_head_keep_alive",
+        "_headers",
+        "_in_body",
+        "_length",
+        "_reason",
+        "got_bytes",
+        "head_only",
+        "parser",
+        "pool",
+        "reused",
+        "sink",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.sink: Any = None
+        self.head_only = False
+        self.got_bytes = False
+        self.reused = False
+        self._headers: list[tuple[bytes, bytes, bytes]] = []
+        self._reason = b""
+        self._chunked = False
+        self._length: int | None = None
+        self._in_body = False
+        self._head_keep_alive = False
+        self.tunnel: Any = None  # the exchange after a 101: bytes pass through unparsed
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        set_nodelay(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        if self.tunnel is not None:
+            self.tunnel.tunnel_from_upstream(data)
+            return
+        if self.sink is None:  # bytes while idle: the upstream is confused; drop the connection
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        sink = self.sink
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            sink = self.sink
+            if sink is not None and sink.is_tunnel and self.parser.get_status_code() == 101:
+                self.tunnel = sink
+                rest = data[exc.args[0]:] if exc.args else b""
+                if rest:
+                    sink.tunnel_from_upstream(rest)
+                return
+            self.sink = None
+            self.transport.close()  # type: ignore[union-attr]
+            if sink is not None:
+                sink.on_upstream_lost(UpstreamBadResponse("unexpected protocol switch"))
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadDone):
+                # A HEAD response ends with its head whatever its Content-Length says; llhttp
+                # cannot be told, so parsing was stopped there. A fresh parser reads the next one.
+                self.parser = httptools.HttpResponseParser(self)
+                self._in_body = False
+                sink, self.sink = self.sink, None
+                if sink is not None:
+                    sink.on_upstream_done(self._head_keep_alive)
+                return
+            sink, self.sink = self.sink, None
+            self.transport.close()  # type: ignore[union-attr]
+            if sink is not None:
+                sink.on_upstream_lost(UpstreamBadResponse(f"invalid response: {exc}"))
+        else:
+            # What this read produced for the client (head and body) leaves in one write.
+            if sink.wbuf is not None:
+                sink.flush_out()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.forget(self)
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None:
+            self.sink = None
+            tunnel.tunnel_upstream_gone()
+            return
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            # A close-delimited body ends with the connection: that is a complete response.
+            if self._awaiting_close_delimited():
+                sink.on_upstream_done(False)
+            else:
+                sink.on_upstream_lost(UpstreamReset("upstream closed the connection"))
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_resume_writing()
+
+    # -- httptools callbacks ---------------------------------------------------------------
+    # No on_message_begin (one callback less per response): `on_headers_complete` starts the
+    # next message's header list and reason.
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        headers, reason = self._headers, self._reason
+        self._headers = []
+        self._reason = b""
+        if 100 <= status < 200 and status != 101:
+            return  # interim responses are not forwarded
+        if status == 101 and (self.sink is None or not self.sink.is_tunnel):
+            raise UpstreamBadResponse("101 Switching Protocols to a request that did not upgrade")
+        chunked = False
+        length: int | None = None
+        tokens: frozenset[bytes] | None = None
+        injection = HEADER_INJECTION
+        for lname, _, value in headers:
+            if injection(value) is not None:
+                raise UpstreamBadResponse("control character in an upstream header")
+            if lname not in _FRAMING:
+                continue
+            if lname == b"transfer-encoding":
+                if chunked or value.strip().lower() != b"chunked":
+                    raise UpstreamBadResponse("unsupported Transfer-Encoding from upstream")
+                chunked = True
+            elif lname == b"content-length":
+                if not value.isdigit() or (length is not None and length != int(value)):
+                    raise UpstreamBadResponse("invalid or conflicting Content-Length from upstream")
+                length = int(value)
+            else:
+                tokens = connection_tokens(value) if tokens is None else (
+                    tokens | connection_tokens(value))
+        if chunked and length is not None:
+            raise UpstreamBadResponse("Content-Length with Transfer-Encoding from upstream")
+        self._chunked = chunked
+        self._length = length
+        self._in_body = True
+        sink = self.sink
+        if sink is None:
+            return
+        sink.on_upstream_head(status, reason, headers, chunked, length, tokens)
+        if self.head_only and status not in (204, 304):
+            # llhttp would wait for a body that never comes after a HEAD; stop it here.
+            self._head_keep_alive = self.parser.get_http_version() == "1.1" and not any(
+                n == b"connection" and b"close" in v.lower() for n, _, v in headers
+            )
+            raise _HeadDone
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink.on_upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and (status != 101 or (self.sink is not None
+                                                       and self.sink.is_tunnel)):
+            return  # interim response, or a 101 that turns this connection into a tunnel
+        self._in_body = False
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.on_upstream_done(self.parser.should_keep_alive())
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _awaiting_close_delimited(self) -> bool:
+        return self._in_body and not self._chunked and self._length is None
+
+    def send(self, sink: Any, head: bytes, head_only: bool) -> None:
+        self.sink = sink
+        self.head_only = head_only
+        self.got_bytes = False
+        self._headers = []
+        self._reason = b""
+        self._length = None
+        self._chunked = False
+        self._in_body = False
+        self.transport.write(head)  # type: ignore[union-attr]
+
+
+class UpstreamPool:
+    """Pooled keep-alive connections to one upstream, capped at `max_connections`."""
+
+    def __init__(self, spec: UpstreamSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.base_path = spec.base_path.encode()  # prefixed to every forwarded path
+        self.idle: list[UpstreamConnection] = []
+        self.total = 0
+        self.waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
+        self.closed = False
+        self.live: set[UpstreamConnection] = set()
+
+    def acquire_nowait(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            t = conn.transport
+            if t is not None and not t.is_closing():
+                conn.reused = True
+                return conn
+        return None
+
+    async def acquire(self) -> UpstreamConnection:
+        conn = self.acquire_nowait()
+        if conn is not None:
+            return conn
+        loop = asyncio.get_running_loop()
+        if self.total >= self.spec.max_connections:
+            fut: asyncio.Future[UpstreamConnection | None] = loop.create_future()
+            self.waiters.append(fut)
+            try:
+                got = await asyncio.wait_for(fut, self.spec.timeout)
+            except TimeoutError:
+                raise UpstreamTimeout("no free upstream connection in time") from None
+            finally:
+                if fut in self.waiters:
+                    self.waiters.remove(fut)
+            if got is not None:
+                got.reused = True
+                return got
+        self.total += 1
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: UpstreamConnection(self), self.spec.host, self.spec.port
+                ),
+                self.spec.connect_timeout,
+            )
+        except TimeoutError:
+            self.total -= 1
+            self._wake()
+            raise UpstreamConnectError(
+                f"connect to {self.spec.name} timed out after {self.spec.connect_timeout:g}s"
+            ) from None
+        except OSError as exc:
+            self.total -= 1
+            self._wake()
+            raise UpstreamConnectError(
+                f"connect to {self.spec.name} failed: {exc.strerror or exc}"
+            ) from None
+        self.live.add(conn)
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        t = conn.transport
+        if self.closed or t is None or t.is_closing():
+            self.discard(conn)
+            return
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(conn)
+                return
+        self.idle.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        if conn.transport is not None and not conn.transport.is_closing():
+            conn.sink = None
+            conn.transport.abort()
+        else:
+            self.forget(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        if conn in self.live:
+            self.live.discard(conn)
+            self.total -= 1
+            if conn in self.idle:
+                self.idle.remove(conn)
+            self._wake()
+
+    def _wake(self) -> None:
+        # A slot freed up: let one waiter open a new connection.
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    def close(self) -> None:
+        self.closed = True
+        for conn in list(self.idle):
+            if conn.transport is not None:
+                conn.transport.close()
+        self.idle.clear()

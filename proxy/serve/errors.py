@@ -1,0 +1,5 @@
+"""Why `serve` refuses to start."""
+
+
+class ServeError(Exception):
+    """serve refuses to start (exit 2)."""

@@ -1,0 +1,129 @@
+"""Optional pieces plugged into `serve`: shadow mirroring, the flag backend, the gate controller.
+
+Kept apart from `proxy.serve.app` so the process lifetimes read the same with or without them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.config.spec import Config
+from proxy.dataplane.recorder import Recorder
+from proxy.serve.errors import ServeError
+
+
+async def before_planes(server: Any) -> None:
+    """Runs before data planes start (in the control process)."""
+    config = server.runtime.config
+    from shadow.store_check import quarantine_if_corrupt
+
+    # Before anything (mirror, workers, comparer) opens the store: a corrupt file is moved aside.
+    server.diff_store_recovered = quarantine_if_corrupt(config.state_dir / "diffs.sqlite3")
+    await start_notifier(server)
+    if config.flags.backend == "unleash":
+        await start_flags(server)
+    if server.opts.workers <= 1:
+        server.shadow = await worker_shadow(config, server.recorder, 1, server.opts.log_format,
+                                            server.opts.log_level)
+    if _shadows(config):
+        # Comparer processes write the store; the control process reads it for the diffs view.
+        from shadow.store import DiffStore
+
+        server.diff_store = DiffStore(config.state_dir / "diffs.sqlite3")
+
+
+async def start_notifier(server: Any) -> None:
+    """Notification sinks (`proxy.control.notify`); a sink whose url_env is unset refuses the start.
+
+    Started first so it is stopped last: the controller's last rollbacks are still sent.
+    """
+    from proxy.control.notify import Notifier
+
+    rt = server.runtime
+    notifier = Notifier(rt.counters.setdefault("notifications", {}))
+    problems = notifier.configure(rt.config)
+    if problems:
+        raise ServeError("; ".join(problems))
+    await notifier.start()
+    rt.notifier = notifier
+    rt.on_reload.append(notifier.reconfigure)
+    server.extras.append(notifier)
+
+
+async def start_flags(server: Any) -> None:
+    """Weights from Unleash (`proxy.control.flags_link`); a startup problem is a ServeError
+    (exit 2)."""
+    from proxy.control.flags_link import FlagsLink, FlagsStartupError
+
+    link = FlagsLink(server.runtime, create_flags=getattr(server.opts, "create_flags", False))
+    try:
+        await link.start()
+    except FlagsStartupError as exc:
+        raise ServeError(str(exc)) from exc
+    server.runtime.flags = link
+    server.extras.append(link)
+
+
+async def after_planes(server: Any) -> None:
+    """Runs once the data planes accept traffic (in the control process)."""
+    from proxy.control.controller import Controller
+
+    _sync_prometheus(server, server.runtime.config)
+    server.runtime.on_reload.append(lambda cfg: _sync_prometheus(server, cfg))
+
+    controller = Controller(server.runtime)
+    await controller.start()
+    server.extras.append(controller)
+
+
+def _sync_prometheus(server: Any, config: Config) -> None:
+    """The gate's Prometheus source follows `gate.url` across reloads."""
+    from shadow.promql import PrometheusSource
+
+    rt = server.runtime
+    url = config.gate.url
+    if rt.prometheus is not None and (url is None or rt.prometheus.url != url.rstrip("/")):
+        old = rt.prometheus
+        rt.prometheus = None
+        server.extras.append(_Closer(old))
+    if url and rt.prometheus is None:
+        rt.prometheus = PrometheusSource(url)
+
+
+class _Closer:
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    async def stop(self) -> None:
+        await self.source.close()
+
+
+async def stop(server: Any) -> None:
+    for extra in reversed(server.extras):
+        await extra.stop()
+    if server.runtime.prometheus is not None:
+        await server.runtime.prometheus.close()
+    if server.shadow is not None:
+        await server.shadow.stop()
+    if server.diff_store is not None:
+        server.diff_store.close()
+
+
+async def worker_shadow(config: Config, recorder: Recorder, workers: int = 1,
+                        log_format: str = "json", log_level: str = "info") -> Any:
+    """The shadow mirror of one data plane (and its comparer process), or None when no route
+    shadows."""
+    if not _shadows(config):
+        return None
+    try:
+        from proxy.dataplane.mirror import Mirror
+    except ImportError:
+        return None
+    mirror = Mirror(config, recorder, workers=workers, log_format=log_format,
+                    log_level=log_level)
+    await mirror.start()
+    return mirror
+
+
+def _shadows(config: Config) -> bool:
+    return any(r.shadow.enabled and r.shadow.sample > 0 for r in config.routes)
