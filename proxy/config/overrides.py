@@ -12,8 +12,8 @@ from typing import Any
 
 from yaml.nodes import ScalarNode
 
+from proxy.config.header_names import FORWARDED_HEADERS, HOP_BY_HOP
 from proxy.config.spec import OverrideSpec, OverrideTrustSpec
-from proxy.dataplane.headers import FORWARDED_HEADERS, HOP_BY_HOP
 
 OVERRIDES_KEYS = ("trusted",)
 TRUSTED_KEYS = ("cidrs", "secret_header", "secret_env")
