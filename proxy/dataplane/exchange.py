@@ -1,0 +1,835 @@
+"""One request/response on a client connection (`Exchange`), from its parsed head to the log line.
+
+Flow: the head is vetted and its headers sorted in one pass -> canonical path -> request id ->
+route lookup on the current table generation -> split or override pin -> shadow decision ->
+the upstream request's headers; then the head is re-serialised to a pooled upstream connection,
+the body streamed with flow control both ways, the response re-framed to the client, and stats,
+access log and shadow offer written at the end. Nothing here allocates per route or compiles
+anything; the table did that at load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import httptools
+
+from proxy.config.paths import BadPath, canonical_path
+from proxy.config.spec import IDEMPOTENT_METHODS
+from proxy.dataplane.headers import (
+    FORWARDED_HEADERS,
+    HOP_BY_HOP,
+    NEVER_DROPPED_BY_CONNECTION,
+    connection_tokens,
+)
+from proxy.dataplane.overrides import INVALID, TARGET
+from proxy.dataplane.split import BUCKETS
+from proxy.dataplane.table import CompiledRoute, cookie_value
+from proxy.dataplane.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
+
+REASONS = {
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+_IDEMPOTENT = frozenset(m.encode() for m in IDEMPOTENT_METHODS)
+_REPLAY_LIMIT = 64 * 1024
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+DEFAULT_ROUTE = "_default"
+_VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9_.:-]{1,128}").fullmatch
+_REQ_FRAMING = frozenset({b"connection", b"content-length", b"transfer-encoding", b"host"})
+# Request headers handled one by one in `from_head`: framing, and those never forwarded as
+# received (some are re-added by the proxy); every other header is forwarded as it came.
+REQ_SPECIAL = HOP_BY_HOP | FORWARDED_HEADERS | _REQ_FRAMING | {b"x-request-id"}
+# Connection tokens that need no extra filtering: hop-by-hop (dropped anyway) or never dropped.
+_CONN_KEEP = HOP_BY_HOP | NEVER_DROPPED_BY_CONNECTION
+_NO_TOKENS: frozenset[bytes] = frozenset()
+_XFP_HTTP = (b"x-forwarded-proto", b"http")
+
+
+class Reject(Exception):
+    """Refuse the request being parsed with `status` and close the connection."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_body(status: int, code: str, message: str, request_id: str | None) -> bytes:
+    return json.dumps(
+        {"error": code, "detail": message, "status": status, "request_id": request_id},
+        separators=(",", ":"),
+    ).encode()
+
+
+class _RequestIds:
+    """24 hex digits: a random per-process prefix and a counter (one urandom per process, not per
+    request). The prefix is drawn again in a forked child so workers never share ids."""
+
+    __slots__ = ("n", "prefix")
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.prefix = os.urandom(6).hex()
+        self.n = int.from_bytes(os.urandom(4), "big")
+
+    def __call__(self) -> str:
+        self.n = n = (self.n + 1) & 0xFFFFFFFFFFFF
+        return f"{self.prefix}{n:012x}"
+
+
+new_request_id = _RequestIds()
+os.register_at_fork(after_in_child=new_request_id.reseed)
+
+
+class ShadowHook:
+    """What the data plane needs from shadowing; `None` on the plane means no shadowing."""
+
+    def wants(self, route: CompiledRoute, method: bytes, served_by_target: bool) -> bool:
+        raise NotImplementedError
+
+    def offer(self, exchange: Exchange) -> None:
+        raise NotImplementedError
+
+
+class Exchange:
+    """One request/response on a client connection.
+
+    `conn` is the `ClientConnection` (proxy.dataplane.server) that parsed it, typed `Any` here
+    because that module imports this one."""
+
+    __slots__ = (
+        "backend",
+        "body_mode",
+        "client_done",
+        "conn",
+        "declared_length",
+        "discarding",
+        "done",
+        "head",
+        "head_deadline",
+        "head_only",
+        "is_tunnel",
+        "keep_alive",
+        "last_body_at",
+        "method",
+        "override",
+        "path",
+        "pending",
+        "plane",
+        "pool",
+        "query",
+        "replay",
+        "replay_size",
+        "req_body_size",
+        "req_headers",
+        "request_id",
+        "resp_body",
+        "resp_chunked",
+        "resp_headers",
+        "resp_size",
+        "response_started",
+        "retried",
+        "rid",
+        "route",
+        "shadow_wanted",
+        "stale_retried",
+        "status",
+        "step",
+        "sticky_key",
+        "t0",
+        "target_failed",
+        "tunnel_pending",
+        "up",
+        "version_10",
+        "wbuf",
+    )
+
+    def __init__(self) -> None:
+        self.up = None
+        self.pending: list[bytes] | None = []
+        self.replay: list[bytes] | None = []
+        self.replay_size = 0
+        self.req_body_size = 0
+        self.client_done = False
+        self.response_started = False
+        self.resp_chunked = False
+        self.resp_body: list[bytes] | None = None
+        self.resp_size = 0
+        self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.status = 0
+        self.retried = False  # fallback to legacy used
+        self.stale_retried = False  # resent once after a dead pooled connection
+        self.target_failed = False
+        self.discarding = False
+        self.done = False
+        self.head_deadline = 0.0
+        self.head = b""
+        self.tunnel_pending = b""
+        self.last_body_at = 0.0
+        self.declared_length: int | None = None
+        self.is_tunnel = False
+        self.override: str | None = None  # set when a trusted request pinned its backend
+        # Response bytes held until the end of the current upstream read, so a head and the body
+        # that arrived with it leave in one write (None: nothing held, write through).
+        self.wbuf: list[bytes] | None = None
+
+    # -- head ----------------------------------------------------------------------------
+    @classmethod
+    def from_head(
+        cls, conn: Any, method: bytes, url: bytes, raw: list[tuple[bytes, bytes]]
+    ) -> Exchange:
+        ex = cls()
+        plane = conn.plane
+        ex.conn = conn
+        ex.plane = plane
+        ex.t0 = plane.now()
+        ex.method = method
+        ex.head_only = method == b"HEAD"
+        parser = conn.parser
+        version = parser.get_http_version()
+        ex.version_10 = version == "1.0"
+        ex.keep_alive = parser.should_keep_alive()
+        if version != "1.1" and version != "1.0":
+            raise Reject(505, "http_version", "only HTTP/1.0 and HTTP/1.1 are supported")
+        if method == b"CONNECT" or method == b"PRI":
+            # A reverse proxy opens no tunnels on request; llhttp would treat CONNECT as one.
+            raise Reject(405, "method_not_allowed", "CONNECT is not supported")
+
+        # One pass: lower-case each name once, collect what routing and framing need, and keep
+        # the headers to forward (hop-by-hop and untrusted forwarding headers are dropped here;
+        # the rare headers a Connection list names are dropped after the loop).
+        hdict: dict[bytes, bytes] = {}
+        out: list[tuple[bytes, bytes]] = []
+        conn_tokens: frozenset[bytes] = _NO_TOKENS
+        trusted = conn.peer_trusted
+        special = plane.req_special
+        te = cl = host = None
+        for header in raw:
+            name, value = header
+            lname = name.lower()
+            hdict[lname] = value
+            if lname not in special:
+                out.append(header)
+                continue
+            if lname == b"connection":
+                conn_tokens = conn_tokens | connection_tokens(value)
+            elif lname == b"content-length":
+                if cl is not None and cl != value:
+                    raise Reject(400, "ambiguous_framing", "conflicting Content-Length headers")
+                cl = value
+            elif lname == b"transfer-encoding":
+                if te is not None:
+                    raise Reject(400, "ambiguous_framing", "repeated Transfer-Encoding")
+                te = value
+            elif lname == b"host":
+                if host is not None:
+                    raise Reject(400, "bad_request", "repeated Host header")
+                host = value
+                out.append(header)
+            elif lname == b"te":
+                if value.strip().lower() == b"trailers":
+                    out.append(header)
+            elif lname in HOP_BY_HOP or lname == b"x-request-id" or lname == b"x-forwarded-for":
+                pass
+            elif trusted and lname in FORWARDED_HEADERS:
+                out.append(header)  # x-forwarded-proto, -host, forwarded from a trusted peer
+            # else: an override pin or secret header, consumed here and never forwarded
+        if conn_tokens and not conn_tokens <= _CONN_KEEP:
+            drop = conn_tokens - _CONN_KEEP
+            out = [h for h in out if h[0].lower() not in drop]
+        if te is not None and cl is not None:
+            raise Reject(400, "ambiguous_framing", "Content-Length with Transfer-Encoding")
+        if te is not None:
+            if ex.version_10:
+                raise Reject(400, "ambiguous_framing", "Transfer-Encoding in an HTTP/1.0 request")
+            if te.strip().lower() != b"chunked":
+                raise Reject(501, "unsupported_transfer_encoding", "only chunked is supported")
+            ex.body_mode = 2
+        elif cl is not None:
+            if not cl.isdigit():
+                raise Reject(400, "ambiguous_framing", "invalid Content-Length")
+            ex.declared_length = int(cl)
+            ex.body_mode = 1 if ex.declared_length > 0 else 0
+            if ex.declared_length > plane.limits.max_body:
+                raise Reject(413, "body_too_large", "request body exceeds the configured limit")
+        else:
+            ex.body_mode = 0
+        if host is None and not ex.version_10:
+            raise Reject(400, "bad_request", "missing Host header")
+
+        # Request target: origin-form, or absolute-form whose authority must match Host.
+        if url[:1] != b"/":
+            if url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
+                parsed = httptools.parse_url(url)
+                authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+                if host is not None and authority.lower() != host.lower():
+                    raise Reject(400, "bad_request", "absolute-form target disagrees with Host")
+                url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+            else:
+                raise Reject(400, "bad_request", "request target must be origin-form")
+        if b"#" in url:
+            raise Reject(400, "bad_request", "fragment in request target")
+        path, _, query = url.partition(b"?")
+        try:
+            ex.path = canonical_path(path)
+        except BadPath as exc:
+            raise Reject(400, "bad_path", str(exc)) from None
+        ex.query = query if _ else None
+
+        rid = hdict.get(b"x-request-id")
+        if rid and _VALID_REQUEST_ID(rid) is not None:
+            ex.request_id = rid.decode()
+            ex.rid = rid
+        else:
+            ex.request_id = request_id = new_request_id()
+            ex.rid = request_id.encode()
+
+        # Route and split on the generation current at this moment.
+        table = plane.table
+        route = table.match(method, ex.path, hdict) if table is not None else None
+        ex.route = route
+        to_target = False
+        if route is not None:
+            state = route.state
+            ex.step = state.step
+            key: bytes | None = None
+            if route.sticky_header is not None:
+                key = hdict.get(route.sticky_header)
+            elif route.sticky_cookie is not None:
+                cookie = hdict.get(b"cookie")
+                key = cookie_value(cookie, route.sticky_cookie) if cookie else None
+            ex.sticky_key = key
+            bp = state.weight_bp
+            if bp <= 0:
+                to_target = False
+            elif bp >= BUCKETS:
+                to_target = True
+            elif key:  # split.choose_target, inlined: a call less per request
+                to_target = route.hasher.bucket(key) < bp
+            else:
+                to_target = plane.rand() * BUCKETS < bp
+            pin = route.override
+            if pin is not None and pin in hdict:
+                to_target = ex._pin(route, hdict[pin], hdict, to_target)
+            ex.backend = "target" if to_target else "legacy"
+            ex.pool = plane.pools[route.target if to_target else route.legacy]
+            ex.is_tunnel = (
+                route.websocket
+                and method == b"GET"
+                and b"upgrade" in conn_tokens
+                and hdict.get(b"upgrade", b"").strip().lower() == b"websocket"
+            )
+            shadow = plane.shadow
+            ex.shadow_wanted = (
+                shadow is not None
+                and not ex.is_tunnel
+                and b"x-strangler-shadow" not in hdict
+                and ex.override is None  # QA traffic: a comparison would be gate evidence
+                and shadow.wants(route, method, to_target)
+            )
+        else:
+            ex.step = 0
+            ex.sticky_key = None
+            ex.backend = "legacy"
+            ex.pool = plane.default_pool
+            ex.shadow_wanted = False
+        if not ex.shadow_wanted and ex.body_mode and not (
+            route is not None and route.fallback and method in _IDEMPOTENT
+        ):
+            ex.replay = None
+
+        ex.req_headers = out
+        if trusted:
+            xff = conn.peer_b
+            if b"x-forwarded-for" in hdict:
+                xff = hdict[b"x-forwarded-for"] + b", " + xff
+            out.append((b"x-forwarded-for", xff))
+            if b"x-forwarded-proto" not in hdict:
+                out.append(_XFP_HTTP)
+            if host is not None and b"x-forwarded-host" not in hdict:
+                out.append((b"x-forwarded-host", host))
+        else:
+            out.append(conn.xff)
+            out.append(_XFP_HTTP)
+            if host is not None:
+                out.append((b"x-forwarded-host", host))
+        out.append((b"x-request-id", ex.rid))
+        if ex.is_tunnel:
+            out.append((b"connection", b"upgrade"))
+            out.append((b"upgrade", b"websocket"))
+        if ex.body_mode == 1:
+            out.append((b"content-length", cl))  # type: ignore[arg-type]
+        elif ex.body_mode == 2:
+            out.append((b"transfer-encoding", b"chunked"))
+        expect = hdict.get(b"expect")
+        if (expect is not None and expect.lower() == b"100-continue" and ex.body_mode
+                and conn.transport):
+            conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return ex
+
+    def _pin(self, route: CompiledRoute, value: bytes, hdict: dict[bytes, bytes],
+             to_target: bool) -> bool:
+        """The side a request carrying the route's override header goes to
+        (proxy.dataplane.overrides): its pin when the requester is trusted, else the split's
+        choice."""
+        policy = self.plane.overrides
+        if policy is None:
+            return to_target
+        pin = policy.decide(self.conn, route, value, hdict, self.plane.recorder)
+        if pin is None:
+            return to_target
+        if pin is INVALID:
+            name = (route.override or b"").decode()
+            raise Reject(400, "bad_override", f"{name} must be legacy or target")
+        self.override = pin
+        return pin is TARGET
+
+    def upstream_head(self) -> bytes:
+        target = self.pool.base_path + self.path
+        if self.query is not None:
+            target += b"?" + self.query
+        parts = [self.method, b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in self.req_headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    # -- request side --------------------------------------------------------------------
+    def start(self) -> None:
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        conn = self.pool.acquire_nowait()
+        if conn is not None:
+            self.attach(conn)
+        else:
+            self.plane.spawn(self._connect(self.pool))
+
+    async def _connect(self, pool: UpstreamPool) -> None:
+        try:
+            conn = await pool.acquire()
+        except UpstreamError as exc:
+            if not self.done:
+                self.upstream_failed(exc, pool)
+            return
+        if self.done or pool is not self.pool:
+            pool.release(conn)
+            return
+        self.attach(conn)
+
+    def attach(self, up: Any) -> None:
+        self.up = up
+        self.head_deadline = self.plane.now() + self.pool.spec.timeout
+        head = self.upstream_head()
+        if self.shadow_wanted:
+            self.head = head  # the mirror sends the same bytes (plus its marker header)
+        up.send(self, head, self.head_only)
+        pending = self.pending
+        self.pending = None
+        t = up.transport
+        if pending:
+            for chunk in pending:
+                self._write_body(t, chunk)
+            if self.conn.transport is not None and not self.conn.queue:
+                self.conn.transport.resume_reading()
+        elif self.replay and (self.retried or self.stale_retried):
+            for chunk in self.replay:
+                self._write_body(t, chunk)
+        if self.client_done and self.body_mode == 2:
+            t.write(b"0\r\n\r\n")
+        if self.is_tunnel and self.tunnel_pending:
+            t.write(self.tunnel_pending)
+            self.tunnel_pending = b""
+
+    def _write_body(self, t: Any, chunk: bytes) -> None:
+        if self.body_mode == 2:
+            t.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            t.write(chunk)
+
+    def on_client_body(self, chunk: bytes) -> None:
+        self.req_body_size += len(chunk)
+        self.last_body_at = self.plane.now()
+        if self.req_body_size > self.plane.limits.max_body:
+            raise Reject(413, "body_too_large", "request body exceeds the configured limit")
+        replay = self.replay
+        if replay is not None:
+            self.replay_size += len(chunk)
+            if self.replay_size <= _REPLAY_LIMIT or (
+                self.shadow_wanted and self.replay_size <= self.route.spec.shadow.max_body
+            ):
+                replay.append(chunk)
+            else:
+                self.replay = None
+        if self.pending is not None:
+            self.pending.append(chunk)
+            if len(self.pending) > 16 and self.conn.transport is not None:
+                self.conn.transport.pause_reading()  # resumed by attach via flow control
+        elif self.up is not None and self.up.transport is not None and not self.done:
+            self._write_body(self.up.transport, chunk)
+
+    def on_client_done(self) -> None:
+        self.client_done = True
+        self.last_body_at = 0.0
+        if self.body_mode == 2 and self.up is not None and self.pending is None and not self.done:
+            self.up.transport.write(b"0\r\n\r\n")
+
+    # -- WebSocket tunnel (after a 101 the connection carries opaque bytes both ways) -------
+    def tunnel_from_client(self, data: bytes) -> None:
+        up = self.up
+        if up is not None and up.transport is not None:
+            up.transport.write(data)
+        elif not self.done:
+            self.tunnel_pending += data  # before the upstream connection exists: sent by attach
+
+    def tunnel_from_upstream(self, data: bytes) -> None:
+        t = self.conn.transport
+        if t is not None:
+            t.write(data)
+
+    def tunnel_upstream_gone(self) -> None:
+        self.up = None
+        t = self.conn.transport
+        if t is not None:
+            t.close()  # flushes what the upstream sent last (its close frame)
+        self.finish()
+
+    def tunnel_client_gone(self) -> None:
+        up, self.up = self.up, None
+        if up is not None and up.transport is not None:
+            up.sink = None
+            up.transport.close()
+        self.finish(aborted=True)
+
+    # -- response side -------------------------------------------------------------------
+    def _fallback_eligible(self) -> bool:
+        route = self.route
+        return (
+            self.backend == "target"
+            and not self.retried
+            and self.override is None  # a pinned request wants the target's own answer
+            and route is not None
+            and route.spec.fallback_to_legacy
+            and self.method in _IDEMPOTENT
+            and self.client_done
+            and (self.body_mode == 0 or self.replay is not None)
+            and not self.response_started
+        )
+
+    def on_upstream_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes, bytes]],
+        chunked: bool, length: int | None, connection: frozenset[bytes] | None,
+    ) -> None:
+        self.head_deadline = 0.0
+        if status >= 500 and self._fallback_eligible():
+            self.discarding = True
+            self.status = status
+            return
+        self.status = status
+        conn = self.conn
+        if conn.transport is None or conn.transport.is_closing():
+            return
+        drop = HOP_BY_HOP
+        if connection and not connection <= _CONN_KEEP:
+            drop = drop | (connection - NEVER_DROPPED_BY_CONNECTION)
+        line = _STATUS_LINES.get((status, reason))
+        if line is None:
+            line = b"HTTP/1.1 %d %s\r\n" % (status, reason.replace(b"\r", b"").replace(b"\n", b""))
+            if len(_STATUS_LINES) < 256:
+                _STATUS_LINES[(status, reason)] = line
+        out = [line]
+        has_rid = False
+        tunnel101 = self.is_tunnel and status == 101
+        for lname, name, value in headers:
+            if lname in drop:
+                if tunnel101 and (lname == b"upgrade" or lname == b"connection"):
+                    out += (name, b": ", value, b"\r\n")
+                continue
+            if lname == b"x-request-id":
+                has_rid = True
+            out += (name, b": ", value, b"\r\n")
+        if self.shadow_wanted:
+            self.resp_headers = [(lname, value) for lname, _, value in headers
+                                 if lname not in drop]
+        if not has_rid:
+            out.append(b"x-request-id: %s\r\n" % self.rid)
+        if tunnel101:
+            out.append(b"\r\n")
+            self.response_started = True
+            conn.transport.write(b"".join(out))
+            return
+        if self.head_only or status in (204, 304):
+            if length is not None:
+                out.append(b"content-length: %d\r\n" % length)
+        elif length is not None:
+            out.append(b"content-length: %d\r\n" % length)
+        elif self.version_10:
+            self.keep_alive = False
+        else:
+            self.resp_chunked = True
+            out.append(b"transfer-encoding: chunked\r\n")
+        if not self.keep_alive or conn.closing or self.plane.draining:
+            self.keep_alive = False
+            out.append(b"connection: close\r\n")
+        elif self.version_10:
+            out.append(b"connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        self.response_started = True
+        if self.shadow_wanted:
+            self.resp_body = []
+        self.wbuf = [b"".join(out)]  # flushed by flush_out() at the end of this upstream read
+
+    def on_upstream_body(self, data: bytes) -> None:
+        if self.discarding:
+            return
+        self.resp_size += len(data)
+        buf = self.wbuf
+        if buf is not None:
+            if self.resp_chunked:
+                buf += (b"%x\r\n" % len(data), data, b"\r\n")
+            else:
+                buf.append(data)
+        else:
+            t = self.conn.transport
+            if t is None:
+                return
+            if self.resp_chunked:
+                t.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            else:
+                t.write(data)
+        body = self.resp_body
+        if body is not None:
+            if self.resp_size <= self.route.spec.shadow.max_body:
+                body.append(data)
+            else:
+                self.resp_body = None
+                self.plane.recorder.shadow_skipped(self.route.name, "body_too_large")
+                self.shadow_wanted = False
+
+    def on_upstream_done(self, reusable: bool) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            if reusable and not self.is_tunnel:
+                if self.conn.write_paused and up.transport is not None:
+                    # Paused for this slow client; the next exchange on it must read again.
+                    up.transport.resume_reading()
+                self.pool.release(up)
+            else:
+                self.pool.discard(up)
+        if self.discarding:
+            self.discarding = False
+            self._record(self.status, self.backend)
+            self._fallback()
+            return
+        if self.resp_chunked:
+            if self.wbuf is not None:
+                self.wbuf.append(b"0\r\n\r\n")
+            elif self.conn.transport is not None:
+                self.conn.transport.write(b"0\r\n\r\n")
+        self.finish()
+
+    def flush_out(self) -> None:
+        """Write what this upstream read produced for the client: one syscall (writev)."""
+        buf = self.wbuf
+        if buf is None:
+            return
+        self.wbuf = None
+        t = self.conn.transport
+        if t is not None and not t.is_closing():
+            if len(buf) == 1:
+                t.write(buf[0])
+            elif len(buf) == 2 and len(buf[1]) <= 4096:
+                t.write(buf[0] + buf[1])  # cheaper than writev's per-call set-up when small
+            else:
+                t.writelines(buf)
+
+    def on_upstream_lost(self, exc: UpstreamError) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            self.pool.forget(up)
+        self.upstream_failed(exc, self.pool, reused=bool(up is not None and up.reused
+                                                         and not up.got_bytes))
+
+    def upstream_failed(self, exc: UpstreamError, pool: UpstreamPool, reused: bool = False) -> None:
+        if self.done:
+            return
+        self.head_deadline = 0.0
+        if self.response_started and not self.discarding:
+            # Mid-body failure: the client must see a truncated response, never a clean one.
+            self.plane.recorder.upstream_error(pool.spec.name, exc.kind)
+            self.keep_alive = False
+            if self.conn.transport is not None:
+                self.conn.transport.abort()
+            self.finish(aborted=True)
+            return
+        replayable = self.client_done and (self.body_mode == 0 or self.replay is not None)
+        if reused and replayable and not self.stale_retried and not self.discarding:
+            # A pooled keep-alive connection the upstream had already closed: retry once. This
+            # is not the fallback: a target that is really down still falls back to legacy.
+            self.stale_retried = True
+            self.pending = None
+            self.dispatch()
+            return
+        self.plane.recorder.upstream_error(pool.spec.name, exc.kind)
+        if self._fallback_eligible() or self.discarding:
+            self.discarding = False
+            status = 504 if isinstance(exc, UpstreamTimeout) else 502
+            self._record(status, self.backend)
+            self._fallback()
+            return
+        if isinstance(exc, UpstreamTimeout):
+            self.respond_error(504, "upstream_timeout", str(exc))
+        else:
+            self.respond_error(502, "upstream_unavailable", str(exc))
+
+    def _fallback(self) -> None:
+        """Retry once on legacy; the target's failure has been recorded already."""
+        route = self.route
+        self.target_failed = True
+        self.retried = True
+        self.backend = "legacy"
+        self.pool = self.plane.pools[route.spec.legacy]
+        self.t0 = self.plane.now()
+        self.pending = None
+        self.dispatch()
+
+    def _record(self, status: int, backend: str) -> None:
+        route = self.route
+        self.plane.recorder.request(
+            route.name if route is not None else DEFAULT_ROUTE,
+            self.step,
+            backend,
+            status,
+            self.plane.now() - self.t0,
+        )
+
+    def respond_error(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        t = self.conn.transport
+        if t is not None and not t.is_closing() and not self.response_started:
+            body = error_body(status, code, message, self.request_id)
+            close = not self.keep_alive or self.conn.closing or not self.client_done
+            if close:
+                self.keep_alive = False
+            t.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"x-request-id: %s\r\n%s\r\n%s"
+                % (
+                    status,
+                    REASONS[status],
+                    len(body),
+                    self.request_id.encode(),
+                    b"connection: close\r\n" if close else b"",
+                    body,
+                )
+            )
+            self.response_started = True
+        self.finish()
+
+    def check_deadlines(self, now: float) -> None:
+        if self.head_deadline and now > self.head_deadline and not self.done:
+            self.head_deadline = 0.0
+            up, self.up = self.up, None
+            if up is not None:
+                self.pool.discard(up)
+            self.upstream_failed(
+                UpstreamTimeout(f"{self.pool.spec.name} sent no response headers within "
+                                f"{self.pool.spec.timeout:g}s"),
+                self.pool,
+            )
+        elif (
+            self.last_body_at
+            and not self.client_done
+            and now - self.last_body_at > self.plane.limits.body_idle_timeout
+        ):
+            self.conn.reject(408, "request_timeout", "request body stalled", self.request_id)
+
+    def finish(self, aborted: bool = False) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.wbuf is not None:
+            if aborted:
+                self.wbuf = None
+            else:
+                self.flush_out()
+        plane = self.plane
+        route = self.route
+        route_name = route.name if route is not None else DEFAULT_ROUTE
+        now = plane.now()
+        duration = now - self.t0
+        pinned = self.override
+        if pinned is None:
+            plane.recorder.request(route_name, self.step, self.backend, self.status, duration)
+        else:  # QA traffic: counted apart, never gate or guardrail evidence
+            plane.recorder.override_request(route_name, self.backend, self.status)
+        log = plane.log_request
+        if log is not None and pinned is None:
+            log(self.request_id, route_name, self.backend, self.pool.name, self.method,
+                self.path, self.status, duration, self.target_failed)
+        elif plane.access_log is not None:
+            fields = {
+                "request_id": self.request_id,
+                "route": route_name,
+                "backend": self.backend,
+                "upstream": self.pool.name,
+                "method": self.method.decode("latin-1"),
+                "path": self.path.decode("latin-1"),
+                "status": self.status,
+                "duration_ms": round(duration * 1000, 3),
+                "fallback": self.target_failed,
+            }
+            if pinned is not None:
+                fields["override"] = pinned
+            plane.access_log(fields)
+        if self.shadow_wanted and not aborted and plane.shadow is not None:
+            plane.shadow.offer(self)
+        self.resp_body = None
+        self.conn.exchange_finished(self, now)
+
+    def client_gone(self) -> None:
+        if self.done:
+            return
+        up, self.up = self.up, None
+        if up is not None:
+            self.pool.discard(up)
+        self.status = 499
+        self.shadow_wanted = False
+        self.finish(aborted=True)
+
+    def abandon(self) -> None:
+        """The connection refused this request mid-way: drop the upstream side, no response."""
+        if self.done:
+            return
+        self.done = True
+        up, self.up = self.up, None
+        if up is not None:
+            self.pool.discard(up)
+
+    # -- flow control from the upstream connection ---------------------------------------
+    def upstream_pause_writing(self) -> None:
+        t = self.conn.transport
+        if t is not None:
+            t.pause_reading()
+
+    def upstream_resume_writing(self) -> None:
+        t = self.conn.transport
+        if t is not None and not self.conn.queue:
+            t.resume_reading()
