@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from shadow.diff import parse_ignore
 from shadow.jsonpath import PathSet, Segment, State, format_path
+from shadow.model import RequestRecord
 from shadow.redact import REDACTED
 
 if TYPE_CHECKING:
@@ -93,11 +94,9 @@ def _walk(doc: object, at: tuple[Segment, ...], st: State, ign: PathSet) -> Iter
 
 
 @dataclass(frozen=True, slots=True)
-class _Case:
-    method: str
-    path: str
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
+class _Case(RequestRecord):
+    """A recorded request to replay, with legacy's status and the assertions on its body."""
+
     status: int
     asserts: tuple[Assertion, ...]
 

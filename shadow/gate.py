@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from proxy.config.spec import PromotionSpec
-from shadow.evidence import Evidence
+from shadow.evidence import CheckResult, Evidence
 from shadow.stats import within_margin
 
 DecisionKind = Literal["promote", "complete", "hold", "fail"]
@@ -127,21 +127,19 @@ def _fail_reasons(ev: Evidence, p: PromotionSpec) -> list[str]:
         low, _ = ev.error_increase_bounds()
         if low > p.max_error_rate_increase:
             reasons.append(
-                f"target error rate {_rate(t.error_rate)} ({t.errors} of {t.requests}) is above "
-                f"legacy's {_legacy_rate(ev)}; with 95% confidence the increase is at least "
-                f"{_points(low)}, above the limit {_points(p.max_error_rate_increase)}."
+                f"{_target_errors(ev)} is above legacy's {_legacy_rate(ev)}; with 95% confidence "
+                f"the increase is at least {_points(low)}, above the limit "
+                f"{_points(p.max_error_rate_increase)}."
             )
 
     ratio = ev.p99_ratio()
     if _latency_judgeable(ev, p) and ratio is not None and ratio > p.max_p99_ratio:
         reasons.append(
-            f"target p99 {_ms(t.p99)} is {ratio:.2f}x legacy's {_ms(leg.p99)}, above the limit "
-            f"{p.max_p99_ratio:.2f}x ({t.latency_samples} and {leg.latency_samples} samples)."
+            f"{_p99(ev, ratio)}, above the limit {p.max_p99_ratio:.2f}x "
+            f"({t.latency_samples} and {leg.latency_samples} samples)."
         )
 
-    for c in ev.checks:
-        if c.ok is False:
-            reasons.append(f"check {c.name} is {c.value:g}, {_bounds_text(c.max, c.min)}.")
+    reasons += [_check(c, within=False) for c in ev.checks if c.ok is False]
     return reasons
 
 
@@ -185,8 +183,8 @@ def _judge(ev: Evidence, p: PromotionSpec) -> tuple[list[str], list[str]]:
     if started:
         _, high = ev.error_increase_bounds()
         text = (
-            f"target error rate {_rate(t.error_rate)} ({t.errors} of {t.requests}) vs legacy's "
-            f"{_legacy_rate(ev)}: the increase is at most {_points(high)} (95% upper bound)"
+            f"{_target_errors(ev)} vs legacy's {_legacy_rate(ev)}: the increase is at most "
+            f"{_points(high)} (95% upper bound)"
         )
         if within_margin(t.errors, t.requests, leg.errors, leg.requests, p.max_error_rate_increase):
             passes.append(f"{text}, within the limit {_points(p.max_error_rate_increase)}.")
@@ -204,16 +202,13 @@ def _judge(ev: Evidence, p: PromotionSpec) -> tuple[list[str], list[str]]:
         elif (ratio := ev.p99_ratio()) is None:
             holds.append("p99 latency is not available for both backends.")
         else:
-            passes.append(
-                f"target p99 {_ms(t.p99)} is {ratio:.2f}x legacy's {_ms(leg.p99)}, within the "
-                f"limit {p.max_p99_ratio:.2f}x."
-            )
+            passes.append(f"{_p99(ev, ratio)}, within the limit {p.max_p99_ratio:.2f}x.")
 
     for c in ev.checks:
         if c.ok is None:
             holds.append(f"check {c.name} has no data (query: {c.query}).")
         elif c.ok:
-            passes.append(f"check {c.name} is {c.value:g}, {_bounds_text(c.max, c.min, True)}.")
+            passes.append(_check(c, within=True))
     return holds, passes
 
 
@@ -246,11 +241,21 @@ def _legacy_rate(ev: Evidence) -> str:
     return f"{_rate(leg.error_rate)} ({leg.errors} of {leg.requests})"
 
 
-def _bounds_text(mx: float | None, mn: float | None, within: bool = False) -> str:
+def _target_errors(ev: Evidence) -> str:
+    t = ev.target
+    return f"target error rate {_rate(t.error_rate)} ({t.errors} of {t.requests})"
+
+
+def _p99(ev: Evidence, ratio: float) -> str:
+    return f"target p99 {_ms(ev.target.p99)} is {ratio:.2f}x legacy's {_ms(ev.legacy.p99)}"
+
+
+def _check(c: CheckResult, within: bool) -> str:
+    """The sentence of a judged custom check: its value, within or outside its bounds."""
     parts = []
-    if mx is not None:
-        parts.append(f"max {mx:g}")
-    if mn is not None:
-        parts.append(f"min {mn:g}")
+    if c.max is not None:
+        parts.append(f"max {c.max:g}")
+    if c.min is not None:
+        parts.append(f"min {c.min:g}")
     limits = " and ".join(parts) if parts else "no bounds"
-    return f"within {limits}" if within else f"outside {limits}"
+    return f"check {c.name} is {c.value:g}, {'within' if within else 'outside'} {limits}."
