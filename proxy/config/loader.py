@@ -26,6 +26,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from proxy.config import overrides as override_config
+from proxy.config.checks import BAD, ENV_RE, FLAG_RE, NAME_RE, TOKEN_RE
 from proxy.config.paths import BadPath, canonical_path
 from proxy.config.spec import (
     SAFE_METHODS,
@@ -88,10 +89,6 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
         pass
 
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token (methods, header names)
-FLAG_RE = re.compile(r"^[A-Za-z0-9_.~-]+$")  # Unleash toggle names are URL-friendly
-ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
@@ -219,14 +216,6 @@ class _Entry(NamedTuple):
     path: str
 
 
-class _Bad:
-    """Marks a value that was reported as a problem (and is left out of the spec)."""
-
-    def __repr__(self) -> str:
-        return "<bad>"
-
-
-BAD: Any = _Bad()
 
 
 def _line(node: Node) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from proxy.config.checks import BAD, ENV_RE
 from proxy.config.spec import NOTIFY_EVENTS, NotifySpec
 
 NOTIFY_KEYS = ("url", "url_env", "events", "format", "routes", "timeout")
@@ -41,7 +42,6 @@ def notify_sinks(w: Any, e: Any, route_names: Sequence[str] | None) -> tuple[Not
     `route_names` is None when the routes had problems: references to them are then not
     judged (the route may be the one that was rejected).
     """
-    from proxy.config.loader import BAD, ENV_RE
 
     items = w.sequence(e, "a list of notification sinks, e.g. [{url_env: SLACK_WEBHOOK, "
                        "format: slack}]")
@@ -100,7 +100,6 @@ def notify_sinks(w: Any, e: Any, route_names: Sequence[str] | None) -> tuple[Not
 
 
 def _events(w: Any, e: Any) -> Any:
-    from proxy.config.loader import BAD
 
     items = w.sequence(e, "a list of events")
     if items is None:
@@ -125,7 +124,6 @@ def _events(w: Any, e: Any) -> Any:
 
 
 def _routes(w: Any, e: Any, route_names: Sequence[str] | None) -> Any:
-    from proxy.config.loader import BAD
 
     items = w.sequence(e, "a list of route names")
     if items is None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from yaml.nodes import ScalarNode
 
+from proxy.config.checks import BAD, ENV_RE
 from proxy.config.header_names import FORWARDED_HEADERS, HOP_BY_HOP
 from proxy.config.spec import OverrideSpec, OverrideTrustSpec
 
@@ -35,7 +36,6 @@ def overrides(w: Any, e: Any) -> Any:
 
     BAD (reported) when the block is unusable, so routes do not report its absence again.
     """
-    from proxy.config.loader import BAD, ENV_RE
 
     m = w.mapping(e, OVERRIDES_KEYS)
     if m is None:
@@ -93,7 +93,6 @@ def route_override(w: Any, e: Any, trust: OverrideTrustSpec | None, sticky: Any)
     `trust` is the file's `overrides.trusted` (parsed before the routes), `sticky` the route's
     StickySpec, for the cross-checks.
     """
-    from proxy.config.loader import BAD
 
     node = e.node
     header = DEFAULT_HEADER
