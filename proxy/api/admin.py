@@ -38,14 +38,8 @@ EXPORT_FORMATS = ("hurl", "pytest", "jsonl")
 CALLER_KEY = web.RequestKey("caller", Caller)
 
 
-class ApiError(Exception):
-    """A 400-class answer from a handler (bad input)."""
-
-    def __init__(self, status: int, error: str, detail: Any = None) -> None:
-        super().__init__(error)
-        self.status = status
-        self.error = error
-        self.detail = detail
+class ApiError(RuntimeError_):
+    """A 400-class answer from a handler (bad input); answered like a refused runtime action."""
 
 
 def error_response(status: int, error: str, detail: Any = None) -> web.Response:
@@ -66,7 +60,7 @@ def build_admin_app(server: Any, tokens: Tokens | None = None) -> web.Applicatio
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except (ApiError, RuntimeError_) as exc:
+    except RuntimeError_ as exc:  # ApiError too
         return error_response(exc.status, exc.error, exc.detail)
     except AuthError as exc:
         resp = error_response(exc.status, exc.error)
