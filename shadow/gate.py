@@ -236,14 +236,17 @@ def _ms(seconds: float | None) -> str:
     return "n/a" if seconds is None else f"{seconds * 1000:.1f} ms"
 
 
+def _errors(side: Any) -> str:
+    """One backend's error rate with its counts, e.g. `0.40% (2 of 500)`."""
+    return f"{_rate(side.error_rate)} ({side.errors} of {side.requests})"
+
+
 def _legacy_rate(ev: Evidence) -> str:
-    leg = ev.legacy
-    return f"{_rate(leg.error_rate)} ({leg.errors} of {leg.requests})"
+    return _errors(ev.legacy)
 
 
 def _target_errors(ev: Evidence) -> str:
-    t = ev.target
-    return f"target error rate {_rate(t.error_rate)} ({t.errors} of {t.requests})"
+    return f"target error rate {_errors(ev.target)}"
 
 
 def _p99(ev: Evidence, ratio: float) -> str:
