@@ -13,6 +13,7 @@ from proxy.cli.exitcodes import USAGE
 COMMANDS = (
     "serve",
     "validate",
+    "schema",
     "status",
     "set_weight",
     "rollback",
