@@ -37,6 +37,29 @@ EXPORT_FORMATS = ("hurl", "pytest", "jsonl")
 
 CALLER_KEY = web.RequestKey("caller", Caller)
 
+# Method, path and Admin's handler of every endpoint, registered in this order (POST .../weight
+# is for clients without PUT).
+ROUTES = tuple(tuple(line.split()) for line in """
+GET   /healthz                            healthz
+GET   /readyz                             readyz
+GET   /metrics                            metrics
+GET   /admin/routes                       routes
+GET   /admin/routes/{name}                route
+PUT   /admin/routes/{name}/weight         set_weight
+POST  /admin/routes/{name}/weight         set_weight
+POST  /admin/routes/{name}/rollback       rollback_one
+POST  /admin/rollback                     rollback_all
+POST  /admin/routes/{name}/resume         resume
+GET   /admin/routes/{name}/gate           gate
+POST  /admin/routes/{name}/promote        promote
+GET   /admin/routes/{name}/diffs          diffs
+GET   /admin/routes/{name}/diffs/export   diffs_export
+GET   /admin/history                      history
+GET   /admin/history/verify               history_verify
+POST  /admin/reload                       reload
+GET   /admin/debug/tasks                  debug_tasks
+""".strip().splitlines())
+
 
 class ApiError(RuntimeError_):
     """A 400-class answer from a handler (bad input); answered like a refused runtime action."""
@@ -196,24 +219,11 @@ class Admin:
 
     def register(self, app: web.Application) -> None:
         r = app.router
-        r.add_get("/healthz", self.healthz)
-        r.add_get("/readyz", self.readyz)
-        r.add_get("/metrics", self.metrics)
-        r.add_get("/admin/routes", self.routes)
-        r.add_get("/admin/routes/{name}", self.route)
-        r.add_put("/admin/routes/{name}/weight", self.set_weight)
-        r.add_post("/admin/routes/{name}/weight", self.set_weight)  # for clients without PUT
-        r.add_post("/admin/routes/{name}/rollback", self.rollback_one)
-        r.add_post("/admin/rollback", self.rollback_all)
-        r.add_post("/admin/routes/{name}/resume", self.resume)
-        r.add_get("/admin/routes/{name}/gate", self.gate)
-        r.add_post("/admin/routes/{name}/promote", self.promote)
-        r.add_get("/admin/routes/{name}/diffs", self.diffs)
-        r.add_get("/admin/routes/{name}/diffs/export", self.diffs_export)
-        r.add_get("/admin/history", self.history)
-        r.add_get("/admin/history/verify", self.history_verify)
-        r.add_post("/admin/reload", self.reload)
-        r.add_get("/admin/debug/tasks", self.debug_tasks)
+        for method, path, handler in ROUTES:
+            if method == "GET":
+                r.add_get(path, getattr(self, handler))  # add_get: HEAD is answered too
+            else:
+                r.add_route(method, path, getattr(self, handler))
 
     async def debug_tasks(self, request: web.Request) -> web.Response:
         from proxy.api.debug import task_counts
@@ -316,14 +326,15 @@ class Admin:
 
     # gate -----------------------------------------------------------------------------------
     async def gate(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        decision, notes = await self.rt.gate(name, act=False, actor=_actor(request))
-        return web.json_response(self._decision_body(name, decision, notes))
+        return await self._gate(request, act=False)
 
     async def promote(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
         await _body(request)  # validate when present; the reason comes from the gate
-        decision, notes = await self.rt.gate(name, act=True, actor=_actor(request))
+        return await self._gate(request, act=True)
+
+    async def _gate(self, request: web.Request, act: bool) -> web.Response:
+        name = request.match_info["name"]
+        decision, notes = await self.rt.gate(name, act=act, actor=_actor(request))
         return web.json_response(self._decision_body(name, decision, notes))
 
     def _decision_body(self, name: str, decision: Any, notes: list[str]) -> dict:
@@ -342,19 +353,22 @@ class Admin:
         return body
 
     # mutations ------------------------------------------------------------------------------
-    async def set_weight(self, request: web.Request) -> web.Response:
+    async def _route_body(self, request: web.Request) -> tuple[str, dict]:
+        """The route named in the path (404 when unknown) and the request's body."""
         name = request.match_info["name"]
         body = await _body(request)
         self.rt.spec(name)
-        weight = _weight(body)
+        return name, body
+
+    async def set_weight(self, request: web.Request) -> web.Response:
+        name, body = await self._route_body(request)
+        weight = _weight(body)  # before the reason: a missing weight is the first error
         reason = _reason(body)
         result = await self.rt.set_weight(name, weight, _actor(request), reason)
         return web.json_response(self._mutation(result))
 
     async def rollback_one(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        body = await _body(request)
-        self.rt.spec(name)
+        name, body = await self._route_body(request)
         reason = _reason(body)
         (result,) = await self.rt.rollback([name], _actor(request), reason)
         return web.json_response(self._mutation(result))
@@ -373,9 +387,7 @@ class Admin:
         })
 
     async def resume(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        body = await _body(request)
-        self.rt.spec(name)
+        name, body = await self._route_body(request)
         reason = _reason(body)
         result = await self.rt.resume(name, _actor(request), reason)
         return web.json_response(self._mutation(result))
