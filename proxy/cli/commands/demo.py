@@ -5,18 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from proxy.cli.commands._common import command
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo", help="run a self-contained migration demo (monolith, new service, proxy, gate)",
+    with command(
+        sub, "demo", run, client=False,
+        help="run a self-contained migration demo (monolith, new service, proxy, gate)",
         description="Start a demo monolith, a demo new service (one route clean, one with a "
         "planted field difference), the proxy, a traffic generator and the promotion gate; show "
-        "the clean route promoted step by step to 100%% and the other rolled back.")
-    p.add_argument("--duration", type=float, default=60.0, metavar="S",
-                   help="stop after S seconds at most (default %(default)s)")
-    p.add_argument("--keep", action="store_true",
-                   help="keep the proxy and dashboard running after the story ends")
-    p.set_defaults(func=run)
+        "the clean route promoted step by step to 100%% and the other rolled back.",
+    ) as p:
+        p.add_argument("--duration", type=float, default=60.0, metavar="S",
+                       help="stop after S seconds at most (default %(default)s)")
+        p.add_argument("--keep", action="store_true",
+                       help="keep the proxy and dashboard running after the story ends")
 
 
 def run(args: argparse.Namespace) -> int:

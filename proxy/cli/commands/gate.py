@@ -8,21 +8,21 @@ from __future__ import annotations
 import argparse
 
 from proxy.cli import output
-from proxy.cli.client import AdminClient, add_client_options, print_json, run_with_client
+from proxy.cli.client import AdminClient, print_json, run_with_client
+from proxy.cli.commands._common import command
 from proxy.cli.exitcodes import FAILED, HOLD, OK
 
 DECISION_EXIT = {"promote": OK, "complete": OK, "fail": FAILED, "hold": HOLD}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "gate", help="evaluate the promotion gate, change nothing",
+    with command(
+        sub, "gate", run, help="evaluate the promotion gate, change nothing",
         description="Evaluate ROUTE's promotion gate on the current step's evidence and print "
         "the decision with its reasons. Changes nothing. Exit 0 promote or complete, 1 fail, "
-        "4 hold (not enough evidence yet).")
-    p.add_argument("route", metavar="ROUTE")
-    add_client_options(p)
-    p.set_defaults(func=run)
+        "4 hold (not enough evidence yet).",
+    ) as p:
+        p.add_argument("route", metavar="ROUTE")
 
 
 def exit_code(data: dict) -> int:

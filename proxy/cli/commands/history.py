@@ -12,25 +12,27 @@ import sys
 from pathlib import Path
 
 from proxy.cli import output
-from proxy.cli.client import AdminClient, add_client_options, print_json, run_with_client
+from proxy.cli.client import AdminClient, print_json, run_with_client
+from proxy.cli.commands._common import command
 from proxy.cli.exitcodes import FAILED, OK, USAGE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "history", help="the audit log: weight changes, rollbacks, resumes, reloads",
+    with command(
+        sub, "history", run,
+        help="the audit log: weight changes, rollbacks, resumes, reloads",
         description="Show the audit log, newest first: every weight change, promotion, "
         "rollback, resume and reload with time, actor, reason and evidence. --verify checks "
-        "the hash chain and exits 1 if any line was edited or deleted.")
-    p.add_argument("route", metavar="ROUTE", nargs="?", help="only this route's entries")
-    p.add_argument("--verify", action="store_true",
-                   help="verify the hash chain instead of listing (exit 1 when broken)")
-    p.add_argument("--limit", type=int, default=50, metavar="N",
-                   help="entries to show (default: %(default)s)")
-    p.add_argument("--state-dir", metavar="DIR",
-                   help="with --verify: check DIR/audit.log directly, no running proxy needed")
-    add_client_options(p)
-    p.set_defaults(func=run)
+        "the hash chain and exits 1 if any line was edited or deleted.",
+    ) as p:
+        p.add_argument("route", metavar="ROUTE", nargs="?", help="only this route's entries")
+        p.add_argument("--verify", action="store_true",
+                       help="verify the hash chain instead of listing (exit 1 when broken)")
+        p.add_argument("--limit", type=int, default=50, metavar="N",
+                       help="entries to show (default: %(default)s)")
+        p.add_argument("--state-dir", metavar="DIR",
+                       help="with --verify: check DIR/audit.log directly, no running proxy "
+                       "needed")
 
 
 def _report(data: dict, as_json: bool) -> int:

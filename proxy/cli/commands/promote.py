@@ -12,25 +12,25 @@ import sys
 import time
 
 from proxy.cli import output
-from proxy.cli.client import AdminClient, add_client_options, print_json, run_with_client
+from proxy.cli.client import AdminClient, run_with_client
+from proxy.cli.commands._common import command, print_answer
 from proxy.cli.commands.gate import exit_code
 from proxy.cli.exitcodes import USAGE
 from proxy.config.units import parse_duration
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "promote", help="evaluate the gate and act: step up, hold, or roll back",
+    with command(
+        sub, "promote", run, help="evaluate the gate and act: step up, hold, or roll back",
         description="Evaluate ROUTE's promotion gate and act on it: step the weight up to the "
-        "next step, hold, or roll back. Exit 0 promoted (or complete), 1 fail, 4 hold.")
-    p.add_argument("route", metavar="ROUTE")
-    p.add_argument("--wait", metavar="DURATION", default="0s",
-                   help="keep re-evaluating while the answer is hold, up to DURATION "
-                   "(e.g. 30s, 5m, 30m)")
-    p.add_argument("--interval", metavar="DURATION", default="5s",
-                   help="time between evaluations with --wait (default: %(default)s)")
-    add_client_options(p)
-    p.set_defaults(func=run)
+        "next step, hold, or roll back. Exit 0 promoted (or complete), 1 fail, 4 hold.",
+    ) as p:
+        p.add_argument("route", metavar="ROUTE")
+        p.add_argument("--wait", metavar="DURATION", default="0s",
+                       help="keep re-evaluating while the answer is hold, up to DURATION "
+                       "(e.g. 30s, 5m, 30m)")
+        p.add_argument("--interval", metavar="DURATION", default="5s",
+                       help="time between evaluations with --wait (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,13 +53,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{args.route}: hold ({reasons}); evaluating again in "
                       f"{min(interval, left):.0f}s, {left:.0f}s left", file=sys.stderr)
             time.sleep(min(interval, left))
-        if args.json:
-            print_json(data)
-        else:
-            print(output.decision(data))
-        warn = output.warning(data)
-        if warn:
-            print(warn, file=sys.stderr)
+        print_answer(data, args.json, output.decision)
         return exit_code(data)
 
     return run_with_client(args, body)

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from proxy.cli import output
+from proxy.cli.commands._common import add_config_option, command, load_or_report, report_problems
 from proxy.cli.exitcodes import FAILED, OK, USAGE
-from proxy.config.loader import ConfigError, load_config
 from proxy.control.reconcile import DEFAULT_RATE, Replayer
 from shadow.reconcile import RunResult, Tally
 from shadow.reconcile_store import ReconcileStore
@@ -27,32 +27,32 @@ _NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "reconcile", help="replay reads against legacy and target, report drift per field",
+    with command(
+        sub, "reconcile", run, client=False,
+        help="replay reads against legacy and target, report drift per field",
         description="Replay safe (GET/HEAD) requests against ROUTE's legacy and target "
         "upstreams directly, compare the answers with the route's compare rules (ignore, "
         "redact, array_keys, numeric_tolerance, noise twin) and record the run in the diff "
         "store. Exits 0 clean, 1 drift (or requests that could not be compared), 2 usage or "
-        "config error.")
-    p.add_argument("route", metavar="ROUTE")
-    p.add_argument("-c", "--config", default=os.environ.get("STRANGLER_CONFIG", "routes.yaml"),
-                   metavar="FILE", help="the config file (default: $STRANGLER_CONFIG or "
-                   "routes.yaml)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--requests", metavar="FILE",
-                     help="requests to replay: a `diffs --export jsonl` or `hurl` file, or "
-                     "plain lines ('GET /path', '/path', '#' comments)")
-    src.add_argument("--from-store", action="store_true",
-                     help="replay the requests recorded in the diff store for ROUTE")
-    p.add_argument("--rate", type=float, default=DEFAULT_RATE, metavar="N",
-                   help="requests per second, each sent to every side (default: %(default)g)")
-    p.add_argument("--concurrency", type=int, default=4, metavar="K",
-                   help=f"requests in flight (1-{MAX_CONCURRENCY}, default: %(default)s)")
-    p.add_argument("--header", action="append", default=[], metavar="NAME=ENV_VAR",
-                   help="add header NAME to every replayed request, its value read from "
-                   "environment variable ENV_VAR (never stored); repeatable")
-    p.add_argument("--json", action="store_true", help="print the run as one JSON object")
-    p.set_defaults(func=run)
+        "config error.",
+    ) as p:
+        p.add_argument("route", metavar="ROUTE")
+        add_config_option(p)
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--requests", metavar="FILE",
+                         help="requests to replay: a `diffs --export jsonl` or `hurl` file, or "
+                         "plain lines ('GET /path', '/path', '#' comments)")
+        src.add_argument("--from-store", action="store_true",
+                         help="replay the requests recorded in the diff store for ROUTE")
+        p.add_argument("--rate", type=float, default=DEFAULT_RATE, metavar="N",
+                       help="requests per second, each sent to every side "
+                       "(default: %(default)g)")
+        p.add_argument("--concurrency", type=int, default=4, metavar="K",
+                       help=f"requests in flight (1-{MAX_CONCURRENCY}, default: %(default)s)")
+        p.add_argument("--header", action="append", default=[], metavar="NAME=ENV_VAR",
+                       help="add header NAME to every replayed request, its value read from "
+                       "environment variable ENV_VAR (never stored); repeatable")
+        p.add_argument("--json", action="store_true", help="print the run as one JSON object")
 
 
 def _usage(msg: str) -> int:
@@ -82,13 +82,11 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(extra, str):
         return _usage(extra)
     try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return USAGE
+        config = load_or_report(args.config)
     except OSError as exc:
         return _usage(f"cannot read {args.config}: {exc.strerror}")
+    if isinstance(config, int):
+        return config
     spec = next((r for r in config.routes if r.name == args.route), None)
     if spec is None:
         names = ", ".join(r.name for r in config.routes) or "none"
@@ -116,9 +114,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             requests = parse(text, args.requests, redacted)
         except RequestSetError as exc:
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
-            return USAGE
+            return report_problems(exc.problems)
         if not requests:
             return _usage(f"{args.requests}: no requests in it")
 

@@ -10,21 +10,21 @@ import argparse
 import sys
 
 from proxy.cli import output
-from proxy.cli.client import AdminClient, add_client_options, print_json, run_with_client
+from proxy.cli.client import AdminClient, run_with_client
+from proxy.cli.commands._common import command, print_answer
 from proxy.cli.exitcodes import OK, USAGE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "rollback", help="send 100%% of a route's (or every route's) traffic to legacy now",
+    with command(
+        sub, "rollback", run, reason=True,
+        help="send 100%% of a route's (or every route's) traffic to legacy now",
         description="Send 100%% of ROUTE's traffic (with --all, every route's) to legacy: "
         "it takes effect for every request accepted after this command returns. The route "
-        "stays frozen at 0 through reloads and restarts until `strangler resume`.")
-    p.add_argument("route", metavar="ROUTE", nargs="?")
-    p.add_argument("--all", action="store_true", help="roll back every route")
-    p.add_argument("--reason", required=True, help="why (recorded in the audit log)")
-    add_client_options(p)
-    p.set_defaults(func=run)
+        "stays frozen at 0 through reloads and restarts until `strangler resume`.",
+    ) as p:
+        p.add_argument("route", metavar="ROUTE", nargs="?")
+        p.add_argument("--all", action="store_true", help="roll back every route")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,14 +40,8 @@ def run(args: argparse.Namespace) -> int:
             data = client.call("POST", f"/admin/routes/{args.route}/rollback",
                                {"reason": args.reason})
             items = [data]
-        if args.json:
-            print_json(data)
-        else:
-            for item in items:
-                print(output.mutation(item, "rolled back, 100% to legacy"))
-        warn = output.warning(data)
-        if warn:
-            print(warn, file=sys.stderr)
+        print_answer(data, args.json,
+                     lambda d: output.mutation(d, "rolled back, 100% to legacy"), items)
         return OK
 
     return run_with_client(args, body)

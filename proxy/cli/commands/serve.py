@@ -3,32 +3,35 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from proxy.cli.commands._common import add_config_option, command
 from proxy.cli.exitcodes import USAGE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the proxy and its admin listener",
-                       description="Run the proxy (routes.yaml `listen`) and the admin API "
-                       "(`admin.listen`). SIGHUP or a change of the file reloads it; SIGTERM "
-                       "drains in-flight requests and exits 0.")
-    p.add_argument("-c", "--config", default=os.environ.get("STRANGLER_CONFIG", "routes.yaml"),
-                   help="routes.yaml (default: %(default)s; env STRANGLER_CONFIG)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="data-plane processes sharing the port (SO_REUSEPORT); default 1")
-    p.add_argument("--log-format", choices=("json", "console"), default="json")
-    p.add_argument("--log-level", default="info")
-    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
-    p.add_argument("--access-log-sample", type=float, default=1.0, metavar="FRACTION",
-                   help="log this fraction of successful requests (errors are always logged)")
-    p.add_argument("--no-watch", action="store_true",
-                   help="do not reload when the file changes on disk (SIGHUP still reloads)")
-    p.add_argument("--create-flags", action="store_true",
-                   help="flags.backend unleash: create toggles missing in Unleash, each at its "
-                   "route's weight in routes.yaml (without it a missing toggle is an error)")
-    p.set_defaults(func=run)
+    with command(
+        sub, "serve", run, client=False, help="run the proxy and its admin listener",
+        description="Run the proxy (routes.yaml `listen`) and the admin API "
+        "(`admin.listen`). SIGHUP or a change of the file reloads it; SIGTERM "
+        "drains in-flight requests and exits 0.",
+    ) as p:
+        add_config_option(p, metavar=None,
+                          help="routes.yaml (default: %(default)s; env STRANGLER_CONFIG)")
+        p.add_argument("--workers", type=int, default=1,
+                       help="data-plane processes sharing the port (SO_REUSEPORT); default 1")
+        p.add_argument("--log-format", choices=("json", "console"), default="json")
+        p.add_argument("--log-level", default="info")
+        p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+        p.add_argument("--access-log-sample", type=float, default=1.0, metavar="FRACTION",
+                       help="log this fraction of successful requests (errors are always "
+                       "logged)")
+        p.add_argument("--no-watch", action="store_true",
+                       help="do not reload when the file changes on disk (SIGHUP still reloads)")
+        p.add_argument("--create-flags", action="store_true",
+                       help="flags.backend unleash: create toggles missing in Unleash, each at "
+                       "its route's weight in routes.yaml (without it a missing toggle is an "
+                       "error)")
 
 
 def run(args: argparse.Namespace) -> int:

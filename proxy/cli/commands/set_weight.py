@@ -6,21 +6,21 @@ import argparse
 import sys
 
 from proxy.cli import output
-from proxy.cli.client import AdminClient, add_client_options, print_json, run_with_client
+from proxy.cli.client import AdminClient, run_with_client
+from proxy.cli.commands._common import command, print_answer
 from proxy.cli.exitcodes import OK, USAGE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "set-weight", help="change a route's weight now (0-100, up to two decimals)",
+    with command(
+        sub, "set-weight", run, reason=True,
+        help="change a route's weight now (0-100, up to two decimals)",
         description="Send PERCENT of the route's matching traffic to target from now on. "
-        "Refused (exit 1) while the route is rolled back: `strangler resume` it first.")
-    p.add_argument("route", metavar="ROUTE")
-    p.add_argument("percent", metavar="PERCENT", type=float,
-                   help="0-100, up to two decimals")
-    p.add_argument("--reason", required=True, help="why (recorded in the audit log)")
-    add_client_options(p)
-    p.set_defaults(func=run)
+        "Refused (exit 1) while the route is rolled back: `strangler resume` it first.",
+    ) as p:
+        p.add_argument("route", metavar="ROUTE")
+        p.add_argument("percent", metavar="PERCENT", type=float,
+                       help="0-100, up to two decimals")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,14 +32,8 @@ def run(args: argparse.Namespace) -> int:
     def body(client: AdminClient) -> int:
         data = client.call("PUT", f"/admin/routes/{args.route}/weight",
                            {"weight": args.percent, "reason": args.reason})
-        if args.json:
-            print_json(data)
-        else:
-            print(output.mutation(data, f"weight {output.weight(data.get('from'))} -> "
-                                        f"{output.weight(data.get('to'))}"))
-        warn = output.warning(data)
-        if warn:
-            print(warn, file=sys.stderr)
+        print_answer(data, args.json, lambda d: output.mutation(
+            d, f"weight {output.weight(d.get('from'))} -> {output.weight(d.get('to'))}"))
         return OK
 
     return run_with_client(args, body)

@@ -3,37 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-from proxy.cli.exitcodes import OK, USAGE
-from proxy.config.loader import ConfigError, load_config
+from proxy.cli.commands._common import add_config_option, command, load_or_report
+from proxy.cli.exitcodes import OK
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "validate",
+def register(sub: argparse._SubParsersAction) -> None:
+    with command(
+        sub, "validate", run, client=False,
         help="check routes.yaml; print every problem as FILE:LINE: path: message",
         description="Check a routes.yaml without starting anything. Prints every problem as "
         "FILE:LINE: path.to.field: message on stderr and exits 2; exits 0 when the file is valid.",
-    )
-    parser.add_argument(
-        "-c",
-        "--config",
-        default=os.environ.get("STRANGLER_CONFIG", "routes.yaml"),
-        metavar="FILE",
-        help="the config file (default: $STRANGLER_CONFIG or routes.yaml)",
-    )
-    parser.set_defaults(func=run)
+    ) as p:
+        add_config_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return USAGE
+    config = load_or_report(args.config)
+    if isinstance(config, int):
+        return config
     routes = len(config.routes)
     upstreams = ", ".join(config.upstreams)
     print(

@@ -1,0 +1,77 @@
+"""What the subcommand modules share: the parser boilerplate, the config option and its loading,
+and the printer of a control command's answer. Not a subcommand itself (main.COMMANDS lists
+those)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from proxy.cli import output
+from proxy.cli.client import add_client_options, print_json
+from proxy.cli.exitcodes import USAGE
+from proxy.config.loader import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from proxy.config.spec import Config
+
+CONFIG_ENV = "STRANGLER_CONFIG"
+CONFIG_HELP = "the config file (default: $STRANGLER_CONFIG or routes.yaml)"
+
+
+@contextmanager
+def command(sub: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int],
+            *, help: str, description: str, reason: bool = False,
+            client: bool = True) -> Iterator[argparse.ArgumentParser]:
+    """Add subcommand `name` running `run`; the with-body adds the command's own arguments.
+
+    After the body come `--reason` (when `reason`) and the admin API options (when `client`),
+    in that order: it is the order `strangler NAME -h` lists them in.
+    """
+    p = sub.add_parser(name, help=help, description=description)
+    yield p
+    if reason:
+        p.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    if client:
+        add_client_options(p)
+    p.set_defaults(func=run)
+
+
+def add_config_option(p: argparse.ArgumentParser, *, metavar: str | None = "FILE",
+                      help: str = CONFIG_HELP) -> None:
+    """`-c/--config`, defaulting to $STRANGLER_CONFIG, else routes.yaml."""
+    p.add_argument("-c", "--config", default=os.environ.get(CONFIG_ENV, "routes.yaml"),
+                   metavar=metavar, help=help)
+
+
+def report_problems(problems: Iterable[object]) -> int:
+    """Print each problem on its own stderr line; the usage exit code."""
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return USAGE
+
+
+def load_or_report(path: str) -> Config | int:
+    """The config at `path`, or (after printing every problem in it) the exit code."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        return report_problems(exc.problems)
+
+
+def print_answer(data: dict, as_json: bool, render: Callable[[dict], str],
+                 items: Iterable[dict] | None = None) -> None:
+    """A control command's answer: with --json as it is, else `render` of each of `items` (the
+    answer itself by default; none, no line); then the answer's warning, if any, on stderr."""
+    if as_json:
+        print_json(data)
+    else:
+        for item in (data,) if items is None else items:
+            print(render(item))
+    warn = output.warning(data)
+    if warn:
+        print(warn, file=sys.stderr)
