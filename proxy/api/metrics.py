@@ -62,17 +62,13 @@ class StranglerCollector:
         agg = self.agg
         weights = self.weights()
         routes = sorted(weights)
-        req = CounterMetricFamily(
-            "strangler_requests", "Requests served, by route, backend and status code",
-            labels=["route", "backend", "code"],
-        )
         requests: dict[tuple[str, str, int], int] = {
             (r, b, c): 0 for r in routes for b in BACKENDS for c in CODES
         }
         requests.update(agg.requests)
-        for (route, backend, code), n in sorted(requests.items()):
-            req.add_metric([route, backend, str(code)], n)
-        yield req
+        yield _family(CounterMetricFamily, "strangler_requests",
+                      "Requests served, by route, backend and status code",
+                      ["route", "backend", "code"], requests)
 
         hist = HistogramMetricFamily(
             "strangler_request_duration_seconds",
@@ -98,88 +94,49 @@ class StranglerCollector:
             hist.add_metric([route, backend], buckets, approx_sum)
         yield hist
 
-        weight = GaugeMetricFamily(
-            "strangler_route_weight", "Effective weight of the route, percent to target",
-            labels=["route"],
-        )
-        rolled = GaugeMetricFamily(
-            "strangler_route_rolled_back", "1 while the route is rolled back (frozen)",
-            labels=["route"],
-        )
-        for route, (w, rb) in sorted(weights.items()):
-            weight.add_metric([route], w)
-            rolled.add_metric([route], 1.0 if rb else 0.0)
-        yield weight
-        yield rolled
-
-        cmp_ = CounterMetricFamily(
-            "strangler_shadow_comparisons", "Shadow comparisons by result",
-            labels=["route", "result"],
-        )
-        for (route, result), n in sorted(_zeros(agg.shadow, routes, RESULTS).items()):
-            cmp_.add_metric([route, result], n)
-        yield cmp_
-
-        skipped = CounterMetricFamily(
-            "strangler_shadow_skipped", "Requests not mirrored, by reason",
-            labels=["route", "reason"],
-        )
-        for (route, reason), n in sorted(_zeros(agg.skipped, routes, SKIP_REASONS).items()):
-            skipped.add_metric([route, reason], n)
-        yield skipped
-
-        pinned = CounterMetricFamily(
-            "strangler_override_requests",
-            "Requests pinned to a backend by a trusted override header (QA traffic, not in "
-            "strangler_requests_total nor in the gate's evidence)",
-            labels=["route", "backend", "code"],
-        )
-        for (route, backend, code), n in sorted(agg.overrides.items()):
-            pinned.add_metric([route, backend, str(code)], n)
-        yield pinned
-        ignored = CounterMetricFamily(
-            "strangler_override_ignored",
-            "Override headers not honoured, by reason (untrusted, invalid, rolled_back)",
-            labels=["route", "reason"],
-        )
-        for (route, reason), n in sorted(agg.override_ignored.items()):
-            ignored.add_metric([route, reason], n)
-        yield ignored
-
-        up = CounterMetricFamily(
-            "strangler_upstream_errors", "Upstream failures by kind",
-            labels=["upstream", "kind"],
-        )
-        upstream_names = sorted(self.upstreams())
-        for (upstream, kind), n in sorted(
-            _zeros(agg.upstream_errors, upstream_names, ERROR_KINDS).items()
-        ):
-            up.add_metric([upstream, kind], n)
-        yield up
+        yield _family(GaugeMetricFamily, "strangler_route_weight",
+                      "Effective weight of the route, percent to target", ["route"],
+                      {(route,): w for route, (w, _) in weights.items()})
+        yield _family(GaugeMetricFamily, "strangler_route_rolled_back",
+                      "1 while the route is rolled back (frozen)", ["route"],
+                      {(route,): 1.0 if rb else 0.0 for route, (_, rb) in weights.items()})
+        yield _family(CounterMetricFamily, "strangler_shadow_comparisons",
+                      "Shadow comparisons by result", ["route", "result"],
+                      _zeros(agg.shadow, routes, RESULTS))
+        yield _family(CounterMetricFamily, "strangler_shadow_skipped",
+                      "Requests not mirrored, by reason", ["route", "reason"],
+                      _zeros(agg.skipped, routes, SKIP_REASONS))
+        yield _family(CounterMetricFamily, "strangler_override_requests",
+                      "Requests pinned to a backend by a trusted override header (QA traffic, "
+                      "not in strangler_requests_total nor in the gate's evidence)",
+                      ["route", "backend", "code"], agg.overrides)
+        yield _family(CounterMetricFamily, "strangler_override_ignored",
+                      "Override headers not honoured, by reason (untrusted, invalid, rolled_back)",
+                      ["route", "reason"], agg.override_ignored)
+        yield _family(CounterMetricFamily, "strangler_upstream_errors",
+                      "Upstream failures by kind", ["upstream", "kind"],
+                      _zeros(agg.upstream_errors, sorted(self.upstreams()), ERROR_KINDS))
 
         extra = self.counters()
-        gate = CounterMetricFamily(
-            "strangler_gate_decisions", "Gate evaluations by decision",
-            labels=["route", "decision"],
-        )
-        for labels, n in sorted(_zeros(extra.get("gate_decisions", {}), routes, DECISIONS).items()):
-            gate.add_metric(list(labels), n)
-        yield gate
-        rb = CounterMetricFamily(
-            "strangler_rollbacks", "Rollbacks by trigger", labels=["route", "trigger"]
-        )
-        for labels, n in sorted(_zeros(extra.get("rollbacks", {}), routes, TRIGGERS).items()):
-            rb.add_metric(list(labels), n)
-        yield rb
+        yield _family(CounterMetricFamily, "strangler_gate_decisions",
+                      "Gate evaluations by decision", ["route", "decision"],
+                      _zeros(extra.get("gate_decisions", {}), routes, DECISIONS))
+        yield _family(CounterMetricFamily, "strangler_rollbacks", "Rollbacks by trigger",
+                      ["route", "trigger"], _zeros(extra.get("rollbacks", {}), routes, TRIGGERS))
         # sink = the sink's index in `notify:` (never its url); proxy.control.notify zero-fills the
         # results of every configured sink
-        notes = CounterMetricFamily(
-            "strangler_notifications", "Notifications by sink and result (sent, failed, "
-            "dropped)", labels=["sink", "result"],
-        )
-        for labels, n in sorted(extra.get("notifications", {}).items()):
-            notes.add_metric(list(labels), n)
-        yield notes
+        yield _family(CounterMetricFamily, "strangler_notifications",
+                      "Notifications by sink and result (sent, failed, dropped)",
+                      ["sink", "result"], extra.get("notifications", {}))
+
+
+def _family(kind: type, name: str, doc: str, labels: list[str], values: dict) -> Any:
+    """A counter or gauge family with one sample per key of `values` (a tuple of label values;
+    a status code becomes its text), in key order."""
+    family = kind(name, doc, labels=labels)
+    for key, n in sorted(values.items()):
+        family.add_metric([str(v) for v in key], n)
+    return family
 
 
 def _zeros(counts: dict, names: Iterable[str], values: Iterable[str]) -> dict:
