@@ -39,6 +39,7 @@ from proxy.dataplane.comparer_link import ComparerLink
 from proxy.dataplane.pipeline import PipelinePool
 from proxy.dataplane.recorder import Recorder
 from proxy.dataplane.table import CompiledRoute, RouteTable
+from proxy.dataplane.tasks import cancel_tasks
 from proxy.dataplane.upstream import (
     UpstreamConnection,
     UpstreamError,
@@ -330,12 +331,7 @@ class Mirror:
         if left:
             log.warning("shadow mirrors dropped at shutdown", count=left)
         self.backlog.clear()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        for task in list(self.tasks):
-            task.cancel()
+        await cancel_tasks(self._sweeper, self.tasks)
         for leg in list(self.in_flight):
             leg._release(False)
         for pool in self.pools.values():

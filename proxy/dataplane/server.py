@@ -36,6 +36,7 @@ from proxy.dataplane.exchange import (
 from proxy.dataplane.overrides import OverridePolicy
 from proxy.dataplane.recorder import Recorder
 from proxy.dataplane.table import RouteTable
+from proxy.dataplane.tasks import cancel_tasks
 from proxy.dataplane.upstream import UpstreamPool
 
 GC_GEN0_THRESHOLD = 20_000
@@ -147,12 +148,7 @@ class DataPlane:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        for task in list(self.tasks):
-            task.cancel()
+        await cancel_tasks(self._sweeper, self.tasks)
         for pool in self.pools.values():
             pool.close()
         return cut
