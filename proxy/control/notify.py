@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from proxy.config.notify import url_problem
 from proxy.config.spec import Config, NotifySpec
+from proxy.config.values import url_problem
 
 log = structlog.get_logger("strangler.notify")
 

@@ -1,0 +1,263 @@
+"""Checks across the blocks of routes.yaml: what no single block can judge on its own.
+
+References to upstreams (with did-you-mean), route and flag names used twice, a route an earlier
+one always wins over, the Prometheus url the gate needs, who may pin requests. They run on the
+raw data next to the model's own checks (values the model refused are skipped: they are reported
+already), so that one `strangler validate` lists every problem.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic_core import PydanticCustomError
+
+from proxy.config import values as v
+from proxy.config.checks import NAME_RE
+from proxy.config.document import Loc
+from proxy.config.spec import MatchSpec, RouteSpec
+
+Found = list[tuple[Loc, PydanticCustomError]]
+_MISSING = object()
+
+
+class _Raw:
+    """The raw document with the set of paths the model refused."""
+
+    def __init__(self, raw: dict[str, Any], bad: set[Loc]) -> None:
+        self.raw = raw
+        self.bad = bad
+
+    def get(self, loc: Loc) -> Any:
+        """The value at `loc` when present and accepted by the model, else _MISSING."""
+        if loc in self.bad:
+            return _MISSING
+        node: Any = self.raw
+        for part in loc:
+            if isinstance(node, dict) and isinstance(part, str) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                node = node[part]
+            else:
+                return _MISSING
+        return node
+
+    def present(self, loc: Loc) -> bool:
+        node: Any = self.raw
+        for part in loc:
+            if isinstance(node, dict) and isinstance(part, str) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                node = node[part]
+            else:
+                return False
+        return True
+
+
+def across(raw: dict[str, Any], bad: set[Loc], model: Any, *, quiet: bool = False) -> Found:
+    """Problems across blocks; `bad` are the paths the model refused, `model` the valid model
+    (None when it was not), `quiet` that YAML itself had problems (names are then not judged
+    against a list that may be missing the broken entry)."""
+    doc = _Raw(raw, bad)
+    found: Found = []
+    ups = raw.get("upstreams")
+    names = [k for k in ups if isinstance(k, str)] if isinstance(ups, dict) else []
+    for name in names:
+        if not NAME_RE.match(name):
+            found.append((("upstreams", name), v.problem(
+                f"invalid upstream name {name!r}: use letters, digits, '-', '_' and '.', "
+                "starting with a letter or digit")))
+
+    def ref(loc: Loc, value: str) -> bool:
+        if value in names or not names:
+            return value in names
+        found.append((loc, v.problem(f"unknown upstream '{value}'; defined: {', '.join(names)}"
+                                     f"{v.suggest(value, names)}")))
+        return False
+
+    default = doc.get(("default_upstream",))
+    if isinstance(default, str):
+        ref(("default_upstream",), default)
+
+    gate_url = doc.get(("gate", "url"))
+    gate_url_reported = ("gate", "url") in bad
+    gate_url = None if gate_url is _MISSING else gate_url
+    if doc.get(("gate", "metrics")) == "prometheus" and gate_url is None \
+            and not gate_url_reported:
+        where = ("gate", "url") if doc.present(("gate", "url")) else ("gate", "metrics")
+        found.append((("gate", "url"), v.problem(
+            "required with metrics: prometheus (the Prometheus base url, e.g. "
+            "http://prometheus:9090)", line_of=where)))
+
+    unleash = doc.get(("flags", "backend")) == "unleash"
+    trust: Any = None
+    if "overrides" in raw:
+        block = raw["overrides"]
+        trusted = block.get("trusted") if isinstance(block, dict) else None
+        if not isinstance(trusted, dict):
+            trust = "bad"  # reported; routes do not report its absence again
+        else:
+            header = doc.get(("overrides", "trusted", "secret_header"))
+            trust = header.lower() if isinstance(header, str) else ""
+
+    routes = raw.get("routes")
+    route_names: dict[str, int] = {}
+    flag_names: dict[str, str] = {}
+    coverage = Coverage()
+    valid_routes = model.routes if model is not None else None
+    for i, r in enumerate(routes if isinstance(routes, list) else ()):
+        if not isinstance(r, dict):
+            continue
+        base: Loc = ("routes", i)
+        name = doc.get((*base, "name"))
+        if isinstance(name, str):
+            if name in route_names:
+                found.append(((*base, "name"), v.problem(
+                    f"duplicate route name '{name}' (first at line {v.LINE})",
+                    line_of=("routes", route_names[name]))))
+            else:
+                route_names[name] = i
+        else:
+            name = None
+        sides: dict[str, str] = {}
+        for side in ("legacy", "target"):
+            value = doc.get((*base, side))
+            if isinstance(value, str) and ref((*base, side), value):
+                sides[side] = value
+        if len(sides) == 2 and sides["legacy"] == sides["target"]:
+            found.append(((*base, "target"), v.problem(
+                "target must be a different upstream from legacy "
+                f"('{sides['legacy']}')")))
+        flag = doc.get((*base, "flag"))
+        flag = flag if isinstance(flag, str) else None
+        if flag is not None and name is not None:
+            if flag in flag_names:
+                found.append(((*base, "flag"), v.problem(
+                    f"flag '{flag}' is already used by route '{flag_names[flag]}'; each route "
+                    "needs its own toggle")))
+            else:
+                flag_names[flag] = name
+        if unleash and flag is None and (*base, "flag") not in bad:
+            found.append(((*base, "flag"), v.problem(
+                "required with flags.backend: unleash (the Unleash toggle that holds this "
+                "route's weight)", line_of=base)))
+        found += _override(doc, base, trust)
+        noise = doc.get((*base, "shadow", "compare", "noise_upstream"))
+        if isinstance(noise, str) and ref((*base, "shadow", "compare", "noise_upstream"), noise):
+            if noise in sides.values():
+                role = "legacy" if noise == sides.get("legacy") else "target"
+                found.append(((*base, "shadow", "compare", "noise_upstream"), v.problem(
+                    f"noise_upstream must be a second copy of legacy, not the route's {role} "
+                    f"('{noise}') itself")))
+        checks = doc.get((*base, "promotion", "checks"))
+        if isinstance(checks, list) and checks and gate_url is None and not gate_url_reported:
+            found.append(((*base, "promotion", "checks"), v.problem(
+                "checks need a Prometheus url: set gate.url (e.g. gate: {metrics: local, url: "
+                "http://prometheus:9090})")))
+        if name is None or len(sides) != 2 or (*base, "match") in bad:
+            continue
+        match = _match(valid_routes[i].match if valid_routes is not None else r.get("match"))
+        if match is None:
+            continue
+        earlier = coverage.covering(match)
+        if earlier is not None:
+            found.append((base, v.problem(
+                f"route '{name}' can never match: route '{earlier[1]}' (line {v.LINE}) matches "
+                "every request it would", line_of=("routes", earlier[0]))))
+        coverage.add(match, (i, name))
+
+    if not bad and not found and not quiet:
+        known = list(route_names)
+        for j, sink in enumerate(raw.get("notify") or ()):
+            listed = sink.get("routes") if isinstance(sink, dict) else None
+            for k, value in enumerate(listed or ()):
+                if value not in known:
+                    found.append((("notify", j, "routes", k), v.problem(
+                        f"unknown route '{value}'; defined: {', '.join(known) or 'none'}"
+                        f"{v.suggest(value, known)}")))
+    return found
+
+
+def _override(doc: _Raw, base: Loc, trust: Any) -> Found:
+    value = doc.get((*base, "override"))
+    if value is _MISSING or value is None or value is False:
+        return []
+    header, where = "x-strangler-backend", (*base, "override")
+    if isinstance(value, dict) and isinstance(value.get("header"), str):
+        header, where = value["header"].lower(), (*base, "override", "header")
+    if trust is None:
+        return [((*base, "override"), v.problem(
+            "needs overrides.trusted at the top of the file (who may pin requests); without it "
+            "nobody could"))]
+    if trust != "bad" and header == trust:
+        return [(where, v.problem(f"'{header}' is also overrides.trusted.secret_header; use two "
+                                  "different headers"))]
+    sticky = doc.get((*base, "sticky"))
+    if isinstance(sticky, dict) and isinstance(sticky.get("header"), str) \
+            and sticky["header"].lower() == header:
+        return [(where, v.problem(f"'{header}' is also this route's sticky header"))]
+    return []
+
+
+def _match(value: Any) -> MatchSpec | None:
+    from proxy.config.build import match_spec
+    from proxy.config.model import Match, adapter
+
+    if value is None:
+        return MatchSpec()
+    if not isinstance(value, Match):
+        try:
+            value = adapter(Match).validate_python(value)
+        except Exception:  # reported by the model already
+            return None
+    return match_spec(value)
+
+
+class Coverage:
+    """Finds an earlier route that matches every request a later one could (so it never will).
+
+    Routes are indexed by their path condition so that 10,000 routes are checked in linear time:
+    a later route only looks up the exact path, the segment prefixes of its path, and its regex.
+    """
+
+    def __init__(self) -> None:
+        self.everything: list[tuple[MatchSpec, Any]] = []
+        self.prefix: dict[str, list[tuple[MatchSpec, Any]]] = {}
+        self.exact: dict[str, list[tuple[MatchSpec, Any]]] = {}
+        self.regex: dict[str, list[tuple[MatchSpec, Any]]] = {}
+
+    def add(self, m: MatchSpec, who: Any) -> None:
+        if m.headers:  # conditional on headers: never covers a route without the same headers
+            return
+        if m.path_prefix is not None and m.path_prefix != "/":  # "/" is every path
+            self.prefix.setdefault(m.path_prefix, []).append((m, who))
+        elif m.path is not None:
+            self.exact.setdefault(m.path, []).append((m, who))
+        elif m.path_regex is not None:
+            self.regex.setdefault(m.path_regex, []).append((m, who))
+        else:
+            self.everything.append((m, who))
+
+    def covering(self, m: MatchSpec) -> Any:
+        candidates = list(self.everything)
+        if m.path_regex is not None:
+            candidates += self.regex.get(m.path_regex, ())
+        path = m.path if m.path is not None else m.path_prefix
+        if path is not None:
+            if m.path is not None:
+                candidates += self.exact.get(m.path, ())
+            end = len(path)
+            while end > 0:
+                candidates += self.prefix.get(path[:end], ())
+                end = path.rfind("/", 0, end)
+        found = [who for c, who in candidates if _methods_cover(c.methods, m.methods)]
+        return min(found) if found else None
+
+
+def _methods_cover(earlier: tuple[str, ...] | None, later: tuple[str, ...] | None) -> bool:
+    if earlier is None:
+        return True
+    return later is not None and set(later) <= set(earlier)
+
+
+__all__ = ["Coverage", "RouteSpec", "across"]
