@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint bench venv deps clean
+.PHONY: demo test test-fast lint bench venv deps clean schema
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: deps
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not unleash and not prometheus and not browser and not helm"
+
+# Rewrite docs/routes.schema.json and the Helm chart's config schema from the typed model.
+schema: venv
+	$(BIN)/python -m proxy.config.schema --write
 
 lint: venv
 	$(BIN)/ruff check .
