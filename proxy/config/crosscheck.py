@@ -30,8 +30,12 @@ class _Raw:
 
     def get(self, loc: Loc) -> Any:
         """The value at `loc` when present and accepted by the model, else _MISSING."""
-        if loc in self.bad:
-            return _MISSING
+        return _MISSING if loc in self.bad else self._at(loc)
+
+    def present(self, loc: Loc) -> bool:
+        return self._at(loc) is not _MISSING
+
+    def _at(self, loc: Loc) -> Any:
         node: Any = self.raw
         for part in loc:
             if isinstance(node, dict) and isinstance(part, str) and part in node:
@@ -41,17 +45,6 @@ class _Raw:
             else:
                 return _MISSING
         return node
-
-    def present(self, loc: Loc) -> bool:
-        node: Any = self.raw
-        for part in loc:
-            if isinstance(node, dict) and isinstance(part, str) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-                node = node[part]
-            else:
-                return False
-        return True
 
 
 def across(raw: dict[str, Any], bad: set[Loc], model: Any, *, quiet: bool = False) -> Found:

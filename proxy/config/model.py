@@ -500,17 +500,20 @@ class Promotion(Block):
     guardrail: Guardrail = Guardrail()
 
 
-def _override_header(x: Any) -> str:
-    name = v.header_name(x)
-    if reserved(name):
-        raise v.problem(f"'{name}' is a header the proxy handles itself; choose a name of your "
-                        "own, e.g. X-Strangler-Backend")
-    return name
+def _own_header(example: str) -> Any:
+    """A header name of the user's own: not one the proxy frames or interprets itself."""
+    def check(x: Any) -> str:
+        name = v.header_name(x)
+        if reserved(name):
+            raise v.problem(f"'{name}' is a header the proxy handles itself; choose a name of "
+                            f"your own, e.g. {example}")
+        return name
+    return v.value_type(str, check, v.HEADER_SCHEMA)
 
 
 class RouteOverride(Block):
     WHAT = "{header: X-Strangler-Backend}, true or false"
-    header: v.value_type(str, _override_header, v.HEADER_SCHEMA) = DEFAULT_OVERRIDE_HEADER  # type: ignore
+    header: _own_header("X-Strangler-Backend") = DEFAULT_OVERRIDE_HEADER  # type: ignore
 
 
 def _shadow_shorthand(x: Any) -> Any:
@@ -567,51 +570,41 @@ def _webhook(x: Any) -> str:
     return value.strip()
 
 
-def _events(x: Any) -> tuple[str, ...]:
-    values = v.seq(x, "a list of events")
+def _name_list(x: Any, *, what: str, item: str, empty: str, kind: str,
+               known: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """A non-empty list of distinct names (of `known` ones, when given)."""
+    values = v.seq(x, what)
     if not values:
-        raise v.problem("must not be empty (leave it out for every event: "
-                        f"{', '.join(NOTIFY_EVENTS)})")
+        raise v.problem(f"must not be empty ({empty})")
     out: list[str] = []
     found: Found = []
-    for i, item in enumerate(values):
+    for i, entry in enumerate(values):
         try:
-            value = v.string(item, "an event name")
+            value = v.string(entry, item)
         except PydanticCustomError as exc:
             found.append(((i,), exc))
             continue
-        if value not in NOTIFY_EVENTS:
-            found.append(((i,), v.problem(f"unknown event '{value}'; expected one of: "
-                                          f"{', '.join(NOTIFY_EVENTS)}"
-                                          f"{v.suggest(value, NOTIFY_EVENTS)}")))
+        if known is not None and value not in known:
+            found.append(((i,), v.problem(f"unknown {kind} '{value}'; expected one of: "
+                                          f"{', '.join(known)}{v.suggest(value, known)}")))
         elif value in out:
-            found.append(((i,), v.problem(f"duplicate event '{value}'")))
+            found.append(((i,), v.problem(f"duplicate {kind} '{value}'")))
         else:
             out.append(value)
     if found:
         v.at(found)
     return tuple(out)
+
+
+def _events(x: Any) -> tuple[str, ...]:
+    return _name_list(x, what="a list of events", item="an event name", kind="event",
+                      empty=f"leave it out for every event: {', '.join(NOTIFY_EVENTS)}",
+                      known=NOTIFY_EVENTS)
 
 
 def _route_names(x: Any) -> tuple[str, ...]:
-    values = v.seq(x, "a list of route names")
-    if not values:
-        raise v.problem("must not be empty (leave it out for every route)")
-    out: list[str] = []
-    found: Found = []
-    for i, item in enumerate(values):
-        try:
-            value = v.string(item, "a route name")
-        except PydanticCustomError as exc:
-            found.append(((i,), exc))
-            continue
-        if value in out:
-            found.append(((i,), v.problem(f"duplicate route '{value}'")))
-        else:
-            out.append(value)
-    if found:
-        v.at(found)
-    return tuple(out)
+    return _name_list(x, what="a list of route names", item="a route name", kind="route",
+                      empty="leave it out for every route")
 
 
 class NotifySink(Checked):
@@ -640,21 +633,13 @@ class NotifySink(Checked):
             "holding the url, for webhooks whose url is a secret)"))]
 
 
-def _secret_header(x: Any) -> str:
-    name = v.header_name(x)
-    if reserved(name):
-        raise v.problem(f"'{name}' is a header the proxy handles itself; choose a name of your "
-                        "own, e.g. X-Strangler-Override-Secret")
-    return name
-
-
 class Trusted(Checked):
     WHAT = "a mapping with cidrs and/or secret_header + secret_env"
     model_config = ConfigDict(json_schema_extra={"dependentRequired": {
         "secret_header": ["secret_env"], "secret_env": ["secret_header"]}})
     cidrs: v.Networks("a CIDR or IP address like 10.20.0.0/16") = Field(  # type: ignore
         (), description="TCP peers trusted to pin requests (CIDRs or IPs)")
-    secret_header: v.value_type(str, _secret_header, v.HEADER_SCHEMA) = Field(  # type: ignore
+    secret_header: _own_header("X-Strangler-Override-Secret") = Field(  # type: ignore
         None, description="a request carrying this header with the secret is trusted")
     secret_env: v.EnvName = Field(None, description="environment variable holding the secret "
                                   "(never in this file)")

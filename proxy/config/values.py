@@ -245,15 +245,20 @@ SIZE_SCHEMA = {
 }
 
 
+def _unit_value(v: Any, hint: str, parse: Callable[[Any], Any]) -> Any:
+    """A duration or size as written (`1.5s`, `64KiB` or a plain number), parsed."""
+    v = scalar(v, hint)
+    if v is None or isinstance(v, bool) or not isinstance(v, str | int | float):
+        raise expected(hint)
+    try:
+        return parse(v)
+    except ValueError as exc:
+        raise problem(str(exc)) from None
+
+
 def Duration(*, positive: bool = True) -> Any:
     def check(v: Any) -> float:
-        v = scalar(v, DURATION_HINT)
-        if v is None or isinstance(v, bool) or not isinstance(v, str | int | float):
-            raise expected(DURATION_HINT)
-        try:
-            seconds = parse_duration(v)
-        except ValueError as exc:
-            raise problem(str(exc)) from None
+        seconds = _unit_value(v, DURATION_HINT, parse_duration)
         if positive and seconds <= 0:
             raise problem("must be greater than 0")
         return seconds
@@ -262,13 +267,7 @@ def Duration(*, positive: bool = True) -> Any:
 
 def Size(lo: int = 0) -> Any:
     def check(v: Any) -> int:
-        v = scalar(v, SIZE_HINT)
-        if v is None or isinstance(v, bool) or not isinstance(v, str | int | float):
-            raise expected(SIZE_HINT)
-        try:
-            size = parse_size(v)
-        except ValueError as exc:
-            raise problem(str(exc)) from None
+        size = _unit_value(v, SIZE_HINT, parse_size)
         if size < lo:
             raise problem(f"must be at least {lo} bytes")
         return size
