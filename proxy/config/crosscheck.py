@@ -159,12 +159,16 @@ def across(raw: dict[str, Any], bad: set[Loc], model: Any, *, quiet: bool = Fals
                 "every request it would", line_of=("routes", earlier[0]))))
         coverage.add(match, (i, name))
 
-    if not bad and not found and not quiet:
+    if not quiet and not found and all(loc[0] == "notify" for loc in bad):
         known = list(route_names)
-        for j, sink in enumerate(raw.get("notify") or ()):
-            listed = sink.get("routes") if isinstance(sink, dict) else None
-            for k, value in enumerate(listed or ()):
-                if value not in known:
+        sinks = doc._at(("notify",))
+        for j in range(len(sinks) if isinstance(sinks, list) else 0):
+            listed = doc._at(("notify", j, "routes"))
+            if ("notify", j, "routes") in bad and not isinstance(listed, list):
+                continue  # not a list (reported)
+            for k in range(len(listed) if isinstance(listed, list) else 0):
+                value = doc.get(("notify", j, "routes", k))
+                if isinstance(value, str) and value not in known:
                     found.append((("notify", j, "routes", k), v.problem(
                         f"unknown route '{value}'; defined: {', '.join(known) or 'none'}"
                         f"{v.suggest(value, known)}")))
@@ -172,12 +176,15 @@ def across(raw: dict[str, Any], bad: set[Loc], model: Any, *, quiet: bool = Fals
 
 
 def _override(doc: _Raw, base: Loc, trust: Any) -> Found:
-    value = doc.get((*base, "override"))
-    if value is _MISSING or value is None or value is False:
-        return []
+    value = doc._at((*base, "override"))  # unknown keys in it do not hide the checks below
+    if value is not True and not isinstance(value, dict):
+        return []  # absent, off, or the wrong type (reported)
     header, where = "x-strangler-backend", (*base, "override")
-    if isinstance(value, dict) and isinstance(value.get("header"), str):
-        header, where = value["header"].lower(), (*base, "override", "header")
+    if isinstance(value, dict) and "header" in value:
+        header = doc.get((*base, "override", "header"))
+        if not isinstance(header, str):
+            return []  # reported
+        header, where = header.lower(), (*base, "override", "header")
     if trust is None:
         return [((*base, "override"), v.problem(
             "needs overrides.trusted at the top of the file (who may pin requests); without it "
