@@ -1,11 +1,12 @@
 """One request/response on a client connection (`Exchange`), from its parsed head to the log line.
 
-Flow: the head is vetted and its headers sorted in one pass -> canonical path -> request id ->
-route lookup on the current table generation -> split or override pin -> shadow decision ->
-the upstream request's headers; then the head is re-serialised to a pooled upstream connection,
-the body streamed with flow control both ways, the response re-framed to the client, and stats,
-access log and shadow offer written at the end. Nothing here allocates per route or compiles
-anything; the table did that at load.
+Flow, `Exchange.from_head`'s phases first: the request line is vetted -> the headers are sorted
+in one pass and the body's framing read -> canonical path -> request id -> route lookup on the
+current table generation -> split or override pin -> shadow decision -> the upstream request's
+headers; then the head is re-serialised to a pooled upstream connection, the body streamed with
+flow control both ways, the response re-framed to the client, and stats, access log and shadow
+offer written at the end. Nothing here allocates per route or compiles anything; the table did
+that at load.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 DEFAULT_ROUTE = "_default"
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9_.:-]{1,128}").fullmatch
 _REQ_FRAMING = frozenset({b"connection", b"content-length", b"transfer-encoding", b"host"})
-# Request headers handled one by one in `from_head`: framing, and those never forwarded as
+# Request headers handled one by one in `Exchange._headers`: framing, and those never forwarded as
 # received (some are re-added by the proxy); every other header is forwarded as it came.
 REQ_SPECIAL = HOP_BY_HOP | FORWARDED_HEADERS | _REQ_FRAMING | {b"x-request-id"}
 # Connection tokens that need no extra filtering: hop-by-hop (dropped anyway) or never dropped.
@@ -195,31 +196,53 @@ class Exchange:
     def from_head(
         cls, conn: Any, method: bytes, url: bytes, raw: list[tuple[bytes, bytes]]
     ) -> Exchange:
+        """The exchange for a parsed request head, one phase at a time in the request's order;
+        any phase may refuse the request with `Reject`."""
         ex = cls()
+        ex._request_line(conn, method)
+        hdict: dict[bytes, bytes] = {}
+        conn_tokens = ex._headers(raw, hdict)
+        ex._target(url, hdict)
+        # Before routing: a request refused further on (a bad override pin) has used up its id.
+        ex._take_request_id(hdict)
+        route = ex._route(method, hdict)
+        if route is not None:
+            to_target = ex._choose_backend(route, method, hdict, conn_tokens)
+            ex._want_shadow(route, method, hdict, to_target)  # after the split's random draw
+        ex._upstream_request(route, method, hdict)
+        return ex
+
+    def _request_line(self, conn: Any, method: bytes) -> None:
+        """Method and HTTP version: only 1.0 and 1.1, no CONNECT (or PRI)."""
         plane = conn.plane
-        ex.conn = conn
-        ex.plane = plane
-        ex.t0 = plane.now()
-        ex.method = method
-        ex.head_only = method == b"HEAD"
+        self.conn = conn
+        self.plane = plane
+        self.t0 = plane.now()
+        self.method = method
+        self.head_only = method == b"HEAD"
         parser = conn.parser
         version = parser.get_http_version()
-        ex.version_10 = version == "1.0"
-        ex.keep_alive = parser.should_keep_alive()
+        self.version_10 = version == "1.0"
+        self.keep_alive = parser.should_keep_alive()
         if version != "1.1" and version != "1.0":
             raise Reject(505, "http_version", "only HTTP/1.0 and HTTP/1.1 are supported")
         if method == b"CONNECT" or method == b"PRI":
             # A reverse proxy opens no tunnels on request; llhttp would treat CONNECT as one.
             raise Reject(405, "method_not_allowed", "CONNECT is not supported")
 
-        # One pass: lower-case each name once, collect what routing and framing need, and keep
-        # the headers to forward (hop-by-hop and untrusted forwarding headers are dropped here;
-        # the rare headers a Connection list names are dropped after the loop).
-        hdict: dict[bytes, bytes] = {}
+    def _headers(
+        self, raw: list[tuple[bytes, bytes]], hdict: dict[bytes, bytes]
+    ) -> frozenset[bytes]:
+        """Header hygiene: fill `hdict` (lower-case name -> last value), set `req_headers` to
+        the headers to forward, then the body's framing. Returns the Connection header's tokens.
+
+        One pass: lower-case each name once, collect what routing and framing need, and keep
+        the headers to forward (hop-by-hop and untrusted forwarding headers are dropped here;
+        the rare headers a Connection list names are dropped after the loop)."""
         out: list[tuple[bytes, bytes]] = []
         conn_tokens: frozenset[bytes] = _NO_TOKENS
-        trusted = conn.peer_trusted
-        special = plane.req_special
+        trusted = self.conn.peer_trusted
+        special = self.plane.req_special
         te = cl = host = None
         for header in raw:
             name, value = header
@@ -254,31 +277,41 @@ class Exchange:
         if conn_tokens and not conn_tokens <= _CONN_KEEP:
             drop = conn_tokens - _CONN_KEEP
             out = [h for h in out if h[0].lower() not in drop]
+        self.req_headers = out
+        self._framing(te, cl, host)
+        return conn_tokens
+
+    def _framing(self, te: bytes | None, cl: bytes | None, host: bytes | None) -> None:
+        """The request body's framing (`body_mode`: 0 none, 1 Content-Length, 2 chunked), and
+        the Host an HTTP/1.1 request must carry."""
         if te is not None and cl is not None:
             raise Reject(400, "ambiguous_framing", "Content-Length with Transfer-Encoding")
         if te is not None:
-            if ex.version_10:
+            if self.version_10:
                 raise Reject(400, "ambiguous_framing", "Transfer-Encoding in an HTTP/1.0 request")
             if te.strip().lower() != b"chunked":
                 raise Reject(501, "unsupported_transfer_encoding", "only chunked is supported")
-            ex.body_mode = 2
+            self.body_mode = 2
         elif cl is not None:
             if not cl.isdigit():
                 raise Reject(400, "ambiguous_framing", "invalid Content-Length")
-            ex.declared_length = int(cl)
-            ex.body_mode = 1 if ex.declared_length > 0 else 0
-            if ex.declared_length > plane.limits.max_body:
+            self.declared_length = int(cl)
+            self.body_mode = 1 if self.declared_length > 0 else 0
+            if self.declared_length > self.plane.limits.max_body:
                 raise Reject(413, "body_too_large", "request body exceeds the configured limit")
         else:
-            ex.body_mode = 0
-        if host is None and not ex.version_10:
+            self.body_mode = 0
+        if host is None and not self.version_10:
             raise Reject(400, "bad_request", "missing Host header")
 
-        # Request target: origin-form, or absolute-form whose authority must match Host.
+    def _target(self, url: bytes, hdict: dict[bytes, bytes]) -> None:
+        """Request target -> canonical `path` and raw `query`: origin-form, or absolute-form
+        whose authority must match Host."""
         if url[:1] != b"/":
             if url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
                 parsed = httptools.parse_url(url)
                 authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+                host = hdict.get(b"host")  # at most one: `_headers` refuses a repeated Host
                 if host is not None and authority.lower() != host.lower():
                     raise Reject(400, "bad_request", "absolute-form target disagrees with Host")
                 url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
@@ -286,77 +319,98 @@ class Exchange:
                 raise Reject(400, "bad_request", "request target must be origin-form")
         if b"#" in url:
             raise Reject(400, "bad_request", "fragment in request target")
-        path, _, query = url.partition(b"?")
+        path, sep, query = url.partition(b"?")
         try:
-            ex.path = canonical_path(path)
+            self.path = canonical_path(path)
         except BadPath as exc:
             raise Reject(400, "bad_path", str(exc)) from None
-        ex.query = query if _ else None
+        self.query = query if sep else None
 
+    def _take_request_id(self, hdict: dict[bytes, bytes]) -> None:
+        """The client's X-Request-Id when well-formed, else a new one from the counter."""
         rid = hdict.get(b"x-request-id")
         if rid and _VALID_REQUEST_ID(rid) is not None:
-            ex.request_id = rid.decode()
-            ex.rid = rid
+            self.request_id = rid.decode()
+            self.rid = rid
         else:
-            ex.request_id = request_id = new_request_id()
-            ex.rid = request_id.encode()
+            self.request_id = request_id = new_request_id()
+            self.rid = request_id.encode()
 
-        # Route and split on the generation current at this moment.
+    def _route(self, method: bytes, hdict: dict[bytes, bytes]) -> CompiledRoute | None:
+        """Match on the table generation current at this moment. No route: legacy's default
+        pool, no split and no shadow."""
+        plane = self.plane
         table = plane.table
-        route = table.match(method, ex.path, hdict) if table is not None else None
-        ex.route = route
-        to_target = False
-        if route is not None:
-            state = route.state
-            ex.step = state.step
-            key: bytes | None = None
-            if route.sticky_header is not None:
-                key = hdict.get(route.sticky_header)
-            elif route.sticky_cookie is not None:
-                cookie = hdict.get(b"cookie")
-                key = cookie_value(cookie, route.sticky_cookie) if cookie else None
-            ex.sticky_key = key
-            bp = state.weight_bp
-            if bp <= 0:
-                to_target = False
-            elif bp >= BUCKETS:
-                to_target = True
-            elif key:  # split.choose_target, inlined: a call less per request
-                to_target = route.hasher.bucket(key) < bp
-            else:
-                to_target = plane.rand() * BUCKETS < bp
-            pin = route.override
-            if pin is not None and pin in hdict:
-                to_target = ex._pin(route, hdict[pin], hdict, to_target)
-            ex.backend = "target" if to_target else "legacy"
-            ex.pool = plane.pools[route.target if to_target else route.legacy]
-            ex.is_tunnel = (
-                route.websocket
-                and method == b"GET"
-                and b"upgrade" in conn_tokens
-                and hdict.get(b"upgrade", b"").strip().lower() == b"websocket"
-            )
-            shadow = plane.shadow
-            ex.shadow_wanted = (
-                shadow is not None
-                and not ex.is_tunnel
-                and b"x-strangler-shadow" not in hdict
-                and ex.override is None  # QA traffic: a comparison would be gate evidence
-                and shadow.wants(route, method, to_target)
-            )
+        route = table.match(method, self.path, hdict) if table is not None else None
+        self.route = route
+        if route is None:
+            self.step = 0
+            self.sticky_key = None
+            self.backend = "legacy"
+            self.pool = plane.default_pool
+            self.shadow_wanted = False
+        return route
+
+    def _choose_backend(self, route: CompiledRoute, method: bytes, hdict: dict[bytes, bytes],
+                        conn_tokens: frozenset[bytes]) -> bool:
+        """The split (or a trusted override pin) picks the side, True for target; and whether
+        the request opens a WebSocket tunnel."""
+        plane = self.plane
+        state = route.state
+        self.step = state.step
+        key: bytes | None = None
+        if route.sticky_header is not None:
+            key = hdict.get(route.sticky_header)
+        elif route.sticky_cookie is not None:
+            cookie = hdict.get(b"cookie")
+            key = cookie_value(cookie, route.sticky_cookie) if cookie else None
+        self.sticky_key = key
+        bp = state.weight_bp
+        if bp <= 0:
+            to_target = False
+        elif bp >= BUCKETS:
+            to_target = True
+        elif key:  # split.choose_target, inlined: a call less per request
+            to_target = route.hasher.bucket(key) < bp
         else:
-            ex.step = 0
-            ex.sticky_key = None
-            ex.backend = "legacy"
-            ex.pool = plane.default_pool
-            ex.shadow_wanted = False
-        if not ex.shadow_wanted and ex.body_mode and not (
+            to_target = plane.rand() * BUCKETS < bp
+        pin = route.override
+        if pin is not None and pin in hdict:
+            to_target = self._pin(route, hdict[pin], hdict, to_target)
+        self.backend = "target" if to_target else "legacy"
+        self.pool = plane.pools[route.target if to_target else route.legacy]
+        self.is_tunnel = (
+            route.websocket
+            and method == b"GET"
+            and b"upgrade" in conn_tokens
+            and hdict.get(b"upgrade", b"").strip().lower() == b"websocket"
+        )
+        return to_target
+
+    def _want_shadow(self, route: CompiledRoute, method: bytes, hdict: dict[bytes, bytes],
+                     to_target: bool) -> None:
+        """Whether to offer this exchange for shadow comparison once it is done."""
+        shadow = self.plane.shadow
+        self.shadow_wanted = (
+            shadow is not None
+            and not self.is_tunnel
+            and b"x-strangler-shadow" not in hdict
+            and self.override is None  # QA traffic: a comparison would be gate evidence
+            and shadow.wants(route, method, to_target)
+        )
+
+    def _upstream_request(self, route: CompiledRoute | None, method: bytes,
+                          hdict: dict[bytes, bytes]) -> None:
+        """What goes upstream besides the client's headers: whether the body is kept for a
+        replay, the forwarding headers, the re-stated framing; and a 100 Continue if asked."""
+        if not self.shadow_wanted and self.body_mode and not (
             route is not None and route.fallback and method in _IDEMPOTENT
         ):
-            ex.replay = None
-
-        ex.req_headers = out
-        if trusted:
+            self.replay = None
+        conn = self.conn
+        out = self.req_headers
+        host = hdict.get(b"host")  # at most one: `_headers` refuses a repeated Host
+        if conn.peer_trusted:
             xff = conn.peer_b
             if b"x-forwarded-for" in hdict:
                 xff = hdict[b"x-forwarded-for"] + b", " + xff
@@ -370,19 +424,19 @@ class Exchange:
             out.append(_XFP_HTTP)
             if host is not None:
                 out.append((b"x-forwarded-host", host))
-        out.append((b"x-request-id", ex.rid))
-        if ex.is_tunnel:
+        out.append((b"x-request-id", self.rid))
+        if self.is_tunnel:
             out.append((b"connection", b"upgrade"))
             out.append((b"upgrade", b"websocket"))
-        if ex.body_mode == 1:
-            out.append((b"content-length", cl))  # type: ignore[arg-type]
-        elif ex.body_mode == 2:
+        if self.body_mode == 1:
+            # Every Content-Length the client sent has this value (`_headers` refuses others).
+            out.append((b"content-length", hdict[b"content-length"]))
+        elif self.body_mode == 2:
             out.append((b"transfer-encoding", b"chunked"))
         expect = hdict.get(b"expect")
-        if (expect is not None and expect.lower() == b"100-continue" and ex.body_mode
+        if (expect is not None and expect.lower() == b"100-continue" and self.body_mode
                 and conn.transport):
             conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        return ex
 
     def _pin(self, route: CompiledRoute, value: bytes, hdict: dict[bytes, bytes],
              to_target: bool) -> bool:

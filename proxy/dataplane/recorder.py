@@ -87,6 +87,10 @@ class Delta:
         return d
 
 
+def _bump(counts: dict, key: tuple) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
 class Recorder:
     """Hot-path counters. `request` is one dict update per request: a count per (route, step,
     backend, status, latency bucket), expanded into a `Delta` by `take` (every ~200 ms)."""
@@ -109,30 +113,20 @@ class Recorder:
         hits[key] = hits.get(key, 0) + 1
 
     def upstream_error(self, upstream: str, kind: str) -> None:
-        d = self.delta.upstream_errors
-        key = (upstream, kind)
-        d[key] = d.get(key, 0) + 1
+        _bump(self.delta.upstream_errors, (upstream, kind))
 
     def shadow_result(self, route: str, step: int, result: str) -> None:
-        d = self.delta.shadow
-        key = (route, step, result)
-        d[key] = d.get(key, 0) + 1
+        _bump(self.delta.shadow, (route, step, result))
 
     def shadow_skipped(self, route: str, reason: str) -> None:
-        d = self.delta.skipped
-        key = (route, reason)
-        d[key] = d.get(key, 0) + 1
+        _bump(self.delta.skipped, (route, reason))
 
     def override_request(self, route: str, backend: str, code: int) -> None:
         """A pinned (QA) request: counted apart, never in the gate's or guardrail's numbers."""
-        d = self.delta.overrides
-        key = (route, backend, code)
-        d[key] = d.get(key, 0) + 1
+        _bump(self.delta.overrides, (route, backend, code))
 
     def override_ignored(self, route: str, reason: str) -> None:
-        d = self.delta.override_ignored
-        key = (route, reason)
-        d[key] = d.get(key, 0) + 1
+        _bump(self.delta.override_ignored, (route, reason))
 
     def take(self) -> Delta:
         delta, self.delta = self.delta, Delta()
