@@ -32,6 +32,7 @@ The three floors (`min_latency_samples`, `early_fail_samples`, `min_fail_events`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -110,27 +111,41 @@ def _floor(configured: int, p: PromotionSpec) -> int:
     return max(1, min(configured, p.early_fail_samples))
 
 
+def _bound_above(samples: int, minimum: int, events: int,
+                 bounds: Callable[[], tuple[float, float]], limit: float,
+                 p: PromotionSpec) -> float | None:
+    """The 95% lower bound from `bounds` when it is above `limit`, judged only once there are
+    enough samples and failing events (else None)."""
+    if samples >= _floor(minimum, p) and events >= p.min_fail_events:
+        low = bounds()[0]
+        if low > limit:
+            return low
+    return None
+
+
+def _mismatch_fail(ev: Evidence, p: PromotionSpec, low: float) -> str:
+    return (f"{ev.mismatched} of {ev.compared} shadow comparisons differed "
+            f"({_rate(ev.mismatch_rate)}); even the 95% lower bound {_rate(low)} is above "
+            f"the limit {_rate(p.max_mismatch_rate)}.")
+
+
+def _errors_fail(ev: Evidence, p: PromotionSpec, low: float) -> str:
+    return (f"{_target_errors(ev)} is above legacy's {_legacy_rate(ev)}; with 95% confidence "
+            f"the increase is at least {_points(low)}, above the limit "
+            f"{_points(p.max_error_rate_increase)}.")
+
+
 def _fail_reasons(ev: Evidence, p: PromotionSpec) -> list[str]:
     reasons: list[str] = []
-
-    if ev.compared >= _floor(p.min_comparisons, p) and ev.mismatched >= p.min_fail_events:
-        low, _ = ev.mismatch_bounds()
-        if low > p.max_mismatch_rate:
-            reasons.append(
-                f"{ev.mismatched} of {ev.compared} shadow comparisons differed "
-                f"({_rate(ev.mismatch_rate)}); even the 95% lower bound {_rate(low)} is above "
-                f"the limit {_rate(p.max_mismatch_rate)}."
-            )
-
     t, leg = ev.target, ev.legacy
-    if t.requests >= _floor(p.min_requests, p) and t.errors >= p.min_fail_events:
-        low, _ = ev.error_increase_bounds()
-        if low > p.max_error_rate_increase:
-            reasons.append(
-                f"{_target_errors(ev)} is above legacy's {_legacy_rate(ev)}; with 95% confidence "
-                f"the increase is at least {_points(low)}, above the limit "
-                f"{_points(p.max_error_rate_increase)}."
-            )
+    low = _bound_above(ev.compared, p.min_comparisons, ev.mismatched, ev.mismatch_bounds,
+                       p.max_mismatch_rate, p)
+    if low is not None:
+        reasons.append(_mismatch_fail(ev, p, low))
+    low = _bound_above(t.requests, p.min_requests, t.errors, ev.error_increase_bounds,
+                       p.max_error_rate_increase, p)
+    if low is not None:
+        reasons.append(_errors_fail(ev, p, low))
 
     ratio = ev.p99_ratio()
     if _latency_judgeable(ev, p) and ratio is not None and ratio > p.max_p99_ratio:

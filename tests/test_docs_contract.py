@@ -295,6 +295,24 @@ def _mentions(text: str, option: str) -> bool:
     return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text) is not None
 
 
+def test_every_subcommand_explains_itself_in_its_help() -> None:
+    """`strangler -h` gives each command a line, `strangler NAME -h` a description; both come
+    from the command module's docstring, and a percent sign prints as one (100%, not 100%%)."""
+    parser = build_parser()
+    top = parser.format_help()
+    problems = []
+    for name, p in _subcommands().items():
+        text = p.format_help()
+        if not p.description or len(p.description) < 40:
+            problems.append(f"{name}: no description in `strangler {name} -h`")
+        if not re.search(rf"^    {re.escape(name)}(\s+\S|\n\s+\S)", top, re.M):
+            problems.append(f"{name}: no help line in `strangler -h`")
+        if "%%" in text:
+            problems.append(f"{name}: '%%' in `strangler {name} -h`")
+    assert "%%" not in top
+    assert not problems, problems
+
+
 def test_every_subcommand_and_option_is_documented() -> None:
     cli = section("Command line")
     admin = subsection(cli, "Admin options")

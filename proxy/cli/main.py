@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
+from types import ModuleType
 
 from proxy import __version__
+from proxy.cli.client import add_client_options
 from proxy.cli.exitcodes import USAGE
 
 # Subcommand modules, in the order `strangler -h` lists them.
@@ -48,8 +51,31 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != f"proxy.cli.commands.{name}":
                 raise
             continue  # not built yet
-        module.register(sub)
+        add_command(sub, module)
     return parser
+
+
+def add_command(sub: argparse._SubParsersAction, module: ModuleType) -> None:
+    """The subcommand a module in `proxy.cli.commands` declares.
+
+    Its name is the module's (`_` written `-`); the docstring's first line is its one-line help
+    in `strangler -h`, the rest its description in `strangler NAME -h`. Its own arguments come
+    from `arguments(p)` when it has one; then `--reason` when NEEDS_REASON, then the admin API
+    options unless USES_ADMIN_API is False (the order `-h` lists them in). `run(args)` is what
+    it runs and returns the exit code.
+    """
+    name = module.__name__.rpartition(".")[2].replace("_", "-")
+    summary, _, description = inspect.cleandoc(module.__doc__ or "").partition("\n")
+    # argparse %-formats a subcommand's help (not a description without %(prog)).
+    p = sub.add_parser(name, help=summary.replace("%", "%%"), description=description.strip())
+    arguments = getattr(module, "arguments", None)
+    if arguments is not None:
+        arguments(p)
+    if getattr(module, "NEEDS_REASON", False):
+        p.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    if getattr(module, "USES_ADMIN_API", True):
+        add_client_options(p)
+    p.set_defaults(func=module.run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,15 @@ DURATION_HINT = "a duration such as 250ms, 1s, 1.5s, 5m or 1h (a plain number is
 SIZE_HINT = "a size such as 64KiB, 1MiB, 1GiB, 10MB or a number of bytes"
 
 
+def _with_unit(value: str, units: dict, what: str, hint: str) -> float:
+    """`value`'s number times its unit's multiplier (no unit: 1); ValueError naming `what`."""
+    m = _NUMBER_UNIT.fullmatch(value)
+    unit = m.group(2).lower() if m else ""
+    if not m or (unit and unit not in units):
+        raise ValueError(f"invalid {what} {value!r}: expected {hint}")
+    return float(m.group(1)) * (units[unit] if unit else 1)
+
+
 def parse_duration(value: object) -> float:
     """Seconds from `250ms`, `1s`, `1.5s`, `5m`, `1h` or a plain non-negative number of seconds."""
     if isinstance(value, bool):
@@ -39,11 +48,7 @@ def parse_duration(value: object) -> float:
         except OverflowError:
             seconds = math.inf
     elif isinstance(value, str):
-        m = _NUMBER_UNIT.fullmatch(value)
-        unit = m.group(2).lower() if m else ""
-        if not m or (unit and unit not in _DURATION_UNITS):
-            raise ValueError(f"invalid duration {value!r}: expected {DURATION_HINT}")
-        seconds = float(m.group(1)) * (_DURATION_UNITS[unit] if unit else 1.0)
+        seconds = _with_unit(value, _DURATION_UNITS, "duration", DURATION_HINT)
     else:
         raise ValueError(f"invalid duration {value!r}: expected {DURATION_HINT}")
     if not math.isfinite(seconds) or seconds < 0:
@@ -62,11 +67,7 @@ def parse_size(value: object) -> int:
             raise ValueError(f"invalid size {value!r}: a plain number of bytes must be whole")
         size = int(value)
     elif isinstance(value, str):
-        m = _NUMBER_UNIT.fullmatch(value)
-        unit = m.group(2).lower() if m else ""
-        if not m or (unit and unit not in _SIZE_UNITS):
-            raise ValueError(f"invalid size {value!r}: expected {SIZE_HINT}")
-        exact = float(m.group(1)) * (_SIZE_UNITS[unit] if unit else 1)
+        exact = _with_unit(value, _SIZE_UNITS, "size", SIZE_HINT)
         if not math.isfinite(exact) or not exact.is_integer():
             raise ValueError(f"invalid size {value!r}: must be a whole number of bytes")
         size = int(exact)

@@ -1,18 +1,16 @@
-"""What the subcommand modules share: the parser boilerplate, the config option and its loading,
-and the printer of a control command's answer. Not a subcommand itself (main.COMMANDS lists
-those)."""
+"""What the subcommand modules share: the config option and its loading, and the printer of a
+control command's answer. Not a subcommand itself (main.COMMANDS lists those)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from proxy.cli import output
-from proxy.cli.client import add_client_options, print_json
+from proxy.cli.client import print_json
 from proxy.cli.exitcodes import USAGE
 from proxy.config.loader import ConfigError, load_config
 
@@ -21,24 +19,6 @@ if TYPE_CHECKING:
 
 CONFIG_ENV = "STRANGLER_CONFIG"
 CONFIG_HELP = "the config file (default: $STRANGLER_CONFIG or routes.yaml)"
-
-
-@contextmanager
-def command(sub: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int],
-            *, help: str, description: str, reason: bool = False,
-            client: bool = True) -> Iterator[argparse.ArgumentParser]:
-    """Add subcommand `name` running `run`; the with-body adds the command's own arguments.
-
-    After the body come `--reason` (when `reason`) and the admin API options (when `client`),
-    in that order: it is the order `strangler NAME -h` lists them in.
-    """
-    p = sub.add_parser(name, help=help, description=description)
-    yield p
-    if reason:
-        p.add_argument("--reason", required=True, help="why (recorded in the audit log)")
-    if client:
-        add_client_options(p)
-    p.set_defaults(func=run)
 
 
 def add_config_option(p: argparse.ArgumentParser, *, metavar: str | None = "FILE",

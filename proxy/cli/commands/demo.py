@@ -1,25 +1,23 @@
-"""`strangler demo`: a migration told end to end (see proxy/cli/demo.py)."""
+"""run a self-contained migration demo (monolith, new service, proxy, gate)
+
+Start a demo monolith, a demo new service (one route clean, one with a planted field difference),
+the proxy, a traffic generator and the promotion gate; show the clean route promoted step by step
+to 100% and the other rolled back.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 
-from proxy.cli.commands._common import command
+USES_ADMIN_API = False  # no --admin/--token/--json/--actor options
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    with command(
-        sub, "demo", run, client=False,
-        help="run a self-contained migration demo (monolith, new service, proxy, gate)",
-        description="Start a demo monolith, a demo new service (one route clean, one with a "
-        "planted field difference), the proxy, a traffic generator and the promotion gate; show "
-        "the clean route promoted step by step to 100%% and the other rolled back.",
-    ) as p:
-        p.add_argument("--duration", type=float, default=60.0, metavar="S",
-                       help="stop after S seconds at most (default %(default)s)")
-        p.add_argument("--keep", action="store_true",
-                       help="keep the proxy and dashboard running after the story ends")
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--duration", type=float, default=60.0, metavar="S",
+                   help="stop after S seconds at most (default %(default)s)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the proxy and dashboard running after the story ends")
 
 
 def run(args: argparse.Namespace) -> int:

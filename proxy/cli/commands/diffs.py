@@ -1,4 +1,9 @@
-"""`strangler diffs ROUTE [--limit N] [--export FORMAT FILE]`: the route's shadow differences."""
+"""a route's shadow differences: counts per field path, recent samples
+
+Show ROUTE's shadow differences: counts per field path (with likely noise marked), then recent
+samples, redacted. With --export, write the recorded requests and legacy answers as regression
+tests (hurl or pytest), or as the request set of `strangler reconcile` (jsonl).
+"""
 
 from __future__ import annotations
 
@@ -8,26 +13,17 @@ from pathlib import Path
 
 from proxy.cli import output
 from proxy.cli.client import AdminClient, print_json, run_with_client
-from proxy.cli.commands._common import command
 from proxy.cli.exitcodes import OK, USAGE
 
 FORMATS = ("hurl", "pytest", "jsonl")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    with command(
-        sub, "diffs", run,
-        help="a route's shadow differences: counts per field path, recent samples",
-        description="Show ROUTE's shadow differences: counts per field path (with likely "
-        "noise marked), then recent samples, redacted. With --export, write the recorded "
-        "requests and legacy answers as regression tests (hurl or pytest), or as the request "
-        "set of `strangler reconcile` (jsonl).",
-    ) as p:
-        p.add_argument("route", metavar="ROUTE")
-        p.add_argument("--limit", type=int, default=20, metavar="N",
-                       help="field paths and samples to show (default: %(default)s)")
-        p.add_argument("--export", nargs=2, metavar=("FORMAT", "FILE"),
-                       help=f"write regression tests: FORMAT is one of {', '.join(FORMATS)}")
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("route", metavar="ROUTE")
+    p.add_argument("--limit", type=int, default=20, metavar="N",
+                   help="field paths and samples to show (default: %(default)s)")
+    p.add_argument("--export", nargs=2, metavar=("FORMAT", "FILE"),
+                   help=f"write regression tests: FORMAT is one of {', '.join(FORMATS)}")
 
 
 def run(args: argparse.Namespace) -> int:

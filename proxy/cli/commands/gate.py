@@ -1,6 +1,7 @@
-"""`strangler gate ROUTE`: evaluate the promotion gate and change nothing.
+"""evaluate the promotion gate, change nothing
 
-Exit codes: 0 promote (or complete at 100%), 1 fail, 4 hold; 2 usage, 3 admin API unreachable.
+Evaluate ROUTE's promotion gate on the current step's evidence and print the decision with its
+reasons. Changes nothing. Exit 0 promote or complete, 1 fail, 4 hold (not enough evidence yet).
 """
 
 from __future__ import annotations
@@ -9,20 +10,14 @@ import argparse
 
 from proxy.cli import output
 from proxy.cli.client import AdminClient, print_json, run_with_client
-from proxy.cli.commands._common import command
 from proxy.cli.exitcodes import FAILED, HOLD, OK
 
+# Besides the decision's codes: 2 usage, 3 admin API unreachable (see proxy.cli.exitcodes).
 DECISION_EXIT = {"promote": OK, "complete": OK, "fail": FAILED, "hold": HOLD}
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    with command(
-        sub, "gate", run, help="evaluate the promotion gate, change nothing",
-        description="Evaluate ROUTE's promotion gate on the current step's evidence and print "
-        "the decision with its reasons. Changes nothing. Exit 0 promote or complete, 1 fail, "
-        "4 hold (not enough evidence yet).",
-    ) as p:
-        p.add_argument("route", metavar="ROUTE")
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("route", metavar="ROUTE")
 
 
 def exit_code(data: dict) -> int:

@@ -1,8 +1,8 @@
-"""`strangler history [ROUTE] [--verify] [--limit N]`: the audit log, newest first.
+"""the audit log: weight changes, rollbacks, resumes, reloads
 
-`--verify` checks the SHA-256 chain of the whole log and exits 1 naming the first line that
-does not chain (an entry was edited, inserted or deleted). With `--state-dir DIR` it reads
-DIR/audit.log itself, without a running proxy (e.g. when `serve` refuses a broken log).
+Show the audit log, newest first: every weight change, promotion, rollback, resume and reload with
+time, actor, reason and evidence. --verify checks the hash chain and exits 1 if any line was edited
+or deleted.
 """
 
 from __future__ import annotations
@@ -13,26 +13,18 @@ from pathlib import Path
 
 from proxy.cli import output
 from proxy.cli.client import AdminClient, print_json, run_with_client
-from proxy.cli.commands._common import command
 from proxy.cli.exitcodes import FAILED, OK, USAGE
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    with command(
-        sub, "history", run,
-        help="the audit log: weight changes, rollbacks, resumes, reloads",
-        description="Show the audit log, newest first: every weight change, promotion, "
-        "rollback, resume and reload with time, actor, reason and evidence. --verify checks "
-        "the hash chain and exits 1 if any line was edited or deleted.",
-    ) as p:
-        p.add_argument("route", metavar="ROUTE", nargs="?", help="only this route's entries")
-        p.add_argument("--verify", action="store_true",
-                       help="verify the hash chain instead of listing (exit 1 when broken)")
-        p.add_argument("--limit", type=int, default=50, metavar="N",
-                       help="entries to show (default: %(default)s)")
-        p.add_argument("--state-dir", metavar="DIR",
-                       help="with --verify: check DIR/audit.log directly, no running proxy "
-                       "needed")
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("route", metavar="ROUTE", nargs="?", help="only this route's entries")
+    p.add_argument("--verify", action="store_true",
+                   help="verify the hash chain instead of listing (exit 1 when broken)")
+    p.add_argument("--limit", type=int, default=50, metavar="N",
+                   help="entries to show (default: %(default)s)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="with --verify: check DIR/audit.log directly, no running proxy "
+                   "needed")
 
 
 def _report(data: dict, as_json: bool) -> int:
@@ -46,6 +38,8 @@ def _report(data: dict, as_json: bool) -> int:
     return FAILED
 
 
+# --verify --state-dir DIR reads DIR/audit.log itself, without a running proxy (e.g. when
+# `serve` refuses a broken log), and names the first line that does not chain.
 def _verify_offline(state_dir: str, as_json: bool) -> int:
     from proxy.control.audit import AuditLog
 

@@ -1,8 +1,7 @@
-"""`strangler promote ROUTE [--wait DURATION]`: evaluate the gate and act on it.
+"""evaluate the gate and act: step up, hold, or roll back
 
-promote steps the weight up, fail rolls back (where `auto_rollback` is on), hold changes nothing.
-With `--wait`, a hold is re-evaluated every `--interval` until another answer or the deadline.
-Exit codes as `strangler gate`: 0 promoted or complete, 1 fail, 4 hold.
+Evaluate ROUTE's promotion gate and act on it: step the weight up to the next step, hold, or roll
+back. Exit 0 promoted (or complete), 1 fail, 4 hold.
 """
 
 from __future__ import annotations
@@ -13,26 +12,23 @@ import time
 
 from proxy.cli import output
 from proxy.cli.client import AdminClient, run_with_client
-from proxy.cli.commands._common import command, print_answer
+from proxy.cli.commands._common import print_answer
 from proxy.cli.commands.gate import exit_code
 from proxy.cli.exitcodes import USAGE
 from proxy.config.units import parse_duration
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    with command(
-        sub, "promote", run, help="evaluate the gate and act: step up, hold, or roll back",
-        description="Evaluate ROUTE's promotion gate and act on it: step the weight up to the "
-        "next step, hold, or roll back. Exit 0 promoted (or complete), 1 fail, 4 hold.",
-    ) as p:
-        p.add_argument("route", metavar="ROUTE")
-        p.add_argument("--wait", metavar="DURATION", default="0s",
-                       help="keep re-evaluating while the answer is hold, up to DURATION "
-                       "(e.g. 30s, 5m, 30m)")
-        p.add_argument("--interval", metavar="DURATION", default="5s",
-                       help="time between evaluations with --wait (default: %(default)s)")
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("route", metavar="ROUTE")
+    p.add_argument("--wait", metavar="DURATION", default="0s",
+                   help="keep re-evaluating while the answer is hold, up to DURATION "
+                   "(e.g. 30s, 5m, 30m)")
+    p.add_argument("--interval", metavar="DURATION", default="5s",
+                   help="time between evaluations with --wait (default: %(default)s)")
 
 
+# fail rolls back only where the route's gate has auto_rollback on. With --wait, a hold is
+# re-evaluated every --interval until another answer or the deadline.
 def run(args: argparse.Namespace) -> int:
     try:
         wait = parse_duration(args.wait)

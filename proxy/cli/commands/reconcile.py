@@ -1,5 +1,10 @@
-"""`strangler reconcile ROUTE -c routes.yaml (--requests FILE | --from-store)`: replay reads
-against legacy and target directly, compare them with the route's rules, record the run."""
+"""replay reads against legacy and target, report drift per field
+
+Replay safe (GET/HEAD) requests against ROUTE's legacy and target upstreams directly, compare the
+answers with the route's compare rules (ignore, redact, array_keys, numeric_tolerance, noise twin)
+and record the run in the diff store. Exits 0 clean, 1 drift (or requests that could not be
+compared), 2 usage or config error.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import time
 from pathlib import Path
 
 from proxy.cli import output
-from proxy.cli.commands._common import add_config_option, command, load_or_report, report_problems
+from proxy.cli.commands._common import add_config_option, load_or_report, report_problems
 from proxy.cli.exitcodes import FAILED, OK, USAGE
 from proxy.control.reconcile import DEFAULT_RATE, Replayer
 from shadow.reconcile import RunResult, Tally
@@ -25,34 +30,27 @@ from shadow.requestset import ReplayRequest, RequestSetError, from_samples, pars
 MAX_CONCURRENCY = 64
 _NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
+USES_ADMIN_API = False  # no --admin/--token/--json/--actor options
 
-def register(sub: argparse._SubParsersAction) -> None:
-    with command(
-        sub, "reconcile", run, client=False,
-        help="replay reads against legacy and target, report drift per field",
-        description="Replay safe (GET/HEAD) requests against ROUTE's legacy and target "
-        "upstreams directly, compare the answers with the route's compare rules (ignore, "
-        "redact, array_keys, numeric_tolerance, noise twin) and record the run in the diff "
-        "store. Exits 0 clean, 1 drift (or requests that could not be compared), 2 usage or "
-        "config error.",
-    ) as p:
-        p.add_argument("route", metavar="ROUTE")
-        add_config_option(p)
-        src = p.add_mutually_exclusive_group(required=True)
-        src.add_argument("--requests", metavar="FILE",
-                         help="requests to replay: a `diffs --export jsonl` or `hurl` file, or "
-                         "plain lines ('GET /path', '/path', '#' comments)")
-        src.add_argument("--from-store", action="store_true",
-                         help="replay the requests recorded in the diff store for ROUTE")
-        p.add_argument("--rate", type=float, default=DEFAULT_RATE, metavar="N",
-                       help="requests per second, each sent to every side "
-                       "(default: %(default)g)")
-        p.add_argument("--concurrency", type=int, default=4, metavar="K",
-                       help=f"requests in flight (1-{MAX_CONCURRENCY}, default: %(default)s)")
-        p.add_argument("--header", action="append", default=[], metavar="NAME=ENV_VAR",
-                       help="add header NAME to every replayed request, its value read from "
-                       "environment variable ENV_VAR (never stored); repeatable")
-        p.add_argument("--json", action="store_true", help="print the run as one JSON object")
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("route", metavar="ROUTE")
+    add_config_option(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--requests", metavar="FILE",
+                     help="requests to replay: a `diffs --export jsonl` or `hurl` file, or "
+                     "plain lines ('GET /path', '/path', '#' comments)")
+    src.add_argument("--from-store", action="store_true",
+                     help="replay the requests recorded in the diff store for ROUTE")
+    p.add_argument("--rate", type=float, default=DEFAULT_RATE, metavar="N",
+                   help="requests per second, each sent to every side "
+                   "(default: %(default)g)")
+    p.add_argument("--concurrency", type=int, default=4, metavar="K",
+                   help=f"requests in flight (1-{MAX_CONCURRENCY}, default: %(default)s)")
+    p.add_argument("--header", action="append", default=[], metavar="NAME=ENV_VAR",
+                   help="add header NAME to every replayed request, its value read from "
+                   "environment variable ENV_VAR (never stored); repeatable")
+    p.add_argument("--json", action="store_true", help="print the run as one JSON object")
 
 
 def _usage(msg: str) -> int:

@@ -1,4 +1,8 @@
-"""`strangler resume ROUTE --reason TEXT`: lift a rollback freeze (the weight stays 0)."""
+"""lift a rollback freeze (the weight stays 0 until set or promoted)
+
+Lift ROUTE's rollback freeze. Its weight stays 0 until `strangler set-weight` or `strangler
+promote` changes it.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,14 @@ import argparse
 
 from proxy.cli import output
 from proxy.cli.client import AdminClient, run_with_client
-from proxy.cli.commands._common import command, print_answer
+from proxy.cli.commands._common import print_answer
 from proxy.cli.exitcodes import OK
 
+NEEDS_REASON = True  # --reason TEXT, required, recorded in the audit log
 
-def register(sub: argparse._SubParsersAction) -> None:
-    with command(
-        sub, "resume", run, reason=True,
-        help="lift a rollback freeze (the weight stays 0 until set or promoted)",
-        description="Lift ROUTE's rollback freeze. Its weight stays 0 until `strangler "
-        "set-weight` or `strangler promote` changes it.",
-    ) as p:
-        p.add_argument("route", metavar="ROUTE")
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("route", metavar="ROUTE")
 
 
 def run(args: argparse.Namespace) -> int:

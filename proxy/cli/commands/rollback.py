@@ -1,7 +1,8 @@
-"""`strangler rollback ROUTE --reason TEXT` / `strangler rollback --all --reason TEXT`.
+"""send 100% of a route's (or every route's) traffic to legacy now
 
-Sends 100% of the route's (every route's) traffic to legacy before the command returns, and
-freezes it there through reloads and restarts until `strangler resume`.
+Send 100% of ROUTE's traffic (with --all, every route's) to legacy: it takes effect for every
+request accepted after this command returns. The route stays frozen at 0 through reloads and
+restarts until `strangler resume`.
 """
 
 from __future__ import annotations
@@ -11,20 +12,15 @@ import sys
 
 from proxy.cli import output
 from proxy.cli.client import AdminClient, run_with_client
-from proxy.cli.commands._common import command, print_answer
+from proxy.cli.commands._common import print_answer
 from proxy.cli.exitcodes import OK, USAGE
 
+NEEDS_REASON = True  # --reason TEXT, required, recorded in the audit log
 
-def register(sub: argparse._SubParsersAction) -> None:
-    with command(
-        sub, "rollback", run, reason=True,
-        help="send 100%% of a route's (or every route's) traffic to legacy now",
-        description="Send 100%% of ROUTE's traffic (with --all, every route's) to legacy: "
-        "it takes effect for every request accepted after this command returns. The route "
-        "stays frozen at 0 through reloads and restarts until `strangler resume`.",
-    ) as p:
-        p.add_argument("route", metavar="ROUTE", nargs="?")
-        p.add_argument("--all", action="store_true", help="roll back every route")
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("route", metavar="ROUTE", nargs="?")
+    p.add_argument("--all", action="store_true", help="roll back every route")
 
 
 def run(args: argparse.Namespace) -> int:

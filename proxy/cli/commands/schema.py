@@ -1,26 +1,24 @@
-"""`strangler schema [--helm]`: print routes.yaml's JSON Schema, written from the typed model."""
+"""print the JSON Schema of routes.yaml
+
+Print the JSON Schema (2020-12) of routes.yaml, from the same model `strangler validate` checks
+with. Editors use it while you type (the repository's copy is docs/routes.schema.json). A schema
+cannot check everything: upstream references, routes an earlier route always wins over and
+canonical paths are only checked by `strangler validate`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from proxy.cli.commands._common import command
 from proxy.cli.exitcodes import OK
 
+USES_ADMIN_API = False  # no --admin/--token/--json/--actor options
 
-def register(sub: argparse._SubParsersAction) -> None:
-    with command(
-        sub, "schema", run, client=False,
-        help="print the JSON Schema of routes.yaml",
-        description="Print the JSON Schema (2020-12) of routes.yaml, from the same model "
-        "`strangler validate` checks with. Editors use it while you type (the repository's "
-        "copy is docs/routes.schema.json). A schema cannot check everything: upstream "
-        "references, routes an earlier route always wins over and canonical paths are only "
-        "checked by `strangler validate`.",
-    ) as p:
-        p.add_argument("--helm", action="store_true",
-                       help="the draft-07 form the Helm chart checks its `config` value with")
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--helm", action="store_true",
+                   help="the draft-07 form the Helm chart checks its `config` value with")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,8 @@
-"""`strangler set-weight ROUTE PERCENT --reason TEXT`: change a route's weight now."""
+"""change a route's weight now (0-100, up to two decimals)
+
+Send PERCENT of the route's matching traffic to target from now on. Refused (exit 1) while the
+route is rolled back: `strangler resume` it first.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,16 @@ import sys
 
 from proxy.cli import output
 from proxy.cli.client import AdminClient, run_with_client
-from proxy.cli.commands._common import command, print_answer
+from proxy.cli.commands._common import print_answer
 from proxy.cli.exitcodes import OK, USAGE
 
+NEEDS_REASON = True  # --reason TEXT, required, recorded in the audit log
 
-def register(sub: argparse._SubParsersAction) -> None:
-    with command(
-        sub, "set-weight", run, reason=True,
-        help="change a route's weight now (0-100, up to two decimals)",
-        description="Send PERCENT of the route's matching traffic to target from now on. "
-        "Refused (exit 1) while the route is rolled back: `strangler resume` it first.",
-    ) as p:
-        p.add_argument("route", metavar="ROUTE")
-        p.add_argument("percent", metavar="PERCENT", type=float,
-                       help="0-100, up to two decimals")
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("route", metavar="ROUTE")
+    p.add_argument("percent", metavar="PERCENT", type=float,
+                   help="0-100, up to two decimals")
 
 
 def run(args: argparse.Namespace) -> int:

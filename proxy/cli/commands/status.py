@@ -1,4 +1,8 @@
-"""`strangler status`: every route's weight, state, traffic, errors, p99, shadow and gate."""
+"""table of routes: weight, state, traffic, errors, p99, shadow, gate
+
+Show every route of the running proxy: effective weight, state (active, rolled_back), requests and
+error rate per backend, p99, shadow mismatch rate and the last gate decision.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,7 @@ import argparse
 
 from proxy.cli import output
 from proxy.cli.client import AdminClient, print_json, run_with_client
-from proxy.cli.commands._common import command
 from proxy.cli.exitcodes import OK
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    with command(
-        sub, "status", run,
-        help="table of routes: weight, state, traffic, errors, p99, shadow, gate",
-        description="Show every route of the running proxy: effective weight, state "
-        "(active, rolled_back), requests and error rate per backend, p99, shadow mismatch "
-        "rate and the last gate decision.",
-    ):
-        pass  # no arguments beyond the admin API options
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,21 +1,21 @@
-"""`strangler validate [-c routes.yaml]`: check a config and print every problem in it."""
+"""check routes.yaml; print every problem as FILE:LINE: path: message
+
+Check a routes.yaml without starting anything. Prints every problem as FILE:LINE: path.to.field:
+message on stderr and exits 2; exits 0 when the file is valid.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from proxy.cli.commands._common import add_config_option, command, load_or_report
+from proxy.cli.commands._common import add_config_option, load_or_report
 from proxy.cli.exitcodes import OK
 
+USES_ADMIN_API = False  # no --admin/--token/--json/--actor options
 
-def register(sub: argparse._SubParsersAction) -> None:
-    with command(
-        sub, "validate", run, client=False,
-        help="check routes.yaml; print every problem as FILE:LINE: path: message",
-        description="Check a routes.yaml without starting anything. Prints every problem as "
-        "FILE:LINE: path.to.field: message on stderr and exits 2; exits 0 when the file is valid.",
-    ) as p:
-        add_config_option(p)
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    add_config_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
