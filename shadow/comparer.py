@@ -17,6 +17,7 @@ between one data plane and the child it spawned):
     ("flush", token)
   comparer -> data plane
     ("results", [(route, step, result, n), ...])  # result: match|mismatch|error
+    ("skipped", [(route, reason, n), ...])  # pairs not compared (decoded_too_large)
     ("flushed", token)  # every frame before the flush is compared and on disk
 
 Headers arrive as the data plane has them (bytes); decoding happens here.
@@ -36,6 +37,7 @@ from typing import Any
 
 import structlog
 
+from shadow.decode import decoded
 from shadow.diff import Comparator
 from shadow.model import Comparison, Exchange, RequestRecord
 from shadow.noise import NoiseModel
@@ -96,6 +98,7 @@ class Comparer:
         self.comparators: dict[str, tuple[Any, Comparator]] = {}
         self.noise: dict[str, NoiseModel] = {}
         self.results: Counter[tuple[str, int, str]] = Counter()
+        self.skipped: Counter[tuple[str, str]] = Counter()
         self.last_sent = time.monotonic()
 
     def handle(self, frame: tuple) -> None:
@@ -138,11 +141,19 @@ class Comparer:
         if entry is None:  # the route went away in a reload: nothing to compare it with
             return
         comparator = entry[1]
+        limit = comparator.spec.max_decoded
         try:
-            primary_ex, other_ex = _exchange(primary), _exchange(other)
+            # Decoded once, here: the comparison, redaction and the store see the same bytes.
+            primary_ex = decoded(_exchange(primary), limit)
+            other_ex = decoded(_exchange(other), limit)
+            noise_ex = decoded(_exchange(noise), limit) if noise else None
+            if any(ex is not None and ex.problem == "too_large"
+                   for ex in (primary_ex, other_ex, noise_ex)):
+                self.skipped[(route, "decoded_too_large")] += 1  # a bomb is not expanded
+                return
             legacy, tgt = (other_ex, primary_ex) if served_by_target else (primary_ex, other_ex)
             cmp = comparator.compare(legacy, tgt)
-            noise_cmp = comparator.compare(legacy, _exchange(noise)) if noise else None
+            noise_cmp = comparator.compare(legacy, noise_ex) if noise_ex else None
             result: Comparison = self._noise(route).observe(cmp, noise_cmp)
         except Exception:
             log.exception("shadow comparison failed", route=route)
@@ -150,12 +161,12 @@ class Comparer:
             return
         self.results[(route, step, result.result)] += 1
         if self.store is not None:
-            request = RequestRecord(
+            request = decoded(RequestRecord(
                 method.decode("latin-1"),
                 target.decode("latin-1"),
                 tuple((n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in req_headers),
                 req_body,
-            )
+            ), limit)
             self.store.record(route, step, request, legacy, tgt, result, comparator.redactor)
 
     def send(self, obj: object) -> None:
@@ -167,6 +178,10 @@ class Comparer:
 
     def send_results(self) -> None:
         self.last_sent = time.monotonic()
+        if self.skipped:
+            skipped = [(r, why, n) for (r, why), n in self.skipped.items()]
+            self.skipped.clear()
+            self.send(("skipped", skipped))
         if not self.results:
             return
         items = [(r, s, x, n) for (r, s, x), n in self.results.items()]
@@ -185,7 +200,7 @@ def serve(in_fd: int, out_fd: int) -> None:
     try:
         while True:
             wait = None
-            if comparer.results:
+            if comparer.results or comparer.skipped:
                 wait = max(0.0, comparer.last_sent + RESULTS_INTERVAL - time.monotonic())
             ready, _, _ = select.select([in_fd], [], [], wait)
             if ready:
@@ -194,7 +209,8 @@ def serve(in_fd: int, out_fd: int) -> None:
                     return  # the data plane closed the pipe: finish and exit
                 for frame in reader.feed(data):
                     comparer.handle(frame)
-            if comparer.results and time.monotonic() - comparer.last_sent >= RESULTS_INTERVAL:
+            if ((comparer.results or comparer.skipped)
+                    and time.monotonic() - comparer.last_sent >= RESULTS_INTERVAL):
                 comparer.send_results()
     finally:
         comparer.close()

@@ -29,11 +29,11 @@ import fnmatch
 import json
 import math
 import unicodedata
-import zlib
 from collections.abc import Sequence
 from decimal import Decimal
 
 from proxy.config.spec import CompareSpec
+from shadow.decode import decoded
 from shadow.jsonpath import PathSet, PathSyntaxError, Segment, State, format_path, is_json_path
 from shadow.model import Comparison, Difference, Exchange
 from shadow.redact import Redactor
@@ -43,7 +43,6 @@ __all__ = ["Comparator", "is_json_media", "media_type", "parse_ignore"]
 _NOT_JSON = object()
 _PREVIEW_CHARS = 200
 _MAX_VALUE_CHARS = 2048  # a larger subtree (missing/extra/type) is summarised in the difference
-_MAX_DECODED = 64 * 1024 * 1024
 _HEADER_PREFIX = "header:"
 
 
@@ -159,31 +158,16 @@ def _key_of(v: object) -> object:
         return None
 
 
-def _decode(ex: Exchange) -> bytes:
-    """Undo gzip/deflate when the body is still encoded (falls back to the raw bytes)."""
-    enc = (ex.header("content-encoding") or "").strip().lower()
-    if enc not in ("gzip", "x-gzip", "deflate") or not ex.body:
-        return ex.body
-    try:
-        wbits = 47 if enc != "deflate" else 15  # 47: gzip or zlib header, auto-detected
-        d = zlib.decompressobj(wbits)
-        out = d.decompress(ex.body, _MAX_DECODED)
-        if d.unconsumed_tail:
-            return ex.body
-        return out
-    except zlib.error:
-        if enc == "deflate":
-            try:
-                return zlib.decompress(ex.body, -15)
-            except zlib.error:
-                return ex.body
-        return ex.body
-
-
 def _normalise_bytes(body: bytes, media: str) -> bytes:
     if media.startswith("text/"):
         return body.replace(b"\r\n", b"\n").rstrip()
     return body
+
+
+def _opaque(ex: Exchange) -> str:
+    if ex.problem is None:
+        return _preview(ex.body)
+    return f"<{len(ex.body)} bytes, {', '.join(ex.codings) or 'encoded'}, not decodable>"
 
 
 def _preview(body: bytes) -> str:
@@ -234,6 +218,11 @@ class Comparator:
             return Comparison((), error=f"comparison failed: {type(e).__name__}")
 
     def _compare(self, legacy: Exchange, target: Exchange) -> Comparison:
+        limit = self.spec.max_decoded
+        legacy, target = decoded(legacy, limit), decoded(target, limit)
+        if legacy.problem == "too_large" or target.problem == "too_large":
+            return Comparison((), error=f"a body decodes to more than {limit} bytes "
+                                        "(compare.max_decoded)")
         out: list[Difference] = []
         if not self._ignore_status and legacy.status != target.status:
             out.append(Difference("status", "status", legacy.status, target.status))
@@ -264,8 +253,11 @@ class Comparator:
             return
         lmedia, _ = media_type(legacy.header("content-type"))
         tmedia, _ = media_type(target.header("content-type"))
-        lbody, tbody = _decode(legacy), _decode(target)
+        lbody, tbody = legacy.body, target.body
         if lbody == tbody:
+            return
+        if legacy.problem or target.problem:  # not decodable: opaque bytes, never previewed
+            out.append(Difference("$", "body", _opaque(legacy), _opaque(target)))
             return
         lj, tj = self._json(lbody, lmedia), self._json(tbody, tmedia)
         if lj is not _NOT_JSON and tj is not _NOT_JSON:

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 
 from shadow.diff import parse_ignore
 from shadow.jsonpath import PathSet, Segment, State, format_path
-from shadow.model import RequestRecord
 from shadow.redact import REDACTED
 
 if TYPE_CHECKING:
@@ -94,9 +93,13 @@ def _walk(doc: object, at: tuple[Segment, ...], st: State, ign: PathSet) -> Iter
 
 
 @dataclass(frozen=True, slots=True)
-class _Case(RequestRecord):
+class _Case:
     """A recorded request to replay, with legacy's status and the assertions on its body."""
 
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
     status: int
     asserts: tuple[Assertion, ...]
 

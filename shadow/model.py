@@ -33,12 +33,21 @@ def header_value(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
-    """One upstream response as seen by the mirror. `truncated`: body cut at shadow.max_body."""
+    """One upstream response as seen by the mirror. `truncated`: body cut at shadow.max_body.
+
+    As the data plane hands it over, `body` is the bytes on the wire. `shadow.decode.decoded`
+    undoes its Content-Encoding once (`decoded` True): `body` is then the decoded bytes and
+    `codings` what was undone, or, when that failed (`problem`: "too_large" or
+    "undecodable"), still the wire bytes, which are never stored or shown.
+    """
 
     status: int
     headers: tuple[tuple[str, str], ...]  # lower-case names, in order received
     body: bytes
     truncated: bool = False
+    decoded: bool = False
+    codings: tuple[str, ...] = ()
+    problem: str | None = None
 
     def header(self, name: str) -> str | None:
         return header_value(self.headers, name)
@@ -46,12 +55,19 @@ class Exchange:
 
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
-    """The request as forwarded (path includes the query string)."""
+    """The request as forwarded (path includes the query string). `decoded`, `codings` and
+    `problem` as in `Exchange` (a mirrored request body may be gzip-encoded too)."""
 
     method: str
     path: str
     headers: tuple[tuple[str, str], ...]
     body: bytes
+    decoded: bool = False
+    codings: tuple[str, ...] = ()
+    problem: str | None = None
+
+    def header(self, name: str) -> str | None:
+        return header_value(self.headers, name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from shadow import dbfile
 from shadow.reconcile import RunResult
 
 __all__ = ["KEEP_RUNS", "ReconcileStore", "latest_runs"]
@@ -53,9 +54,7 @@ class ReconcileStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = _connect(self.path)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn = dbfile.connect(self.path)  # created 0600, like the diff store
         self._conn.executescript(_SCHEMA)
 
     def begin(self, route: str, source: str, started: float | None = None) -> int:

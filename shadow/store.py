@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.config.spec import SAFE_METHODS
+from shadow import dbfile
 from shadow.model import Comparison, Exchange, RequestRecord
 from shadow.redact import Redactor
 
@@ -108,10 +109,7 @@ class _Stop:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
+    return dbfile.connect(path, check_same_thread=False)
 
 
 def _body_json(body: bytes, limit: int = SAMPLE_BODY_LIMIT) -> dict[str, object]:
@@ -141,12 +139,15 @@ def _body_bytes(b: dict[str, object]) -> bytes:
 
 
 def _exchange_json(ex: Exchange) -> dict[str, object]:
-    return {
+    out: dict[str, object] = {
         "status": ex.status,
         "headers": [list(h) for h in ex.headers],
         "body": _body_json(ex.body),
         "truncated": ex.truncated,
     }
+    if ex.codings:
+        out["decoded"] = list(ex.codings)  # the body is shown decoded
+    return out
 
 
 class DiffStore:

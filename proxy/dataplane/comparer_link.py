@@ -164,6 +164,10 @@ class ComparerLink:
                         for route, step, result, n in frame[1]:
                             key = (route, step, result)
                             d[key] = d.get(key, 0) + n
+                    elif frame[0] == "skipped":
+                        sk = rec.delta.skipped
+                        for route, reason, n in frame[1]:
+                            sk[(route, reason)] = sk.get((route, reason), 0) + n
                     elif frame[0] == "flushed":
                         fut = self._flushes.get(frame[1])
                         if fut is not None and not fut.done():
