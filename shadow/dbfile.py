@@ -63,7 +63,7 @@ Step = Callable[[sqlite3.Connection], None]
 
 
 def migrate(conn: sqlite3.Connection, steps: list[Step], create: Step) -> int:
-    """Bring the file to version len(steps) + 1... see `shadow.store.MIGRATIONS`.
+    """Bring the file to version len(steps), in one transaction.
 
     `create` makes the current schema in a new file. `steps[i]` moves a file at version i to
     i + 1 (version 0 is a file from before versioning). Returns the version found."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import decimal
 import fnmatch
+import hashlib
 import json
 import math
 import unicodedata
@@ -34,16 +35,33 @@ from decimal import Decimal
 
 from proxy.config.spec import CompareSpec
 from shadow.decode import decoded
-from shadow.jsonpath import PathSet, PathSyntaxError, Segment, State, format_path, is_json_path
+from shadow.jsonpath import (
+    PathSet,
+    PathSyntaxError,
+    Segment,
+    State,
+    format_path,
+    is_json_path,
+    parse_canonical,
+)
 from shadow.model import Comparison, Difference, Exchange
 from shadow.redact import Redactor
 
-__all__ = ["Comparator", "is_json_media", "media_type", "parse_ignore"]
+__all__ = ["Comparator", "is_json_media", "media_type", "parse_ignore", "rules_id"]
 
 _NOT_JSON = object()
 _PREVIEW_CHARS = 200
 _MAX_VALUE_CHARS = 2048  # a larger subtree (missing/extra/type) is summarised in the difference
 _HEADER_PREFIX = "header:"
+
+
+def rules_id(spec: CompareSpec) -> str:
+    """A short id of what decides the differences (headers, ignore, redact, tolerance,
+    array_keys, noise twin): evidence taken under other rules is kept apart from the current."""
+    key = json.dumps([list(spec.headers), list(spec.ignore), list(spec.redact),
+                      spec.numeric_tolerance, [list(x) for x in spec.array_keys],
+                      spec.noise_upstream])
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def media_type(content_type: str | None) -> tuple[str, str | None]:
@@ -187,8 +205,10 @@ class Comparator:
         "_headers",
         "_ignore",
         "_ignore_status",
+        "_overflow",
         "_tol",
         "redactor",
+        "rules",
         "spec",
     )
 
@@ -203,6 +223,8 @@ class Comparator:
         self._array_fields = tuple(k for _, k in self.spec.array_keys)
         self._tol = Decimal(repr(float(self.spec.numeric_tolerance)))
         self.redactor = redactor or Redactor(self.spec.redact)
+        self.rules = rules_id(self.spec)
+        self._overflow = 0
 
     @property
     def ignore_paths(self) -> PathSet:
@@ -210,6 +232,21 @@ class Comparator:
 
     def header_ignored(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, g) for g in self._header_ignores)
+
+    def ignores(self, path: str) -> bool:
+        """Do these rules leave out every difference a row with this canonical path counts
+        (`status`, `header:NAME`, `$.items[*].ts`)? A rule naming one index (`$.items[0]`)
+        does not cover `[*]`."""
+        if path == "status":
+            return self._ignore_status
+        if path.startswith(_HEADER_PREFIX):
+            return self.header_ignored(path[len(_HEADER_PREFIX):])
+        if not is_json_path(path) or not self._ignore:
+            return False
+        try:
+            return self._ignore.covers(parse_canonical(path))
+        except PathSyntaxError:
+            return False
 
     def compare(self, legacy: Exchange, target: Exchange) -> Comparison:
         try:
@@ -243,7 +280,8 @@ class Comparator:
             self._compare_bodies(legacy, target, out)
         red = self.redactor
         diffs = tuple(red.redact_difference(d) for d in out)
-        return Comparison(diffs, body_compared=body_compared)
+        overflow, self._overflow = self._overflow, 0
+        return Comparison(diffs, body_compared=body_compared, overflow=overflow)
 
     # -- bodies -----------------------------------------------------------------------------
 
@@ -261,13 +299,14 @@ class Comparator:
             return
         lj, tj = self._json(lbody, lmedia), self._json(tbody, tmedia)
         if lj is not _NOT_JSON and tj is not _NOT_JSON:
-            found: list[Difference] = []
+            found = _Found(self.spec.max_fields)
             try:
                 self._walk(lj, tj, (), root, self._array_keys.start(), found)
             except RecursionError:
                 pass  # nested too deep to walk: compared as bytes below
             else:
                 out.extend(found)
+                self._overflow = found.overflow
                 return
         if _normalise_bytes(lbody, lmedia) != _normalise_bytes(tbody, tmedia):
             out.append(Difference("$", "body", _preview(lbody), _preview(tbody)))
@@ -404,6 +443,21 @@ class Comparator:
                 return abs(Decimal(a) - Decimal(b)) <= self._tol  # type: ignore[arg-type]
         except (ArithmeticError, TypeError, ValueError):
             return False
+
+
+class _Found(list):
+    """The differences of one comparison: at most `cap` itemised, the rest only counted."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+        self.overflow = 0
+
+    def append(self, d: Difference) -> None:
+        if len(self) < self.cap:
+            super().append(d)
+        else:
+            self.overflow += 1
 
 
 def _index_by(arr: list[object], field: str) -> dict[object, int] | None:
