@@ -19,9 +19,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 
 from shadow.decode import decoded
-from shadow.jsonpath import PathSet, PathSyntaxError, Segment, State, is_json_path, parse_path
+from shadow.jsonpath import (
+    PathSet,
+    PathSyntaxError,
+    Segment,
+    State,
+    is_json_path,
+    parse_canonical,
+)
 from shadow.model import Difference, Exchange, RequestRecord
 
 __all__ = ["ALWAYS_REDACTED_HEADERS", "REDACTED", "WITHHELD", "Redactor", "withheld"]
@@ -120,13 +128,14 @@ class Redactor:
         return obj
 
     def path_redacted(self, path: str) -> bool:
-        """Is this concrete path (`$...` or `header:NAME`) at or below a redacted one?"""
+        """Is this concrete or canonical path (`$.a[3].b`, `$.a[*].b`, `header:NAME`) at or
+        below a redacted one (for `[*]`: whatever the index)?"""
         if path.startswith(_HEADER_PREFIX):
             return self.header_redacted(path[len(_HEADER_PREFIX) :])
         if not is_json_path(path) or not self._body:
             return False
         try:
-            return self._body.covers(parse_path(path))
+            return self._body.covers(parse_canonical(path))
         except PathSyntaxError:
             return False
 
@@ -175,19 +184,17 @@ class Redactor:
 
     def redact_difference(self, d: Difference) -> Difference:
         if self.path_redacted(d.path):
-            return Difference(d.path, d.kind, REDACTED, REDACTED)
+            return replace(d, legacy=REDACTED, target=REDACTED)
         if d.kind == "body":
-            return Difference(
-                d.path, d.kind, self._redact_preview(d.legacy), self._redact_preview(d.target)
-            )
+            return replace(d, legacy=self._redact_preview(d.legacy),
+                           target=self._redact_preview(d.target))
         if is_json_path(d.path) and self._body:
             try:
-                segs = parse_path(d.path)
+                segs = parse_canonical(d.path)
             except PathSyntaxError:
                 return d
-            return Difference(
-                d.path, d.kind, self.redact_json(d.legacy, segs), self.redact_json(d.target, segs)
-            )
+            return replace(d, legacy=self.redact_json(d.legacy, segs),
+                           target=self.redact_json(d.target, segs))
         return d
 
     def _redact_preview(self, v: object) -> object:
