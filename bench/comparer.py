@@ -10,6 +10,10 @@ the data plane sends them: decode, compare, de-noise, count, sample, redact, wri
 
 Prints the process CPU time per pair (min of --rounds), including the store's writer thread
 (flushed at the end of each round).
+
+`--store-size N`: instead, N comparisons of a 10,000-element list (every element's `ts`
+differs, every 7th has an extra field, values change every time) through the comparer and its
+store; prints the store's rows and file size (issue 24.1: bounded for lists of any length).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -73,13 +78,44 @@ def run_round(pairs: int, legacy: bytes, target: bytes, directory: Path) -> floa
     return cpu / pairs * 1e6
 
 
+def list10k(seed: int, drift: bool) -> bytes:
+    return json.dumps([{"id": i, "name": f"n{i}", "amount": i * 3, "ts": f"{seed}-{i}",
+                        **({"extra": seed} if drift and i % 7 == 0 else {})}
+                       for i in range(10_000)]).encode()
+
+
+def store_size(pairs: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="strangler-bench-comparer-") as d:
+        db = Path(d) / "diffs.sqlite3"
+        comparer = Comparer(out_fd=-1)
+        comparer.send_results = lambda: None  # type: ignore[method-assign]
+        comparer.handle(("config", str(db), 200, 7.0, {"r": CompareSpec()}))
+        t0 = time.monotonic()
+        for i in range(pairs):
+            comparer.handle(frame(i, list10k(i, False), list10k(i + 1, True)))
+        assert comparer.store is not None
+        comparer.store.close()
+        elapsed = time.monotonic() - t0
+        with sqlite3.connect(db) as conn:
+            rows = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                    for t in ("comparisons", "fields", "samples", "sample_refs")}
+            compared = conn.execute("SELECT compared FROM comparisons WHERE step=-1").fetchone()
+        size = sum(p.stat().st_size for p in db.parent.glob("diffs.sqlite3*"))
+        print(f"{pairs} comparisons of a 10,000-element list in {elapsed:.0f} s: "
+              f"compared {compared[0]}; rows {rows}; store {size / 1024:.0f} KiB")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.comparer",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--pairs", type=int, default=200)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--only", choices=sorted(PAIRS), default=None)
+    p.add_argument("--store-size", type=int, metavar="N", default=0)
     args = p.parse_args(argv)
+    if args.store_size:
+        store_size(args.store_size)
+        return 0
     for name, (legacy, target) in PAIRS.items():
         if args.only and name != args.only:
             continue

@@ -452,7 +452,7 @@ class Comparator:
         matched = self._array_keys.accepted(keys)
         if matched:
             field = self._array_fields[min(matched)]
-            ia, ib = _index_by(a, field), _index_by(b, field)
+            ia, ib = index_by(a, field), index_by(b, field)
             if ia is not None and ib is not None:
                 for key, i in ia.items():
                     j = ib.get(key)
@@ -575,7 +575,7 @@ class _Found:
                                   examples, g.varies))
 
 
-def _index_by(arr: list[object], field: str) -> dict[object, int] | None:
+def index_by(arr: list[object], field: str) -> dict[object, int] | None:
     """key value -> index, or None when an element has no usable, unique key."""
     idx: dict[object, int] = {}
     for i, el in enumerate(arr):

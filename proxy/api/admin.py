@@ -307,7 +307,7 @@ class Admin:
         def run() -> tuple[int, str]:
             with tempfile.TemporaryDirectory(prefix="strangler-export-") as d:
                 path = Path(d) / f"export.{fmt}"
-                n = export(store, name, fmt, path, ignore=spec.shadow.compare.ignore)
+                n = export(store, name, fmt, path, compare=spec.shadow.compare)
                 return n, path.read_text(encoding="utf-8")
 
         count, text = await asyncio.to_thread(run)
