@@ -478,7 +478,7 @@ class DiffStore:
                 f"SELECT MIN(started), MAX(updated) FROM comparisons WHERE {where}",
                 args).fetchone()
         counts = self.counts(route, step, rules)
-        compared = counts.compared
+        compared = counts.compared  # rates are over the pairs that were really compared
         hints = _rename_hints(renames, fields)
         out_fields = []
         for (p, k), (n, elements, of) in fields.items():
@@ -509,8 +509,9 @@ class DiffStore:
             "window": {"step": step, "rules": rules, "all": step is None,
                        "first": window[0] if window else None,
                        "last": window[1] if window else None},
-            "compared": compared,
-            "mismatched": counts.mismatched,
+            # as the gate counts: an error is a compared-and-mismatched pair
+            "compared": compared + counts.errors,
+            "mismatched": counts.mismatched + counts.errors,
             "errors": counts.errors,
             "fields": out_fields[:limit],
             "fields_total": len(out_fields),
