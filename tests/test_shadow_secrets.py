@@ -134,6 +134,10 @@ async def test_compressed_secrets_are_decoded_redacted_and_the_store_is_private(
                 assert r.status == 200
         async with s.get(proxy.admin + "/admin/routes/pay/diffs?limit=50") as r:
             view = await r.text()
+    live = proxy.dir / "state" / "diffs.sqlite3"
+    for suffix in ("", "-wal", "-shm"):  # while the store is open, its WAL files exist too
+        side = live.with_name(live.name + suffix)
+        assert stat.S_IMODE(side.stat().st_mode) == 0o600, side
     assert await proxy.stop() == 0
     for secret in SECRETS:
         assert secret not in view

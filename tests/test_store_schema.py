@@ -4,7 +4,9 @@ a file from before versioning is migrated in place, one from a newer strangler i
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 import time
 from pathlib import Path
 
@@ -72,7 +74,9 @@ def _v0_file(path: Path) -> None:
 def test_a_file_from_before_versioning_is_migrated_in_place(tmp_path: Path) -> None:
     path = tmp_path / "diffs.sqlite3"
     _v0_file(path)
+    os.chmod(path, 0o644)  # as older releases created it
     store = DiffStore(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # made private when opened
     try:
         assert store.counts("accounts") == (30, 20, 0)
         assert store.counts("accounts", step=2) == (10, 6, 0)
