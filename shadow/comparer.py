@@ -13,20 +13,30 @@ between one data plane and the child it spawned):
     ("config", store_path, max_samples_per_route, retention_days, {route: CompareSpec})
     ("pair", route, step, served_by_target, method, target, req_headers, req_body,
              primary, other, noise)  # primary/other/noise: (status, headers, body, truncated)
-    ("matches", [(route, step, n), ...])  # byte-identical pairs counted on the data plane
+    ("counts", [(route, step, result, n), ...])  # counted on the data plane: "match" for
+                                                # byte-identical pairs, "error" for mirrors
+                                                # whose other side did not answer
     ("flush", token)
   comparer -> data plane
     ("results", [(route, step, result, n), ...])  # result: match|mismatch|error
+    ("skipped", [(route, reason, n), ...])  # pairs not compared (decoded_too_large)
     ("flushed", token)  # every frame before the flush is compared and on disk
 
 Headers arrive as the data plane has them (bytes); decoding happens here.
+
+Stopping: EOF on stdin (the data plane closed the pipe) or SIGTERM (systemd stopping the whole
+group, or the data plane giving up waiting): the comparer compares what it has already read
+(and, on SIGTERM, what is already in the pipe, for at most `DRAIN_SECONDS`), writes its counters
+and samples, and exits 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import select
+import signal
 import struct
 import sys
 import time
@@ -36,6 +46,7 @@ from typing import Any
 
 import structlog
 
+from shadow.decode import decoded
 from shadow.diff import Comparator
 from shadow.model import Comparison, Exchange, RequestRecord
 from shadow.noise import NoiseModel
@@ -46,6 +57,7 @@ __all__ = ["FrameReader", "encode", "main"]
 log = structlog.get_logger("strangler.comparer")
 
 RESULTS_INTERVAL = 0.05  # how often counted results go back to the data plane
+DRAIN_SECONDS = 2.0  # on SIGTERM: longest spent on frames already in the pipe
 _LEN = struct.Struct("!I")
 
 
@@ -96,17 +108,21 @@ class Comparer:
         self.comparators: dict[str, tuple[Any, Comparator]] = {}
         self.noise: dict[str, NoiseModel] = {}
         self.results: Counter[tuple[str, int, str]] = Counter()
+        self.skipped: Counter[tuple[str, str]] = Counter()
         self.last_sent = time.monotonic()
 
     def handle(self, frame: tuple) -> None:
         kind = frame[0]
         if kind == "pair":
             self.pair(*frame[1:])
-        elif kind == "matches":
-            for route, step, n in frame[1]:
+        elif kind == "counts":
+            for route, step, result, n in frame[1]:
+                entry = self.comparators.get(route)
                 if self.store is not None:
-                    self.store.record_match(route, step, n)
-                self._noise(route).observe_match(n)
+                    self.store.record_counts(route, step, result, n,
+                                             rules=entry[1].rules if entry else "")
+                if result == "match":
+                    self._noise(route).observe_match(n)
         elif kind == "config":
             self.configure(*frame[1:])
         elif kind == "flush":
@@ -138,25 +154,36 @@ class Comparer:
         if entry is None:  # the route went away in a reload: nothing to compare it with
             return
         comparator = entry[1]
+        limit = comparator.spec.max_decoded
         try:
-            primary_ex, other_ex = _exchange(primary), _exchange(other)
+            # Decoded once, here: the comparison, redaction and the store see the same bytes.
+            primary_ex = decoded(_exchange(primary), limit)
+            other_ex = decoded(_exchange(other), limit)
+            noise_ex = decoded(_exchange(noise), limit) if noise else None
+            if any(ex is not None and ex.problem == "too_large"
+                   for ex in (primary_ex, other_ex, noise_ex)):
+                self.skipped[(route, "decoded_too_large")] += 1  # a bomb is not expanded
+                return
             legacy, tgt = (other_ex, primary_ex) if served_by_target else (primary_ex, other_ex)
             cmp = comparator.compare(legacy, tgt)
-            noise_cmp = comparator.compare(legacy, _exchange(noise)) if noise else None
+            noise_cmp = comparator.compare(legacy, noise_ex) if noise_ex else None
             result: Comparison = self._noise(route).observe(cmp, noise_cmp)
         except Exception:
             log.exception("shadow comparison failed", route=route)
             self.results[(route, step, "error")] += 1
+            if self.store is not None:
+                self.store.record_counts(route, step, "error", rules=comparator.rules)
             return
         self.results[(route, step, result.result)] += 1
         if self.store is not None:
-            request = RequestRecord(
+            request = decoded(RequestRecord(
                 method.decode("latin-1"),
                 target.decode("latin-1"),
                 tuple((n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in req_headers),
                 req_body,
-            )
-            self.store.record(route, step, request, legacy, tgt, result, comparator.redactor)
+            ), limit)
+            self.store.record(route, step, request, legacy, tgt, result, comparator.redactor,
+                              rules=comparator.rules, max_fields=comparator.spec.max_fields)
 
     def send(self, obj: object) -> None:
         head, payload = encode(obj)
@@ -167,6 +194,10 @@ class Comparer:
 
     def send_results(self) -> None:
         self.last_sent = time.monotonic()
+        if self.skipped:
+            skipped = [(r, why, n) for (r, why), n in self.skipped.items()]
+            self.skipped.clear()
+            self.send(("skipped", skipped))
         if not self.results:
             return
         items = [(r, s, x, n) for (r, s, x), n in self.results.items()]
@@ -174,30 +205,64 @@ class Comparer:
         self.send(("results", items))
 
     def close(self) -> None:
-        self.send_results()
-        if self.store is not None:
-            self.store.close()
+        """Report the last results (the data plane may be gone) and write the store."""
+        try:
+            self.send_results()
+        finally:
+            if self.store is not None:
+                self.store.close()
 
 
 def serve(in_fd: int, out_fd: int) -> None:
     comparer = Comparer(out_fd)
     reader = FrameReader()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    old_wakeup = signal.set_wakeup_fd(wake_w)
+    old_term = signal.signal(signal.SIGTERM, lambda *_: None)  # noticed through wake_r
     try:
         while True:
             wait = None
-            if comparer.results:
+            if comparer.results or comparer.skipped:
                 wait = max(0.0, comparer.last_sent + RESULTS_INTERVAL - time.monotonic())
-            ready, _, _ = select.select([in_fd], [], [], wait)
-            if ready:
+            ready, _, _ = select.select([in_fd, wake_r], [], [], wait)
+            if wake_r in ready:
+                if signal.SIGTERM in os.read(wake_r, 64):
+                    _drain(in_fd, reader, comparer)
+                    return
+            if in_fd in ready:
                 data = os.read(in_fd, 1 << 20)
                 if not data:
                     return  # the data plane closed the pipe: finish and exit
                 for frame in reader.feed(data):
                     comparer.handle(frame)
-            if comparer.results and time.monotonic() - comparer.last_sent >= RESULTS_INTERVAL:
+            if ((comparer.results or comparer.skipped)
+                    and time.monotonic() - comparer.last_sent >= RESULTS_INTERVAL):
                 comparer.send_results()
     finally:
-        comparer.close()
+        with contextlib.suppress(OSError):
+            comparer.close()
+        signal.set_wakeup_fd(old_wakeup)
+        signal.signal(signal.SIGTERM, old_term)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def _drain(in_fd: int, reader: FrameReader, comparer: Comparer) -> None:
+    """SIGTERM: handle the frames already in the pipe, for at most DRAIN_SECONDS."""
+    log.info("comparer stopping (SIGTERM): writing what it has")
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([in_fd], [], [], 0)
+        if not ready:
+            return
+        data = os.read(in_fd, 1 << 20)
+        if not data:
+            return
+        for frame in reader.feed(data):
+            comparer.handle(frame)
+            if time.monotonic() >= deadline:
+                return
 
 
 def main(argv: list[str] | None = None) -> int:

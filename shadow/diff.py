@@ -1,5 +1,12 @@
 """Comparison of a legacy and a target response: a flat list of differences keyed by field path.
 
+Paths are canonical (`shadow.model.Difference`): the elements of a list that differ the same way
+are one difference at `$.items[*].amount`, with how many elements of the outermost list it was
+seen in, the first occurrence (`$.items[3].amount`, or `$.items[id=25].amount` in an array
+matched by `array_keys`) and a few more examples. At most `compare.max_fields` distinct paths
+are itemised per comparison; the rest are only counted (`Comparison.overflow`). A `missing` and
+an `extra` key of the same object with equal values are noted as a likely rename.
+
 Rules (a closed set of kinds, see `shadow.model.KINDS`):
 - status: compared unless `ignore` lists "status".
 - headers: those in `compare.headers`; content-type is compared on media type and charset only,
@@ -8,10 +15,9 @@ Rules (a closed set of kinds, see `shadow.model.KINDS`):
   content-type on that side): compared structurally. Objects by key (`missing`, `extra`), arrays
   by index (a `length` difference when sizes differ, then element by element over the common
   prefix) or, for an array named in `array_keys`, by the value of its key field (`length` plus
-  `missing`/`extra` for unmatched elements; a path uses the element's index in the legacy array,
-  or in the target array for an `extra` one). Numbers: 1 == 1.0, integers of any size exact,
-  decimals exact (parsed as Decimal), `numeric_tolerance` absolute; booleans are not numbers.
-  Strings after NFC.
+  `missing`/`extra` for unmatched elements; their examples show the key). Numbers: 1 == 1.0,
+  integers of any size exact, decimals exact (parsed as Decimal), `numeric_tolerance` absolute;
+  booleans are not numbers. Strings after NFC.
 - Other bodies: bytes, after content-type-aware normalisation (text/*: CRLF -> LF, trailing
   whitespace at the end stripped); a `body` difference at `$` carries short previews.
 - A body cut at shadow.max_body (`Exchange.truncated`) is not compared (`body_compared=False`).
@@ -26,25 +32,44 @@ from __future__ import annotations
 
 import decimal
 import fnmatch
+import hashlib
 import json
 import math
 import unicodedata
-import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 
 from proxy.config.spec import CompareSpec
-from shadow.jsonpath import PathSet, PathSyntaxError, Segment, State, format_path, is_json_path
+from shadow.decode import decoded
+from shadow.jsonpath import (
+    Keyed,
+    PathSet,
+    PathSyntaxError,
+    Segment,
+    State,
+    format_path,
+    is_json_path,
+    key_text,
+    parse_canonical,
+)
 from shadow.model import Comparison, Difference, Exchange
 from shadow.redact import Redactor
 
-__all__ = ["Comparator", "is_json_media", "media_type", "parse_ignore"]
+__all__ = ["Comparator", "is_json_media", "media_type", "parse_ignore", "rules_id"]
 
 _NOT_JSON = object()
 _PREVIEW_CHARS = 200
 _MAX_VALUE_CHARS = 2048  # a larger subtree (missing/extra/type) is summarised in the difference
-_MAX_DECODED = 64 * 1024 * 1024
 _HEADER_PREFIX = "header:"
+
+
+def rules_id(spec: CompareSpec) -> str:
+    """A short id of what decides the differences (headers, ignore, redact, tolerance,
+    array_keys, noise twin): evidence taken under other rules is kept apart from the current."""
+    key = json.dumps([list(spec.headers), list(spec.ignore), list(spec.redact),
+                      spec.numeric_tolerance, [list(x) for x in spec.array_keys],
+                      spec.noise_upstream])
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def media_type(content_type: str | None) -> tuple[str, str | None]:
@@ -159,31 +184,16 @@ def _key_of(v: object) -> object:
         return None
 
 
-def _decode(ex: Exchange) -> bytes:
-    """Undo gzip/deflate when the body is still encoded (falls back to the raw bytes)."""
-    enc = (ex.header("content-encoding") or "").strip().lower()
-    if enc not in ("gzip", "x-gzip", "deflate") or not ex.body:
-        return ex.body
-    try:
-        wbits = 47 if enc != "deflate" else 15  # 47: gzip or zlib header, auto-detected
-        d = zlib.decompressobj(wbits)
-        out = d.decompress(ex.body, _MAX_DECODED)
-        if d.unconsumed_tail:
-            return ex.body
-        return out
-    except zlib.error:
-        if enc == "deflate":
-            try:
-                return zlib.decompress(ex.body, -15)
-            except zlib.error:
-                return ex.body
-        return ex.body
-
-
 def _normalise_bytes(body: bytes, media: str) -> bytes:
     if media.startswith("text/"):
         return body.replace(b"\r\n", b"\n").rstrip()
     return body
+
+
+def _opaque(ex: Exchange) -> str:
+    if ex.problem is None:
+        return _preview(ex.body)
+    return f"<{len(ex.body)} bytes, {', '.join(ex.codings) or 'encoded'}, not decodable>"
 
 
 def _preview(body: bytes) -> str:
@@ -203,8 +213,10 @@ class Comparator:
         "_headers",
         "_ignore",
         "_ignore_status",
+        "_keys",
         "_tol",
         "redactor",
+        "rules",
         "spec",
     )
 
@@ -219,6 +231,8 @@ class Comparator:
         self._array_fields = tuple(k for _, k in self.spec.array_keys)
         self._tol = Decimal(repr(float(self.spec.numeric_tolerance)))
         self.redactor = redactor or Redactor(self.spec.redact)
+        self.rules = rules_id(self.spec)
+        self._keys: dict[str, str] = {}
 
     @property
     def ignore_paths(self) -> PathSet:
@@ -227,6 +241,21 @@ class Comparator:
     def header_ignored(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, g) for g in self._header_ignores)
 
+    def ignores(self, path: str) -> bool:
+        """Do these rules leave out every difference a row with this canonical path counts
+        (`status`, `header:NAME`, `$.items[*].ts`)? A rule naming one index (`$.items[0]`)
+        does not cover `[*]`."""
+        if path == "status":
+            return self._ignore_status
+        if path.startswith(_HEADER_PREFIX):
+            return self.header_ignored(path[len(_HEADER_PREFIX):])
+        if not is_json_path(path) or not self._ignore:
+            return False
+        try:
+            return self._ignore.covers(parse_canonical(path))
+        except PathSyntaxError:
+            return False
+
     def compare(self, legacy: Exchange, target: Exchange) -> Comparison:
         try:
             return self._compare(legacy, target)
@@ -234,6 +263,11 @@ class Comparator:
             return Comparison((), error=f"comparison failed: {type(e).__name__}")
 
     def _compare(self, legacy: Exchange, target: Exchange) -> Comparison:
+        limit = self.spec.max_decoded
+        legacy, target = decoded(legacy, limit), decoded(target, limit)
+        if legacy.problem == "too_large" or target.problem == "too_large":
+            return Comparison((), error=f"a body decodes to more than {limit} bytes "
+                                        "(compare.max_decoded)")
         out: list[Difference] = []
         if not self._ignore_status and legacy.status != target.status:
             out.append(Difference("status", "status", legacy.status, target.status))
@@ -249,36 +283,43 @@ class Comparator:
                 )
             if not same:
                 out.append(Difference(_HEADER_PREFIX + name, "header", lv, tv))
-        body_compared = not (legacy.truncated or target.truncated)
-        if body_compared:
-            self._compare_bodies(legacy, target, out)
         red = self.redactor
-        diffs = tuple(red.redact_difference(d) for d in out)
-        return Comparison(diffs, body_compared=body_compared)
+        out = [red.redact_difference(d) for d in out]  # status and headers
+        body_compared = not (legacy.truncated or target.truncated)
+        found = self._compare_bodies(legacy, target, out) if body_compared else None
+        if found is None:
+            return Comparison(tuple(out), body_compared=body_compared)
+        return Comparison(tuple(out), body_compared=body_compared, overflow=found.overflow,
+                          renames=tuple(found.renames))
 
     # -- bodies -----------------------------------------------------------------------------
 
-    def _compare_bodies(self, legacy: Exchange, target: Exchange, out: list[Difference]) -> None:
+    def _compare_bodies(self, legacy: Exchange, target: Exchange, out: list[Difference]
+                        ) -> _Found | None:
         root = self._ignore.start()
         if self._ignore.accepts(root):
-            return
+            return None
         lmedia, _ = media_type(legacy.header("content-type"))
         tmedia, _ = media_type(target.header("content-type"))
-        lbody, tbody = _decode(legacy), _decode(target)
+        lbody, tbody = legacy.body, target.body
         if lbody == tbody:
-            return
+            return None
+        if legacy.problem or target.problem:  # not decodable: opaque bytes, never previewed
+            out.append(Difference("$", "body", _opaque(legacy), _opaque(target)))
+            return None
         lj, tj = self._json(lbody, lmedia), self._json(tbody, tmedia)
         if lj is not _NOT_JSON and tj is not _NOT_JSON:
-            found: list[Difference] = []
+            found = _Found(self.spec.max_fields, self.redactor)
             try:
-                self._walk(lj, tj, (), root, self._array_keys.start(), found)
+                self._walk(lj, tj, (), "$", root, self._array_keys.start(), -1, 0, found)
             except RecursionError:
                 pass  # nested too deep to walk: compared as bytes below
             else:
-                out.extend(found)
-                return
+                found.finish(out)
+                return found
         if _normalise_bytes(lbody, lmedia) != _normalise_bytes(tbody, tmedia):
             out.append(Difference("$", "body", _preview(lbody), _preview(tbody)))
+        return None
 
     @staticmethod
     def _json(body: bytes, media: str) -> object:
@@ -289,39 +330,49 @@ class Comparator:
         except (ValueError, RecursionError):
             return _NOT_JSON
 
-    def _diff(self, segs: tuple[Segment, ...], kind: str, a: object, b: object) -> Difference:
-        return Difference(format_path(segs), kind, _summarise(_plain(a)), _summarise(_plain(b)))
+    def _key(self, k: str) -> str:
+        t = self._keys.get(k)
+        if t is None:
+            if len(self._keys) >= 10_000:
+                self._keys.clear()
+            t = self._keys[k] = key_text(k)
+        return t
 
     def _walk(
         self,
         a: object,
         b: object,
-        segs: tuple[Segment, ...],
+        at: tuple[Segment | Keyed, ...],
+        cpath: str,
         ign: State,
         keys: State,
-        out: list[Difference],
+        outer: int,
+        of: int,
+        out: _Found,
     ) -> None:
+        """Compare `a` and `b` found at `at` (canonical path `cpath`); `outer`/`of`: the index
+        in, and the length of, the outermost array on the way (-1/0: none)."""
         ta, tb = _jtype(a), _jtype(b)
         if ta != tb:
-            out.append(self._diff(segs, "type", a, b))
+            out.add(cpath, "type", at, a, b, outer, of)
             return
         if (ta == "object" or ta == "array") and a == b and repr(a) == repr(b):
             return  # identical subtree, checked in C; repr keeps true != 1 (== does not)
         if ta == "object":
             assert isinstance(a, dict) and isinstance(b, dict)
-            self._walk_object(a, b, segs, ign, keys, out)
+            self._walk_object(a, b, at, cpath, ign, keys, outer, of, out)
         elif ta == "array":
             assert isinstance(a, list) and isinstance(b, list)
-            self._walk_array(a, b, segs, ign, keys, out)
+            self._walk_array(a, b, at, cpath, ign, keys, outer, of, out)
         elif ta == "number":
             if not self._num_equal(a, b):
-                out.append(self._diff(segs, "value", a, b))
+                out.add(cpath, "value", at, a, b, outer, of)
         elif ta == "string":
             assert isinstance(a, str) and isinstance(b, str)
             if a != b and _nfc(a) != _nfc(b):
-                out.append(self._diff(segs, "value", a, b))
+                out.add(cpath, "value", at, a, b, outer, of)
         elif a != b:
-            out.append(self._diff(segs, "value", a, b))
+            out.add(cpath, "value", at, a, b, outer, of)
 
     def _child(self, ign: State, keys: State, seg: Segment) -> tuple[bool, State, State]:
         if ign:
@@ -334,72 +385,102 @@ class Comparator:
         self,
         a: dict[str, object],
         b: dict[str, object],
-        segs: tuple[Segment, ...],
+        at: tuple[Segment | Keyed, ...],
+        cpath: str,
         ign: State,
         keys: State,
-        out: list[Difference],
+        outer: int,
+        of: int,
+        out: _Found,
     ) -> None:
         seen: set[str] = set()
         nfc_b: dict[str, str] | None = None
+        missing: list[tuple[str, object]] = []
         for k, va in a.items():
             kb: str | None = k
             if k not in b:
                 if nfc_b is None:
                     nfc_b = {_nfc(x): x for x in b}
                 kb = nfc_b.get(_nfc(k))
+            else:
+                vb = b[k]
+                if va is vb or (va == vb and type(va) is type(vb)
+                                and not isinstance(va, dict | list)):
+                    seen.add(k)
+                    continue  # an equal scalar: the common case, decided without a path
             skip, ist, kst = self._child(ign, keys, k)
             if kb is not None:
                 seen.add(kb)
             if skip:
                 continue
             if kb is None:
-                out.append(self._diff((*segs, k), "missing", va, None))
+                out.add(cpath + self._key(k), "missing", (*at, k), va, None, outer, of)
+                missing.append((k, va))
             else:
-                self._walk(va, b[kb], (*segs, k), ist, kst, out)
+                self._walk(va, b[kb], (*at, k), cpath + self._key(k), ist, kst, outer, of, out)
         if len(seen) == len(b):
             return
+        extra: list[tuple[str, object]] = []
         for k, vb in b.items():
             if k in seen:
                 continue
             skip, _, _ = self._child(ign, keys, k)
             if not skip:
-                out.append(self._diff((*segs, k), "extra", None, vb))
+                out.add(cpath + self._key(k), "extra", (*at, k), None, vb, outer, of)
+                extra.append((k, vb))
+        if missing and extra and len(missing) * len(extra) <= _RENAME_PAIRS:
+            out.renamed(cpath, self._key, missing, extra)
 
     def _walk_array(
         self,
         a: list[object],
         b: list[object],
-        segs: tuple[Segment, ...],
+        at: tuple[Segment | Keyed, ...],
+        cpath: str,
         ign: State,
         keys: State,
-        out: list[Difference],
+        outer: int,
+        of: int,
+        out: _Found,
     ) -> None:
         if len(a) != len(b):
-            out.append(Difference(format_path(segs), "length", len(a), len(b)))
+            out.add(cpath, "length", at, len(a), len(b), outer, of)
+        elements = cpath + "[*]"
+        top = outer < 0  # the outermost array: its elements are what shares are counted in
+        if top:
+            of = max(len(a), len(b))
         matched = self._array_keys.accepted(keys)
         if matched:
             field = self._array_fields[min(matched)]
-            ia, ib = _index_by(a, field), _index_by(b, field)
+            ia, ib = index_by(a, field), index_by(b, field)
             if ia is not None and ib is not None:
                 for key, i in ia.items():
                     j = ib.get(key)
                     skip, ist, kst = self._child(ign, keys, i)
                     if skip:
                         continue
+                    va = a[i]
+                    shown = (*at, Keyed(field, _plain(va[field]), i))  # type: ignore[index]
                     if j is None:
-                        out.append(self._diff((*segs, i), "missing", a[i], None))
+                        out.add(elements, "missing", shown, va, None, i if top else outer, of)
                     else:
-                        self._walk(a[i], b[j], (*segs, i), ist, kst, out)
+                        self._walk(va, b[j], shown, elements, ist, kst, i if top else outer,
+                                   of, out)
                 for key, j in ib.items():
                     if key not in ia:
                         skip, _, _ = self._child(ign, keys, j)
                         if not skip:
-                            out.append(self._diff((*segs, j), "extra", None, b[j]))
+                            vb = b[j]
+                            shown = (*at, Keyed(field, _plain(vb[field]), j))  # type: ignore[index]
+                            out.add(elements, "extra", shown, None, vb, j if top else outer, of)
                 return
         for i in range(min(len(a), len(b))):
+            va, vb = a[i], b[i]
+            if va is vb or (va == vb and type(va) is type(vb) and not isinstance(va, dict | list)):
+                continue
             skip, ist, kst = self._child(ign, keys, i)
             if not skip:
-                self._walk(a[i], b[i], (*segs, i), ist, kst, out)
+                self._walk(va, vb, (*at, i), elements, ist, kst, i if top else outer, of, out)
 
     def _num_equal(self, a: object, b: object) -> bool:
         if a == b or (_is_nan(a) and _is_nan(b)):
@@ -414,7 +495,87 @@ class Comparator:
             return False
 
 
-def _index_by(arr: list[object], field: str) -> dict[object, int] | None:
+_RENAME_PAIRS = 400  # missing x extra keys of one object looked at for renames
+_EXAMPLES = 5
+
+
+class _Group:
+    """The occurrences of one (canonical path, kind) in one comparison."""
+
+    __slots__ = ("at", "elements", "examples", "first", "last_outer", "legacy", "of",
+                 "target", "varies")
+
+    def __init__(self, at: tuple, legacy: object, target: object, outer: int, of: int) -> None:
+        self.at = at
+        self.first = legacy
+        self.legacy = legacy
+        self.target = target
+        self.elements = 1
+        self.last_outer = outer
+        self.of = of
+        self.examples: list[tuple] = [at]
+        self.varies = False
+
+
+class _Found:
+    """The differences of one comparison, grouped by canonical path: at most `cap` groups,
+    further occurrences only counted (`overflow`)."""
+
+    __slots__ = ("cap", "groups", "overflow", "red", "renames")
+
+    def __init__(self, cap: int, redactor: Redactor) -> None:
+        self.cap = cap
+        self.red = redactor
+        self.groups: dict[tuple[str, str], _Group] = {}
+        self.overflow = 0
+        self.renames: set[tuple[str, str]] = set()
+
+    def add(self, cpath: str, kind: str, at: tuple, a: object, b: object, outer: int,
+            of: int) -> None:
+        g = self.groups.get((cpath, kind))
+        if g is None:
+            if len(self.groups) >= self.cap:
+                self.overflow += 1
+                return
+            self.groups[(cpath, kind)] = _Group(at, a, b, outer, of)
+            return
+        if outer != g.last_outer:  # elements of the outermost array, each counted once
+            g.last_outer = outer
+            g.elements += 1
+        if len(g.examples) < _EXAMPLES:
+            g.examples.append(at)
+        if not g.varies and kind == "value" and not isinstance(a, dict | list) and a != g.first:
+            g.varies = True
+
+    def renamed(self, cpath: str, key: Callable[[str], str],
+                missing: list[tuple[str, object]], extra: list[tuple[str, object]]) -> None:
+        """Missing and extra keys of one object whose values are equal: likely renames."""
+        for km, va in missing:
+            if va is None or isinstance(va, bool) or va in ("", [], {}):
+                continue  # too common a value to say anything
+            for kx, vb in extra:
+                if _jtype(va) == _jtype(vb) and va == vb and repr(va) == repr(vb):
+                    self.renames.add((cpath + key(km), cpath + key(kx)))
+                    break
+
+    def finish(self, out: list[Difference]) -> None:
+        """Append one redacted Difference per group to `out`."""
+        red = self.red
+        for (cpath, kind), g in self.groups.items():
+            arrays = g.last_outer >= 0 or "[*]" in cpath
+            legacy, target = _summarise(_plain(g.legacy)), _summarise(_plain(g.target))
+            if red.body_paths:
+                segs = tuple(s.index if isinstance(s, Keyed) else s for s in g.at)
+                legacy, target = red.redact_json(legacy, segs), red.redact_json(target, segs)
+            if not arrays:
+                out.append(Difference(cpath, kind, legacy, target, varies=g.varies))
+                continue
+            examples = tuple(format_path(x) for x in g.examples)
+            out.append(Difference(cpath, kind, legacy, target, examples[0], g.elements, g.of,
+                                  examples, g.varies))
+
+
+def index_by(arr: list[object], field: str) -> dict[object, int] | None:
     """key value -> index, or None when an element has no usable, unique key."""
     idx: dict[object, int] = {}
     for i, el in enumerate(arr):

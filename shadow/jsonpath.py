@@ -2,8 +2,12 @@
 
 Patterns:  `$` the root, `.name` or `['any name']` a key, `[3]` an index, `.*` / `[*]` any key or
 index, `..name` / `..*` / `..[3]` recursive descent (at any depth below, one level or more).
-Concrete paths (what a `Difference` carries) use the same syntax without wildcards, e.g.
-`$.items[3].amount` or `$['content-type']`; `format_path(parse_path(p)) == p` for them.
+Concrete paths use the same syntax without wildcards, e.g. `$.items[3].amount` or
+`$['content-type']`; `format_path(parse_path(p)) == p` for them. An element of an array matched
+by `array_keys` is shown by its key: `$.items[id=25].amount`, `$.items[sku='A-1']` (a `Keyed`
+segment). Canonical paths (what a `Difference` is counted under) write every index as `[*]`:
+`generalize` makes one from a concrete path, `parse_canonical` reads one back (`[*]` as -1, an
+index no `[N]` pattern names).
 
 Patterns are compiled once (`PathSet`) and matched while walking a document: the walker carries
 a `State` (the set of partial matches) from a node to its children with `PathSet.step`, so a
@@ -17,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "Keyed",
     "PathSet",
     "PathSyntaxError",
     "Segment",
@@ -24,6 +29,8 @@ __all__ = [
     "format_path",
     "generalize",
     "is_json_path",
+    "key_text",
+    "parse_canonical",
     "parse_path",
     "parse_pattern",
 ]
@@ -34,7 +41,25 @@ State = frozenset[tuple[int, int]]  # (pattern number, position in it)
 _SIMPLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _NAME = re.compile(r"[^.\[\]'\"\s]+")
 _INDEX = re.compile(r"\[(\d+)\]")
-_INDEX_ANYWHERE = re.compile(r"\[\d+\]")
+
+
+@dataclass(frozen=True, slots=True)
+class Keyed:
+    """An element of an array matched by `array_keys`, shown by its key (`[id=25]`)."""
+
+    field: str
+    value: object
+    index: int  # its index in the array it was found in
+
+    def __str__(self) -> str:
+        v = self.value
+        if isinstance(v, str):
+            shown = "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        elif v is None or isinstance(v, bool):
+            shown = {None: "null", True: "true", False: "false"}[v]
+        else:
+            shown = str(v)
+        return f"[{self.field}={shown}]"
 
 
 class PathSyntaxError(ValueError):
@@ -143,22 +168,66 @@ def parse_path(text: str) -> tuple[Segment, ...]:
     return tuple(segs)
 
 
-def format_path(segs: Iterable[Segment]) -> str:
+def key_text(key: str) -> str:
+    """`.name`, or `['odd key']` for a key that is not an identifier."""
+    if _SIMPLE_KEY.match(key):
+        return "." + key
+    escaped = key.replace("\\", "\\\\").replace("'", "\\'")
+    return f"['{escaped}']"
+
+
+def format_path(segs: Iterable[Segment | Keyed]) -> str:
     out = ["$"]
     for s in segs:
         if isinstance(s, int):
             out.append(f"[{s}]")
-        elif _SIMPLE_KEY.match(s):
-            out.append(f".{s}")
+        elif isinstance(s, Keyed):
+            out.append(str(s))
         else:
-            escaped = s.replace("\\", "\\\\").replace("'", "\\'")
-            out.append(f"['{escaped}']")
+            out.append(key_text(s))
     return "".join(out)
 
 
 def generalize(path: str) -> str:
-    """`$.items[3].ts` -> `$.items[*].ts`: one counter for every element of an array."""
-    return _INDEX_ANYWHERE.sub("[*]", path)
+    """`$.items[3].ts` or `$.items[id=7].ts` -> `$.items[*].ts`: one row for every element of
+    an array. Quoted keys (`['a[1]']`) are left alone."""
+    if "[" not in path:
+        return path
+    out: list[str] = []
+    i, n = 0, len(path)
+    while i < n:
+        c = path[i]
+        if c != "[":
+            out.append(c)
+            i += 1
+            continue
+        if i + 1 < n and path[i + 1] in "'\"":  # ['quoted key']
+            j = i + 2
+            while j < n and path[j] != path[i + 1]:
+                j += 2 if path[j] == "\\" else 1
+            out.append(path[i:j + 2])
+            i = j + 2
+            continue
+        j, quote = i + 1, None
+        while j < n and (quote or path[j] != "]"):  # [3], [*], [id=7], [sku='a]b']
+            if quote and path[j] == "\\":
+                j += 1
+            elif path[j] in "'\"" and (quote is None or quote == path[j]):
+                quote = None if quote else path[j]
+            j += 1
+        out.append("[*]")
+        i = j + 1
+    return "".join(out)
+
+
+def parse_canonical(text: str) -> tuple[Segment, ...]:
+    """A canonical path (`$.items[*].amount`) -> segments, `[*]` as the index -1."""
+    segs: list[Segment] = []
+    for e in parse_pattern(text):
+        if e.deep:
+            raise PathSyntaxError(f"{text!r}: a canonical path has no '..'")
+        segs.append(-1 if e.kind == "any" else e.arg)  # type: ignore[arg-type]
+    return tuple(segs)
 
 
 class PathSet:

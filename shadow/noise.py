@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from shadow.jsonpath import generalize
 from shadow.model import Comparison, Difference
@@ -108,12 +108,9 @@ class NoiseModel:
                     real.append(d)
         if not moved:
             return primary
-        return Comparison(
-            tuple(real),
-            noise=(*primary.noise, *moved),
-            body_compared=primary.body_compared,
-            error=primary.error,
-        )
+        kept = {d.path for d in real}
+        return replace(primary, differences=tuple(real), noise=(*primary.noise, *moved),
+                       renames=tuple(r for r in primary.renames if r[0] in kept and r[1] in kept))
 
     def observe_match(self, n: int = 1) -> None:
         """Count `n` comparisons without differences and without a noise copy: what `observe`

@@ -1,8 +1,9 @@
 """Reconcile runs in the diff store's SQLite file (state_dir/diffs.sqlite3), in tables of their own.
 
 The proxy's diff store may be writing the same file at the same moment: the connection uses WAL
-and a busy timeout, each write is one short transaction, and the tables are created
-`IF NOT EXISTS` (the diff store never touches them). A run is inserted when it starts
+and a busy timeout, each write is one short transaction, and the tables are created by
+`shadow.store_schema` with the diff store's (the diff store never writes them). A run is
+inserted when it starts
 (`finished` NULL: still running, or the process died) and completed in one transaction. What is
 written is already redacted (see `shadow.reconcile`); no body is stored. Only the newest
 `KEEP_RUNS` runs of a route are kept.
@@ -17,29 +18,13 @@ import sqlite3
 import time
 from pathlib import Path
 
+from shadow import store_schema
 from shadow.reconcile import RunResult
 
 __all__ = ["KEEP_RUNS", "ReconcileStore", "latest_runs"]
 
 KEEP_RUNS = 50
 BUSY_TIMEOUT = 30.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS reconcile_runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, route TEXT NOT NULL, source TEXT NOT NULL,
-    started REAL NOT NULL, finished REAL,
-    requests INTEGER NOT NULL DEFAULT 0, compared INTEGER NOT NULL DEFAULT 0,
-    mismatched INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0,
-    skipped INTEGER NOT NULL DEFAULT 0, noise INTEGER NOT NULL DEFAULT 0,
-    detail TEXT NOT NULL DEFAULT '{}');
-CREATE INDEX IF NOT EXISTS reconcile_runs_route ON reconcile_runs (route, id);
-CREATE TABLE IF NOT EXISTS reconcile_fields (
-    run_id INTEGER NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, count INTEGER NOT NULL,
-    PRIMARY KEY (run_id, path, kind));
-CREATE TABLE IF NOT EXISTS reconcile_samples (
-    run_id INTEGER NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL,
-    PRIMARY KEY (run_id, seq));
-"""
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -53,10 +38,8 @@ class ReconcileStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = _connect(self.path)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(_SCHEMA)
+        # created 0600 and at the current schema version, like the diff store
+        self._conn = store_schema.open_file(self.path)
 
     def begin(self, route: str, source: str, started: float | None = None) -> int:
         cur = self._conn.execute(

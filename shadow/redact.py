@@ -5,10 +5,13 @@ paths (recursive descent and wildcards allowed), `header:NAME` entries are heade
 headers are always redacted, whatever the list says: authorization, cookie, set-cookie,
 proxy-authorization, x-api-key.
 
-Bodies that are not JSON (or cannot be parsed, e.g. cut at shadow.max_body) cannot be redacted
-by path. For them the redactor scrubs, best effort, `"name": value` and `name=value` for every
-pattern whose last step is a key name (this also covers query strings); when a pattern ends in a
-wildcard or index, such a body is withheld entirely rather than risk storing the secret.
+Bodies are redacted as a reader would see them: decoded first (`shadow.decode`: gzip, deflate,
+br, zstd), whoever calls. A body that cannot be decoded (corrupt, unknown coding, or over the
+decode limit) is withheld: a marker with its size replaces it, on every route. On a route with
+body redact rules, a body that is not parseable JSON (HTML, a form, JSON cut at
+shadow.max_body) cannot be redacted by path and is withheld too, as are the previews of such
+bodies in a `body` difference: never stored in the hope that a pattern finds the secret.
+Query strings are scrubbed (`name=value` for every pattern whose last step is a key name).
 """
 
 from __future__ import annotations
@@ -16,18 +19,39 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 
-from shadow.jsonpath import PathSet, PathSyntaxError, Segment, State, is_json_path, parse_path
+from shadow.decode import decoded
+from shadow.jsonpath import (
+    PathSet,
+    PathSyntaxError,
+    Segment,
+    State,
+    is_json_path,
+    parse_canonical,
+)
 from shadow.model import Difference, Exchange, RequestRecord
 
-__all__ = ["ALWAYS_REDACTED_HEADERS", "REDACTED", "WITHHELD", "Redactor"]
+__all__ = ["ALWAYS_REDACTED_HEADERS", "REDACTED", "WITHHELD", "Redactor", "withheld"]
 
 REDACTED = "[REDACTED]"
-WITHHELD = b"[body withheld: not JSON, redaction by path impossible]"
+WITHHELD = b"[body withheld"  # every marker that replaces a body starts so
+_NOT_JSON = "not JSON, so the route's redact rules cannot apply"
+_PROBLEMS = {"too_large": "over the decode limit", "undecodable": "not decodable"}
 ALWAYS_REDACTED_HEADERS = frozenset(
     {"authorization", "cookie", "set-cookie", "proxy-authorization", "x-api-key"}
 )
 _HEADER_PREFIX = "header:"
+
+
+def withheld(why: str, size: int) -> bytes:
+    """The marker stored in place of a body: what it was and why it is not there."""
+    return b"%s: %d bytes, %s]" % (WITHHELD, size, why.encode())
+
+
+def _problem_marker(ex: Exchange | RequestRecord) -> bytes:
+    codings = ", ".join(ex.codings) or "encoded"
+    return withheld(f"{codings}, {_PROBLEMS.get(ex.problem or '', ex.problem)}", len(ex.body))
 
 
 def _parse_json(body: bytes) -> tuple[bool, object]:
@@ -40,7 +64,7 @@ def _parse_json(body: bytes) -> tuple[bool, object]:
 class Redactor:
     """Compiled redaction rules of one route."""
 
-    __slots__ = ("_body", "_headers", "_scrubbers", "_withhold_unparsed", "patterns")
+    __slots__ = ("_body", "_headers", "_scrubbers", "patterns")
 
     def __init__(self, patterns: Sequence[str] = ()) -> None:
         self.patterns = tuple(patterns)
@@ -56,21 +80,11 @@ class Redactor:
         self._body = PathSet(body)
         self._headers = frozenset(headers)
         names: list[str] = []
-        withhold = False
         for p in body:
             m = re.search(r"(?:\.|\['|\[\")([^.\[\]'\"]+)(?:'\]|\"\])?\Z", p)
             if m and m.group(1) != "*":
                 names.append(m.group(1))
-            else:
-                withhold = True
-        self._withhold_unparsed = withhold
         self._scrubbers = [
-            (
-                re.compile(r'("' + re.escape(n) + r'"\s*:\s*)("(?:[^"\\]|\\.)*"?|[^,}\]\s]*)'),
-                r'\1"' + REDACTED + '"',
-            )
-            for n in dict.fromkeys(names)
-        ] + [
             (re.compile(r"((?:^|[?&;\s])" + re.escape(n) + r"=)[^&;\s]*"), r"\1" + REDACTED)
             for n in dict.fromkeys(names)
         ]
@@ -114,77 +128,76 @@ class Redactor:
         return obj
 
     def path_redacted(self, path: str) -> bool:
-        """Is this concrete path (`$...` or `header:NAME`) at or below a redacted one?"""
+        """Is this concrete or canonical path (`$.a[3].b`, `$.a[*].b`, `header:NAME`) at or
+        below a redacted one (for `[*]`: whatever the index)?"""
         if path.startswith(_HEADER_PREFIX):
             return self.header_redacted(path[len(_HEADER_PREFIX) :])
         if not is_json_path(path) or not self._body:
             return False
         try:
-            return self._body.covers(parse_path(path))
+            return self._body.covers(parse_canonical(path))
         except PathSyntaxError:
             return False
 
     # -- text and bytes ---------------------------------------------------------------------
 
     def redact_text(self, text: str) -> str:
-        """Best-effort scrub of text that is not parseable JSON (query strings, previews)."""
+        """Scrub `name=value` of a query string for every key named by a body pattern."""
         for rx, repl in self._scrubbers:
             text = rx.sub(repl, text)
         return text
 
     def redact_body(self, body: bytes) -> bytes:
+        """A decoded body, redacted: JSON by path; anything else withheld when the route has
+        body rules."""
         if not body or not self._body:
             return body
         ok, obj = _parse_json(body)
-        if ok:
-            red = self.redact_json(obj)
-            if red is obj:
-                return body
-            return json.dumps(red, ensure_ascii=False, separators=(",", ":")).encode()
-        if self._withhold_unparsed:
-            return WITHHELD
-        return self.redact_text(body.decode("utf-8", "surrogateescape")).encode(
-            "utf-8", "surrogateescape"
-        )
+        if not ok:
+            return withheld(_NOT_JSON, len(body))
+        red = self.redact_json(obj)
+        if red is obj:
+            return body
+        return json.dumps(red, ensure_ascii=False, separators=(",", ":")).encode()
 
     def redact_headers(self, headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
         return tuple((k, REDACTED if k.lower() in self._headers else v) for k, v in headers)
 
     # -- records ----------------------------------------------------------------------------
 
+    def _decoded_body(self, ex: Exchange | RequestRecord) -> bytes:
+        if ex.problem is not None:
+            return _problem_marker(ex)
+        return self.redact_body(ex.body)
+
     def redact_exchange(self, ex: Exchange) -> Exchange:
-        return Exchange(
-            ex.status, self.redact_headers(ex.headers), self.redact_body(ex.body), ex.truncated
-        )
+        """Decoded (when not yet) and redacted: what may be stored."""
+        ex = decoded(ex)
+        return Exchange(ex.status, self.redact_headers(ex.headers), self._decoded_body(ex),
+                        ex.truncated, True, ex.codings, ex.problem)
 
     def redact_request(self, req: RequestRecord) -> RequestRecord:
-        return RequestRecord(
-            req.method,
-            self.redact_text(req.path),
-            self.redact_headers(req.headers),
-            self.redact_body(req.body),
-        )
+        req = decoded(req)
+        return RequestRecord(req.method, self.redact_text(req.path),
+                             self.redact_headers(req.headers), self._decoded_body(req), True,
+                             req.codings, req.problem)
 
     def redact_difference(self, d: Difference) -> Difference:
         if self.path_redacted(d.path):
-            return Difference(d.path, d.kind, REDACTED, REDACTED)
+            return replace(d, legacy=REDACTED, target=REDACTED)
         if d.kind == "body":
-            return Difference(
-                d.path, d.kind, self._redact_preview(d.legacy), self._redact_preview(d.target)
-            )
+            return replace(d, legacy=self._redact_preview(d.legacy),
+                           target=self._redact_preview(d.target))
         if is_json_path(d.path) and self._body:
             try:
-                segs = parse_path(d.path)
+                segs = parse_canonical(d.path)
             except PathSyntaxError:
                 return d
-            return Difference(
-                d.path, d.kind, self.redact_json(d.legacy, segs), self.redact_json(d.target, segs)
-            )
+            return replace(d, legacy=self.redact_json(d.legacy, segs),
+                           target=self.redact_json(d.target, segs))
         return d
 
     def _redact_preview(self, v: object) -> object:
-        if not isinstance(v, str):
+        if not isinstance(v, str) or not self._body:
             return v
-        if self._withhold_unparsed:
-            return WITHHELD.decode()
-        return self.redact_text(v)
+        return f"{WITHHELD.decode()}: preview, {_NOT_JSON}]"

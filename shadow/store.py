@@ -1,25 +1,33 @@
 """The diff store: shadow comparison counters and redacted mismatch samples in SQLite (WAL).
 
 `record()` runs in the comparer process (`shadow.comparer`), once per comparison: it bumps
-in-memory counters under a lock (exact, per field path) and, for a mismatch, decides whether the
-pair is kept as a sample. Per route and field path (and kind) the store keeps the first
-`FIRST_SAMPLES` mismatches ever seen and the latest `LATEST_SAMPLES`, taking a new "latest" at
-most every `LATEST_EVERY` seconds: a mismatch that happens on every request costs counters, not
-a redaction and a row each. A kept sample goes on a bounded queue (dropped, and counted in
+in-memory counters under a lock (exact) and, for a mismatch, decides whether the pair is kept as
+a sample. Per field path (and kind) the store keeps the first `FIRST_SAMPLES` mismatches of an
+evidence window and the latest `LATEST_SAMPLES`, taking a new "latest" at most every
+`LATEST_EVERY` seconds: a mismatch that happens on every request costs counters, not a
+redaction and a row each. A kept sample goes on a bounded queue (dropped, and counted in
 `dropped_samples`, when full). A background thread redacts the samples, cuts their bodies to
-16 KiB and writes everything in one transaction at least every 0.2 s. Nothing unredacted is ever
-written: the redactor runs before a sample reaches SQLite.
+16 KiB and writes everything at least every 0.2 s, in transactions of at most `BATCH_ROWS`
+counter rows. Nothing unredacted is ever written: the redactor runs before a sample reaches
+SQLite, on bodies already decoded (`shadow.decode`).
 
-Counters are additive upserts, so several worker processes may share one file. Per route they
-are kept per weight step (`step`, an integer bumped by the caller on every weight change) and as
-totals (stored under step -1); `summary(step=None)` and `counts(step=None)` answer with totals.
-Reads combine what is on disk with what is still queued, so they are exact at any moment.
+Evidence windows: counters, renames and samples are kept per (route, step, rules): `step` is the
+route's step id as the data plane tagged the request, `rules` identifies the route's compare
+rules (`shadow.diff.rules_id`), so evidence taken under other rules never blends with the
+current. Totals are stored under step -1 and rules ''. `counts()` and `summary()` answer for one
+window or for the totals. Counters are additive upserts, so several worker processes may share
+one file. Reads combine what is on disk with what is still queued, so they are exact.
 
-Retention: samples older than `retention_days`, and the counters of steps (other than a route's
-newest) not updated for that long, are deleted; so are the counters of all but a route's newest
-`STEPS_KEPT` steps (every weight change or reload that moves a weight is a step, and a wide
-answer costs a row per field path and step: in bench/soak.py 2,000 of them left 1M rows, 100 MB);
-totals are kept.
+Bounds (issue 22.5: answers that are maps of 20,000 random keys): per window at most
+`max_fields` distinct (path, kind) rows; differences on further paths, and those the comparator
+did not itemise, are counted on one `other` row. Paths are canonical (`$.items[*].amount`), so a
+list of any length costs one row per field of its elements. The in-memory state is bounded by
+the windows being written; each transaction writes at most `BATCH_ROWS` rows.
+
+Retention: samples older than `retention_days` are deleted, and so are counters (totals too)
+not updated for that long, except a route's newest step; a route keeps the counters of its
+newest `STEPS_KEPT` steps (every weight change is a step; a wide answer costs a row per field
+path and step) and sample references of its newest `WINDOWS_SAMPLED` windows.
 """
 
 from __future__ import annotations
@@ -32,60 +40,57 @@ import queue
 import sqlite3
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from proxy.config.spec import SAFE_METHODS
+from shadow import store_schema
 from shadow.model import Comparison, Exchange, RequestRecord
 from shadow.redact import Redactor
 
-__all__ = ["SAMPLE_BODY_LIMIT", "TOTAL", "DiffStore"]
+__all__ = ["ALL", "DEFAULT_MAX_FIELDS", "OTHER", "SAMPLE_BODY_LIMIT", "TOTAL", "Counts",
+           "DiffStore"]
 
-TOTAL = -1  # the step under which totals are stored
+TOTAL = -1  # the step under which totals are stored (with rules '')
+ALL = (TOTAL, "")  # the window of the totals
+OTHER = "other"  # path and kind of the row counting differences past max_fields
 SAMPLE_BODY_LIMIT = 16 * 1024
 FLUSH_INTERVAL = 0.2
 LIKELY_NOISE_RATE = 0.9
 LIKELY_NOISE_MIN = 20
+RENAME_SHARE = 0.8  # a rename pair seen in this share of its fields' comparisons is "likely"
 _QUEUE_ITEMS = 256
 _QUEUE_BYTES = 32 * 1024 * 1024
 _RETENTION_EVERY = 60.0
-_BATCH_MAX = 500
-FIRST_SAMPLES = 3  # per (route, field path, kind): the first mismatches ever seen
+_BATCH_MAX = 500  # samples per writer cycle
+BATCH_ROWS = 2000  # counter rows per transaction
+_BATCHES_PER_CYCLE = 50
+FIRST_SAMPLES = 3  # per window and (field path, kind): the first mismatches seen
 LATEST_SAMPLES = 5  # ... and the latest ones
 LATEST_EVERY = 1.0  # seconds between two "latest" samples of one field
-MAX_FIELDS_SAMPLED = 100  # field paths per route that get samples of their own
+MAX_FIELDS_SAMPLED = 100  # field paths per window that get samples of their own
+DIFFS_PER_SAMPLE = 100  # differences kept with a sample
 STEPS_KEPT = 20  # per route: counters of older steps are deleted at the next prune
+WINDOWS_SAMPLED = 3  # per route: windows whose samples stay referenced by their fields
+DEFAULT_MAX_FIELDS = 2000
+_WINDOWS_TRACKED = 64  # admitted-field sets kept in memory (reloaded from disk when needed)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS comparisons (
-    route TEXT NOT NULL, step INTEGER NOT NULL,
-    compared INTEGER NOT NULL, mismatched INTEGER NOT NULL, updated REAL NOT NULL,
-    PRIMARY KEY (route, step));
-CREATE TABLE IF NOT EXISTS fields (
-    route TEXT NOT NULL, step INTEGER NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL,
-    count INTEGER NOT NULL, updated REAL NOT NULL,
-    PRIMARY KEY (route, step, path, kind));
-CREATE TABLE IF NOT EXISTS samples (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, route TEXT NOT NULL, step INTEGER NOT NULL,
-    ts REAL NOT NULL, method TEXT NOT NULL, data TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS samples_route ON samples (route, id);
-CREATE TABLE IF NOT EXISTS sample_refs (
-    route TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, role TEXT NOT NULL,
-    sample_id INTEGER NOT NULL,
-    PRIMARY KEY (route, path, kind, role, sample_id));
-CREATE INDEX IF NOT EXISTS sample_refs_id ON sample_refs (sample_id);
-CREATE TABLE IF NOT EXISTS field_values (
-    route TEXT NOT NULL, path TEXT NOT NULL, sig TEXT NOT NULL, varies INTEGER NOT NULL,
-    PRIMARY KEY (route, path));
-"""
+Window = tuple[str, int, str]  # (route, step, rules)
+_COLS = ("compared", "mismatched", "errors")
+
+
+class Counts(NamedTuple):
+    compared: int  # legacy and target answered and were compared
+    mismatched: int  # of which differed
+    errors: int  # a side did not answer, or the comparison failed
 
 
 @dataclass(slots=True)
 class _Sample:
-    route: str
-    step: int
+    window: Window
     ts: float
     request: RequestRecord
     legacy: Exchange
@@ -99,19 +104,20 @@ class _Sample:
 
 
 @dataclass(slots=True)
+class _Sampling:
+    """Which fields of a window still want a "first" sample, and when each got a "latest"."""
+
+    first_taken: dict[tuple[str, str], int] = field(default_factory=dict)
+    latest_at: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class _Flush:
     done: threading.Event
 
 
 class _Stop:
     pass
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
 
 
 def _body_json(body: bytes, limit: int = SAMPLE_BODY_LIMIT) -> dict[str, object]:
@@ -141,12 +147,35 @@ def _body_bytes(b: dict[str, object]) -> bytes:
 
 
 def _exchange_json(ex: Exchange) -> dict[str, object]:
-    return {
+    out: dict[str, object] = {
         "status": ex.status,
         "headers": [list(h) for h in ex.headers],
         "body": _body_json(ex.body),
         "truncated": ex.truncated,
     }
+    if ex.codings:
+        out["decoded"] = list(ex.codings)  # the body is shown decoded
+    return out
+
+
+def _take(src: dict, n: int, dst: dict) -> int:
+    """Move up to `n` entries of `src` into `dst` (which is empty); how many moved."""
+    k = min(n, len(src))
+    for _ in range(k):
+        key, value = src.popitem()
+        dst[key] = value
+    return k
+
+
+def _merge_fields(dst: dict, src: dict) -> None:
+    for key, (c, e, o) in src.items():
+        row = dst.get(key)
+        if row is None:
+            dst[key] = [c, e, o]
+        else:
+            row[0] += c
+            row[1] += e
+            row[2] += o
 
 
 class DiffStore:
@@ -166,31 +195,25 @@ class DiffStore:
         self.retention = retention_days * 86400.0
         self._clock = clock
         self._interval = flush_interval
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._read = _connect(self.path)
-        self._read.executescript(_SCHEMA)
-        self._lock = threading.Lock()  # pending counters and the queue byte budget
+        self._read = store_schema.open_file(self.path, check_same_thread=False)
+        self._lock = threading.Lock()  # pending counters, admitted fields, the queue budget
         self._read_lock = threading.Lock()  # a read and a commit never interleave
-        self._pending_cmp: Counter[tuple[str, int, str]] = Counter()  # (route, step, col)
-        self._pending_fields: Counter[tuple[str, int, str, str]] = Counter()
-        self._inflight_cmp: Counter[tuple[str, int, str]] = Counter()
-        self._inflight_fields: Counter[tuple[str, int, str, str]] = Counter()
+        self._sample_lock = threading.Lock()
+        self._pending_cmp: Counter[tuple[Window, str]] = Counter()
+        self._pending_fields: dict[tuple[Window, str, str], list[int]] = {}
+        self._pending_renames: Counter[tuple[Window, str, str]] = Counter()
         self._pending_sigs: dict[tuple[str, str], tuple[str, bool]] = {}
+        self._inflight_cmp: Counter[tuple[Window, str]] = Counter()
+        self._inflight_fields: dict[tuple[Window, str, str], list[int]] = {}
+        self._inflight_renames: Counter[tuple[Window, str, str]] = Counter()
+        self._admitted: OrderedDict[Window, set[tuple[str, str]]] = OrderedDict()
+        self._sampling: dict[str, OrderedDict[Window, _Sampling]] = {}
         self._queue: queue.Queue[_Sample | _Flush | _Stop] = queue.Queue()
         self._queued_items = 0
         self._queued_bytes = 0
         self.dropped_samples = 0
         self.write_errors = 0
         self._closed = False
-        # Which fields still want a "first" sample, and when each last got a "latest" one.
-        self._first_taken: dict[tuple[str, str, str], int] = {}
-        self._fields_sampled: Counter[str] = Counter()
-        self._latest_at: dict[tuple[str, str, str], float] = {}
-        for route, path, kind, n in self._read.execute(
-                "SELECT route, path, kind, COUNT(*) FROM sample_refs WHERE role='first' "
-                "GROUP BY route, path, kind"):
-            self._first_taken[(route, path, kind)] = n
-            self._fields_sampled[route] += 1
         self._thread = threading.Thread(target=self._run, name="strangler-diffstore", daemon=True)
         self._thread.start()
 
@@ -205,30 +228,33 @@ class DiffStore:
         target: Exchange,
         comparison: Comparison,
         redactor: Redactor,
+        *,
+        rules: str = "",
+        max_fields: int = DEFAULT_MAX_FIELDS,
     ) -> None:
-        """Count one comparison (errors are not comparisons) and queue its sample if it differs.
-        Never blocks on I/O."""
-        if self._closed or comparison.error is not None:
+        """Count one comparison (an error is counted as such) and queue its sample if it
+        differs. Never blocks on I/O (but for loading a window's field rows once)."""
+        if self._closed:
+            return
+        if comparison.error is not None:
+            self.record_counts(route, step, "error", rules=rules)
             return
         mismatch = not comparison.matched
+        windows = ((route, step, rules), (route, *ALL))
+        admitted = [self._admitted_for(w, max_fields) for w in windows]
         sample = None
         now = self._clock()
         if mismatch:
-            roles = self._roles(route, comparison, now)
+            roles = self._roles(windows[0], comparison, now)
             if roles:
-                sample = _Sample(
-                    route, step, now, request, legacy, target, comparison, redactor, roles
-                )
+                sample = _Sample(windows[0], now, request, legacy, target, comparison, redactor,
+                                 roles)
         with self._lock:
-            for s in (step, TOTAL):
-                self._pending_cmp[(route, s, "compared")] += 1
+            for w, adm in zip(windows, admitted, strict=True):
+                self._pending_cmp[(w, "compared")] += 1
                 if mismatch:
-                    self._pending_cmp[(route, s, "mismatched")] += 1
-                for d in comparison.differences:
-                    self._pending_fields[(route, s, d.path, d.kind)] += 1
-            for d in comparison.differences:
-                if d.kind == "value":
-                    self._note_value(route, d.path, d.legacy)
+                    self._pending_cmp[(w, "mismatched")] += 1
+                    self._count_fields(w, adm, comparison, max_fields, w is windows[0])
             if sample is not None:
                 size = sample.size()
                 if self._queued_items >= _QUEUE_ITEMS or self._queued_bytes + size > _QUEUE_BYTES:
@@ -239,67 +265,162 @@ class DiffStore:
         if sample is not None:
             self._queue.put_nowait(sample)
 
-    def _roles(self, route: str, comparison: Comparison, now: float
+    def _count_fields(self, w: Window, adm: set[tuple[str, str]], comparison: Comparison,
+                      cap: int, note_values: bool) -> None:
+        """Caller holds `_lock`."""
+        pending = self._pending_fields
+        other = comparison.overflow
+        for d in comparison.differences:
+            key = (d.path, d.kind)
+            if key not in adm:
+                if len(adm) >= cap:
+                    other += d.elements
+                    continue
+                adm.add(key)
+            row = pending.get((w, *key))
+            if row is None:
+                pending[(w, *key)] = [1, d.elements, d.of]
+            else:
+                row[0] += 1
+                row[1] += d.elements
+                row[2] += d.of
+            if note_values and d.kind == "value":
+                self._note_value(w[0], d.path, d.legacy, d.varies)
+        if other:
+            row = pending.get((w, OTHER, OTHER))
+            if row is None:
+                pending[(w, OTHER, OTHER)] = [1, other, 0]
+            else:
+                row[0] += 1
+                row[1] += other
+        for missing, extra in comparison.renames:
+            if (missing, "missing") in adm and (extra, "extra") in adm:
+                self._pending_renames[(w, missing, extra)] += 1
+
+    def _admitted_for(self, w: Window, cap: int) -> set[tuple[str, str]]:
+        """The (path, kind) rows the window has (on disk or pending), loaded once."""
+        with self._lock:
+            adm = self._admitted.get(w)
+            if adm is not None:
+                self._admitted.move_to_end(w)
+                return adm
+        with self._read_lock:
+            rows = self._read.execute(
+                "SELECT path, kind FROM fields WHERE route=? AND step=? AND rules=? AND "
+                "path <> ? LIMIT ?", (*w, OTHER, cap)).fetchall()
+        with self._lock:
+            adm = self._admitted.get(w)
+            if adm is None:
+                adm = {(p, k) for p, k in rows}
+                for src in (self._pending_fields, self._inflight_fields):
+                    adm.update((p, k) for (win, p, k) in src if win == w and p != OTHER)
+                self._admitted[w] = adm
+                while len(self._admitted) > _WINDOWS_TRACKED:
+                    self._admitted.popitem(last=False)
+            return adm
+
+    def _sampling_for(self, w: Window) -> _Sampling:
+        """Caller holds `_sample_lock`."""
+        per_route = self._sampling.setdefault(w[0], OrderedDict())
+        st = per_route.get(w)
+        if st is not None:
+            per_route.move_to_end(w)
+            return st
+        st = _Sampling()
+        with self._read_lock:
+            for path, kind, n in self._read.execute(
+                    "SELECT path, kind, COUNT(*) FROM sample_refs WHERE route=? AND step=? AND "
+                    "rules=? AND role='first' GROUP BY path, kind", w):
+                st.first_taken[(path, kind)] = n
+        per_route[w] = st
+        while len(per_route) > WINDOWS_SAMPLED:
+            per_route.popitem(last=False)
+        return st
+
+    def _roles(self, w: Window, comparison: Comparison, now: float
                ) -> tuple[tuple[str, str, str], ...]:
         """The fields this mismatch is kept for, and as what (first or latest)."""
         roles = []
-        first_taken, latest_at = self._first_taken, self._latest_at
-        for path, kind in {(d.path, d.kind) for d in comparison.differences}:
-            key = (route, path, kind)
-            n = first_taken.get(key)
-            if n is None:
-                if self._fields_sampled[route] >= MAX_FIELDS_SAMPLED:
-                    continue
-                self._fields_sampled[route] += 1
-                n = 0
-            if n < FIRST_SAMPLES:
-                first_taken[key] = n + 1
-                roles.append((path, kind, "first"))
-            elif now - latest_at.get(key, 0.0) >= LATEST_EVERY:
-                latest_at[key] = now
-                roles.append((path, kind, "latest"))
+        with self._sample_lock:
+            st = self._sampling_for(w)
+            first_taken, latest_at = st.first_taken, st.latest_at
+            keys = {(d.path, d.kind) for d in comparison.differences}
+            if comparison.overflow:
+                keys.add((OTHER, OTHER))
+            for key in keys:
+                n = first_taken.get(key)
+                if n is None:
+                    if len(first_taken) >= MAX_FIELDS_SAMPLED:
+                        continue
+                    n = 0
+                if n < FIRST_SAMPLES:
+                    first_taken[key] = n + 1
+                    roles.append((*key, "first"))
+                elif now - latest_at.get(key, 0.0) >= LATEST_EVERY:
+                    latest_at[key] = now
+                    roles.append((*key, "latest"))
         return tuple(roles)
 
-    def record_match(self, route: str, step: int, n: int = 1) -> None:
-        """Count `n` comparisons that matched: `record` for clean comparisons, without them."""
-        if self._closed:
+    def record_counts(self, route: str, step: int, result: str, n: int = 1, *,
+                      rules: str = "") -> None:
+        """Count `n` results that carry no differences: "match" (pairs the data plane found
+        byte-identical) or "error" (a side did not answer, or the comparison failed)."""
+        if self._closed or n <= 0:
             return
         with self._lock:
             pending = self._pending_cmp
-            pending[(route, step, "compared")] += n
-            pending[(route, TOTAL, "compared")] += n
+            for w in ((route, step, rules), (route, *ALL)):
+                if result == "error":
+                    pending[(w, "errors")] += n
+                else:
+                    pending[(w, "compared")] += n
 
-    def _note_value(self, route: str, path: str, legacy: object) -> None:
+    def record_match(self, route: str, step: int, n: int = 1, *, rules: str = "") -> None:
+        self.record_counts(route, step, "match", n, rules=rules)
+
+    def _note_value(self, route: str, path: str, legacy: object, varies: bool) -> None:
         """Remember whether legacy's (already redacted) value at `path` changes between
-        comparisons: a nondeterministic field does, a wrong constant in target does not.
-        Caller holds `_lock`."""
+        comparisons, or between the elements of one list: a nondeterministic field does, a
+        wrong constant in target does not. Caller holds `_lock`."""
         sig = hashlib.sha256(repr(legacy).encode()).hexdigest()[:16]
         key = (route, path)
         old = self._pending_sigs.get(key)
         if old is None:
-            self._pending_sigs[key] = (sig, False)
-        elif not old[1] and old[0] != sig:
+            self._pending_sigs[key] = (sig, varies)
+        elif not old[1] and (varies or old[0] != sig):
             self._pending_sigs[key] = (old[0], True)
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def _key_step(self, step: int | None) -> int:
-        return TOTAL if step is None else step
+    @staticmethod
+    def _where(route: str, step: int | None, rules: str | None) -> tuple[str, tuple]:
+        if step is None:
+            return "route=? AND step=? AND rules=?", (route, *ALL)
+        if rules is None:
+            return "route=? AND step=?", (route, step)
+        return "route=? AND step=? AND rules=?", (route, step, rules)
 
-    def counts(self, route: str, step: int | None = None) -> tuple[int, int]:
-        """(compared, mismatched) for the route: at `step`, or in total."""
-        s = self._key_step(step)
+    @staticmethod
+    def _matches(w: Window, route: str, step: int | None, rules: str | None) -> bool:
+        if step is None:
+            return w == (route, *ALL)
+        return w[0] == route and w[1] == step and (rules is None or w[2] == rules)
+
+    def counts(self, route: str, step: int | None = None, rules: str | None = None) -> Counts:
+        """The route's counts: at `step` (under `rules`, or all of the step's), or in total."""
+        where, args = self._where(route, step, rules)
         with self._read_lock:
             with self._lock:
-                pend = [
-                    self._pending_cmp[(route, s, c)] + self._inflight_cmp[(route, s, c)]
-                    for c in ("compared", "mismatched")
-                ]
+                pend = Counter()
+                for src in (self._pending_cmp, self._inflight_cmp):
+                    for (w, col), n in src.items():
+                        if self._matches(w, route, step, rules):
+                            pend[col] += n
             row = self._read.execute(
-                "SELECT compared, mismatched FROM comparisons WHERE route=? AND step=?", (route, s)
-            ).fetchone()
-        compared, mismatched = row if row else (0, 0)
-        return compared + pend[0], mismatched + pend[1]
+                f"SELECT SUM(compared), SUM(mismatched), SUM(errors) FROM comparisons "
+                f"WHERE {where}", args).fetchone()
+        disk = [x or 0 for x in row] if row else [0, 0, 0]
+        return Counts(*(disk[i] + pend[c] for i, c in enumerate(_COLS)))
 
     def summary(
         self,
@@ -309,79 +430,112 @@ class DiffStore:
         samples: int = 10,
         likely_noise: Callable[[str], bool] | None = None,
         heuristic: bool = True,
+        *,
+        rules: str | None = None,
+        ignored: Callable[[str], bool] | None = None,
     ) -> dict[str, object]:
-        """The diffs object of the admin API and `strangler diffs`.
+        """The diffs object of the admin API and `strangler diffs`, for one window (`step` and
+        `rules`) or for the totals (`step` None).
 
         `likely_noise` is set for a field when `likely_noise(path)` says so, or (with
         `heuristic`, i.e. when the route has no second legacy copy to measure noise with) when
         its *values* differ in nearly every comparison while legacy's own value there changes
-        from request to request: timestamps, nonces, ids. A constant wrong value, or a structural
-        difference (type, missing, extra, length) that is always there is a contract mismatch,
-        not nondeterminism, and is never flagged by the heuristic."""
-        s = self._key_step(step)
+        from request to request or from element to element: timestamps, nonces, ids. A constant
+        wrong value, or a structural difference (type, missing, extra, length) that is always
+        there is a contract mismatch, not nondeterminism, and is never flagged by the heuristic.
+        `ignored(path)`: the route's current ignore rules cover the path; such a row is marked
+        `ignored` and listed after the live ones."""
+        where, args = self._where(route, step, rules)
+        fields: dict[tuple[str, str], list[int]] = {}
+        renames: Counter[tuple[str, str]] = Counter()
         with self._read_lock:
             with self._lock:
-                pend_cmp = {
-                    c: self._pending_cmp[(route, s, c)] + self._inflight_cmp[(route, s, c)]
-                    for c in ("compared", "mismatched")
-                }
-                fields: Counter[tuple[str, str]] = Counter()
                 for src in (self._pending_fields, self._inflight_fields):
-                    for (r, st, p, k), n in src.items():
-                        if r == route and st == s:
-                            fields[(p, k)] += n
-            row = self._read.execute(
-                "SELECT compared, mismatched FROM comparisons WHERE route=? AND step=?", (route, s)
-            ).fetchone()
-            for p, k, n in self._read.execute(
-                "SELECT path, kind, count FROM fields WHERE route=? AND step=?", (route, s)
-            ):
-                fields[(p, k)] += n
-            varies = {p for p, v in self._read.execute(
+                    for (w, p, k), (c, e, o) in src.items():
+                        if self._matches(w, route, step, rules):
+                            _merge_fields(fields, {(p, k): (c, e, o)})
+                for src2 in (self._pending_renames, self._inflight_renames):
+                    for (w, m, x), n in src2.items():
+                        if self._matches(w, route, step, rules):
+                            renames[(m, x)] += n
+                varies = {p for (r, p), (_, v) in self._pending_sigs.items() if r == route and v}
+            for p, k, c, e, o in self._read.execute(
+                    f"SELECT path, kind, SUM(count), SUM(elements), SUM(of_elements) FROM fields "
+                    f"WHERE {where} GROUP BY path, kind", args):
+                _merge_fields(fields, {(p, k): (c, e, o)})
+            for m, x, n in self._read.execute(
+                    f"SELECT missing, extra, SUM(count) FROM renames WHERE {where} "
+                    f"GROUP BY missing, extra", args):
+                renames[(m, x)] += n
+            varies |= {p for p, v in self._read.execute(
                 "SELECT path, varies FROM field_values WHERE route=?", (route,)) if v}
-            with self._lock:
-                varies |= {p for (r, p), (_, v) in self._pending_sigs.items()
-                           if r == route and v}
-            refs: dict[tuple[str, str], dict[str, list[int]]] = {}
-            for p, k, role, sid in self._read.execute(
-                    "SELECT path, kind, role, sample_id FROM sample_refs WHERE route=? "
-                    "ORDER BY sample_id", (route,)):
-                refs.setdefault((p, k), {"first": [], "latest": []})[role].append(sid)
-            q = "SELECT id, step, ts, data FROM samples WHERE route=?"
-            args: tuple[object, ...] = (route,)
-            if step is not None:
-                q += " AND step=?"
-                args += (step,)
-            rows = self._read.execute(q + " ORDER BY id DESC LIMIT ?", (*args, samples)).fetchall()
-        compared = (row[0] if row else 0) + pend_cmp["compared"]
-        mismatched = (row[1] if row else 0) + pend_cmp["mismatched"]
-        top = sorted(fields.items(), key=lambda kv: (-kv[1], kv[0][0], kv[0][1]))[:limit]
+            refs = self._refs(where, args)
+            rows = self._read.execute(
+                f"SELECT id, step, rules, ts, data FROM samples WHERE "
+                f"{where if step is not None else 'route=?'} ORDER BY id DESC LIMIT ?",
+                (*(args if step is not None else (route,)), samples)).fetchall()
+            window = self._read.execute(
+                f"SELECT MIN(started), MAX(updated) FROM comparisons WHERE {where}",
+                args).fetchone()
+        counts = self.counts(route, step, rules)
+        compared = counts.compared  # rates are over the pairs that were really compared
+        hints = _rename_hints(renames, fields)
         out_fields = []
-        for (p, k), n in top:
+        for (p, k), (n, elements, of) in fields.items():
             rate = n / compared if compared else 0.0
             noisy = (heuristic and k == "value" and p in varies
                      and compared >= LIKELY_NOISE_MIN and rate >= LIKELY_NOISE_RATE)
             if likely_noise is not None and likely_noise(p):
                 noisy = True
-            out_fields.append(
-                {"path": p, "kind": k, "count": n, "rate": rate, "likely_noise": noisy,
-                 "sample_ids": refs.get((p, k), {"first": [], "latest": []})}
-            )
+            row: dict[str, object] = {
+                "path": p, "kind": k, "count": n, "rate": rate, "likely_noise": noisy,
+                "elements": elements, "of": of,
+                "share": (elements / of) if of else None,
+                "ignored": bool(ignored is not None and p != OTHER and ignored(p)),
+                "sample_ids": refs.get((p, k), {"first": [], "latest": []}),
+            }
+            if (p, k) in hints:
+                row.update(hints[(p, k)])
+            out_fields.append(row)
+        out_fields.sort(key=lambda f: (f["ignored"], f["path"] == OTHER, -f["count"],  # type: ignore[operator]
+                                       f["path"], f["kind"]))
         out_samples = []
-        for sid, sstep, ts, data in rows:
+        for sid, sstep, srules, ts, data in rows:
             d = json.loads(data)
-            out_samples.append({"id": sid, "step": sstep, "time": ts, **_present(d)})
+            out_samples.append({"id": sid, "step": sstep, "rules": srules, "time": ts,
+                                **_present(d)})
         return {
             "route": route,
-            "compared": compared,
-            "mismatched": mismatched,
-            "fields": out_fields,
+            "window": {"step": step, "rules": rules, "all": step is None,
+                       "first": window[0] if window else None,
+                       "last": window[1] if window else None},
+            # as the gate counts: an error is a compared-and-mismatched pair
+            "compared": compared + counts.errors,
+            "mismatched": counts.mismatched + counts.errors,
+            "errors": counts.errors,
+            "fields": out_fields[:limit],
+            "fields_total": len(out_fields),
             "samples": out_samples,
         }
 
+    def _refs(self, where: str, args: tuple) -> dict[tuple[str, str], dict[str, list[int]]]:
+        """Sample ids per field of the window (of every window, for the totals). Caller holds
+        `_read_lock`."""
+        if args[1] == TOTAL:
+            where, args = "route=?", args[:1]
+        refs: dict[tuple[str, str], dict[str, list[int]]] = {}
+        for p, k, role, sid in self._read.execute(
+                f"SELECT path, kind, role, sample_id FROM sample_refs WHERE {where} "
+                f"ORDER BY sample_id", args):
+            ids = refs.setdefault((p, k), {"first": [], "latest": []})[role]
+            if sid not in ids:
+                ids.append(sid)
+        return refs
+
     def samples_for_export(self, route: str) -> list[dict[str, object]]:
         """Recorded safe-method requests with the legacy answers, newest first, one per distinct
-        request. Bodies are bytes (redacted, at most 16 KiB; `truncated` says when cut)."""
+        request. Bodies are bytes (decoded, redacted, at most 16 KiB; `truncated` says when
+        cut, `withheld` when the body is a marker in place of one)."""
         with self._read_lock:
             rows = self._read.execute(
                 "SELECT data FROM samples WHERE route=? ORDER BY id DESC", (route,)
@@ -398,6 +552,7 @@ class DiffStore:
             if key in seen:
                 continue
             seen.add(key)
+            lbody = _body_bytes(leg["body"])
             out.append(
                 {
                     "method": req["method"],
@@ -407,8 +562,9 @@ class DiffStore:
                     "legacy": {
                         "status": leg["status"],
                         "headers": [tuple(h) for h in leg["headers"]],
-                        "body": _body_bytes(leg["body"]),
+                        "body": lbody,
                         "truncated": bool(leg["truncated"] or leg["body"]["cut"]),
+                        "withheld": lbody.startswith(b"[body withheld"),
                     },
                 }
             )
@@ -444,7 +600,7 @@ class DiffStore:
     # -- the writer thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        conn = _connect(self.path)
+        conn = store_schema.open_file(self.path)
         last_retention = 0.0
         try:
             while True:
@@ -488,49 +644,68 @@ class DiffStore:
             conn.close()
 
     def _write(self, conn: sqlite3.Connection, samples: list[_Sample]) -> None:
+        """Write the samples and then the pending counters, `BATCH_ROWS` rows a transaction."""
         rows = []
         kept: list[_Sample] = []
         for s in samples:
             try:
-                rows.append((s.route, s.step, s.ts, s.request.method, _sample_json(s)))
+                rows.append((s.window[0], s.window[1], s.window[2], s.ts, s.request.method,
+                             _sample_json(s)))
                 kept.append(s)
             except Exception:  # a sample that cannot be redacted is never written
                 self.dropped_samples += 1
-        with self._lock:
-            self._inflight_cmp, self._pending_cmp = self._pending_cmp, self._inflight_cmp
-            self._inflight_fields, self._pending_fields = (
-                self._pending_fields,
-                self._inflight_fields,
-            )
-            cmp_items = list(self._inflight_cmp.items())
-            field_items = list(self._inflight_fields.items())
-            sig_items, self._pending_sigs = list(self._pending_sigs.items()), {}
-        if not rows and not cmp_items and not field_items and not sig_items:
-            return
+        for i in range(_BATCHES_PER_CYCLE):
+            with self._lock:
+                budget = BATCH_ROWS
+                budget -= _take(self._pending_cmp, budget, self._inflight_cmp)
+                budget -= _take(self._pending_fields, budget, self._inflight_fields)
+                budget -= _take(self._pending_renames, budget, self._inflight_renames)
+                sigs: dict[tuple[str, str], tuple[str, bool]] = {}
+                _take(self._pending_sigs, max(budget, 0), sigs)
+                cmp_items = list(self._inflight_cmp.items())
+                field_items = list(self._inflight_fields.items())
+                rename_items = list(self._inflight_renames.items())
+            if not (cmp_items or field_items or rename_items or sigs) and (i or not rows):
+                return
+            self._commit(conn, cmp_items, field_items, rename_items, sigs,
+                         rows if i == 0 else [], kept if i == 0 else [])
+
+    def _commit(self, conn: sqlite3.Connection, cmp_items: list, field_items: list,
+                rename_items: list, sigs: dict, rows: list, kept: list[_Sample]) -> None:
         now = self._clock()
-        cmp_rows: dict[tuple[str, int], list[int]] = {}
-        for (route, step, col), n in cmp_items:
-            cmp_rows.setdefault((route, step), [0, 0])[col == "mismatched"] += n
+        cmp_rows: dict[Window, list[int]] = {}
+        for (w, col), n in cmp_items:
+            cmp_rows.setdefault(w, [0, 0, 0])[_COLS.index(col)] += n
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(
-                "INSERT INTO comparisons (route, step, compared, mismatched, updated) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (route, step) DO UPDATE SET "
+                "INSERT INTO comparisons (route, step, rules, compared, mismatched, errors, "
+                "updated, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (route, step, rules) DO UPDATE SET "
                 "compared = compared + excluded.compared, "
-                "mismatched = mismatched + excluded.mismatched, updated = excluded.updated",
-                [(r, s, c, m, now) for (r, s), (c, m) in cmp_rows.items()],
+                "mismatched = mismatched + excluded.mismatched, "
+                "errors = errors + excluded.errors, updated = excluded.updated",
+                [(*w, c, m, e, now, now) for w, (c, m, e) in cmp_rows.items()],
             )
             conn.executemany(
-                "INSERT INTO fields (route, step, path, kind, count, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (route, step, path, kind) DO UPDATE SET "
-                "count = count + excluded.count, updated = excluded.updated",
-                [(r, s, p, k, n, now) for (r, s, p, k), n in field_items],
+                "INSERT INTO fields (route, step, rules, path, kind, count, elements, "
+                "of_elements, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (route, step, rules, path, kind) DO UPDATE SET "
+                "count = count + excluded.count, elements = elements + excluded.elements, "
+                "of_elements = of_elements + excluded.of_elements, updated = excluded.updated",
+                [(*w, p, k, c, e, o, now) for (w, p, k), (c, e, o) in field_items],
+            )
+            conn.executemany(
+                "INSERT INTO renames (route, step, rules, missing, extra, count, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (route, step, rules, missing, extra) "
+                "DO UPDATE SET count = count + excluded.count, updated = excluded.updated",
+                [(*w, m, x, n, now) for (w, m, x), n in rename_items],
             )
             conn.executemany(
                 "INSERT INTO field_values (route, path, sig, varies) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (route, path) DO UPDATE SET varies = MAX(field_values.varies, "
                 "excluded.varies, field_values.sig != excluded.sig)",
-                [(r, p, sig, int(v)) for (r, p), (sig, v) in sig_items],
+                [(r, p, sig, int(v)) for (r, p), (sig, v) in sigs.items()],
             )
             self._insert_samples(conn, rows, kept)
             with self._read_lock:
@@ -538,53 +713,60 @@ class DiffStore:
                 with self._lock:
                     self._inflight_cmp.clear()
                     self._inflight_fields.clear()
+                    self._inflight_renames.clear()
         except sqlite3.Error:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             with self._lock:  # keep the counts: they are retried with the next batch
                 self._pending_cmp.update(self._inflight_cmp)
-                self._pending_fields.update(self._inflight_fields)
+                _merge_fields(self._pending_fields, self._inflight_fields)
+                self._pending_renames.update(self._inflight_renames)
                 self._inflight_cmp.clear()
                 self._inflight_fields.clear()
+                self._inflight_renames.clear()
             raise
 
     def _insert_samples(self, conn: sqlite3.Connection, rows: list[tuple],
                         kept: list[_Sample]) -> None:
         """Insert samples with their per-field roles; keep the newest LATEST_SAMPLES "latest"
         per field, and at most max_samples_per_route samples no field refers to."""
-        touched: set[tuple[str, str, str]] = set()
+        touched: set[tuple[Window, str, str]] = set()
         for row, sample in zip(rows, kept, strict=True):
-            cur = conn.execute(
-                "INSERT INTO samples (route, step, ts, method, data) VALUES (?, ?, ?, ?, ?)", row)
+            cur = conn.execute("INSERT INTO samples (route, step, rules, ts, method, data) "
+                               "VALUES (?, ?, ?, ?, ?, ?)", row)
             sid = cur.lastrowid
             conn.executemany(
-                "INSERT OR IGNORE INTO sample_refs (route, path, kind, role, sample_id) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(sample.route, p, k, role, sid) for p, k, role in sample.roles])
-            touched.update((sample.route, p, k) for p, k, role in sample.roles
+                "INSERT OR IGNORE INTO sample_refs (route, step, rules, path, kind, role, "
+                "sample_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(*sample.window, p, k, role, sid) for p, k, role in sample.roles])
+            touched.update((sample.window, p, k) for p, k, role in sample.roles
                            if role == "latest")
         dropped: set[int] = set()
-        for route, path, kind in touched:
+        for w, path, kind in touched:
             old = [sid for (sid,) in conn.execute(
-                "SELECT sample_id FROM sample_refs WHERE route=? AND path=? AND kind=? AND "
-                "role='latest' ORDER BY sample_id DESC LIMIT -1 OFFSET ?",
-                (route, path, kind, LATEST_SAMPLES))]
+                "SELECT sample_id FROM sample_refs WHERE route=? AND step=? AND rules=? AND "
+                "path=? AND kind=? AND role='latest' ORDER BY sample_id DESC LIMIT -1 OFFSET ?",
+                (*w, path, kind, LATEST_SAMPLES))]
             if old:
                 conn.executemany(
-                    "DELETE FROM sample_refs WHERE route=? AND path=? AND kind=? AND "
-                    "role='latest' AND sample_id=?", [(route, path, kind, sid) for sid in old])
+                    "DELETE FROM sample_refs WHERE route=? AND step=? AND rules=? AND path=? AND "
+                    "kind=? AND role='latest' AND sample_id=?",
+                    [(*w, path, kind, sid) for sid in old])
                 dropped.update(old)
         if dropped:
             conn.executemany(
                 "DELETE FROM samples WHERE id=? AND NOT EXISTS "
                 "(SELECT 1 FROM sample_refs WHERE sample_id=?)", [(i, i) for i in dropped])
         for route in {r[0] for r in rows}:
-            conn.execute(
-                "DELETE FROM samples WHERE route=? AND id <= (SELECT id FROM samples "
-                "WHERE route=? ORDER BY id DESC LIMIT 1 OFFSET ?) AND NOT EXISTS "
-                "(SELECT 1 FROM sample_refs WHERE sample_id=samples.id)",
-                (route, route, self.max_samples_per_route),
-            )
+            self._cap_samples(conn, route)
+
+    def _cap_samples(self, conn: sqlite3.Connection, route: str) -> None:
+        conn.execute(
+            "DELETE FROM samples WHERE route=? AND id <= (SELECT id FROM samples "
+            "WHERE route=? ORDER BY id DESC LIMIT 1 OFFSET ?) AND NOT EXISTS "
+            "(SELECT 1 FROM sample_refs WHERE sample_id=samples.id)",
+            (route, route, self.max_samples_per_route),
+        )
 
     def _prune(self, conn: sqlite3.Connection, now: float) -> None:
         cutoff = now - self.retention
@@ -592,24 +774,59 @@ class DiffStore:
         conn.execute("DELETE FROM samples WHERE ts < ?", (cutoff,))
         conn.execute("DELETE FROM sample_refs WHERE NOT EXISTS "
                      "(SELECT 1 FROM samples WHERE id=sample_refs.sample_id)")
-        for table in ("comparisons", "fields"):
-            conn.execute(
-                f"DELETE FROM {table} WHERE step <> ? AND updated < ? AND step < "
-                f"(SELECT MAX(step) FROM comparisons c WHERE c.route = {table}.route)",
-                (TOTAL, cutoff),
-            )
+        routes = [r for (r,) in conn.execute("SELECT DISTINCT route FROM samples")]
+        for route in routes:
+            windows = conn.execute(
+                "SELECT step, rules FROM sample_refs WHERE route=? GROUP BY step, rules "
+                "ORDER BY MAX(sample_id) DESC LIMIT -1 OFFSET ?",
+                (route, WINDOWS_SAMPLED)).fetchall()
+            conn.executemany("DELETE FROM sample_refs WHERE route=? AND step=? AND rules=?",
+                             [(route, s, r) for s, r in windows])
+            self._cap_samples(conn, route)
+        # Counters not updated for the retention period go, totals included, except each
+        # route's newest step (the gate's current evidence, however quiet).
+        newest = ("(SELECT MAX(step) FROM comparisons c WHERE c.route = {t}.route "
+                  "AND c.step >= 0)")
+        for table in ("comparisons", "fields", "renames"):
+            conn.execute(f"DELETE FROM {table} WHERE updated < ? AND "
+                         f"step IS NOT {newest.format(t=table)}", (cutoff,))
         cuts = conn.execute(
             "SELECT route, (SELECT step FROM comparisons c WHERE c.route = r.route AND "
-            "c.step >= 0 ORDER BY c.step DESC LIMIT 1 OFFSET ?) "
+            "c.step >= 0 GROUP BY c.step ORDER BY c.step DESC LIMIT 1 OFFSET ?) "
             "FROM (SELECT DISTINCT route FROM comparisons) r",
             (STEPS_KEPT - 1,)).fetchall()
         for route, oldest_kept in cuts:
             if oldest_kept is not None:
-                for table in ("fields", "comparisons"):
-                    conn.execute(f"DELETE FROM {table} WHERE route = ? AND step >= 0 AND step < ?",
-                                 (route, oldest_kept))
+                for table in ("fields", "renames", "comparisons"):
+                    conn.execute(f"DELETE FROM {table} WHERE route = ? AND step >= 0 AND "
+                                 f"step < ?", (route, oldest_kept))
+        for table in ("fields", "renames"):
+            conn.execute(f"DELETE FROM {table} WHERE NOT EXISTS (SELECT 1 FROM comparisons c "
+                         f"WHERE c.route = {table}.route AND c.step = {table}.step AND "
+                         f"c.rules = {table}.rules)")
+        conn.execute("DELETE FROM field_values WHERE NOT EXISTS (SELECT 1 FROM fields f WHERE "
+                     "f.route = field_values.route AND f.path = field_values.path)")
         with self._read_lock:
             conn.execute("COMMIT")
+            with self._lock:
+                self._admitted.clear()  # rows may be gone: reload the sets from disk
+
+
+def _rename_hints(renames: Counter[tuple[str, str]], fields: dict[tuple[str, str], list[int]]
+                  ) -> dict[tuple[str, str], dict[str, object]]:
+    """A missing and an extra field whose values were equal, in the same objects, in nearly
+    all the comparisons where either differed: a likely rename."""
+    out: dict[tuple[str, str], dict[str, object]] = {}
+    for (missing, extra), n in renames.most_common():
+        m = fields.get((missing, "missing"))
+        x = fields.get((extra, "extra"))
+        if m is None or x is None or n < RENAME_SHARE * max(m[0], x[0]):
+            continue
+        if (missing, "missing") in out or (extra, "extra") in out:
+            continue
+        out[(missing, "missing")] = {"renamed_to": extra, "rename_count": n}
+        out[(extra, "extra")] = {"renamed_from": missing, "rename_count": n}
+    return out
 
 
 def _sample_json(s: _Sample) -> str:
@@ -617,8 +834,8 @@ def _sample_json(s: _Sample) -> str:
     req = red.redact_request(s.request)
     leg = red.redact_exchange(s.legacy)
     tgt = red.redact_exchange(s.target)
-    diffs = [red.redact_difference(d).to_dict() for d in s.comparison.differences]
-    data = {
+    diffs = s.comparison.differences
+    data: dict[str, Any] = {
         "request": {
             "method": req.method,
             "path": req.path,
@@ -627,14 +844,17 @@ def _sample_json(s: _Sample) -> str:
         },
         "legacy": _exchange_json(leg),
         "target": _exchange_json(tgt),
-        "differences": diffs,
-        "noise": list(s.comparison.noise),
+        "differences": [red.redact_difference(d).to_dict() for d in diffs[:DIFFS_PER_SAMPLE]],
+        "more_differences": max(0, len(diffs) - DIFFS_PER_SAMPLE) + s.comparison.overflow,
+        "noise": list(s.comparison.noise[:DIFFS_PER_SAMPLE]),
         "body_compared": s.comparison.body_compared,
     }
+    if req.codings:
+        data["request"]["decoded"] = list(req.codings)
     return json.dumps(data, ensure_ascii=False, default=str)
 
 
-def _present(d: dict[str, object]) -> dict[str, object]:
+def _present(d: dict[str, Any]) -> dict[str, object]:
     """A stored sample as shown by the diffs view: bodies as text."""
 
     def body(b: dict[str, object]) -> str:
@@ -643,14 +863,15 @@ def _present(d: dict[str, object]) -> dict[str, object]:
         text = str(b.get("text", ""))
         return text + (f"... ({b['size']} bytes)" if b.get("cut") else "")
 
-    req = dict(d["request"])  # type: ignore[arg-type]
+    req = dict(d["request"])
     req["body"] = body(req["body"])
     out: dict[str, object] = {"request": req}
     for side in ("legacy", "target"):
-        ex = dict(d[side])  # type: ignore[arg-type]
+        ex = dict(d[side])
         ex["body"] = body(ex["body"])
         out[side] = ex
     out["differences"] = d["differences"]
+    out["more_differences"] = d.get("more_differences", 0)
     out["noise"] = d.get("noise", [])
     out["body_compared"] = d.get("body_compared", True)
     return out

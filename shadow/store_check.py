@@ -1,4 +1,5 @@
-"""A corrupt diff store is moved aside and replaced by a fresh one; `serve` does not refuse.
+"""A corrupt diff store (or one written by a newer strangler) is moved aside and replaced by a
+fresh one; `serve` does not refuse.
 
 Shadow evidence is not a promise to anyone: losing it costs time, never safety. The gate
 judges each weight step on its own counters and holds until it has `min_comparisons` again, so a
@@ -19,25 +20,34 @@ from pathlib import Path
 
 import structlog
 
+from shadow.store_schema import SCHEMA_VERSION
+
 log = structlog.get_logger("strangler.shadow.store")
 
 __all__ = ["quarantine_if_corrupt"]
 
 
 def _problem(path: Path) -> str | None:
-    """None when SQLite can read the file and `PRAGMA quick_check` says ok."""
+    """None when SQLite can read the file, `PRAGMA quick_check` says ok and its schema
+    version is one this strangler knows."""
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
     except sqlite3.Error as exc:
         return str(exc)
     try:
         rows = conn.execute("PRAGMA quick_check").fetchall()
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     except sqlite3.DatabaseError as exc:
         return str(exc)
     finally:
         conn.close()
     found = [str(r[0]) for r in rows]
-    return None if found == ["ok"] else "; ".join(found[:3])
+    if found != ["ok"]:
+        return "; ".join(found[:3])
+    if version > SCHEMA_VERSION:
+        return (f"schema version {version} is newer than this strangler's {SCHEMA_VERSION} "
+                "(written by a newer release)")
+    return None
 
 
 def quarantine_if_corrupt(path: Path) -> dict | None:

@@ -25,7 +25,8 @@ def compare(a: object, b: object, **spec) -> Comparison:
 
 
 def found(c: Comparison) -> set[tuple[str, str]]:
-    return {(d.path, d.kind) for d in c.differences}
+    """(first concrete occurrence, kind) of each difference."""
+    return {(d.where, d.kind) for d in c.differences}
 
 
 def test_identical_bodies_match() -> None:
@@ -38,7 +39,8 @@ def test_changed_field_reported_on_its_path_and_nothing_else() -> None:
     target = {"items": [{"id": 1, "amount": 10}, {"id": 2, "amount": 21}], "n": 2}
     c = compare(legacy, target)
     assert [d.to_dict() for d in c.differences] == [
-        {"path": "$.items[1].amount", "kind": "value", "legacy": 20, "target": 21}
+        {"path": "$.items[*].amount", "kind": "value", "legacy": 20, "target": 21,
+         "at": "$.items[1].amount", "elements": 1, "of": 2, "examples": ["$.items[1].amount"]}
     ]
     assert c.result == "mismatch"
 
@@ -109,10 +111,11 @@ def test_array_keys_match_elements_by_key() -> None:
     target = {"items": [{"id": 3, "v": "c"}, {"id": 2, "v": "B"}, {"id": 4, "v": "d"}]}
     c = compare(legacy, target, array_keys=(("$.items", "id"),))
     assert found(c) == {
-        ("$.items[1].v", "value"),
-        ("$.items[0]", "missing"),
-        ("$.items[2]", "extra"),
+        ("$.items[id=2].v", "value"),
+        ("$.items[id=1]", "missing"),
+        ("$.items[id=4]", "extra"),
     }
+    assert {d.path for d in c.differences} == {"$.items[*].v", "$.items[*]"}
     # reordering alone is no difference
     shuffled = {"items": list(reversed(legacy["items"]))}
     assert compare(legacy, shuffled, array_keys=(("$.items", "id"),)).matched
@@ -126,19 +129,21 @@ def test_array_keys_length_and_fallback_to_index() -> None:
         {"items": [{"id": 2}]},
         array_keys=(("$.items", "id"),),
     )
-    assert found(c) == {("$.items", "length"), ("$.items[0]", "missing")}
+    assert found(c) == {("$.items", "length"), ("$.items[id=1]", "missing")}
     # an element without the key: compared by index
     c = compare(
         {"items": [{"id": 1}, 5]}, {"items": [5, {"id": 1}]}, array_keys=(("$.items", "id"),)
     )
-    assert found(c) == {("$.items[0]", "type"), ("$.items[1]", "type")}
+    (d,) = c.differences  # both elements differ in type: one row, two elements
+    assert (d.path, d.kind, d.elements, d.of, d.examples) == (
+        "$.items[*]", "type", 2, 2, ("$.items[0]", "$.items[1]"))
 
 
 def test_array_keys_with_wildcard_path() -> None:
     legacy = {"orders": [{"lines": [{"sku": "a", "q": 1}, {"sku": "b", "q": 2}]}]}
     target = {"orders": [{"lines": [{"sku": "b", "q": 3}, {"sku": "a", "q": 1}]}]}
     c = compare(legacy, target, array_keys=(("$.orders[*].lines", "sku"),))
-    assert found(c) == {("$.orders[0].lines[1].q", "value")}
+    assert found(c) == {("$.orders[0].lines[sku='b'].q", "value")}
 
 
 def test_ignore_exact_path_and_recursive_descent_and_wildcards() -> None:
@@ -293,3 +298,57 @@ def test_jsonpath_round_trip_and_matching() -> None:
     assert ps.covers(("id",)) and ps.covers(("x", 3, "id")) and ps.covers(("x", "id", "y"))
     assert ps.covers(("items", 7, "ts")) and not ps.covers(("items", "ts"))
     assert ps.covers(("a", "b")) and not ps.covers(("a",))
+
+
+# -- canonical paths (issue 24.1) ------------------------------------------------------------
+
+def _accounts(drift: bool) -> list[dict]:
+    out = []
+    for i in range(1, 121):
+        a: dict = {"id": i, "owner": f"Owner {i}", "amount": i * 10,
+                   "lines": [{"id": j, "amount": j} for j in (1, 2, 3)],
+                   "updated_at": f"2026-01-01T00:{i % 60:02d}:00Z"}
+        if drift:
+            if i % 10 == 5:
+                a["owner_name"] = a.pop("owner")
+            a["lines"].reverse()
+            a["updated_at"] = "2026-02-02T00:00:00Z"
+        out.append(a)
+    return out
+
+
+def test_list_elements_collapse_into_one_row_per_field_with_their_share() -> None:
+    c = compare(_accounts(False), _accounts(True))
+    rows = {(d.path, d.kind): d for d in c.differences}
+    assert set(rows) == {("$[*].owner", "missing"), ("$[*].owner_name", "extra"),
+                         ("$[*].lines[*].id", "value"), ("$[*].lines[*].amount", "value"),
+                         ("$[*].updated_at", "value")}
+    owner = rows[("$[*].owner", "missing")]
+    assert (owner.elements, owner.of, owner.at) == (12, 120, "$[4].owner")
+    assert owner.examples == ("$[4].owner", "$[14].owner", "$[24].owner", "$[34].owner",
+                              "$[44].owner")
+    lines = rows[("$[*].lines[*].id", "value")]
+    assert (lines.elements, lines.of) == (120, 120)  # in every account (twice in each)
+    assert rows[("$[*].updated_at", "value")].varies  # legacy's values differ by element
+    assert c.renames == (("$[*].owner", "$[*].owner_name"),)
+
+
+def test_keyed_arrays_show_the_key_and_reorders_are_no_difference() -> None:
+    c = compare(_accounts(False), _accounts(True),
+                array_keys=(("$", "id"), ("$[*].lines", "id")),
+                ignore=("$..updated_at",))
+    rows = {(d.path, d.kind): d for d in c.differences}
+    assert set(rows) == {("$[*].owner", "missing"), ("$[*].owner_name", "extra")}
+    assert rows[("$[*].owner", "missing")].at == "$[id=5].owner"
+
+
+def test_at_most_max_fields_rows_per_comparison_the_rest_counted() -> None:
+    legacy = {f"k{i}": i for i in range(500)}
+    c = compare(legacy, {}, max_fields=100)
+    assert len(c.differences) == 100 and c.overflow == 400 and c.result == "mismatch"
+
+
+def test_rename_needs_equal_values_in_the_same_object() -> None:
+    c = compare({"a": {"x": "v"}, "b": {"y": 1}}, {"a": {"z": "w"}, "b": {"q": 1}})
+    assert c.renames == (("$.b.y", "$.b.q"),)
+    assert compare({"flag": True}, {"enabled": True}).renames == ()  # too common a value

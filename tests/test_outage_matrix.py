@@ -327,7 +327,8 @@ NOISE_DOWN = "noise upstream unreachable: comparisons run without noise cancella
 
 
 async def compared(p: ProxyProcess) -> int:
-    return (await admin_json(p.admin, "GET", "/admin/routes/balance/diffs"))[1]["compared"]
+    # all time: the rollback below starts a new step (a new evidence window)
+    return (await admin_json(p.admin, "GET", "/admin/routes/balance/diffs?all=1"))[1]["compared"]
 
 
 async def test_noise_twin_down_clients_untouched_comparisons_go_on_said_once(upstreams,

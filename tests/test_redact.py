@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -68,14 +69,30 @@ def test_exchange_body_redacted_and_untouched_when_nothing_to_redact() -> None:
     assert r.redact_body(same) is same
 
 
-def test_unparseable_bodies_are_scrubbed_or_withheld() -> None:
+def test_unparseable_bodies_are_withheld_with_their_size() -> None:
+    """Issue 22.2: a body the rules cannot be applied to by path is never stored hoping a
+    pattern finds the secret: JSON cut at shadow.max_body, a form, HTML."""
     r = Redactor(["$..card_number"])
     cut = ('{"x": 1, "card_number": "' + SECRET[:9]).encode()  # cut at shadow.max_body
-    assert SECRET[:9].encode() not in r.redact_body(cut)
-    form = f"a=1&card_number={SECRET}&b=2".encode()
-    assert r.redact_body(form) == b"a=1&card_number=[REDACTED]&b=2"
-    wild = Redactor(["$.cards[*]"])
-    assert wild.redact_body(b"<html>" + SECRET.encode()) == WITHHELD
+    for body in (cut, f"a=1&card_number={SECRET}&b=2".encode(), b"<html>" + SECRET.encode()):
+        out = r.redact_body(body)
+        assert out.startswith(WITHHELD) and b"%d bytes" % len(body) in out
+        assert SECRET[:9].encode() not in out
+    assert Redactor().redact_body(b"<html>ok") == b"<html>ok"  # no body rules: kept
+
+
+def test_encoded_bodies_are_decoded_before_redaction() -> None:
+    r = Redactor(["$.card_number"])
+    raw = json.dumps({"card_number": SECRET, "amount": 1}).encode()
+    ex = r.redact_exchange(Exchange(200, (("content-encoding", "gzip"),), gzip.compress(raw)))
+    assert json.loads(ex.body) == {"card_number": REDACTED, "amount": 1}
+    assert ex.codings == ("gzip",)
+    bad = Exchange(200, (("content-encoding", "br"),), b"not brotli " + SECRET.encode())
+    out = Redactor().redact_exchange(bad)  # even without rules: never stored undecoded
+    assert out.body == b"[body withheld: %d bytes, br, not decodable]" % len(bad.body)
+    req = r.redact_request(RequestRecord("POST", "/p", (("content-encoding", "gzip"),),
+                                         gzip.compress(raw)))
+    assert json.loads(req.body)["card_number"] == REDACTED
 
 
 def test_request_query_string_scrubbed() -> None:

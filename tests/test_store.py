@@ -58,21 +58,24 @@ def test_counts_and_summary_exact_before_and_after_flush(make_store) -> None:
         store.record("balance", 0, req(), resp({"amount": 1}), resp({"amount": 2}), c, REDACTOR)
     for _ in range(10):
         store.record("balance", 0, req(), resp({}), resp({}), MATCH, REDACTOR)
-    assert store.counts("balance") == (40, 30)  # not flushed yet: still exact
+    assert store.counts("balance")[:2] == (40, 30)  # not flushed yet: still exact
     assert store.flush()
-    assert store.counts("balance") == (40, 30)
-    assert store.counts("balance", step=0) == (40, 30)
-    assert store.counts("other") == (0, 0)
+    assert store.counts("balance")[:2] == (40, 30)
+    assert store.counts("balance", step=0)[:2] == (40, 30)
+    assert store.counts("other")[:2] == (0, 0)
     s = store.summary("balance", limit=5)
-    assert set(s) == {"route", "compared", "mismatched", "fields", "samples"}
-    assert (s["route"], s["compared"], s["mismatched"]) == ("balance", 40, 30)
+    assert set(s) == {"route", "window", "compared", "mismatched", "errors", "fields",
+                      "fields_total", "samples"}
+    assert (s["route"], s["compared"], s["mismatched"], s["errors"]) == ("balance", 40, 30, 0)
+    assert s["window"]["all"] and s["window"]["first"] <= s["window"]["last"]
     # Counters are exact; samples are the first three per field and one "latest" per field
     # per LATEST_EVERY second: 6 rows for 30 mismatches (each mismatch is 1 or 2 fields).
+    plain = {"elements": None, "of": 0, "share": None, "ignored": False}
     assert s["fields"] == [
         {"path": "$.ts", "kind": "value", "count": 30, "rate": 0.75, "likely_noise": False,
-         "sample_ids": {"first": [1, 2, 3], "latest": [4]}},
+         **plain, "elements": 30, "sample_ids": {"first": [1, 2, 3], "latest": [4]}},
         {"path": "$.amount", "kind": "value", "count": 10, "rate": 0.25, "likely_noise": False,
-         "sample_ids": {"first": [1, 4, 5], "latest": [6]}},
+         **plain, "elements": 10, "sample_ids": {"first": [1, 4, 5], "latest": [6]}},
     ]
     assert [x["id"] for x in s["samples"]] == [6, 5, 4, 3, 2, 1]
     sample = s["samples"][1]
@@ -119,9 +122,9 @@ def test_steps_kept_apart_from_totals(make_store) -> None:
     for _ in range(3):
         store.record("r", 1, req(), resp({}), resp({}), MATCH, REDACTOR)
     store.record("r", 1, req("/b"), resp({}), resp({}), mismatch("$.b"), REDACTOR)
-    assert store.counts("r", step=0) == (5, 5)
-    assert store.counts("r", step=1) == (4, 1)
-    assert store.counts("r") == (9, 6)
+    assert store.counts("r", step=0)[:2] == (5, 5)
+    assert store.counts("r", step=1)[:2] == (4, 1)
+    assert store.counts("r")[:2] == (9, 6)
     store.flush()
     s1 = store.summary("r", step=1)
     assert [f["path"] for f in s1["fields"]] == ["$.b"]
@@ -157,7 +160,7 @@ def test_a_mismatch_on_every_request_costs_no_sample_each(make_store) -> None:
         store.record("r", 0, req(f"/p/{i}"), resp({}), resp({}), mismatch("$.a", "$.b"),
                      REDACTOR)
     assert store.flush()
-    assert store.counts("r") == (2000, 2000)
+    assert store.counts("r")[:2] == (2000, 2000)
     assert store.dropped_samples == 0  # the queue never filled: few were kept at all
     with sqlite3.connect(store.path) as db:
         (n,) = db.execute("SELECT COUNT(*) FROM samples").fetchone()
@@ -173,9 +176,9 @@ def test_retention_drops_old_samples_and_old_steps_keeps_totals(make_store) -> N
     store.record("r", 1, req("/new"), resp({}), resp({}), mismatch("$.a"), REDACTOR)
     store.flush()
     assert [x["request"]["path"] for x in store.summary("r")["samples"]] == ["/new"]
-    assert store.counts("r", step=0) == (0, 0)
-    assert store.counts("r", step=1) == (1, 1)
-    assert store.counts("r") == (2, 2)
+    assert store.counts("r", step=0)[:2] == (0, 0)
+    assert store.counts("r", step=1)[:2] == (1, 1)
+    assert store.counts("r")[:2] == (2, 2)
 
 
 def test_survives_reopen_and_files_are_shared_additively(make_store, tmp_path: Path) -> None:
@@ -186,7 +189,7 @@ def test_survives_reopen_and_files_are_shared_additively(make_store, tmp_path: P
     a.close()
     b.close()
     c = make_store()
-    assert c.counts("r") == (2, 1)
+    assert c.counts("r")[:2] == (2, 1)
     assert (tmp_path / "state" / "diffs.sqlite3").exists()
     journal = c._read.execute("PRAGMA journal_mode").fetchone()[0]
     assert journal == "wal"
@@ -208,9 +211,9 @@ def test_concurrent_recording_is_exact(make_store) -> None:
         time.sleep(0.01)
     for t in threads:
         t.join(10)
-    assert store.counts("r") == (2000, 1000)
+    assert store.counts("r")[:2] == (2000, 1000)
     store.flush()
-    assert store.counts("r") == (2000, 1000)
+    assert store.counts("r")[:2] == (2000, 1000)
     assert store.summary("r")["fields"][0]["count"] == 1000
 
 
@@ -222,7 +225,7 @@ def test_record_never_blocks_and_drops_samples_when_queue_full(make_store) -> No
         store.record("r", 0, req(), big, big, mismatch("$.a"), REDACTOR)
     elapsed = time.perf_counter() - started
     assert elapsed < 0.5  # no redaction, serialisation or I/O on the caller's thread
-    assert store.counts("r") == (40, 40)  # counters are never dropped
+    assert store.counts("r")[:2] == (40, 40)  # counters are never dropped
     assert store.dropped_samples > 0
     store.flush()
     s = store.summary("r", samples=100)
@@ -287,7 +290,11 @@ def test_samples_for_export_safe_requests_only_distinct(make_store) -> None:
 def test_errors_are_not_comparisons_and_close_is_idempotent(make_store) -> None:
     store = make_store()
     store.record("r", 0, req(), resp({}), resp({}), Comparison((), error="boom"), REDACTOR)
-    assert store.counts("r") == (0, 0)
+    store.record_counts("r", 0, "error", 2)  # mirrors whose other side did not answer
+    assert store.counts("r") == (0, 0, 3)
+    assert store.counts("r", step=0) == (0, 0, 3)
+    s = store.summary("r")  # as the gate counts: an error is compared and mismatched
+    assert (s["compared"], s["mismatched"], s["errors"]) == (3, 3, 3)
     store.close()
     store.close()
     store.record("r", 0, req(), resp({}), resp({}), MATCH, REDACTOR)  # ignored, no exception
@@ -349,8 +356,8 @@ def test_only_the_newest_steps_keep_counters_totals_stay_exact(make_store) -> No
     assert steps == {"wide": kept, "other": kept}
     assert field_steps == set(kept)
     assert rows == 30 * (STEPS_KEPT + 1)  # the kept steps and the totals
-    assert store.counts("wide", step=49) == (2, 1)
-    assert store.counts("wide", step=0) == (0, 0)
-    assert store.counts("wide") == (51, 50)
+    assert store.counts("wide", step=49)[:2] == (2, 1)
+    assert store.counts("wide", step=0)[:2] == (0, 0)
+    assert store.counts("wide")[:2] == (51, 50)
     totals = {f["path"]: f["count"] for f in store.summary("wide", limit=100)["fields"]}
     assert totals["$.items[7].amount"] == 50

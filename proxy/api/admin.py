@@ -282,24 +282,14 @@ class Admin:
         return web.json_response(body)
 
     async def diffs(self, request: web.Request) -> web.Response:
+        from proxy.api.diffs_view import diffs_view, no_store_view
+
         name = request.match_info["name"]
         self.rt.spec(name)
         limit = _int_query(request, "limit", 20) or 20
-        store = getattr(self.server, "diff_store", None)
-        if store is None:
-            return web.json_response({"route": name, "compared": 0, "mismatched": 0,
-                                      "fields": [], "samples": [],
-                                      "note": "no diff store: shadowing is not running"})
-        # With a second legacy copy, noise was measured and removed before recording.
-        heuristic = self.rt.spec(name).shadow.compare.noise_upstream is None
-        # Counts and samples are read from disk: let what the comparer has land first (bounded
-        # wait; with --workers N the workers' comparers write within 0.2 s on their own).
-        shadow = getattr(self.server, "shadow", None)
-        if shadow is not None:
-            await shadow.flush(2.0)
-        summary = await asyncio.to_thread(store.summary, name, limit, None, min(limit, 50),
-                                          None, heuristic)
-        return web.json_response(summary)
+        if getattr(self.server, "diff_store", None) is None:
+            return web.json_response(no_store_view(self.rt, request, name))
+        return web.json_response(await diffs_view(self.server, self.rt, request, name, limit))
 
     async def diffs_export(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -317,7 +307,7 @@ class Admin:
         def run() -> tuple[int, str]:
             with tempfile.TemporaryDirectory(prefix="strangler-export-") as d:
                 path = Path(d) / f"export.{fmt}"
-                n = export(store, name, fmt, path, ignore=spec.shadow.compare.ignore)
+                n = export(store, name, fmt, path, compare=spec.shadow.compare)
                 return n, path.read_text(encoding="utf-8")
 
         count, text = await asyncio.to_thread(run)

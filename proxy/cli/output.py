@@ -6,6 +6,7 @@ Every function takes the admin API's JSON and returns text; `--json` bypasses al
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -123,36 +124,104 @@ def decision(body: dict) -> str:
     return "\n".join(lines)
 
 
-def diffs(body: dict) -> str:
+def diffs(body: dict, sample_lines: int = 8, now: float | None = None) -> str:
     compared = body.get("compared", 0)
     mism = body.get("mismatched", 0)
+    errors = body.get("errors", 0)
     rate = pct(mism / compared) if compared else "-"
-    lines = [f"{body.get('route')}: {compared} compared, {mism} mismatched ({rate})"]
+    head = f"{body.get('route')}: {compared} compared, {mism} mismatched ({rate})"
+    if errors:
+        head += f", of which {errors} errors (a side did not answer)"
+    lines = [head, _window_line(body.get("window") or {}, now)]
     fields = body.get("fields") or []
-    if fields:
-        lines.append("")
-        lines.append(table(
-            ["FIELD", "KIND", "COUNT", "RATE", "NOISE?"],
-            [[f.get("path"), f.get("kind"), f.get("count"), pct(f.get("rate")),
-              "likely noise" if f.get("likely_noise") else ""] for f in fields],
-        ))
+    live = [f for f in fields if not f.get("ignored")]
+    ignored = [f for f in fields if f.get("ignored")]
+    if live:
+        lines += ["", _fields_table(live)]
+    if ignored:
+        lines += ["", "ignored now (the current ignore rules cover these; not live differences):",
+                  _fields_table(ignored)]
+    hidden = int(body.get("fields_total", len(fields))) - len(fields)
+    if hidden > 0:
+        lines.append(f"... {hidden} more field rows (--limit)")
     samples = body.get("samples") or []
     if samples:
         lines.append("")
         lines.append("recent samples (redacted):")
         for s in samples:
-            req = s.get("request") or {}
-            leg = s.get("legacy") or {}
-            tgt = s.get("target") or {}
-            lines.append(f"  #{s.get('id')} {req.get('method')} {req.get('path')}  "
-                         f"legacy {leg.get('status')} / target {tgt.get('status')}")
-            for d in s.get("differences") or []:
-                if isinstance(d, dict):
-                    lines.append(f"      {d.get('path')}: {d.get('kind')}"
-                                 + _diff_values(d))
+            lines += _sample_lines(s, sample_lines, now)
     if not fields and not samples:
         lines.append("no differences recorded")
     return "\n".join(lines)
+
+
+def _window_line(w: dict, now: float | None) -> str:
+    if w.get("all"):
+        return "(all evidence the store has, every step and rule set; --all)"
+    text = f"(current evidence: step {w.get('step')}, compare rules {w.get('rules')}"
+    if w.get("first"):
+        text += f", first comparison {age(w['first'], now)} ago"
+    return text + "; --all for everything)"
+
+
+def _fields_table(fields: list[dict]) -> str:
+    rows = []
+    for f in fields:
+        notes = []
+        if f.get("likely_noise"):
+            notes.append("likely noise")
+        if f.get("renamed_to"):
+            notes.append(f"likely renamed to {f['renamed_to']}")
+        if f.get("renamed_from"):
+            notes.append(f"likely renamed from {f['renamed_from']}")
+        share = f.get("share")
+        elements = "" if share is None else f"{pct(share, 1)} of {_per(f)}"
+        rows.append([f.get("path"), f.get("kind"), f.get("count"), pct(f.get("rate")),
+                     elements, ", ".join(notes)])
+    return table(["FIELD", "KIND", "COUNT", "RATE", "ELEMENTS", "NOTE"], rows)
+
+
+def _per(f: dict) -> str:
+    count = f.get("count") or 1
+    of = f.get("of") or 0
+    return f"{of // count} elements" if of % count == 0 else f"~{of / count:.0f} elements"
+
+
+def age(t: float, now: float | None = None) -> str:
+    s = max(0.0, (time.time() if now is None else now) - float(t))
+    if s < 90:
+        return f"{s:.0f}s"
+    if s < 5400:
+        return f"{s / 60:.0f}m"
+    if s < 172800:
+        return f"{s / 3600:.0f}h"
+    return f"{s / 86400:.0f}d"
+
+
+def _sample_lines(s: dict, limit: int, now: float | None) -> list[str]:
+    req = s.get("request") or {}
+    leg = s.get("legacy") or {}
+    tgt = s.get("target") or {}
+    head = (f"  #{s.get('id')} {req.get('method')} {req.get('path')}  legacy {leg.get('status')}"
+            f" / target {tgt.get('status')}  (step {s.get('step')}"
+            + (f", {age(s['time'], now)} ago" if s.get("time") else "") + ")")
+    body = []
+    for d in s.get("differences") or []:
+        if not isinstance(d, dict):
+            continue
+        where = d.get("path")
+        if d.get("at"):
+            of = d.get("of") or 0
+            where = (f"{d['path']} in {d.get('elements')} of {of} elements, e.g. {d['at']}"
+                     if of else f"{d['path']} e.g. {d['at']}")
+        body.append(f"      {where}: {d.get('kind')}" + _diff_values(d))
+    more = int(s.get("more_differences") or 0)
+    if len(body) > limit:
+        more += len(body) - limit
+        body = body[:limit]
+    if more:
+        body.append(f"      ... {more} more difference(s) (--sample-lines)")
+    return [head, *body]
 
 
 def _diff_values(d: dict) -> str:
@@ -188,4 +257,4 @@ def _val(v: Any) -> str:
     return str(v)
 
 
-__all__ = ["decision", "diffs", "history", "mutation", "status_table", "table", "warning"]
+__all__ = ["age", "decision", "diffs", "history", "mutation", "status_table", "table", "warning"]

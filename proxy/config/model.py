@@ -341,6 +341,8 @@ class Compare(Block):
         "description": "array path ($.items) -> the key field its elements are matched by"}
     ) = ()
     noise_upstream: v.Str("an upstream name", nullable=True) = None  # type: ignore
+    max_decoded: v.Size(1024) = D(CompareSpec, "max_decoded")  # type: ignore[valid-type]
+    max_fields: v.Integer(10, 1_000_000) = D(CompareSpec, "max_fields")  # type: ignore
 
 
 class Shadow(Checked):

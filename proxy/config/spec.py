@@ -74,6 +74,8 @@ class CompareSpec:
     numeric_tolerance: float = 0.0
     array_keys: tuple[tuple[str, str], ...] = ()  # (array path, key field)
     noise_upstream: str | None = None
+    max_decoded: int = 16 * MiB  # a body decoding to more is skipped (a decompression bomb)
+    max_fields: int = 2000  # distinct field rows per route and step; the rest count as `other`
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,11 @@
 mirror already holds and one non-blocking pipe write. What the pipe cannot take waits in the
 transport's buffer up to `max_pending` bytes; past that a pair is refused (the mirror counts it
 `comparer_busy`). Results come back in batches and are counted in the recorder under the step
-they were taken at. A comparer that dies is restarted (with a pause); pairs in its pipe are lost
-and logged, never retried.
+they were taken at. Results counted here (byte-identical pairs, mirrors whose other side did
+not answer) go to the comparer in batches, for the diff store's counts to agree with the gate's;
+while the comparer is away they wait for it. A comparer that dies is restarted (with a pause);
+pairs in its pipe are lost and logged, never retried. At stop the comparer gets EOF, then
+SIGTERM (it writes what it has and exits), and is killed only if it is still there after that.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import contextlib
 import fcntl
 import itertools
+import signal
 import sys
 from typing import Any
 
@@ -38,12 +42,12 @@ class ComparerLink:
         self.proc: asyncio.subprocess.Process | None = None
         self.transport: Any = None
         self.config_frame: tuple | None = None
-        self.matches: dict[tuple[str, int], int] = {}
+        self.counts: dict[tuple[str, int, str], int] = {}  # (route, step, result) -> n
         self._reader_task: asyncio.Task | None = None
         self._flushes: dict[int, asyncio.Future] = {}
         self._tokens = itertools.count(1)
         self._closing = False
-        self._matches_handle: asyncio.TimerHandle | None = None
+        self._counts_handle: asyncio.TimerHandle | None = None
         self.sent = 0  # pairs handed over (for tests and the bench)
         self.restarts = 0
 
@@ -64,6 +68,7 @@ class ComparerLink:
         self.transport.set_write_buffer_limits(high=self.max_pending + (1 << 20))
         if self.config_frame is not None:
             self._write(self.config_frame)
+        self._send_counts()  # what was counted while no comparer was there
         self._reader_task = asyncio.get_running_loop().create_task(self._read(self.proc))
 
     def configure(self, frame: tuple) -> None:
@@ -74,7 +79,7 @@ class ComparerLink:
     async def stop(self, timeout: float = 5.0) -> None:
         """Hand over what is counted, let the comparer finish what it has, wait for it."""
         self._closing = True
-        self._send_matches()
+        self._send_counts()
         proc = self.proc
         if proc is None:
             return
@@ -83,10 +88,16 @@ class ComparerLink:
         try:
             await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:
-            log.warning("comparer did not finish in time; killed", pid=proc.pid)
+            # Still comparing what was in the pipe: SIGTERM makes it write what it has.
             with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 5.0)
+            except TimeoutError:
+                log.warning("comparer did not finish in time; killed", pid=proc.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
         if self._reader_task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._reader_task, 2.0)
@@ -107,24 +118,23 @@ class ComparerLink:
         self.sent += 1
         return True
 
-    def match(self, route: str, step: int) -> None:
-        """Count a byte-identical pair for the store (sent in batches)."""
-        key = (route, step)
-        m = self.matches
-        m[key] = m.get(key, 0) + 1
-        if self._matches_handle is None:
-            self._matches_handle = asyncio.get_running_loop().call_later(0.05,
-                                                                          self._send_matches)
+    def count(self, route: str, step: int, result: str) -> None:
+        """Count a result of this data plane for the store ("match": a byte-identical pair,
+        "error": the other side did not answer); sent in batches."""
+        key = (route, step, result)
+        c = self.counts
+        c[key] = c.get(key, 0) + 1
+        if self._counts_handle is None:
+            self._counts_handle = asyncio.get_running_loop().call_later(0.05, self._send_counts)
 
-    def _send_matches(self) -> None:
-        self._matches_handle = None
-        if not self.matches:
-            return
-        items = [(r, s, n) for (r, s), n in self.matches.items()]
-        self.matches = {}
+    def _send_counts(self) -> None:
+        self._counts_handle = None
         t = self.transport
-        if t is not None and not t.is_closing():
-            self._write(("matches", items))
+        if not self.counts or t is None or t.is_closing():
+            return  # kept until a comparer is there (bounded: one entry per route, step, result)
+        items = [(r, s, x, n) for (r, s, x), n in self.counts.items()]
+        self.counts = {}
+        self._write(("counts", items))
 
     def _write(self, frame: tuple) -> None:
         head, payload = encode(frame)
@@ -132,7 +142,7 @@ class ComparerLink:
 
     async def flush(self, timeout: float = 2.0) -> bool:
         """Wait until every pair handed over so far is compared and on disk (bounded)."""
-        self._send_matches()
+        self._send_counts()
         t = self.transport
         if t is None or t.is_closing():
             return False
@@ -164,6 +174,10 @@ class ComparerLink:
                         for route, step, result, n in frame[1]:
                             key = (route, step, result)
                             d[key] = d.get(key, 0) + n
+                    elif frame[0] == "skipped":
+                        sk = rec.delta.skipped
+                        for route, reason, n in frame[1]:
+                            sk[(route, reason)] = sk.get((route, reason), 0) + n
                     elif frame[0] == "flushed":
                         fut = self._flushes.get(frame[1])
                         if fut is not None and not fut.done():

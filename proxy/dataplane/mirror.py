@@ -535,7 +535,7 @@ class Mirror:
             self._result(job)
         except Exception:
             log.exception("shadow job failed", route=job.route)
-            self.recorder.shadow_result(job.route, job.step, "error")
+            self._error(job)
         job.legs = []  # job <-> leg is a cycle: break it, so refcounting frees both now
         self._next()
 
@@ -552,14 +552,14 @@ class Mirror:
         """Count a byte-identical pair here; hand any other to the comparer process."""
         mirrored = job.legs[0]
         if mirrored.error is not None:
-            self.recorder.shadow_result(job.route, job.step, "error")
+            self._error(job)
             self._mirror_failed(job, mirrored)
             return
         if job.route in self.failing:
             self._mirror_back(job.route, mirrored)
         if len(job.legs) == 1 and self._identical(job, mirrored):
             self.recorder.shadow_result(job.route, job.step, "match")
-            self.link.match(job.route, job.step)
+            self.link.count(job.route, job.step, "match")
             return
         noise = None
         if len(job.legs) > 1:
@@ -573,6 +573,11 @@ class Mirror:
                  mirrored.raw(), noise)
         if not self.link.submit(frame):
             self.recorder.shadow_skipped(job.route, "comparer_busy")
+
+    def _error(self, job: _Job) -> None:
+        """The other side did not answer: an error for the gate and for the diff store."""
+        self.recorder.shadow_result(job.route, job.step, "error")
+        self.link.count(job.route, job.step, "error")
 
     def _mirror_failed(self, job: _Job, leg: _Leg) -> None:
         """One log line when a route's mirrors start failing (with the request id it copied),

@@ -19,7 +19,8 @@ const S = {
   gen: 0,               // bumps on every navigation; stale responses are dropped
   lastOk: 0,
   range: null,          // seconds shown by the traffic charts; null: the smallest that fits
-  sel: { path: null, sample: 0 },
+  sel: { path: null, sample: 0, hit: null },
+  diffsAll: false,      // the diffs panel shows every evidence window, not the current one
   gate: null,
   diffs: null,
   history: null,
@@ -162,7 +163,8 @@ async function navigate() {
   $("logout").hidden = false;
   const v = currentView();
   if (v.kind === "route") {
-    S.sel = { path: null, sample: 0 };
+    S.sel = { path: null, sample: 0, hit: null };
+    S.diffsAll = false;
     S.gate = S.diffs = S.history = null;
     S.series.delete(v.name);
     await routePage(v.name, true);
@@ -522,7 +524,7 @@ async function routePage(name, first) {
   ];
   const slow = first || !S.diffs || (Date.now() - (S.diffs._at || 0)) > 5000;
   if (slow) {
-    calls.push(api("GET", `/admin/routes/${enc(name)}/diffs?limit=20`));
+    calls.push(api("GET", diffsUrl(name)));
     calls.push(api("GET", `/admin/history?route=${enc(name)}&limit=200`));
     calls.push(api("GET", `/admin/routes/${enc(name)}/reconcile`).catch(() => null));
   }
@@ -553,6 +555,7 @@ async function routePage(name, first) {
   recordTotals([route]);
   setLive(true);
   renderRoute(route);
+  keepHit();
   schedule(() => routePage(name, false), POLL_MS);
 }
 
@@ -824,44 +827,128 @@ function histChange(e) {
 }
 
 /* ---------- diffs ---------- */
+/* The route's current evidence window by default (its step under the current compare rules);
+   "all time" shows every window, with rows the current ignore rules cover marked. Rows are
+   canonical paths ($[*].owner); a row opens to its examples and an ignore snippet; samples
+   highlight the differing nodes by JSON path, with "next difference" to jump between them. */
+function diffsUrl(name) {
+  return `/admin/routes/${enc(name)}/diffs?limit=20` + (S.diffsAll ? "&all=1" : "");
+}
+function windowText(d) {
+  const w = d.window || {};
+  if (w.all) return "all evidence in the store (every step and rule set)";
+  let t = `current evidence: step ${w.step ?? "—"}, rules ${w.rules ?? "—"}`;
+  if (w.first) t += `, since ${ago(w.first)}`;
+  return t;
+}
 function diffPanel(r) {
   const d = S.diffs;
+  const toggle = h("span", { id: "diff-window" },
+    h("button", { class: "btn small seg" + (S.diffsAll ? "" : " on"), id: "diff-current",
+      onclick: () => setDiffWindow(r, false) }, "current"),
+    h("button", { class: "btn small seg" + (S.diffsAll ? " on" : ""), id: "diff-all",
+      onclick: () => setDiffWindow(r, true) }, "all time"));
+  const sub = d ? `${fmtInt(d.compared)} compared · ${fmtInt(d.mismatched)} mismatched` +
+    (d.compared ? ` (${fmtPct(d.mismatched / d.compared, 2)})` : "") +
+    (d.errors ? ` · ${fmtInt(d.errors)} errors` : "") : "";
   const head = h("div", { class: "panel-head" }, h("h2", {}, "Shadow differences"),
-    h("span", { class: "sub" }, d ? `${fmtInt(d.compared)} compared · ${fmtInt(d.mismatched)} mismatched` +
-      (d.compared ? ` (${fmtPct(d.mismatched / d.compared, 2)})` : "") : ""));
+    h("span", { class: "sub" }, sub), h("div", { class: "spacer" }), toggle);
   const panel = h("div", { class: "panel", id: "diffs" }, head);
   if (!r.shadow.enabled) {
     panel.append(h("div", { class: "empty" }, "Shadowing is off for this route."));
     return h("div", { class: "grid" }, panel);
   }
+  if (d) panel.append(h("div", { class: "window muted", id: "diff-window-text" }, windowText(d)));
   if (!d || !d.fields.length) {
     panel.append(h("div", { class: "empty" }, d && d.note ? d.note : d && d.compared ?
       "No differences: every compared response matched." : "No comparisons yet."));
     return h("div", { class: "grid" }, panel);
   }
   const maxRate = Math.max(...d.fields.map((f) => f.rate), 1e-9);
-  const rows = d.fields.map((f) => {
+  const rows = [];
+  for (const f of d.fields) {
     const bar = h("span", { class: "rate-bar" }, h("span"));
     bar.firstChild.style.width = Math.max(2, (f.rate / maxRate) * 100) + "%";
-    return h("tr", { class: "click diff-row" + (S.sel.path === f.path ? " sel" : ""), "data-path": f.path,
-      onclick: () => { S.sel = { path: S.sel.path === f.path ? null : f.path, sample: 0 }; refreshDiffs(r); } },
-    h("td", { class: "path" }, f.path),
+    const open = S.sel.path === f.path;
+    const notes = [];
+    if (f.ignored) notes.push(h("span", { class: "pill ignored", title:
+      "the route's current ignore rules cover this path: recorded before them, not a live difference" }, "ignored now"));
+    if (f.likely_noise) notes.push(h("span", { class: "pill noise", title:
+      "differs in nearly every comparison: often a timestamp, id or ordering; check before trusting it" },
+    "likely nondeterministic"));
+    if (f.renamed_to) notes.push(h("span", { class: "pill rename" }, "likely renamed to " + f.renamed_to));
+    if (f.renamed_from) notes.push(h("span", { class: "pill rename" }, "likely renamed from " + f.renamed_from));
+    rows.push(h("tr", { class: "click diff-row" + (open ? " sel" : "") + (f.ignored ? " ignored" : ""),
+      "data-path": f.path, "data-kind": f.kind,
+      onclick: () => { S.sel = { path: open ? null : f.path, sample: 0, hit: null }; refreshDiffs(r); } },
+    h("td", { class: "path" }, h("span", { class: "caret" }, open ? "▾" : "▸"), " ", f.path),
     h("td", {}, h("span", { class: "pill kind" }, f.kind)),
     h("td", { class: "num" }, fmtInt(f.count)),
     h("td", { class: "num" }, bar, fmtPct(f.rate, 2)),
-    h("td", {}, f.likely_noise ? h("span", { class: "pill noise", title:
-      "differs in nearly every comparison: often a timestamp, id or ordering; check before trusting it" },
-    "likely nondeterministic") : ""));
-  });
+    h("td", { class: "num elements" }, f.share === null || f.share === undefined ? "" :
+      `${fmtPct(f.share, 1)} of ${fmtInt(Math.round((f.of || 0) / Math.max(1, f.count)))}`),
+    h("td", {}, ...notes)));
+    if (open) rows.push(h("tr", { class: "expand" }, h("td", { colspan: 6 }, rowDetail(r, d, f))));
+  }
   panel.append(h("table", { id: "diff-table" }, h("thead", {}, h("tr", {}, h("th", {}, "Field path"),
-    h("th", {}, "Kind"), h("th", { class: "num" }, "Count"), h("th", { class: "num" }, "Rate"), h("th", {}, ""))),
+    h("th", {}, "Kind"), h("th", { class: "num" }, "Count"), h("th", { class: "num" }, "Rate"),
+    h("th", { class: "num" }, "Elements"), h("th", {}, ""))),
   h("tbody", {}, rows)));
+  if ((d.fields_total || 0) > d.fields.length) {
+    panel.append(h("div", { class: "muted more" }, `${fmtInt(d.fields_total - d.fields.length)} more field rows`));
+  }
   panel.append(samplePanel(d));
   return h("div", { class: "grid" }, panel);
+}
+function setDiffWindow(r, all) {
+  if (S.diffsAll === all) return;
+  S.diffsAll = all;
+  S.sel = { path: null, sample: 0, hit: null };
+  api("GET", diffsUrl(r.name)).then((d) => { S.diffs = d; S.diffs._at = Date.now(); refreshDiffs(r); })
+    .catch(handleError);
 }
 function refreshDiffs(r) {
   const old = $("diffs");
   if (old) old.parentElement.replaceWith(diffPanel(r));
+  keepHit();
+}
+/* The routes.yaml lines that would leave a row out of the comparison. */
+function ignoreSnippet(r, path) {
+  const entry = path === "status" ? "status" : path;
+  return `routes:\n  - name: ${r.name}\n    shadow:\n      compare:\n        ignore: [${JSON.stringify(entry)}]`;
+}
+function rowDetail(r, d, f) {
+  const examples = [];
+  for (const s of d.samples || []) {
+    for (const x of s.differences || []) {
+      if (x.path !== f.path || x.kind !== f.kind) continue;
+      for (const e of x.examples || [x.at || x.path]) if (!examples.includes(e)) examples.push(e);
+    }
+  }
+  const box = h("div", { class: "row-detail" });
+  box.append(h("div", { class: "muted" }, examples.length ?
+    "Examples in recent samples:" : "No recent sample shows this row."),
+  h("ul", { class: "examples" }, ...examples.slice(0, 12).map((e) => h("li", { class: "mono" }, e))));
+  if (f.path !== "other" && !f.ignored) {
+    const text = ignoreSnippet(r, f.path);
+    const pre = h("pre", { class: "snippet", id: "ignore-snippet" }, text);
+    const copy = h("button", { class: "btn small", id: "copy-snippet", onclick: (ev) => {
+      ev.stopPropagation();
+      const done = () => toast("Copied: add it to routes.yaml and reload", "good");
+      if (navigator.clipboard && window.isSecureContext) {
+        navigator.clipboard.writeText(text).then(done, () => selectText(pre));
+      } else { selectText(pre); toast("Selected: copy it with Ctrl+C", "good"); }
+    } }, "Copy");
+    box.append(h("div", { class: "snippet-head" }, h("span", {}, "To ignore this field, add to routes.yaml:"), copy), pre);
+  }
+  return box;
+}
+function selectText(el) {
+  const range = document.createRange();
+  range.selectNodeContents(el);
+  const sel = window.getSelection();
+  sel.removeAllRanges();
+  sel.addRange(range);
 }
 
 function samplePanel(d) {
@@ -875,53 +962,175 @@ function samplePanel(d) {
   const i = Math.min(S.sel.sample, list.length - 1);
   const s = list[i];
   const req = s.request || {};
-  const nav = (delta) => () => { S.sel.sample = Math.max(0, Math.min(list.length - 1, i + delta)); const v = $("sample"); v.replaceWith(samplePanel(d)); };
+  const nav = (delta) => () => {
+    S.sel.sample = Math.max(0, Math.min(list.length - 1, i + delta)); S.sel.hit = null;
+    $("sample").replaceWith(samplePanel(d));
+  };
+  const diffs = (s.differences || []).filter((x) => !S.sel.path || x.path === S.sel.path);
   box.append(h("div", { class: "sample-head" },
     h("b", {}, "Sample"), h("span", { class: "mono" }, (req.method || "") + " " + (req.path || "")),
-    h("span", { class: "muted" }, ago(s.time)),
+    h("span", { class: "muted" }, `step ${s.step ?? "—"} · ${ago(s.time)}`),
     S.sel.path ? h("span", { class: "tag" }, "showing " + S.sel.path) : null,
     h("div", { class: "spacer" }),
+    h("button", { class: "btn small", id: "next-diff", onclick: nextHit }, "next difference ↓"),
     h("span", { class: "muted" }, `${i + 1} of ${list.length}`),
     h("button", { class: "btn small", disabled: i === 0, onclick: nav(-1) }, "‹ newer"),
     h("button", { class: "btn small", disabled: i >= list.length - 1, onclick: nav(1) }, "older ›")));
-  const diffs = s.differences || [];
   if (diffs.length) {
     const dl = h("div", { class: "dlist" }, h("span", { class: "h" }, "path"), h("span", { class: "h" }, "legacy"),
       h("span", { class: "h" }, "target"));
     for (const x of diffs) {
-      dl.append(h("span", { class: "path" }, x.path), h("span", { class: "l-c" }, show(x.legacy)),
+      const where = x.at ? `${x.at}  (${fmtInt(x.elements)} of ${fmtInt(x.of)} elements)` : x.path;
+      dl.append(h("span", { class: "path" }, where), h("span", { class: "l-c" }, show(x.legacy)),
         h("span", {}, show(x.target)));
     }
+    if (s.more_differences) dl.append(h("span", { class: "muted" }, `… ${fmtInt(s.more_differences)} more`), h("span"), h("span"));
     box.append(dl);
   }
-  const keys = diffs.map((x) => lastKey(x.path)).filter(Boolean);
   box.append(h("div", { class: "side" },
-    sideView("legacy", s.legacy, keys), sideView("target", s.target, keys)));
+    sideView("legacy", s.legacy, diffs), sideView("target", s.target, diffs)));
   return box;
 }
-function show(v) { return v === undefined ? "(absent)" : typeof v === "string" ? JSON.stringify(v) : JSON.stringify(v); }
-function lastKey(path) {
-  if (path.startsWith("header:")) return path.slice(7);
-  const m = path.match(/\.([A-Za-z0-9_$-]+)(\[\d+\])*$/);
-  return m ? m[1] : null;
+function show(v) { return v === undefined ? "(absent)" : JSON.stringify(v); }
+
+/* `$.a[3]['b c'][id=25]` -> ["a", 3, "b c", {key: "id", value: 25}] (null when not a $ path). */
+function parsePath(path) {
+  if (!path || path[0] !== "$") return null;
+  const out = [];
+  let i = 1;
+  while (i < path.length) {
+    if (path[i] === ".") {
+      const m = /^[^.[\]]+/.exec(path.slice(i + 1));
+      if (!m) return null;
+      out.push(m[0]); i += 1 + m[0].length;
+    } else if (path[i] === "[") {
+      if (path[i + 1] === "'" || path[i + 1] === '"') {
+        const q = path[i + 1]; let j = i + 2, key = "";
+        while (j < path.length && path[j] !== q) { if (path[j] === "\\") j += 1; key += path[j]; j += 1; }
+        out.push(key); i = j + 2;
+      } else {
+        let j = i + 1, q = null;
+        while (j < path.length && (q || path[j] !== "]")) {
+          if (q && path[j] === "\\") j += 1; else if (path[j] === "'") q = q ? null : "'";
+          j += 1;
+        }
+        const inner = path.slice(i + 1, j);
+        if (/^\d+$/.test(inner)) out.push(Number(inner));
+        else if (inner === "*") out.push("*");
+        else {
+          const eq = inner.indexOf("=");
+          if (eq < 0) return null;
+          let v = inner.slice(eq + 1);
+          if (v[0] === "'") v = v.slice(1, -1).replace(/\\(.)/g, "$1");
+          else v = JSON.parse(v);
+          out.push({ key: inner.slice(0, eq), value: v });
+        }
+        i = j + 1;
+      }
+    } else return null;
+  }
+  return out;
 }
-function sideView(side, resp, keys) {
+/* Keyed segments resolved to indices in `doc`: the concrete path of a node, or null. */
+function resolvePath(doc, segs) {
+  const out = [];
+  let cur = doc;
+  for (const seg of segs) {
+    if (seg !== null && typeof seg === "object") {
+      if (!Array.isArray(cur)) return null;
+      const i = cur.findIndex((el) => el && typeof el === "object" && el[seg.key] === seg.value);
+      if (i < 0) return null;
+      out.push(i); cur = cur[i];
+    } else if (seg === "*") {
+      return null;
+    } else {
+      if (cur === null || typeof cur !== "object" || !(seg in cur)) return null;  // not on this side
+      out.push(seg); cur = cur[seg];
+    }
+  }
+  return out;
+}
+/* Pretty-printed JSON as lines, each with the path of the node it belongs to. */
+function jsonLines(v, path, indent, prefix, comma, out) {
+  const pad = "  ".repeat(indent);
+  if (v !== null && typeof v === "object") {
+    const arr = Array.isArray(v);
+    const entries = arr ? v.map((x, i) => [i, x]) : Object.entries(v);
+    if (!entries.length) { out.push({ text: pad + prefix + (arr ? "[]" : "{}") + comma, path }); return; }
+    out.push({ text: pad + prefix + (arr ? "[" : "{"), path });
+    entries.forEach(([k, x], n) => jsonLines(x, [...path, k], indent + 1,
+      arr ? "" : JSON.stringify(k) + ": ", n < entries.length - 1 ? "," : "", out));
+    out.push({ text: pad + (arr ? "]" : "}") + comma, path });
+    return;
+  }
+  out.push({ text: pad + prefix + JSON.stringify(v) + comma, path });
+}
+const within = (path, target) => target.length <= path.length && target.every((s, i) => s === path[i]);
+function sideView(side, resp, diffs) {
   resp = resp || {};
-  let text = resp.body || "";
-  try { text = JSON.stringify(JSON.parse(text), null, 2); } catch (e) { /* not JSON: shown as is */ }
-  const pre = h("pre", { class: "body" });
-  const hdrs = (resp.headers || []).map(([k, v]) => k + ": " + v);
-  for (const line of [...hdrs, hdrs.length ? "" : null, ...text.split("\n")]) {
-    if (line === null) continue;
-    const hit = keys.some((k) => line.includes('"' + k + '":') || line.toLowerCase().startsWith(k.toLowerCase() + ":"));
+  const pre = h("pre", { class: "body", "data-side": side });
+  const hdrs = (resp.headers || []).map(([k, v]) => [k, k + ": " + v]);
+  const hdrHits = new Set(diffs.filter((x) => x.path.startsWith("header:")).map((x) => x.path.slice(7).toLowerCase()));
+  let doc, lines;
+  try { doc = JSON.parse(resp.body || ""); } catch (e) { doc = undefined; }
+  if (doc !== undefined) {
+    lines = []; jsonLines(doc, [], 0, "", "", lines);
+  } else {
+    lines = (resp.body || "").split("\n").map((text) => ({ text, path: null }));
+  }
+  // The nodes that differ, by JSON path (the first occurrence and its examples), on this side.
+  const targets = [];
+  if (doc !== undefined) {
+    for (const x of diffs) {
+      if (x.path === "$" && x.kind === "body") continue;
+      for (const p of (x.examples && x.examples.length ? x.examples : [x.at || x.path])) {
+        const segs = parsePath(p);
+        const at = segs && resolvePath(doc, segs);
+        if (at) targets.push(at);
+      }
+    }
+  }
+  let hits = 0;
+  const emit = (text, hit) => {
     const span = h("span", { class: hit ? "hl" : "" });
-    const parts = line.split("[REDACTED]");
+    const parts = text.split("[REDACTED]");
     parts.forEach((p, j) => { if (j) span.append(h("span", { class: "red", title: "redacted before storage" }, "[REDACTED]")); span.append(p); });
-    pre.append(span, hit ? "" : "\n");
+    if (hit) { pre.append(span); hits += 1; } else pre.append(span, "\n");
+    return span;
+  };
+  for (const [k, line] of hdrs) emit(line, hdrHits.has(k.toLowerCase()));
+  if (hdrs.length) emit("", false);
+  let prevHit = false;
+  for (const line of lines) {
+    const hit = line.path !== null && targets.some((t) => within(line.path, t));
+    const span = emit(line.text, hit);
+    if (hit && !prevHit) span.classList.add("hl-start");
+    prevHit = hit;
   }
   return h("div", {}, h("h3", { class: side === "legacy" ? "l" : "t" }, side,
-    h("span", { class: "pill plain kind" }, String(resp.status ?? "—")), resp.truncated ? h("span", { class: "tag" }, "truncated") : null),
+    h("span", { class: "pill plain kind" }, String(resp.status ?? "—")),
+    resp.truncated ? h("span", { class: "tag" }, "truncated") : null,
+    resp.decoded ? h("span", { class: "tag", title: "stored decoded" }, "decoded " + resp.decoded.join(", ")) : null,
+    hits ? h("span", { class: "muted" }, `${hits} highlighted`) : null),
   pre);
+}
+/* "next difference": the next highlighted block in either pane, scrolled into view. */
+function hitStarts() { return [...document.querySelectorAll("#sample pre.body .hl-start")]; }
+function nextHit() {
+  const all = hitStarts();
+  if (!all.length) return;
+  S.sel.hit = S.sel.hit === null || S.sel.hit === undefined ? 0 : (S.sel.hit + 1) % all.length;
+  keepHit();
+}
+function keepHit() {
+  const all = hitStarts();
+  if (S.sel.hit === null || S.sel.hit === undefined || !all.length) return;
+  const el = all[Math.min(S.sel.hit, all.length - 1)];
+  for (const x of all) x.classList.remove("current");
+  el.classList.add("current");
+  const pre = el.closest("pre");
+  pre.scrollTop = Math.max(0, el.offsetTop - pre.offsetTop - 40);
+  el.scrollIntoView({ block: "nearest" });
 }
 
 /* ---------- modals and mutations ---------- */

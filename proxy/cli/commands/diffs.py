@@ -1,8 +1,11 @@
 """a route's shadow differences: counts per field path, recent samples
 
-Show ROUTE's shadow differences: counts per field path (with likely noise marked), then recent
-samples, redacted. With --export, write the recorded requests and legacy answers as regression
-tests (hurl or pytest), or as the request set of `strangler reconcile` (jsonl).
+Show ROUTE's shadow differences in its current evidence window (the gate's step, under the
+current compare rules): counts per field path, array elements collapsed to [*] (with likely
+noise and likely renames marked), then recent samples, redacted, with their step and age.
+--all shows every window the store has, rows that the current ignore rules cover marked as
+ignored. With --export, write the recorded requests and legacy answers as regression tests
+(hurl or pytest), or as the request set of `strangler reconcile` (jsonl).
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("route", metavar="ROUTE")
     p.add_argument("--limit", type=int, default=20, metavar="N",
                    help="field paths and samples to show (default: %(default)s)")
+    p.add_argument("--all", action="store_true",
+                   help="every evidence window the store has, not only the current one")
+    p.add_argument("--sample-lines", type=int, default=8, metavar="N",
+                   help="lines shown per sample (default: %(default)s)")
     p.add_argument("--export", nargs=2, metavar=("FORMAT", "FILE"),
                    help=f"write regression tests: FORMAT is one of {', '.join(FORMATS)}")
 
@@ -29,6 +36,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.limit < 1:
         print("strangler diffs: --limit must be at least 1", file=sys.stderr)
+        return USAGE
+    if args.sample_lines < 1:
+        print("strangler diffs: --sample-lines must be at least 1", file=sys.stderr)
         return USAGE
     if args.export and args.export[0] not in FORMATS:
         print(f"strangler diffs: unknown export format {args.export[0]!r}; use one of "
@@ -51,11 +61,12 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(f"{args.route}: wrote {cases} case(s) as {fmt} to {dest}")
             return OK
-        data = client.call("GET", f"/admin/routes/{args.route}/diffs", params={"limit": args.limit})
+        params = {"limit": args.limit, **({"all": "1"} if args.all else {})}
+        data = client.call("GET", f"/admin/routes/{args.route}/diffs", params=params)
         if args.json:
             print_json(data)
         else:
-            print(output.diffs(data))
+            print(output.diffs(data, sample_lines=args.sample_lines))
         return OK
 
     return run_with_client(args, body)
