@@ -551,6 +551,10 @@ class Route(Block):
     weight: v.Weight = D(RouteSpec, "weight")
     sticky: Sticky | None = None
     fallback_to_legacy: v.Bool = D(RouteSpec, "fallback_to_legacy")
+    retry_with_idempotency_key: v.Bool = Field(
+        D(RouteSpec, "retry_with_idempotency_key"),
+        description="a request carrying an Idempotency-Key header may be sent again (after a "
+        "stale pooled connection) or fall back to legacy like an idempotent one")
     flag: v.Str("a feature flag name", nullable=True, pattern=FLAG_RE,  # type: ignore
                 hint="use letters, digits, '-', '_', '.' and '~'") = None
     websocket: v.Bool = D(RouteSpec, "websocket")

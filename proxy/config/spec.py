@@ -165,6 +165,9 @@ class RouteSpec:
     weight: float = 0.0  # percent of matching traffic to target
     sticky: StickySpec | None = None
     fallback_to_legacy: bool = True
+    # A request with an Idempotency-Key header may be sent again like an idempotent one
+    # (proxy.dataplane.resend).
+    retry_with_idempotency_key: bool = False
     flag: str | None = None
     websocket: bool = False  # pass WebSocket upgrades through (never mirrored)
     shadow: ShadowSpec = field(default_factory=ShadowSpec)

@@ -19,7 +19,6 @@ from typing import Any
 import httptools
 
 from proxy.config.paths import BadPath, canonical_path
-from proxy.config.spec import IDEMPOTENT_METHODS
 from proxy.dataplane.headers import (
     FORWARDED_HEADERS,
     HOP_BY_HOP,
@@ -27,6 +26,7 @@ from proxy.dataplane.headers import (
     connection_tokens,
 )
 from proxy.dataplane.overrides import INVALID, TARGET
+from proxy.dataplane.resend import Failure, may_resend, repeatable
 from proxy.dataplane.split import BUCKETS
 from proxy.dataplane.table import CompiledRoute, cookie_value
 from proxy.dataplane.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
@@ -45,7 +45,6 @@ REASONS = {
     504: b"Gateway Timeout",
     505: b"HTTP Version Not Supported",
 }
-_IDEMPOTENT = frozenset(m.encode() for m in IDEMPOTENT_METHODS)
 _REPLAY_LIMIT = 64 * 1024
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 DEFAULT_ROUTE = "_default"
@@ -141,6 +140,7 @@ class Exchange:
         "req_body_size",
         "req_headers",
         "request_id",
+        "resendable",
         "resp_body",
         "resp_chunked",
         "resp_headers",
@@ -403,10 +403,9 @@ class Exchange:
                           hdict: dict[bytes, bytes]) -> None:
         """What goes upstream besides the client's headers: whether the body is kept for a
         replay, the forwarding headers, the re-stated framing; and a 100 Continue if asked."""
-        if not self.shadow_wanted and self.body_mode and not (
-            route is not None and route.fallback and method in _IDEMPOTENT
-        ):
-            self.replay = None
+        self.resendable = resendable = repeatable(route, method, hdict)
+        if self.body_mode and not (resendable or self.shadow_wanted):
+            self.replay = None  # never sent again (proxy.dataplane.resend), never mirrored
         conn = self.conn
         out = self.req_headers
         host = hdict.get(b"host")  # at most one: `_headers` refuses a repeated Host
@@ -481,7 +480,7 @@ class Exchange:
             conn = await pool.acquire()
         except UpstreamError as exc:
             if not self.done:
-                self.upstream_failed(exc, pool)
+                self.upstream_failed(exc, pool, "unsent")
             return
         if self.done or pool is not self.pool:
             pool.release(conn)
@@ -573,26 +572,12 @@ class Exchange:
         self.finish(aborted=True)
 
     # -- response side -------------------------------------------------------------------
-    def _fallback_eligible(self) -> bool:
-        route = self.route
-        return (
-            self.backend == "target"
-            and not self.retried
-            and self.override is None  # a pinned request wants the target's own answer
-            and route is not None
-            and route.spec.fallback_to_legacy
-            and self.method in _IDEMPOTENT
-            and self.client_done
-            and (self.body_mode == 0 or self.replay is not None)
-            and not self.response_started
-        )
-
     def on_upstream_head(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes, bytes]],
         chunked: bool, length: int | None, connection: frozenset[bytes] | None,
     ) -> None:
         self.head_deadline = 0.0
-        if status >= 500 and self._fallback_eligible():
+        if status >= 500 and may_resend(self, "status"):
             self.discarding = True
             self.status = status
             return
@@ -690,7 +675,7 @@ class Exchange:
         if self.discarding:
             self.discarding = False
             self._record(self.status, self.backend)
-            self._fallback()
+            self._fallback(keep_pending=False)
             return
         if self.resp_chunked:
             if self.wbuf is not None:
@@ -718,10 +703,10 @@ class Exchange:
         up, self.up = self.up, None
         if up is not None:
             self.pool.forget(up)
-        self.upstream_failed(exc, self.pool, reused=bool(up is not None and up.reused
-                                                         and not up.got_bytes))
+        stale = up is not None and up.reused and not up.got_bytes
+        self.upstream_failed(exc, self.pool, "stale" if stale else "reset")
 
-    def upstream_failed(self, exc: UpstreamError, pool: UpstreamPool, reused: bool = False) -> None:
+    def upstream_failed(self, exc: UpstreamError, pool: UpstreamPool, failure: Failure) -> None:
         if self.done:
             return
         self.head_deadline = 0.0
@@ -733,35 +718,39 @@ class Exchange:
                 self.conn.transport.abort()
             self.finish(aborted=True)
             return
-        replayable = self.client_done and (self.body_mode == 0 or self.replay is not None)
-        if reused and replayable and not self.stale_retried and not self.discarding:
-            # A pooled keep-alive connection the upstream had already closed: retry once. This
-            # is not the fallback: a target that is really down still falls back to legacy.
-            self.stale_retried = True
-            self.pending = None
-            self.dispatch()
-            return
+        if failure == "stale":
+            if may_resend(self, "stale"):
+                # A pooled keep-alive connection the upstream had closed: sent once more on a
+                # fresh one. Not the fallback: a target that is really down still falls back.
+                self.stale_retried = True
+                self.pending = None
+                self.dispatch()
+                return
+            failure = "reset"
         self.plane.recorder.upstream_error(pool.spec.name, exc.kind)
-        if self._fallback_eligible() or self.discarding:
+        if self.discarding or may_resend(self, failure):
             self.discarding = False
             status = 504 if isinstance(exc, UpstreamTimeout) else 502
             self._record(status, self.backend)
-            self._fallback()
+            self._fallback(keep_pending=failure == "unsent")
             return
         if isinstance(exc, UpstreamTimeout):
             self.respond_error(504, "upstream_timeout", str(exc))
         else:
             self.respond_error(502, "upstream_unavailable", str(exc))
 
-    def _fallback(self) -> None:
-        """Retry once on legacy; the target's failure has been recorded already."""
+    def _fallback(self, keep_pending: bool) -> None:
+        """Send the request to legacy instead (once); the target's failure has been recorded
+        already. `keep_pending`: nothing reached the target, so the body received so far is
+        still waiting in `pending` and the rest streams after it."""
         route = self.route
         self.target_failed = True
         self.retried = True
         self.backend = "legacy"
         self.pool = self.plane.pools[route.spec.legacy]
         self.t0 = self.plane.now()
-        self.pending = None
+        if not keep_pending:
+            self.pending = None
         self.dispatch()
 
     def _record(self, status: int, backend: str) -> None:
@@ -806,7 +795,7 @@ class Exchange:
             self.upstream_failed(
                 UpstreamTimeout(f"{self.pool.spec.name} sent no response headers within "
                                 f"{self.pool.spec.timeout:g}s"),
-                self.pool,
+                self.pool, "timeout",
             )
         elif (
             self.last_body_at
