@@ -29,7 +29,7 @@ from proxy.dataplane.overrides import INVALID, TARGET
 from proxy.dataplane.resend import Failure, may_resend, repeatable
 from proxy.dataplane.split import BUCKETS
 from proxy.dataplane.table import CompiledRoute, cookie_value
-from proxy.dataplane.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
+from proxy.dataplane.upstream import UpstreamBusy, UpstreamError, UpstreamPool, UpstreamTimeout
 
 REASONS = {
     400: b"Bad Request",
@@ -116,8 +116,11 @@ class Exchange:
 
     __slots__ = (
         "backend",
+        "blame",
+        "body_done_at",
         "body_mode",
         "client_done",
+        "client_wait",
         "conn",
         "declared_length",
         "discarding",
@@ -158,6 +161,7 @@ class Exchange:
         "target_failed",
         "tunnel_pending",
         "up",
+        "up_paused_at",
         "version_10",
         "wbuf",
     )
@@ -184,6 +188,13 @@ class Exchange:
         self.head = b""
         self.tunnel_pending = b""
         self.last_body_at = 0.0
+        # Time on the client's side, kept out of the backend's latency: when the request body
+        # was complete (0.0: no body), and how long the response waited for a slow reader.
+        self.body_done_at = 0.0
+        self.client_wait = 0.0
+        self.up_paused_at = 0.0  # the upstream stopped taking the request body (back-pressure)
+        # Counted under this backend instead of `backend` (the client or the proxy caused it).
+        self.blame: str | None = None
         self.declared_length: int | None = None
         self.is_tunnel = False
         self.override: str | None = None  # set when a trusted request pinned its backend
@@ -303,6 +314,8 @@ class Exchange:
             self.body_mode = 0
         if host is None and not self.version_10:
             raise Reject(400, "bad_request", "missing Host header")
+        if self.body_mode:
+            self.last_body_at = self.t0  # the body-idle clock runs from the head
 
     def _target(self, url: bytes, hdict: dict[bytes, bytes]) -> None:
         """Request target -> canonical `path` and raw `query`: origin-form, or absolute-form
@@ -489,7 +502,8 @@ class Exchange:
 
     def attach(self, up: Any) -> None:
         self.up = up
-        self.head_deadline = self.plane.now() + self.pool.spec.timeout
+        if self.client_done:  # else from on_client_done, once the request is whole upstream
+            self.head_deadline = self.plane.now() + self.pool.spec.timeout
         head = self.upstream_head()
         if self.shadow_wanted:
             self.head = head  # the mirror sends the same bytes (plus its marker header)
@@ -540,9 +554,19 @@ class Exchange:
 
     def on_client_done(self) -> None:
         self.client_done = True
-        self.last_body_at = 0.0
-        if self.body_mode == 2 and self.up is not None and self.pending is None and not self.done:
-            self.up.transport.write(b"0\r\n\r\n")
+        if self.done:
+            return
+        now = self.plane.now()
+        if self.last_body_at:
+            self.last_body_at = 0.0
+            self.body_done_at = now
+        if self.up is not None and self.pending is None:
+            # The whole request is upstream now: the response timeout starts here, so a slow
+            # upload is never the upstream's timeout.
+            if self.body_mode == 2:
+                self.up.transport.write(b"0\r\n\r\n")
+            if self.status == 0:  # no response head yet
+                self.head_deadline = now + self.pool.spec.timeout
 
     # -- WebSocket tunnel (after a 101 the connection carries opaque bytes both ways) -------
     def tunnel_from_client(self, data: bytes) -> None:
@@ -712,7 +736,12 @@ class Exchange:
         self.head_deadline = 0.0
         if self.response_started and not self.discarding:
             # Mid-body failure: the client must see a truncated response, never a clean one.
+            # Counted as the 502/504 it is, unless the answer had been held back for a slow
+            # reader (an upstream may give up on a client that does not read).
             self.plane.recorder.upstream_error(pool.spec.name, exc.kind)
+            self.status = 504 if isinstance(exc, UpstreamTimeout) else 502
+            if self.client_wait or self.conn.write_paused:
+                self.blame = "proxy"
             self.keep_alive = False
             if self.conn.transport is not None:
                 self.conn.transport.abort()
@@ -727,14 +756,23 @@ class Exchange:
                 self.dispatch()
                 return
             failure = "reset"
-        self.plane.recorder.upstream_error(pool.spec.name, exc.kind)
+        busy = isinstance(exc, UpstreamBusy)
+        if busy:
+            # The proxy's own connection cap, not evidence against the upstream: counted with
+            # backend `proxy` (slow uploads could fill it on purpose).
+            self.blame = "proxy"
+        else:
+            self.plane.recorder.upstream_error(pool.spec.name, exc.kind)
         if self.discarding or may_resend(self, failure):
             self.discarding = False
-            status = 504 if isinstance(exc, UpstreamTimeout) else 502
-            self._record(status, self.backend)
+            if not busy:
+                self._record(504 if isinstance(exc, UpstreamTimeout) else 502, self.backend)
+            self.blame = None
             self._fallback(keep_pending=failure == "unsent")
             return
-        if isinstance(exc, UpstreamTimeout):
+        if busy:
+            self.respond_error(503, "upstream_busy", str(exc))
+        elif isinstance(exc, UpstreamTimeout):
             self.respond_error(504, "upstream_timeout", str(exc))
         else:
             self.respond_error(502, "upstream_unavailable", str(exc))
@@ -797,11 +835,26 @@ class Exchange:
                                 f"{self.pool.spec.timeout:g}s"),
                 self.pool, "timeout",
             )
-        elif (
-            self.last_body_at
-            and not self.client_done
-            and now - self.last_body_at > self.plane.limits.body_idle_timeout
-        ):
+        elif self.last_body_at and not self.client_done:
+            self._check_body_flow(now)
+
+    def _check_body_flow(self, now: float) -> None:
+        """While the request body arrives: a client that stalls gets 408 (its own fault, counted
+        with backend `proxy`); while the proxy itself holds the client back (the upstream is not
+        taking the body, or no connection yet) the client's clock stands still, and an upstream
+        that takes nothing for its `timeout` has timed out."""
+        t = self.conn.transport
+        if t is not None and not t.is_reading():
+            self.last_body_at = now
+            paused = self.up_paused_at
+            if paused and now - paused > self.pool.spec.timeout and self.up is not None:
+                self.up_paused_at = 0.0
+                up, self.up = self.up, None
+                self.pool.discard(up)
+                self.upstream_failed(
+                    UpstreamTimeout(f"{self.pool.spec.name} took no request body for "
+                                    f"{self.pool.spec.timeout:g}s"), self.pool, "timeout")
+        elif now - self.last_body_at > self.plane.limits.body_idle_timeout:
             self.conn.reject(408, "request_timeout", "request body stalled", self.request_id)
 
     def finish(self, aborted: bool = False) -> None:
@@ -820,7 +873,9 @@ class Exchange:
         duration = now - self.t0
         pinned = self.override
         if pinned is None:
-            plane.recorder.request(route_name, self.step, self.backend, self.status, duration)
+            plane.recorder.request(route_name, self.step, self.blame or self.backend, self.status,
+                                   self._backend_seconds(now) if self.body_done_at
+                                   or self.client_wait or self.conn.write_paused else duration)
         else:  # QA traffic: counted apart, never gate or guardrail evidence
             plane.recorder.override_request(route_name, self.backend, self.status)
         log = plane.log_request
@@ -847,13 +902,27 @@ class Exchange:
         self.resp_body = None
         self.conn.exchange_finished(self, now)
 
+    def _backend_seconds(self, now: float) -> float:
+        """The backend's share of the exchange, the latency its evidence records: from the
+        request's last body byte (or its head) to the end of the answer, less the time the
+        answer waited for a slow reader."""
+        start = self.body_done_at if self.body_done_at > self.t0 else self.t0
+        wait = self.client_wait
+        conn = self.conn
+        if conn.write_paused and conn.write_paused_at > start:
+            wait += now - conn.write_paused_at
+        return max(0.0, now - start - wait)
+
     def client_gone(self) -> None:
+        """The client closed its connection first: a 499 counted with backend `proxy`, never
+        as the backend's evidence (a client chooses when to leave)."""
         if self.done:
             return
         up, self.up = self.up, None
         if up is not None:
             self.pool.discard(up)
         self.status = 499
+        self.blame = "proxy"
         self.shadow_wanted = False
         self.finish(aborted=True)
 
@@ -868,11 +937,13 @@ class Exchange:
 
     # -- flow control from the upstream connection ---------------------------------------
     def upstream_pause_writing(self) -> None:
+        self.up_paused_at = self.plane.now()
         t = self.conn.transport
         if t is not None:
             t.pause_reading()
 
     def upstream_resume_writing(self) -> None:
+        self.up_paused_at = 0.0
         t = self.conn.transport
         if t is not None and not self.conn.queue:
             t.resume_reading()

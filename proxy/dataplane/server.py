@@ -178,6 +178,7 @@ class ClientConnection(asyncio.Protocol):
         self.idle_deadline = 0.0
         self.in_headers = False
         self.write_paused = False
+        self.write_paused_at = 0.0  # when the client stopped keeping up with the response
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -249,6 +250,7 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.write_paused_at = self.plane.now()
         ex = self.cur
         if ex is not None and ex.up is not None and ex.up.transport is not None:
             ex.up.transport.pause_reading()
@@ -256,8 +258,11 @@ class ClientConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         ex = self.cur
-        if ex is not None and ex.up is not None and ex.up.transport is not None:
-            ex.up.transport.resume_reading()
+        if ex is not None:
+            # The time the answer waited for this client is not the backend's latency.
+            ex.client_wait += self.plane.now() - max(self.write_paused_at, ex.t0)
+            if ex.up is not None and ex.up.transport is not None:
+                ex.up.transport.resume_reading()
 
     # -- httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:

@@ -44,6 +44,12 @@ class UpstreamTimeout(UpstreamError):
     kind = "timeout"
 
 
+class UpstreamBusy(UpstreamError):
+    """Every connection of the pool stayed in use (`max_connections`): nothing was sent."""
+
+    kind = "busy"
+
+
 class UpstreamReset(UpstreamError):
     kind = "reset"
 
@@ -298,7 +304,9 @@ class UpstreamPool:
             try:
                 got = await asyncio.wait_for(fut, self.spec.timeout)
             except TimeoutError:
-                raise UpstreamTimeout("no free upstream connection in time") from None
+                raise UpstreamBusy(f"no free connection to {self.spec.name} within "
+                                   f"{self.spec.timeout:g}s (max_connections "
+                                   f"{self.spec.max_connections})") from None
             finally:
                 if fut in self.waiters:
                     self.waiters.remove(fut)
