@@ -154,7 +154,10 @@ class Upstream(Block):
     url: v.UpstreamUrl
     connect_timeout: v.Duration() = D(UpstreamSpec, "connect_timeout")  # type: ignore[valid-type]
     timeout: v.Duration() = Field(D(UpstreamSpec, "timeout"),  # type: ignore[valid-type]
-                                  description="until the response headers arrive")
+                                  description="from the request's last byte until the response "
+                                  "headers arrive")
+    read_timeout: v.Duration() = Field(D(UpstreamSpec, "read_timeout"),  # type: ignore
+                                       description="between two reads of the response body")
     max_connections: v.Integer() = D(UpstreamSpec, "max_connections")  # type: ignore[valid-type]
 
 

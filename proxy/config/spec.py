@@ -35,7 +35,8 @@ class UpstreamSpec:
     port: int
     base_path: str = ""  # path prefix of the url without trailing slash ("" for none)
     connect_timeout: float = 1.0
-    timeout: float = 30.0  # until the response headers arrive
+    timeout: float = 30.0  # from the request's last byte until the response headers arrive
+    read_timeout: float = 60.0  # between two reads of the response (nginx's proxy_read_timeout)
     max_connections: int = 256
     line: int = 0
 

@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 import httptools
+import structlog
 
 from proxy.config.paths import BadPath, canonical_path
 from proxy.dataplane.headers import (
@@ -57,6 +58,7 @@ REQ_SPECIAL = HOP_BY_HOP | FORWARDED_HEADERS | _REQ_FRAMING | {b"x-request-id"}
 _CONN_KEEP = HOP_BY_HOP | NEVER_DROPPED_BY_CONNECTION
 _NO_TOKENS: frozenset[bytes] = frozenset()
 _XFP_HTTP = (b"x-forwarded-proto", b"http")
+_log = structlog.get_logger("strangler.dataplane")
 
 
 class Reject(Exception):
@@ -138,6 +140,8 @@ class Exchange:
         "plane",
         "pool",
         "query",
+        "read_mark",
+        "read_seen",
         "replay",
         "replay_size",
         "req_body_size",
@@ -177,6 +181,10 @@ class Exchange:
         self.resp_chunked = False
         self.resp_body: list[bytes] | None = None
         self.resp_size = 0
+        # read_timeout: the response size at the last sweep and when it last grew (0.0: not
+        # watched yet)
+        self.read_seen = 0
+        self.read_mark = 0.0
         self.resp_headers: list[tuple[bytes, bytes]] = []
         self.status = 0
         self.retried = False  # fallback to legacy used
@@ -660,9 +668,9 @@ class Exchange:
         self.wbuf = [b"".join(out)]  # flushed by flush_out() at the end of this upstream read
 
     def on_upstream_body(self, data: bytes) -> None:
+        self.resp_size += len(data)
         if self.discarding:
             return
-        self.resp_size += len(data)
         buf = self.wbuf
         if buf is not None:
             if self.resp_chunked:
@@ -739,8 +747,9 @@ class Exchange:
             # Counted as the 502/504 it is, unless the answer had been held back for a slow
             # reader (an upstream may give up on a client that does not read).
             self.plane.recorder.upstream_error(pool.spec.name, exc.kind)
-            self.status = 504 if isinstance(exc, UpstreamTimeout) else 502
-            if self.client_wait or self.conn.write_paused:
+            timeout = isinstance(exc, UpstreamTimeout)
+            self.status = 504 if timeout else 502
+            if not timeout and (self.client_wait or self.conn.write_paused):
                 self.blame = "proxy"
             self.keep_alive = False
             if self.conn.transport is not None:
@@ -837,6 +846,28 @@ class Exchange:
             )
         elif self.last_body_at and not self.client_done:
             self._check_body_flow(now)
+        if self.status and self.up is not None and not self.done and not self.is_tunnel:
+            self._check_response_flow(now)
+
+    def _check_response_flow(self, now: float) -> None:
+        """read_timeout: the upstream must keep sending its answer. The clock stands still while
+        the proxy itself stopped reading it for a slow client."""
+        if self.resp_size != self.read_seen or self.conn.write_paused or not self.read_mark:
+            self.read_seen = self.resp_size
+            self.read_mark = now
+            return
+        spec = self.pool.spec
+        if now - self.read_mark <= spec.read_timeout:
+            return
+        _log.warning("upstream read timeout: the response stalled, the client connection is "
+                     "cut", upstream=spec.name, request_id=self.request_id,
+                     route=self.route.name if self.route is not None else DEFAULT_ROUTE,
+                     status=self.status, bytes=self.resp_size, read_timeout=spec.read_timeout)
+        up, self.up = self.up, None
+        self.pool.discard(up)
+        self.upstream_failed(UpstreamTimeout(
+            f"{spec.name} sent nothing for {spec.read_timeout:g}s in the middle of its response"),
+            self.pool, "timeout")
 
     def _check_body_flow(self, now: float) -> None:
         """While the request body arrives: a client that stalls gets 408 (its own fault, counted
