@@ -159,6 +159,8 @@ class Upstream(Block):
     read_timeout: v.Duration() = Field(D(UpstreamSpec, "read_timeout"),  # type: ignore
                                        description="between two reads of the response body")
     max_connections: v.Integer() = D(UpstreamSpec, "max_connections")  # type: ignore[valid-type]
+    max_header_bytes: v.Size(1024) = Field(  # type: ignore[valid-type]
+        D(UpstreamSpec, "max_header_bytes"), description="the response head; larger -> 502")
 
 
 class Limits(Block):

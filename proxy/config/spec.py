@@ -38,6 +38,7 @@ class UpstreamSpec:
     timeout: float = 30.0  # from the request's last byte until the response headers arrive
     read_timeout: float = 60.0  # between two reads of the response (nginx's proxy_read_timeout)
     max_connections: int = 256
+    max_header_bytes: int = 64 * 1024  # the response head; larger -> 502
     line: int = 0
 
 

@@ -167,6 +167,9 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._hbytes = 0
+        # Bytes of the header line httptools holds unfinished (-1: the head began in the
+        # current read), so that a line without end is refused at the limit, not buffered.
+        self.line_run = 0
         self.cur: Exchange | None = None
         self.parsing: Exchange | None = None
         self.queue: deque[Exchange] = deque()
@@ -209,6 +212,8 @@ class ClientConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+            if self.in_headers:
+                self._head_in_progress(data)
         except httptools.HttpParserUpgrade as exc:
             self._on_upgrade(data, exc)
         except Reject as exc:
@@ -269,6 +274,7 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._hbytes = 0
+        self.line_run = -1
         self.in_headers = True
         self.idle_deadline = 0.0
         self.header_deadline = self.plane.now() + self.plane.limits.header_timeout
@@ -288,6 +294,22 @@ class ClientConnection(asyncio.Protocol):
         if b"\x00" in value:
             raise Reject(400, "bad_header", "NUL in a header value")
         self._headers.append((name, value))
+
+    def _head_in_progress(self, data: bytes) -> None:
+        """A read ended inside a request head: count the unfinished line httptools keeps (it
+        reports a header only once its line is complete), and refuse the head once it passes
+        `max_request_line + max_header_bytes`. The read in which a head begins is not counted
+        (it may hold the end of the previous request), so at most one read more is held."""
+        run = self.line_run
+        if run >= 0:
+            nl = data.rfind(b"\n")
+            run = run + len(data) if nl < 0 else len(data) - nl - 1
+            limits = self.plane.limits
+            if self._hbytes + run > limits.max_request_line + limits.max_header_bytes:
+                raise Reject(431, "headers_too_large", "request headers too large")
+            self.line_run = run
+        else:
+            self.line_run = 0
 
     def on_headers_complete(self) -> None:
         self.in_headers = False

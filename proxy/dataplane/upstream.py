@@ -81,6 +81,7 @@ class ResponseSink(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_chunked",
+        "_head_bytes",
         "_head_keep_alive",
         "_headers",
         "_in_body",
@@ -109,6 +110,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunked = False
         self._length: int | None = None
         self._in_body = False
+        self._head_bytes = 0  # bytes read while the response head is unfinished
         self._head_keep_alive = False
         self.tunnel: Any = None  # the exchange after a 101: bytes pass through unparsed
 
@@ -158,6 +160,18 @@ class UpstreamConnection(asyncio.Protocol):
             # What this read produced for the client (head and body) leaves in one write.
             if sink.wbuf is not None:
                 sink.flush_out()
+            if self.sink is not None and not self._in_body:
+                self._head_in_progress(len(data))
+
+    def _head_in_progress(self, n: int) -> None:
+        """A read ended inside the response head (httptools keeps an unfinished header line
+        whole): past the upstream's `max_header_bytes` the response is refused (502)."""
+        self._head_bytes += n
+        if self._head_bytes > self.pool.spec.max_header_bytes:
+            sink, self.sink = self.sink, None
+            self.transport.close()  # type: ignore[union-attr]
+            sink.on_upstream_lost(UpstreamBadResponse(
+                f"response head larger than {self.pool.spec.max_header_bytes} bytes"))
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
@@ -267,6 +281,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._length = None
         self._chunked = False
         self._in_body = False
+        self._head_bytes = 0
         self.transport.write(head)  # type: ignore[union-attr]
 
 
