@@ -58,6 +58,7 @@ REQ_SPECIAL = HOP_BY_HOP | FORWARDED_HEADERS | _REQ_FRAMING | {b"x-request-id"}
 _CONN_KEEP = HOP_BY_HOP | NEVER_DROPPED_BY_CONNECTION
 _NO_TOKENS: frozenset[bytes] = frozenset()
 _XFP_HTTP = (b"x-forwarded-proto", b"http")
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _log = structlog.get_logger("strangler.dataplane")
 
 
@@ -127,6 +128,7 @@ class Exchange:
         "declared_length",
         "discarding",
         "done",
+        "expect_continue",
         "head",
         "head_deadline",
         "head_only",
@@ -192,6 +194,7 @@ class Exchange:
         self.target_failed = False
         self.discarding = False
         self.done = False
+        self.expect_continue = False  # a 100 Continue owed when its pipelined turn comes
         self.head_deadline = 0.0
         self.head = b""
         self.tunnel_pending = b""
@@ -454,9 +457,11 @@ class Exchange:
         elif self.body_mode == 2:
             out.append((b"transfer-encoding", b"chunked"))
         expect = hdict.get(b"expect")
-        if (expect is not None and expect.lower() == b"100-continue" and self.body_mode
-                and conn.transport):
-            conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if expect is not None and expect.lower() == b"100-continue" and self.body_mode:
+            if conn.cur is not None:
+                self.expect_continue = True  # pipelined: not before the earlier answers
+            elif conn.transport:
+                conn.transport.write(CONTINUE)
 
     def _pin(self, route: CompiledRoute, value: bytes, hdict: dict[bytes, bytes],
              to_target: bool) -> bool:
@@ -515,6 +520,7 @@ class Exchange:
         head = self.upstream_head()
         if self.shadow_wanted:
             self.head = head  # the mirror sends the same bytes (plus its marker header)
+        self.up_paused_at = 0.0
         up.send(self, head, self.head_only)
         pending = self.pending
         self.pending = None
@@ -522,7 +528,8 @@ class Exchange:
         if pending:
             for chunk in pending:
                 self._write_body(t, chunk)
-            if self.conn.transport is not None and not self.conn.queue:
+            # Read the client again, unless these writes filled the upstream's buffer.
+            if self.conn.transport is not None and not self.conn.queue and not self.up_paused_at:
                 self.conn.transport.resume_reading()
         elif self.replay and (self.retried or self.stale_retried):
             for chunk in self.replay:
@@ -656,7 +663,7 @@ class Exchange:
         else:
             self.resp_chunked = True
             out.append(b"transfer-encoding: chunked\r\n")
-        if not self.keep_alive or conn.closing or self.plane.draining:
+        if not self.keep_alive or (conn.closing and conn.last_answer()) or self.plane.draining:
             self.keep_alive = False
             out.append(b"connection: close\r\n")
         elif self.version_10:
@@ -815,7 +822,8 @@ class Exchange:
         t = self.conn.transport
         if t is not None and not t.is_closing() and not self.response_started:
             body = error_body(status, code, message, self.request_id)
-            close = not self.keep_alive or self.conn.closing or not self.client_done
+            close = (not self.keep_alive or (self.conn.closing and self.conn.last_answer())
+                     or not self.client_done)
             if close:
                 self.keep_alive = False
             t.write(

@@ -24,6 +24,7 @@ import structlog
 
 from proxy.config.spec import Config, LimitsSpec
 from proxy.dataplane.exchange import (
+    CONTINUE,
     DEFAULT_ROUTE,
     REASONS,
     REQ_SPECIAL,
@@ -173,6 +174,9 @@ class ClientConnection(asyncio.Protocol):
         self.cur: Exchange | None = None
         self.parsing: Exchange | None = None
         self.queue: deque[Exchange] = deque()
+        # A refusal of a request pipelined behind the one in flight, answered in its turn:
+        # (status, code, message, request id, route name).
+        self.refusal: tuple[int, str, str, str | None, str] | None = None
         self.closing = False
         self.upgraded = False  # parser stopped at an Upgrade; close after this exchange
         self.tunnel: Any = None
@@ -208,7 +212,7 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.tunnel_from_client(data)
             return
-        if self.closing and self.cur is None:
+        if self.closing and (self.cur is None or self.refusal is not None):
             return
         try:
             self.parser.feed_data(data)
@@ -343,29 +347,65 @@ class ClientConnection(asyncio.Protocol):
         t = self.transport
         if t is None or t.is_closing():
             return
-        if not ex.keep_alive or self.closing or self.upgraded or self.plane.draining:
+        if not ex.keep_alive or self.upgraded or self.plane.draining:
             if self.parsing is None or self.parsing is ex:
                 t.close()
                 return
-        if self.queue:
+        if self.queue:  # pipelined requests, in order (also after the client's half-close)
             nxt = self.queue.popleft()
             self.cur = nxt
-            if not self.queue:
+            if not self.queue and self.refusal is None:
                 t.resume_reading()
+            if nxt.expect_continue:
+                t.write(CONTINUE)  # its turn has come
             nxt.dispatch()
+            return
+        if self.refusal is not None:
+            self._refuse(*self.refusal)
+            return
+        if self.closing and (self.parsing is None or self.parsing is ex):
+            t.close()
             return
         if not t.is_reading():
             t.resume_reading()  # paused by this exchange's upstream back-pressure
         self.idle_deadline = now + self.plane.idle_timeout
 
+    def last_answer(self) -> bool:
+        """On a closing connection: whether the answer in flight is the last one (no pipelined
+        request or refusal is owed after it)."""
+        return not self.queue and self.refusal is None
+
     def reject(self, status: int, code: str, message: str, request_id: str | None = None) -> None:
-        """Answer a request the proxy refuses and close the connection."""
+        """Refuse the request being read (or the one in flight, whose body stalled) and close
+        the connection. A request pipelined behind the one in flight is refused in its own
+        turn: the requests before it are answered first (`exchange_finished`)."""
         t = self.transport
         self.closing = True
-        if t is None or t.is_closing():
+        if t is None or t.is_closing() or self.refusal is not None:
             return
-        if self.cur is not None and self.cur.response_started:
+        cur = self.cur
+        refused = self.parsing  # the exchange whose body was being read, if any
+        route = refused.route.name if refused is not None and refused.route else DEFAULT_ROUTE
+        if cur is not None and refused is not cur:
+            if refused is not None:  # a queued request's body: it is never sent
+                self.queue.remove(refused)
+                self.parsing = None
+                refused.abandon()
+            self.refusal = (status, code, message, request_id, route)
+            self.header_deadline = 0.0
+            t.pause_reading()
+            return
+        if cur is not None and cur.response_started:
             t.close()
+            return
+        self._refuse(status, code, message, request_id, route)
+        if cur is not None:
+            cur.abandon()
+
+    def _refuse(self, status: int, code: str, message: str, request_id: str | None,
+                route: str) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
             return
         rid = request_id or new_request_id()
         body = error_body(status, code, message, rid)
@@ -375,11 +415,7 @@ class ClientConnection(asyncio.Protocol):
             % (status, REASONS.get(status, b"Error"), len(body), rid.encode(), body)
         )
         t.close()
-        rec = self.plane.recorder
-        route = self.cur.route.name if self.cur is not None and self.cur.route else DEFAULT_ROUTE
-        rec.request(route, 0, "proxy", status, 0.0)
-        if self.cur is not None:
-            self.cur.abandon()
+        self.plane.recorder.request(route, 0, "proxy", status, 0.0)
 
     def check_deadlines(self, now: float) -> None:
         if self.header_deadline and now > self.header_deadline and self.in_headers:
