@@ -25,6 +25,7 @@ from proxy.dataplane.headers import (
     HOP_BY_HOP,
     NEVER_DROPPED_BY_CONNECTION,
     connection_tokens,
+    valid_host,
 )
 from proxy.dataplane.overrides import INVALID, TARGET
 from proxy.dataplane.resend import Failure, may_resend, repeatable
@@ -265,7 +266,7 @@ class Exchange:
         conn_tokens: frozenset[bytes] = _NO_TOKENS
         trusted = self.conn.peer_trusted
         special = self.plane.req_special
-        te = cl = host = None
+        te = cl = host = xff = None
         for header in raw:
             name, value = header
             lname = name.lower()
@@ -286,12 +287,19 @@ class Exchange:
             elif lname == b"host":
                 if host is not None:
                     raise Reject(400, "bad_request", "repeated Host header")
+                if not valid_host(value):
+                    raise Reject(400, "bad_host", "Host must be a host name or address and an "
+                                 "optional port")
                 host = value
                 out.append(header)
             elif lname == b"te":
                 if value.strip().lower() == b"trailers":
                     out.append(header)
-            elif lname in HOP_BY_HOP or lname == b"x-request-id" or lname == b"x-forwarded-for":
+            elif lname == b"x-forwarded-for":
+                if xff is not None:  # repeated: one list, in order (RFC 9110 §5.3)
+                    hdict[lname] = value = xff + b", " + value
+                xff = value
+            elif lname in HOP_BY_HOP or lname == b"x-request-id":
                 pass
             elif trusted and lname in FORWARDED_HEADERS:
                 out.append(header)  # x-forwarded-proto, -host, forwarded from a trusted peer
