@@ -12,6 +12,7 @@ upstreams, route names, coverage) are on `RoutesFile`. Defaults come from the fr
 into those specs.
 """
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar
 
@@ -143,10 +144,32 @@ def _scalar_to(mapping: Callable[[Any], Any]) -> Any:
 # -- the blocks ---------------------------------------------------------------------------------
 
 
+_HOST_NAME = re.compile(r"\*|[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
+
+
+def _allowed_host(x: Any) -> str:
+    value = v.string(x, "a host name").strip().lower().rstrip(".")
+    if not _HOST_NAME.fullmatch(value):
+        raise v.problem(f"{value!r} is not a host name (no scheme, port or path; '*' allows any "
+                        "Host)")
+    return value
+
+
+def _allowed_hosts(x: Any) -> tuple[str, ...]:
+    out, bad = v.items(v.seq(x, "a list of host names"), _allowed_host)
+    if bad:
+        v.at(bad)
+    return tuple(dict.fromkeys(out))
+
+
 class Admin(Block):
     listen: v.Address = Field(D(AdminSpec, "listen"), description="the admin API and dashboard")
     dashboard_url: v.HttpUrl(nullable=True) = Field(  # type: ignore[valid-type]
         None, description="where people open the dashboard; notifications link to it")
+    allowed_hosts: v.value_type(tuple, _allowed_hosts, {  # type: ignore[valid-type]
+        "type": "array", "items": {"type": "string", "pattern": _HOST_NAME.pattern},
+        "description": "host names the admin API answers to besides its address, IP addresses "
+        "and localhost (DNS rebinding defence); '*' any"}) = D(AdminSpec, "allowed_hosts")
 
 
 class Upstream(Block):

@@ -182,6 +182,9 @@ class RouteSpec:
 class AdminSpec:
     listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9901))
     dashboard_url: str | None = None  # where people open the dashboard (notification links)
+    # Host names (lower-case) the admin API answers to besides its address, IP addresses and
+    # localhost; "*" any (proxy.api.browser_guard).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 NOTIFY_EVENTS = ("rollback", "fail", "promote", "complete", "resume", "weight_changed")
