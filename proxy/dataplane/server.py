@@ -386,8 +386,10 @@ class ClientConnection(asyncio.Protocol):
         cur = self.cur
         refused = self.parsing  # the exchange whose body was being read, if any
         route = refused.route.name if refused is not None and refused.route else DEFAULT_ROUTE
+        if refused is not None and request_id is None:
+            request_id = refused.request_id
         if cur is not None and refused is not cur:
-            if refused is not None:  # a queued request's body: it is never sent
+            if refused is not None and refused in self.queue:  # a queued body: never sent
                 self.queue.remove(refused)
                 self.parsing = None
                 refused.abandon()
