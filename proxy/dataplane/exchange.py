@@ -28,7 +28,7 @@ from proxy.dataplane.headers import (
     valid_host,
 )
 from proxy.dataplane.overrides import INVALID, TARGET
-from proxy.dataplane.resend import Failure, may_resend, repeatable
+from proxy.dataplane.resend import IDEMPOTENT_METHODS, Failure, may_resend, repeatable
 from proxy.dataplane.split import BUCKETS
 from proxy.dataplane.table import CompiledRoute, cookie_value
 from proxy.dataplane.upstream import UpstreamBusy, UpstreamError, UpstreamPool, UpstreamTimeout
@@ -435,7 +435,8 @@ class Exchange:
                           hdict: dict[bytes, bytes]) -> None:
         """What goes upstream besides the client's headers: whether the body is kept for a
         replay, the forwarding headers, the re-stated framing; and a 100 Continue if asked."""
-        self.resendable = resendable = repeatable(route, method, hdict)
+        self.resendable = resendable = method in IDEMPOTENT_METHODS or repeatable(
+            route, method, hdict)
         if self.body_mode and not (resendable or self.shadow_wanted):
             self.replay = None  # never sent again (proxy.dataplane.resend), never mirrored
         conn = self.conn
@@ -579,17 +580,17 @@ class Exchange:
         self.client_done = True
         if self.done:
             return
-        now = self.plane.now()
         if self.last_body_at:
             self.last_body_at = 0.0
-            self.body_done_at = now
+            self.body_done_at = self.plane.now()
         if self.up is not None and self.pending is None:
             # The whole request is upstream now: the response timeout starts here, so a slow
             # upload is never the upstream's timeout.
             if self.body_mode == 2:
                 self.up.transport.write(b"0\r\n\r\n")
             if self.status == 0:  # no response head yet
-                self.head_deadline = now + self.pool.spec.timeout
+                sent = self.body_done_at or self.plane.now()
+                self.head_deadline = sent + self.pool.spec.timeout
 
     # -- WebSocket tunnel (after a 101 the connection carries opaque bytes both ways) -------
     def tunnel_from_client(self, data: bytes) -> None:
