@@ -100,3 +100,22 @@ async def test_pipelined_requests_after_a_half_close_are_all_answered(slow_proxy
     p, _ = slow_proxy
     data, closed = await raw_request(p.port, SLOW + FAST + FAST, shut_write=True, timeout=5)
     assert [r.status for r in parse_responses(data)] == [200, 200, 200] and closed
+
+
+async def test_a_pipelined_body_held_back_for_its_turn_is_not_a_stall(upstreams, proxy_process):
+    """Reading stops while a pipelined request waits its turn; the wait is not its client's
+    stall (`body_idle_timeout: 500ms`, the request before it takes 1.2 s)."""
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.path == "/api/slow":
+            await asyncio.sleep(1.2)
+        return web.json_response({"path": request.path, "body": body.decode()})
+
+    up = await upstreams("legacy", handler=handler)
+    p = await proxy_process(probe_config(up.port, up.port, limits="body_idle_timeout: 500ms"))
+    post = (b"POST /api/doc HTTP/1.1\r\nHost: shop\r\nContent-Length: 5\r\n"
+            b"Connection: close\r\n\r\nhe")
+    data, _ = await raw_request(p.port, [SLOW + post, b"llo"], pause=1.5, timeout=5)
+    resps = parse_responses(data)
+    assert [r.status for r in resps] == [200, 200], data[-300:]
+    assert json.loads(resps[1].body) == {"path": "/api/doc", "body": "hello"}

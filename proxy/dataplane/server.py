@@ -358,6 +358,8 @@ class ClientConnection(asyncio.Protocol):
                 t.resume_reading()
             if nxt.expect_continue:
                 t.write(CONTINUE)  # its turn has come
+            if nxt.last_body_at:
+                nxt.last_body_at = now  # its body was held back while it waited its turn
             nxt.dispatch()
             return
         if self.refusal is not None:
