@@ -249,7 +249,7 @@ async def test_wrong_tokens_of_any_length_or_bytes_are_401(upstreams, proxy_proc
                   b"Bearer " + ADMIN.encode() + b"\x80"):
         data, _ = await raw_request(
             p.admin_port,
-            b"GET /admin/routes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"GET /admin/routes HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
             b"Authorization: " + value + b"\r\n\r\n")
         (resp,) = parse_responses(data)
         assert resp.status == 401, (value, resp.status, resp.body)

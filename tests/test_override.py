@@ -410,8 +410,8 @@ routes:
         "routes.yaml:32: routes[3].override.header: 'x-qa-token' is also "
         "overrides.trusted.secret_header; use two different headers",
         "routes.yaml:37: routes[4].overide: unknown key 'overide'; expected one of: name, "
-        "match, legacy, target, weight, sticky, fallback_to_legacy, flag, websocket, "
-        "override, shadow, promotion (did you mean 'override'?)",
+        "match, legacy, target, weight, sticky, fallback_to_legacy, retry_with_idempotency_key, "
+        "flag, websocket, override, shadow, promotion (did you mean 'override'?)",
     ]
     assert all("hunter2" not in p for p in got)
 

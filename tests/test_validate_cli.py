@@ -61,8 +61,8 @@ def test_invalid_file_prints_every_problem_as_file_line_path_message_and_exits_2
         "conf/r.yaml:4: upstreams.new.url: https upstreams are not supported; terminate TLS "
         "in front or use http",
         "conf/r.yaml:10: routes[0].weigth: unknown key 'weigth'; expected one of: name, match, "
-        "legacy, target, weight, sticky, fallback_to_legacy, flag, websocket, override, "
-        "shadow, promotion (did you mean 'weight'?)",
+        "legacy, target, weight, sticky, fallback_to_legacy, retry_with_idempotency_key, flag, "
+        "websocket, override, shadow, promotion (did you mean 'weight'?)",
     ]
     assert all(re.match(r"^conf/r\.yaml:\d+: [\w.\[\]-]+: .+", line) for line in lines)
 

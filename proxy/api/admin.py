@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from proxy.api import browser_guard
 from proxy.api.auth import ACTOR_HEADER, AuthError, Caller, Tokens, actor_name
 from proxy.api.metrics import StranglerCollector, make_registry, render
 from proxy.config.loader import ConfigError
@@ -72,7 +73,13 @@ def error_response(status: int, error: str, detail: Any = None) -> web.Response:
 def build_admin_app(server: Any, tokens: Tokens | None = None) -> web.Application:
     """The admin application of one `serve`; tokens default to the process environment."""
     tokens = tokens if tokens is not None else Tokens.from_env()
-    app = web.Application(middlewares=[_errors, _auth_middleware(tokens)])
+
+    def admin_settings() -> tuple[str, tuple[str, ...]]:
+        admin = server.runtime.config.admin
+        return admin.listen.host, admin.allowed_hosts
+
+    guard = browser_guard.middleware(browser_guard.BrowserGuard(admin_settings), error_response)
+    app = web.Application(middlewares=[_errors, guard, _auth_middleware(tokens)])
     Admin(server).register(app)
     _register_dashboard(app, server)
     return app

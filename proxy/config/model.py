@@ -12,6 +12,7 @@ upstreams, route names, coverage) are on `RoutesFile`. Defaults come from the fr
 into those specs.
 """
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar
 
@@ -143,10 +144,32 @@ def _scalar_to(mapping: Callable[[Any], Any]) -> Any:
 # -- the blocks ---------------------------------------------------------------------------------
 
 
+_HOST_NAME = re.compile(r"\*|[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
+
+
+def _allowed_host(x: Any) -> str:
+    value = v.string(x, "a host name").strip().lower().rstrip(".")
+    if not _HOST_NAME.fullmatch(value):
+        raise v.problem(f"{value!r} is not a host name (no scheme, port or path; '*' allows any "
+                        "Host)")
+    return value
+
+
+def _allowed_hosts(x: Any) -> tuple[str, ...]:
+    out, bad = v.items(v.seq(x, "a list of host names"), _allowed_host)
+    if bad:
+        v.at(bad)
+    return tuple(dict.fromkeys(out))
+
+
 class Admin(Block):
     listen: v.Address = Field(D(AdminSpec, "listen"), description="the admin API and dashboard")
     dashboard_url: v.HttpUrl(nullable=True) = Field(  # type: ignore[valid-type]
         None, description="where people open the dashboard; notifications link to it")
+    allowed_hosts: v.value_type(tuple, _allowed_hosts, {  # type: ignore[valid-type]
+        "type": "array", "items": {"type": "string", "pattern": _HOST_NAME.pattern},
+        "description": "host names the admin API answers to besides its address, IP addresses "
+        "and localhost (DNS rebinding defence); '*' any"}) = D(AdminSpec, "allowed_hosts")
 
 
 class Upstream(Block):
@@ -154,8 +177,13 @@ class Upstream(Block):
     url: v.UpstreamUrl
     connect_timeout: v.Duration() = D(UpstreamSpec, "connect_timeout")  # type: ignore[valid-type]
     timeout: v.Duration() = Field(D(UpstreamSpec, "timeout"),  # type: ignore[valid-type]
-                                  description="until the response headers arrive")
+                                  description="from the request's last byte until the response "
+                                  "headers arrive")
+    read_timeout: v.Duration() = Field(D(UpstreamSpec, "read_timeout"),  # type: ignore
+                                       description="between two reads of the response body")
     max_connections: v.Integer() = D(UpstreamSpec, "max_connections")  # type: ignore[valid-type]
+    max_header_bytes: v.Size(1024) = Field(  # type: ignore[valid-type]
+        D(UpstreamSpec, "max_header_bytes"), description="the response head; larger -> 502")
 
 
 class Limits(Block):
@@ -553,6 +581,10 @@ class Route(Block):
     weight: v.Weight = D(RouteSpec, "weight")
     sticky: Sticky | None = None
     fallback_to_legacy: v.Bool = D(RouteSpec, "fallback_to_legacy")
+    retry_with_idempotency_key: v.Bool = Field(
+        D(RouteSpec, "retry_with_idempotency_key"),
+        description="a request carrying an Idempotency-Key header may be sent again (after a "
+        "stale pooled connection) or fall back to legacy like an idempotent one")
     flag: v.Str("a feature flag name", nullable=True, pattern=FLAG_RE,  # type: ignore
                 hint="use letters, digits, '-', '_', '.' and '~'") = None
     websocket: v.Bool = D(RouteSpec, "websocket")

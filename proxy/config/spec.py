@@ -35,8 +35,10 @@ class UpstreamSpec:
     port: int
     base_path: str = ""  # path prefix of the url without trailing slash ("" for none)
     connect_timeout: float = 1.0
-    timeout: float = 30.0  # until the response headers arrive
+    timeout: float = 30.0  # from the request's last byte until the response headers arrive
+    read_timeout: float = 60.0  # between two reads of the response (nginx's proxy_read_timeout)
     max_connections: int = 256
+    max_header_bytes: int = 64 * 1024  # the response head; larger -> 502
     line: int = 0
 
 
@@ -167,6 +169,9 @@ class RouteSpec:
     weight: float = 0.0  # percent of matching traffic to target
     sticky: StickySpec | None = None
     fallback_to_legacy: bool = True
+    # A request with an Idempotency-Key header may be sent again like an idempotent one
+    # (proxy.dataplane.resend).
+    retry_with_idempotency_key: bool = False
     flag: str | None = None
     websocket: bool = False  # pass WebSocket upgrades through (never mirrored)
     shadow: ShadowSpec = field(default_factory=ShadowSpec)
@@ -179,6 +184,9 @@ class RouteSpec:
 class AdminSpec:
     listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9901))
     dashboard_url: str | None = None  # where people open the dashboard (notification links)
+    # Host names (lower-case) the admin API answers to besides its address, IP addresses and
+    # localhost; "*" any (proxy.api.browser_guard).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 NOTIFY_EVENTS = ("rollback", "fail", "promote", "complete", "resume", "weight_changed")

@@ -17,19 +17,21 @@ import re
 from typing import Any
 
 import httptools
+import structlog
 
 from proxy.config.paths import BadPath, canonical_path
-from proxy.config.spec import IDEMPOTENT_METHODS
 from proxy.dataplane.headers import (
     FORWARDED_HEADERS,
     HOP_BY_HOP,
     NEVER_DROPPED_BY_CONNECTION,
     connection_tokens,
+    valid_host,
 )
 from proxy.dataplane.overrides import INVALID, TARGET
+from proxy.dataplane.resend import IDEMPOTENT_METHODS, Failure, may_resend, repeatable
 from proxy.dataplane.split import BUCKETS
 from proxy.dataplane.table import CompiledRoute, cookie_value
-from proxy.dataplane.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
+from proxy.dataplane.upstream import UpstreamBusy, UpstreamError, UpstreamPool, UpstreamTimeout
 
 REASONS = {
     400: b"Bad Request",
@@ -45,7 +47,6 @@ REASONS = {
     504: b"Gateway Timeout",
     505: b"HTTP Version Not Supported",
 }
-_IDEMPOTENT = frozenset(m.encode() for m in IDEMPOTENT_METHODS)
 _REPLAY_LIMIT = 64 * 1024
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 DEFAULT_ROUTE = "_default"
@@ -58,6 +59,8 @@ REQ_SPECIAL = HOP_BY_HOP | FORWARDED_HEADERS | _REQ_FRAMING | {b"x-request-id"}
 _CONN_KEEP = HOP_BY_HOP | NEVER_DROPPED_BY_CONNECTION
 _NO_TOKENS: frozenset[bytes] = frozenset()
 _XFP_HTTP = (b"x-forwarded-proto", b"http")
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_log = structlog.get_logger("strangler.dataplane")
 
 
 class Reject(Exception):
@@ -117,12 +120,16 @@ class Exchange:
 
     __slots__ = (
         "backend",
+        "blame",
+        "body_done_at",
         "body_mode",
         "client_done",
+        "client_wait",
         "conn",
         "declared_length",
         "discarding",
         "done",
+        "expect_continue",
         "head",
         "head_deadline",
         "head_only",
@@ -136,11 +143,14 @@ class Exchange:
         "plane",
         "pool",
         "query",
+        "read_mark",
+        "read_seen",
         "replay",
         "replay_size",
         "req_body_size",
         "req_headers",
         "request_id",
+        "resendable",
         "resp_body",
         "resp_chunked",
         "resp_headers",
@@ -158,6 +168,7 @@ class Exchange:
         "target_failed",
         "tunnel_pending",
         "up",
+        "up_paused_at",
         "version_10",
         "wbuf",
     )
@@ -173,6 +184,10 @@ class Exchange:
         self.resp_chunked = False
         self.resp_body: list[bytes] | None = None
         self.resp_size = 0
+        # read_timeout: the response size at the last sweep and when it last grew (0.0: not
+        # watched yet)
+        self.read_seen = 0
+        self.read_mark = 0.0
         self.resp_headers: list[tuple[bytes, bytes]] = []
         self.status = 0
         self.retried = False  # fallback to legacy used
@@ -180,10 +195,18 @@ class Exchange:
         self.target_failed = False
         self.discarding = False
         self.done = False
+        self.expect_continue = False  # a 100 Continue owed when its pipelined turn comes
         self.head_deadline = 0.0
         self.head = b""
         self.tunnel_pending = b""
         self.last_body_at = 0.0
+        # Time on the client's side, kept out of the backend's latency: when the request body
+        # was complete (0.0: no body), and how long the response waited for a slow reader.
+        self.body_done_at = 0.0
+        self.client_wait = 0.0
+        self.up_paused_at = 0.0  # the upstream stopped taking the request body (back-pressure)
+        # Counted under this backend instead of `backend` (the client or the proxy caused it).
+        self.blame: str | None = None
         self.declared_length: int | None = None
         self.is_tunnel = False
         self.override: str | None = None  # set when a trusted request pinned its backend
@@ -243,7 +266,7 @@ class Exchange:
         conn_tokens: frozenset[bytes] = _NO_TOKENS
         trusted = self.conn.peer_trusted
         special = self.plane.req_special
-        te = cl = host = None
+        te = cl = host = xff = None
         for header in raw:
             name, value = header
             lname = name.lower()
@@ -264,12 +287,19 @@ class Exchange:
             elif lname == b"host":
                 if host is not None:
                     raise Reject(400, "bad_request", "repeated Host header")
+                if not valid_host(value):
+                    raise Reject(400, "bad_host", "Host must be a host name or address and an "
+                                 "optional port")
                 host = value
                 out.append(header)
             elif lname == b"te":
                 if value.strip().lower() == b"trailers":
                     out.append(header)
-            elif lname in HOP_BY_HOP or lname == b"x-request-id" or lname == b"x-forwarded-for":
+            elif lname == b"x-forwarded-for":
+                if xff is not None:  # repeated: one list, in order (RFC 9110 §5.3)
+                    hdict[lname] = value = xff + b", " + value
+                xff = value
+            elif lname in HOP_BY_HOP or lname == b"x-request-id":
                 pass
             elif trusted and lname in FORWARDED_HEADERS:
                 out.append(header)  # x-forwarded-proto, -host, forwarded from a trusted peer
@@ -303,6 +333,8 @@ class Exchange:
             self.body_mode = 0
         if host is None and not self.version_10:
             raise Reject(400, "bad_request", "missing Host header")
+        if self.body_mode:
+            self.last_body_at = self.t0  # the body-idle clock runs from the head
 
     def _target(self, url: bytes, hdict: dict[bytes, bytes]) -> None:
         """Request target -> canonical `path` and raw `query`: origin-form, or absolute-form
@@ -403,10 +435,10 @@ class Exchange:
                           hdict: dict[bytes, bytes]) -> None:
         """What goes upstream besides the client's headers: whether the body is kept for a
         replay, the forwarding headers, the re-stated framing; and a 100 Continue if asked."""
-        if not self.shadow_wanted and self.body_mode and not (
-            route is not None and route.fallback and method in _IDEMPOTENT
-        ):
-            self.replay = None
+        self.resendable = resendable = method in IDEMPOTENT_METHODS or repeatable(
+            route, method, hdict)
+        if self.body_mode and not (resendable or self.shadow_wanted):
+            self.replay = None  # never sent again (proxy.dataplane.resend), never mirrored
         conn = self.conn
         out = self.req_headers
         host = hdict.get(b"host")  # at most one: `_headers` refuses a repeated Host
@@ -434,9 +466,11 @@ class Exchange:
         elif self.body_mode == 2:
             out.append((b"transfer-encoding", b"chunked"))
         expect = hdict.get(b"expect")
-        if (expect is not None and expect.lower() == b"100-continue" and self.body_mode
-                and conn.transport):
-            conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if expect is not None and expect.lower() == b"100-continue" and self.body_mode:
+            if conn.cur is not None:
+                self.expect_continue = True  # pipelined: not before the earlier answers
+            elif conn.transport:
+                conn.transport.write(CONTINUE)
 
     def _pin(self, route: CompiledRoute, value: bytes, hdict: dict[bytes, bytes],
              to_target: bool) -> bool:
@@ -481,7 +515,7 @@ class Exchange:
             conn = await pool.acquire()
         except UpstreamError as exc:
             if not self.done:
-                self.upstream_failed(exc, pool)
+                self.upstream_failed(exc, pool, "unsent")
             return
         if self.done or pool is not self.pool:
             pool.release(conn)
@@ -490,10 +524,12 @@ class Exchange:
 
     def attach(self, up: Any) -> None:
         self.up = up
-        self.head_deadline = self.plane.now() + self.pool.spec.timeout
+        if self.client_done:  # else from on_client_done, once the request is whole upstream
+            self.head_deadline = self.plane.now() + self.pool.spec.timeout
         head = self.upstream_head()
         if self.shadow_wanted:
             self.head = head  # the mirror sends the same bytes (plus its marker header)
+        self.up_paused_at = 0.0
         up.send(self, head, self.head_only)
         pending = self.pending
         self.pending = None
@@ -501,7 +537,8 @@ class Exchange:
         if pending:
             for chunk in pending:
                 self._write_body(t, chunk)
-            if self.conn.transport is not None and not self.conn.queue:
+            # Read the client again, unless these writes filled the upstream's buffer.
+            if self.conn.transport is not None and not self.conn.queue and not self.up_paused_at:
                 self.conn.transport.resume_reading()
         elif self.replay and (self.retried or self.stale_retried):
             for chunk in self.replay:
@@ -541,9 +578,19 @@ class Exchange:
 
     def on_client_done(self) -> None:
         self.client_done = True
-        self.last_body_at = 0.0
-        if self.body_mode == 2 and self.up is not None and self.pending is None and not self.done:
-            self.up.transport.write(b"0\r\n\r\n")
+        if self.done:
+            return
+        if self.last_body_at:
+            self.last_body_at = 0.0
+            self.body_done_at = self.plane.now()
+        if self.up is not None and self.pending is None:
+            # The whole request is upstream now: the response timeout starts here, so a slow
+            # upload is never the upstream's timeout.
+            if self.body_mode == 2:
+                self.up.transport.write(b"0\r\n\r\n")
+            if self.status == 0:  # no response head yet
+                sent = self.body_done_at or self.plane.now()
+                self.head_deadline = sent + self.pool.spec.timeout
 
     # -- WebSocket tunnel (after a 101 the connection carries opaque bytes both ways) -------
     def tunnel_from_client(self, data: bytes) -> None:
@@ -573,26 +620,12 @@ class Exchange:
         self.finish(aborted=True)
 
     # -- response side -------------------------------------------------------------------
-    def _fallback_eligible(self) -> bool:
-        route = self.route
-        return (
-            self.backend == "target"
-            and not self.retried
-            and self.override is None  # a pinned request wants the target's own answer
-            and route is not None
-            and route.spec.fallback_to_legacy
-            and self.method in _IDEMPOTENT
-            and self.client_done
-            and (self.body_mode == 0 or self.replay is not None)
-            and not self.response_started
-        )
-
     def on_upstream_head(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes, bytes]],
         chunked: bool, length: int | None, connection: frozenset[bytes] | None,
     ) -> None:
         self.head_deadline = 0.0
-        if status >= 500 and self._fallback_eligible():
+        if status >= 500 and may_resend(self, "status"):
             self.discarding = True
             self.status = status
             return
@@ -639,7 +672,7 @@ class Exchange:
         else:
             self.resp_chunked = True
             out.append(b"transfer-encoding: chunked\r\n")
-        if not self.keep_alive or conn.closing or self.plane.draining:
+        if not self.keep_alive or (conn.closing and conn.last_answer()) or self.plane.draining:
             self.keep_alive = False
             out.append(b"connection: close\r\n")
         elif self.version_10:
@@ -651,9 +684,9 @@ class Exchange:
         self.wbuf = [b"".join(out)]  # flushed by flush_out() at the end of this upstream read
 
     def on_upstream_body(self, data: bytes) -> None:
+        self.resp_size += len(data)
         if self.discarding:
             return
-        self.resp_size += len(data)
         buf = self.wbuf
         if buf is not None:
             if self.resp_chunked:
@@ -690,7 +723,7 @@ class Exchange:
         if self.discarding:
             self.discarding = False
             self._record(self.status, self.backend)
-            self._fallback()
+            self._fallback(keep_pending=False)
             return
         if self.resp_chunked:
             if self.wbuf is not None:
@@ -718,50 +751,69 @@ class Exchange:
         up, self.up = self.up, None
         if up is not None:
             self.pool.forget(up)
-        self.upstream_failed(exc, self.pool, reused=bool(up is not None and up.reused
-                                                         and not up.got_bytes))
+        stale = up is not None and up.reused and not up.got_bytes
+        self.upstream_failed(exc, self.pool, "stale" if stale else "reset")
 
-    def upstream_failed(self, exc: UpstreamError, pool: UpstreamPool, reused: bool = False) -> None:
+    def upstream_failed(self, exc: UpstreamError, pool: UpstreamPool, failure: Failure) -> None:
         if self.done:
             return
         self.head_deadline = 0.0
         if self.response_started and not self.discarding:
             # Mid-body failure: the client must see a truncated response, never a clean one.
+            # Counted as the 502/504 it is, unless the answer had been held back for a slow
+            # reader (an upstream may give up on a client that does not read).
             self.plane.recorder.upstream_error(pool.spec.name, exc.kind)
+            timeout = isinstance(exc, UpstreamTimeout)
+            self.status = 504 if timeout else 502
+            if not timeout and (self.client_wait or self.conn.write_paused):
+                self.blame = "proxy"
             self.keep_alive = False
             if self.conn.transport is not None:
                 self.conn.transport.abort()
             self.finish(aborted=True)
             return
-        replayable = self.client_done and (self.body_mode == 0 or self.replay is not None)
-        if reused and replayable and not self.stale_retried and not self.discarding:
-            # A pooled keep-alive connection the upstream had already closed: retry once. This
-            # is not the fallback: a target that is really down still falls back to legacy.
-            self.stale_retried = True
-            self.pending = None
-            self.dispatch()
-            return
-        self.plane.recorder.upstream_error(pool.spec.name, exc.kind)
-        if self._fallback_eligible() or self.discarding:
+        if failure == "stale":
+            if may_resend(self, "stale"):
+                # A pooled keep-alive connection the upstream had closed: sent once more on a
+                # fresh one. Not the fallback: a target that is really down still falls back.
+                self.stale_retried = True
+                self.pending = None
+                self.dispatch()
+                return
+            failure = "reset"
+        busy = isinstance(exc, UpstreamBusy)
+        if busy:
+            # The proxy's own connection cap, not evidence against the upstream: counted with
+            # backend `proxy` (slow uploads could fill it on purpose).
+            self.blame = "proxy"
+        else:
+            self.plane.recorder.upstream_error(pool.spec.name, exc.kind)
+        if self.discarding or may_resend(self, failure):
             self.discarding = False
-            status = 504 if isinstance(exc, UpstreamTimeout) else 502
-            self._record(status, self.backend)
-            self._fallback()
+            if not busy:
+                self._record(504 if isinstance(exc, UpstreamTimeout) else 502, self.backend)
+            self.blame = None
+            self._fallback(keep_pending=failure == "unsent")
             return
-        if isinstance(exc, UpstreamTimeout):
+        if busy:
+            self.respond_error(503, "upstream_busy", str(exc))
+        elif isinstance(exc, UpstreamTimeout):
             self.respond_error(504, "upstream_timeout", str(exc))
         else:
             self.respond_error(502, "upstream_unavailable", str(exc))
 
-    def _fallback(self) -> None:
-        """Retry once on legacy; the target's failure has been recorded already."""
+    def _fallback(self, keep_pending: bool) -> None:
+        """Send the request to legacy instead (once); the target's failure has been recorded
+        already. `keep_pending`: nothing reached the target, so the body received so far is
+        still waiting in `pending` and the rest streams after it."""
         route = self.route
         self.target_failed = True
         self.retried = True
         self.backend = "legacy"
         self.pool = self.plane.pools[route.spec.legacy]
         self.t0 = self.plane.now()
-        self.pending = None
+        if not keep_pending:
+            self.pending = None
         self.dispatch()
 
     def _record(self, status: int, backend: str) -> None:
@@ -779,7 +831,8 @@ class Exchange:
         t = self.conn.transport
         if t is not None and not t.is_closing() and not self.response_started:
             body = error_body(status, code, message, self.request_id)
-            close = not self.keep_alive or self.conn.closing or not self.client_done
+            close = (not self.keep_alive or (self.conn.closing and self.conn.last_answer())
+                     or not self.client_done)
             if close:
                 self.keep_alive = False
             t.write(
@@ -806,13 +859,50 @@ class Exchange:
             self.upstream_failed(
                 UpstreamTimeout(f"{self.pool.spec.name} sent no response headers within "
                                 f"{self.pool.spec.timeout:g}s"),
-                self.pool,
+                self.pool, "timeout",
             )
-        elif (
-            self.last_body_at
-            and not self.client_done
-            and now - self.last_body_at > self.plane.limits.body_idle_timeout
-        ):
+        elif self.last_body_at and not self.client_done:
+            self._check_body_flow(now)
+        if self.status and self.up is not None and not self.done and not self.is_tunnel:
+            self._check_response_flow(now)
+
+    def _check_response_flow(self, now: float) -> None:
+        """read_timeout: the upstream must keep sending its answer. The clock stands still while
+        the proxy itself stopped reading it for a slow client."""
+        if self.resp_size != self.read_seen or self.conn.write_paused or not self.read_mark:
+            self.read_seen = self.resp_size
+            self.read_mark = now
+            return
+        spec = self.pool.spec
+        if now - self.read_mark <= spec.read_timeout:
+            return
+        _log.warning("upstream read timeout: the response stalled, the client connection is "
+                     "cut", upstream=spec.name, request_id=self.request_id,
+                     route=self.route.name if self.route is not None else DEFAULT_ROUTE,
+                     status=self.status, bytes=self.resp_size, read_timeout=spec.read_timeout)
+        up, self.up = self.up, None
+        self.pool.discard(up)
+        self.upstream_failed(UpstreamTimeout(
+            f"{spec.name} sent nothing for {spec.read_timeout:g}s in the middle of its response"),
+            self.pool, "timeout")
+
+    def _check_body_flow(self, now: float) -> None:
+        """While the request body arrives: a client that stalls gets 408 (its own fault, counted
+        with backend `proxy`); while the proxy itself holds the client back (the upstream is not
+        taking the body, or no connection yet) the client's clock stands still, and an upstream
+        that takes nothing for its `timeout` has timed out."""
+        t = self.conn.transport
+        if t is not None and not t.is_reading():
+            self.last_body_at = now
+            paused = self.up_paused_at
+            if paused and now - paused > self.pool.spec.timeout and self.up is not None:
+                self.up_paused_at = 0.0
+                up, self.up = self.up, None
+                self.pool.discard(up)
+                self.upstream_failed(
+                    UpstreamTimeout(f"{self.pool.spec.name} took no request body for "
+                                    f"{self.pool.spec.timeout:g}s"), self.pool, "timeout")
+        elif now - self.last_body_at > self.plane.limits.body_idle_timeout:
             self.conn.reject(408, "request_timeout", "request body stalled", self.request_id)
 
     def finish(self, aborted: bool = False) -> None:
@@ -831,7 +921,9 @@ class Exchange:
         duration = now - self.t0
         pinned = self.override
         if pinned is None:
-            plane.recorder.request(route_name, self.step, self.backend, self.status, duration)
+            plane.recorder.request(route_name, self.step, self.blame or self.backend, self.status,
+                                   self._backend_seconds(now) if self.body_done_at
+                                   or self.client_wait or self.conn.write_paused else duration)
         else:  # QA traffic: counted apart, never gate or guardrail evidence
             plane.recorder.override_request(route_name, self.backend, self.status)
         log = plane.log_request
@@ -858,13 +950,27 @@ class Exchange:
         self.resp_body = None
         self.conn.exchange_finished(self, now)
 
+    def _backend_seconds(self, now: float) -> float:
+        """The backend's share of the exchange, the latency its evidence records: from the
+        request's last body byte (or its head) to the end of the answer, less the time the
+        answer waited for a slow reader."""
+        start = self.body_done_at if self.body_done_at > self.t0 else self.t0
+        wait = self.client_wait
+        conn = self.conn
+        if conn.write_paused and conn.write_paused_at > start:
+            wait += now - conn.write_paused_at
+        return max(0.0, now - start - wait)
+
     def client_gone(self) -> None:
+        """The client closed its connection first: a 499 counted with backend `proxy`, never
+        as the backend's evidence (a client chooses when to leave)."""
         if self.done:
             return
         up, self.up = self.up, None
         if up is not None:
             self.pool.discard(up)
         self.status = 499
+        self.blame = "proxy"
         self.shadow_wanted = False
         self.finish(aborted=True)
 
@@ -879,11 +985,13 @@ class Exchange:
 
     # -- flow control from the upstream connection ---------------------------------------
     def upstream_pause_writing(self) -> None:
+        self.up_paused_at = self.plane.now()
         t = self.conn.transport
         if t is not None:
             t.pause_reading()
 
     def upstream_resume_writing(self) -> None:
+        self.up_paused_at = 0.0
         t = self.conn.transport
         if t is not None and not self.conn.queue:
             t.resume_reading()

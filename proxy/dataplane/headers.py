@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from proxy.config.header_names import (  # noqa: F401 - re-exported for the data plane
@@ -29,3 +30,39 @@ HEADER_INJECTION = re.compile(rb"[\r\n\x00]").search
 
 def has_header_injection(value: bytes) -> bool:
     return HEADER_INJECTION(value) is not None
+
+
+# RFC 9110 §7.2 Host = uri-host [ ":" port ] (RFC 3986): an IP-literal in brackets, or an IPv4
+# address or reg-name (unreserved, sub-delims, pct-encoded), then digits after a colon.
+_HOST = re.compile(
+    rb"(?P<host>\[(?P<ip6>[0-9A-Fa-f:.]+)\]|\[v[0-9A-Fa-f]+\.[A-Za-z0-9._~!$&'()*+,;=:-]+\]"
+    rb"|(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)(?::(?P<port>[0-9]{0,5}))?"
+).fullmatch
+_HOSTS: dict[bytes, bool] = {}
+
+
+def valid_host(value: bytes) -> bool:
+    """Whether a Host value is uri-host[:port] with a port up to 65535 and a name without empty
+    labels (`a..b`, `.a`; nginx refuses those too). Cached: a few values are common."""
+    ok = _HOSTS.get(value)
+    if ok is None:
+        ok = _check_host(value)
+        if len(_HOSTS) < 256:
+            _HOSTS[value] = ok
+    return ok
+
+
+def _check_host(value: bytes) -> bool:
+    m = _HOST(value)
+    if m is None:
+        return False
+    port, host, ip6 = m.group("port"), m.group("host"), m.group("ip6")
+    if port and int(port) > 65535:
+        return False
+    if ip6 is not None:
+        try:
+            ipaddress.IPv6Address(ip6.decode())
+        except ValueError:
+            return False
+        return True
+    return not (host.startswith(b".") or b".." in host)

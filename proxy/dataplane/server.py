@@ -24,6 +24,7 @@ import structlog
 
 from proxy.config.spec import Config, LimitsSpec
 from proxy.dataplane.exchange import (
+    CONTINUE,
     DEFAULT_ROUTE,
     REASONS,
     REQ_SPECIAL,
@@ -167,9 +168,15 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._hbytes = 0
+        # Bytes of the header line httptools holds unfinished (-1: the head began in the
+        # current read), so that a line without end is refused at the limit, not buffered.
+        self.line_run = 0
         self.cur: Exchange | None = None
         self.parsing: Exchange | None = None
         self.queue: deque[Exchange] = deque()
+        # A refusal of a request pipelined behind the one in flight, answered in its turn:
+        # (status, code, message, request id, route name).
+        self.refusal: tuple[int, str, str, str | None, str] | None = None
         self.closing = False
         self.upgraded = False  # parser stopped at an Upgrade; close after this exchange
         self.tunnel: Any = None
@@ -178,6 +185,7 @@ class ClientConnection(asyncio.Protocol):
         self.idle_deadline = 0.0
         self.in_headers = False
         self.write_paused = False
+        self.write_paused_at = 0.0  # when the client stopped keeping up with the response
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -204,10 +212,12 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.tunnel_from_client(data)
             return
-        if self.closing and self.cur is None:
+        if self.closing and (self.cur is None or self.refusal is not None):
             return
         try:
             self.parser.feed_data(data)
+            if self.in_headers:
+                self._head_in_progress(data)
         except httptools.HttpParserUpgrade as exc:
             self._on_upgrade(data, exc)
         except Reject as exc:
@@ -249,6 +259,7 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.write_paused_at = self.plane.now()
         ex = self.cur
         if ex is not None and ex.up is not None and ex.up.transport is not None:
             ex.up.transport.pause_reading()
@@ -256,14 +267,18 @@ class ClientConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         ex = self.cur
-        if ex is not None and ex.up is not None and ex.up.transport is not None:
-            ex.up.transport.resume_reading()
+        if ex is not None:
+            # The time the answer waited for this client is not the backend's latency.
+            ex.client_wait += self.plane.now() - max(self.write_paused_at, ex.t0)
+            if ex.up is not None and ex.up.transport is not None:
+                ex.up.transport.resume_reading()
 
     # -- httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
         self._hbytes = 0
+        self.line_run = -1
         self.in_headers = True
         self.idle_deadline = 0.0
         self.header_deadline = self.plane.now() + self.plane.limits.header_timeout
@@ -283,6 +298,22 @@ class ClientConnection(asyncio.Protocol):
         if b"\x00" in value:
             raise Reject(400, "bad_header", "NUL in a header value")
         self._headers.append((name, value))
+
+    def _head_in_progress(self, data: bytes) -> None:
+        """A read ended inside a request head: count the unfinished line httptools keeps (it
+        reports a header only once its line is complete), and refuse the head once it passes
+        `max_request_line + max_header_bytes`. The read in which a head begins is not counted
+        (it may hold the end of the previous request), so at most one read more is held."""
+        run = self.line_run
+        if run >= 0:
+            nl = data.rfind(b"\n")
+            run = run + len(data) if nl < 0 else len(data) - nl - 1
+            limits = self.plane.limits
+            if self._hbytes + run > limits.max_request_line + limits.max_header_bytes:
+                raise Reject(431, "headers_too_large", "request headers too large")
+            self.line_run = run
+        else:
+            self.line_run = 0
 
     def on_headers_complete(self) -> None:
         self.in_headers = False
@@ -316,29 +347,69 @@ class ClientConnection(asyncio.Protocol):
         t = self.transport
         if t is None or t.is_closing():
             return
-        if not ex.keep_alive or self.closing or self.upgraded or self.plane.draining:
+        if not ex.keep_alive or self.upgraded or self.plane.draining:
             if self.parsing is None or self.parsing is ex:
                 t.close()
                 return
-        if self.queue:
+        if self.queue:  # pipelined requests, in order (also after the client's half-close)
             nxt = self.queue.popleft()
             self.cur = nxt
-            if not self.queue:
+            if not self.queue and self.refusal is None:
                 t.resume_reading()
+            if nxt.expect_continue:
+                t.write(CONTINUE)  # its turn has come
+            if nxt.last_body_at:
+                nxt.last_body_at = now  # its body was held back while it waited its turn
             nxt.dispatch()
+            return
+        if self.refusal is not None:
+            self._refuse(*self.refusal)
+            return
+        if self.closing and (self.parsing is None or self.parsing is ex):
+            t.close()
             return
         if not t.is_reading():
             t.resume_reading()  # paused by this exchange's upstream back-pressure
         self.idle_deadline = now + self.plane.idle_timeout
 
+    def last_answer(self) -> bool:
+        """On a closing connection: whether the answer in flight is the last one (no pipelined
+        request or refusal is owed after it)."""
+        return not self.queue and self.refusal is None
+
     def reject(self, status: int, code: str, message: str, request_id: str | None = None) -> None:
-        """Answer a request the proxy refuses and close the connection."""
+        """Refuse the request being read (or the one in flight, whose body stalled) and close
+        the connection. A request pipelined behind the one in flight is refused in its own
+        turn: the requests before it are answered first (`exchange_finished`)."""
         t = self.transport
         self.closing = True
-        if t is None or t.is_closing():
+        if t is None or t.is_closing() or self.refusal is not None:
             return
-        if self.cur is not None and self.cur.response_started:
+        cur = self.cur
+        refused = self.parsing  # the exchange whose body was being read, if any
+        route = refused.route.name if refused is not None and refused.route else DEFAULT_ROUTE
+        if refused is not None and request_id is None:
+            request_id = refused.request_id
+        if cur is not None and refused is not cur:
+            if refused is not None and refused in self.queue:  # a queued body: never sent
+                self.queue.remove(refused)
+                self.parsing = None
+                refused.abandon()
+            self.refusal = (status, code, message, request_id, route)
+            self.header_deadline = 0.0
+            t.pause_reading()
+            return
+        if cur is not None and cur.response_started:
             t.close()
+            return
+        self._refuse(status, code, message, request_id, route)
+        if cur is not None:
+            cur.abandon()
+
+    def _refuse(self, status: int, code: str, message: str, request_id: str | None,
+                route: str) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
             return
         rid = request_id or new_request_id()
         body = error_body(status, code, message, rid)
@@ -348,11 +419,7 @@ class ClientConnection(asyncio.Protocol):
             % (status, REASONS.get(status, b"Error"), len(body), rid.encode(), body)
         )
         t.close()
-        rec = self.plane.recorder
-        route = self.cur.route.name if self.cur is not None and self.cur.route else DEFAULT_ROUTE
-        rec.request(route, 0, "proxy", status, 0.0)
-        if self.cur is not None:
-            self.cur.abandon()
+        self.plane.recorder.request(route, 0, "proxy", status, 0.0)
 
     def check_deadlines(self, now: float) -> None:
         if self.header_deadline and now > self.header_deadline and self.in_headers:

@@ -44,6 +44,12 @@ class UpstreamTimeout(UpstreamError):
     kind = "timeout"
 
 
+class UpstreamBusy(UpstreamError):
+    """Every connection of the pool stayed in use (`max_connections`): nothing was sent."""
+
+    kind = "busy"
+
+
 class UpstreamReset(UpstreamError):
     kind = "reset"
 
@@ -75,6 +81,7 @@ class ResponseSink(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_chunked",
+        "_head_bytes",
         "_head_keep_alive",
         "_headers",
         "_in_body",
@@ -103,6 +110,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunked = False
         self._length: int | None = None
         self._in_body = False
+        self._head_bytes = 0  # bytes read while the response head is unfinished
         self._head_keep_alive = False
         self.tunnel: Any = None  # the exchange after a 101: bytes pass through unparsed
 
@@ -152,6 +160,18 @@ class UpstreamConnection(asyncio.Protocol):
             # What this read produced for the client (head and body) leaves in one write.
             if sink.wbuf is not None:
                 sink.flush_out()
+            if self.sink is not None and not self._in_body:
+                self._head_in_progress(len(data))
+
+    def _head_in_progress(self, n: int) -> None:
+        """A read ended inside the response head (httptools keeps an unfinished header line
+        whole): past the upstream's `max_header_bytes` the response is refused (502)."""
+        self._head_bytes += n
+        if self._head_bytes > self.pool.spec.max_header_bytes:
+            sink, self.sink = self.sink, None
+            self.transport.close()  # type: ignore[union-attr]
+            sink.on_upstream_lost(UpstreamBadResponse(
+                f"response head larger than {self.pool.spec.max_header_bytes} bytes"))
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
@@ -261,6 +281,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._length = None
         self._chunked = False
         self._in_body = False
+        self._head_bytes = 0
         self.transport.write(head)  # type: ignore[union-attr]
 
 
@@ -298,7 +319,9 @@ class UpstreamPool:
             try:
                 got = await asyncio.wait_for(fut, self.spec.timeout)
             except TimeoutError:
-                raise UpstreamTimeout("no free upstream connection in time") from None
+                raise UpstreamBusy(f"no free connection to {self.spec.name} within "
+                                   f"{self.spec.timeout:g}s (max_connections "
+                                   f"{self.spec.max_connections})") from None
             finally:
                 if fut in self.waiters:
                     self.waiters.remove(fut)

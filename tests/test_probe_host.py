@@ -1,0 +1,86 @@
+"""Issue 22.9: Host is an RFC 9110 uri-host[:port] or the request is refused; a repeated
+X-Forwarded-For from a trusted peer is one list; HTTP/0.9 is answered 505 (as SECURITY.md says).
+
+The probe: `Host: a b`, `Host: evil.example/../x` and `Host: a..b` were forwarded (and copied
+into X-Forwarded-Host; nginx: 400); two X-Forwarded-For headers from a trusted peer kept only
+the last.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.probe import probe_config
+from tests.rawhttp import RawUpstream, parse_responses, raw_request
+
+BAD_HOSTS = [b"a b", b"evil.example/../x", b"a..b", b".a", b"a\\b", b"user@a", b"a:b",
+             b"a:123456", b"a:65536", b"[::1", b"[::1]x", b"a?b", b"a#b", b"%zz", b"a:80:80"]
+GOOD_HOSTS = [b"shop", b"shop.example.com:8080", b"[::1]:8080", b"127.0.0.1", b"a_b.example",
+              b"xn--bcher-kva.example", b"shop.example.", b"SHOP.Example", b"a:", b"%41b"]
+
+
+@pytest.fixture
+async def raw_proxy(proxy_process):
+    ups: list[RawUpstream] = []
+
+    async def make(top: str = "") -> tuple[int, RawUpstream]:
+        up = await RawUpstream().start()
+        ups.append(up)
+        p = await proxy_process(probe_config(up.port, up.port, top=top))
+        return p.port, up
+
+    yield make
+    for up in ups:
+        await up.stop()
+
+
+async def test_hosts_that_are_not_uri_host_port_are_refused(raw_proxy):
+    port, up = await raw_proxy()
+    for host in BAD_HOSTS:
+        data, closed = await raw_request(port, b"GET /api/x HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+        (resp,) = parse_responses(data)
+        assert resp.status == 400 and closed, host
+        assert json.loads(resp.body)["error"] == "bad_host"
+        assert host not in resp.body
+    assert up.raw == b""  # nothing reached the upstream
+
+
+async def test_valid_hosts_are_forwarded_and_copied_to_x_forwarded_host(raw_proxy):
+    port, up = await raw_proxy()
+    for host in GOOD_HOSTS:
+        data, _ = await raw_request(port, b"GET /api/x HTTP/1.1\r\nHost: %s\r\n"
+                                          b"Connection: close\r\n\r\n" % host)
+        assert [r.status for r in parse_responses(data)] == [200], host
+        assert up.seen[-1].header("host") == host
+        assert up.seen[-1].header("x-forwarded-host") == host
+
+
+async def test_repeated_x_forwarded_for_from_a_trusted_peer_is_one_list(raw_proxy):
+    port, up = await raw_proxy(top="trusted_proxies: [127.0.0.0/8]\n")
+    data, _ = await raw_request(port, b"GET /api/x HTTP/1.1\r\nHost: shop\r\n"
+                                      b"X-Forwarded-For: 203.0.113.7\r\n"
+                                      b"X-Forwarded-For: 198.51.100.2, 10.0.0.3\r\n"
+                                      b"Connection: close\r\n\r\n")
+    assert [r.status for r in parse_responses(data)] == [200]
+    assert (up.seen[-1].header("x-forwarded-for")
+            == b"203.0.113.7, 198.51.100.2, 10.0.0.3, 127.0.0.1")
+    assert [n for n in up.seen[-1].names() if n == b"x-forwarded-for"] == [b"x-forwarded-for"]
+
+
+async def test_untrusted_repeated_x_forwarded_for_is_replaced(raw_proxy):
+    port, up = await raw_proxy()
+    data, _ = await raw_request(port, b"GET /api/x HTTP/1.1\r\nHost: shop\r\n"
+                                      b"X-Forwarded-For: 203.0.113.7\r\n"
+                                      b"X-Forwarded-For: 198.51.100.2\r\nConnection: close\r\n\r\n")
+    assert [r.status for r in parse_responses(data)] == [200]
+    assert up.seen[-1].header("x-forwarded-for") == b"127.0.0.1"
+
+
+async def test_http09_request_line_is_505(raw_proxy):
+    port, up = await raw_proxy()
+    data, closed = await raw_request(port, b"GET /api\r\n\r\n")
+    (resp,) = parse_responses(data)
+    assert resp.status == 505 and closed
+    assert up.raw == b""
