@@ -690,7 +690,7 @@ class Exchange:
         if self.discarding:
             self.discarding = False
             self._record(self.status, self.backend)
-            self._fallback()
+            self._fallback("5xx")
             return
         if self.resp_chunked:
             if self.wbuf is not None:
@@ -746,16 +746,18 @@ class Exchange:
             self.discarding = False
             status = 504 if isinstance(exc, UpstreamTimeout) else 502
             self._record(status, self.backend)
-            self._fallback()
+            self._fallback(exc.kind)
             return
         if isinstance(exc, UpstreamTimeout):
             self.respond_error(504, "upstream_timeout", str(exc))
         else:
             self.respond_error(502, "upstream_unavailable", str(exc))
 
-    def _fallback(self) -> None:
-        """Retry once on legacy; the target's failure has been recorded already."""
+    def _fallback(self, reason: str) -> None:
+        """Retry once on legacy; the target's failure has been recorded already (and the
+        fallback is counted: strangler_fallbacks_total)."""
         route = self.route
+        self.plane.recorder.fallback(route.name, self.step, reason)
         self.target_failed = True
         self.retried = True
         self.backend = "legacy"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
@@ -103,8 +104,8 @@ class _Job:
     """One mirrored request: what the client got, and its legs (other side, noise copy)."""
 
     __slots__ = ("body", "compiled", "legs", "method", "pending", "primary_body",
-                 "primary_headers", "primary_status", "req_headers", "request_id", "route",
-                 "served_by_target", "step", "target")
+                 "primary_headers", "primary_seconds", "primary_status", "req_headers",
+                 "request_id", "route", "served_by_target", "step", "target")
 
     def __init__(self) -> None:
         self.legs: list[_Leg] = []
@@ -120,8 +121,8 @@ class _Leg:
     wbuf = None
 
     __slots__ = ("attempt", "chunks", "conn", "deadline", "done", "error", "got_bytes", "head",
-                 "headers", "job", "limit", "mirror", "pipe", "pool", "sent_at", "size",
-                 "status", "truncated")
+                 "headers", "job", "limit", "mirror", "pipe", "pool", "seconds", "sent_at",
+                 "size", "started", "status", "truncated")
 
     def __init__(self, mirror: Mirror, job: _Job, pool: UpstreamPool, head: bytes,
                  limit: int, pipe: PipelinePool | None = None) -> None:
@@ -143,9 +144,12 @@ class _Leg:
         self.chunks: list[bytes] = []
         self.size = 0
         self.truncated = False
+        self.started = 0.0  # time.monotonic() when the leg was dispatched (paired latency)
+        self.seconds = 0.0  # dispatch to the end of the answer
 
     # -- sending ----------------------------------------------------------------------------
     def start(self) -> None:
+        self.started = time.monotonic()
         pipe = self.pipe
         if pipe is not None:
             pipe.submit(self)  # then on_written(), when a pipelined connection takes it
@@ -272,6 +276,7 @@ class _Leg:
             return
         self.done = True
         self.error = error
+        self.seconds = time.monotonic() - self.started
         job = self.job
         job.pending -= 1
         if job.pending == 0:
@@ -485,6 +490,9 @@ class Mirror:
         job.request_id = ex.request_id
         job.primary_status = ex.status
         job.primary_headers = ex.resp_headers
+        # Paired latency: the primary from its head to its last byte from the upstream (a
+        # fallback's from the legacy retry), the mirror from its dispatch to its last byte.
+        job.primary_seconds = time.monotonic() - ex.t0
         chunks = ex.resp_body
         job.primary_body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         # The primary's request head as sent, when it can serve as the mirror's: no body
@@ -552,11 +560,17 @@ class Mirror:
         """Count a byte-identical pair here; hand any other to the comparer process."""
         mirrored = job.legs[0]
         if mirrored.error is not None:
-            self.recorder.shadow_result(job.route, job.step, "error")
+            side = "legacy" if job.served_by_target else "target"
+            self.recorder.shadow_error(job.route, job.step, side,
+                                       getattr(mirrored.error, "kind", "connect"))
             self._mirror_failed(job, mirrored)
             return
         if job.route in self.failing:
             self._mirror_back(job.route, mirrored)
+        if not mirrored.truncated:  # a cut answer was not waited for to its end
+            mine = mirrored.seconds - job.primary_seconds
+            self.recorder.paired_latency(job.route, job.step,
+                                         -mine if job.served_by_target else mine)
         if len(job.legs) == 1 and self._identical(job, mirrored):
             self.recorder.shadow_result(job.route, job.step, "match")
             self.link.match(job.route, job.step)
