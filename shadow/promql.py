@@ -224,7 +224,14 @@ class PrometheusSource:
         return body
 
     async def check(self, spec: CheckSpec, window_seconds: float | None = None) -> CheckResult:
-        value = await self.query(check_query(spec.query, window_seconds))
+        """A check's value; a `dry_run` check whose query fails reports no data instead of
+        holding the gate (it is never judged)."""
+        try:
+            value = await self.query(check_query(spec.query, window_seconds))
+        except MetricsUnavailable:
+            if not spec.dry_run:
+                raise
+            value = None
         return CheckResult(spec.name, spec.query, value, spec.max, spec.min, spec.dry_run)
 
     async def evidence(

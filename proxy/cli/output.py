@@ -210,6 +210,7 @@ def diffs(body: dict) -> str:
     mism = body.get("mismatched", 0)
     rate = pct(mism / compared) if compared else "-"
     lines = [f"{body.get('route')}: {compared} compared, {mism} mismatched ({rate})"]
+    lines += shadow_errors_lines(body.get("shadow_errors"))
     fields = body.get("fields") or []
     if fields:
         lines.append("")
@@ -235,6 +236,20 @@ def diffs(body: dict) -> str:
     if not fields and not samples:
         lines.append("no differences recorded")
     return "\n".join(lines)
+
+
+def shadow_errors_lines(errors: Any) -> list[str]:
+    """Mirrors that got no answer: errors, counted apart from the differences."""
+    if not isinstance(errors, dict):
+        return []
+    out = []
+    for label, key in (("at this step", "step"), ("since start", "total")):
+        part = errors.get(key) or {}
+        if part.get("errors"):
+            kinds = ", ".join(f"{k} {n}" for k, n in (part.get("kinds") or {}).items())
+            out.append(f"  {part['errors']} mirrored requests got no answer {label} (errors, not "
+                       f"differences{': ' + kinds if kinds else ''})")
+    return out
 
 
 def _diff_values(d: dict) -> str:

@@ -615,11 +615,18 @@ class Runtime:
                                 "approver is told apart from the requester by their token",
                                 {"route": name})
         now = time.time()
-        request = self._live_request(name, now)
+        request = self.approvals.pending(name)
+        if request is not None and now > request.expires_at:
+            self._drop_request(name, "approval_expired",
+                               f"not approved before {_stamp(request.expires_at)}")
+            raise RuntimeError_(409, f"the request by {request.requested_by} on '{name}' expired "
+                                f"at {_stamp(request.expires_at)}; nothing changed (`strangler "
+                                f"promote {name}` asks again)",
+                                {"route": name, "expired": request.to_dict()})
         if request is None:
-            raise RuntimeError_(409, f"nothing to approve on '{name}': no pending request (it "
-                                "may have expired or been voided by a new step; "
-                                f"`strangler promote {name}` asks again)", {"route": name})
+            raise RuntimeError_(409, f"nothing to approve on '{name}': no pending request (a "
+                                "new step voids one; `strangler promote` or `set-weight` asks "
+                                "again)", {"route": name})
         if request.step != self.state.route(name).step:
             self._void_approval(name, "a new step began")
             raise RuntimeError_(409, f"the request on '{name}' was for an earlier step; ask "

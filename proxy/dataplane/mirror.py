@@ -120,9 +120,9 @@ class _Leg:
     is_tunnel = False
     wbuf = None
 
-    __slots__ = ("attempt", "chunks", "conn", "deadline", "done", "error", "got_bytes", "head",
-                 "headers", "job", "limit", "mirror", "pipe", "pool", "seconds", "sent_at",
-                 "size", "started", "status", "truncated")
+    __slots__ = ("attempt", "behind", "chunks", "conn", "deadline", "done", "error",
+                 "got_bytes", "head", "headers", "job", "limit", "mirror", "pipe", "pool",
+                 "seconds", "sent_at", "size", "started", "status", "truncated")
 
     def __init__(self, mirror: Mirror, job: _Job, pool: UpstreamPool, head: bytes,
                  limit: int, pipe: PipelinePool | None = None) -> None:
@@ -144,12 +144,15 @@ class _Leg:
         self.chunks: list[bytes] = []
         self.size = 0
         self.truncated = False
-        self.started = 0.0  # time.monotonic() when the leg was dispatched (paired latency)
-        self.seconds = 0.0  # dispatch to the end of the answer
+        # Paired latency: from the request's write to the end of its answer (time.monotonic;
+        # the loop's clock may be coarse), and whether it was pipelined behind another request
+        # (then its time includes that one's: not paired).
+        self.started = 0.0
+        self.seconds = 0.0
+        self.behind = False
 
     # -- sending ----------------------------------------------------------------------------
     def start(self) -> None:
-        self.started = time.monotonic()
         pipe = self.pipe
         if pipe is not None:
             pipe.submit(self)  # then on_written(), when a pipelined connection takes it
@@ -175,11 +178,15 @@ class _Leg:
         """Written on a pipelined connection: the deadline starts now."""
         self.conn = conn
         self.sent_at = now
+        self.started = time.monotonic()
+        self.behind = bool(conn.waiting)
         self.deadline = now + self.pipe.spec.timeout  # type: ignore[union-attr]
         self.mirror.in_flight.add(self)
 
     def send(self, conn: UpstreamConnection) -> None:
         self.conn = conn
+        self.started = time.monotonic()
+        self.behind = False
         mirror = self.mirror
         self.deadline = mirror.now() + self.pool.spec.timeout
         mirror.in_flight.add(self)
@@ -567,7 +574,7 @@ class Mirror:
             return
         if job.route in self.failing:
             self._mirror_back(job.route, mirrored)
-        if not mirrored.truncated:  # a cut answer was not waited for to its end
+        if not mirrored.truncated and not mirrored.behind:  # timed on its own, to its end
             mine = mirrored.seconds - job.primary_seconds
             self.recorder.paired_latency(job.route, job.step,
                                          -mine if job.served_by_target else mine)
