@@ -167,7 +167,7 @@ async def test_a_restart_starts_new_evidence_and_every_view_agrees(upstreams, pr
     assert gate["evidence"]["shadow"]["compared"] == step["shadow"]["compared"]
     assert step["legacy"]["requests"] + step["target"]["requests"] == 100  # none from before
     assert diffs["shadow_errors"]["step"]["errors"] == step["shadow"]["errors"] == 0
-    code, status, _ = await run_cli("status", "--admin", proxy.admin)
+    _code, status, _ = await run_cli("status", "--admin", proxy.admin)
     assert "balance: evidence since " in status and "(restart)" in status
 
 

@@ -113,7 +113,7 @@ async def paired_after(upstreams, inproc_proxy, extra: float, limit: str) -> dic
         f"      max_paired_latency_increase: {limit}\n")))
     await send(proxy.url, 1100)
     proxy.server.flush()
-    code, body = await cli_json(proxy, "gate", "balance")
+    _code, body = await cli_json(proxy, "gate", "balance")
     return body
 
 

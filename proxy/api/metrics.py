@@ -10,9 +10,12 @@ backends with the codes 200, 500, 502, 503 and 504, the latency histograms, comp
 and shadow errors, skip reasons, fallbacks, upstream error kinds, gate decisions and rollback
 triggers.
 
-The latency histogram's buckets are the gate's own (`shadow.stats.LATENCY`, 16 per octave) and
-its `_sum` is the exact sum of the observed seconds, so the gate reading Prometheus computes the
-same quantiles as the in-process gate, and `rate(_sum)/rate(_count)` is the true mean.
+The latency histograms' `_sum` is the exact sum of the observed values, so
+`rate(_sum)/rate(_count)` is the true mean. With `gate.metrics: prometheus` their buckets are the
+gate's own (`shadow.stats.LATENCY`, 16 per octave; `PAIRED`, 8 per octave), so the gate reading
+Prometheus computes the same quantiles as the in-process gate; otherwise every 8th (every 4th)
+of them, half-octave steps: about a tenth of the series, for dashboards (a scrape of 10 routes
+renders in ~20 ms instead of ~70 ms, on the loop that serves requests with `--workers 1`).
 """
 
 from __future__ import annotations
@@ -47,16 +50,21 @@ class StranglerCollector:
         weights: Callable[[], dict[str, tuple[float, bool]]],
         counters: Callable[[], dict[str, dict[tuple[str, ...], int]]],
         upstreams: Callable[[], Iterable[str]] | None = None,
+        fine: Callable[[], bool] | None = None,
     ) -> None:
         self.agg = agg
         self.weights = weights  # route -> (effective weight, rolled back)
         self.counters = counters  # "gate_decisions" / "rollbacks" -> label tuple -> count
-        if upstreams is None:  # the runtime behind `weights` knows the configured upstreams
-            runtime = getattr(weights, "__self__", None)
+        runtime = getattr(weights, "__self__", None)  # knows the configured upstreams and gate
+        if upstreams is None:
             # read at every scrape: a reload may change the upstreams
             upstreams = (lambda: runtime.config.upstreams) if hasattr(runtime, "config") \
                 else tuple
         self.upstreams = upstreams
+        if fine is None:  # the gate's own buckets when the gate reads Prometheus
+            fine = (lambda: runtime.config.gate.metrics == "prometheus") \
+                if hasattr(runtime, "config") else (lambda: True)
+        self.fine = fine
 
     def collect(self) -> Iterator[Any]:
         agg = self.agg
@@ -75,11 +83,12 @@ class StranglerCollector:
             "Time from request head to the end of the response, by route and backend",
             labels=["route", "backend"],
         )
+        every = 1 if self.fine() else 8  # coarse: half-octave steps
         zero = [[0] * LATENCY.size, 0.0]
         latency = {(r, b): zero for r in routes for b in BACKENDS}
         latency.update(agg.latency)
         for (route, backend), (counts, seconds) in sorted(latency.items()):
-            hist.add_metric([route, backend], _buckets(LATENCY, counts), seconds)
+            hist.add_metric([route, backend], _buckets(LATENCY, counts, every), seconds)
         yield hist
 
         paired = HistogramMetricFamily(
@@ -92,8 +101,9 @@ class StranglerCollector:
         for route in sorted({*routes, *agg.paired}):
             counts, slower, faster = agg.paired.get(route, pzero)
             up, down = DIFFERENCE.split(counts)
-            paired.add_metric([route, "target_slower"], _buckets(PAIRED, up), slower)
-            paired.add_metric([route, "target_faster"], _buckets(PAIRED, down), faster)
+            step = 1 if every == 1 else 4
+            paired.add_metric([route, "target_slower"], _buckets(PAIRED, up, step), slower)
+            paired.add_metric([route, "target_faster"], _buckets(PAIRED, down, step), faster)
         yield paired
 
         yield _family(GaugeMetricFamily, "strangler_route_weight",
@@ -164,13 +174,15 @@ def _zeros(counts: dict, names: Iterable[Any], values: Iterable[str]) -> dict:
     return out
 
 
-def _buckets(grid: Grid, counts: list) -> list[tuple[str, float]]:
-    """Cumulative (le, count) pairs of every bucket of an unsigned grid, +Inf last."""
+def _buckets(grid: Grid, counts: list, every: int = 1) -> list[tuple[str, float]]:
+    """Cumulative (le, count) pairs of an unsigned grid's buckets (of every `every`-th bound:
+    still exact counts, only coarser), +Inf last."""
     out = []
     running = 0
-    for bound, c in zip(grid.le_bounds(), counts, strict=False):
+    for i, (bound, c) in enumerate(zip(grid.le_bounds(), counts, strict=False)):
         running += c
-        out.append((_fmt(bound), running))
+        if i % every == 0:
+            out.append((_fmt(bound), running))
     out.append(("+Inf", sum(counts)))
     return out
 

@@ -149,6 +149,7 @@ class Exchange:
         "retried",
         "rid",
         "route",
+        "shadow_sent",
         "shadow_wanted",
         "stale_retried",
         "status",
@@ -494,6 +495,7 @@ class Exchange:
         head = self.upstream_head()
         if self.shadow_wanted:
             self.head = head  # the mirror sends the same bytes (plus its marker header)
+            self.shadow_sent = self.plane.now()  # paired latency: from the write, as mirrors
         up.send(self, head, self.head_only)
         pending = self.pending
         self.pending = None

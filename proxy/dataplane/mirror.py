@@ -497,9 +497,9 @@ class Mirror:
         job.request_id = ex.request_id
         job.primary_status = ex.status
         job.primary_headers = ex.resp_headers
-        # Paired latency: the primary from its head to its last byte from the upstream (a
-        # fallback's from the legacy retry), the mirror from its dispatch to its last byte.
-        job.primary_seconds = time.monotonic() - ex.t0
+        # Paired latency: each side from the write of its request upstream to the last byte of
+        # its answer (a fallback's primary from the write of the legacy retry).
+        job.primary_seconds = time.monotonic() - ex.shadow_sent
         chunks = ex.resp_body
         job.primary_body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         # The primary's request head as sent, when it can serve as the mirror's: no body
