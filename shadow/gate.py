@@ -204,15 +204,8 @@ def _proportion(bound: str, x: int, n: int, floor_n: int, limit: float,
     if high <= limit:
         return Verdict(bound, "pass", f"{text}; the 95% upper bound {_r(high)} is within the "
                        f"limit {_r(limit)}.")
-    estimate = x / n if n else 0.0
-
-    def decided(k: float) -> bool:
-        lo, hi = bounds(k)
-        return hi <= limit if estimate <= limit else lo > limit
-
-    more = more_needed(decided, n)
-    return _hold(bound, f"{text}; its 95% bounds {_r(low)} to {_r(high)} straddle the limit "
-                 f"{_r(limit)}", more, unit, rate, more is None)
+    return _straddle(bound, f"{text}; its 95% bounds {_r(low)} to {_r(high)} straddle the "
+                     f"limit {_r(limit)}", x / n, limit, bounds, n, unit, rate)
 
 
 def _mismatches(ev: Evidence, p: PromotionSpec) -> Verdict:
@@ -260,19 +253,14 @@ def _error_increase(ev: Evidence, p: PromotionSpec) -> Verdict:
     if high <= limit:
         return Verdict("error_rate_increase", "pass", f"{text} is at most {_pts(high)}, within "
                        f"the limit {_pts(limit)}.")
-    estimate = (t.error_rate or 0.0) - (leg.error_rate or 0.0)
-
-    def decided(k: float) -> bool:
-        lo, hi = ev.error_increase_bounds(k)
-        return hi <= limit if estimate <= limit else lo > limit
-
-    more = more_needed(decided, t.requests)
     if t.requests == 0:
         return _hold("error_rate_increase", f"{text}: no target requests yet", None,
                      "target requests", _rate(0, ev))
-    return _hold("error_rate_increase", f"{text} is {_pts(low)} to {_pts(high)}, straddling "
-                 f"the limit {_pts(limit)}", more, "target requests", _rate(t.requests, ev),
-                 more is None)
+    return _straddle("error_rate_increase", f"{text} is {_pts(low)} to {_pts(high)}, "
+                     f"straddling the limit {_pts(limit)}",
+                     (t.error_rate or 0.0) - (leg.error_rate or 0.0), limit,
+                     ev.error_increase_bounds, t.requests, "target requests",
+                     _rate(t.requests, ev))
 
 
 def _p99(ev: Evidence, p: PromotionSpec) -> Verdict | None:
@@ -302,15 +290,9 @@ def _p99(ev: Evidence, p: PromotionSpec) -> Verdict | None:
     if high <= limit:
         return Verdict("p99_ratio", "pass", f"{text}: the upper bound is within the limit "
                        f"{limit:.2f}x.")
-    estimate = ratio if ratio is not None else 1.0
-
-    def decided(k: float) -> bool:
-        lo, hi = ev.p99_ratio_bounds(k)
-        return hi <= limit if estimate <= limit else lo > limit
-
-    more = more_needed(decided, n_t)
-    return _hold("p99_ratio", f"{text}: the bounds straddle the limit {limit:.2f}x", more,
-                 "target latency samples", _rate(n_t, ev), more is None)
+    return _straddle("p99_ratio", f"{text}: the bounds straddle the limit {limit:.2f}x",
+                     ratio if ratio is not None else 1.0, limit, ev.p99_ratio_bounds, n_t,
+                     "target latency samples", _rate(n_t, ev))
 
 
 def _paired(ev: Evidence, p: PromotionSpec) -> Verdict | None:
@@ -340,15 +322,9 @@ def _paired(ev: Evidence, p: PromotionSpec) -> Verdict | None:
     if high <= limit:
         return Verdict("paired_latency", "pass", f"{text}: the upper bound is within the limit "
                        f"{_dms(limit)}.")
-    estimate = median if median is not None else 0.0
-
-    def decided(k: float) -> bool:
-        lo, hi = ev.paired_bounds(k)
-        return hi <= limit if estimate <= limit else lo > limit
-
-    more = more_needed(decided, n)
-    return _hold("paired_latency", f"{text}: the bounds straddle the limit {_dms(limit)}",
-                 more, "pairs", _rate(n, ev), more is None)
+    return _straddle("paired_latency", f"{text}: the bounds straddle the limit {_dms(limit)}",
+                     median if median is not None else 0.0, limit, ev.paired_bounds, n,
+                     "pairs", _rate(n, ev))
 
 
 def _check(c: CheckResult) -> Verdict:
@@ -372,6 +348,19 @@ def _check(c: CheckResult) -> Verdict:
 
 
 # --- hold bookkeeping -------------------------------------------------------------------------
+
+
+def _straddle(bound: str, text: str, estimate: float, limit: float,
+              bounds: Callable[[float], tuple[float, float]], have: float, unit: str,
+              rate: float | None) -> Verdict:
+    """A hold on a bound that straddles its limit: how many more units would decide it, if the
+    evidence kept its shape (`bounds(k)` is the bound on k times the evidence)."""
+    def decided(k: float) -> bool:
+        low, high = bounds(k)
+        return high <= limit if estimate <= limit else low > limit
+
+    more = more_needed(decided, have)
+    return _hold(bound, text, more, unit, rate, more is None)
 
 
 def _hold(bound: str, text: str, more: float | None, unit: str,

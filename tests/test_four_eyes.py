@@ -13,8 +13,9 @@ import json
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from tests.support import free_port, routes_yaml, run_cli
+from tests.support import free_port, routes_yaml, run_cli, wait_for
 
 TOKENS = {"ALICE_TOKEN": "alice-7c1e0b5f", "BOB_TOKEN": "bob-93a8d2e6",
           "CAROL_TOKEN": "carol-4f6b1a90"}
@@ -77,10 +78,19 @@ async def view(proxy) -> dict:
 async def proxy(upstreams, proxy_process):
     mono = await upstreams("monolith")
     svc = await upstreams("svc")
+    received: list[dict] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({})
+
+    receiver = await upstreams("receiver", handler=hook)
     text = routes_yaml(ROUTES, port=free_port(), admin=free_port(), mono=mono.port,
                        svc=svc.port, expires="1h")
+    text += f'notify:\n  - url: "http://127.0.0.1:{receiver.port}/hook"\n'
     p = await proxy_process(text, env=TOKENS)
     p.text = text
+    p.received = received
     return p
 
 
@@ -98,6 +108,11 @@ async def test_a_promotion_to_25_needs_another_named_admin(proxy):
         "alice", 25, "promote")
     code, status, _ = await as_("carol", proxy, "status")
     assert "payments: awaiting approval: promote 20% -> 25% asked by alice" in status
+    # and the people who approve hear of it
+    await wait_for(lambda: [b for b in proxy.received if b["event"] == "approval_requested"])
+    (asked,) = [b for b in proxy.received if b["event"] == "approval_requested"]
+    assert (asked["actor"], asked["from_weight"], asked["to_weight"]) == ("alice", 20, 25)
+    assert "strangler approve payments" in asked["reason"]
 
     # Bad input: the requester approves her own request.
     code, out, err = await as_("alice", proxy, "approve", "payments", "--reason", "lgtm")

@@ -15,6 +15,7 @@ import random
 
 import pytest
 
+from proxy.api.metrics import StranglerCollector, make_registry, render
 from proxy.config.spec import PromotionSpec, RouteSpec, ShadowSpec
 from proxy.control import views
 from proxy.control.aggregate import Aggregator
@@ -112,3 +113,10 @@ def test_histogram_sum_is_the_exact_sum_of_what_was_recorded() -> None:
     counts, total = agg.latency[("balance", "legacy")]
     assert sum(counts) == 5000
     assert total == pytest.approx(math.fsum(values), rel=1e-12)
+    # and /metrics says so: rate(_sum) / rate(_count) is the true mean (issue 26)
+    registry = make_registry(StranglerCollector(agg, lambda: {"balance": (5.0, False)},
+                                                dict, upstreams=tuple))
+    text = render(registry).decode()
+    line = next(x for x in text.splitlines() if x.startswith(
+        'strangler_request_duration_seconds_sum{backend="legacy",route="balance"}'))
+    assert float(line.rsplit(" ", 1)[1]) == pytest.approx(math.fsum(values), rel=1e-9)
