@@ -480,6 +480,8 @@ class Runtime(FourEyes):
                 if why:
                     self._new_step(r.name, "; ".join(why), identity)
                     new_steps[r.name] = self.state.route(r.name).step_reason
+                if r.promotion.approval is None:
+                    self._void_approval(r.name, "promotion.approval was removed by a reload")
             self.generation += 1
             weights = self.weights_bp()
             await asyncio.gather(
