@@ -31,7 +31,13 @@ from proxy.dataplane.overrides import INVALID, TARGET
 from proxy.dataplane.resend import IDEMPOTENT_METHODS, Failure, may_resend, repeatable
 from proxy.dataplane.split import BUCKETS
 from proxy.dataplane.table import CompiledRoute, cookie_value
-from proxy.dataplane.upstream import UpstreamBusy, UpstreamError, UpstreamPool, UpstreamTimeout
+from proxy.dataplane.upstream import (
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimeout,
+    UpstreamTlsError,
+)
 
 REASONS = {
     400: b"Bad Request",
@@ -58,9 +64,22 @@ REQ_SPECIAL = HOP_BY_HOP | FORWARDED_HEADERS | _REQ_FRAMING | {b"x-request-id"}
 # Connection tokens that need no extra filtering: hop-by-hop (dropped anyway) or never dropped.
 _CONN_KEEP = HOP_BY_HOP | NEVER_DROPPED_BY_CONNECTION
 _NO_TOKENS: frozenset[bytes] = frozenset()
-_XFP_HTTP = (b"x-forwarded-proto", b"http")
+XFP_HTTP = (b"x-forwarded-proto", b"http")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _log = structlog.get_logger("strangler.dataplane")
+
+
+def with_host(parts: list[bytes], headers: list[tuple[bytes, bytes]], host: bytes) -> None:
+    """`headers` into `parts` with `host` as the Host (the upstream's `host_header`), where the
+    client's was, or first when the request had none (HTTP/1.0)."""
+    seen = False
+    for name, value in headers:
+        if not seen and name.lower() == b"host":
+            seen = True
+            value = host
+        parts += (name, b": ", value, b"\r\n")
+    if not seen:
+        parts[4:4] = (b"Host: ", host, b"\r\n")
 
 
 class Reject(Exception):
@@ -448,12 +467,12 @@ class Exchange:
                 xff = hdict[b"x-forwarded-for"] + b", " + xff
             out.append((b"x-forwarded-for", xff))
             if b"x-forwarded-proto" not in hdict:
-                out.append(_XFP_HTTP)
+                out.append(self.plane.xfp)
             if host is not None and b"x-forwarded-host" not in hdict:
                 out.append((b"x-forwarded-host", host))
         else:
             out.append(conn.xff)
-            out.append(_XFP_HTTP)
+            out.append(self.plane.xfp)
             if host is not None:
                 out.append((b"x-forwarded-host", host))
         out.append((b"x-request-id", self.rid))
@@ -489,13 +508,25 @@ class Exchange:
         self.override = pin
         return pin is TARGET
 
+    def host_value(self) -> bytes | None:
+        """The Host the client sent (None: none, HTTP/1.0)."""
+        for name, value in self.req_headers:
+            if len(name) == 4 and name.lower() == b"host":
+                return value
+        return None
+
     def upstream_head(self) -> bytes:
-        target = self.pool.base_path + self.path
+        pool = self.pool
+        target = pool.base_path + self.path
         if self.query is not None:
             target += b"?" + self.query
         parts = [self.method, b" ", target, b" HTTP/1.1\r\n"]
-        for name, value in self.req_headers:
-            parts += (name, b": ", value, b"\r\n")
+        host = pool.host_header
+        if host is None:  # the client's Host, as received
+            for name, value in self.req_headers:
+                parts += (name, b": ", value, b"\r\n")
+        else:
+            with_host(parts, self.req_headers, host)
         parts.append(b"\r\n")
         return b"".join(parts)
 
@@ -625,7 +656,7 @@ class Exchange:
         chunked: bool, length: int | None, connection: frozenset[bytes] | None,
     ) -> None:
         self.head_deadline = 0.0
-        if status >= 500 and may_resend(self, "status"):
+        if status >= 500 and may_resend(self, "status", status):
             self.discarding = True
             self.status = status
             return
@@ -788,7 +819,7 @@ class Exchange:
             self.blame = "proxy"
         else:
             self.plane.recorder.upstream_error(pool.spec.name, exc.kind)
-        if self.discarding or may_resend(self, failure):
+        if self.discarding or may_resend(self, failure, "connect" if busy else exc.kind):
             self.discarding = False
             if not busy:
                 self._record(504 if isinstance(exc, UpstreamTimeout) else 502, self.backend)
@@ -797,6 +828,8 @@ class Exchange:
             return
         if busy:
             self.respond_error(503, "upstream_busy", str(exc))
+        elif isinstance(exc, UpstreamTlsError):
+            self.respond_error(502, "upstream_tls", str(exc))
         elif isinstance(exc, UpstreamTimeout):
             self.respond_error(504, "upstream_timeout", str(exc))
         else:

@@ -135,6 +135,7 @@ class Server:
             self.plane = DataPlane(self.recorder, self.access)
             if self.shadow is not None:
                 self.plane.shadow = self.shadow
+                self.shadow.tls = self.plane.tls  # one set of TLS contexts and sessions
             local = LocalPlane(self.plane, prepare=self.shadow.prepare if self.shadow else None)
             local.install_now(config, rt.generation, rt.weights_bp())
             rt.planes.append(local)
@@ -304,6 +305,7 @@ async def _worker(index: int, opts: ServeOptions, text: str, generation: int, we
                                             opts.log_level)
     if shadow is not None:
         plane.shadow = shadow
+        shadow.tls = plane.tls  # one set of TLS contexts and sessions
     states: dict = {}
 
     def install(cfg: Config, gen: int, w: dict) -> None:
