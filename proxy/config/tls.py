@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from proxy.config.spec import ClientTlsSpec, ServerTlsSpec
@@ -66,14 +67,21 @@ def server_context(spec: ServerTlsSpec) -> ssl.SSLContext:
 
 def file_problems(spec: ClientTlsSpec | ServerTlsSpec) -> list[tuple[str, str]]:
     """(field, message) for what keeps `spec`'s files from being used; [] when they load."""
-    try:
-        if isinstance(spec, ServerTlsSpec):
-            server_context(spec)
-        else:
-            client_context(_without_system_cas(spec))
-    except TlsFileError as exc:
-        return [(exc.field, exc.message)]
-    return []
+    checks = []
+    if isinstance(spec, ServerTlsSpec):
+        checks.append(lambda: server_context(spec))
+    else:
+        if spec.ca_file and spec.verify:
+            checks.append(lambda: client_context(replace(spec, cert_file=None, key_file=None)))
+        if spec.cert_file and spec.key_file:
+            checks.append(lambda: client_context(replace(spec, verify=False)))
+    out = []
+    for check in checks:
+        try:
+            check()
+        except TlsFileError as exc:
+            out.append((exc.field, exc.message))
+    return out
 
 
 def file_stamp(spec: ClientTlsSpec | ServerTlsSpec) -> tuple[Any, ...]:
@@ -97,13 +105,6 @@ def _paths(spec: ClientTlsSpec | ServerTlsSpec) -> Iterator[str]:
         yield spec.cert_file
     if spec.key_file:
         yield spec.key_file
-
-
-def _without_system_cas(spec: ClientTlsSpec) -> ClientTlsSpec:
-    """For a check, the system CAs need not be loaded (they are there or nothing is)."""
-    from dataclasses import replace
-
-    return spec if spec.ca_file or not spec.verify else replace(spec, verify=False)
 
 
 def _load_pair(ctx: ssl.SSLContext, cert_file: str, key_file: str) -> None:
