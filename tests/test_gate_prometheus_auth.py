@@ -27,6 +27,7 @@ from tests.support import TWO_UPSTREAMS, free_port, routes_yaml, run_cli
 from tests.tls_support import Pki
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+HAVE_PROMETHEUS = Path(PROMETHEUS).exists()
 PASSWORD = "s3cret-gate-password"
 
 
@@ -54,13 +55,17 @@ class SecuredPrometheus:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    async def start(self) -> SecuredPrometheus:
+    def _spawn(self) -> None:
         log = (self.dir / "prometheus.log").open("wb")
         self.proc = subprocess.Popen(
             [PROMETHEUS, f"--config.file={self.dir / 'prometheus.yml'}",
              f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:"
              f"{self.port}", f"--web.config.file={self.dir / 'web.yml'}", "--log.level=warn"],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+
+    async def start(self) -> SecuredPrometheus:
+        self._spawn()
+        assert self.proc is not None
         deadline = time.monotonic() + 30
         auth = {"Authorization": aiohttp.encode_basic_auth("gate", PASSWORD)}
         async with aiohttp.ClientSession() as s:
@@ -92,7 +97,7 @@ def gate_spec(url: str, ca_file: str | None, password_env: str = "GATE_PW") -> G
 
 @pytest.fixture
 async def secured_prometheus(tmp_path):
-    if not Path(PROMETHEUS).exists():
+    if not HAVE_PROMETHEUS:
         pytest.skip("prometheus not installed (scripts/install-test-deps)")
     made: list[SecuredPrometheus] = []
 
@@ -184,7 +189,8 @@ async def test_serve_gate_judges_from_a_secured_prometheus(tmp_path, upstreams, 
                 if total >= 60:
                     break
                 await asyncio.sleep(1)
-        assert total >= 60, (body["reasons"], evidence)  # counted by Prometheus, read over TLS with basic auth
+        # counted by Prometheus, read over TLS with basic auth
+        assert total >= 60, (body["reasons"], evidence)
         assert PASSWORD not in proxy.stdout_path.read_text()
         assert PASSWORD not in proxy.stderr_path.read_text()
     finally:

@@ -185,6 +185,7 @@ class Exchange:
         "sticky_key",
         "t0",
         "target_failed",
+        "trace",
         "tunnel_pending",
         "up",
         "up_paused_at",
@@ -229,6 +230,7 @@ class Exchange:
         self.declared_length: int | None = None
         self.is_tunnel = False
         self.override: str | None = None  # set when a trusted request pinned its backend
+        self.trace: Any = None  # proxy.dataplane.tracing.Trace when this request is sampled
         # Response bytes held until the end of the current upstream read, so a head and the body
         # that arrived with it leave in one write (None: nothing held, write through).
         self.wbuf: list[bytes] | None = None
@@ -247,6 +249,9 @@ class Exchange:
         ex._target(url, hdict)
         # Before routing: a request refused further on (a bad override pin) has used up its id.
         ex._take_request_id(hdict)
+        tracer = ex.plane.tracer
+        if tracer is not None:
+            ex.trace = tracer.sample(hdict)  # None (no span work at all) unless sampled
         route = ex._route(method, hdict)
         if route is not None:
             to_target = ex._choose_backend(route, method, hdict, conn_tokens)
@@ -522,11 +527,21 @@ class Exchange:
             target += b"?" + self.query
         parts = [self.method, b" ", target, b" HTTP/1.1\r\n"]
         host = pool.host_header
-        if host is None:  # the client's Host, as received
+        trace = self.trace
+        if host is None and trace is None:  # the client's Host, as received
             for name, value in self.req_headers:
                 parts += (name, b": ", value, b"\r\n")
         else:
-            with_host(parts, self.req_headers, host)
+            headers = self.req_headers
+            if trace is not None:  # this attempt's CLIENT span is the upstream's parent
+                headers = [h for h in headers if h[0].lower() != b"traceparent"]
+                spec = pool.spec
+                parts.append(trace.tracer.client_start(trace, pool.name, spec.host, spec.port))
+            if host is None:
+                for name, value in headers:
+                    parts += (name, b": ", value, b"\r\n")
+            else:
+                with_host(parts, headers, host)
         parts.append(b"\r\n")
         return b"".join(parts)
 
@@ -789,6 +804,9 @@ class Exchange:
         if self.done:
             return
         self.head_deadline = 0.0
+        trace = self.trace
+        if trace is not None:
+            trace.tracer.client_end(trace, 0, exc.kind)
         if self.response_started and not self.discarding:
             # Mid-body failure: the client must see a truncated response, never a clean one.
             # Counted as the 502/504 it is, unless the answer had been held back for a slow
@@ -840,6 +858,9 @@ class Exchange:
         already. `keep_pending`: nothing reached the target, so the body received so far is
         still waiting in `pending` and the rest streams after it."""
         route = self.route
+        trace = self.trace
+        if trace is not None:  # the target's 5xx, discarded
+            trace.tracer.client_end(trace, self.status, None)
         self.target_failed = True
         self.retried = True
         self.backend = "legacy"
@@ -960,7 +981,10 @@ class Exchange:
         else:  # QA traffic: counted apart, never gate or guardrail evidence
             plane.recorder.override_request(route_name, self.backend, self.status)
         log = plane.log_request
-        if log is not None and pinned is None:
+        trace = self.trace
+        if trace is not None:
+            trace.tracer.finish(self)
+        if log is not None and pinned is None and trace is None:
             log(self.request_id, route_name, self.backend, self.pool.name, self.method,
                 self.path, self.status, duration, self.target_failed)
         elif plane.access_log is not None:
@@ -977,6 +1001,8 @@ class Exchange:
             }
             if pinned is not None:
                 fields["override"] = pinned
+            if trace is not None:
+                fields["trace_id"] = trace.trace_hex.decode()
             plane.access_log(fields)
         if self.shadow_wanted and not aborted and plane.shadow is not None:
             plane.shadow.offer(self)

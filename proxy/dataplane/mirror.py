@@ -115,9 +115,24 @@ class TokenBucket:
 class _Job:
     """One mirrored request: what the client got, and its legs (other side, noise copy)."""
 
-    __slots__ = ("body", "compiled", "host", "legs", "method", "pending", "primary_body",
-                 "primary_headers", "primary_status", "req_headers", "request_id", "route",
-                 "served_by_target", "step", "target")
+    __slots__ = (
+        "body",
+        "compiled",
+        "host",
+        "legs",
+        "method",
+        "pending",
+        "primary_body",
+        "primary_headers",
+        "primary_status",
+        "req_headers",
+        "request_id",
+        "route",
+        "served_by_target",
+        "step",
+        "target",
+        "trace",
+    )
 
     def __init__(self) -> None:
         self.legs: list[_Leg] = []
@@ -134,7 +149,7 @@ class _Leg:
 
     __slots__ = ("attempt", "chunks", "conn", "deadline", "done", "error", "got_bytes", "head",
                  "headers", "job", "limit", "mirror", "pipe", "pool", "sent_at", "size",
-                 "status", "truncated")
+                 "span", "status", "truncated")
 
     def __init__(self, mirror: Mirror, job: _Job, pool: UpstreamPool, head: bytes,
                  limit: int, pipe: PipelinePool | None = None) -> None:
@@ -156,6 +171,8 @@ class _Leg:
         self.chunks: list[bytes] = []
         self.size = 0
         self.truncated = False
+        # a sampled primary's mirror: (tracer, (trace id, span id, start), primary ids)
+        self.span: tuple | None = None
 
     # -- sending ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -285,6 +302,11 @@ class _Leg:
             return
         self.done = True
         self.error = error
+        if self.span is not None:
+            tracer, span, primary = self.span
+            job = self.job
+            tracer.shadow_end(span, primary, job.route, self.pool.name, job.method, self.status,
+                              type(error).__name__ if error is not None else None)
         job = self.job
         job.pending -= 1
         if job.pending == 0:
@@ -506,10 +528,12 @@ class Mirror:
         # The primary's request head as sent, when it can serve as the mirror's: no body
         # framing to redo, no trace context to drop, and the other upstream has the same base
         # path and Host.
+        trace = ex.trace  # sampled: each leg is a span of a new trace, linked to the primary
         same_head = ex.head if not ex.body_mode and ex.method in _NO_BODY_METHODS and \
-            not _traced(ex.req_headers) else None
+            trace is None and not _traced(ex.req_headers) else None
         primary = ex.pool
         job.host = ex.host_value()
+        job.trace = trace
         other = spec.legacy if served_by_target else spec.target
         legs = [self._leg(job, other, target, c.max_body, same_head, primary)]
         noise_name = spec.shadow.compare.noise_upstream
@@ -534,6 +558,12 @@ class Mirror:
         host = pool.host_header or job.host
         if host is not None:
             parts += (b"host: ", host, b"\r\n")
+        span = None
+        trace = job.trace
+        if trace is not None:
+            trace_id, span_id, start, line = trace.tracer.shadow_start(trace)
+            parts.append(line)
+            span = (trace.tracer, (trace_id, span_id, start), (trace.trace_id, trace.span_id))
         skip = _SKIP_REQUEST_HEADERS
         for name, value in job.req_headers:
             if name.lower() not in skip:
@@ -542,7 +572,9 @@ class Mirror:
         if job.body or job.method not in _NO_BODY_METHODS:
             parts.append(b"content-length: %d\r\n" % len(job.body))
         parts.append(b"\r\n")
-        return _Leg(self, job, pool, b"".join(parts), limit, pipe)
+        leg = _Leg(self, job, pool, b"".join(parts), limit, pipe)
+        leg.span = span
+        return leg
 
     def _run(self, job: _Job) -> None:
         self.running += 1

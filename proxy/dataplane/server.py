@@ -22,7 +22,7 @@ from typing import Any
 import httptools
 import structlog
 
-from proxy.config.spec import Config, LimitsSpec
+from proxy.config.spec import Config, LimitsSpec, TracingSpec
 from proxy.dataplane.exchange import (
     CONTINUE,
     DEFAULT_ROUTE,
@@ -40,6 +40,7 @@ from proxy.dataplane.recorder import Recorder
 from proxy.dataplane.table import RouteTable
 from proxy.dataplane.tasks import cancel_tasks
 from proxy.dataplane.tls import ServerCredentials, TlsStore
+from proxy.dataplane.tracing import Tracer
 from proxy.dataplane.upstream import UpstreamPool
 
 GC_GEN0_THRESHOLD = 20_000
@@ -83,6 +84,8 @@ class DataPlane:
         self.tls = TlsStore()  # client contexts of the upstream pools (the mirror's too)
         self.listener_tls: ServerCredentials | None = None
         self.xfp = XFP_HTTP  # X-Forwarded-Proto; https on a TLS listener
+        self.tracer: Tracer | None = None  # `tracing:`; None: no span work at all
+        self._exporter: Any = None  # proxy.dataplane.otlp.OtlpExporter of `tracer`
 
     # -- configuration -------------------------------------------------------------------
     def install(self, table: RouteTable) -> None:
@@ -115,8 +118,27 @@ class DataPlane:
                         secret_env=policy.missing_secret)
         self.overrides = policy if policy.strip or policy.nets else None
         self.req_special = REQ_SPECIAL | policy.strip
+        self._install_tracing(config.tracing)
         self.config = config
         self.table = table  # one assignment: the new generation is live
+
+    def _install_tracing(self, spec: TracingSpec | None) -> None:
+        """A tracer (and its exporter) for `spec`; kept when a reload left it unchanged."""
+        old = self.tracer
+        if old is not None and old.spec == spec:
+            return
+        exporter, self._exporter = self._exporter, None
+        self.tracer = None
+        if exporter is not None:
+            self.spawn(exporter.stop())  # what the old one holds is still sent
+        if spec is None:
+            return
+        from proxy.dataplane.otlp import OtlpExporter
+
+        self._exporter = OtlpExporter(spec, self.recorder.trace_spans)
+        self._exporter.start()
+        self.tracer = Tracer(spec, self._exporter.add, rand=self.rand)
+        _log.info("tracing on", endpoint=spec.otlp_endpoint, sample_ratio=spec.sample_ratio)
 
     # -- lifetime ------------------------------------------------------------------------
     async def listen(self, host: str, port: int, reuse_port: bool = False) -> None:
@@ -189,6 +211,8 @@ class DataPlane:
             if conn.transport is not None:
                 conn.transport.abort()
         await cancel_tasks(self._sweeper, self.tasks)
+        if self._exporter is not None:
+            await self._exporter.stop()  # queued spans get 2 s
         for pool in self.pools.values():
             pool.close()
         return cut

@@ -26,6 +26,12 @@ async def before_planes(server: Any) -> None:
     await start_notifier(server)
     # Before anything listens: an unset credential variable stops the start (exit 2).
     _sync_prometheus(server, config, starting=True)
+    if config.tracing is not None:
+        import os
+
+        unset = [var for _, var in config.tracing.headers if not os.environ.get(var)]
+        if unset:
+            raise ServeError("tracing: environment variable(s) not set: " + ", ".join(unset))
     server.runtime.on_reload.append(lambda cfg: _sync_prometheus(server, cfg))
     if config.flags.backend == "unleash":
         await start_flags(server)
