@@ -9,6 +9,7 @@ that accepts TCP and never answers the handshake.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import time
@@ -385,3 +386,45 @@ async def test_shadow_mirrors_and_noise_twin_go_over_tls(tmp_path, inproc_proxy,
     finally:
         await ledger.stop()
         await twin.stop()
+
+
+async def test_reconcile_replays_against_https_upstreams(tmp_path):
+    from tests.support import run_cli
+
+    pki = Pki(tmp_path / "pki")
+    cert, key = pki.issue("svc", "svc.internal")
+    bad_cert, bad_key = pki.issue("expired", "svc.internal", expired=True)
+    legacy = await TlsUpstream("legacy", context=server_context(cert, key),
+                               extra={"served_by": "same"}).start()
+    target = await TlsUpstream("target", context=server_context(cert, key),
+                               extra={"served_by": "same"}).start()
+    expired = await TlsUpstream("expired", context=server_context(bad_cert, bad_key)).start()
+    try:
+        def write(target_url: str) -> str:
+            path = tmp_path / "r.yaml"
+            path.write_text(routes_yaml("""
+                version: 1
+                state_dir: state
+                upstreams:
+                  legacy: {{url: "{legacy}", tls: {{ca_file: "{ca}", server_name: svc.internal}}}}
+                  target: {{url: "{target}", tls: {{ca_file: "{ca}", server_name: svc.internal}},
+                           host_header: svc.internal}}
+                default_upstream: legacy
+                routes:
+                  - {{name: r, match: {{path_prefix: /r}}, legacy: legacy, target: target}}
+            """, legacy=legacy.url, target=target_url, ca=pki.ca_file))
+            return str(path)
+
+        (tmp_path / "requests.txt").write_text("GET /r/1\nGET /r/2\n")
+        code, out, err = await run_cli("reconcile", "r", "-c", write(target.url), "--requests",
+                                       str(tmp_path / "requests.txt"), "--json", "--rate", "50")
+        assert code == 0, (out, err)
+        assert json.loads(out)["compared"] == 2
+        assert target.seen[0].headers["host"] == "svc.internal"
+        code, out, err = await run_cli("reconcile", "r", "-c", write(expired.url), "--requests",
+                                       str(tmp_path / "requests.txt"), "--json", "--rate", "50")
+        assert code == 1, (out, err)
+        assert json.loads(out)["error_kinds"] == {"tls": 2}
+    finally:
+        for up in (legacy, target, expired):
+            await up.stop()
