@@ -14,7 +14,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.support import free_port, routes_yaml, wait_for
+from tests.support import free_port, routes_yaml, run_cli, wait_for
 from tests.tls_support import Pki
 
 CONFIG = """
@@ -134,6 +134,12 @@ async def test_admin_listener_over_tls(tmp_path, inproc_proxy, upstreams):
         with pytest.raises(aiohttp.ClientError):
             async with s.get(f"http://127.0.0.1:{admin_port}/readyz") as r:
                 await r.read()
+    # the CLI trusts the private CA through STRANGLER_ADMIN_CA
+    code, out, err = await run_cli("status", "--admin", f"https://127.0.0.1:{admin_port}",
+                                   "--json", env={"STRANGLER_ADMIN_CA": pki.ca_file})
+    assert code == 0, (out, err)
+    code, _, err = await run_cli("status", "--admin", f"https://127.0.0.1:{admin_port}")
+    assert code == 3  # untrusted: unreachable, not a traceback
     before, _ = await peer_name(admin_port, pki.client_context())
     pki.issue("proxy", "127.0.0.1", "localhost")
 
