@@ -428,3 +428,18 @@ async def test_reconcile_replays_against_https_upstreams(tmp_path):
     finally:
         for up in (legacy, target, expired):
             await up.stop()
+
+
+async def test_validate_warns_about_verify_false(tmp_path):
+    from tests.support import run_cli
+
+    (tmp_path / "r.yaml").write_text(routes_yaml("""
+        version: 1
+        upstreams:
+          mono: {{url: "http://127.0.0.1:1"}}
+          saas: {{url: "https://api.example", tls: {{verify: false}}}}
+        default_upstream: mono
+    """))
+    code, out, err = await run_cli("validate", "-c", str(tmp_path / "r.yaml"))
+    assert code == 0 and ": OK:" in out
+    assert "WARNING: saas: tls.verify is false" in err

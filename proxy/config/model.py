@@ -174,8 +174,9 @@ def _tls_version(x: Any) -> str:
     return value
 
 
-TlsVersion = v.value_type(str, _tls_version, {"enum": ["1.2", "1.3", 1.2, 1.3],
-                                               "description": "the oldest TLS version accepted"})
+TlsVersion = v.value_type(str, _tls_version, {
+    "anyOf": [{"enum": ["1.2", "1.3"]}, {"enum": [1.2, 1.3]}],  # "1.2" or unquoted 1.2
+    "description": "the oldest TLS version accepted"})
 FilePath = v.Str("a file path", description="a PEM file; relative to this file's directory")
 
 

@@ -103,7 +103,11 @@ class DataPlane:
         self.tls.keep_only({(n, s.tls) for n, s in config.upstreams.items() if s.tls})
         self.tls.refresh()  # a reload re-reads the certificate files
         if self.listener_tls is not None and config.tls is not None:
-            self.listener_tls.update(config.tls)
+            try:
+                self.listener_tls.update(config.tls)
+            except Exception as exc:  # validated; only a race with a rotation gets here
+                _log.error("tls files cannot be loaded; the listener keeps its certificate",
+                           error=str(exc))
         elif self.servers and (config.tls is None) != (self.listener_tls is None):
             _log.warning("tls on the proxy listener was turned on or off: that takes a restart",
                          listen=str(config.listen))
