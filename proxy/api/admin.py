@@ -38,6 +38,18 @@ EXPORT_FORMATS = ("hurl", "pytest", "jsonl")
 
 CALLER_KEY = web.RequestKey("caller", Caller)
 
+
+def tls_unverified(config: Any) -> list[str]:
+    """Where TLS certificates are not checked (`verify: false`): upstream names, `gate`,
+    `tracing`."""
+    out = [name for name, up in config.upstreams.items() if up.tls and not up.tls.verify]
+    if config.gate.tls is not None and not config.gate.tls.verify:
+        out.append("gate")
+    if config.tracing is not None and config.tracing.tls is not None \
+            and not config.tracing.tls.verify:
+        out.append("tracing")
+    return out
+
 # Method, path and Admin's handler of every endpoint, registered in this order (POST .../weight
 # is for clients without PUT).
 ROUTES = tuple(tuple(line.split()) for line in """
@@ -270,6 +282,9 @@ class Admin:
         stale = getattr(self.rt.flags, "stale_reason", None)
         if stale:
             body["flags_stale"] = stale
+        unverified = tls_unverified(self.rt.config)
+        if unverified:  # verify: false somewhere: said here too, not only in the start log
+            body["tls_unverified"] = unverified
         recovery = getattr(self.rt, "recovery", None)
         if recovery is not None:
             degraded = True

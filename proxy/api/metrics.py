@@ -35,12 +35,13 @@ CODES = (200, 500, 502, 503, 504)
 RESULTS = ("match", "mismatch", "error")
 SKIP_REASONS = ("queue_full", "body_too_large", "unsafe_method", "sampled_out", "rate_limited",
                 "budget", "comparer_busy")
-ERROR_KINDS = ("connect", "timeout", "reset")
+ERROR_KINDS = ("connect", "timeout", "reset", "tls")
 SIDES = ("legacy", "target")  # the mirrored side that did not answer
-FALLBACK_REASONS = ("connect", "timeout", "reset", "busy", "5xx")
+FALLBACK_REASONS = ("connect", "timeout", "reset", "tls", "busy", "5xx")
 DIRECTIONS = ("target_slower", "target_faster")  # paired differences: d > 0, d <= 0
 DECISIONS = ("promote", "complete", "hold", "fail", "inconclusive")
 TRIGGERS = ("manual", "gate", "guardrail")
+TRACE_RESULTS = ("exported", "export_failed", "queue_full")
 
 
 class StranglerCollector:
@@ -138,6 +139,15 @@ class StranglerCollector:
         yield _family(CounterMetricFamily, "strangler_upstream_errors",
                       "Upstream failures by kind", ["upstream", "kind"],
                       _zeros(agg.upstream_errors, sorted(self.upstreams()), ERROR_KINDS))
+
+        # Spans of sampled requests (tracing:), zero-filled while tracing is configured.
+        config = getattr(getattr(self.weights, "__self__", None), "config", None)
+        if agg.traces or getattr(config, "tracing", None) is not None:
+            traces = {(r,): 0 for r in TRACE_RESULTS}
+            traces.update(agg.traces)
+            yield _family(CounterMetricFamily, "strangler_trace_spans",
+                          "Spans exported over OTLP, or dropped (export_failed, queue_full)",
+                          ["result"], traces)
 
         extra = self.counters()
         yield _family(CounterMetricFamily, "strangler_gate_decisions",

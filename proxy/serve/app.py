@@ -33,6 +33,7 @@ from proxy.control.runtime import Runtime
 from proxy.dataplane.access_log import AccessLog
 from proxy.dataplane.recorder import Recorder
 from proxy.dataplane.server import DataPlane
+from proxy.dataplane.tls import ServerCredentials
 from proxy.serve import extensions  # shadow, flags, gate controller: optional pieces
 from proxy.serve.errors import ServeError
 
@@ -40,6 +41,7 @@ log = structlog.get_logger("strangler.app")
 
 FLUSH_INTERVAL = 0.2
 WATCH_INTERVAL = 1.0
+TLS_WATCH_INTERVAL = 1.0
 
 
 @dataclass
@@ -121,6 +123,7 @@ class Server:
             if opts.access_log else None
         )
         self.admin_runner: Any = None
+        self.admin_tls: ServerCredentials | None = None  # admin.tls, re-read when files change
         self.shadow: Any = None
         self.diff_store: Any = None
         self.extras: list[Any] = []  # things with async start()/stop() (controller, flags)
@@ -141,6 +144,7 @@ class Server:
             self.plane = DataPlane(self.recorder, self.access)
             if self.shadow is not None:
                 self.plane.shadow = self.shadow
+                self.shadow.tls = self.plane.tls  # one set of TLS contexts and sessions
             local = LocalPlane(self.plane, prepare=self.shadow.prepare if self.shadow else None)
             local.install_now(config, rt.generation, rt.weights_bp())
             rt.planes.append(local)
@@ -172,9 +176,37 @@ class Server:
         app = build_admin_app(self)
         self.admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.admin_runner.setup()
-        listen = self.runtime.config.admin.listen
-        site = web.TCPSite(self.admin_runner, listen.host, listen.port, reuse_address=True)
+        admin = self.runtime.config.admin
+        listen = admin.listen
+        ssl_context = None
+        if admin.tls is not None:
+            self.admin_tls = ServerCredentials(admin.tls, "admin listener")
+            ssl_context = self.admin_tls.listener
+            self.runtime.on_reload.append(self._admin_tls_reloaded)
+            self.tasks.append(asyncio.create_task(self._watch_admin_tls()))
+        site = web.TCPSite(self.admin_runner, listen.host, listen.port, reuse_address=True,
+                           ssl_context=ssl_context)
         await site.start()
+
+    def _admin_tls_reloaded(self, config: Config) -> None:
+        if self.admin_tls is None or config.admin.tls is None:
+            if (self.admin_tls is None) != (config.admin.tls is None):
+                log.warning("admin.tls was turned on or off: that takes a restart")
+            return
+        try:
+            self.admin_tls.update(config.admin.tls)
+        except Exception as exc:  # validated by the reload; only a race with a rotation
+            log.error("admin.tls files cannot be loaded; the previous certificate stays",
+                      error=str(exc))
+
+    async def _watch_admin_tls(self) -> None:
+        """The admin certificate follows its files (rotation without a restart)."""
+        while self.admin_tls is not None:
+            await asyncio.sleep(TLS_WATCH_INTERVAL)
+            try:
+                self.admin_tls.refresh()
+            except Exception:
+                log.exception("checking admin.tls files failed")
 
     async def _flush_loop(self) -> None:
         while True:
@@ -314,6 +346,7 @@ async def _worker(index: int, opts: ServeOptions, text: str, generation: int, we
                                             opts.log_level)
     if shadow is not None:
         plane.shadow = shadow
+        shadow.tls = plane.tls  # one set of TLS contexts and sessions
     states: dict = {}
 
     def install(cfg: Config, gen: int, w: dict) -> None:

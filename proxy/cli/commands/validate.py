@@ -7,6 +7,7 @@ message on stderr and exits 2; exits 0 when the file is valid.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from proxy.cli.commands._common import add_config_option, load_or_report
 from proxy.cli.exitcodes import OK
@@ -29,4 +30,9 @@ def run(args: argparse.Namespace) -> int:
         f"{len(config.upstreams)} upstream{'s' if len(config.upstreams) != 1 else ''} "
         f"({upstreams}), default {config.default_upstream}"
     )
+    from proxy.api.admin import tls_unverified
+
+    for where in tls_unverified(config):  # valid, but said loudly
+        print(f"{args.config}: WARNING: {where}: tls.verify is false: certificates are not "
+              "checked; anyone on the path can read and change this traffic", file=sys.stderr)
     return OK
