@@ -16,7 +16,8 @@ rollback still holds here and is written again every refresh interval until Unle
 
 Startup (`start`): a toggle missing in Unleash is a `FlagsStartupError` naming it, unless
 `create_flags` (then created at the file's weight). Unleash unreachable -> the last features
-body, cached in state_dir/unleash-cache; no cache -> every route at weight 0 and `degraded_reason` says so.
+body, cached in state_dir/unleash-cache; no cache -> every route at weight 0 and
+`degraded_reason` says so.
 """
 
 from __future__ import annotations
