@@ -19,9 +19,10 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -38,6 +39,7 @@ from proxy.serve.errors import ServeError
 
 log = structlog.get_logger("strangler.app")
 
+T = TypeVar("T")
 FLUSH_INTERVAL = 0.2
 WATCH_INTERVAL = 1.0
 
@@ -70,12 +72,22 @@ def admin_token_problem(config: Config) -> str | None:
     return None
 
 
-def install_uvloop() -> None:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's `new_event_loop` when uvloop is installed (not on Windows), else None (asyncio's
+    default loop)."""
     try:
         import uvloop
     except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        return None
+    return uvloop.new_event_loop
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)` on a uvloop loop: `asyncio.Runner(loop_factory=...)`, the way
+    asyncio and uvloop document. (Not uvloop's install or its policy class: event-loop
+    policies are deprecated since Python 3.12 and go away in 3.16.)"""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(main)
 
 
 def run(opts: ServeOptions) -> int:
@@ -94,8 +106,7 @@ def run(opts: ServeOptions) -> int:
         check_audit_log(config.state_dir)
     except RefuseToStart as exc:
         raise ServeError(str(exc)) from exc
-    install_uvloop()
-    return asyncio.run(_serve(opts, config, text))
+    return run_loop(_serve(opts, config, text))
 
 
 class Server:
@@ -282,9 +293,8 @@ def worker_main(index: int, opts: ServeOptions, text: str, generation: int,
                 weights: dict, sock: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop
     logsetup.configure(opts.log_format, opts.log_level)
-    install_uvloop()
     try:
-        asyncio.run(_worker(index, opts, text, generation, weights, sock))
+        run_loop(_worker(index, opts, text, generation, weights, sock))
     except KeyboardInterrupt:
         pass
     sys.exit(0)
