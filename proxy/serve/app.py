@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import structlog
 
 from proxy.config import logsetup
+from proxy.config.crosscheck import unused_upstreams
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.spec import Config
 from proxy.control.planes import LocalPlane, WorkerLink, apply_updates, build_table
@@ -72,6 +73,13 @@ def admin_token_problem(config: Config) -> str | None:
     return None
 
 
+def warn_config(config: Config) -> None:
+    """What `strangler validate` prints as warnings, in serve's log (once, at start)."""
+    for upstream in unused_upstreams(config):
+        log.warning("config.unused_upstream", upstream=upstream.name, line=upstream.line,
+                    detail="no route nor default_upstream uses it")
+
+
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's `new_event_loop` when uvloop is installed (not on Windows), else None (asyncio's
     default loop)."""
@@ -100,6 +108,7 @@ def run(opts: ServeOptions) -> int:
     problem = admin_token_problem(config)
     if problem:
         raise ServeError(problem)
+    warn_config(config)
     from proxy.control.recovery import RefuseToStart, check_audit_log
 
     try:
