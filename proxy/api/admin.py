@@ -43,6 +43,7 @@ ROUTES = tuple(tuple(line.split()) for line in """
 GET   /healthz                            healthz
 GET   /readyz                             readyz
 GET   /metrics                            metrics
+GET   /admin/whoami                       whoami
 GET   /admin/routes                       routes
 GET   /admin/routes/{name}                route
 PUT   /admin/routes/{name}/weight         set_weight
@@ -260,6 +261,12 @@ class Admin:
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     # reads ----------------------------------------------------------------------------------
+    async def whoami(self, request: web.Request) -> web.Response:
+        """The caller's role: the dashboard skips its sign-in form when the role is `open` (no
+        token configured) and greys out the changes a `read` token cannot make."""
+        caller = request.get(CALLER_KEY) or Caller("open", True)
+        return web.json_response({"role": caller.role, "can_write": caller.can_write})
+
     async def routes(self, request: web.Request) -> web.Response:
         return web.json_response({"routes": self.rt.routes_view(),
                                   "generation": self.rt.generation,
