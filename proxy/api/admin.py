@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ import structlog
 from aiohttp import web
 
 from proxy.api.auth import ACTOR_HEADER, AuthError, Caller, Tokens, actor_name
-from proxy.api.metrics import StranglerCollector, make_registry, render
+from proxy.api.metrics import ProcessesCollector, StranglerCollector, make_registry, render
 from proxy.config.loader import ConfigError
 from proxy.control.runtime import MutationResult, RuntimeError_
 
@@ -211,7 +212,8 @@ class Admin:
         self.server = server
         rt = server.runtime
         self.registry = make_registry(
-            StranglerCollector(rt.agg, rt.weights_for_metrics, lambda: rt.counters)
+            StranglerCollector(rt.agg, rt.weights_for_metrics, lambda: rt.counters),
+            ProcessesCollector(getattr(server, "processes", lambda: [("main", os.getpid())])),
         )
 
     @property
@@ -257,8 +259,8 @@ class Admin:
 
     async def metrics(self, request: web.Request) -> web.Response:
         self.server.flush()
-        return web.Response(body=render(self.registry),
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        body, content_type = render(self.registry, request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     # reads ----------------------------------------------------------------------------------
     async def whoami(self, request: web.Request) -> web.Response:

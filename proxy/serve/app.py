@@ -139,6 +139,21 @@ class Server:
         self.diff_store: Any = None
         self.extras: list[Any] = []  # things with async start()/stop() (controller, flags)
 
+    def processes(self) -> list[tuple[str, int]]:
+        """(name, pid) of every process of this serve, named as in their log lines' `process`
+        field: `main`, `worker-N`, and `<owner>/comparer` for each data plane's comparer. The
+        `process_*` metrics are labelled with these names."""
+        from proxy.api.metrics import comparer_children
+
+        main = os.getpid()
+        workers = [(f"worker-{link.index}", link.process.pid) for link in self.workers
+                   if link.process.pid is not None and link.process.is_alive()]
+        planes = workers if self.workers else [("main", main)]  # who runs a data plane
+        out = [("main", main), *workers]
+        for owner, pid in planes:
+            out += [(f"{owner}/comparer", child) for child in comparer_children(pid)]
+        return out
+
     @property
     def degraded(self) -> dict | None:
         """Why routing runs reduced (/readyz reports it, still 200: legacy keeps serving)."""
