@@ -155,9 +155,11 @@ class Exchange:
         "step",
         "sticky_key",
         "t0",
+        "t_head",
         "target_failed",
         "tunnel_pending",
         "up",
+        "user_agent",
         "version_10",
         "wbuf",
     )
@@ -187,6 +189,7 @@ class Exchange:
         self.declared_length: int | None = None
         self.is_tunnel = False
         self.override: str | None = None  # set when a trusted request pinned its backend
+        self.t_head = 0.0  # when the answering upstream's response head arrived (access log)
         # Response bytes held until the end of the current upstream read, so a head and the body
         # that arrived with it leave in one write (None: nothing held, write through).
         self.wbuf: list[bytes] | None = None
@@ -202,6 +205,7 @@ class Exchange:
         ex._request_line(conn, method)
         hdict: dict[bytes, bytes] = {}
         conn_tokens = ex._headers(raw, hdict)
+        ex.user_agent = hdict.get(b"user-agent")  # for the access log
         ex._target(url, hdict)
         # Before routing: a request refused further on (a bad override pin) has used up its id.
         ex._take_request_id(hdict)
@@ -592,6 +596,7 @@ class Exchange:
         chunked: bool, length: int | None, connection: frozenset[bytes] | None,
     ) -> None:
         self.head_deadline = 0.0
+        self.t_head = self.plane.now()
         if status >= 500 and self._fallback_eligible():
             self.discarding = True
             self.status = status
@@ -835,10 +840,13 @@ class Exchange:
         else:  # QA traffic: counted apart, never gate or guardrail evidence
             plane.recorder.override_request(route_name, self.backend, self.status)
         log = plane.log_request
+        upstream_s = self.t_head - self.t0 if self.t_head else -1.0
         if log is not None and pinned is None:
             log(self.request_id, route_name, self.backend, self.pool.name, self.method,
-                self.path, self.status, duration, self.target_failed)
+                self.path, self.status, duration, self.target_failed, self.query, upstream_s,
+                self.req_body_size, self.resp_size, self.conn.peer, self.user_agent)
         elif plane.access_log is not None:
+            query, agent = self.query, self.user_agent
             fields = {
                 "request_id": self.request_id,
                 "route": route_name,
@@ -846,8 +854,14 @@ class Exchange:
                 "upstream": self.pool.name,
                 "method": self.method.decode("latin-1"),
                 "path": self.path.decode("latin-1"),
+                "query": query.decode("latin-1") if query is not None else None,
                 "status": self.status,
                 "duration_ms": round(duration * 1000, 3),
+                "upstream_ms": round(upstream_s * 1000, 3) if upstream_s >= 0 else None,
+                "bytes_in": self.req_body_size,
+                "bytes_out": self.resp_size,
+                "client": self.conn.peer,
+                "user_agent": agent.decode("latin-1") if agent is not None else None,
                 "fallback": self.target_failed,
             }
             if pinned is not None:

@@ -99,7 +99,7 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
 
 
 def run(opts: ServeOptions) -> int:
-    logsetup.configure(opts.log_format, opts.log_level)
+    logsetup.configure(opts.log_format, opts.log_level, process="main")
     try:
         text = Path(opts.config_path).read_text()
     except OSError as exc:
@@ -316,7 +316,7 @@ async def _serve(opts: ServeOptions, config: Config, text: str) -> int:
 def worker_main(index: int, opts: ServeOptions, text: str, generation: int,
                 weights: dict, sock: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop
-    logsetup.configure(opts.log_format, opts.log_level)
+    logsetup.configure(opts.log_format, opts.log_level, process=f"worker-{index}")
     try:
         run_loop(_worker(index, opts, text, generation, weights, sock))
     except KeyboardInterrupt:
