@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STRANGLER = ROOT / ".venv" / "bin" / "strangler"
-if not STRANGLER.exists():  # another virtualenv: the one running the tests
-    STRANGLER = Path(sys.executable).parent / "strangler"
+STRANGLER = Path(sys.executable).parent / "strangler"  # the virtualenv running the tests
 
 BROKEN = """\
 version: 1

@@ -91,8 +91,15 @@ class MatchSpec:
     path: str | None = None
     path_prefix: str | None = None
     path_regex: str | None = None
-    methods: tuple[str, ...] | None = None  # upper-case; None = any
+    methods: tuple[str, ...] | None = None  # upper-case; None = any (see `matched_methods`)
     headers: tuple[tuple[str, str], ...] = ()  # (lower-case name, exact value)
+
+    def matched_methods(self) -> frozenset[str] | None:
+        """The methods the route takes: `methods`, with HEAD wherever GET is listed (HEAD is GET
+        without the body, RFC 9110 9.3.2; nginx's `limit_except GET` allows both). None: any."""
+        if self.methods is None:
+            return None
+        return frozenset(self.methods) | ({"HEAD"} if "GET" in self.methods else set())
 
 
 @dataclass(frozen=True, slots=True)

@@ -185,11 +185,13 @@ class Exchange:
         "step",
         "sticky_key",
         "t0",
+        "t_head",
         "target_failed",
         "trace",
         "tunnel_pending",
         "up",
         "up_paused_at",
+        "user_agent",
         "version_10",
         "wbuf",
     )
@@ -232,6 +234,7 @@ class Exchange:
         self.is_tunnel = False
         self.override: str | None = None  # set when a trusted request pinned its backend
         self.trace: Any = None  # proxy.dataplane.tracing.Trace when this request is sampled
+        self.t_head = 0.0  # when the answering upstream's response head arrived (access log)
         # Response bytes held until the end of the current upstream read, so a head and the body
         # that arrived with it leave in one write (None: nothing held, write through).
         self.wbuf: list[bytes] | None = None
@@ -247,6 +250,7 @@ class Exchange:
         ex._request_line(conn, method)
         hdict: dict[bytes, bytes] = {}
         conn_tokens = ex._headers(raw, hdict)
+        ex.user_agent = hdict.get(b"user-agent")  # for the access log
         ex._target(url, hdict)
         # Before routing: a request refused further on (a bad override pin) has used up its id.
         ex._take_request_id(hdict)
@@ -673,6 +677,7 @@ class Exchange:
         chunked: bool, length: int | None, connection: frozenset[bytes] | None,
     ) -> None:
         self.head_deadline = 0.0
+        self.t_head = self.plane.now()
         if status >= 500 and may_resend(self, "status", status):
             self.discarding = True
             self.status = status
@@ -989,10 +994,13 @@ class Exchange:
         trace = self.trace
         if trace is not None:
             trace.tracer.finish(self)
+        upstream_s = self.t_head - self.t0 if self.t_head else -1.0
         if log is not None and pinned is None and trace is None:
             log(self.request_id, route_name, self.backend, self.pool.name, self.method,
-                self.path, self.status, duration, self.target_failed)
+                self.path, self.status, duration, self.target_failed, self.query, upstream_s,
+                self.req_body_size, self.resp_size, self.conn.peer, self.user_agent)
         elif plane.access_log is not None:
+            query, agent = self.query, self.user_agent
             fields = {
                 "request_id": self.request_id,
                 "route": route_name,
@@ -1000,8 +1008,14 @@ class Exchange:
                 "upstream": self.pool.name,
                 "method": self.method.decode("latin-1"),
                 "path": self.path.decode("latin-1"),
+                "query": query.decode("latin-1") if query is not None else None,
                 "status": self.status,
                 "duration_ms": round(duration * 1000, 3),
+                "upstream_ms": round(upstream_s * 1000, 3) if upstream_s >= 0 else None,
+                "bytes_in": self.req_body_size,
+                "bytes_out": self.resp_size,
+                "client": self.conn.peer,
+                "user_agent": agent.decode("latin-1") if agent is not None else None,
                 "fallback": self.target_failed,
             }
             if pinned is not None:

@@ -162,7 +162,8 @@ def _compile(order: int, spec: RouteSpec, state: RouteState) -> CompiledRoute:
         name=spec.name,
         spec=spec,
         state=state,
-        methods=frozenset(x.encode() for x in m.methods) if m.methods else None,
+        methods=frozenset(x.encode() for x in matched) if (matched := m.matched_methods())
+        else None,
         headers=tuple((k.lower().encode(), v.encode()) for k, v in m.headers),
         regex=re.compile(m.path_regex.encode()) if m.path_regex else None,
         sticky_header=sticky.header.lower().encode() if sticky and sticky.header else None,

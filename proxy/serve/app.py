@@ -19,13 +19,15 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from proxy.config import logsetup
+from proxy.config.crosscheck import unused_upstreams
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.spec import Config
 from proxy.control.planes import LocalPlane, WorkerLink, apply_updates, build_table
@@ -39,6 +41,7 @@ from proxy.serve.errors import ServeError
 
 log = structlog.get_logger("strangler.app")
 
+T = TypeVar("T")
 FLUSH_INTERVAL = 0.2
 WATCH_INTERVAL = 1.0
 TLS_WATCH_INTERVAL = 1.0
@@ -77,16 +80,33 @@ def admin_token_problem(config: Config) -> str | None:
     return None
 
 
-def install_uvloop() -> None:
+def warn_config(config: Config) -> None:
+    """What `strangler validate` prints as warnings, in serve's log (once, at start)."""
+    for upstream in unused_upstreams(config):
+        log.warning("config.unused_upstream", upstream=upstream.name, line=upstream.line,
+                    detail="no route nor default_upstream uses it")
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's `new_event_loop` when uvloop is installed (not on Windows), else None (asyncio's
+    default loop)."""
     try:
         import uvloop
     except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        return None
+    return uvloop.new_event_loop
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)` on a uvloop loop: `asyncio.Runner(loop_factory=...)`, the way
+    asyncio and uvloop document. (Not uvloop's install or its policy class: event-loop
+    policies are deprecated since Python 3.12 and go away in 3.16.)"""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(main)
 
 
 def run(opts: ServeOptions) -> int:
-    logsetup.configure(opts.log_format, opts.log_level)
+    logsetup.configure(opts.log_format, opts.log_level, process="main")
     try:
         text = Path(opts.config_path).read_text()
     except OSError as exc:
@@ -95,14 +115,14 @@ def run(opts: ServeOptions) -> int:
     problem = admin_token_problem(config)
     if problem:
         raise ServeError(problem)
+    warn_config(config)
     from proxy.control.recovery import RefuseToStart, check_audit_log
 
     try:
         check_audit_log(config.state_dir)
     except RefuseToStart as exc:
         raise ServeError(str(exc)) from exc
-    install_uvloop()
-    return asyncio.run(_serve(opts, config, text))
+    return run_loop(_serve(opts, config, text))
 
 
 class Server:
@@ -127,6 +147,21 @@ class Server:
         self.shadow: Any = None
         self.diff_store: Any = None
         self.extras: list[Any] = []  # things with async start()/stop() (controller, flags)
+
+    def processes(self) -> list[tuple[str, int]]:
+        """(name, pid) of every process of this serve, named as in their log lines' `process`
+        field: `main`, `worker-N`, and `<owner>/comparer` for each data plane's comparer. The
+        `process_*` metrics are labelled with these names."""
+        from proxy.api.metrics import comparer_children
+
+        main = os.getpid()
+        workers = [(f"worker-{link.index}", link.process.pid) for link in self.workers
+                   if link.process.pid is not None and link.process.is_alive()]
+        planes = workers if self.workers else [("main", main)]  # who runs a data plane
+        out = [("main", main), *workers]
+        for owner, pid in planes:
+            out += [(f"{owner}/comparer", child) for child in comparer_children(pid)]
+        return out
 
     @property
     def degraded(self) -> dict | None:
@@ -323,10 +358,9 @@ async def _serve(opts: ServeOptions, config: Config, text: str) -> int:
 def worker_main(index: int, opts: ServeOptions, text: str, generation: int,
                 weights: dict, sock: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop
-    logsetup.configure(opts.log_format, opts.log_level)
-    install_uvloop()
+    logsetup.configure(opts.log_format, opts.log_level, process=f"worker-{index}")
     try:
-        asyncio.run(_worker(index, opts, text, generation, weights, sock))
+        run_loop(_worker(index, opts, text, generation, weights, sock))
     except KeyboardInterrupt:
         pass
     sys.exit(0)
