@@ -2,8 +2,8 @@
 
 `UnleashFlags` keeps a snapshot `{toggle name: FlagState}` fresh by polling Unleash's client API
 every `refresh_interval` and writes through the Unleash Admin API, both on one aiohttp session
-of its own. The proxy evaluates its split itself from the snapshot (stable hash, 0.01%
-granularity); no SDK evaluation is involved.
+of its own (remade when its TLS files change, see TLS below). The proxy evaluates its split
+itself from the snapshot (stable hash, 0.01% granularity); no SDK evaluation is involved.
 
 Why a poller of our own and not the Python SDK: all this backend needs from an SDK is "the
 features body, each time a poll brings one" and "the poll failed, and why" (the outage warnings,
