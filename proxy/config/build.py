@@ -33,6 +33,7 @@ from proxy.config.spec import (
     ShadowBudgetSpec,
     ShadowSpec,
     StickySpec,
+    StoreSpec,
     TokenSpec,
     UnleashSpec,
     UpstreamSpec,
@@ -131,4 +132,5 @@ def config(model: m.RoutesFile, doc: Document, source: Path, base: Path) -> Conf
         notify=notify,
         overrides=trust,
         shadow_budget=ShadowBudgetSpec(**_set(model.shadow_budget)),
+        store=StoreSpec(**_set(model.store)),
     )

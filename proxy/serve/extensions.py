@@ -49,6 +49,7 @@ async def start_notifier(server: Any) -> None:
     if problems:
         raise ServeError("; ".join(problems))
     await notifier.start()
+    notifier.settle = getattr(rt.audit, "settle", None)
     rt.notifier = notifier
     rt.on_reload.append(notifier.reconfigure)
     server.extras.append(notifier)
