@@ -26,7 +26,7 @@ test: deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not unleash and not prometheus and not browser and not helm"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not unleash and not prometheus and not browser and not helm and not postgres"
 
 # Rewrite docs/routes.schema.json and the Helm chart's config schema from the typed model.
 schema: venv

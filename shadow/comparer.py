@@ -10,7 +10,8 @@ Wire protocol (both ways: a 4-byte big-endian length, then a pickled tuple; the 
 between one data plane and the child it spawned):
 
   data plane -> comparer
-    ("config", store_path, max_samples_per_route, retention_days, {route: CompareSpec})
+    ("config", store, max_samples_per_route, retention_days, {route: CompareSpec})
+                                    # store: the SQLite path or `shadow.sqldb.locator`
     ("pair", route, step, served_by_target, method, target, req_headers, req_body,
              primary, other, noise)  # primary/other/noise: (status, headers, body, truncated)
     ("counts", [(route, step, result, n), ...])  # counted on the data plane: "match" for
@@ -41,7 +42,6 @@ import struct
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -131,10 +131,10 @@ class Comparer:
                 self.store.flush()
             self.send(("flushed", frame[1]))
 
-    def configure(self, store_path: str, max_samples: int, retention_days: float,
+    def configure(self, store: str | dict, max_samples: int, retention_days: float,
                   routes: dict[str, Any]) -> None:
-        if self.store is None:
-            self.store = DiffStore(Path(store_path), max_samples, retention_days)
+        if self.store is None:  # `store`: the SQLite path, or the shared store's locator
+            self.store = DiffStore(store, max_samples, retention_days)
         fresh = {}
         for name, spec in routes.items():
             old = self.comparators.get(name)

@@ -75,8 +75,8 @@ class ApprovalStore(Protocol):
         """Store (replacing the route's request, if any); raises OSError when it cannot."""
 
     def remove(self, route: str, request_id: str | None = None) -> ApprovalRequest | None:
-        """Take the route's request (that one, when `request_id` is given) away (only one caller gets it); returns it. May wait on a
-        shared store: run it off the event loop."""
+        """Take the route's request (that one, when `request_id` is given) away; only one
+        caller gets it. Returns it. May wait on a shared store: run it off the event loop."""
 
     def discard(self, route: str) -> ApprovalRequest | None:
         """Void the route's request without waiting (a new step began); returns it."""

@@ -19,10 +19,12 @@ log = structlog.get_logger("strangler.serve")
 async def before_planes(server: Any) -> None:
     """Runs before data planes start (in the control process)."""
     config = server.runtime.config
+    from shadow.sqldb import locator
     from shadow.store_check import quarantine_if_corrupt
 
     # Before anything (mirror, workers, comparer) opens the store: a corrupt file is moved aside.
-    server.diff_store_recovered = quarantine_if_corrupt(config.state_dir / "diffs.sqlite3")
+    if not config.store.shared:
+        server.diff_store_recovered = quarantine_if_corrupt(config.state_dir / "diffs.sqlite3")
     await start_notifier(server)
     if config.flags.backend == "unleash":
         await start_flags(server)
@@ -33,7 +35,7 @@ async def before_planes(server: Any) -> None:
         # Comparer processes write the store; the control process reads it for the diffs view.
         from shadow.store import DiffStore
 
-        server.diff_store = DiffStore(config.state_dir / "diffs.sqlite3")
+        server.diff_store = DiffStore(locator(config))
 
 
 async def start_notifier(server: Any) -> None:
