@@ -63,3 +63,4 @@ from tests.unleash_server import (  # noqa: E402, F401  (fixtures)
     unleash_admin,
     unleash_server,
 )
+from tests.postgres_server import pg_db, postgres_server  # noqa: E402, F401  (fixtures)
