@@ -278,3 +278,57 @@ def test_settle_waits_for_the_chain_when_the_store_is_up(pg_db, tmp_path) -> Non
     entry = asyncio.run(go())
     assert entry["seq"] == 1 and entry["prev"] == pg.GENESIS and "pending" not in entry
     t.close()
+
+
+async def test_store_migrate_imports_a_file_trail_keeping_its_hashes(pg_db, tmp_path) -> None:
+    import hashlib
+
+    from proxy.control.approvals import FileApprovals
+    from proxy.control.audit import AuditLog
+    from tests.support import run_cli
+
+    state = tmp_path / "old-state"
+    log = AuditLog(state / "audit.log")
+    for n in range(5):
+        log.append("set_weight", "alice", f"old {n}", route="r", before=n, after=n + 1)
+    now = time.time()
+    FileApprovals(state / "approvals.json").put(ApprovalRequest(
+        "id9", "r", 1, "set_weight", 1.0, 60.0, "alice", now, now + 600, "go"))
+    file_hashes = [hashlib.sha256(ln).hexdigest()
+                   for ln in (state / "audit.log").read_bytes().splitlines()]
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text("version: 1\nupstreams: {m: {url: 'http://127.0.0.1:1'}}\n"
+                   "default_upstream: m\nstore: {backend: postgres}\n")
+    env = {"STRANGLER_DATABASE_URL": pg_db}
+    # a replica of the fleet wrote first: the import joins the chain after it
+    fleet = trail(pg_db, tmp_path, "a")
+    fleet.append("serve_started", "system", "first")
+    wait_shipped(fleet)
+    code, out, err = await run_cli("store", "migrate", "-c", str(cfg), "--from-state-dir",
+                                   str(state), "--json", env=env)
+    assert code == 0, err
+    body = json.loads(out)
+    assert body["added"] == 5 and body["fleet_seq"] == [2, 6]
+    assert body["approvals_imported"] == 1
+    code, out, _ = await run_cli("store", "migrate", "-c", str(cfg), "--from-state-dir",
+                                 str(state), "--json", env=env)
+    assert code == 0 and json.loads(out)["added"] == 0  # again: nothing twice
+    fleet.append("set_weight", "bob", "after the import", route="r")
+    wait_shipped(fleet)
+    entries = list(reversed(fleet.entries()))
+    assert [e["imported"]["hash"] for e in entries[1:6]] == file_hashes  # hashes kept
+    assert [e["reason"] for e in entries] == ["first", *[f"old {n}" for n in range(5)],
+                                              "after the import"]
+    code, out, err = await run_cli("store", "verify", "-c", str(cfg), env=env)
+    assert code == 0 and "7 entries, chain intact" in out, (out, err)
+    with psycopg.connect(pg_db, autocommit=True) as conn:  # an imported line edited in place
+        row = conn.execute("SELECT line FROM audit_entries WHERE seq = 3").fetchone()[0]
+        entry = json.loads(row)
+        entry["imported"]["line"] = entry["imported"]["line"].replace("old 1", "new 1")
+        conn.execute("UPDATE audit_entries SET line = %s WHERE seq = 3",
+                     (json.dumps(entry, sort_keys=True, separators=(",", ":")),))
+    code, _, err = await run_cli("store", "verify", "-c", str(cfg), env=env)
+    assert code == 1 and "entry 3" in err
+    code, out, _ = await run_cli("store", "status", "-c", str(cfg), env=env)
+    assert code == 0 and "schema 1" in out and "1 pending approval" in out
+    fleet.close()

@@ -373,6 +373,8 @@ def _imported_problem(entry: dict, segments: dict[str, str]) -> str | None:
         original = json.loads(line)
     except ValueError:
         return "its imported line is not valid JSON"
+    if imported.get("hash") not in (None, _line_hash(line)):
+        return "its imported line does not match the hash it was imported with"
     if original.get("prev") != segments.get(source, GENESIS):
         return f"its imported line (seq {original.get('seq')} of {source}) does not chain to " \
                "the line imported before it"
