@@ -21,6 +21,7 @@ between one data plane and the child it spawned):
   comparer -> data plane
     ("results", [(route, step, result, n), ...])  # result: match|mismatch|error
     ("skipped", [(route, reason, n), ...])  # pairs not compared (decoded_too_large)
+    ("store", [(event, n), ...])  # the diff store: samples_dropped, write_failed (increments)
     ("flushed", token)  # every frame before the flush is compared and on disk
 
 Headers arrive as the data plane has them (bytes); decoding happens here.
@@ -110,6 +111,7 @@ class Comparer:
         self.results: Counter[tuple[str, int, str]] = Counter()
         self.skipped: Counter[tuple[str, str]] = Counter()
         self.last_sent = time.monotonic()
+        self.store_sent: dict[str, int] = {}
 
     def handle(self, frame: tuple) -> None:
         kind = frame[0]
@@ -194,6 +196,7 @@ class Comparer:
 
     def send_results(self) -> None:
         self.last_sent = time.monotonic()
+        self._send_store_events()
         if self.skipped:
             skipped = [(r, why, n) for (r, why), n in self.skipped.items()]
             self.skipped.clear()
@@ -203,6 +206,19 @@ class Comparer:
         items = [(r, s, x, n) for (r, s, x), n in self.results.items()]
         self.results.clear()
         self.send(("results", items))
+
+    def _send_store_events(self) -> None:
+        """What the store lost or failed to write since the last report (counted, never
+        raised: a store that is down costs samples, its counters wait)."""
+        store = self.store
+        if store is None:
+            return
+        now = {"samples_dropped": store.dropped_samples, "write_failed": store.write_errors}
+        events = [(k, v - self.store_sent.get(k, 0)) for k, v in now.items()
+                  if v > self.store_sent.get(k, 0)]
+        if events:
+            self.store_sent = now
+            self.send(("store", events))
 
     def close(self) -> None:
         """Report the last results (the data plane may be gone) and write the store."""

@@ -90,6 +90,11 @@ async def fleet(pg_db, upstreams, tmp_path):
                 p.proc.kill()
 
 
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 def _json(payload: dict):
     async def handler(request: web.Request) -> web.Response:
         return web.json_response(payload)
@@ -302,8 +307,7 @@ async def test_serve_refuses_an_unset_dsn_and_a_newer_schema(pg_db, tmp_path, up
 
     legacy = await upstreams("legacy")
     text = config(legacy.port, legacy.port)
-    cfg = Path(tmp_path / "routes.yaml")
-    cfg.write_text(text)
+    cfg = _write(tmp_path / "routes.yaml", text)
     code, _, err = await run_cli("serve", "-c", str(cfg), env={"STRANGLER_DATABASE_URL": ""})
     assert code == 2 and "STRANGLER_DATABASE_URL" in err and "not set" in err
     with psycopg.connect(pg_db, autocommit=True) as conn:

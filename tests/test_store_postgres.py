@@ -264,7 +264,7 @@ def test_no_credential_in_errors_or_display(postgres_server) -> None:
 def test_sslmode_from_the_config_is_what_libpq_uses(postgres_server) -> None:
     spec = StoreSpec(backend="postgres", sslmode="require", connect_timeout=2.0)
     link = pg.Link(spec, postgres_server.dsn, "t")
-    with pytest.raises(pg.StoreUnavailable, match="SSL|ssl"):
+    with pytest.raises(pg.StoreUnavailable, match=r"SSL|ssl"):
         link.conn()  # the dev server has no TLS: require refuses to go on in clear text
     assert "sslmode=require" in pg.conninfo(spec, postgres_server.dsn, "x")
 

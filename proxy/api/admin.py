@@ -240,7 +240,8 @@ class Admin:
         self.server = server
         rt = server.runtime
         self.registry = make_registry(
-            StranglerCollector(rt.agg, rt.weights_for_metrics, lambda: rt.counters)
+            StranglerCollector(rt.agg, rt.weights_for_metrics, lambda: rt.counters,
+                               store=lambda: _store_status(self.rt))
         )
 
     @property
@@ -474,6 +475,11 @@ class Admin:
         if not result.durable and not result.warning:
             body["warning"] = _not_durable(self.rt.persist_error)
         return body
+
+
+def _store_status(rt: Any) -> dict | None:
+    status = getattr(rt.audit, "status", None)
+    return status() if status is not None else None
 
 
 def _not_durable(error: str | None) -> str:

@@ -61,12 +61,14 @@ class Delta:
     overrides: dict[tuple[str, str, int], int] = field(default_factory=dict)
     # override headers not honoured: (route, reason) -> count
     override_ignored: dict[tuple[str, str], int] = field(default_factory=dict)
+    # the comparer's diff store: event (samples_dropped, write_failed) -> count
+    store: dict[str, int] = field(default_factory=dict)
 
     def empty(self) -> bool:
         return not (
             self.requests or self.latency or self.upstream_errors or self.shadow or self.skipped
             or self.overrides or self.override_ignored or self.shadow_errors or self.paired
-            or self.fallbacks
+            or self.fallbacks or self.store
         )
 
     def to_wire(self) -> dict:
@@ -81,6 +83,7 @@ class Delta:
             "fallbacks": [[*k, v] for k, v in self.fallbacks.items()],
             "overrides": [[*k, v] for k, v in self.overrides.items()],
             "override_ignored": [[*k, v] for k, v in self.override_ignored.items()],
+            "store": [[k, v] for k, v in self.store.items()],
         }
 
     @classmethod
@@ -98,6 +101,7 @@ class Delta:
         d.fallbacks = {(r, s, x): n for r, s, x, n in data.get("fallbacks", ())}
         d.overrides = {(r, b, c): n for r, b, c, n in data.get("overrides", ())}
         d.override_ignored = {(r, x): n for r, x, n in data.get("override_ignored", ())}
+        d.store = {k: n for k, n in data.get("store", ())}
         return d
 
 
