@@ -443,7 +443,7 @@ def test_several_replicas_with_a_local_store_are_refused(chart: helm.Chart,
     values = values_for("unleash-ha-values")
     values["config"]["store"] = {"backend": "local"}
     values.update(change)
-    with pytest.raises(helm.HelmRenderError, match="needs config.store.backend: postgres") as e:
+    with pytest.raises(helm.HelmRenderError, match=r"needs config\.store\.backend: postgres") as e:
         render(chart, values)
     assert "its own audit trail" in str(e.value)
 
