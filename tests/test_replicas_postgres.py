@@ -318,3 +318,45 @@ async def test_serve_refuses_an_unset_dsn_and_a_newer_schema(pg_db, tmp_path, up
     code, _, err = await run_cli("serve", "-c", str(cfg), env={"STRANGLER_DATABASE_URL": pg_db})
     assert code == 2 and "newer than this strangler" in err
     assert "strangler:strangler@" not in err  # the DSN's password never reaches a log
+
+
+async def test_a_notification_quotes_the_entry_of_the_fleet_chain(pg_db, upstreams, tmp_path,
+                                                                  postgres_server) -> None:
+    import hashlib
+    import json
+
+    received: list[dict] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({})
+
+    sink = await upstreams("sink", handler=hook)
+    legacy = await upstreams("legacy")
+    text = config(legacy.port, legacy.port) + f'notify:\n  - url: "{sink.url}/hook"\n'
+    p = ProxyProcess(tmp_path / "replica-n", text,
+                     env={"STRANGLER_DATABASE_URL": pg_db, "STRANGLER_REPLICA": "replica-n"})
+    await p.start(timeout=40)
+    try:
+        async with aiohttp.ClientSession() as s:
+            up = await act(s, p, "r1", "rollback")
+            await wait_for(lambda: len(received) >= 1, timeout=10)
+            postgres_server.stop()
+            try:
+                down = await act(s, p, "r1", "resume")
+                assert down["audit"]["pending"]
+            finally:
+                postgres_server.start()
+            await wait_for(lambda: len(received) >= 2, timeout=20)
+            chain = {e["uid"]: e for e in await history(s, p)}
+        entry = chain[up["audit"]["uid"]]
+        line = json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
+        # the notification names the entry's place in the one chain and its hash
+        assert received[0]["audit"]["seq"] == entry["seq"]
+        assert received[0]["audit"]["hash"] == hashlib.sha256(line).hexdigest()
+        # sent at once while the database was down: the entry's uid, which the chain has now
+        assert received[1]["audit"] == {"seq": None, "hash": None,
+                                        "uid": down["audit"]["uid"], "pending": True}
+        assert down["audit"]["uid"] in chain
+    finally:
+        await p.stop()

@@ -485,6 +485,10 @@ class Runtime(FourEyes):
                                       "config_hash": config_changes.config_hash(text)})
                 raise
             old_config, old_hash = self.config, self.config_hash
+            if config.store != old_config.store:  # the trail and its threads are per process
+                log.warning("store: changed in routes.yaml; the running audit trail, approvals "
+                            "and diff store stay as they are until the next restart",
+                            running=old_config.store.backend, file=config.store.backend)
             before = {r.name: self.effective(r.name) for r in old_config.routes}
             self.config = config
             self.config_text = text

@@ -68,4 +68,9 @@ def check_shared(config: Config) -> dict | None:
     finally:
         link.close()
     log.info("shared store ready", store=pg.display(dsn), schema=pg.SCHEMA_VERSION)
+    old = config.state_dir / "audit.log"
+    if old.exists() and old.stat().st_size:
+        log.warning("state_dir has a file audit trail that is not in the shared store: import it "
+                    "with `strangler store migrate --from-state-dir DIR` (kept as it is)",
+                    file=str(old))
     return None
