@@ -227,7 +227,7 @@ async def test_database_outage_under_load_and_during_a_rollback(fleet, postgres_
         load = [asyncio.create_task(clients(s)) for _ in range(4)]
         before = [await act(s, p, "r1", "weight", 5.0) for p in replicas]
         await asyncio.sleep(0.5)
-        postgres_server.stop()
+        await asyncio.to_thread(postgres_server.stop)  # off the clients' loop
         try:
             rollback = await act(s, b, "r2", "rollback")
             assert rollback["_status"] == 200 and rollback["_seconds"] < 2.0, rollback
@@ -248,7 +248,7 @@ async def test_database_outage_under_load_and_during_a_rollback(fleet, postgres_
                     assert r.status == 503  # the trail cannot be read; nothing pretends
             await asyncio.sleep(1.0)  # load keeps going while the database is down
         finally:
-            postgres_server.start()
+            await asyncio.to_thread(postgres_server.start)
         after = await act(s, c, "r4", "rollback")
         for p in replicas:
             async def clean(p: ProxyProcess = p) -> bool:
@@ -278,7 +278,7 @@ async def test_sigkill_loses_nothing_acknowledged(fleet, postgres_server) -> Non
         up = [await act(s, a, f"r{i}", "rollback") for i in range(3)]
         assert all(x["audit"]["seq"] for x in up)
         # acknowledged while it is down: on a's disk only
-        postgres_server.stop()
+        await asyncio.to_thread(postgres_server.stop)  # off the clients' loop
         try:
             down = [await act(s, a, f"r{i}", "resume") for i in range(3)]
             assert all(x["_status"] == 200 and x["audit"]["pending"] for x in down)
@@ -286,7 +286,7 @@ async def test_sigkill_loses_nothing_acknowledged(fleet, postgres_server) -> Non
             a.proc.kill()  # SIGKILL: no shutdown, nothing shipped
             await a.proc.wait()
         finally:
-            postgres_server.start()
+            await asyncio.to_thread(postgres_server.start)
         a2 = await fleet.restart(a)
 
         async def shipped() -> bool:
@@ -341,12 +341,12 @@ async def test_a_notification_quotes_the_entry_of_the_fleet_chain(pg_db, upstrea
         async with aiohttp.ClientSession() as s:
             up = await act(s, p, "r1", "rollback")
             await wait_for(lambda: len(received) >= 1, timeout=10)
-            postgres_server.stop()
+            await asyncio.to_thread(postgres_server.stop)  # off the clients' loop
             try:
                 down = await act(s, p, "r1", "resume")
                 assert down["audit"]["pending"]
             finally:
-                postgres_server.start()
+                await asyncio.to_thread(postgres_server.start)
             await wait_for(lambda: len(received) >= 2, timeout=20)
             chain = {e["uid"]: e for e in await history(s, p)}
         entry = chain[up["audit"]["uid"]]

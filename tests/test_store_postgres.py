@@ -91,7 +91,7 @@ async def test_outage_buffers_on_disk_and_chains_in_order_when_back(
     t = trail(pg_db, tmp_path, "a")
     first = t.append("set_weight", "alice", "before the outage", route="r")
     assert (await t.settle(first))["seq"] == 1
-    postgres_server.stop()
+    await asyncio.to_thread(postgres_server.stop)
     try:
         acked = []
         for n in range(5):
@@ -105,7 +105,7 @@ async def test_outage_buffers_on_disk_and_chains_in_order_when_back(
         with pytest.raises(pg.StoreUnavailable):
             t.verify()
     finally:
-        postgres_server.start()
+        await asyncio.to_thread(postgres_server.start)
     wait_shipped(t)
     result = t.verify()
     assert result.ok and result.entries == 6, result.message

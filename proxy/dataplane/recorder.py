@@ -63,12 +63,14 @@ class Delta:
     override_ignored: dict[tuple[str, str], int] = field(default_factory=dict)
     # the comparer's diff store: event (samples_dropped, write_failed) -> count
     store: dict[str, int] = field(default_factory=dict)
+    # spans of sampled requests: (result,) -> count; exported | export_failed | queue_full
+    traces: dict[tuple[str], int] = field(default_factory=dict)
 
     def empty(self) -> bool:
         return not (
             self.requests or self.latency or self.upstream_errors or self.shadow or self.skipped
             or self.overrides or self.override_ignored or self.shadow_errors or self.paired
-            or self.fallbacks or self.store
+            or self.fallbacks or self.store or self.traces
         )
 
     def to_wire(self) -> dict:
@@ -84,6 +86,7 @@ class Delta:
             "overrides": [[*k, v] for k, v in self.overrides.items()],
             "override_ignored": [[*k, v] for k, v in self.override_ignored.items()],
             "store": [[k, v] for k, v in self.store.items()],
+            "traces": [[*k, v] for k, v in self.traces.items()],
         }
 
     @classmethod
@@ -102,6 +105,7 @@ class Delta:
         d.overrides = {(r, b, c): n for r, b, c, n in data.get("overrides", ())}
         d.override_ignored = {(r, x): n for r, x, n in data.get("override_ignored", ())}
         d.store = {k: n for k, n in data.get("store", ())}
+        d.traces = {(r,): n for r, n in data.get("traces", ())}
         return d
 
 
@@ -173,6 +177,11 @@ class Recorder:
 
     def override_ignored(self, route: str, reason: str) -> None:
         _bump(self.delta.override_ignored, (route, reason))
+
+    def trace_spans(self, result: str, n: int) -> None:
+        """Spans exported, or dropped (export_failed, queue_full): proxy.dataplane.otlp."""
+        traces = self.delta.traces
+        traces[(result,)] = traces.get((result,), 0) + n
 
     def take(self) -> Delta:
         delta, self.delta = self.delta, Delta()
