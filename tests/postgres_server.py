@@ -100,3 +100,19 @@ def postgres_server() -> Iterator[PostgresServer]:
 def pg_db(postgres_server: PostgresServer) -> str:
     """A database of the test's own (tests share the server, not the tables); its DSN."""
     return postgres_server.new_database()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def server_pids(server: PostgresServer) -> list[int]:
+    """The postmaster (from its pid file) and every backend it forked."""
+    pid = int((server.dir / "pgdata" / "postmaster.pid").read_text().split()[0])
+    return [pid, *_children(pid)]

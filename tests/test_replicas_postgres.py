@@ -360,3 +360,42 @@ async def test_a_notification_quotes_the_entry_of_the_fleet_chain(pg_db, upstrea
         assert down["audit"]["uid"] in chain
     finally:
         await p.stop()
+
+
+async def test_a_frozen_database_delays_no_rollback_and_no_request(fleet, postgres_server) -> None:
+    """Slow, not down: every PostgreSQL process stopped (SIGSTOP) answers nothing and refuses
+    nothing. The first change waits at most the trail's settle bound, later ones not at all."""
+    import os
+    import signal
+
+    from tests.postgres_server import server_pids
+
+    (a,) = await fleet(1)
+    async with aiohttp.ClientSession() as s:
+        assert (await act(s, a, "r1", "weight", 5.0))["audit"]["seq"]
+        pids = server_pids(postgres_server)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            answers = [await act(s, a, "r1", kind) for kind in ("rollback", "resume")]
+            answers.append(await act(s, a, "r2", "rollback"))
+            assert all(x["_status"] == 200 and x["_seconds"] < 2.0 for x in answers), answers
+            assert all(x["audit"]["pending"] for x in answers)
+            assert answers[-1]["_seconds"] < 0.5  # known slow: nobody waits any more
+            began = time.monotonic()
+            async with s.get(f"{a.url}/shop/x") as r:
+                assert r.status == 200
+            assert time.monotonic() - began < 1.0
+            ready = await readyz(s, a)
+            assert ready["status"] == "degraded" and ready["degraded"]["store"]["audit"]["buffered"]
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+
+        async def drained() -> bool:
+            return (await readyz(s, a))["status"] == "ready"
+        await wait_for(drained, timeout=30, interval=0.2)
+        chain = {e["uid"]: e["seq"] for e in await history(s, a)}
+        seqs = [chain[x["audit"]["uid"]] for x in answers]
+        assert seqs == sorted(seqs)
+        assert (await verify(s, a))["ok"]
