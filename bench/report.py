@@ -24,6 +24,8 @@ LABELS = {
     "strangler_default_diff": "strangler, default routes.yaml (weight 50, shadow defaults), "
                               "answers differ",
     "strangler_shadow_diff": "strangler, shadow 1.0 unlimited, answers differ",
+    "strangler_shadow_diff_pg": "strangler, shadow 1.0 unlimited, answers differ, "
+                                "PostgreSQL store",
     "strangler_10k": "strangler, 10,000 routes",
     "stream": "strangler, 1 GiB streamed up and down",
     "nginx_tls_upstream": "nginx, proxy_pass https:// (keepalive, session reuse, verified)",
@@ -380,8 +382,11 @@ class Results:
                     ("strangler_default_diff", "throughput", "64KiB"),
                     ("strangler_shadow_diff", "throughput", "small"),
                     ("strangler_shadow_diff", "throughput", "64KiB"),
+                    ("strangler_shadow_diff_pg", "throughput", "small"),
+                    ("strangler_shadow_diff_pg", "throughput", "64KiB"),
                     ("strangler_default_diff", "p50", "small"),
-                    ("strangler_shadow_diff", "p50", "small")):
+                    ("strangler_shadow_diff", "p50", "small"),
+                    ("strangler_shadow_diff_pg", "p50", "small")):
             shadow = self.rows.get(key)
             if shadow is not None:
                 lines += ["", self.shadow_line(shadow)]

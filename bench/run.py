@@ -5,9 +5,9 @@ taskset), measures each scenario --repeat times, interleaved so that every figur
 nginx figure from moments before, then writes bench/results/latest.{json,md} and prints the
 Markdown. Every process started is stopped by PID at the end, also on Ctrl-C or an error.
 Scenarios (for --only): direct, nginx, aiohttp, strangler, strangler_w2, strangler_shadow,
-strangler_default_diff, strangler_shadow_diff, strangler_10k, stream, nginx_tls_upstream,
-strangler_tls_upstream, nginx_tls_listener, strangler_tls_listener, strangler_trace_001,
-strangler_trace_1.
+strangler_default_diff, strangler_shadow_diff, strangler_shadow_diff_pg, strangler_10k, stream,
+nginx_tls_upstream, strangler_tls_upstream, nginx_tls_listener, strangler_tls_listener,
+strangler_trace_001, strangler_trace_1.
 
 The TLS rows put TLS on one side of each proxy: `_tls_upstream` proxies to the same nginx
 upstream over https (nginx: `proxy_pass https://` with keepalive, `proxy_ssl_session_reuse on`
@@ -19,6 +19,9 @@ The two `_diff` scenarios are the cases users hit first: a new service whose ans
 from the monolith's. `strangler_default_diff` is the routes.yaml a user writes first (weight 50,
 no shadow block: shadow on with its default budget); `strangler_shadow_diff` mirrors every
 request (sample 1.0, no rate limit) to that service, so every comparison is a mismatch.
+`strangler_shadow_diff_pg` is the same with `store: {backend: postgres}`: the comparer writes
+the shared PostgreSQL store (a throwaway PostgreSQL 15 from scripts/postgres-dev, fsync on)
+instead of SQLite, measured in the same run.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ SCENARIOS = (
     "strangler_shadow",
     "strangler_default_diff",
     "strangler_shadow_diff",
+    "strangler_shadow_diff_pg",
     "strangler_10k",
     "stream",
     "nginx_tls_upstream",
@@ -66,8 +70,9 @@ TLS_SCENARIOS = ("nginx_tls_upstream", "strangler_tls_upstream", "nginx_tls_list
                  "strangler_tls_listener")
 TRACE_SCENARIOS = {"strangler_trace_001": 0.01, "strangler_trace_1": 1.0}
 BODY_LEN = {"small": len(SMALL_BODY), "64KiB": servers.BIG_SIZE}
-SHADOW_SCENARIOS = ("strangler_shadow", "strangler_default_diff", "strangler_shadow_diff")
-DIFF_SCENARIOS = ("strangler_default_diff", "strangler_shadow_diff")
+SHADOW_SCENARIOS = ("strangler_shadow", "strangler_default_diff", "strangler_shadow_diff",
+                    "strangler_shadow_diff_pg")
+DIFF_SCENARIOS = ("strangler_default_diff", "strangler_shadow_diff", "strangler_shadow_diff_pg")
 QUIET_SHARE = 0.33  # machine busy (cores) below which a measurement may start
 MAX_ERROR_SHARE = 0.01  # a run with more failed requests than this is not a throughput figure
 
@@ -220,6 +225,7 @@ class Bench:
         self.targets: list[Target] = []
         self.stream_proxy: Proc | None = None
         self.strangler_broken: str | None = None
+        self.cleanups: list[Callable[[], None]] = []  # things not started through Procs
 
     def log(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -396,9 +402,19 @@ class Bench:
         config = servers.differing_config(port=port, admin_port=admin,
                                           state_dir=self.workdir / f"state-{name}", up=up,
                                           new=new, shadow=shadow)
+        env = None
+        if name.endswith("_pg"):
+            try:
+                dsn, stop = servers.start_postgres()
+            except StartError as exc:
+                self.strangler_skip(name, str(exc))
+                return
+            self.cleanups.append(stop)
+            config["store"] = {"backend": "postgres"}
+            env = {"STRANGLER_DATABASE_URL": dsn}
         try:
             proc = servers.start_strangler(self.procs, self.workdir, name, config,
-                                           self.cpus.proxy)
+                                           self.cpus.proxy, env=env)
         except StartError as exc:
             self.strangler_skip(name, str(exc))
             return
@@ -625,6 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in background
     started = time.monotonic()
+    bench: Bench | None = None
     try:
         bench = Bench(args, procs, results, cpus)
         bench.start()
@@ -637,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"set-up failed: {exc}", file=sys.stderr)
     finally:
         procs.stop_all()
+        for cleanup in bench.cleanups if bench is not None else ():
+            cleanup()
         signal.signal(signal.SIGTERM, previous)
         if args.keep:
             print(f"kept {workdir}", file=sys.stderr)

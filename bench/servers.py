@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -423,6 +425,32 @@ def _readyz(admin_port: int) -> int | None:
         return None
 
 
+def start_postgres() -> tuple[str, Callable[[], None]]:
+    """A throwaway PostgreSQL 15 (scripts/postgres-dev, fsync on as in production): its DSN and
+    the function that stops it and removes its directory."""
+    import shutil
+    import tempfile
+
+    script = REPO / "scripts" / "postgres-dev"
+    run_dir = Path(tempfile.mkdtemp(prefix="strangler-bench-pg-"))
+
+    def stop() -> None:
+        subprocess.run([str(script), "stop", "--dir", str(run_dir)], check=False,
+                       capture_output=True, timeout=60)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+    out = subprocess.run([str(script), "start", "--dir", str(run_dir), "--durable"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    if out.returncode != 0:
+        stop()
+        raise StartError(f"scripts/postgres-dev start failed: {out.stderr.strip()[-300:]}")
+    for line in out.stdout.splitlines():
+        if line.startswith("export STRANGLER_DATABASE_URL="):
+            return line.split("=", 1)[1].strip("'"), stop
+    stop()
+    raise StartError("scripts/postgres-dev printed no STRANGLER_DATABASE_URL")
+
+
 def start_strangler(
     procs: Procs,
     workdir: Path,
@@ -431,6 +459,7 @@ def start_strangler(
     cpus: str | None,
     workers: int = 1,
     timeout: float = 90.0,
+    env: dict[str, str] | None = None,
 ) -> Proc:
     """`strangler serve -c FILE [--workers N]`; ready when admin /readyz answers 200 (or, if
     the admin listener never answers, when the listen port has accepted for 3 s)."""
@@ -439,7 +468,8 @@ def start_strangler(
     cmd = [*strangler_cmd(), "serve", "-c", str(cfg_path)]
     if workers != 1:
         cmd += ["--workers", str(workers)]
-    proc = procs.start(name, cmd, cpus, env={"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
+    proc = procs.start(name, cmd, cpus, env={"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+                                             **(env or {})})
     port = int(config["listen"].rsplit(":", 1)[1])
     admin_port = int(config["admin"]["listen"].rsplit(":", 1)[1])
     deadline = time.monotonic() + timeout

@@ -26,6 +26,7 @@ from proxy.api.auth import ACTOR_HEADER, AuthError, Caller, Tokens, actor_name
 from proxy.api.metrics import ProcessesCollector, StranglerCollector, make_registry, render
 from proxy.config.loader import ConfigError
 from proxy.control.runtime import MutationResult, RuntimeError_
+from shadow.pg import StoreUnavailable
 
 log = structlog.get_logger("strangler.admin")
 
@@ -118,6 +119,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except RuntimeError_ as exc:  # ApiError too
         return error_response(exc.status, exc.error, exc.detail)
+    except StoreUnavailable as exc:  # reads of the shared store (history, diffs)
+        return error_response(503, f"the shared store is unavailable: {exc}",
+                              {"path": request.path})
     except AuthError as exc:
         resp = error_response(exc.status, exc.error)
         if exc.status == 401:
@@ -254,7 +258,8 @@ class Admin:
         self.server = server
         rt = server.runtime
         self.registry = make_registry(
-            StranglerCollector(rt.agg, rt.weights_for_metrics, lambda: rt.counters),
+            StranglerCollector(rt.agg, rt.weights_for_metrics, lambda: rt.counters,
+                               store=lambda: _store_status(self.rt)),
             ProcessesCollector(getattr(server, "processes", lambda: [("main", os.getpid())])),
         )
 
@@ -422,7 +427,7 @@ class Admin:
         name, body = await self._route_body(request)
         reason = _reason(body)
         result = await self.rt.reset_evidence(name, _actor(request), reason)
-        return web.json_response(self._mutation(result))
+        return web.json_response(await self._mutation(result))
 
     # mutations ------------------------------------------------------------------------------
     async def _route_body(self, request: web.Request) -> tuple[str, dict]:
@@ -439,19 +444,19 @@ class Admin:
         result = await self.rt.set_weight(name, weight, _actor(request), reason)
         # 202: recorded as a request that waits for a second person's approval
         status = 202 if result.extra.get("approval") else 200
-        return web.json_response(self._mutation(result), status=status)
+        return web.json_response(await self._mutation(result), status=status)
 
     async def rollback_one(self, request: web.Request) -> web.Response:
         name, body = await self._route_body(request)
         reason = _reason(body)
         (result,) = await self.rt.rollback([name], _actor(request), reason)
-        return web.json_response(self._mutation(result))
+        return web.json_response(await self._mutation(result))
 
     async def rollback_all(self, request: web.Request) -> web.Response:
         body = await _body(request)
         reason = _reason(body)
         results = await self.rt.rollback(None, _actor(request), reason)
-        items = [self._mutation(r) for r in results]
+        items = [await self._mutation(r) for r in results]
         warnings = sorted({i["warning"] for i in items if i.get("warning")})
         return web.json_response({
             "rolled_back": [r.route for r in results],
@@ -464,7 +469,7 @@ class Admin:
         name, body = await self._route_body(request)
         reason = _reason(body)
         result = await self.rt.resume(name, _actor(request), reason)
-        return web.json_response(self._mutation(result))
+        return web.json_response(await self._mutation(result))
 
     async def reload(self, request: web.Request) -> web.Response:
         body = await _body(request)
@@ -481,8 +486,9 @@ class Admin:
                            {"path": self.rt.config_path}) from None
         return web.json_response({"generation": generation, "durable": self.rt.durable})
 
-    def _mutation(self, result: MutationResult) -> dict:
+    async def _mutation(self, result: MutationResult) -> dict:
         """The route object after the change, plus what changed and whether it is on disk."""
+        await self.rt.settle(result)  # a shared trail: the entry's place in the chain
         body: dict[str, Any] = {}
         if result.route is not None and self.rt.config.route(result.route) is not None:
             body.update(self.rt.route_view(result.route))
@@ -498,6 +504,11 @@ class Admin:
         if not result.durable and not result.warning:
             body["warning"] = _not_durable(self.rt.persist_error)
         return body
+
+
+def _store_status(rt: Any) -> dict | None:
+    status = getattr(rt.audit, "status", None)
+    return status() if status is not None else None
 
 
 def _not_durable(error: str | None) -> str:

@@ -28,6 +28,7 @@ COMMANDS = (
     "diffs",
     "reconcile",
     "history",
+    "store",
     "demo",
 )
 

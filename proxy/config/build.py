@@ -36,6 +36,7 @@ from proxy.config.spec import (
     ShadowBudgetSpec,
     ShadowSpec,
     StickySpec,
+    StoreSpec,
     TokenSpec,
     TracingSpec,
     UnleashSpec,
@@ -191,6 +192,7 @@ def config(model: m.RoutesFile, doc: Document, source: Path, base: Path) -> Conf
         notify=notify,
         overrides=trust,
         shadow_budget=ShadowBudgetSpec(**_set(model.shadow_budget)),
+        store=StoreSpec(**_set(model.store)),
         tls=_server_tls(model.tls, base, doc.line(("tls",))),
         tracing=_tracing(model.tracing, doc, base),
     )

@@ -33,6 +33,7 @@ from proxy.config.header_names import FORWARDED_HEADERS, HOP_BY_HOP
 from proxy.config.spec import (
     NOTIFY_EVENTS,
     SAFE_METHODS,
+    SSL_MODES,
     AdminSpec,
     ApprovalSpec,
     AutoSpec,
@@ -46,6 +47,7 @@ from proxy.config.spec import (
     RouteSpec,
     ShadowBudgetSpec,
     ShadowSpec,
+    StoreSpec,
     TracingSpec,
     UnleashSpec,
     UpstreamSpec,
@@ -452,6 +454,27 @@ class Flags(Checked):
             return [(("unleash",), v.problem("only used with backend: unleash (set "
                                              "flags.backend: unleash, or remove this block)"))]
         return []
+
+
+class Store(Checked):
+    WHAT = "a mapping like {backend: postgres, dsn_env: STRANGLER_DATABASE_URL}"
+    backend: v.Choice("local", "postgres") = Field(  # type: ignore[valid-type]
+        D(StoreSpec, "backend"), description="local: files and SQLite in state_dir (one "
+        "replica); postgres: the audit trail, approvals and diffs shared by every replica")
+    dsn_env: v.EnvName = Field(D(StoreSpec, "dsn_env"), description="the environment "
+                               "variable holding the PostgreSQL connection string")
+    sslmode: v.Choice(*SSL_MODES) = Field(  # type: ignore[valid-type]
+        None, description="TLS to PostgreSQL (libpq sslmode); unset: as the DSN says")
+    sslrootcert: v.Str("a file path", nullable=True) = Field(  # type: ignore[valid-type]
+        None, description="CA certificate file for sslmode verify-ca / verify-full")
+    connect_timeout: v.Duration() = D(StoreSpec, "connect_timeout")  # type: ignore[valid-type]
+
+    @classmethod
+    def _check(cls, raw: dict[str, Any], bad: set[Loc], value: Any = None) -> Found:
+        if ("backend",) in bad or raw.get("backend", "local") != "local":
+            return []
+        return [((key,), v.problem("only used with backend: postgres"))
+                for key in raw if key != "backend"]
 
 
 class ShadowBudget(Block):
@@ -1086,6 +1109,8 @@ class RoutesFile(Block):
     overrides: Overrides | None = Field(None, description="who may pin a request to legacy or "
                                         "target (routes[].override)")
     shadow_budget: ShadowBudget = ShadowBudget()
+    store: Store = Field(Store(), description="where the audit trail, approvals and diffs "
+                         "live: local files, or PostgreSQL shared by every replica")
     tls: ServerTls | None = Field(None, description="serve the proxy's listener over TLS "
                                   "(ALPN http/1.1)")
     tracing: Tracing | None = Field(None, description="OpenTelemetry tracing; off when absent")

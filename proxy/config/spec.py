@@ -347,6 +347,26 @@ class FlagsSpec:
     unleash: UnleashSpec | None = None
 
 
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSpec:
+    """Where the audit trail, pending approvals and the diff store live (routes.yaml `store`):
+    `local` (files and SQLite in state_dir, one replica) or `postgres` (shared by every
+    replica). The DSN is read from the environment variable `dsn_env`, never from the file."""
+
+    backend: Literal["local", "postgres"] = "local"
+    dsn_env: str = "STRANGLER_DATABASE_URL"
+    sslmode: str | None = None  # None: as the DSN says (libpq's default: prefer)
+    sslrootcert: str | None = None  # CA file for verify-ca / verify-full
+    connect_timeout: float = 5.0
+
+    @property
+    def shared(self) -> bool:
+        return self.backend == "postgres"
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     source: Path  # the file as given (used in messages)
@@ -364,6 +384,7 @@ class Config:
     notify: tuple[NotifySpec, ...] = ()
     overrides: OverrideTrustSpec | None = None  # `overrides.trusted`; None: nobody may pin
     shadow_budget: ShadowBudgetSpec = field(default_factory=ShadowBudgetSpec)
+    store: StoreSpec = field(default_factory=StoreSpec)
     tls: ServerTlsSpec | None = None  # serve the proxy listener over TLS
     tracing: TracingSpec | None = None
 

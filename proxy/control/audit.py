@@ -29,9 +29,12 @@ def encode(entry: dict) -> bytes:
     return json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
 
 
-def entry_hash(entry: dict) -> str:
+def entry_hash(entry: dict) -> str | None:
     """SHA-256 of the entry's line: what the next entry's `prev` holds, and what a notification
-    quotes so a reader can find (and trust) the entry it is about."""
+    quotes so a reader can find (and trust) the entry it is about. None for an entry of a shared
+    trail that is not chained yet (`pending`)."""
+    if entry.get("pending"):
+        return None
     return hashlib.sha256(encode(entry)).hexdigest()
 
 
@@ -140,6 +143,12 @@ class AuditLog:
             return json.loads(self.anchor_path.read_bytes())
         except (FileNotFoundError, ValueError):
             return None
+
+    def wrote_here(self) -> bool:
+        return bool(self.entries(limit=1))
+
+    async def settle(self, entry: dict | None, timeout: float = 1.0) -> dict | None:
+        return entry  # chained (and fsynced) when append returned
 
     def entries(self, route: str | None = None, limit: int | None = None) -> list[dict]:
         """Newest first."""

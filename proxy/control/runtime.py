@@ -30,12 +30,12 @@ from proxy.config.spec import Config, RouteSpec
 from proxy.control import changes as config_changes
 from proxy.control import steps, views
 from proxy.control.aggregate import Aggregator
-from proxy.control.approvals import FileApprovals
-from proxy.control.audit import AuditLog, entry_hash
+from proxy.control.audit import entry_hash
 from proxy.control.foureyes import FourEyes, approval_view, stamp
 from proxy.control.recovery import load_state
 from proxy.control.results import GateResult, MutationResult, RuntimeError_
 from proxy.control.state import StateStore, StateWriteError
+from proxy.control.stores import open_trail
 from proxy.control.trail import ApprovalStore, AuditTrail
 from proxy.dataplane.split import bp_to_weight, weight_to_bp
 from shadow.evidence import CheckResult, Evidence
@@ -69,10 +69,12 @@ class Runtime(FourEyes):
         self.config_text = text if text is not None else Path(config_path).read_text()
         self.generation = 1
         self.store = StateStore(config.state_dir)
-        self.audit: AuditTrail = AuditLog(config.state_dir / "audit.log")
-        self.approvals: ApprovalStore = FileApprovals(config.state_dir / "approvals.json")
+        # files in state_dir, or the fleet's PostgreSQL store (proxy.control.stores)
+        trail, approvals, self.replica = open_trail(config)
+        self.audit: AuditTrail = trail
+        self.approvals: ApprovalStore = approvals
         # An unreadable state.json starts every route rolled back (proxy.control.recovery).
-        self.state, self.recovery = load_state(self.store, self.audit,  # type: ignore[arg-type]
+        self.state, self.recovery = load_state(self.store, self.audit,
                                                [r.name for r in config.routes])
         self.agg = Aggregator()
         self.planes: list[PlaneLink] = []
@@ -293,6 +295,28 @@ class Runtime(FourEyes):
         result.warning = "; ".join(warnings) or None
         return result
 
+    async def settle(self, result: MutationResult) -> MutationResult:
+        """Give the result's audit entry its place in the trail (a shared trail chains it in
+        the background); when the store is down it stays pending, and the answer says so."""
+        if result.audit is None or not result.audit.get("pending"):
+            return result
+        entry = await self.audit.settle(result.audit)
+        result.audit = entry
+        result.audit_hash = entry_hash(entry) if entry is not None else None
+        if entry is not None and entry.get("pending"):
+            note = ("AUDIT BUFFERED: the shared store is unavailable; the entry is on this "
+                    "replica's disk (audit.outbox) and joins the fleet's trail, in order, when "
+                    "the store is back")
+            result.warning = f"{result.warning}; {note}" if result.warning else note
+        return result
+
+    def close(self) -> None:
+        """Ship what the shared trail still buffers (bounded), stop its threads."""
+        for part in (self.audit, self.approvals):
+            close = getattr(part, "close", None)
+            if close is not None:
+                close()
+
     def _count(self, family: str, name: str, value: str) -> None:
         counts = self.counters[family]
         counts[(name, value)] = counts.get((name, value), 0) + 1
@@ -461,6 +485,10 @@ class Runtime(FourEyes):
                                       "config_hash": config_changes.config_hash(text)})
                 raise
             old_config, old_hash = self.config, self.config_hash
+            if config.store != old_config.store:  # the trail and its threads are per process
+                log.warning("store: changed in routes.yaml; the running audit trail, approvals "
+                            "and diff store stay as they are until the next restart",
+                            running=old_config.store.backend, file=config.store.backend)
             before = {r.name: self.effective(r.name) for r in old_config.routes}
             self.config = config
             self.config_text = text

@@ -117,10 +117,14 @@ def run(opts: ServeOptions) -> int:
         raise ServeError(problem)
     warn_config(config)
     from proxy.control.recovery import RefuseToStart, check_audit_log
+    from proxy.control.stores import StoreRefused, check_shared
 
     try:
-        check_audit_log(config.state_dir)
-    except RefuseToStart as exc:
+        if config.store.shared:
+            check_shared(config)  # migrates; unreachable: serve degraded, buffer on disk
+        else:
+            check_audit_log(config.state_dir)
+    except (RefuseToStart, StoreRefused) as exc:
         raise ServeError(str(exc)) from exc
     return run_loop(_serve(opts, config, text))
 
@@ -167,7 +171,26 @@ class Server:
     def degraded(self) -> dict | None:
         """Why routing runs reduced (/readyz reports it, still 200: legacy keeps serving)."""
         flags = self.runtime.flags
-        return getattr(flags, "degraded_reason", None) if flags is not None else None
+        reason = getattr(flags, "degraded_reason", None) if flags is not None else None
+        store = self.store_problem()
+        if store is None:
+            return reason
+        return {**(reason if isinstance(reason, dict) else
+                   {"flags": reason} if reason else {}), "store": store}
+
+    def store_problem(self) -> dict | None:
+        """The shared store (store.backend: postgres) when it is unavailable or audit entries
+        wait on this replica's disk; None when all is well (or the store is local)."""
+        status = getattr(self.runtime.audit, "status", None)
+        if status is None:
+            return None
+        audit = status()
+        # The audit shipper tries the store all the time, so its state is the store's; the
+        # diff store's reader only learns it at its next read, and is shown, not judged.
+        if audit["up"] and not audit.get("buffered") and "slow_seconds" not in audit:
+            return None
+        diffs = getattr(self.diff_store, "status", None)
+        return {"audit": audit, "diffs": diffs() if diffs is not None else None}
 
     async def start(self) -> None:
         rt = self.runtime
@@ -324,6 +347,7 @@ class Server:
             await self.admin_runner.cleanup()
         if self.ready_once:
             self.runtime.serve_stopped("serve stopped (SIGTERM or SIGINT): drained and exited")
+        await asyncio.to_thread(self.runtime.close)  # a shared trail ships what it buffers
         log.info("stopped")
 
 

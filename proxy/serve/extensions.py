@@ -19,10 +19,12 @@ log = structlog.get_logger("strangler.serve")
 async def before_planes(server: Any) -> None:
     """Runs before data planes start (in the control process)."""
     config = server.runtime.config
+    from shadow.sqldb import locator
     from shadow.store_check import quarantine_if_corrupt
 
     # Before anything (mirror, workers, comparer) opens the store: a corrupt file is moved aside.
-    server.diff_store_recovered = quarantine_if_corrupt(config.state_dir / "diffs.sqlite3")
+    if not config.store.shared:
+        server.diff_store_recovered = quarantine_if_corrupt(config.state_dir / "diffs.sqlite3")
     await start_notifier(server)
     # Before anything listens: an unset credential variable stops the start (exit 2).
     _sync_prometheus(server, config, starting=True)
@@ -42,7 +44,7 @@ async def before_planes(server: Any) -> None:
         # Comparer processes write the store; the control process reads it for the diffs view.
         from shadow.store import DiffStore
 
-        server.diff_store = DiffStore(config.state_dir / "diffs.sqlite3")
+        server.diff_store = DiffStore(locator(config))
 
 
 async def start_notifier(server: Any) -> None:
@@ -58,6 +60,7 @@ async def start_notifier(server: Any) -> None:
     if problems:
         raise ServeError("; ".join(problems))
     await notifier.start()
+    notifier.settle = getattr(rt.audit, "settle", None)
     rt.notifier = notifier
     rt.on_reload.append(notifier.reconfigure)
     server.extras.append(notifier)
