@@ -80,7 +80,11 @@ def build_admin_app(server: Any, tokens: Tokens | None = None) -> web.Applicatio
 
     guard = browser_guard.middleware(browser_guard.BrowserGuard(admin_settings), error_response)
     app = web.Application(middlewares=[_errors, guard, _auth_middleware(tokens)])
-    Admin(server).register(app)
+    admin = Admin(server)
+    admin.register(app)
+    from proxy.api import migration_view  # the inventory, progress and retirement
+
+    migration_view.register(app, server, admin.registry)
     _register_dashboard(app, server)
     return app
 

@@ -25,6 +25,8 @@ COMMANDS = (
     "promote",
     "diffs",
     "reconcile",
+    "inventory",
+    "retire_check",
     "history",
     "demo",
 )

@@ -21,6 +21,7 @@ from proxy.config.spec import (
     GateSourceSpec,
     GuardrailSpec,
     HostPort,
+    InventorySpec,
     LimitsSpec,
     MatchSpec,
     NotifySpec,
@@ -117,4 +118,16 @@ def config(model: m.RoutesFile, doc: Document, source: Path, base: Path) -> Conf
         notify=notify,
         overrides=trust,
         shadow_budget=ShadowBudgetSpec(**_set(model.shadow_budget)),
+        inventory=_inventory(model.inventory, doc, source),
     )
+
+
+def _inventory(inv: m.Inventory, doc: Document, source: Path) -> InventorySpec:
+    """The block as written plus its `templates` as declared endpoints (the OpenAPI document's
+    are added by the loader, which reports its problems)."""
+    from proxy.config.templates import DeclaredTemplate, split_method
+
+    where = [doc.line(("inventory", "templates", i)) for i in range(len(inv.templates))]
+    declared = tuple(DeclaredTemplate(*split_method(t), f"{source.name}:{line}")
+                     for t, line in zip(inv.templates, where, strict=True))
+    return InventorySpec(**_set(inv), declared=declared)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from proxy.config.templates import DeclaredTemplate
+
 MiB = 1024 * 1024
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -219,6 +221,20 @@ class ShadowBudgetSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class InventorySpec:
+    """`inventory:`: the map of the monolith's traffic (proxy.dataplane.inventory,
+    proxy.control.rollups). `declared` holds `templates` and the OpenAPI document's endpoints."""
+
+    enabled: bool = True
+    templates: tuple[str, ...] = ()  # as written
+    openapi: str | None = None  # as written, relative to routes.yaml's directory
+    openapi_prefix: str = ""
+    max_templates: int = 1000  # per data plane and per rollup bucket; the rest count as `other`
+    retention_days: int = 90  # daily rollups kept this long (hourly ones: 15 days at most)
+    declared: tuple[DeclaredTemplate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class GateSourceSpec:
     metrics: Literal["local", "prometheus"] = "local"
     url: str | None = None  # Prometheus base url (needed for prometheus metrics or checks)
@@ -258,6 +274,7 @@ class Config:
     notify: tuple[NotifySpec, ...] = ()
     overrides: OverrideTrustSpec | None = None  # `overrides.trusted`; None: nobody may pin
     shadow_budget: ShadowBudgetSpec = field(default_factory=ShadowBudgetSpec)
+    inventory: InventorySpec = field(default_factory=InventorySpec)
 
     def route(self, name: str) -> RouteSpec | None:
         for r in self.routes:

@@ -24,6 +24,7 @@ async def before_planes(server: Any) -> None:
     # Before anything (mirror, workers, comparer) opens the store: a corrupt file is moved aside.
     server.diff_store_recovered = quarantine_if_corrupt(config.state_dir / "diffs.sqlite3")
     await start_notifier(server)
+    start_inventory(server)
     if config.flags.backend == "unleash":
         await start_flags(server)
     if server.opts.workers <= 1:
@@ -57,6 +58,24 @@ async def start_notifier(server: Any) -> None:
     rt.notifier = notifier
     rt.on_reload.append(notifier.reconfigure)
     server.extras.append(notifier)
+
+
+def start_inventory(server: Any) -> None:
+    """The traffic inventory's rollups (state_dir/inventory.sqlite3), fed by every data plane;
+    read even when `inventory.enabled` is off (what was recorded stays readable)."""
+    from proxy.control.rollup_sqlite import NewerInventory, SqliteRollupStore
+    from proxy.control.rollups import Rollups
+
+    rt = server.runtime
+    config = rt.config
+    try:
+        store = SqliteRollupStore(config.state_dir / "inventory.sqlite3")
+    except NewerInventory as exc:
+        raise ServeError(str(exc)) from exc
+    rollups = Rollups(store, config.inventory, lambda: rt.agg.shadow)
+    rollups.start()
+    server.rollups = rollups
+    rt.on_reload.append(lambda cfg: rollups.configure(cfg.inventory))
 
 
 async def start_flags(server: Any) -> None:
@@ -116,6 +135,9 @@ async def stop(server: Any) -> None:
         await server.shadow.stop()
     if server.diff_store is not None:
         server.diff_store.close()
+    if server.rollups is not None:
+        server.flush()  # the in-process data plane's last inventory rows
+        await server.rollups.stop()
 
 
 async def worker_shadow(config: Config, recorder: Recorder, workers: int = 1,
