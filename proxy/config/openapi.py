@@ -34,20 +34,21 @@ def read_openapi(path: Path, prefix: str = "") -> tuple[list[DeclaredTemplate],
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        return [], [(raw[: exc.start].count(b"\n") + 1, "", "not valid UTF-8")]
+        return [], [(raw[: exc.start].count(b"\n") + 1, "syntax", "not valid UTF-8")]
     try:
         root = compose(text)
     except YamlSyntaxError as exc:
-        return [], [(exc.line, "", exc.message.replace("invalid YAML", "neither JSON nor YAML"))]
+        return [], [(exc.line, "syntax", exc.message.replace("invalid YAML",
+                                                             "neither JSON nor YAML"))]
     if root is None:
-        return [], [(1, "", "the document is empty; expected an OpenAPI 3 document")]
+        return [], [(1, "document", "the document is empty; expected an OpenAPI 3 document")]
     try:
         doc = Document(root)  # its own problems (e.g. `200:` keys) do not matter here
     except RecursionError:
-        return [], [(1, "", "nested too deeply")]
+        return [], [(1, "syntax", "nested too deeply")]
     data = doc.data
     if not isinstance(data, dict):
-        return [], [(1, "", "expected an OpenAPI 3 document (a mapping with 'openapi' and "
+        return [], [(1, "document", "expected an OpenAPI 3 document (a mapping with 'openapi' and "
                             "'paths')")]
     version = data.get("openapi")
     if "swagger" in data and version is None:

@@ -44,11 +44,20 @@ def _text(hist: dict[int, int]) -> str:
     return json.dumps(sorted(hist.items()), separators=(",", ":"))
 
 
+def _merge_latency(old: str, new: str) -> str:
+    """SQL function merge_latency(a, b): two histograms added."""
+    merged = _hist(old)
+    for i, n in json.loads(new):
+        merged[i] = merged.get(i, 0) + n
+    return _text(merged)
+
+
 class SqliteRollupStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._conn = connect(self.path, check_same_thread=False)
+        self._conn.create_function("merge_latency", 2, _merge_latency, deterministic=True)
         version = schema_version(self._conn)
         if version > SCHEMA_VERSION:
             self._conn.close()
@@ -69,19 +78,13 @@ class SqliteRollupStore:
             c = self._conn
             c.execute("BEGIN IMMEDIATE")
             try:
-                for (method, template, route, backend), (req, err, hist) in rows.items():
-                    old = c.execute(
-                        "SELECT requests, errors, latency FROM traffic WHERE grain=? AND "
-                        "start=? AND method=? AND template=? AND route=? AND backend=?",
-                        (grain, start, method, template, route, backend)).fetchone()
-                    if old is not None:
-                        merged = _hist(old[2])
-                        for i, n in hist.items():
-                            merged[i] = merged.get(i, 0) + n
-                        req, err, hist = old[0] + req, old[1] + err, merged
-                    c.execute("INSERT OR REPLACE INTO traffic VALUES (?,?,?,?,?,?,?,?,?)",
-                              (grain, start, method, template, route, backend, req, err,
-                               _text(hist)))
+                c.executemany(
+                    "INSERT INTO traffic VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (grain, start, "
+                    "method, template, route, backend) DO UPDATE SET "
+                    "requests = requests + excluded.requests, errors = errors + excluded.errors, "
+                    "latency = merge_latency(latency, excluded.latency)",
+                    [(grain, start, *key, req, err, _text(hist))
+                     for key, (req, err, hist) in rows.items()])
                 c.executemany(
                     "INSERT INTO shadow VALUES (?,?,?,?,?,?) ON CONFLICT (grain, start, route) "
                     "DO UPDATE SET compared = compared + excluded.compared, "
