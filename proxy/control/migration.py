@@ -365,15 +365,14 @@ def merge_checks(results: list[dict]) -> dict:
         return results[0]
     out = dict(results[0])
     by_name: dict[str, dict] = {}
+    failures: dict[str, list[str]] = {}
     for i, res in enumerate(results):
         for c in res["conditions"]:
-            m = by_name.setdefault(c["name"], {"name": c["name"], "ok": True, "detail": ""})
+            by_name.setdefault(c["name"], {"name": c["name"], "ok": True, "detail": c["detail"]})
             if not c["ok"]:
-                m["ok"] = False
-                m["detail"] = (m["detail"] + "; " if m["detail"] else "") + \
-                    f"replica {i + 1}: {c['detail']}"
-            elif m["ok"] and not m["detail"]:
-                m["detail"] = c["detail"]
+                failures.setdefault(c["name"], []).append(f"replica {i + 1}: {c['detail']}")
+    for name, details in failures.items():
+        by_name[name].update(ok=False, detail="; ".join(details))
     out["conditions"] = list(by_name.values())
     out["unmet"] = [c["detail"] for c in out["conditions"] if not c["ok"]]
     out["ready"] = not out["unmet"]
