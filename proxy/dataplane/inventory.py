@@ -35,16 +35,27 @@ MAX_RAW_PATH = 256  # longer paths are resolved at once instead of kept in the b
 MAX_TEMPLATE = 512  # a longer template counts as `other`
 AGE_INTERVAL = 3600.0
 OTHER = ("*", OTHER_TEMPLATE)
+_OTHER_EP = (b"*", b"other")
+_DIGITS = b"0123456789"
 
 _ID = re.compile(
-    r"(?<=/)(?:[0-9]+"
-    r"|[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
-    r"|(?=[^/]*[0-9])[A-Za-z0-9_\-.~=+%]{16,})(?=/|$)")
+    rb"(?<=/)(?:[0-9]+"
+    rb"|[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+    rb"|(?=[^/]*[0-9])[A-Za-z0-9_\-.~=+%]{16,})(?=/|$)")
+_OTHER_T = b"other"  # a template beyond the bounds (not a path: no '/')
 
 
 def infer_template(path: str) -> str:
     """`/users/42/orders/9f1c...` -> `/users/{id}/orders/{id}`."""
-    return _ID.sub("{id}", path)
+    return _infer(path.encode()).decode()
+
+
+def _infer(path: bytes) -> bytes:
+    # every id rule needs a digit: a path without one is its own template (a quick test that
+    # spares the regex most of a scan of random words)
+    if len(path.translate(None, _DIGITS)) == len(path):
+        return path
+    return _ID.sub(b"{id}", path)
 
 
 def latency_index(seconds: float) -> int:
@@ -74,37 +85,39 @@ def quantile(hist: dict[int, int], q: float) -> float | None:
 
 
 class TemplateMatcher:
-    """Declared templates by path segment: a literal segment beats one with a parameter in it,
-    which beats a whole-segment parameter (as OpenAPI orders them); deeper paths backtrack."""
+    """Declared templates by path segment (bytes): a literal segment beats one with a parameter
+    in it, which beats a whole-segment parameter (as OpenAPI orders them); deeper paths
+    backtrack. `match` gives the declared template (bytes) or None."""
 
     __slots__ = ("children", "params", "patterns", "template")
 
     def __init__(self) -> None:
-        self.children: dict[str, TemplateMatcher] = {}
-        self.patterns: list[tuple[re.Pattern[str], TemplateMatcher]] = []
+        self.children: dict[bytes, TemplateMatcher] = {}
+        self.patterns: list[tuple[re.Pattern[bytes], TemplateMatcher]] = []
         self.params: TemplateMatcher | None = None
-        self.template: str | None = None
+        self.template: bytes | None = None
 
     @classmethod
     def build(cls, declared: tuple[DeclaredTemplate, ...]) -> TemplateMatcher:
         root = cls()
         for d in declared:
+            path = d.path.encode()
             node = root
-            for seg in d.path.split("/")[1:]:
+            for seg in path.split(b"/")[1:]:
                 node = node._child(seg)
             if node.template is None:
-                node.template = d.path
+                node.template = path
         return root
 
-    def _child(self, seg: str) -> TemplateMatcher:
-        if "{" not in seg:
+    def _child(self, seg: bytes) -> TemplateMatcher:
+        if b"{" not in seg:
             return self.children.setdefault(seg, TemplateMatcher())
-        if seg.startswith("{") and seg.endswith("}") and seg.count("{") == 1:
+        if seg.startswith(b"{") and seg.endswith(b"}") and seg.count(b"{") == 1:
             if self.params is None:
                 self.params = TemplateMatcher()
             return self.params
-        rx = re.compile("".join("[^/]+" if part.startswith("{") else re.escape(part)
-                                for part in re.split(r"(\{[^}]*\})", seg) if part))
+        rx = re.compile(b"".join(b"[^/]+" if part.startswith(b"{") else re.escape(part)
+                                 for part in re.split(rb"(\{[^}]*\})", seg) if part))
         for pattern, node in self.patterns:
             if pattern.pattern == rx.pattern:
                 return node
@@ -112,7 +125,7 @@ class TemplateMatcher:
         self.patterns.append((rx, node))
         return node
 
-    def match(self, segments: list[str], i: int = 0) -> str | None:
+    def match(self, segments: list[bytes], i: int = 0) -> bytes | None:
         if i == len(segments):
             return self.template
         seg = segments[i]
@@ -136,30 +149,33 @@ class TemplateMatcher:
 
 
 class EndpointCounter:
-    """One data plane's inventory counters (see the module's docstring)."""
+    """One data plane's inventory counters (see the module's docstring). Paths, templates and
+    methods stay bytes until a row leaves (`take`): only named endpoints are ever decoded."""
 
-    __slots__ = ("admitted", "aged_at", "cache", "declared", "hits", "matcher", "max_templates",
-                 "methods", "taken_rows")
+    __slots__ = ("admitted", "aged_at", "cache", "declared", "hits", "match", "max_templates",
+                 "names", "taken_rows")
 
     def __init__(self, spec: InventorySpec | None = None, clock=time.monotonic) -> None:
         # (method, path (or a long path's template), route, backend, status * 128 + latency
         # bucket) -> [count]
         self.hits: dict[tuple, list[int]] = {}
-        self.cache: dict[bytes, str] = {}
-        self.methods: dict[bytes, str] = {}
+        self.cache: dict[bytes, bytes] = {}  # path -> template
         # (method, template) -> requests since the last ageing; declared ones are never aged
-        self.admitted: dict[tuple[str, str], int] = {}
+        self.admitted: dict[tuple[bytes, bytes], int] = {}
+        self.names: dict[tuple[bytes, bytes], tuple[str, str]] = {}  # decoded, admitted only
         self.aged_at = clock()
         self.taken_rows = 0
         self.configure(spec or InventorySpec())
 
     def configure(self, spec: InventorySpec) -> None:
         """A new config's templates and bound (at install; the batch so far is kept)."""
-        self.matcher = TemplateMatcher.build(spec.declared)
-        self.declared = frozenset(d.path for d in spec.declared)
+        matcher = TemplateMatcher.build(spec.declared)
+        self.match = None if matcher.empty else matcher.match
+        self.declared = frozenset(d.path.encode() for d in spec.declared)
         self.max_templates = spec.max_templates
         self.cache.clear()
         self.admitted = {k: n for k, n in self.admitted.items() if k[1] not in self.declared}
+        self.names.clear()
 
     # -- the request path ----------------------------------------------------------------------
     def count(self, method: bytes, path: bytes, route: str, backend: str, status: int,
@@ -182,60 +198,64 @@ class EndpointCounter:
                 c[0] += 1
 
     # -- every ~200 ms -------------------------------------------------------------------------
-    def template(self, path: bytes) -> str:
+    def template(self, path: bytes) -> bytes:
         t = self.cache.get(path)
         if t is None:
-            text = path.decode("utf-8", "backslashreplace")
-            t = None if self.matcher.empty else self.matcher.match(text.split("/")[1:])
+            t = self.match(path.split(b"/")[1:]) if self.match is not None else None
             if t is None:
-                t = infer_template(text)
-            cache = self.cache
-            if len(cache) >= CACHE_SIZE:
-                cache.clear()
-            cache[path] = t
+                t = _infer(path)
+                if len(t) > MAX_TEMPLATE:
+                    t = _OTHER_T
+            if len(path) <= MAX_RAW_PATH:
+                cache = self.cache
+                if len(cache) >= CACHE_SIZE:
+                    cache.clear()
+                cache[path] = t
         return t
-
-    def _endpoint(self, method: bytes, template: str, n: int) -> tuple[str, str]:
-        m = self.methods.get(method)
-        if m is None:
-            m = method.decode("latin-1")
-            if len(self.methods) < 64:
-                self.methods[method] = m
-        ep = (m, template)
-        admitted = self.admitted
-        count = admitted.get(ep)
-        if count is not None:
-            admitted[ep] = count + n
-            return ep
-        if template in self.declared:
-            admitted[ep] = n
-            return ep
-        if len(admitted) >= self.max_templates or len(template) > MAX_TEMPLATE:
-            return OTHER
-        admitted[ep] = n
-        return ep
 
     def take(self, now: float | None = None) -> list[list]:
         """The batch as rows `[method, template, route, backend, requests, errors,
         [[latency bucket, count], ...]]`, one per endpoint, route and backend."""
         hits, self.hits = self.hits, {}
-        out: dict[tuple[str, str, str, str], list] = {}
+        out: dict[tuple, list] = {}
+        cache, admitted, declared = self.cache, self.admitted, self.declared
+        full = len(admitted) >= self.max_templates
         for (method, path, route, backend, code), (n,) in hits.items():
-            status, i = divmod(code, 128)
-            template = path if type(path) is str else self.template(path)
-            m, t = self._endpoint(method, template, n)
-            key = (m, t, route, backend)
+            t = cache.get(path)
+            if t is None:
+                t = self.template(path)
+            ep = (method, t)
+            seen = admitted.get(ep)
+            if seen is not None:
+                admitted[ep] = seen + n
+            elif t in declared or not (full or t is _OTHER_T):
+                admitted[ep] = n
+                full = len(admitted) >= self.max_templates
+            else:
+                ep = _OTHER_EP
+            key = (ep, route, backend)
             row = out.get(key)
             if row is None:
                 row = out[key] = [0, 0, {}]
             row[0] += n
-            if status >= 500:
+            if code >= 64000:  # status 500 and above
                 row[1] += n
             lat = row[2]
+            i = code & 127
             lat[i] = lat.get(i, 0) + n
         self._age(now)
         self.taken_rows += len(out)
-        return [[*k, r[0], r[1], sorted(r[2].items())] for k, r in out.items()]
+        return [[*self._name(ep), route, backend, r[0], r[1], sorted(r[2].items())]
+                for (ep, route, backend), r in out.items()]
+
+    def _name(self, ep: tuple[bytes, bytes]) -> tuple[str, str]:
+        if ep is _OTHER_EP:
+            return OTHER
+        name = self.names.get(ep)
+        if name is None:
+            name = self.names[ep] = (ep[0].decode("latin-1"),
+                                     ep[1].decode("utf-8", "backslashreplace"))
+        return name
 
     def _age(self, now: float | None) -> None:
         now = time.monotonic() if now is None else now
@@ -244,3 +264,4 @@ class EndpointCounter:
         self.aged_at = now
         declared = self.declared
         self.admitted = {k: 0 for k, n in self.admitted.items() if n >= 2 or k[1] in declared}
+        self.names = {k: v for k, v in self.names.items() if k in self.admitted}
