@@ -1,19 +1,25 @@
 """Gate evidence read from Prometheus, summed over every replica that it scrapes.
 
-The queries use the contract's metric names (CONTRACT.md §6) over the current step's window:
+The queries use the contract's metric names (docs/contract.md §6) over the current step's
+window (the time since the step began):
 - requests and errors: `strangler_requests_total{route,backend,code}`; an error is any 5xx,
   which includes the proxy's own 502 (connect failure) and 504 (timeout) answers.
   (`strangler_upstream_errors_total` is per upstream, not per route, so it is not used.)
-- p99: `histogram_quantile(0.99, sum by (le) (increase(..._bucket[W])))`, the count of
-  latency samples from `strangler_request_duration_seconds_count`.
-- shadow: `strangler_shadow_comparisons_total{route,result}`; every result counts as compared
-  and `mismatch` and `error` count as mismatched (a side that cannot answer is not equivalent).
+- latency: the bucket counts themselves, `sum by (le) (increase(..._bucket[W]))`. The buckets
+  are the gate's own (`shadow.stats.LATENCY`), so the p99 and its bounds are computed by the
+  same code as in-process: not `histogram_quantile`, whose linear interpolation differs.
+- shadow: `strangler_shadow_comparisons_total{route,result}`: match and mismatch are compared
+  pairs, error ones are not; which side did not answer, from `strangler_shadow_errors_total`.
+- paired latency: `strangler_shadow_latency_difference_seconds_bucket{route,direction}`.
 `increase()` extrapolates to the window's edges, so counts are rounded to whole numbers.
+Samples scraped before the step began are outside the window, so a new step does not see the
+old one's requests (except those still in flight at the change).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -22,6 +28,7 @@ import aiohttp
 
 from proxy.config.spec import CheckSpec
 from shadow.evidence import BackendEvidence, CheckResult, Evidence
+from shadow.stats import DIFFERENCE, LATENCY, PAIRED, Grid
 
 WINDOW_PLACEHOLDER = "$window"  # in a check's query: replaced by the step's window, e.g. "300s"
 
@@ -49,26 +56,40 @@ def requests_query(route: str, backend: str, window_seconds: float, *, errors: b
     return f"sum(increase(strangler_requests_total{{{sel}}}{range_selector(window_seconds)}))"
 
 
-def p99_query(route: str, backend: str, window_seconds: float) -> str:
+def latency_buckets_query(route: str, backend: str, window_seconds: float) -> str:
+    """The latency histogram's bucket counts over the window (one series per `le`)."""
     sel = f"route={label_value(route)},backend={label_value(backend)}"
     return (
-        "histogram_quantile(0.99, sum by (le) (increase("
-        f"strangler_request_duration_seconds_bucket{{{sel}}}{range_selector(window_seconds)})))"
+        "sum by (le) (increase("
+        f"strangler_request_duration_seconds_bucket{{{sel}}}{range_selector(window_seconds)}))"
     )
 
 
-def latency_count_query(route: str, backend: str, window_seconds: float) -> str:
-    sel = f"route={label_value(route)},backend={label_value(backend)}"
+def comparisons_query(route: str, window_seconds: float, result: str = "match|mismatch") -> str:
+    """Shadow pairs with a result matching `result` (compared pairs by default)."""
     return (
-        f"sum(increase(strangler_request_duration_seconds_count{{{sel}}}"
-        f"{range_selector(window_seconds)}))"
+        f"sum(increase(strangler_shadow_comparisons_total{{route={label_value(route)},"
+        f'result=~"{result}"}}{range_selector(window_seconds)}))'
     )
 
 
-def comparisons_query(route: str, window_seconds: float, *, mismatched: bool = False) -> str:
-    result = ',result=~"mismatch|error"' if mismatched else ""
+def shadow_errors_query(route: str, window_seconds: float) -> str:
     return (
-        f"sum(increase(strangler_shadow_comparisons_total{{route={label_value(route)}{result}}}"
+        "sum by (side, kind) (increase(strangler_shadow_errors_total"
+        f"{{route={label_value(route)}}}{range_selector(window_seconds)}))"
+    )
+
+
+def paired_query(route: str, window_seconds: float) -> str:
+    return (
+        "sum by (direction, le) (increase(strangler_shadow_latency_difference_seconds_bucket"
+        f"{{route={label_value(route)}}}{range_selector(window_seconds)}))"
+    )
+
+
+def fallbacks_query(route: str, window_seconds: float) -> str:
+    return (
+        f"sum(increase(strangler_fallbacks_total{{route={label_value(route)}}}"
         f"{range_selector(window_seconds)}))"
     )
 
@@ -79,13 +100,58 @@ def check_query(query: str, window_seconds: float | None) -> str:
     return query.replace(WINDOW_PLACEHOLDER, range_selector(window_seconds)[1:-1])
 
 
-def parse_result(promql: str, body: Any) -> float | None:
-    """One number from an instant-query response; None for no data (empty vector or NaN)."""
+def _data(promql: str, body: Any) -> tuple[Any, Any]:
     if not isinstance(body, dict) or body.get("status") != "success":
         error = body.get("error") if isinstance(body, dict) else None
         raise MetricsUnavailable(f"Prometheus rejected {promql!r}: {error or body!r}")
     data = body.get("data") or {}
-    kind, result = data.get("resultType"), data.get("result")
+    return data.get("resultType"), data.get("result")
+
+
+def parse_vector(promql: str, body: Any) -> list[tuple[dict[str, str], float]]:
+    """Every series of an instant-query vector: (labels, value); NaN values are left out."""
+    kind, result = _data(promql, body)
+    if kind != "vector":
+        raise MetricsUnavailable(f"{promql!r} returned a {kind}, not a vector")
+    out = []
+    for item in result or ():
+        value = float(item["value"][1])
+        if not math.isnan(value):
+            out.append((item.get("metric") or {}, value))
+    return out
+
+
+def bucket_counts(grid: Grid, series: Iterable[tuple[dict[str, str], float]]) -> list[float]:
+    """Per-bucket counts of `grid` from cumulative `le` series (an `le` that is not one of the
+    grid's bounds, e.g. from an older version, is ignored)."""
+    bounds = (*grid.le_bounds(), math.inf)
+    cumulative: dict[float, float] = {}
+    for labels, value in series:
+        le = float(labels.get("le", "nan"))
+        i = _nearest(bounds, le)
+        if i is not None:
+            cumulative[bounds[i]] = max(cumulative.get(bounds[i], 0.0), value)
+    # increase() extrapolates every series on its own: keep the cumulative counts monotone
+    running = 0.0
+    for b in bounds:
+        if b in cumulative:
+            running = max(running, cumulative[b])
+            cumulative[b] = running
+    return grid.counts_from_cumulative(cumulative)
+
+
+def _nearest(bounds: tuple[float, ...], le: float) -> int | None:
+    if math.isinf(le):
+        return len(bounds) - 1
+    i = bisect.bisect_left(bounds, le * (1 - 1e-4))
+    if i < len(bounds) and abs(bounds[i] - le) <= 1e-4 * le:
+        return i
+    return None
+
+
+def parse_result(promql: str, body: Any) -> float | None:
+    """One number from an instant-query response; None for no data (empty vector or NaN)."""
+    kind, result = _data(promql, body)
     if kind == "scalar":
         value = result[1]
     elif kind == "vector":
@@ -131,6 +197,13 @@ class PrometheusSource:
 
     async def query(self, promql: str) -> float | None:
         """Instant query; None when there is no data. Raises MetricsUnavailable."""
+        return parse_result(promql, await self._body(promql))
+
+    async def vector(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        """Instant query answering a vector: every series' labels and value."""
+        return parse_vector(promql, await self._body(promql))
+
+    async def _body(self, promql: str) -> Any:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         endpoint = f"{self.url}/api/v1/query"
@@ -148,11 +221,18 @@ class PrometheusSource:
             raise MetricsUnavailable(
                 f"Prometheus at {self.url} is unreachable: {e.__class__.__name__}: {e}"
             ) from e
-        return parse_result(promql, body)
+        return body
 
     async def check(self, spec: CheckSpec, window_seconds: float | None = None) -> CheckResult:
-        value = await self.query(check_query(spec.query, window_seconds))
-        return CheckResult(spec.name, spec.query, value, spec.max, spec.min)
+        """A check's value; a `dry_run` check whose query fails reports no data instead of
+        holding the gate (it is never judged)."""
+        try:
+            value = await self.query(check_query(spec.query, window_seconds))
+        except MetricsUnavailable:
+            if not spec.dry_run:
+                raise
+            value = None
+        return CheckResult(spec.name, spec.query, value, spec.max, spec.min, spec.dry_run)
 
     async def evidence(
         self,
@@ -164,32 +244,51 @@ class PrometheusSource:
     ) -> Evidence:
         """The route's evidence over the last `window_seconds` (the current step), all replicas."""
         w = window_seconds
-        queries = [
+        numbers = [
             requests_query(route, "legacy", w),
             requests_query(route, "legacy", w, errors=True),
-            p99_query(route, "legacy", w),
-            latency_count_query(route, "legacy", w),
             requests_query(route, "target", w),
             requests_query(route, "target", w, errors=True),
-            p99_query(route, "target", w),
-            latency_count_query(route, "target", w),
             comparisons_query(route, w),
-            comparisons_query(route, w, mismatched=True),
+            comparisons_query(route, w, "mismatch"),
+            comparisons_query(route, w, "error"),
+            fallbacks_query(route, w),
+        ]
+        vectors = [
+            latency_buckets_query(route, "legacy", w),
+            latency_buckets_query(route, "target", w),
+            shadow_errors_query(route, w),
+            paired_query(route, w),
         ]
         check_specs = tuple(checks)
-        values = await asyncio.gather(*(self.query(q) for q in queries))
-        results = await asyncio.gather(*(self.check(c, w) for c in check_specs))
+        values, series, results = await asyncio.gather(
+            asyncio.gather(*(self.query(q) for q in numbers)),
+            asyncio.gather(*(self.vector(q) for q in vectors)),
+            asyncio.gather(*(self.check(c, w) for c in check_specs)))
         c = [_count(v) for v in values]
+        legacy_lat, target_lat, errors, paired = series
+        kinds = tuple(sorted(((lab.get("side", "?"), lab.get("kind", "?")), _count(v))
+                             for lab, v in errors if _count(v)))
+        slower = bucket_counts(PAIRED, [(lab, v) for lab, v in paired
+                                        if lab.get("direction") == "target_slower"])
+        faster = bucket_counts(PAIRED, [(lab, v) for lab, v in paired
+                                        if lab.get("direction") == "target_faster"])
         # Each series is extrapolated on its own: keep the parts within their wholes.
         return Evidence(
             route=route,
             weight=weight,
-            legacy=BackendEvidence(c[0], min(c[1], c[0]), values[2], c[3]),
-            target=BackendEvidence(c[4], min(c[5], c[4]), values[6], c[7]),
-            compared=c[8],
-            mismatched=min(c[9], c[8]),
+            legacy=BackendEvidence(c[0], min(c[1], c[0]),
+                                   tuple(bucket_counts(LATENCY, legacy_lat))),
+            target=BackendEvidence(c[2], min(c[3], c[2]),
+                                   tuple(bucket_counts(LATENCY, target_lat))),
+            compared=c[4],
+            mismatched=min(c[5], c[4]),
             shadow_enabled=shadow_enabled,
             checks=tuple(results),
+            shadow_errors=max(c[6], sum(n for _, n in kinds)),
+            shadow_error_kinds=kinds,
+            paired=tuple(DIFFERENCE.join(slower, faster)),
+            fallbacks=c[7],
         )
 
 

@@ -1,5 +1,6 @@
 """Statistics the promotion gate relies on: Wilson intervals, a difference-of-proportions
-bound, and a cheap fixed-bucket latency histogram.
+bound, log-bucketed histograms with quantiles and their distribution-free bounds, and the
+projection of how much more evidence a bound needs.
 
 In plain words:
 - A *Wilson score interval* is the range of true rates that are consistent (at 95%) with
@@ -12,13 +13,16 @@ In plain words:
   spreads, so it stays sensible when one side has no errors at all. The error tests are
   one-sided at 95% (z = 1.645): "exceeds by more than the margin" means the lower end of the
   difference is above the margin; "within the margin" means the upper end is at or below it.
+- A quantile's bounds come from order statistics: among n values, the r-th smallest is below
+  the true p-quantile with probability P(Binomial(n, p) >= r), whatever the distribution. The
+  p99 ratio's 95% bounds combine each side's 97.5% bounds (Bonferroni), and the paired median
+  difference's bounds are the sign test's: the same rule at p = 0.5.
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 Z_95_TWO_SIDED = 1.959964  # each end of a 95% interval
 Z_95_ONE_SIDED = 1.644854  # a single 95% bound
@@ -69,132 +73,236 @@ def within_margin(x1: int, n1: int, x2: int, n2: int, margin: float) -> bool:
     return diff_interval(x1, n1, x2, n2)[1] <= margin
 
 
-# --- latency histogram -------------------------------------------------------------------
-
-#: Cumulative bounds exposed to Prometheus (`le` labels), in seconds. All of them are also
-#: exact bounds of the fine histogram, so the exported counts are exact, not rounded.
-PROMETHEUS_BOUNDS: tuple[float, ...] = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-)  # fmt: skip
-
-_MIN_BOUND = 50e-6
-_MAX_BOUND = 60.0
-_FACTOR = 2**0.25
-
-
-def _fine_bounds() -> tuple[float, ...]:
-    """50 us * 2**(k/4) up to 60 s, merged with PROMETHEUS_BOUNDS.
-
-    Merging only splits buckets, so no bucket is wider than a factor 2**0.25 (~19%).
-    """
-    grid: list[float] = []
-    b = _MIN_BOUND
-    k = 0
-    while b < _MAX_BOUND * (1 - 1e-9):
-        grid.append(b)
-        k += 1
-        b = _MIN_BOUND * _FACTOR**k
-    merged = list(PROMETHEUS_BOUNDS)
-    for g in grid:
-        if all(abs(g - p) > 1e-9 * p for p in PROMETHEUS_BOUNDS):
-            merged.append(g)
-    return tuple(sorted(merged))
+# --- histograms ------------------------------------------------------------------------------
+#
+# Latencies are counted in fixed, log-spaced buckets (a DDSketch-like grid: mergeable by adding
+# counts, the same in every worker and replica). `LATENCY` has 16 buckets per octave (each
+# 4.4% wide) from 50 µs to 62 s: a quantile read from it is within 4.4% of the sample's own
+# quantile whatever the distribution (the estimate stays inside the bucket of the true order
+# statistic), and much closer for smooth ones (log-linear interpolation inside the bucket).
+# Prometheus gets exactly these buckets, so the gate reading Prometheus computes the same
+# numbers with the same code. `DIFFERENCE` is the signed grid of paired latency differences
+# (target minus legacy on the same request): the buckets of `PAIRED` (8 per octave of |d|)
+# for d > 0 (target slower) and mirrored for d <= 0; Prometheus gets them as two histograms of
+# |d|, one per direction.
 
 
-FINE_BOUNDS: tuple[float, ...] = _fine_bounds()
+class Grid:
+    """Bucket edges of one histogram kind: counts are plain lists indexed by `index(x)`.
 
-
-class LatencyHistogram:
-    """Counts of latencies in fixed buckets (upper bounds FINE_BOUNDS, plus overflow).
-
-    `observe` is one bisect over ~100 floats and two additions: well under a microsecond.
-    A value equal to a bound lands in that bound's bucket (Prometheus `le` semantics).
+    Unsigned (x >= 0): bucket 0 is (0, base], bucket k is (base*2**((k-1)/m), base*2**(k/m)]
+    for k = 1..top, and bucket top + 1 the overflow. Signed: the unsigned buckets of |x|, for
+    x > 0 above index `half`, for x <= 0 mirrored below it ([-base, 0] is bucket half - 1).
     """
 
-    __slots__ = ("_counts", "count", "sum")
+    __slots__ = ("base", "bounds", "half", "lower", "per_octave", "signed", "size", "top",
+                 "upper")
 
-    _bounds: list[float] = list(FINE_BOUNDS)
-    _n_buckets = len(FINE_BOUNDS) + 1
+    def __init__(self, base: float, per_octave: int, up_to: float, signed: bool = False) -> None:
+        self.base = base
+        self.per_octave = per_octave
+        self.top = math.ceil(per_octave * math.log2(up_to / base) - 1e-9)
+        self.bounds = tuple(base * 2 ** (k / per_octave) for k in range(self.top + 1))
+        self.signed = signed
+        lower: tuple[float, ...] = (0.0, *self.bounds)  # magnitude bucket k: (lower, upper]
+        upper: tuple[float, ...] = (*self.bounds, math.inf)
+        self.half = len(lower)
+        if signed:
+            lower, upper = (tuple(-u for u in reversed(upper)) + lower,
+                            tuple(-lo for lo in reversed(lower)) + upper)
+        self.lower, self.upper = lower, upper
+        self.size = len(lower)
 
-    def __init__(self) -> None:
-        self._counts = [0] * self._n_buckets
-        self.count = 0
-        self.sum = 0.0
+    def magnitude_index(self, x: float) -> int:
+        """The unsigned bucket of x >= 0 (0 up to `base`, top + 1 = overflow)."""
+        if x <= self.base:
+            return 0
+        k = math.ceil(math.log2(x / self.base) * self.per_octave - 1e-9)
+        return k if k <= self.top else self.top + 1
 
-    def observe(self, seconds: float) -> None:
-        self._counts[bisect_left(self._bounds, seconds)] += 1
-        self.count += 1
-        self.sum += seconds
+    def index(self, x: float) -> int:
+        if not self.signed:
+            return self.magnitude_index(x)
+        if x > 0:
+            return self.half + self.magnitude_index(x)
+        return self.half - 1 - self.magnitude_index(-x)
 
-    def merge(self, other: LatencyHistogram) -> None:
-        """Add another histogram's counts into this one (e.g. from another worker)."""
-        counts = self._counts
-        for i, c in enumerate(other._counts):
-            counts[i] += c
-        self.count += other.count
-        self.sum += other.sum
+    def value(self, i: int, f: float) -> float:
+        """The value at fraction f (0..1, in increasing order) of bucket i: log-linear inside a
+        bucket away from zero, linear in a bucket that reaches zero; an open end is clamped to
+        the finite edge."""
+        lo, hi = self.lower[i], self.upper[i]
+        if math.isinf(hi):
+            return lo
+        if math.isinf(lo):
+            return hi
+        if lo > 0:
+            return lo * (hi / lo) ** f
+        if hi < 0:
+            return -((-lo) * ((-hi) / (-lo)) ** f)
+        return lo + (hi - lo) * f
 
-    def quantile(self, q: float) -> float | None:
-        """The q-quantile (0..1), interpolated linearly inside its bucket; None when empty.
+    def le_bounds(self) -> tuple[float, ...]:
+        """Prometheus `le` of every bucket of an unsigned grid but the last (+Inf)."""
+        return self.upper[:-1]
 
-        Same method as Prometheus' histogram_quantile: rank q*count, find its bucket, place it
-        proportionally between the bucket's lower and upper bound. Values in the overflow
-        bucket report the highest finite bound (60 s).
-        """
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"quantile must be within 0..1, got {q}")
-        if self.count == 0:
-            return None
-        rank = q * self.count
-        bounds = self._bounds
-        cum = 0
-        for i, c in enumerate(self._counts):
-            if c and cum + c >= rank:
-                if i == len(bounds):
-                    return bounds[-1]
-                lower = bounds[i - 1] if i > 0 else 0.0
-                upper = bounds[i]
-                return lower + (upper - lower) * max(0.0, rank - cum) / c
-            cum += c
-        return bounds[-1]  # pragma: no cover - unreachable when count matches the buckets
-
-    def to_list(self) -> list[float]:
-        """Bucket counts (len(FINE_BOUNDS) + 1 of them) followed by the sum of observations."""
-        return [*self._counts, self.sum]
-
-    @classmethod
-    def from_list(cls, data: Sequence[float]) -> LatencyHistogram:
-        if len(data) != cls._n_buckets + 1:
-            raise ValueError(f"expected {cls._n_buckets + 1} numbers, got {len(data)}")
-        h = cls()
-        h._counts = [int(c) for c in data[:-1]]
-        if any(c < 0 for c in h._counts):
-            raise ValueError("bucket counts must not be negative")
-        h.count = sum(h._counts)
-        h.sum = float(data[-1])
-        return h
-
-    @classmethod
-    def of(cls, values: Iterable[float]) -> LatencyHistogram:
-        h = cls()
-        for v in values:
-            h.observe(v)
-        return h
-
-    def prometheus_buckets(self) -> list[tuple[float, int]]:
-        """Cumulative counts at PROMETHEUS_BOUNDS and +Inf, as (le, count) pairs."""
-        out: list[tuple[float, int]] = []
-        bounds = self._bounds
-        cum = 0
-        i = 0
-        for le in PROMETHEUS_BOUNDS:
-            while i < len(bounds) and bounds[i] <= le:
-                cum += self._counts[i]
-                i += 1
-            out.append((le, cum))
-        out.append((math.inf, self.count))
+    def counts_from_cumulative(self, cumulative: dict[float, float]) -> list[float]:
+        """Unsigned bucket counts from Prometheus' cumulative `le` counts."""
+        out = [0.0] * self.size
+        prev = 0.0
+        for i, le in enumerate((*self.le_bounds(), math.inf)):
+            cum = cumulative.get(le)
+            if cum is None:
+                continue
+            out[i] = max(0.0, cum - prev)
+            prev = max(prev, cum)
         return out
 
-    def __repr__(self) -> str:
-        return f"LatencyHistogram(count={self.count}, p99={self.quantile(0.99)})"
+    def split(self, counts: Sequence[float]) -> tuple[list[float], list[float]]:
+        """A signed grid's counts as two unsigned ones: (x > 0, x <= 0 by |x|)."""
+        h = self.half
+        return list(counts[h:]), list(reversed(counts[:h]))
+
+    def join(self, above: Sequence[float], below: Sequence[float]) -> list[float]:
+        """The inverse of `split`."""
+        return [*reversed(below), *above]
+
+
+LATENCY = Grid(50e-6, 16, 60.0)
+PAIRED = Grid(50e-6, 8, 60.0)  # |target - legacy| per direction, as Prometheus gets it
+DIFFERENCE = Grid(50e-6, 8, 60.0, signed=True)
+
+
+def total(counts: Sequence[float]) -> float:
+    return float(sum(counts))
+
+
+def value_at_rank(grid: Grid, counts: Sequence[float], rank: float) -> float | None:
+    """The value at (1-based, fractional) `rank` among the counted values, interpolated inside
+    its bucket; None when empty. Ranks outside (0, n] are clamped."""
+    n = total(counts)
+    if n <= 0:
+        return None
+    rank = min(max(rank, 0.0), n)
+    cum = 0.0
+    last = 0
+    for i, c in enumerate(counts):
+        if c <= 0:
+            continue
+        last = i
+        if cum + c >= rank:
+            return grid.value(i, (rank - cum) / c)
+        cum += c
+    return grid.value(last, 1.0)  # rounding: rank just above the last count
+
+
+def quantile(grid: Grid, counts: Sequence[float], q: float) -> float | None:
+    """The q-quantile (0..1) of the counted values; None when empty."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile must be within 0..1, got {q}")
+    return value_at_rank(grid, counts, q * total(counts))
+
+
+def _binomial_cdf(n: int, p: float) -> list[float]:
+    """P(B <= k) for k = 0..n, B ~ Binomial(n, p) (for n * min(p, 1 - p) small; exact)."""
+    q = 1.0 - p
+    pmf = [0.0] * (n + 1)
+    if p >= 0.5:
+        pmf[n] = p**n
+        for k in range(n, 0, -1):
+            pmf[k - 1] = pmf[k] * k / (n - k + 1) * (q / p)
+    else:
+        pmf[0] = q**n
+        for k in range(n):
+            pmf[k + 1] = pmf[k] * (n - k) / (k + 1) * (p / q)
+    out, acc = [], 0.0
+    for x in pmf:
+        acc += x
+        out.append(min(acc, 1.0))
+    return out
+
+
+def order_ranks(n: int, p: float, alpha: float) -> tuple[int, int]:
+    """Distribution-free one-sided bounds for the p-quantile from order statistics.
+
+    Returns (r, s): the r-th smallest value is at or below the true p-quantile, and the s-th at
+    or above it, each with probability >= 1 - alpha (Binomial(n, p) tails; r = 0 means no lower
+    bound, s = n + 1 no upper bound). Exact for small samples, the normal approximation with a
+    continuity correction once n * min(p, 1 - p) >= 50.
+    """
+    if n <= 0:
+        return 0, 1
+    if n * min(p, 1 - p) >= 50:
+        z = _z(alpha)
+        sd = math.sqrt(n * p * (1 - p))
+        r = math.floor(n * p - z * sd + 0.5)
+        s = math.ceil(n * p + z * sd + 0.5)
+        return max(0, min(n, r)), max(1, min(n + 1, s))
+    cdf = _binomial_cdf(n, p)
+    r = 0  # largest r with P(B >= r) = 1 - cdf[r - 1] >= 1 - alpha
+    for k in range(1, n + 1):
+        if 1.0 - cdf[k - 1] >= 1.0 - alpha:
+            r = k
+        else:
+            break
+    s = n + 1  # smallest s with P(B <= s - 1) >= 1 - alpha
+    for k in range(1, n + 1):
+        if cdf[k - 1] >= 1.0 - alpha:
+            s = k
+            break
+    return r, s
+
+
+def _z(alpha: float) -> float:
+    """One-sided standard normal quantile for the levels the gate uses."""
+    known = {0.05: Z_95_ONE_SIDED, 0.025: Z_95_TWO_SIDED}
+    if alpha in known:
+        return known[alpha]
+    # Bisection on erfc, for levels other than the two above.
+    lo, hi = 0.0, 10.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if 0.5 * math.erfc(mid / math.sqrt(2)) > alpha:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def quantile_bounds(grid: Grid, counts: Sequence[float], q: float,
+                    alpha: float) -> tuple[float, float]:
+    """One-sided (1 - alpha) lower and upper bounds of the distribution's q-quantile from the
+    counted sample: the order statistics `order_ranks` names, read from the histogram. No data
+    or too few values for a bound give the grid's end (0 or -inf below, inf above)."""
+    n = round(total(counts))
+    r, s = order_ranks(n, q, alpha)
+    low = value_at_rank(grid, counts, r - 0.5) if r >= 1 else (
+        -math.inf if grid.signed else 0.0)
+    high = value_at_rank(grid, counts, s - 0.5) if s <= n else math.inf
+    return (low if low is not None else 0.0), (high if high is not None else math.inf)
+
+
+def scaled(counts: Sequence[float], k: float) -> list[float]:
+    return [c * k for c in counts]
+
+
+def more_needed(decided: Callable[[float], bool], have: float, cap: float = 1000.0
+                ) -> float | None:
+    """How many more units (requests, comparisons, samples) until `decided(scale)` holds, if
+    the rates seen so far stay as they are: `decided` is asked about the evidence scaled by a
+    factor >= 1 (and assumed to stay decided at larger factors). None when even `cap` times
+    the evidence would not decide."""
+    if have <= 0:
+        return None
+    if not decided(cap):
+        return None
+    lo, hi = 1.0, cap
+    for _ in range(100):  # bisection to within a hundredth of a unit
+        if (hi - lo) * have < 0.01:
+            break
+        mid = (lo + hi) / 2 if hi / lo < 4 else math.sqrt(lo * hi)
+        if decided(mid):
+            hi = mid
+        else:
+            lo = mid
+    return max(1.0, math.ceil(have * (hi - 1.0) - 0.01))

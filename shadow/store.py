@@ -509,9 +509,10 @@ class DiffStore:
             "window": {"step": step, "rules": rules, "all": step is None,
                        "first": window[0] if window else None,
                        "last": window[1] if window else None},
-            # as the gate counts: an error is a compared-and-mismatched pair
-            "compared": compared + counts.errors,
-            "mismatched": counts.mismatched + counts.errors,
+            # as the gate counts: an error (a side did not answer) is neither compared nor
+            # mismatched, and is reported apart
+            "compared": compared,
+            "mismatched": counts.mismatched,
             "errors": counts.errors,
             "fields": out_fields[:limit],
             "fields_total": len(out_fields),

@@ -152,7 +152,8 @@ async def test_rollback_all_rolls_back_every_route_in_one_call(proxy):
     assert body["durable"] is True
     assert {r["name"]: r["state"] for r in body["routes"]} == {
         "balance": "rolled_back", "orders": "rolled_back"}
-    assert all(e["all"] for e in proxy.runtime.audit.entries())
+    rollbacks = [e for e in proxy.runtime.audit.entries() if e["action"] == "rollback"]
+    assert len(rollbacks) == 2 and all(e["all"] for e in rollbacks)
 
 
 async def test_gate_changes_nothing_and_promote_acts(proxy):
@@ -173,7 +174,9 @@ async def test_gate_changes_nothing_and_promote_acts(proxy):
     async with aiohttp.ClientSession() as s:
         async with s.get(proxy.admin + "/metrics") as r:
             metrics = await r.text()
-    assert 'strangler_gate_decisions_total{decision="promote",route="orders"} 2.0' in metrics
+    # the GET is an evaluation only; the POST is a decision too
+    assert 'strangler_gate_decisions_total{decision="promote",route="orders"} 1.0' in metrics
+    assert 'strangler_gate_evaluations_total{decision="promote",route="orders"} 2.0' in metrics
     assert 'strangler_route_weight{route="orders"} 1.0' in metrics
 
 
@@ -230,4 +233,4 @@ async def test_history_is_newest_first_and_limited(proxy):
     _, body = await _req("GET", proxy.admin + "/admin/history?route=balance")
     assert [e["reason"] for e in body["entries"]] == ["step 30", "step 20", "step 10"]
     _, body = await _req("GET", proxy.admin + "/admin/history/verify")
-    assert body["ok"] is True and body["entries"] == 4
+    assert body["ok"] is True and body["entries"] == 5  # serve_started, then the four

@@ -401,7 +401,7 @@ async def test_every_mutation_writes_exactly_one_audit_entry(upstreams, proxy_pr
     await cli("set-weight", "orders", "101", "--reason", "x", code=2)  # 400
     assert new_entries() == []
 
-    # The promotion gate acting on a failing target: one rollback, trigger auto.
+    # The promotion gate acting on a failing target: one rollback, trigger gate.
     await cli("resume", "orders", "--reason", "retry")
     await cli("set-weight", "orders", "50", "--reason", "ramp")
     assert [e["action"] for e in new_entries()] == ["resume", "set_weight"]
@@ -415,7 +415,7 @@ async def test_every_mutation_writes_exactly_one_audit_entry(upstreams, proxy_pr
     assert json.loads(out)["decision"] == "fail"
     (e,) = new_entries()
     assert (e["action"], e["route"], e["from"], e["to"], e["trigger"], e["actor"]) == (
-        "rollback", "orders", 50, 0, "auto", actor)
+        "rollback", "orders", 50, 0, "gate", actor)
     assert e["reason"].startswith("promotion gate failed:")
 
     code, out, err = await run_cli("history", "--verify", env=cli_env(p, READ))

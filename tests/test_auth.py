@@ -91,14 +91,15 @@ async def test_mutations_need_the_admin_token(guarded):
             # refused calls changed nothing
             assert rt.effective("balance") == 5
             assert not rt.rolled_back("balance")
-            assert rt.audit.entries() == [] or path == "/admin/reload"
+            assert [e["action"] for e in rt.audit.entries()] == ["serve_started"] \
+                or path == "/admin/reload"
         for method, path, body in MUTATIONS:
             status, text = await _call(s, guarded.admin, method, path, ADMIN, body)
             assert status == 200, (path, text)
             assert READ not in text and ADMIN not in text
     actions = [e["action"] for e in reversed(rt.audit.entries())]
     # promote at 10% without evidence holds: nothing to record
-    assert actions == ["set_weight", "rollback", "rollback", "resume", "reload"]
+    assert actions == ["serve_started", "set_weight", "rollback", "rollback", "resume", "reload"]
 
 
 async def test_read_token_refused_message_says_what_to_do(guarded):

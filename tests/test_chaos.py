@@ -217,16 +217,20 @@ async def test_target_killed_mid_load_no_failed_get_and_guardrail_rolls_back(
     rollbacks = [e for e in history["entries"] if e["action"] == "rollback"]
     assert len(rollbacks) == 1
     entry = rollbacks[0]
-    assert (entry["actor"], entry["trigger"], entry["route"]) == ("guardrail", "auto", "balance")
+    assert (entry["actor"], entry["trigger"], entry["route"]) == (
+        "guardrail", "guardrail", "balance")
     assert entry["from"] == 40 and entry["to"] == 0
     assert entry["reason"].startswith("guardrail: target error rate")
     assert entry["evidence"]["target"]["error_rate"] >= 0.2
     assert await metric(p.admin, "strangler_rollbacks_total", route="balance",
-                        trigger="auto") == 1
+                        trigger="guardrail") == 1
     assert await metric(p.admin, "strangler_route_rolled_back", route="balance") == 1
     # The failures the client never saw are counted where an SRE looks.
     assert await metric(p.admin, "strangler_upstream_errors_total", upstream="svc",
                         kind="connect") > 0
+    fallbacks = [await metric(p.admin, "strangler_fallbacks_total", route="balance", reason=r)
+                 for r in ("connect", "reset", "timeout", "5xx")]
+    assert sum(fallbacks) > 0
     assert await p.stop() == 0
 
 

@@ -164,7 +164,7 @@ def test_all_values_are_read_and_frozen() -> None:
         r.weight = 50  # type: ignore[misc]
 
 
-def test_gate_floors_default_to_100_50_3_and_are_read_per_route() -> None:
+def test_gate_floors_default_to_1000_50_3_and_are_read_per_route() -> None:
     config = load_config("r.yaml", route("""\
           - {name: a, legacy: old, target: new, match: {path: /a}}
           - name: b
@@ -174,7 +174,7 @@ def test_gate_floors_default_to_100_50_3_and_are_read_per_route() -> None:
         """))
     a, b = config.routes
     floors = ("min_latency_samples", "early_fail_samples", "min_fail_events")
-    assert [getattr(a.promotion, f) for f in floors] == [100, 50, 3]
+    assert [getattr(a.promotion, f) for f in floors] == [1000, 50, 3]
     assert [getattr(b.promotion, f) for f in floors] == [30, 20, 1]
     assert b.promotion.min_requests == PromotionSpec().min_requests
 

@@ -54,12 +54,13 @@ def test_defaults_and_every_field() -> None:
 @pytest.mark.parametrize(("text", "expected"), [
     ("notify:\n  - {url_env: HOOK, events: [rollbak]}\n",
      "10: notify[0].events[0]: unknown event 'rollbak'; expected one of: rollback, fail, "
-     "promote, complete, resume, weight_changed (did you mean 'rollback'?)"),
+     "promote, complete, resume, weight_changed, inconclusive, approval_requested (did you "
+     "mean 'rollback'?)"),
     ("notify:\n  - url_env: HOOK\n    events: [fail, fail]\n",
      "11: notify[0].events[1]: duplicate event 'fail'"),
     ("notify:\n  - {url_env: HOOK, events: []}\n",
      "10: notify[0].events: must not be empty (leave it out for every event: rollback, fail, "
-     "promote, complete, resume, weight_changed)"),
+     "promote, complete, resume, weight_changed, inconclusive, approval_requested)"),
     ("notify:\n  - {url_env: HOOK, format: teams}\n",
      "10: notify[0].format: invalid value 'teams': expected json or slack"),
     ("notify:\n  - {timeout: 1s}\n",

@@ -153,8 +153,9 @@ async def test_unreadable_state_starts_every_route_rolled_back(tmp_path, backend
     # Said once in the log, and audited.
     lines = log_lines(p, "state.json unusable: every route rolled back")
     assert len(lines) == 1 and lines[0]["file"] == str(path)
-    history = (await get_json(p.admin + "/admin/history?limit=1"))["entries"]
-    assert history[0]["action"] == "state_recovered" and history[0]["actor"] == "system"
+    history = (await get_json(p.admin + "/admin/history?limit=2"))["entries"]
+    assert [e["action"] for e in history] == ["serve_started", "state_recovered"]
+    assert history[1]["actor"] == "system"
     code, out, err = await run_cli("history", "--verify", env={"STRANGLER_ADMIN_URL": p.admin})
     assert code == 0, out + err
     # resume lifts a freeze (weight 0 until set), the others hold.
@@ -212,7 +213,8 @@ async def verify_offline(p: ProxyProcess) -> tuple[int, dict, str]:
 async def test_edited_audit_line_refuses_to_start_and_verify_names_it(tmp_path, backends):
     p = await prepared(tmp_path, backends)
     log = state_dir(p) / "audit.log"
-    assert len(log.read_text().splitlines()) == 3  # set_weight twice, rollback
+    actions = [json.loads(x)["action"] for x in log.read_text().splitlines()]
+    assert actions == ["serve_started", "set_weight", "set_weight", "rollback", "serve_stopped"]
     edit_line(log, 1, reason="nothing to see here")
     err = await serve_refused(p)
     assert str(log) in err and "line 2 was edited" in err
@@ -279,8 +281,9 @@ async def test_torn_last_audit_line_is_moved_aside_and_serve_starts(tmp_path, ba
     assert log.read_bytes().startswith(whole)
     lines_logged = log_lines(p, "audit log repaired: torn last line")
     assert len(lines_logged) == 1 and lines_logged[0]["line"] == len(lines) + 1
-    entry = (await get_json(p.admin + "/admin/history?limit=1"))["entries"][0]
-    assert entry["action"] == "audit_repaired" and entry["evidence"]["bytes"] == len(torn)
+    entries = (await get_json(p.admin + "/admin/history?limit=2"))["entries"]
+    assert [e["action"] for e in entries] == ["serve_started", "audit_repaired"]
+    assert entries[1]["evidence"]["bytes"] == len(torn)
     env = {"STRANGLER_ADMIN_URL": p.admin}
     code, _, err = await run_cli("set-weight", "a", "50", "--reason", "after repair", env=env)
     assert code == 0, err

@@ -82,6 +82,14 @@ async def _traffic(url: str, stop: asyncio.Event) -> None:
             await asyncio.sleep(0.01)
 
 
+async def _gate_counts(proxy, family: str) -> float:
+    """The sum of a gate counter family over every route and decision, from /metrics."""
+    async with aiohttp.ClientSession() as s, s.get(proxy.admin + "/metrics") as r:
+        text = await r.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(family + "{"))
+
+
 async def _admin(proxy, method: str, path: str, body: dict | None = None) -> dict:
     async with aiohttp.ClientSession() as s:
         async with s.request(method, proxy.admin + path, json=body,
@@ -168,6 +176,8 @@ async def test_dashboard_live_diff_and_rollback(upstreams, proxy_process, browse
         await page.screenshot(path=str(ARTIFACTS / "dashboard-overview.png"))
 
         # The route page: the planted difference on its field path, redacted samples.
+        decisions_before = await _gate_counts(proxy, "strangler_gate_decisions_total")
+        evaluations_before = await _gate_counts(proxy, "strangler_gate_evaluations_total")
         await row.locator("a.rname").click()
         diff_row = page.locator('#diff-table tr[data-path="$.currency"]')
         await diff_row.wait_for(timeout=15000)
@@ -182,6 +192,13 @@ async def test_dashboard_live_diff_and_rollback(upstreams, proxy_process, browse
         assert CARD not in await page.content()
         await page.wait_for_selector("#gate-decision")
         assert "fail" in await page.inner_text("#gate-decision")
+        # Looking is not deciding: the page's evaluation counts as one, never as a decision
+        # (an alert on gate failures must not fire because someone opened the dashboard).
+        assert await _gate_counts(proxy, "strangler_gate_decisions_total") == decisions_before
+        assert await _gate_counts(proxy, "strangler_gate_evaluations_total") > evaluations_before
+        reasons = await page.inner_text("#gate-reasons")
+        assert "would roll back" in reasons and "rolling back" not in reasons
+        assert "Evidence since" in await page.inner_text("#evidence-since")
 
         # A nightly reconcile run (its own process, the same SQLite file as the running proxy)
         # shows beside the shadow numbers: its drift on the field path.

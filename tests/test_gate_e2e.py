@@ -28,7 +28,7 @@ ROUTES = TWO_UPSTREAMS + """
           min_comparisons: 60
           max_mismatch_rate: 0.06
           max_error_rate_increase: 0.05
-          max_p99_ratio: 20
+          max_p99_ratio: null
           guardrail: {{enabled: {guardrail}}}
 """
 
@@ -129,7 +129,11 @@ async def test_target_errors_fail_the_gate_and_roll_back(upstreams, inproc_proxy
     assert any("error rate" in r for r in body["reasons"])
     assert proxy.runtime.rolled_back("balance")
     assert proxy.runtime.effective("balance") == 0.0
-    assert proxy.runtime.counters["rollbacks"][("balance", "auto")] == 1
+    assert proxy.runtime.counters["rollbacks"][("balance", "gate")] == 1
+    # The clients never saw the target's failures: counted as fallbacks, by reason.
+    metrics = await _text(proxy.admin + "/metrics")
+    assert 'strangler_fallbacks_total{reason="5xx",route="balance"}' in metrics
+    assert 'strangler_rollbacks_total{route="balance",trigger="gate"} 1.0' in metrics
 
 
 async def test_planted_field_difference_fails_the_gate(upstreams, inproc_proxy):
@@ -141,7 +145,9 @@ async def test_planted_field_difference_fails_the_gate(upstreams, inproc_proxy):
     code, body = await gate(proxy, "promote", "balance")
     assert code == 1 and proxy.runtime.rolled_back("balance")
     metrics = await _text(proxy.admin + "/metrics")
-    assert 'strangler_gate_decisions_total{decision="fail",route="balance"} 2.0' in metrics
+    # `gate` is a read: only promote's decision counts; both are evaluations.
+    assert 'strangler_gate_decisions_total{decision="fail",route="balance"} 1.0' in metrics
+    assert 'strangler_gate_evaluations_total{decision="fail",route="balance"} 2.0' in metrics
 
 
 async def test_guardrail_rolls_back_within_seconds_without_client_errors(upstreams,
@@ -183,7 +189,7 @@ async def test_guardrail_rolls_back_within_seconds_without_client_errors(upstrea
         await asyncio.gather(*tasks)
     rollback = next(e for e in proxy.runtime.audit.entries("balance")
                     if e["action"] == "rollback")
-    assert rollback["trigger"] == "auto" and rollback["actor"] == "guardrail"
+    assert rollback["trigger"] == "guardrail" and rollback["actor"] == "guardrail"
     # The audit entry is written after traffic moved: its time bounds the reaction time.
     assert proxy.runtime.rolled_back("balance")
     reacted = proxy.runtime.agg.window("balance").started  # new step began at the rollback
@@ -229,40 +235,44 @@ async def test_auto_promotion_runs_the_gate_itself(upstreams, inproc_proxy):
 
 async def test_min_latency_samples_in_routes_yaml_decides_whether_a_p99_is_judged(
         upstreams, inproc_proxy):
-    """Same evidence (about 60 latency samples per backend, target 0.25 s slower), judged twice:
-    held under the default floor of 100 samples, failed after a reload sets it to 30."""
+    """Same evidence (about 450 latency samples per backend, target 50 ms slower), judged
+    twice: held under the default floor of 1,000 samples (with early_fail_samples at 1,000 too:
+    by default a clear fail is judged from 50), failed after a reload sets it to 400."""
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.05)
         return web.json_response({"balance": 100})
 
     mono = await upstreams("monolith", handler=account_handler())
     svc = await upstreams("svc", handler=slow)
     text = routes_yaml(ROUTES, port=free_port(), admin=free_port(), mono=mono.port,
                        svc=svc.port, weight=50, shadow="false", guardrail="false")
-    text = text.replace("max_p99_ratio: 20", "max_p99_ratio: 2")
+    text = text.replace("max_p99_ratio: null", "max_p99_ratio: 2\n      early_fail_samples: 1000")
     proxy = await inproc_proxy(text)
-    await send(proxy, 120)  # weight 50: each side gets 60 +- 6, far from both 30 and 100
+    await send(proxy, 900, concurrency=32)  # weight 50: each side 450 +- 45, from 400 and 1000
     code, body = await gate(proxy, "gate", "balance")
     ev = body["evidence"]
-    assert 30 <= ev["target"]["latency_samples"] < 100, ev
-    assert 30 <= ev["legacy"]["latency_samples"] < 100, ev
+    assert 400 <= ev["target"]["latency_samples"] < 1000, ev
+    assert 400 <= ev["legacy"]["latency_samples"] < 1000, ev
     assert (code, body["decision"]) == (4, "hold"), body
-    assert any("a p99 needs at least 100 latency samples per backend" in r
+    assert any("a p99 needs at least 1000 latency samples per backend" in r
                for r in body["reasons"]), body
     th = ev["thresholds"]
     assert (th["min_latency_samples"], th["early_fail_samples"], th["min_fail_events"]) == (
-        100, 50, 3)
+        1000, 1000, 3)
 
     proxy.path.write_text(text.replace(
         "max_p99_ratio: 2",
-        "max_p99_ratio: 2\n      min_latency_samples: 30\n      min_fail_events: 4"))
+        "max_p99_ratio: 2\n      min_latency_samples: 400\n      min_fail_events: 4"))
     code, _out, err = await run_cli("validate", "-c", str(proxy.path))
     assert code == 0, err
+    # Only the policy changed: the evidence (and its step) stays.
+    step = proxy.runtime.state.route("balance").step
     await proxy.runtime.reload(actor="test", reason="lower the p99 floor")
+    assert proxy.runtime.state.route("balance").step == step
     code, body = await gate(proxy, "gate", "balance")
     assert (code, body["decision"]) == (1, "fail"), body
     assert any("target p99" in r and "above the limit 2.00x" in r for r in body["reasons"])
     th = body["evidence"]["thresholds"]
     assert (th["min_latency_samples"], th["early_fail_samples"], th["min_fail_events"]) == (
-        30, 50, 4)
+        400, 1000, 4)
     assert not proxy.runtime.rolled_back("balance")  # `gate` changes nothing

@@ -34,7 +34,7 @@ ROUTES = TWO_UPSTREAMS + """
         weight: 50
         shadow: {{sample: 1.0}}
         promotion: {{min_requests: 200, min_comparisons: 200, max_mismatch_rate: 0.03,
-                     max_error_rate_increase: 0.05, max_p99_ratio: 20}}
+                     max_error_rate_increase: 0.05, max_p99_ratio: null}}
 """
 
 
@@ -120,10 +120,10 @@ async def test_prometheus_evidence_covers_both_replicas(upstreams, proxy_process
     prom_share = prom_ev.target.requests / (prom_ev.target.requests + prom_ev.legacy.requests)
     assert abs(prom_share - lt / (lt + ll)) < 0.06
     policy = PromotionSpec(min_requests=200, min_comparisons=200, max_mismatch_rate=0.03,
-                           max_error_rate_increase=0.05, max_p99_ratio=20)
+                           max_error_rate_increase=0.05, max_p99_ratio=None)
     summed = Evidence(
         route="balance", weight=50.0,
-        legacy=BackendEvidence(ll, 0, prom_ev.legacy.p99, ll),
-        target=BackendEvidence(lt, 0, prom_ev.target.p99, lt),
+        legacy=BackendEvidence(ll, 0, prom_ev.legacy.latency),
+        target=BackendEvidence(lt, 0, prom_ev.target.latency),
         compared=compared, mismatched=0, shadow_enabled=True)
     assert decide(prom_ev, policy).decision == decide(summed, policy).decision == "promote"

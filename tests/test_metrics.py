@@ -167,12 +167,15 @@ async def test_metrics_match_the_traffic_sent(upstreams, proxy_process):
                           json={"reason": "metrics test"}) as r:
             assert r.status == 200
     m = await scrape(proxy)
-    assert total(m, "strangler_gate_decisions_total", route="balance") == 1
-    assert total(m, "strangler_gate_decisions_total", route="balance", decision=decision) == 1
+    # GET .../gate is a read: an evaluation, never a decision
+    assert total(m, "strangler_gate_decisions_total", route="balance") == 0
+    assert total(m, "strangler_gate_evaluations_total", route="balance") == 1
+    assert total(m, "strangler_gate_evaluations_total", route="balance", decision=decision) == 1
     assert total(m, "strangler_route_weight", route="balance") == 0
     assert total(m, "strangler_route_rolled_back", route="balance") == 1
     assert total(m, "strangler_rollbacks_total", route="balance", trigger="manual") == 1
-    assert total(m, "strangler_rollbacks_total", route="balance", trigger="auto") == 0
+    assert total(m, "strangler_rollbacks_total", route="balance", trigger="gate") == 0
+    assert total(m, "strangler_rollbacks_total", route="balance", trigger="guardrail") == 0
     assert await proxy.stop() == 0
 
 

@@ -130,7 +130,7 @@ async def test_target_down_at_start_falls_back_and_the_guardrail_rolls_back(upst
     assert set(load.outcomes) == {"monolith"}
     _, history = await admin_json(p.admin, "GET", "/admin/history")
     rollbacks = [e for e in history["entries"] if e["action"] == "rollback"]
-    assert len(rollbacks) == 1 and rollbacks[0]["trigger"] == "auto"
+    assert len(rollbacks) == 1 and rollbacks[0]["trigger"] == "guardrail"
     # A manual rollback on top (the SRE at 3 a.m.) is accepted and changes nothing.
     code, body, err = await rollback(p, "target down")
     assert code == 0 and body["state"] == "rolled_back", err

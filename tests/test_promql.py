@@ -14,13 +14,15 @@ from proxy.config.spec import CheckSpec
 from shadow.promql import (
     MetricsUnavailable,
     PrometheusSource,
+    bucket_counts,
     check_query,
     comparisons_query,
     label_value,
-    p99_query,
+    latency_buckets_query,
     parse_result,
     requests_query,
 )
+from shadow.stats import LATENCY
 
 
 def test_request_queries_sum_every_replica_over_the_window() -> None:
@@ -32,16 +34,27 @@ def test_request_queries_sum_every_replica_over_the_window() -> None:
     )
 
 
-def test_p99_query_aggregates_buckets_by_le_before_the_quantile() -> None:
-    assert p99_query("balance", "target", 60) == (
-        "histogram_quantile(0.99, sum by (le) (increase("
-        'strangler_request_duration_seconds_bucket{route="balance",backend="target"}[60s])))'
+def test_latency_is_read_as_the_bucket_counts_summed_by_le() -> None:
+    assert latency_buckets_query("balance", "target", 60) == (
+        "sum by (le) (increase("
+        'strangler_request_duration_seconds_bucket{route="balance",backend="target"}[60s]))'
     )
 
 
-def test_mismatches_include_comparisons_that_errored() -> None:
-    assert 'result=~"mismatch|error"' in comparisons_query("r", 60, mismatched=True)
-    assert "result" not in comparisons_query("r", 60)
+def test_bucket_counts_rebuild_the_gates_own_histogram() -> None:
+    """Prometheus hands back cumulative counts per `le` as the exposition printed them (6
+    significant digits); they map back onto the exact buckets, extrapolation kept monotone."""
+    i, j = LATENCY.index(0.001), LATENCY.index(0.01)
+    series = [({"le": f"{LATENCY.upper[i]:.6g}"}, 2.0), ({"le": f"{LATENCY.upper[j]:.6g}"}, 5.4),
+              ({"le": f"{LATENCY.upper[j + 1]:.6g}"}, 5.1), ({"le": "+Inf"}, 7.0)]
+    counts = bucket_counts(LATENCY, series)
+    assert counts[i] == 2.0 and counts[j] == pytest.approx(3.4) and counts[j + 1] == 0.0
+    assert counts[-1] == pytest.approx(1.6) and sum(counts) == pytest.approx(7.0)
+
+
+def test_comparisons_count_matches_and_mismatches_not_errors() -> None:
+    assert 'result=~"match|mismatch"' in comparisons_query("r", 60)
+    assert 'result=~"error"' in comparisons_query("r", 60, "error")
 
 
 def test_route_names_are_escaped_in_label_matchers() -> None:

@@ -59,6 +59,8 @@ GET   /admin/history                      history
 GET   /admin/history/verify               history_verify
 POST  /admin/reload                       reload
 GET   /admin/debug/tasks                  debug_tasks
+POST  /admin/routes/{name}/approve        approve
+POST  /admin/routes/{name}/reset-evidence reset_evidence
 """.strip().splitlines())
 
 
@@ -71,8 +73,14 @@ def error_response(status: int, error: str, detail: Any = None) -> web.Response:
 
 
 def build_admin_app(server: Any, tokens: Tokens | None = None) -> web.Application:
-    """The admin application of one `serve`; tokens default to the process environment."""
-    tokens = tokens if tokens is not None else Tokens.from_env()
+    """The admin application of one `serve`; tokens default to routes.yaml's admin.tokens
+    (secrets from the environment), else the two environment tokens. A reload takes the new
+    admin.tokens; one that cannot be read keeps the tokens in force (logged)."""
+    if tokens is None:
+        tokens, problems = Tokens.from_config(server.runtime.config)
+        for problem in problems:  # serve refuses to start on these; a test app logs them
+            log.error("admin token unusable", problem=problem)
+        server.runtime.on_reload.append(lambda config: _reload_tokens(tokens, config))
 
     def admin_settings() -> tuple[str, tuple[str, ...]]:
         admin = server.runtime.config.admin
@@ -127,6 +135,14 @@ def _auth_middleware(tokens: Tokens) -> Any:
         return await handler(request)
 
     return auth
+
+
+def _reload_tokens(tokens: Tokens, config: Any) -> None:
+    fresh, problems = Tokens.from_config(config)
+    if problems:
+        log.error("admin tokens not reloaded: the tokens in force stay", problems=problems)
+        return
+    tokens.replace_with(fresh)
 
 
 def _register_dashboard(app: web.Application, server: Any) -> None:
@@ -208,11 +224,14 @@ def _int_query(request: web.Request, name: str, default: int | None) -> int | No
     return min(value, MAX_LIMIT)
 
 
-def _actor(request: web.Request) -> str:
+def _caller(request: web.Request) -> Caller:
     caller = request.get(CALLER_KEY)
-    if caller is None:  # every /admin path goes through auth; this is belt and braces
-        caller = Caller("open", True)
-    return actor_name(caller, request.headers.get(ACTOR_HEADER))
+    # every /admin path goes through auth; this is belt and braces
+    return caller if caller is not None else Caller("open", True)
+
+
+def _actor(request: web.Request) -> str:
+    return actor_name(_caller(request), request.headers.get(ACTOR_HEADER))
 
 
 # -- the endpoints -----------------------------------------------------------------------------
@@ -300,7 +319,18 @@ class Admin:
         limit = _int_query(request, "limit", 20) or 20
         if getattr(self.server, "diff_store", None) is None:
             return web.json_response(no_store_view(self.rt, request, name))
-        return web.json_response(await diffs_view(self.server, self.rt, request, name, limit))
+        summary = await diffs_view(self.server, self.rt, request, name, limit)
+        summary["shadow_errors"] = self._shadow_errors(name)
+        return web.json_response(summary)
+
+    def _shadow_errors(self, name: str) -> dict:
+        """Mirrors that got no answer (not differences, never in `mismatched`): the current
+        step's and all since start, from the control plane's counters."""
+        def counts(w: Any) -> dict:
+            return {"errors": w.shadow_errors,
+                    "kinds": {f"{side}/{kind}": n
+                              for (side, kind), n in sorted(w.shadow_error_kinds.items())}}
+        return {"step": counts(self.rt.agg.window(name)), "total": counts(self.rt.agg.total(name))}
 
     async def diffs_export(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -335,15 +365,17 @@ class Admin:
 
     async def _gate(self, request: web.Request, act: bool) -> web.Response:
         name = request.match_info["name"]
-        decision, notes = await self.rt.gate(name, act=act, actor=_actor(request))
-        return web.json_response(self._decision_body(name, decision, notes))
+        result = await self.rt.gate(name, act=act, actor=_actor(request))
+        return web.json_response(self._decision_body(name, result))
 
-    def _decision_body(self, name: str, decision: Any, notes: list[str]) -> dict:
-        body = decision.to_dict()
-        last = self.rt.last_decision.get(name) or {}
-        body["acted"] = bool(last.get("acted"))
-        body["evaluated_at"] = last.get("evaluated_at")
-        body["notes"] = list(notes)
+    def _decision_body(self, name: str, result: Any) -> dict:
+        body = result.decision.to_dict()
+        view = result.view
+        body["acted"] = bool(view.get("acted"))
+        body["evaluated_at"] = view.get("evaluated_at")
+        body["step"] = view.get("step")
+        body["approval"] = view.get("approval")
+        body["notes"] = list(result.notes)
         if self.rt.rolled_back(name) and not body["acted"]:
             body["notes"].append("the route is rolled back: `resume` it before promoting")
         body["weight"] = self.rt.effective(name)
@@ -352,6 +384,20 @@ class Admin:
         if not self.rt.durable:
             body["warning"] = _not_durable(self.rt.persist_error)
         return body
+
+    # four eyes and fresh evidence --------------------------------------------------------
+    async def approve(self, request: web.Request) -> web.Response:
+        name, body = await self._route_body(request)
+        reason = _reason(body)
+        caller = _caller(request)
+        result = await self.rt.approve(name, _actor(request), caller.name is not None, reason)
+        return web.json_response(self._decision_body(name, result))
+
+    async def reset_evidence(self, request: web.Request) -> web.Response:
+        name, body = await self._route_body(request)
+        reason = _reason(body)
+        result = await self.rt.reset_evidence(name, _actor(request), reason)
+        return web.json_response(self._mutation(result))
 
     # mutations ------------------------------------------------------------------------------
     async def _route_body(self, request: web.Request) -> tuple[str, dict]:
@@ -366,7 +412,9 @@ class Admin:
         weight = _weight(body)  # before the reason: a missing weight is the first error
         reason = _reason(body)
         result = await self.rt.set_weight(name, weight, _actor(request), reason)
-        return web.json_response(self._mutation(result))
+        # 202: recorded as a request that waits for a second person's approval
+        status = 202 if result.extra.get("approval") else 200
+        return web.json_response(self._mutation(result), status=status)
 
     async def rollback_one(self, request: web.Request) -> web.Response:
         name, body = await self._route_body(request)

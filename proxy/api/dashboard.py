@@ -27,8 +27,8 @@ from typing import Any
 from aiohttp import web
 
 from proxy.control.aggregate import Aggregator, RouteWindow
-from proxy.dataplane.recorder import quantile
 from shadow.reconcile_store import latest_runs
+from shadow.stats import LATENCY, quantile
 
 STATIC_DIR = Path(__file__).with_name("static")
 CONTENT_TYPES = {
@@ -88,7 +88,7 @@ def _snapshot(w: RouteWindow) -> Snapshot:
 
 
 def _p99_ms(now: list[int], before: list[int]) -> float | None:
-    q = quantile([a - b for a, b in zip(now, before, strict=True)], 0.99)
+    q = quantile(LATENCY, [a - b for a, b in zip(now, before, strict=True)], 0.99)
     return None if q is None else round(q * 1000, 3)
 
 

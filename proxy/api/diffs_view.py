@@ -6,8 +6,8 @@ counts, and nothing recorded before the last change of either. `all=1` answers w
 of every window the store still has; there, a row that the current `ignore` rules cover is
 marked `ignored` (listed after the live ones), never shown as a live difference.
 
-After a restart the step id is the same (state.json keeps it) and so are the store's counts for
-it: `seed_gate_windows` carries them into the gate's window, so the numbers agree.
+Every restart starts a new step (proxy.control.steps), so after one `status`, `gate` and the
+default view all count from zero together; `all=1` still shows what came before.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from aiohttp import web
 
 from shadow.diff import Comparator, rules_id
 
-__all__ = ["diffs_view", "no_store_view", "seed_gate_windows"]
+__all__ = ["diffs_view", "no_store_view"]
 
 MAX_SAMPLES = 50
 
@@ -66,24 +66,3 @@ async def diffs_view(server: Any, rt: Any, request: web.Request, name: str,
         rules=window["rules"], ignored=comparator.ignores)
     summary["window"].update(window)
     return summary
-
-
-def seed_gate_windows(rt: Any, store: Any) -> dict[str, int]:
-    """At start, before traffic: each route's current step continues with the shadow counts
-    the store kept for it (same step id, same compare rules), so `status`, `gate` and `diffs`
-    agree after a restart, as the Prometheus gate source does. Requests, errors and latency
-    start from zero (they are not stored). Returns route -> comparisons carried over."""
-    carried = {}
-    for spec in rt.config.routes:
-        route = rt.state.route(spec.name)
-        window = rt.agg.window(spec.name)
-        if window.step != route.step:
-            continue
-        c = store.counts(spec.name, route.step, rules_id(spec.shadow.compare))
-        # the gate's convention: an error is a compared-and-mismatched pair
-        window.compared += c.compared + c.errors
-        window.mismatched += c.mismatched + c.errors
-        window.shadow_errors += c.errors
-        if c.compared or c.errors:
-            carried[spec.name] = c.compared + c.errors
-    return carried

@@ -60,7 +60,9 @@ DEMO_ROUTE = """\
       min_comparisons: 150
       max_mismatch_rate: 0.03
       max_error_rate_increase: 0.03
-      max_p99_ratio: 3.0
+      max_p99_ratio: null               # seconds of traffic cannot bound an unpaired p99...
+      max_paired_latency_increase: 20ms # ...but every request is shadowed: judge the pairs
+      min_latency_samples: 300
 """
 
 # name -> the JSON paths its comparison redacts
@@ -209,8 +211,10 @@ async def run_demo(duration: float, out: IO[str] = sys.stdout, keep: bool = Fals
             for route in ("balance", "kyc"):
                 if route in done:
                     continue
-                decision, _ = await rt.gate(route, act=True, actor="demo")
+                decision = (await rt.gate(route, act=True, actor="demo")).decision
                 ev = decision.evidence
+                # the first reason says since when the evidence counts: show the next one
+                reasons = [r for r in decision.reasons if not r.startswith("Evidence since")]
                 tgt_req = ev["target"]["requests"]
                 compared, mismatched = ev["shadow"]["compared"], ev["shadow"]["mismatched"]
                 rate = f"{mismatched / compared:.1%}" if compared else "-"
@@ -219,11 +223,11 @@ async def run_demo(duration: float, out: IO[str] = sys.stdout, keep: bool = Fals
                 if d == "promote":
                     what = f"promote {decision.from_weight:g}% -> {decision.to_weight:g}%"
                 elif d == "fail":
-                    what = "FAIL -> rolled back: " + decision.reasons[0]
+                    what = "FAIL -> rolled back: " + reasons[0]
                 elif d == "complete":
                     what = "complete: 100% on the new service"
                 else:
-                    what = "hold: " + (decision.reasons[0] if decision.reasons else "")
+                    what = "hold: " + (reasons[0] if reasons else "")
                 p(f"{time.monotonic() - t0:5.1f}  {route:8} {decision.from_weight:6g}% "
                   f"{state:11} {tgt_req:7d} {compared:8d} {rate:>8}  "
                   f"{what[:110]}")

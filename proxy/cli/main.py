@@ -23,6 +23,8 @@ COMMANDS = (
     "resume",
     "gate",
     "promote",
+    "approve",
+    "reset_evidence",
     "diffs",
     "reconcile",
     "inventory",

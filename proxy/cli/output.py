@@ -43,6 +43,7 @@ def _backend(stats: dict, side: str) -> tuple[str, str, str]:
 
 def status_table(routes: list[dict]) -> str:
     rows = []
+    notes = []
     for r in routes:
         step = (r.get("stats") or {}).get("step") or {}
         leg_n, leg_err, leg_p99 = _backend(step, "legacy")
@@ -50,22 +51,78 @@ def status_table(routes: list[dict]) -> str:
         shadow = step.get("shadow") or {}
         compared = shadow.get("compared", 0)
         mism = (f"{pct(shadow.get('mismatch_rate'))} of {compared}" if compared else "-")
+        errors = shadow.get("errors") or 0
         last = r.get("last_decision") or {}
         gate = last.get("decision", "-")
         if last.get("decision") == "promote":
             gate += f" -> {weight(last.get('to_weight'))}"
+        if last.get("age_seconds") is not None:
+            gate += f" ({age(last['age_seconds'])} ago)"
         weight_txt = weight(r.get("weight"))
         if r.get("file_weight") is not None and r.get("file_weight") != r.get("weight"):
             weight_txt += f" (file {weight(r.get('file_weight'))})"
+        since = r.get("evidence_since") or {}
         rows.append([
             r.get("name"), weight_txt, r.get("state"),
             f"{leg_n} / {leg_err}", f"{tgt_n} / {tgt_err}",
-            f"{leg_p99} / {tgt_p99}", mism, gate,
+            f"{leg_p99} / {tgt_p99}", mism, str(errors) if errors else "-", gate,
+            age(since.get("seconds")),
         ])
+        notes += route_notes(r)
     head = ["ROUTE", "WEIGHT", "STATE", "LEGACY REQ/ERR", "TARGET REQ/ERR",
-            "P99 LEGACY/TARGET", "SHADOW MISMATCH", "LAST GATE"]
-    return table(head, rows) + "\n(requests, errors, p99 and shadow since each route's last " \
-        "weight change)"
+            "P99 LEGACY/TARGET", "SHADOW MISMATCH", "SHADOW ERRORS", "LAST GATE", "EVIDENCE"]
+    text = table(head, rows) + "\n(requests, errors, p99 and shadow since each route's " \
+        "evidence began: EVIDENCE is its age; shadow errors are mirrors that got no answer, " \
+        "not differences)"
+    return text + ("\n" + "\n".join(notes) if notes else "")
+
+
+def route_notes(r: dict) -> list[str]:
+    """What a route's row cannot say: since when and why its evidence, pending approvals,
+    a paused auto-promotion."""
+    name = r.get("name")
+    since = r.get("evidence_since") or {}
+    out = []
+    if since.get("time"):
+        out.append(f"{name}: evidence since {stamp(since['time'])} "
+                   f"({since.get('reason') or 'unknown'})")
+    approval = r.get("approval")
+    if approval:
+        out.append(f"{name}: {approval_line(approval)}")
+    if (r.get("promotion") or {}).get("auto_paused"):
+        out.append(f"{name}: auto-promotion paused: the gate answered inconclusive at this step "
+                   f"(`strangler reset-evidence {name}` starts it afresh)")
+    return out
+
+
+def approval_line(a: dict) -> str:
+    return (f"awaiting approval: {a.get('kind')} {weight(a.get('from_weight'))} -> "
+            f"{weight(a.get('to_weight'))} asked by {a.get('requested_by')}; another named "
+            f"admin may `strangler approve {a.get('route')} --reason ...` until "
+            f"{stamp(a.get('expires_at'))} (in {age(a.get('expires_in_seconds'))})")
+
+
+def awaiting_approval(body: dict) -> str:
+    name = body.get("name") or body.get("route")
+    return f"{name}: {approval_line(body.get('approval') or {})}"
+
+
+def stamp(epoch: Any) -> str:
+    if not isinstance(epoch, int | float):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+def age(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
 
 
 def mutation(body: dict, verb: str) -> str:
@@ -94,12 +151,17 @@ def decision(body: dict) -> str:
         head += f" at {weight(body.get('from_weight'))}"
         if body.get("acted"):
             head += " (rolled back to 0%)"
-    elif d in ("hold", "complete"):
+    elif d in ("hold", "complete", "inconclusive"):
         head += f" at {weight(body.get('from_weight'))}"
     if d == "promote" and body.get("acted"):
         head += " (done)"
+    elif d == "promote" and body.get("approval"):
+        head += " (awaiting approval)"
     lines = [head]
     lines += [f"  - {r}" for r in body.get("reasons") or []]
+    if body.get("approval") and not body.get("acted"):
+        lines.append(f"  {approval_line(body['approval'])}")
+    lines += [f"  note: {n}" for n in body.get("notes") or []]
     ev = body.get("evidence") or {}
     if ev:
         lines.append("  evidence:")
@@ -111,17 +173,36 @@ def decision(body: dict) -> str:
                     f"    {side}: {b.get('requests')} requests, {b.get('errors')} errors "
                     f"({pct(b.get('error_rate'))}), p99 "
                     f"{'-' if p99 is None else f'{p99 * 1000:.1f}ms'}"
+                    f" ({b.get('latency_samples', 0)} samples)"
                 )
+        if ev.get("fallbacks"):
+            lines.append(f"    fallbacks: {ev['fallbacks']} target failures answered by legacy")
         sh = ev.get("shadow") or {}
         if sh.get("enabled"):
             lines.append(
                 f"    shadow: {sh.get('compared')} compared, {sh.get('mismatched')} mismatched "
                 f"(rate {pct(sh.get('mismatch_rate'), 3)}, 95% upper bound "
-                f"{pct(sh.get('mismatch_rate_upper_95'), 3)})"
+                f"{pct(sh.get('mismatch_rate_upper_95'), 3)}); {sh.get('errors', 0)} errors "
+                "(no answer, not differences)"
             )
         if ev.get("p99_ratio") is not None:
-            lines.append(f"    p99 ratio target/legacy: {ev['p99_ratio']:.3g}")
+            lines.append(f"    p99 ratio target/legacy: {ev['p99_ratio']:.3g} (95%: "
+                         f"{_num(ev.get('p99_ratio_lower_95'))} to "
+                         f"{_num(ev.get('p99_ratio_upper_95'))})")
+        paired = ev.get("paired_latency") or {}
+        if paired.get("pairs"):
+            lines.append(f"    paired latency (target - legacy, median of {paired['pairs']}): "
+                         f"{_dms(paired.get('median_difference_seconds'))} (95%: "
+                         f"{_dms(paired.get('lower_95'))} to {_dms(paired.get('upper_95'))})")
     return "\n".join(lines)
+
+
+def _num(v: Any) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def _dms(v: Any) -> str:
+    return "-" if v is None else f"{v * 1000:+.2f}ms"
 
 
 def diffs(body: dict, sample_lines: int = 8, now: float | None = None) -> str:
@@ -131,8 +212,9 @@ def diffs(body: dict, sample_lines: int = 8, now: float | None = None) -> str:
     rate = pct(mism / compared) if compared else "-"
     head = f"{body.get('route')}: {compared} compared, {mism} mismatched ({rate})"
     if errors:
-        head += f", of which {errors} errors (a side did not answer)"
+        head += f"; {errors} errors in this window (a side did not answer: not differences)"
     lines = [head, _window_line(body.get("window") or {}, now)]
+    lines += shadow_errors_lines(body.get("shadow_errors"))
     fields = body.get("fields") or []
     live = [f for f in fields if not f.get("ignored")]
     ignored = [f for f in fields if f.get("ignored")]
@@ -160,7 +242,7 @@ def _window_line(w: dict, now: float | None) -> str:
         return "(all evidence the store has, every step and rule set; --all)"
     text = f"(current evidence: step {w.get('step')}, compare rules {w.get('rules')}"
     if w.get("first"):
-        text += f", first comparison {age(w['first'], now)} ago"
+        text += f", first comparison {age_of(w['first'], now)} ago"
     return text + "; --all for everything)"
 
 
@@ -187,15 +269,9 @@ def _per(f: dict) -> str:
     return f"{of // count} elements" if of % count == 0 else f"~{of / count:.0f} elements"
 
 
-def age(t: float, now: float | None = None) -> str:
-    s = max(0.0, (time.time() if now is None else now) - float(t))
-    if s < 90:
-        return f"{s:.0f}s"
-    if s < 5400:
-        return f"{s / 60:.0f}m"
-    if s < 172800:
-        return f"{s / 3600:.0f}h"
-    return f"{s / 86400:.0f}d"
+def age_of(t: float, now: float | None = None) -> str:
+    """How long ago epoch `t` was, as `age` writes it."""
+    return age(max(0.0, (time.time() if now is None else now) - float(t)))
 
 
 def _sample_lines(s: dict, limit: int, now: float | None) -> list[str]:
@@ -204,7 +280,7 @@ def _sample_lines(s: dict, limit: int, now: float | None) -> list[str]:
     tgt = s.get("target") or {}
     head = (f"  #{s.get('id')} {req.get('method')} {req.get('path')}  legacy {leg.get('status')}"
             f" / target {tgt.get('status')}  (step {s.get('step')}"
-            + (f", {age(s['time'], now)} ago" if s.get("time") else "") + ")")
+            + (f", {age_of(s['time'], now)} ago" if s.get("time") else "") + ")")
     body = []
     for d in s.get("differences") or []:
         if not isinstance(d, dict):
@@ -222,6 +298,20 @@ def _sample_lines(s: dict, limit: int, now: float | None) -> list[str]:
     if more:
         body.append(f"      ... {more} more difference(s) (--sample-lines)")
     return [head, *body]
+
+
+def shadow_errors_lines(errors: Any) -> list[str]:
+    """Mirrors that got no answer: errors, counted apart from the differences."""
+    if not isinstance(errors, dict):
+        return []
+    out = []
+    for label, key in (("at this step", "step"), ("since start", "total")):
+        part = errors.get(key) or {}
+        if part.get("errors"):
+            kinds = ", ".join(f"{k} {n}" for k, n in (part.get("kinds") or {}).items())
+            out.append(f"  {part['errors']} mirrored requests got no answer {label} (errors, not "
+                       f"differences{': ' + kinds if kinds else ''})")
+    return out
 
 
 def _diff_values(d: dict) -> str:
@@ -244,8 +334,12 @@ def history(entries: list[dict]) -> str:
         change = ""
         if e.get("from") is not None or e.get("to") is not None:
             change = f"{_val(e.get('from'))} -> {_val(e.get('to'))}"
+        reason = e.get("reason") or ""
+        ev = e.get("evidence")
+        if e.get("action") == "reload" and isinstance(ev, dict) and ev.get("summary"):
+            reason = f"{reason}: {ev['summary']}"
         rows.append([e.get("seq"), e.get("time"), e.get("actor"), e.get("action"),
-                     e.get("route") or "*", change, _short(e.get("reason") or "", 70)])
+                     e.get("route") or "*", change, _short(reason, 70)])
     return table(["#", "TIME (UTC)", "ACTOR", "ACTION", "ROUTE", "CHANGE", "REASON"], rows)
 
 
@@ -257,4 +351,5 @@ def _val(v: Any) -> str:
     return str(v)
 
 
-__all__ = ["age", "decision", "diffs", "history", "mutation", "status_table", "table", "warning"]
+__all__ = ["age", "age_of", "awaiting_approval", "decision", "diffs", "history", "mutation",
+           "status_table", "table", "warning"]

@@ -13,6 +13,7 @@ from proxy.config import model as m
 from proxy.config.document import Document
 from proxy.config.spec import (
     AdminSpec,
+    ApprovalSpec,
     AutoSpec,
     CheckSpec,
     CompareSpec,
@@ -24,6 +25,7 @@ from proxy.config.spec import (
     InventorySpec,
     LimitsSpec,
     MatchSpec,
+    MaxHoldSpec,
     NotifySpec,
     OverrideSpec,
     OverrideTrustSpec,
@@ -32,6 +34,7 @@ from proxy.config.spec import (
     ShadowBudgetSpec,
     ShadowSpec,
     StickySpec,
+    TokenSpec,
     UnleashSpec,
     UpstreamSpec,
 )
@@ -58,7 +61,11 @@ def _shadow(s: m.Shadow) -> ShadowSpec:
 
 
 def _promotion(p: m.Promotion) -> PromotionSpec:
-    kw = _set(p, "auto", "checks", "guardrail")
+    kw = _set(p, "auto", "checks", "guardrail", "max_hold", "approval")
+    if p.max_hold is not None:
+        kw["max_hold"] = MaxHoldSpec(**_set(p.max_hold))
+    if p.approval is not None:
+        kw["approval"] = ApprovalSpec(**_set(p.approval))
     if "auto" in p.model_fields_set:
         kw["auto"] = AutoSpec(**_set(p.auto))
     if "guardrail" in p.model_fields_set:
@@ -76,6 +83,13 @@ def _route(r: m.Route, line: int, override_line: int) -> RouteSpec:
         kw["override"] = OverrideSpec(header=r.override.header, line=override_line)
     return RouteSpec(match=match_spec(r.match), shadow=_shadow(r.shadow),
                      promotion=_promotion(r.promotion), line=line, **kw)
+
+
+def _admin(a: m.Admin, doc: Document) -> AdminSpec:
+    kw = _set(a, "tokens")
+    kw["tokens"] = tuple(TokenSpec(line=doc.line(("admin", "tokens", i)), **_set(t))
+                         for i, t in enumerate(a.tokens))
+    return AdminSpec(**kw)
 
 
 def config(model: m.RoutesFile, doc: Document, source: Path, base: Path) -> Config:
@@ -106,7 +120,7 @@ def config(model: m.RoutesFile, doc: Document, source: Path, base: Path) -> Conf
         source=source,
         version=1,
         listen=listen,
-        admin=AdminSpec(**_set(model.admin)),
+        admin=_admin(model.admin, doc),
         state_dir=Path(os.path.normpath(state_dir)),
         upstreams=ups,
         default_upstream=model.default_upstream,

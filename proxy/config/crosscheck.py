@@ -93,6 +93,8 @@ def across(raw: dict[str, Any], bad: set[Loc], model: Any, *, quiet: bool = Fals
             header = doc.get(("overrides", "trusted", "secret_header"))
             trust = header.lower() if isinstance(header, str) else ""
 
+    tokens = _token_roles(doc)
+
     routes = raw.get("routes")
     route_names: dict[str, int] = {}
     flag_names: dict[str, str] = {}
@@ -147,6 +149,7 @@ def across(raw: dict[str, Any], bad: set[Loc], model: Any, *, quiet: bool = Fals
             found.append(((*base, "promotion", "checks"), v.problem(
                 "checks need a Prometheus url: set gate.url (e.g. gate: {metrics: local, url: "
                 "http://prometheus:9090})")))
+        found += _approval(doc, base, tokens)
         if name is None or len(sides) != 2 or (*base, "match") in bad:
             continue
         match = _match(valid_routes[i].match if valid_routes is not None else r.get("match"))
@@ -172,6 +175,45 @@ def across(raw: dict[str, Any], bad: set[Loc], model: Any, *, quiet: bool = Fals
                     found.append((("notify", j, "routes", k), v.problem(
                         f"unknown route '{value}'; defined: {', '.join(known) or 'none'}"
                         f"{v.suggest(value, known)}")))
+    return found
+
+
+def _token_roles(doc: _Raw) -> dict[str, str] | None:
+    """admin.tokens as name -> role; None when the list was refused (reported already)."""
+    if ("admin", "tokens") in doc.bad or ("admin",) in doc.bad:
+        return None
+    listed = doc.get(("admin", "tokens"))
+    out: dict[str, str] = {}
+    for entry in listed if isinstance(listed, list) else ():
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            out[entry["name"]] = str(entry.get("role"))
+    return out
+
+
+def _approval(doc: _Raw, base: Loc, tokens: dict[str, str] | None) -> Found:
+    """Four eyes need named credentials: the actor of a request or an approval must come from a
+    token, not from a name the client types."""
+    loc = (*base, "promotion", "approval")
+    if tokens is None or doc.get(loc) in (_MISSING, None) or loc in doc.bad:
+        return []
+    admins = [name for name, role in tokens.items() if role == "admin"]
+    if not admins:
+        return [(loc, v.problem(
+            "approval needs named admin credentials in admin.tokens (e.g. [{name: alice, "
+            "role: admin, token_env: ALICE_TOKEN}]): the requester and the approver are told "
+            "apart by their tokens, not by a name the client sends"))]
+    found: Found = []
+    approvers = doc.get((*loc, "approvers"))
+    for k, name in enumerate(approvers if isinstance(approvers, list) else ()):
+        if not isinstance(name, str):
+            continue
+        if name not in tokens:
+            found.append(((*loc, "approvers", k), v.problem(
+                f"unknown token name '{name}'; admin.tokens has: {', '.join(tokens)}"
+                f"{v.suggest(name, list(tokens))}")))
+        elif tokens[name] != "admin":
+            found.append(((*loc, "approvers", k), v.problem(
+                f"token '{name}' has role {tokens[name]}: an approver needs role admin")))
     return found
 
 

@@ -34,6 +34,7 @@ from proxy.config.spec import (
     NOTIFY_EVENTS,
     SAFE_METHODS,
     AdminSpec,
+    ApprovalSpec,
     AutoSpec,
     CompareSpec,
     GateSourceSpec,
@@ -161,6 +162,44 @@ def _allowed_hosts(x: Any) -> tuple[str, ...]:
     if bad:
         v.at(bad)
     return tuple(dict.fromkeys(out))
+class Token(Block):
+    WHAT = "a mapping with name, role and token_env"
+    HINTS = {"token_env": " (the environment variable holding the token)"}
+    name: v.Str("a token name", pattern=NAME_RE, hint=v.NAME_HINT)  # type: ignore[valid-type]
+    role: v.Choice("admin", "read")  # type: ignore[valid-type]
+    token_env: v.EnvName = Field(description="the environment variable holding the token "
+                                 "(never the token itself)")
+
+
+def _tokens(x: Any) -> tuple[Any, ...]:
+    """Named admin credentials: names and token_env variables each used once."""
+    values = v.seq(x, "a list of {name, role, token_env}")
+    tokens = adapter(Token)
+    out: list[Any] = []
+    found: Found = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, item in enumerate(values):
+        try:
+            out.append(tokens.validate_python(item))
+        except ValidationError as exc:
+            for e in exc.errors():
+                found.append(((i, *e["loc"]), PydanticCustomError(
+                    e["type"], "{m}", {**(e.get("ctx") or {}), "m": e["msg"]})))
+        for key in ("name", "token_env"):
+            value = item.get(key) if isinstance(item, dict) else None
+            if not isinstance(value, str):
+                continue
+            if (key, value) in seen:
+                why = ("one name per person: the audit log names them" if key == "name" else
+                       "two names with one secret cannot be told apart")
+                found.append(((i, key), v.problem(
+                    f"duplicate {key} '{value}' (first at line {v.LINE}): {why}",
+                    line_of=(seen[(key, value)], key))))
+            else:
+                seen[(key, value)] = i
+    if found:
+        _at_nested(found)
+    return tuple(out)
 
 
 class Admin(Block):
@@ -171,6 +210,10 @@ class Admin(Block):
         "type": "array", "items": {"type": "string", "pattern": _HOST_NAME.pattern},
         "description": "host names the admin API answers to besides its address, IP addresses "
         "and localhost (DNS rebinding defence); '*' any"}) = D(AdminSpec, "allowed_hosts")
+    tokens: v.value_type(tuple, _tokens, {  # type: ignore[valid-type]
+        "type": "array", "items": {"x-strangler-ref": "Token"},
+        "description": "named credentials (the audit log's actor comes from them); when set, "
+                       "STRANGLER_ADMIN_TOKEN and STRANGLER_READ_TOKEN are not accepted"}) = ()
 
 
 class Upstream(Block):
@@ -442,6 +485,7 @@ class Check(Checked):
     query: v.Str("a PromQL query")  # type: ignore[valid-type]
     max: v.Number(nullable=True) = None  # type: ignore[valid-type]
     min: v.Number(nullable=True) = None  # type: ignore[valid-type]
+    dry_run: v.Bool = Field(False, description="evaluated and reported, never fails or holds")
 
     @classmethod
     def _check(cls, raw: dict[str, Any], bad: set[Loc], value: Any = None) -> Found:
@@ -510,7 +554,35 @@ def _at_nested(found: Found) -> None:
     raise ValidationError.from_exception_data("routes.yaml", details)
 
 
-class Promotion(Block):
+class MaxHold(Checked):
+    WHAT = "a mapping with duration and/or requests"
+    duration: v.Duration() = Field(None, description="time at one step")  # type: ignore
+    requests: v.Integer() = Field(None, description="legacy + target requests at one "  # type: ignore
+                                  "step")
+
+    @classmethod
+    def _check(cls, raw: dict[str, Any], bad: set[Loc], value: Any = None) -> Found:
+        if not ({"duration", "requests"} & raw.keys()):
+            return [((), v.problem("give duration, requests or both (e.g. {duration: 2h}): "
+                                   "after that long at one step a gate still holding answers "
+                                   "inconclusive"))]
+        return []
+
+
+class Approval(Block):
+    WHAT = "a mapping with from_weight"
+    HINTS = {"from_weight": " (promotions to this weight and above need a second person)"}
+    from_weight: v.Step = Field(description="promotions to this weight or above need "
+                                "`strangler approve` by a second person")
+    expires: v.Duration() = D(ApprovalSpec, "expires")  # type: ignore[valid-type]
+    approvers: v.value_type(tuple, lambda x: _name_list(  # type: ignore[valid-type]
+        x, what="a list of admin.tokens names", item="a token name", kind="approver",
+        empty="leave it out: any named admin token may approve"), {
+        "type": "array", "minItems": 1, "uniqueItems": True, "items": {"type": "string"},
+        "description": "admin.tokens names that may approve (default: every admin one)"}) = None
+
+
+class Promotion(Checked):
     steps: v.value_type(tuple, _steps, {  # type: ignore[valid-type]
         "type": "array", "minItems": 1, "items": {"type": "number", "exclusiveMinimum": 0,
                                                   "maximum": 100},
@@ -518,9 +590,16 @@ class Promotion(Block):
     min_requests: v.Integer() = D(PromotionSpec, "min_requests")  # type: ignore[valid-type]
     min_comparisons: v.Integer() = D(PromotionSpec, "min_comparisons")  # type: ignore
     max_mismatch_rate: v.Number(0, 1) = D(PromotionSpec, "max_mismatch_rate")  # type: ignore
+    max_shadow_error_rate: v.Number(0, 1) = D(PromotionSpec,  # type: ignore[valid-type]
+                                              "max_shadow_error_rate")
     max_error_rate_increase: v.Number(0, 1) = D(PromotionSpec,  # type: ignore[valid-type]
                                                 "max_error_rate_increase")
-    max_p99_ratio: v.Number(0, lo_open=True) = D(PromotionSpec, "max_p99_ratio")  # type: ignore
+    max_p99_ratio: v.Number(0, lo_open=True, nullable=True) = Field(  # type: ignore
+        D(PromotionSpec, "max_p99_ratio"), description="target p99 / legacy p99; null: the "
+        "unpaired p99 is not judged")
+    max_paired_latency_increase: v.Duration(positive=False, nullable=True) = Field(  # type: ignore
+        None, description="target minus legacy on the same mirrored request (median); null: "
+        "reported, not judged")
     min_latency_samples: v.Integer() = D(PromotionSpec, "min_latency_samples")  # type: ignore
     early_fail_samples: v.Integer() = D(PromotionSpec, "early_fail_samples")  # type: ignore
     min_fail_events: v.Integer() = D(PromotionSpec, "min_fail_events")  # type: ignore
@@ -529,6 +608,28 @@ class Promotion(Block):
     checks: v.value_type(tuple, _checks, {  # type: ignore[valid-type]
         "type": "array", "items": {"x-strangler-ref": "Check"}}) = ()
     guardrail: Guardrail = Guardrail()
+    max_hold: MaxHold | None = Field(None, description="after this long at one step, a gate "
+                                     "that still holds answers inconclusive")
+    approval: Approval | None = Field(None, description="four eyes: promotions to from_weight "
+                                      "and above need a second person's approval")
+
+    @classmethod
+    def _check(cls, raw: dict[str, Any], bad: set[Loc], value: Any = None) -> Found:
+        hold = raw.get("max_hold")
+        if not isinstance(hold, dict) or ("max_hold",) in bad \
+                or ("max_hold", "requests") in bad or not isinstance(hold.get("requests"), int):
+            return []
+        floors = {}
+        for key in ("min_requests", "min_comparisons", "min_latency_samples"):
+            if key in raw and (key,) in bad:
+                return []
+            floors[key] = raw.get(key, D(PromotionSpec, key))
+        name, floor = max(floors.items(), key=lambda kv: kv[1])
+        if hold["requests"] < floor:
+            return [(("max_hold", "requests"), v.problem(
+                f"{hold['requests']} is below the sample floor {name} = {floor}: the step "
+                "would be inconclusive before the gate could judge it"))]
+        return []
 
 
 def _own_header(example: str) -> Any:
@@ -820,6 +921,7 @@ def blocks() -> dict[str, type[Block]]:
             todo += [t for t in _inner(f.annotation) if isinstance(t, type) and issubclass(
                 t, Block)]
     out["Check"] = Check
+    out["Token"] = Token
     return out
 
 
@@ -841,8 +943,9 @@ def block_at(loc: Loc) -> type[Block] | None:
             if not isinstance(part, str) or part not in tp.model_fields:
                 return None
             tp = tp.model_fields[part].annotation
-            if tp is tuple and part == "checks":
-                tp = tuple[Check, ...]
+            if tp is tuple and part in ("checks", "tokens"):
+                item = Check if part == "checks" else Token
+                tp = tuple[item, ...]  # type: ignore[valid-type]
             continue
         origin = typing.get_origin(tp)
         if origin in (tuple, list) and isinstance(part, int):

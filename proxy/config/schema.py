@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
 
 from proxy.config import values as v
-from proxy.config.model import Check, RoutesFile
+from proxy.config.model import Check, RoutesFile, Token
 from proxy.config.spec import HostPort
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -54,6 +54,7 @@ def routes_schema() -> dict[str, Any]:
     schema = RoutesFile.model_json_schema(schema_generator=_Generate)
     defs = schema.pop("$defs", {})
     defs["Check"] = Check.model_json_schema(schema_generator=_Generate)
+    defs["Token"] = Token.model_json_schema(schema_generator=_Generate)
     defs.update(copy.deepcopy(_SHARED))
     body = _refs(schema, "#/$defs/")
     out: dict[str, Any] = {

@@ -103,6 +103,7 @@ class CheckSpec:
     query: str
     max: float | None = None
     min: float | None = None
+    dry_run: bool = False  # evaluated and reported, never fails or holds the gate
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,21 +124,43 @@ class GuardrailSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class MaxHoldSpec:
+    """`promotion.max_hold`: after this long (or this many route requests) at one step, a gate
+    that still holds answers `inconclusive`. At least one of the two is set."""
+
+    duration: float | None = None  # seconds since the step began
+    requests: int | None = None  # legacy + target requests at the step
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalSpec:
+    """`promotion.approval`: four eyes on promotions to `from_weight` and above."""
+
+    from_weight: float
+    expires: float = 3600.0  # a request not approved within this long lapses
+    approvers: tuple[str, ...] | None = None  # `admin.tokens` names; None: any admin token
+
+
+@dataclass(frozen=True, slots=True)
 class PromotionSpec:
     steps: tuple[float, ...] = (1.0, 5.0, 25.0, 50.0, 100.0)
     min_requests: int = 500
     min_comparisons: int = 500
     max_mismatch_rate: float = 0.001
+    max_shadow_error_rate: float = 0.01  # mirrors target did not answer (not differences)
     max_error_rate_increase: float = 0.005
-    max_p99_ratio: float = 1.25
+    max_p99_ratio: float | None = 1.25  # None: the unpaired p99 is not judged
+    max_paired_latency_increase: float | None = None  # seconds; None: reported, not judged
     # The gate's evidence floors, which apply whatever min_requests/min_comparisons say:
-    min_latency_samples: int = 100  # per backend, before a p99 is judged (hold below)
+    min_latency_samples: int = 1000  # per backend (or pairs), before latency is judged
     early_fail_samples: int = 50  # a fail may be judged this early (or at the min, if lower)
     min_fail_events: int = 3  # mismatches or target errors before a fail (Wilson's small-n)
     auto_rollback: bool = True
     auto: AutoSpec = field(default_factory=AutoSpec)
     checks: tuple[CheckSpec, ...] = ()
     guardrail: GuardrailSpec = field(default_factory=GuardrailSpec)
+    max_hold: MaxHoldSpec | None = None  # None: a step may hold for ever
+    approval: ApprovalSpec | None = None  # None: no second approval needed
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,15 +206,27 @@ class RouteSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenSpec:
+    """`admin.tokens[i]`: a named credential; its secret is read from `token_env` at start."""
+
+    name: str
+    role: Literal["admin", "read"]
+    token_env: str
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class AdminSpec:
     listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9901))
     dashboard_url: str | None = None  # where people open the dashboard (notification links)
     # Host names (lower-case) the admin API answers to besides its address, IP addresses and
     # localhost; "*" any (proxy.api.browser_guard).
     allowed_hosts: tuple[str, ...] = ()
+    tokens: tuple[TokenSpec, ...] = ()  # named credentials; replace the two env tokens
 
 
-NOTIFY_EVENTS = ("rollback", "fail", "promote", "complete", "resume", "weight_changed")
+NOTIFY_EVENTS = ("rollback", "fail", "promote", "complete", "resume", "weight_changed",
+                 "inconclusive", "approval_requested")
 
 
 @dataclass(frozen=True, slots=True)

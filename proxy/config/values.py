@@ -256,13 +256,16 @@ def _unit_value(v: Any, hint: str, parse: Callable[[Any], Any]) -> Any:
         raise problem(str(exc)) from None
 
 
-def Duration(*, positive: bool = True) -> Any:
-    def check(v: Any) -> float:
+def Duration(*, positive: bool = True, nullable: bool = False) -> Any:
+    def check(v: Any) -> float | None:
+        if v is None and nullable:
+            return None
         seconds = _unit_value(v, DURATION_HINT, parse_duration)
         if positive and seconds <= 0:
             raise problem("must be greater than 0")
         return seconds
-    return value_type(float, check, {"x-strangler-ref": "duration"})
+    return value_type(float | None if nullable else float, check,
+                      _nullable({"x-strangler-ref": "duration"}, nullable))
 
 
 def Size(lo: int = 0) -> Any:

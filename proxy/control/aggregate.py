@@ -1,8 +1,12 @@
-"""Control-plane view of the traffic: totals since start plus the current weight step's window.
+"""Control-plane view of the traffic: totals since start plus the current step's window.
 
 Deltas from every data plane (in-process or worker processes) are merged here. Each delta key
-carries the step it was recorded under; only keys of a route's current step count toward the
+carries the step id it was recorded under; only keys of a route's current step count toward the
 step window the gate judges, so every step is judged on its own evidence.
+
+Shadow results are kept apart: `compared` counts pairs that were compared (match or mismatch),
+`shadow_errors` the mirrors that got no answer (by side and kind) or could not be compared: an
+error is never counted as a difference.
 """
 
 from __future__ import annotations
@@ -11,28 +15,34 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from proxy.dataplane.recorder import LAT_BUCKETS, Delta, quantile
+from proxy.dataplane.recorder import Delta
+from shadow.stats import DIFFERENCE, LATENCY, quantile
 
 
 def _is_error(code: int) -> bool:
     return code >= 500
 
 
+def _zeros(size: int) -> list[int]:
+    return [0] * size
+
+
 @dataclass(slots=True)
 class BackendWindow:
     requests: int = 0
     errors: int = 0
-    latency: list[int] = field(default_factory=lambda: [0] * (LAT_BUCKETS + 1))
+    latency: list[int] = field(default_factory=lambda: _zeros(LATENCY.size))
+    latency_sum: float = 0.0
 
-    def add_latency(self, hist: list[int]) -> None:
+    def add_latency(self, counts: dict[int, int], seconds: float) -> None:
         lat = self.latency
-        for i, c in enumerate(hist):
-            if c:
-                lat[i] += c
+        for i, c in counts.items():
+            lat[i] += c
+        self.latency_sum += seconds
 
     @property
     def p99(self) -> float | None:
-        return quantile(self.latency, 0.99)
+        return quantile(LATENCY, self.latency, 0.99)
 
     @property
     def latency_samples(self) -> int:
@@ -45,9 +55,13 @@ class RouteWindow:
     started: float = field(default_factory=time.time)
     legacy: BackendWindow = field(default_factory=BackendWindow)
     target: BackendWindow = field(default_factory=BackendWindow)
-    compared: int = 0
+    compared: int = 0  # match + mismatch
     mismatched: int = 0
-    shadow_errors: int = 0
+    shadow_errors: int = 0  # mirrors without an answer, and pairs the comparer could not judge
+    # (side, kind) -> mirrors the side did not answer (side legacy|target; kind connect|...)
+    shadow_error_kinds: dict[tuple[str, str], int] = field(default_factory=dict)
+    paired: list[int] = field(default_factory=lambda: _zeros(DIFFERENCE.size))
+    fallbacks: int = 0  # target failures answered by legacy (already in target's errors)
 
     def backend(self, name: str) -> BackendWindow | None:
         if name == "target":
@@ -56,14 +70,23 @@ class RouteWindow:
             return self.legacy
         return None
 
+    @property
+    def target_shadow_errors(self) -> int:
+        return sum(n for (side, _), n in self.shadow_error_kinds.items() if side == "target")
+
 
 class Aggregator:
     def __init__(self, guard_horizon: float = 60.0) -> None:
         self.requests: dict[tuple[str, str, int], int] = {}
-        self.latency: dict[tuple[str, str], list[int]] = {}
+        # (route, backend) -> [LATENCY counts, exact sum of seconds]
+        self.latency: dict[tuple[str, str], list] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.shadow: dict[tuple[str, str], int] = {}
+        self.shadow_errors: dict[tuple[str, str, str], int] = {}  # (route, side, kind)
+        # route -> [DIFFERENCE counts, sum of d > 0, sum of |d| for d <= 0]
+        self.paired: dict[str, list] = {}
         self.skipped: dict[tuple[str, str], int] = {}
+        self.fallbacks: dict[tuple[str, str], int] = {}  # (route, reason)
         # Pinned (QA) requests and ignored pins: exported, never part of a window or `recent`.
         self.overrides: dict[tuple[str, str, int], int] = {}
         self.override_ignored: dict[tuple[str, str], int] = {}
@@ -113,37 +136,48 @@ class Aggregator:
             elif backend == "legacy":
                 t[2] += n
                 t[3] += err
-        for (route, step, backend), hist in delta.latency.items():
-            key = (route, backend)
-            agg = self.latency.get(key)
+        for (route, step, backend), (counts, seconds) in delta.latency.items():
+            agg = self.latency.get((route, backend))
             if agg is None:
-                agg = self.latency[key] = [0] * (LAT_BUCKETS + 1)
-            for i, c in enumerate(hist):
-                if c:
-                    agg[i] += c
-            tb = self.total(route).backend(backend)
-            if tb is not None:
-                tb.add_latency(hist)
-            w = self.steps.get(route)
-            if w is not None and w.step == step:
+                agg = self.latency[(route, backend)] = [_zeros(LATENCY.size), 0.0]
+            for i, c in counts.items():
+                agg[0][i] += c
+            agg[1] += seconds
+            for w in self._windows(route, step):
                 b = w.backend(backend)
                 if b is not None:
-                    b.add_latency(hist)
+                    b.add_latency(counts, seconds)
         for key, n in delta.upstream_errors.items():
             self.upstream_errors[key] = self.upstream_errors.get(key, 0) + n
         for (route, step, result), n in delta.shadow.items():
             key = (route, result)
             self.shadow[key] = self.shadow.get(key, 0) + n
-            for w in (self.total(route), self.steps.get(route)):
-                if w is None or (w is not self.totals.get(route) and w.step != step):
-                    continue
-                # A side that could not answer is not equivalent: an error counts as a
-                # compared-and-mismatched request, as in the Prometheus source.
+            for w in self._windows(route, step):
                 if result == "error":
                     w.shadow_errors += n
+                    continue
                 w.compared += n
-                if result != "match":
+                if result == "mismatch":
                     w.mismatched += n
+        for (route, step, side, kind), n in delta.shadow_errors.items():
+            key3 = (route, side, kind)
+            self.shadow_errors[key3] = self.shadow_errors.get(key3, 0) + n
+            for w in self._windows(route, step):
+                kinds = w.shadow_error_kinds
+                kinds[(side, kind)] = kinds.get((side, kind), 0) + n
+        for (route, step), (counts, slower, faster) in delta.paired.items():
+            agg = self.paired.get(route)
+            if agg is None:
+                agg = self.paired[route] = [_zeros(DIFFERENCE.size), 0.0, 0.0]
+            agg[1] += slower
+            agg[2] += faster
+            for hist in (agg[0], *(w.paired for w in self._windows(route, step))):
+                for i, c in counts.items():
+                    hist[i] += c
+        for (route, step, reason), n in delta.fallbacks.items():
+            self.fallbacks[(route, reason)] = self.fallbacks.get((route, reason), 0) + n
+            for w in self._windows(route, step):
+                w.fallbacks += n  # its target failure is in the target's errors already
         for key, n in delta.skipped.items():
             self.skipped[key] = self.skipped.get(key, 0) + n
         for okey, n in delta.overrides.items():
@@ -158,6 +192,14 @@ class Aggregator:
         for listener in self.listeners:
             listener(set(touched))
         return set(touched)
+
+    def _windows(self, route: str, step: int) -> list[RouteWindow]:
+        """The route's totals, and its step window when `step` is the current one."""
+        out = [self.total(route)]
+        w = self.steps.get(route)
+        if w is not None and w.step == step:
+            out.append(w)
+        return out
 
     def recent_rates(self, route: str, window: float, now: float | None = None) -> tuple[
         int, int, int, int

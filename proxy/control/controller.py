@@ -1,8 +1,11 @@
 """Background gate work in the control process: auto-promotion loops and the guardrail.
 
 The guardrail watches each route's short sliding window after every stats merge and rolls the
-route back (trigger `auto`) when target's error rate is far above legacy's; it does not wait for
-the promotion interval. Auto-promotion runs the gate every `promotion.auto.interval`.
+route back (trigger `guardrail`) when target's error rate is far above legacy's; it does not
+wait for the promotion interval. Auto-promotion runs the gate every `promotion.auto.interval`
+and acts on it; it pauses on a step whose gate answered `inconclusive` (a new step, e.g.
+`strangler reset-evidence`, resumes it), and a promotion that needs a second person's approval
+waits for `strangler approve`.
 """
 
 from __future__ import annotations
@@ -54,12 +57,12 @@ class Controller:
             rt = self.runtime
             if rt.config.route(name) is None or rt.rolled_back(name):
                 continue
-            if rt.effective(name) >= 100:
+            if rt.effective(name) >= 100 or rt.auto_paused(name):
                 continue
             try:
-                decision, _ = await rt.gate(name, act=True, actor="auto-promotion")
-                log.info("auto gate", route=name, decision=decision.decision,
-                         to=decision.to_weight)
+                result = await rt.gate(name, act=True, actor="auto-promotion")
+                log.info("auto gate", route=name, decision=result.decision.decision,
+                         to=result.decision.to_weight, acted=result.view.get("acted"))
             except Exception:
                 log.exception("auto gate failed", route=name)
 
@@ -99,7 +102,7 @@ class Controller:
                 [name], "guardrail",
                 f"guardrail: target error rate {t['error_rate']:.1%} over the last "
                 f"{evidence['window_seconds']:g}s ({t['errors']}/{t['requests']})",
-                trigger="auto", evidence=evidence,
+                trigger="guardrail", evidence=evidence,
             )
         except Exception:
             log.exception("guardrail rollback failed", route=name)

@@ -80,11 +80,18 @@ def summarize(evidence: Any) -> dict | None:
     return {
         "decision": evidence["decision"],
         "reasons": list(evidence.get("reasons", [])),
+        "step": ev.get("step"),
+        "since": ev.get("since"),
+        "since_reason": ev.get("since_reason"),
         "target": side(ev.get("target")),
         "legacy": side(ev.get("legacy")),
+        "fallbacks": ev.get("fallbacks"),
         "error_rate_increase": ev.get("error_rate_increase"),
         "p99_ratio": ev.get("p99_ratio"),
-        "shadow": {k: shadow.get(k) for k in ("compared", "mismatched", "mismatch_rate")},
+        "shadow": {k: shadow.get(k) for k in ("compared", "mismatched", "mismatch_rate",
+                                              "errors", "target_errors")},
+        "paired_latency": ev.get("paired_latency"),
+        "approval": evidence.get("approval"),
         "checks": [{k: c.get(k) for k in ("name", "value", "ok")}
                    for c in ev.get("checks", []) if isinstance(c, dict)],
     }
@@ -97,6 +104,8 @@ TITLES = {
     "complete": "migration complete",
     "resume": "resumed",
     "weight_changed": "weight changed",
+    "inconclusive": "gate inconclusive: auto-promotion paused",
+    "approval_requested": "approval needed",
 }
 EMOJI = {
     "rollback": ":rotating_light:",
@@ -105,6 +114,8 @@ EMOJI = {
     "complete": ":white_check_mark:",
     "resume": ":arrow_forward:",
     "weight_changed": ":level_slider:",
+    "inconclusive": ":hourglass:",
+    "approval_requested": ":raised_hand:",
 }
 
 

@@ -1,66 +1,58 @@
-"""The control plane: effective weights, rollbacks, reloads, gate actions, audit.
+"""The control plane: effective weights, steps, rollbacks, reloads, gate actions, approvals, audit.
 
 Every mutation follows the same order: change traffic first (every data plane, in-process or
 worker, has applied it before the call returns), then bookkeeping (state file, audit log).
 If persisting fails, the change still holds in memory and the result says it is not durable.
+
+Every effective change is in the audit log: serve started and stopped (config hash, version),
+weights the file changed while the proxy was stopped, every reload (config hash and what
+changed), weight changes, promotions, rollbacks (trigger manual, gate or guardrail), resumes,
+evidence resets, approval requests and approvals, and a step that ends inconclusive. A new step
+(`proxy.control.steps`) begins whenever anything the evidence depends on changes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import getpass
+import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
+from proxy import __version__
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.spec import Config, RouteSpec
+from proxy.control import changes as config_changes
+from proxy.control import steps, views
 from proxy.control.aggregate import Aggregator
+from proxy.control.approvals import FileApprovals
 from proxy.control.audit import AuditLog, entry_hash
+from proxy.control.foureyes import FourEyes, approval_view, stamp
 from proxy.control.recovery import load_state
+from proxy.control.results import GateResult, MutationResult, RuntimeError_
 from proxy.control.state import StateStore, StateWriteError
+from proxy.control.trail import ApprovalStore, AuditTrail
 from proxy.dataplane.split import bp_to_weight, weight_to_bp
-from shadow.evidence import BackendEvidence, CheckResult, Evidence
+from shadow.evidence import CheckResult, Evidence
 from shadow.gate import Decision, decide
 from shadow.promql import MetricsUnavailable
 
 log = structlog.get_logger("strangler.runtime")
 
 
-class RuntimeError_(Exception):
-    """A refused admin action: `status` is the HTTP status the admin API answers with."""
-
-    def __init__(self, status: int, error: str, detail: Any = None) -> None:
-        super().__init__(error)
-        self.status = status
-        self.error = error
-        self.detail = detail
-
-
 class PlaneLink(Protocol):
     """A data plane the control plane drives: in-process, or a worker process."""
 
     async def apply_weights(self, updates: dict[str, tuple[int, int, bool]]) -> None:
-        """route -> (weight in basis points, step, rolled back); applied before this returns."""
+        """route -> (weight in basis points, step id, rolled back); applied before it returns."""
 
     async def install(self, config: Config, text: str, generation: int,
                       weights: dict[str, tuple[int, int, bool]]) -> None: ...
-
-
-@dataclass(slots=True)
-class MutationResult:
-    route: str | None
-    before: Any
-    after: Any
-    durable: bool = True
-    warning: str | None = None
-    audit: dict | None = None
-    extra: dict = field(default_factory=dict)
-    audit_hash: str | None = None  # SHA-256 of the audit entry's line (notifications quote it)
 
 
 def default_actor() -> str:
@@ -70,47 +62,102 @@ def default_actor() -> str:
         return "unknown"
 
 
-class Runtime:
+class Runtime(FourEyes):
     def __init__(self, config_path: str, config: Config, text: str | None = None) -> None:
         self.config_path = config_path
         self.config = config
         self.config_text = text if text is not None else Path(config_path).read_text()
         self.generation = 1
         self.store = StateStore(config.state_dir)
-        self.audit = AuditLog(config.state_dir / "audit.log")
+        self.audit: AuditTrail = AuditLog(config.state_dir / "audit.log")
+        self.approvals: ApprovalStore = FileApprovals(config.state_dir / "approvals.json")
         # An unreadable state.json starts every route rolled back (proxy.control.recovery).
-        self.state, self.recovery = load_state(self.store, self.audit,
+        self.state, self.recovery = load_state(self.store, self.audit,  # type: ignore[arg-type]
                                                [r.name for r in config.routes])
         self.agg = Aggregator()
         self.planes: list[PlaneLink] = []
         self.counters: dict[str, dict[tuple[str, ...], int]] = {
-            "gate_decisions": {},
+            "gate_decisions": {},  # decisions acted on: promote, auto-promotion, approve
+            "gate_evaluations": {},  # every evaluation, reads included
             "rollbacks": {},
         }
-        self.last_decision: dict[str, dict] = {}
+        self.last_decision: dict[str, dict] = {}  # route -> last decision acted on (with step)
         self.lock = asyncio.Lock()
         self.durable = True
         self.persist_error: str | None = None
         self.flags: Any = None  # Unleash backend, when configured (proxy.control.flags_link)
         self.notifier: Any = None  # proxy.control.notify.Notifier, when serve runs one
         self._fail_notified: dict[str, int] = {}  # route -> step whose gate failure was sent
+        self._inconclusive_noted: dict[str, int] = {}  # route -> step audited inconclusive
         self.prometheus: Any = None  # shadow.promql.PrometheusSource when gate needs it
         self.on_reload: list[Callable[[Config], Awaitable[None] | None]] = []
         self.started = time.time()
         self.metrics_error: str | None = None  # why the gate's metrics are unavailable now
-        replaced = self.state.apply_file(config.file_weights())
-        for route in config.routes:
+        self.config_hash = config_changes.config_hash(self.config_text)
+        self._start_weights = self._begin()
+
+    def _begin(self) -> list[tuple[str, float, float]]:
+        """Start: the file's weights, and a new step for every route (restart evidence is
+        never blended with the evidence before it). Returns the routes whose effective weight
+        the file changed while the proxy was stopped: (route, before, after)."""
+        before = {r.name: self.state.effective(r.name, self.state.file_weights.get(
+            r.name, r.weight)) for r in self.config.routes}
+        file_backend = self.config.flags.backend == "file"  # else Unleash holds the weights
+        known = set(self.state.routes)
+        replaced = self.state.apply_file(self.config.file_weights())
+        moved = []
+        for route in self.config.routes:
             rt = self.state.route(route.name)
-            if rt.step_started == 0.0:
-                rt.step_started = time.time()
-            self.agg.new_step(route.name, rt.step, rt.step_started)
-        self._persist()
+            identity = steps.identity(self.config, route)
+            after = self.state.effective(route.name, route.weight)
+            if route.name not in known:
+                why = ["first start of this route"]
+            else:
+                why = ["restart"]
+                if file_backend and before[route.name] != after:
+                    why.append(f"weight {before[route.name]:g}% -> {after:g}% (routes.yaml "
+                               "changed while stopped)")
+                    moved.append((route.name, before[route.name], after))
+                why += steps.changes(rt.identity, identity)
+            self._new_step(route.name, "; ".join(why), identity)
+        if replaced:
+            log.info("file weights replaced runtime values", routes=replaced)
         if self.recovery is not None:
             self._audit(action="state_recovered", actor="system", route=None,
                         reason=f"{self.recovery.file}: {self.recovery.problem}",
                         after="every route rolled back", evidence=self.recovery.to_dict())
-        if replaced:
-            log.info("file weights replaced runtime values", routes=replaced)
+        return moved
+
+    def serve_started(self, workers: int = 1) -> None:
+        """Serving: persist the start's state and audit it (serve_started, then each weight the
+        file changed while the proxy was stopped)."""
+        previous = self.state.config_hash
+        self.state.config_hash = self.config_hash
+        self._persist()
+        routes = {r.name: {"step": self.state.route(r.name).step,
+                           "weight": self.effective(r.name),
+                           "reason": self.state.route(r.name).step_reason}
+                  for r in self.config.routes}
+        changed = previous is not None and previous != self.config_hash
+        self._audit(action="serve_started", actor="system",
+                    reason=f"strangler {__version__} started (pid {os.getpid()}, {workers} "
+                    f"worker{'s' if workers != 1 else ''})"
+                    + ("; routes.yaml changed since the last run" if changed else ""),
+                    evidence={"version": __version__, "config": self.config_path,
+                              "config_hash": self.config_hash,
+                              "previous_config_hash": previous, "pid": os.getpid(),
+                              "workers": workers, "routes": routes})
+        for name, before, after in self._start_weights:
+            self._audit(action="weight_from_file", actor="system", route=name,
+                        before=before, after=after,
+                        reason=f"routes.yaml sets {name} to {after:g}% (it was {before:g}% "
+                        "when the proxy last ran)", evidence={"config_hash": self.config_hash})
+
+    def serve_stopped(self, reason: str) -> None:
+        self._audit(action="serve_stopped", actor="system", reason=reason,
+                    evidence={"version": __version__, "config_hash": self.config_hash,
+                              "uptime_seconds": round(time.time() - self.started, 1),
+                              "generation": self.generation})
 
     # -- views ---------------------------------------------------------------------------
     def spec(self, name: str) -> RouteSpec:
@@ -133,7 +180,7 @@ class Runtime:
         return bool(r and r.rolled_back)
 
     def weights_bp(self) -> dict[str, tuple[int, int, bool]]:
-        """What the data planes need per route: (basis points, step, rolled back)."""
+        """What the data planes need per route: (basis points, step id, rolled back)."""
         return {
             r.name: (weight_to_bp(self.effective(r.name)), self.state.route(r.name).step,
                      self.rolled_back(r.name))
@@ -144,11 +191,17 @@ class Runtime:
         return {r.name: (self.effective(r.name), self.rolled_back(r.name))
                 for r in self.config.routes}
 
+    def auto_paused(self, name: str) -> bool:
+        """Auto-promotion waits: this step ended inconclusive."""
+        last = self.last_decision.get(name)
+        return bool(last and last.get("step") == self.state.route(name).step
+                    and last.get("decision") == "inconclusive")
+
     def route_view(self, name: str) -> dict:
         spec = self.spec(name)
         rt = self.state.route(name)
-        win = self.agg.window(name)
-        tot = self.agg.total(name)
+        now = time.time()
+        pending = self.approvals.pending(name)
         return {
             "name": name,
             "weight": self.effective(name),
@@ -157,7 +210,7 @@ class Runtime:
             "state": "rolled_back" if self.rolled_back(name) else "active",
             "legacy": spec.legacy,
             "target": spec.target,
-            "match": _match_view(spec),
+            "match": views.match_view(spec),
             "sticky": (
                 {"header": spec.sticky.header} if spec.sticky and spec.sticky.header
                 else {"cookie": spec.sticky.cookie} if spec.sticky else None
@@ -167,30 +220,44 @@ class Runtime:
             "shadow": {"enabled": spec.shadow.enabled, "sample": spec.shadow.sample,
                        "reverse": spec.shadow.reverse},
             "promotion": {"steps": list(spec.promotion.steps),
-                          "auto": spec.promotion.auto.enabled},
-            "step": {"id": rt.step, "started": rt.step_started},
+                          "auto": spec.promotion.auto.enabled,
+                          "auto_paused": self.auto_paused(name),
+                          "approval_from_weight": (spec.promotion.approval.from_weight
+                                                   if spec.promotion.approval else None)},
+            "step": views.step_view(rt),
+            "evidence_since": {"time": rt.step_started, "reason": rt.step_reason,
+                               "seconds": round(max(0.0, now - rt.step_started), 1)},
             "stats": {
-                "step": _window_view(win),
-                "total": _window_view(tot),
+                "step": views.window_view(self.agg.window(name)),
+                "total": views.window_view(self.agg.total(name)),
             },
-            "last_decision": self.last_decision.get(name),
+            "last_decision": views.decision_view(self.last_decision.get(name), rt.step, now),
+            "approval": approval_view(pending, now) if pending else None,
         }
 
     def routes_view(self) -> list[dict]:
         return [self.route_view(r.name) for r in self.config.routes]
 
-    # -- mutations -----------------------------------------------------------------------
+    # -- bookkeeping ---------------------------------------------------------------------
     async def _push(self, names: list[str]) -> None:
         weights = self.weights_bp()
         updates = {n: weights[n] for n in names if n in weights}
         await asyncio.gather(*(p.apply_weights(updates) for p in self.planes))
 
-    def _new_step(self, name: str) -> None:
+    def _new_step(self, name: str, reason: str = "weight changed",
+                  identity: dict[str, str] | None = None) -> None:
+        """A new step id for `name`: its evidence starts empty, its last decision and any
+        pending approval no longer apply."""
         rt = self.state.route(name)
-        rt.step += 1
+        rt.step = steps.next_step_id(rt.step)
         rt.step_started = time.time()
+        rt.step_reason = reason
+        if identity is not None:
+            rt.identity = identity
         self.agg.new_step(name, rt.step, rt.step_started)
         self.agg.reset_recent(name)
+        self.last_decision.pop(name, None)
+        self._void_approval(name, f"a new step began: {reason}")
 
     def _persist(self) -> str | None:
         try:
@@ -226,13 +293,32 @@ class Runtime:
         result.warning = "; ".join(warnings) or None
         return result
 
+    def _count(self, family: str, name: str, value: str) -> None:
+        counts = self.counters[family]
+        counts[(name, value)] = counts.get((name, value), 0) + 1
+
+    # -- mutations -----------------------------------------------------------------------
     async def set_weight(
         self, name: str, weight: float, actor: str, reason: str,
         action: str = "set_weight", evidence: Any = None,
     ) -> MutationResult:
+        """An operator's weight. Raising it to `promotion.approval.from_weight` or above asks
+        for a second person's approval instead (the result's extra has `approval`)."""
         if not 0 <= weight <= 100 or round(weight, 2) != weight:
             raise RuntimeError_(400, "weight must be between 0 and 100 with at most two decimals",
                                 {"weight": weight})
+        self.spec(name)
+        if self._needs_approval(name, weight) and not self.rolled_back(name):
+            before = self.effective(name)
+            request = await self._request_approval(name, "set_weight", before, weight, actor,
+                                                   reason, evidence)
+            return MutationResult(name, before, before,
+                                  extra={"approval": approval_view(request, time.time()),
+                                         "acted": False})
+        return await self._apply_weight(name, weight, actor, reason, action, evidence)
+
+    async def _apply_weight(self, name: str, weight: float, actor: str, reason: str,
+                            action: str, evidence: Any = None, **audit: Any) -> MutationResult:
         async with self.lock:
             self.spec(name)
             if self.rolled_back(name):
@@ -243,12 +329,12 @@ class Runtime:
                 await self.flags.set_weight(self.spec(name), weight)
             self.state.route(name).weight = weight
             if before != weight:
-                self._new_step(name)
+                self._new_step(name, f"weight {before:g}% -> {weight:g}% ({action} by {actor})")
             await self._push([name])
             result = self._finish(
                 MutationResult(name, before, weight),
                 action=action, actor=actor, reason=reason, route=name,
-                before=before, after=weight, evidence=evidence,
+                before=before, after=weight, evidence=evidence, **audit,
             )
             if before != weight:
                 if action == "promote":
@@ -262,6 +348,8 @@ class Runtime:
         self, names: list[str] | None, actor: str, reason: str, trigger: str = "manual",
         evidence: Any = None,
     ) -> list[MutationResult]:
+        """Everything to legacy, frozen until resume. `trigger`: manual, gate or guardrail.
+        Never waits for an approval."""
         targets = names if names is not None else [r.name for r in self.config.routes]
         for n in targets:
             self.spec(n)
@@ -273,7 +361,7 @@ class Runtime:
             rt = self.state.route(n)
             if not rt.rolled_back:
                 rt.rolled_back = True
-                self._new_step(n)
+                self._new_step(n, f"rollback ({trigger}) by {actor}")
                 changed.append(n)
         await self._push(targets)
         unconfirmed: set[str] = set()
@@ -285,9 +373,8 @@ class Runtime:
         async with self.lock:
             err = self._persist()
             for n in targets:
-                key = (n, trigger)
                 if n in changed:
-                    self.counters["rollbacks"][key] = self.counters["rollbacks"].get(key, 0) + 1
+                    self._count("rollbacks", n, trigger)
                 entry, aerr = self._audit(
                     action="rollback", actor=actor, reason=reason, route=n,
                     before=befores[n], after=0.0, evidence=evidence, trigger=trigger,
@@ -312,11 +399,9 @@ class Runtime:
                 res.warning = "; ".join(warns) or None
                 results.append(res)
         log.warning("rollback", routes=targets, trigger=trigger, actor=actor, reason=reason)
-        from_gate = isinstance(evidence, dict) and "decision" in evidence
         for res in results:
             if res.route in changed:
-                self._notify("rollback", res, "gate" if from_gate else trigger, actor, reason,
-                             evidence=evidence)
+                self._notify("rollback", res, trigger, actor, reason, evidence=evidence)
         return results
 
     async def resume(self, name: str, actor: str, reason: str) -> MutationResult:
@@ -331,7 +416,7 @@ class Runtime:
                 # on their way it may still show the rollout from before the rollback.
                 await self.flags.resume(self.spec(name))
             rt.rolled_back = False
-            self._new_step(name)
+            self._new_step(name, f"resume by {actor}")
             await self._push([name])
             result = self._finish(
                 MutationResult(name, "rolled_back", "active"),
@@ -340,6 +425,27 @@ class Runtime:
             )
             self._notify("resume", result, "manual", actor, reason, weights=(0.0, 0.0))
             return result
+
+    async def reset_evidence(self, name: str, actor: str, reason: str) -> MutationResult:
+        """"I fixed the new service, judge it afresh": a new step at the same weight."""
+        async with self.lock:
+            self.spec(name)
+            if self.rolled_back(name):
+                raise RuntimeError_(409, f"route '{name}' is rolled back: there is no evidence "
+                                    f"to reset; `strangler resume {name}` first (a resume "
+                                    "starts new evidence itself)",
+                                    {"route": name, "state": "rolled_back"})
+            rt = self.state.route(name)
+            old = {"step": rt.step, "since": rt.step_started, "reason": rt.step_reason}
+            self._new_step(name, f"reset-evidence by {actor}: {reason}")
+            await self._push([name])
+            weight = self.effective(name)
+            return self._finish(
+                MutationResult(name, old, views.step_view(rt)),
+                action="reset_evidence", actor=actor, reason=reason, route=name,
+                before=weight, after=weight,
+                evidence={"previous_step": old, "step": views.step_view(rt)},
+            )
 
     async def reload(self, actor: str, reason: str = "reload") -> int:
         """Load the file again; raises ConfigError (the running config stays) when invalid."""
@@ -351,16 +457,31 @@ class Runtime:
             except ConfigError as exc:
                 log.error("reload rejected", problems=[str(p) for p in exc.problems])
                 self._audit(action="reload_rejected", actor=actor, reason=reason,
-                            evidence={"problems": [str(p) for p in exc.problems]})
+                            evidence={"problems": [str(p) for p in exc.problems],
+                                      "config_hash": config_changes.config_hash(text)})
                 raise
-            before = {r.name: self.effective(r.name) for r in self.config.routes}
+            old_config, old_hash = self.config, self.config_hash
+            before = {r.name: self.effective(r.name) for r in old_config.routes}
             self.config = config
             self.config_text = text
+            self.config_hash = config_changes.config_hash(text)
+            self.state.config_hash = self.config_hash
             replaced = self.state.apply_file(config.file_weights())
+            new_steps = {}
             for r in config.routes:
+                identity = steps.identity(config, r)
                 old = before.get(r.name)
-                if old is None or old != self.effective(r.name):
-                    self._new_step(r.name)
+                if old is None:
+                    why = ["route added by reload"]
+                else:
+                    why = [f"weight {old:g}% -> {self.effective(r.name):g}% (reload)"] \
+                        if old != self.effective(r.name) else []
+                    why += steps.changes(self.state.route(r.name).identity, identity)
+                if why:
+                    self._new_step(r.name, "; ".join(why), identity)
+                    new_steps[r.name] = self.state.route(r.name).step_reason
+                if r.promotion.approval is None:
+                    self._void_approval(r.name, "promotion.approval was removed by a reload")
             self.generation += 1
             weights = self.weights_bp()
             await asyncio.gather(
@@ -374,10 +495,14 @@ class Runtime:
                 if asyncio.iscoroutine(res):
                     await res
             after = {r.name: self.effective(r.name) for r in config.routes}
+            summary = config_changes.summary(old_config, config)
             result = self._finish(
                 MutationResult(None, before, after),
                 action="reload", actor=actor, reason=reason, route=None,
                 before=before, after=after,
+                evidence={"config_hash": {"from": old_hash, "to": self.config_hash},
+                          "summary": config_changes.sentence(summary),
+                          "new_steps": new_steps, **summary},
                 generation=self.generation, replaced_runtime_weights=replaced,
             )
             for name, new in after.items():
@@ -385,7 +510,8 @@ class Runtime:
                 if old is not None and old != new:
                     self._notify("weight_changed", result, "reload", actor, reason,
                                  route=name, weights=(old, new))
-            log.info("config reloaded", generation=self.generation, replaced=replaced)
+            log.info("config reloaded", generation=self.generation, replaced=replaced,
+                     changes=config_changes.sentence(summary))
             return self.generation
 
     # -- notifications -------------------------------------------------------------------
@@ -402,17 +528,18 @@ class Runtime:
             audit=result.audit, audit_hash=result.audit_hash,
         )
 
-    def _notify_fail(self, name: str, decision: Decision, view: dict, actor: str,
-                     rolled: MutationResult | None) -> None:
-        """One `fail` per step: a gate that keeps failing (auto_rollback off) is heard once."""
+    def _notify_once(self, seen: dict[str, int], event: str, name: str, decision: Decision,
+                     view: dict, actor: str, rolled: MutationResult | None = None) -> None:
+        """One `fail` (or `inconclusive`) per step: a gate that keeps answering it is heard
+        once."""
         step = self.state.route(name).step
-        if rolled is None and self._fail_notified.get(name) == step:
+        if rolled is None and seen.get(name) == step:
             return
-        self._fail_notified[name] = step
+        seen[name] = step
         result = rolled or MutationResult(name, decision.from_weight, decision.to_weight)
-        self._notify("fail", result, "gate", actor, " ".join(decision.reasons),
+        self._notify(event, result, "gate", actor, " ".join(decision.reasons),
                      evidence=view, weights=(decision.from_weight, decision.to_weight),
-                     decision="fail")
+                     decision=event)
 
     # -- gate ----------------------------------------------------------------------------
     async def evidence(self, name: str) -> Evidence:
@@ -420,29 +547,24 @@ class Runtime:
         spec = self.spec(name)
         weight = self.effective(name)
         prom = self.prometheus
-        win = self.agg.window(name)
-        window_s = max(1.0, time.time() - win.started)
-        shadow_on = spec.shadow.enabled and spec.shadow.sample > 0
+        rt = self.state.route(name)
+        now = time.time()
+        window_s = max(1.0, now - rt.step_started)
+        dry = {c.name: c.dry_run for c in spec.promotion.checks}
         if prom is not None and self.config.gate.metrics == "prometheus":
-            return await prom.evidence(name, weight, window_s, shadow_on, spec.promotion.checks)
+            ev = await prom.evidence(name, weight, window_s, views.shadow_on(spec),
+                                     spec.promotion.checks)
+            return dataclasses.replace(ev, **views.since(rt, now))
         checks: tuple[CheckResult, ...] = ()
         if spec.promotion.checks:
             if prom is None:
-                checks = tuple(CheckResult(c.name, c.query, None, c.max, c.min)
+                checks = tuple(CheckResult(c.name, c.query, None, c.max, c.min, c.dry_run)
                                for c in spec.promotion.checks)
             else:
                 checks = tuple(await asyncio.gather(
                     *(prom.check(c, window_s) for c in spec.promotion.checks)))
-        return Evidence(
-            route=name,
-            weight=weight,
-            legacy=_backend_evidence(win.legacy),
-            target=_backend_evidence(win.target),
-            compared=win.compared,
-            mismatched=win.mismatched,
-            shadow_enabled=shadow_on,
-            checks=checks,
-        )
+        checks = tuple(dataclasses.replace(c, dry_run=dry.get(c.name, False)) for c in checks)
+        return views.evidence(name, weight, spec, self.agg.window(name), rt, checks, now)
 
     def _metrics_outage(self, error: str | None) -> None:
         """One log line when the gate's metrics go away and one when they are back (the auto
@@ -454,13 +576,10 @@ class Runtime:
             log.info("gate metrics available again", was=self.metrics_error)
         self.metrics_error = error
 
-    async def gate(self, name: str, act: bool, actor: str) -> tuple[Decision, list[str]]:
-        """Evaluate the gate; with `act`, do what it says. Returns the decision and notes."""
+    async def _evaluate(self, name: str, acting: bool) -> GateResult:
+        """The decision on the current step's evidence; counted as an evaluation only."""
         spec = self.spec(name)
-        notes: list[str] = []
-        if act and self.rolled_back(name):
-            raise RuntimeError_(409, f"route '{name}' is rolled back; resume it before promoting",
-                                {"route": name, "state": "rolled_back"})
+        step = self.state.route(name).step
         try:
             ev = await self.evidence(name)
             self._metrics_outage(None)
@@ -470,80 +589,78 @@ class Runtime:
                     f"route '{name}' is rolled back; `strangler resume {name}` before "
                     "promoting it",), ev.to_dict(spec.promotion))
             else:
-                decision = decide(ev, spec.promotion)
+                decision = decide(ev, spec.promotion, acting=acting)
         except MetricsUnavailable as exc:
             # No evidence is not bad evidence: hold, never fail, and say why.
             weight = self.effective(name)
             decision = Decision(name, "hold", weight, weight,
                                 (f"metrics unavailable: {exc}",), {"error": str(exc)})
             self._metrics_outage(str(exc))
-        key = (name, decision.decision)
-        self.counters["gate_decisions"][key] = self.counters["gate_decisions"].get(key, 0) + 1
+        self._count("gate_evaluations", name, decision.decision)
         view = decision.to_dict()
         view["evaluated_at"] = time.time()
         view["acted"] = False
-        if act:
-            if decision.decision == "promote":
-                await self.set_weight(name, decision.to_weight, actor,
-                                      "promotion gate: " + " ".join(decision.reasons),
-                                      action="promote", evidence=view)
+        view["step"] = step
+        return GateResult(decision, view)
+
+    async def gate(self, name: str, act: bool, actor: str) -> GateResult:
+        """Evaluate the gate; with `act`, do what it says (a decision, counted as one).
+        Without, nothing changes and nothing is counted but the evaluation."""
+        spec = self.spec(name)
+        if act and self.rolled_back(name):
+            raise RuntimeError_(409, f"route '{name}' is rolled back; resume it before promoting",
+                                {"route": name, "state": "rolled_back"})
+        result = await self._evaluate(name, acting=act)
+        if not act:
+            return result
+        decision, view = result.decision, result.view
+        self._count("gate_decisions", name, decision.decision)
+        if decision.decision == "promote":
+            if self._needs_approval(name, decision.to_weight):
+                request = await self._request_approval(
+                    name, "promote", decision.from_weight, decision.to_weight, actor,
+                    "promotion gate: " + " ".join(decision.reasons), view)
+                view["approval"] = approval_view(request, time.time())
+                result.notes.append(
+                    f"awaiting approval: promoting to {decision.to_weight:g}% needs "
+                    f"`strangler approve {name} --reason ...` by a named admin other than "
+                    f"{request.requested_by}, before {stamp(request.expires_at)}")
+            else:
+                await self._apply_weight(name, decision.to_weight, actor,
+                                         "promotion gate: " + " ".join(decision.reasons),
+                                         "promote", view)
                 view["acted"] = True
-            elif decision.decision == "fail":
-                rolled: MutationResult | None = None
-                if spec.promotion.auto_rollback:
-                    (rolled,) = await self.rollback(
-                        [name], actor, "promotion gate failed: " + " ".join(decision.reasons),
-                        trigger="auto", evidence=view)
-                    view["acted"] = True
-                    notes.append("rolled back")
-                self._notify_fail(name, decision, view, actor, rolled)
+        elif decision.decision == "fail":
+            rolled: MutationResult | None = None
+            if spec.promotion.auto_rollback:
+                (rolled,) = await self.rollback(
+                    [name], actor, "promotion gate failed: " + " ".join(decision.reasons),
+                    trigger="gate", evidence=view)
+                view["acted"] = True
+                result.notes.append("rolled back")
+            self._notify_once(self._fail_notified, "fail", name, decision, view, actor, rolled)
+        elif decision.decision == "inconclusive":
+            self._inconclusive(name, decision, view, actor)
+        self._remember(name, view, view["step"])
+        return result
+
+    def _inconclusive(self, name: str, decision: Decision, view: dict, actor: str) -> None:
+        """Once per step: audited and notified; auto-promotion pauses on this step."""
+        step = self.state.route(name).step
+        if self._inconclusive_noted.get(name) != step:
+            self._audit(action="gate_inconclusive", actor=actor, route=name,
+                        before=decision.from_weight, after=decision.from_weight,
+                        reason=" ".join(decision.reasons), evidence=view)
+        self._notify_once(self._inconclusive_noted, "inconclusive", name, decision, view, actor)
+
+    def _remember(self, name: str, view: dict, step: int) -> None:
+        """The last decision acted on, kept with the step it judged: once a new step begins
+        (the decision's own promotion or rollback included) it is no longer shown."""
         self.last_decision[name] = {
-            k: view[k] for k in ("decision", "from_weight", "to_weight", "reasons",
-                                 "evaluated_at", "acted")
-        }
-        return decision, notes
+            k: view.get(k) for k in ("decision", "from_weight", "to_weight", "reasons",
+                                     "evaluated_at", "acted", "approval")
+        } | {"step": step}
 
 
-def _backend_evidence(b: Any) -> BackendEvidence:
-    return BackendEvidence(
-        requests=b.requests, errors=b.errors, p99=b.p99, latency_samples=b.latency_samples
-    )
-
-
-def _window_view(w: Any) -> dict:
-    def backend(b: Any) -> dict:
-        return {
-            "requests": b.requests,
-            "errors": b.errors,
-            "error_rate": (b.errors / b.requests) if b.requests else None,
-            "p99_ms": round(b.p99 * 1000, 3) if b.p99 is not None else None,
-        }
-
-    return {
-        "since": w.started,
-        "legacy": backend(w.legacy),
-        "target": backend(w.target),
-        "shadow": {
-            "compared": w.compared,
-            "mismatched": w.mismatched,
-            "errors": w.shadow_errors,
-            "mismatch_rate": (w.mismatched / w.compared) if w.compared else None,
-        },
-    }
-
-
-def _match_view(spec: RouteSpec) -> dict:
-    m = spec.match
-    out: dict[str, Any] = {}
-    for k in ("path", "path_prefix", "path_regex"):
-        if getattr(m, k) is not None:
-            out[k] = getattr(m, k)
-    if m.methods:
-        out["methods"] = list(m.methods)
-    if m.headers:
-        out["headers"] = dict(m.headers)
-    return out
-
-
-__all__ = ["MutationResult", "PlaneLink", "Runtime", "RuntimeError_", "bp_to_weight",
-           "default_actor"]
+__all__ = ["GateResult", "MutationResult", "PlaneLink", "Runtime", "RuntimeError_",
+           "bp_to_weight", "default_actor"]

@@ -8,6 +8,7 @@ rolled-back route, which holds until `resume`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -32,14 +33,17 @@ class StateCorrupt(ValueError):
 class RouteRuntime:
     weight: float | None = None  # runtime value (set-weight, promote); None = use the file's
     rolled_back: bool = False
-    step: int = 0
-    step_started: float = 0.0  # wall-clock time the current weight step began
+    step: int = 0  # the step id (proxy.control.steps): changes with anything evidence depends on
+    step_started: float = 0.0  # wall-clock time the current step began
+    step_reason: str = ""  # why it began, e.g. "target changed (svc http://a -> svc http://b)"
+    identity: dict[str, str] | None = None  # proxy.control.steps.identity when it began
 
 
 @dataclass(slots=True)
 class RuntimeState:
     routes: dict[str, RouteRuntime] = field(default_factory=dict)
     file_weights: dict[str, float] = field(default_factory=dict)
+    config_hash: str | None = None  # SHA-256 of the routes.yaml text last loaded
 
     def route(self, name: str) -> RouteRuntime:
         r = self.routes.get(name)
@@ -72,6 +76,7 @@ class RuntimeState:
             "version": 1,
             "routes": {k: asdict(v) for k, v in self.routes.items()},
             "file_weights": self.file_weights,
+            "config_hash": self.config_hash,
         }
 
     @classmethod
@@ -84,9 +89,19 @@ class RuntimeState:
                 rolled_back=bool(raw.get("rolled_back", False)),
                 step=int(raw.get("step", 0)),
                 step_started=float(raw.get("step_started", 0.0)),
+                step_reason=str(raw.get("step_reason") or ""),
+                identity=_identity(raw.get("identity")),
             )
         state.file_weights = {k: float(v) for k, v in (data.get("file_weights") or {}).items()}
+        digest = data.get("config_hash")
+        state.config_hash = digest if isinstance(digest, str) else None
         return state
+
+
+def _identity(raw: object) -> dict[str, str] | None:
+    if not isinstance(raw, dict):
+        return None
+    return {str(k): str(v) for k, v in raw.items()}
 
 
 class StateStore:
@@ -123,32 +138,30 @@ class StateStore:
     def save(self, state: RuntimeState) -> None:
         """temp file + fsync + rename + fsync(dir): the file is either old or new, never torn."""
         data = json.dumps(state.to_json(), indent=1, sort_keys=True).encode()
-        directory = self.path.parent
+        atomic_write(self.path, data)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: temp file + fsync + rename + fsync(dir), never torn.
+    Raises StateWriteError."""
+    directory = path.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", dir=directory)
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".state.", dir=directory)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                with _suppress():
-                    os.unlink(tmp)
-                raise
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError as exc:
-            raise StateWriteError(exc.errno, f"cannot persist {self.path}: {exc.strerror}") from exc
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        raise StateWriteError(exc.errno, f"cannot persist {path}: {exc.strerror}") from exc

@@ -159,6 +159,7 @@ class Exchange:
         "retried",
         "rid",
         "route",
+        "shadow_sent",
         "shadow_wanted",
         "stale_retried",
         "status",
@@ -529,6 +530,7 @@ class Exchange:
         head = self.upstream_head()
         if self.shadow_wanted:
             self.head = head  # the mirror sends the same bytes (plus its marker header)
+            self.shadow_sent = self.plane.now()  # paired latency: from the write, as mirrors
         self.up_paused_at = 0.0
         up.send(self, head, self.head_only)
         pending = self.pending
@@ -723,7 +725,7 @@ class Exchange:
         if self.discarding:
             self.discarding = False
             self._record(self.status, self.backend)
-            self._fallback(keep_pending=False)
+            self._fallback("5xx")
             return
         if self.resp_chunked:
             if self.wbuf is not None:
@@ -793,7 +795,7 @@ class Exchange:
             if not busy:
                 self._record(504 if isinstance(exc, UpstreamTimeout) else 502, self.backend)
             self.blame = None
-            self._fallback(keep_pending=failure == "unsent")
+            self._fallback(exc.kind, keep_pending=failure == "unsent")
             return
         if busy:
             self.respond_error(503, "upstream_busy", str(exc))
@@ -802,11 +804,14 @@ class Exchange:
         else:
             self.respond_error(502, "upstream_unavailable", str(exc))
 
-    def _fallback(self, keep_pending: bool) -> None:
+    def _fallback(self, reason: str, keep_pending: bool = False) -> None:
         """Send the request to legacy instead (once); the target's failure has been recorded
-        already. `keep_pending`: nothing reached the target, so the body received so far is
-        still waiting in `pending` and the rest streams after it."""
+        already, and the fallback is counted (strangler_fallbacks_total; `reason` the target's
+        error kind, `busy` when its connection pool was full, or 5xx). `keep_pending`: nothing
+        reached the target, so the body received so far is still waiting in `pending` and the
+        rest streams after it."""
         route = self.route
+        self.plane.recorder.fallback(route.name, self.step, reason)
         self.target_failed = True
         self.retried = True
         self.backend = "legacy"

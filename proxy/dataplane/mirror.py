@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
@@ -103,8 +104,8 @@ class _Job:
     """One mirrored request: what the client got, and its legs (other side, noise copy)."""
 
     __slots__ = ("body", "compiled", "legs", "method", "pending", "primary_body",
-                 "primary_headers", "primary_status", "req_headers", "request_id", "route",
-                 "served_by_target", "step", "target")
+                 "primary_headers", "primary_seconds", "primary_status", "req_headers",
+                 "request_id", "route", "served_by_target", "step", "target")
 
     def __init__(self) -> None:
         self.legs: list[_Leg] = []
@@ -119,9 +120,9 @@ class _Leg:
     is_tunnel = False
     wbuf = None
 
-    __slots__ = ("attempt", "chunks", "conn", "deadline", "done", "error", "got_bytes", "head",
-                 "headers", "job", "limit", "mirror", "pipe", "pool", "sent_at", "size",
-                 "status", "truncated")
+    __slots__ = ("attempt", "behind", "chunks", "conn", "deadline", "done", "error",
+                 "got_bytes", "head", "headers", "job", "limit", "mirror", "pipe", "pool",
+                 "seconds", "sent_at", "size", "started", "status", "truncated")
 
     def __init__(self, mirror: Mirror, job: _Job, pool: UpstreamPool, head: bytes,
                  limit: int, pipe: PipelinePool | None = None) -> None:
@@ -143,6 +144,12 @@ class _Leg:
         self.chunks: list[bytes] = []
         self.size = 0
         self.truncated = False
+        # Paired latency: from the request's write to the end of its answer (time.monotonic;
+        # the loop's clock may be coarse), and whether it was pipelined behind another request
+        # (then its time includes that one's: not paired).
+        self.started = 0.0
+        self.seconds = 0.0
+        self.behind = False
 
     # -- sending ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -171,11 +178,15 @@ class _Leg:
         """Written on a pipelined connection: the deadline starts now."""
         self.conn = conn
         self.sent_at = now
+        self.started = time.monotonic()
+        self.behind = bool(conn.waiting)
         self.deadline = now + self.pipe.spec.timeout  # type: ignore[union-attr]
         self.mirror.in_flight.add(self)
 
     def send(self, conn: UpstreamConnection) -> None:
         self.conn = conn
+        self.started = time.monotonic()
+        self.behind = False
         mirror = self.mirror
         self.deadline = mirror.now() + self.pool.spec.timeout
         mirror.in_flight.add(self)
@@ -272,6 +283,7 @@ class _Leg:
             return
         self.done = True
         self.error = error
+        self.seconds = time.monotonic() - self.started
         job = self.job
         job.pending -= 1
         if job.pending == 0:
@@ -485,6 +497,9 @@ class Mirror:
         job.request_id = ex.request_id
         job.primary_status = ex.status
         job.primary_headers = ex.resp_headers
+        # Paired latency: each side from the write of its request upstream to the last byte of
+        # its answer (a fallback's primary from the write of the legacy retry).
+        job.primary_seconds = time.monotonic() - ex.shadow_sent
         chunks = ex.resp_body
         job.primary_body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         # The primary's request head as sent, when it can serve as the mirror's: no body
@@ -552,11 +567,16 @@ class Mirror:
         """Count a byte-identical pair here; hand any other to the comparer process."""
         mirrored = job.legs[0]
         if mirrored.error is not None:
-            self._error(job)
+            side = "legacy" if job.served_by_target else "target"
+            self._error(job, side, getattr(mirrored.error, "kind", "connect"))
             self._mirror_failed(job, mirrored)
             return
         if job.route in self.failing:
             self._mirror_back(job.route, mirrored)
+        if not mirrored.truncated and not mirrored.behind:  # timed on its own, to its end
+            mine = mirrored.seconds - job.primary_seconds
+            self.recorder.paired_latency(job.route, job.step,
+                                         -mine if job.served_by_target else mine)
         if len(job.legs) == 1 and self._identical(job, mirrored):
             self.recorder.shadow_result(job.route, job.step, "match")
             self.link.count(job.route, job.step, "match")
@@ -574,9 +594,13 @@ class Mirror:
         if not self.link.submit(frame):
             self.recorder.shadow_skipped(job.route, "comparer_busy")
 
-    def _error(self, job: _Job) -> None:
-        """The other side did not answer: an error for the gate and for the diff store."""
-        self.recorder.shadow_result(job.route, job.step, "error")
+    def _error(self, job: _Job, side: str | None = None, kind: str | None = None) -> None:
+        """The other side did not answer (or the job failed): an error for the gate (by side
+        and kind when known) and for the diff store."""
+        if side is None:
+            self.recorder.shadow_result(job.route, job.step, "error")
+        else:
+            self.recorder.shadow_error(job.route, job.step, side, kind or "connect")
         self.link.count(job.route, job.step, "error")
 
     def _mirror_failed(self, job: _Job, leg: _Leg) -> None:

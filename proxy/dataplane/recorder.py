@@ -2,8 +2,13 @@
 
 The data plane only increments plain dict counters here (no locks, no label lookups); every
 ~200 ms the delta is taken and merged into the control plane's `Aggregator` (in-process, or over
-the worker channel with `--workers N`). Keys carry the route's weight *step*, so the gate can
-judge each step on the requests recorded under it.
+the worker channel with `--workers N`). Keys carry the route's *step id*, so the gate judges each
+step on the requests recorded under it.
+
+Latencies are counted in the buckets of `shadow.stats.LATENCY` (16 per octave, 50 µs to 62 s)
+with their exact sum; paired latency differences (target minus legacy on one mirrored request)
+in those of `shadow.stats.DIFFERENCE`. On the wire and in a delta, histograms are sparse:
+{bucket: count} plus the sum of the observed values.
 """
 
 from __future__ import annotations
@@ -11,47 +16,47 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-# Fine latency buckets: 50 µs * 2**(i/4), i = 0..87 (about 100 s), plus overflow.
-LAT_BASE = 50e-6
-LAT_STEPS_PER_OCTAVE = 4
-LAT_BUCKETS = 88
-LAT_BOUNDS = tuple(LAT_BASE * 2 ** (i / LAT_STEPS_PER_OCTAVE) for i in range(LAT_BUCKETS))
+from shadow.stats import DIFFERENCE, LATENCY
+
+LAT_BASE = LATENCY.base
+LAT_PER_OCTAVE = LATENCY.per_octave
+LAT_OVERFLOW = LATENCY.size - 1  # the last bucket: above the top bound
 _LOG_BASE = math.log2(LAT_BASE)
 
-
-def latency_index(seconds: float) -> int:
-    """Index of the first bound >= seconds (LAT_BUCKETS = overflow)."""
-    if seconds <= LAT_BASE:
-        return 0
-    i = math.ceil((math.log2(seconds) - _LOG_BASE) * LAT_STEPS_PER_OCTAVE - 1e-9)
-    return i if i < LAT_BUCKETS else LAT_BUCKETS
+# A sparse histogram: [{bucket index: count}, sum of the values]
+Sparse = list
 
 
-def quantile(counts: list[int], q: float) -> float | None:
-    total = sum(counts)
-    if total == 0:
-        return None
-    rank = q * total
-    seen = 0
-    for i, c in enumerate(counts):
-        seen += c
-        if seen >= rank and c:
-            return LAT_BOUNDS[i] if i < LAT_BUCKETS else LAT_BOUNDS[-1] * 2
-    return LAT_BOUNDS[-1] * 2
+def _sparse_add(store: dict, key: tuple, i: int, n: int, total: float) -> None:
+    h = store.get(key)
+    if h is None:
+        store[key] = [{i: n}, total]
+        return
+    counts = h[0]
+    counts[i] = counts.get(i, 0) + n
+    h[1] += total
 
 
 @dataclass(slots=True)
 class Delta:
     # (route, step, backend, code) -> count
     requests: dict[tuple[str, int, str, int], int] = field(default_factory=dict)
-    # (route, step, backend) -> fine histogram counts
-    latency: dict[tuple[str, int, str], list[int]] = field(default_factory=dict)
+    # (route, step, backend) -> [{LATENCY bucket: count}, sum of seconds]
+    latency: dict[tuple[str, int, str], Sparse] = field(default_factory=dict)
     # (upstream, kind) -> count
     upstream_errors: dict[tuple[str, str], int] = field(default_factory=dict)
     # (route, step, result) -> count; result match|mismatch|error
     shadow: dict[tuple[str, int, str], int] = field(default_factory=dict)
+    # the mirrored side that did not answer: (route, step, side, kind) -> count (also in
+    # `shadow` as result error; a comparer failure is there alone)
+    shadow_errors: dict[tuple[str, int, str, str], int] = field(default_factory=dict)
+    # (route, step) -> [{DIFFERENCE bucket: count}, sum of d > 0, sum of |d| for d <= 0] where
+    # d = target's seconds - legacy's on one mirrored request
+    paired: dict[tuple[str, int], Sparse] = field(default_factory=dict)
     # (route, reason) -> count
     skipped: dict[tuple[str, str], int] = field(default_factory=dict)
+    # requests answered by legacy after target failed: (route, step, reason) -> count
+    fallbacks: dict[tuple[str, int, str], int] = field(default_factory=dict)
     # pinned (QA) requests, kept out of `requests`: (route, backend, code) -> count
     overrides: dict[tuple[str, str, int], int] = field(default_factory=dict)
     # override headers not honoured: (route, reason) -> count
@@ -60,16 +65,20 @@ class Delta:
     def empty(self) -> bool:
         return not (
             self.requests or self.latency or self.upstream_errors or self.shadow or self.skipped
-            or self.overrides or self.override_ignored
+            or self.overrides or self.override_ignored or self.shadow_errors or self.paired
+            or self.fallbacks
         )
 
     def to_wire(self) -> dict:
         return {
             "requests": [[*k, v] for k, v in self.requests.items()],
-            "latency": [[*k, v] for k, v in self.latency.items()],
+            "latency": [[*k, list(h[0].items()), h[1]] for k, h in self.latency.items()],
             "upstream_errors": [[*k, v] for k, v in self.upstream_errors.items()],
             "shadow": [[*k, v] for k, v in self.shadow.items()],
+            "shadow_errors": [[*k, v] for k, v in self.shadow_errors.items()],
+            "paired": [[*k, list(h[0].items()), h[1], h[2]] for k, h in self.paired.items()],
             "skipped": [[*k, v] for k, v in self.skipped.items()],
+            "fallbacks": [[*k, v] for k, v in self.fallbacks.items()],
             "overrides": [[*k, v] for k, v in self.overrides.items()],
             "override_ignored": [[*k, v] for k, v in self.override_ignored.items()],
         }
@@ -78,10 +87,15 @@ class Delta:
     def from_wire(cls, data: dict) -> Delta:
         d = cls()
         d.requests = {(r, s, b, c): n for r, s, b, c, n in data["requests"]}
-        d.latency = {(r, s, b): h for r, s, b, h in data["latency"]}
+        d.latency = {(r, s, b): [{int(i): n for i, n in h}, t]
+                     for r, s, b, h, t in data["latency"]}
         d.upstream_errors = {(u, k): n for u, k, n in data["upstream_errors"]}
         d.shadow = {(r, s, x): n for r, s, x, n in data["shadow"]}
+        d.shadow_errors = {(r, s, a, k): n for r, s, a, k, n in data.get("shadow_errors", ())}
+        d.paired = {(r, s): [{int(i): n for i, n in h}, up, down]
+                    for r, s, h, up, down in data.get("paired", ())}
         d.skipped = {(r, x): n for r, x, n in data["skipped"]}
+        d.fallbacks = {(r, s, x): n for r, s, x, n in data.get("fallbacks", ())}
         d.overrides = {(r, b, c): n for r, b, c, n in data.get("overrides", ())}
         d.override_ignored = {(r, x): n for r, x, n in data.get("override_ignored", ())}
         return d
@@ -92,25 +106,31 @@ def _bump(counts: dict, key: tuple) -> None:
 
 
 class Recorder:
-    """Hot-path counters. `request` is one dict update per request: a count per (route, step,
-    backend, status, latency bucket), expanded into a `Delta` by `take` (every ~200 ms)."""
+    """Hot-path counters. `request` is one dict update per request: a count and a sum of
+    seconds per (route, step, backend, status, latency bucket), expanded into a `Delta` by
+    `take` (every ~200 ms)."""
 
     __slots__ = ("delta", "hits")
 
     def __init__(self) -> None:
         self.delta = Delta()
-        self.hits: dict[tuple[str, int, str, int, int], int] = {}
+        self.hits: dict[tuple[str, int, str, int, int], list] = {}
 
     def request(self, route: str, step: int, backend: str, code: int, seconds: float) -> None:
+        # LATENCY.index, inlined: this runs for every request
         if seconds <= LAT_BASE:
             i = 0
         else:
-            i = math.ceil((math.log2(seconds) - _LOG_BASE) * LAT_STEPS_PER_OCTAVE - 1e-9)
-            if i > LAT_BUCKETS:
-                i = LAT_BUCKETS
+            i = math.ceil((math.log2(seconds) - _LOG_BASE) * LAT_PER_OCTAVE - 1e-9)
+            if i > LAT_OVERFLOW:
+                i = LAT_OVERFLOW
         key = (route, step, backend, code, i)
-        hits = self.hits
-        hits[key] = hits.get(key, 0) + 1
+        h = self.hits.get(key)
+        if h is None:
+            self.hits[key] = [1, seconds]
+        else:
+            h[0] += 1
+            h[1] += seconds
 
     def upstream_error(self, upstream: str, kind: str) -> None:
         _bump(self.delta.upstream_errors, (upstream, kind))
@@ -118,8 +138,30 @@ class Recorder:
     def shadow_result(self, route: str, step: int, result: str) -> None:
         _bump(self.delta.shadow, (route, step, result))
 
+    def shadow_error(self, route: str, step: int, side: str, kind: str) -> None:
+        """The mirrored side (`legacy` or `target`) did not answer (connect, timeout, reset)."""
+        _bump(self.delta.shadow, (route, step, "error"))
+        _bump(self.delta.shadow_errors, (route, step, side, kind))
+
+    def paired_latency(self, route: str, step: int, difference: float) -> None:
+        """Target's time minus legacy's on one mirrored request (seconds, signed)."""
+        key = (route, step)
+        h = self.delta.paired.get(key)
+        if h is None:
+            h = self.delta.paired[key] = [{}, 0.0, 0.0]
+        i = DIFFERENCE.index(difference)
+        h[0][i] = h[0].get(i, 0) + 1
+        if difference > 0:
+            h[1] += difference
+        else:
+            h[2] -= difference
+
     def shadow_skipped(self, route: str, reason: str) -> None:
         _bump(self.delta.skipped, (route, reason))
+
+    def fallback(self, route: str, step: int, reason: str) -> None:
+        """Target failed (reason: connect, timeout, reset, 5xx) and legacy was asked instead."""
+        _bump(self.delta.fallbacks, (route, step, reason))
 
     def override_request(self, route: str, backend: str, code: int) -> None:
         """A pinned (QA) request: counted apart, never in the gate's or guardrail's numbers."""
@@ -132,12 +174,8 @@ class Recorder:
         delta, self.delta = self.delta, Delta()
         hits, self.hits = self.hits, {}
         requests, latency = delta.requests, delta.latency
-        for (route, step, backend, code, i), n in hits.items():
+        for (route, step, backend, code, i), (n, seconds) in hits.items():
             key = (route, step, backend, code)
             requests[key] = requests.get(key, 0) + n
-            lkey = (route, step, backend)
-            hist = latency.get(lkey)
-            if hist is None:
-                hist = latency[lkey] = [0] * (LAT_BUCKETS + 1)
-            hist[i] += n
+            _sparse_add(latency, (route, step, backend), i, n, seconds)
         return delta

@@ -56,12 +56,17 @@ class ServeOptions:
 
 
 def admin_token_problem(config: Config) -> str | None:
+    from proxy.api.auth import Tokens
+
+    _, problems = Tokens.from_config(config)
+    if problems:
+        return "; ".join(problems)
     host = config.admin.listen.host
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    if not loopback and not os.environ.get("STRANGLER_ADMIN_TOKEN"):
+    if not loopback and not config.admin.tokens and not os.environ.get("STRANGLER_ADMIN_TOKEN"):
         return (
             f"refusing to start the admin listener on {config.admin.listen} without a token: "
             "set STRANGLER_ADMIN_TOKEN (read-write) and optionally STRANGLER_READ_TOKEN, "
@@ -105,6 +110,7 @@ class Server:
         self.opts = opts
         self.runtime = Runtime(opts.config_path, config, text)
         self.ready = False
+        self.ready_once = False  # started serving (stop is also called after a failed start)
         self.stopping = asyncio.Event()
         self.tasks: list[asyncio.Task] = []
         self.plane: DataPlane | None = None
@@ -148,6 +154,8 @@ class Server:
         if self.opts.watch:
             self.tasks.append(asyncio.create_task(self._watch_file()))
         self.ready = True
+        self.ready_once = True
+        rt.serve_started(self.opts.workers)
         log.info(
             "serving",
             listen=str(config.listen),
@@ -253,6 +261,8 @@ class Server:
                 await task
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
+        if self.ready_once:
+            self.runtime.serve_stopped("serve stopped (SIGTERM or SIGINT): drained and exited")
         log.info("stopped")
 
 

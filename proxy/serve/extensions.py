@@ -32,14 +32,9 @@ async def before_planes(server: Any) -> None:
                                             server.opts.log_level)
     if _shadows(config):
         # Comparer processes write the store; the control process reads it for the diffs view.
-        from proxy.api.diffs_view import seed_gate_windows
         from shadow.store import DiffStore
 
         server.diff_store = DiffStore(config.state_dir / "diffs.sqlite3")
-        carried = seed_gate_windows(server.runtime, server.diff_store)
-        if carried:
-            log.info("shadow counts of the current steps carried over from the diff store",
-                     comparisons=carried)
 
 
 async def start_notifier(server: Any) -> None:

@@ -320,6 +320,31 @@ function sparkline(points, w = 90, hgt = 22) {
     svg("path", { d, fill: "none", stroke: "#38bdf8", "stroke-width": 1.5 }));
 }
 
+function gateTags(r) {
+  const tags = [];
+  if (r.approval) tags.push(h("span", { class: "pill awaiting", title: approvalText(r.approval) },
+    "awaiting approval"));
+  if (r.promotion && r.promotion.auto_paused) tags.push(h("span", { class: "tag",
+    title: "the gate answered inconclusive at this step" }, "auto paused"));
+  return tags.length ? h("div", { class: "rsub" }, ...tags) : null;
+}
+function approvalText(a) {
+  return `${a.kind.replace("_", " ")} ${fmtW(a.from_weight)} → ${fmtW(a.to_weight)} asked by ` +
+    `${a.requested_by}; another named admin may approve it until ${new Date(a.expires_at * 1000).toLocaleString()}`;
+}
+function evidenceSince(r) {
+  const es = r.evidence_since || {};
+  return h("div", { class: "evidence-since", id: "evidence-since" }, "Evidence since ",
+    h("b", {}, es.time ? new Date(es.time * 1000).toLocaleString() : "—"),
+    ` (${ago(es.time)}, step ${r.step.id}): `, es.reason || "");
+}
+function approvalBanner(r) {
+  if (!r.approval) return null;
+  return h("div", { class: "banner approval", id: "approval-banner" },
+    h("span", {}, "Awaiting approval: ", approvalText(r.approval), "."),
+    h("button", { class: "btn small", id: "btn-approve", onclick: () => approveModal(r) }, "Approve"));
+}
+
 function decisionPill(ld) {
   if (!ld) return h("span", { class: "faint" }, "not evaluated");
   const label = ld.decision + (ld.decision === "promote" ? " → " + fmtW(ld.to_weight) : "");
@@ -379,7 +404,7 @@ function renderOverview(data) {
         h("div", { class: "rsub" }, fmtInt(st.shadow.compared) + " compared"))
         : h("span", { class: "faint" }, "off"),
         recLine(S.recAll && S.recAll.runs[r.name])),
-      h("td", { class: "gate" }, decisionPill(r.last_decision)));
+      h("td", { class: "gate" }, decisionPill(r.last_decision), gateTags(r)));
   });
   const table = h("table", { class: "routes", id: "routes" },
     h("thead", {}, h("tr", {},
@@ -598,6 +623,9 @@ function renderRoute(r) {
       h("button", { class: "btn", id: "btn-weight", disabled: rolled, title: rolled ? "resume first" : null,
         onclick: () => weightModal(r) }, "Set weight"),
       h("button", { class: "btn", id: "btn-promote", disabled: rolled, onclick: () => promoteModal(r) }, "Promote"),
+      h("button", { class: "btn", id: "btn-reset-evidence", disabled: rolled,
+        title: rolled ? "resume first (a resume starts new evidence)" : "judge the route afresh from now on",
+        onclick: () => resetEvidenceModal(r) }, "Reset evidence"),
       rolled ? h("button", { class: "btn primary", id: "btn-resume", onclick: () => resumeModal(r) }, "Resume")
         : h("button", { class: "btn danger", id: "btn-rollback", onclick: () => rollbackModal(r) }, "Roll back")));
 
@@ -615,7 +643,8 @@ function renderRoute(r) {
       "legacy " + fmtPct(st.legacy.error_rate, 2) + " · target " + fmtPct(st.target.error_rate, 2)),
     card("p99 (step)", fmtMs(st.target.p99_ms), "target · legacy " + fmtMs(st.legacy.p99_ms)),
     card("Shadow mismatch (step)", r.shadow.enabled ? fmtPct(st.shadow.mismatch_rate, 2) : "off",
-      r.shadow.enabled ? fmtInt(st.shadow.mismatched) + " of " + fmtInt(st.shadow.compared) + " compared" : "shadow disabled"),
+      r.shadow.enabled ? fmtInt(st.shadow.mismatched) + " of " + fmtInt(st.shadow.compared) + " compared" +
+        (st.shadow.errors ? " · " + fmtInt(st.shadow.errors) + " errors (no answer)" : "") : "shadow disabled"),
     card("Reconcile (latest)", S.reconcile && S.reconcile.latest ? recSummary(S.reconcile.latest) : "—",
       S.reconcile && S.reconcile.latest ? "run #" + S.reconcile.latest.run_id + " · " +
         ago(S.reconcile.latest.finished || S.reconcile.latest.started) : "no run yet"),
@@ -625,7 +654,8 @@ function renderRoute(r) {
   const grid1 = h("div", { class: "grid two" }, weightPanel(r), trafficPanel("rps"));
   const grid2 = h("div", { class: "grid two" }, trafficPanel("p99"), trafficPanel("err"));
   const grid3 = h("div", { class: "grid two" }, gatePanel(r), historyPanel());
-  $("main").replaceChildren(head, banner || "", cards, grid1, grid2, diffPanel(r), reconcilePanel(r), grid3);
+  $("main").replaceChildren(head, evidenceSince(r), banner || "", approvalBanner(r) || "", cards, grid1, grid2,
+    diffPanel(r), reconcilePanel(r), grid3);
   // draw charts now that panels have their widths
   drawWeight(r);
   for (const k of ["rps", "p99", "err"]) drawTraffic(r, k);
@@ -754,13 +784,17 @@ function gatePanel(r) {
       : ` at ${fmtW(g.from_weight)}`);
     body.append(h("div", { class: "decision" }, h("span", { class: "pill big " + g.decision, id: "gate-decision" }, label),
       g.acted ? h("span", { class: "tag" }, "acted") : null,
-      h("span", { class: "muted" }, "gate decisions change nothing here; Promote acts on them")));
+      g.approval && !g.acted ? h("span", { class: "pill awaiting" }, "awaiting approval") : null,
+      h("span", { class: "muted" }, "evaluating here is a read: nothing changes and no decision is counted; Promote acts")));
     body.append(h("ul", { class: "reasons", id: "gate-reasons" }, (g.reasons || []).map((x) => h("li", {}, x))));
     for (const n of g.notes || []) body.append(h("div", { class: "hint" }, n));
     body.append(evidenceTable(g.evidence || {}));
   }
   return h("div", { class: "panel" }, head, body);
 }
+
+function fmtX(v) { return v === null || v === undefined ? "∞" : v.toFixed(2); }
+function fmtDms(v) { return v === null || v === undefined ? "—" : (v >= 0 ? "+" : "") + (v * 1000).toFixed(2) + " ms"; }
 
 function evidenceTable(ev) {
   const th = ev.thresholds || {};
@@ -784,22 +818,40 @@ function evidenceTable(ev) {
       `${fmtMs(L.p99_seconds === null || L.p99_seconds === undefined ? null : L.p99_seconds * 1000)}`,
       `samples ≥ ${fmtInt(th.min_latency_samples)}`,
       (T.latency_samples || 0) >= (th.min_latency_samples || 0) && (L.latency_samples || 0) >= (th.min_latency_samples || 0) ? "ok" : "wait"],
-    ["p99 ratio target / legacy", ev.p99_ratio === null || ev.p99_ratio === undefined ? "—" : ev.p99_ratio.toFixed(2),
-      "≤ " + th.max_p99_ratio, ev.p99_ratio === null || ev.p99_ratio === undefined ? null : ev.p99_ratio <= th.max_p99_ratio ? "ok" : "bad"],
+    ["p99 ratio target / legacy (95% CI)", ev.p99_ratio === null || ev.p99_ratio === undefined ? "—" :
+      `${ev.p99_ratio.toFixed(2)} [${fmtX(ev.p99_ratio_lower_95)}, ${fmtX(ev.p99_ratio_upper_95)}]`,
+      th.max_p99_ratio === null || th.max_p99_ratio === undefined ? "not judged" : "≤ " + th.max_p99_ratio,
+      th.max_p99_ratio === null || th.max_p99_ratio === undefined ? null :
+        bounds(ev.p99_ratio, ev.p99_ratio_lower_95, ev.p99_ratio_upper_95 ?? Infinity, th.max_p99_ratio)],
   ];
+  if (ev.fallbacks) rows.push(["Target failures answered by legacy", fmtInt(ev.fallbacks), "", null]);
+  const pl = ev.paired_latency || {};
+  if (pl.pairs) {
+    const lim = th.max_paired_latency_increase;
+    rows.push(["Paired latency target − legacy (median, 95% CI)",
+      `${fmtDms(pl.median_difference_seconds)} [${fmtDms(pl.lower_95)}, ${fmtDms(pl.upper_95)}] on ${fmtInt(pl.pairs)}`,
+      lim === null || lim === undefined ? "not judged" : "≤ " + fmtDms(lim),
+      lim === null || lim === undefined ? null : bounds(pl.median_difference_seconds, pl.lower_95, pl.upper_95 ?? Infinity, lim)]);
+  }
   if (sh.enabled) {
     rows.push(["Shadow comparisons", `${fmtInt(sh.compared)} (${fmtInt(sh.mismatched)} mismatched)`,
       "≥ " + fmtInt(th.min_comparisons), sh.compared >= th.min_comparisons ? "ok" : "wait"]);
     rows.push(["Mismatch rate (95% Wilson)", sh.mismatch_rate === null || sh.mismatch_rate === undefined ? "—" :
       `${fmtPct(sh.mismatch_rate, 2)} [${fmtPct(sh.mismatch_rate_lower_95, 2)}, ${fmtPct(sh.mismatch_rate_upper_95, 2)}]`,
       "≤ " + fmtPct(th.max_mismatch_rate, 2), bounds(sh.mismatch_rate, sh.mismatch_rate_lower_95, sh.mismatch_rate_upper_95, th.max_mismatch_rate)]);
+    if (sh.errors) rows.push(["Shadow errors (no answer; not differences)",
+      `${fmtInt(sh.target_errors)} from target of ${fmtInt(sh.compared + sh.errors)} · ` +
+        Object.entries(sh.error_kinds || {}).map(([k, n]) => k + " " + n).join(", "),
+      "≤ " + fmtPct(th.max_shadow_error_rate, 2),
+      bounds(sh.target_error_rate, sh.target_error_rate_lower_95, sh.target_error_rate_upper_95, th.max_shadow_error_rate)]);
   } else {
     rows.push(["Shadow comparisons", "shadowing off", "", null]);
   }
   for (const c of ev.checks || []) {
     const lim = [c.min !== undefined && c.min !== null ? "≥ " + c.min : "", c.max !== undefined && c.max !== null ? "≤ " + c.max : ""].filter(Boolean).join(", ");
-    rows.push(["check " + c.name, c.value === null || c.value === undefined ? "no data" : String(c.value), lim,
-      c.ok === true ? "ok" : c.ok === false ? "bad" : "wait"]);
+    rows.push(["check " + c.name + (c.dry_run ? " (dry run)" : ""),
+      c.value === null || c.value === undefined ? "no data" : String(c.value), lim,
+      c.dry_run ? null : c.ok === true ? "ok" : c.ok === false ? "bad" : "wait"]);
   }
   return h("table", { class: "ev", id: "gate-evidence" },
     h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", {}, "Evidence (this step)"), h("th", {}, "Value"), h("th", {}, "Limit"))),
@@ -1225,9 +1277,37 @@ function promoteModal(r) {
     confirm: "Evaluate and act",
     submit: (v) => api("POST", `/admin/routes/${enc(r.name)}/promote`, {}).then((res) => {
       S.gate = res;
-      toast(`gate: ${res.decision}` + (res.acted ? " (acted)" : ""), res.decision === "fail" ? "bad" : "good");
+      toast(`gate: ${res.decision}` + (res.acted ? " (acted)" : res.approval ? " (awaiting approval)" : ""),
+        res.decision === "fail" || res.decision === "inconclusive" ? "bad" : "good");
       return res;
     }),
+  });
+}
+
+function approveModal(r) {
+  modal({
+    title: `Approve ${r.name}`,
+    text: approvalText(r.approval) + ". Approving makes the change now (a promotion is judged again " +
+      "first). You cannot approve what you asked for yourself.",
+    fields: [{ name: "reason", label: "Reason (kept in the audit log)", type: "textarea", required: true }],
+    confirm: "Approve",
+    submit: (v) => api("POST", `/admin/routes/${enc(r.name)}/approve`, { reason: v.reason }).then((res) => {
+      S.gate = res;
+      toast(`${r.name}: approved, now ${fmtW(res.weight)}`, "good");
+      return res;
+    }),
+  });
+}
+function resetEvidenceModal(r) {
+  modal({
+    title: `Reset the evidence of ${r.name}`,
+    text: "Starts a new step at the same weight: the gate, the numbers and the diffs count only what " +
+      "happens from now on (e.g. after a fix of the new service).",
+    fields: [{ name: "reason", label: "Reason (kept in the audit log)", type: "textarea", required: true,
+      placeholder: "e.g. fixed the currency field in 1.4.3" }],
+    confirm: "Reset evidence",
+    submit: (v) => api("POST", `/admin/routes/${enc(r.name)}/reset-evidence`, { reason: v.reason })
+      .then((res) => { S.gate = null; toast(`${r.name}: new evidence from now on`, "good"); return res; }),
   });
 }
 

@@ -1,7 +1,8 @@
 """evaluate the promotion gate, change nothing
 
 Evaluate ROUTE's promotion gate on the current step's evidence and print the decision with its
-reasons. Changes nothing. Exit 0 promote or complete, 1 fail, 4 hold (not enough evidence yet).
+reasons (what promote would do). Changes nothing and counts as no decision. Exit 0 promote or
+complete, 1 fail, 4 hold (not enough evidence yet), 5 inconclusive (held past max_hold).
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import argparse
 
 from proxy.cli import output
 from proxy.cli.client import AdminClient, print_json, run_with_client
-from proxy.cli.exitcodes import FAILED, HOLD, OK
+from proxy.cli.exitcodes import AWAITING_APPROVAL, FAILED, HOLD, INCONCLUSIVE, OK
 
 # Besides the decision's codes: 2 usage, 3 admin API unreachable (see proxy.cli.exitcodes).
-DECISION_EXIT = {"promote": OK, "complete": OK, "fail": FAILED, "hold": HOLD}
+DECISION_EXIT = {"promote": OK, "complete": OK, "fail": FAILED, "hold": HOLD,
+                 "inconclusive": INCONCLUSIVE}
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -21,6 +23,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def exit_code(data: dict) -> int:
+    if data.get("approval") and not data.get("acted"):
+        return AWAITING_APPROVAL  # the gate said promote; a second person must approve it
     return DECISION_EXIT.get(str(data.get("decision")), FAILED)
 
 

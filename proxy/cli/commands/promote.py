@@ -1,7 +1,9 @@
 """evaluate the gate and act: step up, hold, or roll back
 
 Evaluate ROUTE's promotion gate and act on it: step the weight up to the next step, hold, or roll
-back. Exit 0 promoted (or complete), 1 fail, 4 hold.
+back. Exit 0 promoted (or complete), 1 fail, 4 hold, 5 inconclusive (held past max_hold;
+auto-promotion pauses), 6 awaiting approval (promotion.approval: another named admin runs
+`strangler approve`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """change a route's weight now (0-100, up to two decimals)
 
 Send PERCENT of the route's matching traffic to target from now on. Refused (exit 1) while the
-route is rolled back: `strangler resume` it first.
+route is rolled back: `strangler resume` it first. Raising it to the route's
+promotion.approval.from_weight or above waits for `strangler approve` by another named admin
+(exit 6).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from proxy.cli import output
 from proxy.cli.client import AdminClient, run_with_client
 from proxy.cli.commands._common import print_answer
-from proxy.cli.exitcodes import OK, USAGE
+from proxy.cli.exitcodes import AWAITING_APPROVAL, OK, USAGE
 
 NEEDS_REASON = True  # --reason TEXT, required, recorded in the audit log
 
@@ -32,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     def body(client: AdminClient) -> int:
         data = client.call("PUT", f"/admin/routes/{args.route}/weight",
                            {"weight": args.percent, "reason": args.reason})
+        if data.get("approval"):
+            print_answer(data, args.json, output.awaiting_approval)
+            return AWAITING_APPROVAL
         print_answer(data, args.json, lambda d: output.mutation(
             d, f"weight {output.weight(d.get('from'))} -> {output.weight(d.get('to'))}"))
         return OK
