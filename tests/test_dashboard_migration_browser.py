@@ -123,6 +123,16 @@ async def test_migration_page(upstreams, browser_page, tmp_path: Path) -> None: 
             shutil.copy(ARTIFACTS / "dashboard-migration.png", REPO / "docs" /
                         "dashboard-migration.png")
 
+        # the decision recorded (strangler retire): the page marks the route retired
+        async with aiohttp.ClientSession() as s:
+            async with s.post(proxy.admin + "/admin/routes/cart/retire", json={
+                    "reason": "legacy cart removed"},
+                    headers={"Authorization": "Bearer adm-x1"}) as r:
+                assert r.status == 200, await r.text()
+        await page.reload()
+        await page.wait_for_selector('#retire tr[data-route="cart"] .pill.retired')
+        assert "retired" in await page.inner_text('#retire tr[data-route="cart"]')
+
         # the last 24 h: the history's day-old rows drop out of the table's window
         await page.click("#win-24h")
         await page.wait_for_function(

@@ -152,6 +152,21 @@ async def test_ready_after_weeks_at_full_weight_qa_pins_aside(upstreams, tmp_pat
             async with s.get(p.admin + "/admin/retire-check") as r:
                 listed = {x["route"]: x["ready"] for x in (await r.json())["routes"]}
         assert listed["cart"] is True
+        # the decision, recorded with the check as its evidence
+        code, out, err = await run_cli("retire", "cart", "--reason", "legacy cart code removed "
+                                       "in PR 4512", "--actor", "alice", "--admin", p.admin)
+        assert code == 0, err
+        assert "cart: retired: recorded in the audit log of" in out
+        code, out, _ = await run_cli("history", "cart", "--json", "--admin", p.admin)
+        entry = json.loads(out)["entries"][0]
+        assert (entry["action"], entry["actor"], entry["forced"]) == ("retired", "alice (no token)",
+                                                                  False)
+        assert entry["reason"] == "legacy cart code removed in PR 4512"
+        assert entry["evidence"]["check"]["ready"] is True
+        async with aiohttp.ClientSession() as s:
+            async with s.get(p.admin + "/admin/retire-check") as r:
+                marks = {x["route"]: x["retired"] for x in (await r.json())["routes"]}
+        assert marks["cart"]["actor"] == "alice (no token)" and marks["search"] is None
     finally:
         await p.stop()
 
@@ -181,6 +196,17 @@ async def test_a_rollback_inside_the_window_fails_it(upstreams, tmp_path: Path) 
         # a window that starts after the rollback is clean again
         code, result, _ = await _check(p, "cart", "--days", "2")
         assert code == 0, result
+        # not ready: nothing is recorded, unless forced (and then marked so, with the reasons)
+        code, out, _ = await run_cli("retire", "cart", "--reason", "x", "--admin", p.admin)
+        assert code == 1 and "not recorded (fix what is unmet, or --force)" in out
+        code, out, _ = await run_cli("history", "cart", "--json", "--admin", p.admin)
+        assert "retired" not in {e["action"] for e in json.loads(out)["entries"]}
+        code, out, err = await run_cli("retire", "cart", "--reason", "the outage was the "
+                                       "network", "--force", "--json", "--admin", p.admin)
+        assert code == 0, err
+        forced = json.loads(out)
+        assert forced["forced"] is True and forced["audit"]["forced"] is True
+        assert forced["audit"]["evidence"]["check"]["unmet"][0].startswith("at its current")
     finally:
         await p.stop()
 

@@ -6,7 +6,8 @@
   CLI merges several replicas' from it).
 - `GET /admin/progress[?days=30]`: share of requests and endpoints on new services over the
   last 24 h and per UTC day.
-- `GET /admin/retire-check[?days=14]` (every route) and `GET /admin/routes/{name}/retire-check`.
+- `GET /admin/retire-check[?days=14]` (every route) and `GET /admin/routes/{name}/retire-check`;
+  `POST /admin/routes/{name}/retire` (admin.py) records the decision (`retire`).
 - `strangler_migration_progress_ratio{of}` and `strangler_migration_endpoints{state}`: the last
   24 h, refreshed every PROGRESS_REFRESH seconds (a scrape never reads the store).
 """
@@ -23,6 +24,7 @@ from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily
 
 from proxy.control import migration
+from proxy.control.results import RuntimeError_
 from proxy.control.rollups import DAY
 
 PROGRESS_REFRESH = 30.0
@@ -80,12 +82,46 @@ async def retire_checks(server: Any, names: list[str], days: float) -> list[dict
     out = []
     for name in names:
         spec = rt.spec(name)
-        out.append(migration.retire_check(
+        check = migration.retire_check(
             name, days, now=now, weight=rt.effective(name),
             state="rolled_back" if rt.rolled_back(name) else "active", audit=audit,
             traffic=traffic, reverse_shadow=spec.shadow.enabled and spec.shadow.reverse
-            and spec.shadow.sample > 0, reconcile=runs.get(name)))
+            and spec.shadow.sample > 0, reconcile=runs.get(name))
+        check["retired"] = _retired(audit, name)
+        out.append(check)
     return out
+
+
+async def retire(server: Any, name: str, actor: str, reason: str, force: bool,
+                 days: float) -> dict:
+    """Record (audit action `retired`) that `name`'s legacy side can be deleted: refused (409,
+    with every unmet condition) unless its retirement check passes, or `force`."""
+    if server.rollups is None:
+        raise RuntimeError_(409, "the traffic inventory is not running", {"route": name})
+    (check,) = await retire_checks(server, [name], days)
+    if not check["ready"] and not force:
+        raise RuntimeError_(409, f"route '{name}' is not ready to retire: "
+                            + "; ".join(check["unmet"]), {"route": name, "check": check})
+    rt = server.runtime
+    weight = rt.effective(name)
+    try:
+        entry = await asyncio.to_thread(
+            rt.audit.append, action="retired", actor=actor, route=name, reason=reason,
+            before=weight, after=weight, forced=force and not check["ready"],
+            evidence={"check": check})
+    except OSError as exc:
+        raise RuntimeError_(503, f"not recorded: the audit log refused the entry ({exc})",
+                            {"route": name}) from exc
+    return {"route": name, "retired": True, "forced": force and not check["ready"],
+            "check": check, "audit": entry}
+
+
+def _retired(audit: list[dict], name: str) -> dict | None:
+    for e in audit:  # newest first
+        if e.get("action") == "retired" and e.get("route") == name:
+            return {"time": e.get("time"), "actor": e.get("actor"), "reason": e.get("reason"),
+                    "forced": bool(e.get("forced")), "seq": e.get("seq")}
+    return None
 
 
 def register(app: web.Application, server: Any, registry: Any) -> None:

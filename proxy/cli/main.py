@@ -29,6 +29,7 @@ COMMANDS = (
     "reconcile",
     "inventory",
     "retire_check",
+    "retire",
     "history",
     "demo",
 )

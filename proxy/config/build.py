@@ -20,6 +20,7 @@ from proxy.config.spec import (
     Config,
     FlagsSpec,
     GateSourceSpec,
+    GroupSpec,
     GuardrailSpec,
     HostPort,
     InventorySpec,
@@ -75,14 +76,14 @@ def _promotion(p: m.Promotion) -> PromotionSpec:
     return PromotionSpec(**kw)
 
 
-def _route(r: m.Route, line: int, override_line: int) -> RouteSpec:
+def _route(r: m.Route, line: int, override_line: int, group: str | None) -> RouteSpec:
     kw = _set(r, "match", "sticky", "override", "shadow", "promotion")
     if r.sticky is not None:
         kw["sticky"] = StickySpec(**_set(r.sticky))
     if r.override is not None:
         kw["override"] = OverrideSpec(header=r.override.header, line=override_line)
     return RouteSpec(match=match_spec(r.match), shadow=_shadow(r.shadow),
-                     promotion=_promotion(r.promotion), line=line, **kw)
+                     promotion=_promotion(r.promotion), line=line, group=group, **kw)
 
 
 def _admin(a: m.Admin, doc: Document) -> AdminSpec:
@@ -96,7 +97,11 @@ def config(model: m.RoutesFile, doc: Document, source: Path, base: Path) -> Conf
     ups = {name: UpstreamSpec(name=name, line=doc.line(("upstreams", name)),
                               **_set(u, "url"), **u.url)
            for name, u in model.upstreams.items()}
-    routes = tuple(_route(r, doc.line(("routes", i)), doc.line(("routes", i, "override")))
+    groups = tuple(GroupSpec(name, g.routes, doc.line(("groups", name)))
+                   for name, g in model.groups.items())
+    member_of = {route: g.name for g in groups for route in g.routes}
+    routes = tuple(_route(r, doc.line(("routes", i)), doc.line(("routes", i, "override")),
+                          member_of.get(r.name))
                    for i, r in enumerate(model.routes))
     flags = FlagsSpec()
     if "flags" in model.model_fields_set:
@@ -133,6 +138,7 @@ def config(model: m.RoutesFile, doc: Document, source: Path, base: Path) -> Conf
         overrides=trust,
         shadow_budget=ShadowBudgetSpec(**_set(model.shadow_budget)),
         inventory=_inventory(model.inventory, doc, source),
+        groups=groups,
     )
 
 

@@ -851,6 +851,22 @@ class Inventory(Block):
         D(InventorySpec, "retention_days"), description="days of rollups kept in state_dir")
 
 
+# -- groups --------------------------------------------------------------------------------------
+
+
+def _member_names(x: Any) -> tuple[str, ...]:
+    return _name_list(x, what="a list of route names", item="a route name", kind="route",
+                      empty="list the routes that move together")
+
+
+class Group(Block):
+    WHAT = "a mapping with routes, e.g. {routes: [cart-read, cart-write]}"
+    HINTS = {"routes": " (the routes that move together, e.g. [cart-read, cart-write])"}
+    routes: v.value_type(tuple, _member_names, {  # type: ignore[valid-type]
+        "type": "array", "minItems": 2, "uniqueItems": True, "items": {"type": "string"},
+        "description": "routes that share one weight, state and sticky assignment"})
+
+
 def _version(x: Any) -> int:
     value = v.scalar(x, "1")
     if isinstance(value, bool) or value != 1:
@@ -906,6 +922,8 @@ class RoutesFile(Block):
                                         "target (routes[].override)")
     shadow_budget: ShadowBudget = ShadowBudget()
     inventory: Inventory = Inventory()
+    groups: dict[str, Group] = Field({}, description="name -> routes that move together (one "
+                                     "weight, state and sticky assignment)")
 
 
 def blocks() -> dict[str, type[Block]]:

@@ -203,6 +203,7 @@ class RouteSpec:
     promotion: PromotionSpec = field(default_factory=PromotionSpec)
     override: OverrideSpec | None = None  # None: the route cannot be pinned by a header
     line: int = 0  # line of the route's `- name:` entry in the file
+    group: str | None = None  # the group it moves with (`groups:`), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +271,16 @@ class InventorySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """`groups.NAME`: routes that move together (one weight, state and sticky assignment; see
+    proxy.control.groups). `routes[0]` leads: the group's approvals are kept under its name."""
+
+    name: str
+    routes: tuple[str, ...]
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class GateSourceSpec:
     metrics: Literal["local", "prometheus"] = "local"
     url: str | None = None  # Prometheus base url (needed for prometheus metrics or checks)
@@ -310,11 +321,19 @@ class Config:
     overrides: OverrideTrustSpec | None = None  # `overrides.trusted`; None: nobody may pin
     shadow_budget: ShadowBudgetSpec = field(default_factory=ShadowBudgetSpec)
     inventory: InventorySpec = field(default_factory=InventorySpec)
+    groups: tuple[GroupSpec, ...] = ()
 
     def route(self, name: str) -> RouteSpec | None:
         for r in self.routes:
             if r.name == name:
                 return r
+        return None
+
+    def group(self, name: str) -> GroupSpec | None:
+        """The group called `name`, or the group route `name` belongs to."""
+        for g in self.groups:
+            if g.name == name or name in g.routes:
+                return g
         return None
 
     def file_weights(self) -> dict[str, float]:

@@ -242,14 +242,28 @@ def audit_time(entry: dict) -> float | None:
         return None
 
 
+# Audit actions that change a route's effective weight: on the route itself (`from` -> `to`),
+# or for every route (`state_recovered` rolls every route back; a `reload` has maps of weights).
+WEIGHT_ACTIONS = frozenset({"set_weight", "promote", "rollback", "resume", "weight_from_file",
+                            "flag_change"})
+
+
+def _about(entry: dict, route: str) -> bool:
+    """The entry is on `route`, or on a group it is in (`routes` lists the members)."""
+    return entry.get("route") == route or route in (entry.get("routes") or ())
+
+
 def _changes_weight(entry: dict, route: str) -> bool:
     """Whether an audit entry changed `route`'s effective weight."""
-    if entry.get("action") in ("retired",):
-        return False
+    action = entry.get("action")
+    if action == "state_recovered":
+        return True
+    if action == "group_aligned" and _about(entry, route):
+        return True
+    if _about(entry, route) and action in WEIGHT_ACTIONS:
+        return action in ("rollback", "resume") or entry.get("from") != entry.get("to")
     before, after = entry.get("from"), entry.get("to")
-    if entry.get("route") == route:
-        return entry.get("action") == "rollback" or before != after
-    if isinstance(before, dict) and isinstance(after, dict):
+    if action == "reload" and isinstance(before, dict) and isinstance(after, dict):
         return route in after and before.get(route) != after.get(route)
     return False
 
@@ -290,7 +304,7 @@ def retire_check(route: str, days: float, *, now: float, weight: float, state: s
         cond("held", at_100, f"no weight change in the last {days:g} days" if at_100 else
              "not at 100%")
 
-    rollbacks = [e for e in audit if e.get("action") == "rollback" and e.get("route") == route
+    rollbacks = [e for e in audit if e.get("action") == "rollback" and _about(e, route)
                  and (audit_time(e) or 0) >= since]
     if rollbacks:
         r = rollbacks[0]

@@ -100,8 +100,11 @@ function retirePanel(ret) {
     const unmet = r.conditions.filter((c) => !c.ok);
     return h("tr", { class: "retire-row", "data-route": r.route, "data-ready": r.ready ? "1" : "0" },
       h("td", {}, h("a", { class: "rname", href: "#/routes/" + enc(r.route) }, r.route)),
-      h("td", {}, r.ready ? h("span", { class: "pill active ready" }, "ready to retire")
-        : h("span", { class: "pill hold" }, "not yet")),
+      h("td", {}, r.retired ? h("span", { class: "pill info retired", title: "retired by " +
+        r.retired.actor + " at " + r.retired.time + (r.retired.forced ? " (forced)" : "") +
+        ": " + r.retired.reason }, r.retired.forced ? "retired (forced)" : "retired")
+        : r.ready ? h("span", { class: "pill active ready" }, "ready to retire")
+          : h("span", { class: "pill hold" }, "not yet")),
       h("td", { class: "mig-why" }, r.ready ? h("span", { class: "faint" },
         "100% for 14 days, no rollback, no legacy traffic")
         : h("span", { title: unmet.map((c) => c.detail).join("\n") },
