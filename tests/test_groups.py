@@ -239,6 +239,39 @@ async def test_the_gate_judges_every_member(upstreams, proxy_process) -> None:
     await p.stop()
 
 
+async def test_the_guardrail_rolls_the_group_back_once(upstreams, proxy_process) -> None:
+    mono = await upstreams("monolith")
+
+    async def svc_handler(request: web.Request) -> web.Response:
+        status = 500 if request.method == "POST" else 200  # only cart-write's service fails
+        return web.json_response({"served_by": "svc"}, status=status)
+
+    svc = await upstreams("svc", handler=svc_handler)
+    guard = "{guardrail: {enabled: true, window: 5s, min_requests: 20}}"
+    p = await proxy_process(config(mono.port, svc.port, weight=100, promotion=guard),
+                            args=("--workers", "2"))
+    async with aiohttp.ClientSession() as s:
+        for i in range(60):
+            async with s.post(p.url + "/cart/items/1", json={},
+                              headers={"X-User-Id": f"u{i}"}) as r:
+                await r.read()
+
+    async def rolled() -> bool:
+        routes = {r["name"]: r["state"] for r in await _routes(p.admin)}
+        return routes["cart-read"] == routes["cart-write"] == "rolled_back"
+
+    await wait_for(rolled, timeout=15)
+    code, out, _ = await run_cli("history", "cart-read", "--json", "--admin", p.admin)
+    rollbacks = [e for e in json.loads(out)["entries"] if e["action"] == "rollback"]
+    assert len(rollbacks) == 1
+    assert (rollbacks[0]["route"], rollbacks[0]["trigger"], rollbacks[0]["routes"]) == (
+        "cart", "guardrail", ["cart-read", "cart-write"])
+    async with aiohttp.ClientSession() as s:
+        async with s.get(p.url + "/cart", headers={"X-User-Id": "u1"}) as r:
+            assert (await r.json())["served_by"] == "monolith"
+    await p.stop()
+
+
 async def test_a_reload_that_forms_a_group_aligns_it(upstreams, proxy_process) -> None:
     mono, svc = await upstreams("monolith"), await upstreams("svc")
     text = config(mono.port, svc.port, weight=20)

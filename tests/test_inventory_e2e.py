@@ -132,6 +132,10 @@ async def test_known_mix_reads_back_exactly(upstreams, proxy_process, tmp_path: 
     assert "DELETE /api/carts/{cartId}  (monolith-openapi.json:" in out
     assert "35.4% of requests (40 of 113) and 1 of 6 endpoints on new services" in out
 
+    code, out, _ = await run_cli("status", "--admin", p.admin)
+    assert code == 0
+    assert out.splitlines()[-1] == ("Migration, last 24 h: 35.4% of requests (40 of 113) and 1 "
+                                    "of 6 endpoints on new services")
     async with aiohttp.ClientSession() as s:
         async with s.get(p.admin + "/admin/progress?days=2") as r:
             progress = await r.json()
