@@ -153,7 +153,7 @@ def _openapi(file: str, doc: Document, config: Config, base: Path) -> tuple[Conf
         return config, []
     path = base / Path(inv.openapi).expanduser()
     try:
-        found, issues = read_openapi(path, inv.openapi_prefix)
+        found, issues = read_openapi(path, inv.openapi_prefix or "")
     except OSError as exc:
         return config, [Problem(file, doc.line(("inventory", "openapi")), "inventory.openapi",
                                 f"cannot read {inv.openapi}: {exc.strerror or exc}")]

@@ -822,8 +822,10 @@ def _templates(x: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _prefix(x: Any) -> str:
-    value = v.string(x, "a path like /api/v1")
+def _prefix(x: Any) -> str | None:
+    value = v.string(x, "a path like /api/v1", nullable=True)
+    if value is None:
+        return None
     if not value.startswith("/") or value.endswith("/") or "{" in value or "?" in value:
         raise v.problem(f"invalid value {value!r}: a path starting with '/', without a trailing "
                         "'/' (e.g. /api/v1)")
@@ -841,9 +843,9 @@ class Inventory(Block):
     openapi: v.Str("a file name", nullable=True,  # type: ignore[valid-type]
                    description="an OpenAPI 3 document (JSON or YAML) whose paths are "
                    "templates; relative to this file") = None
-    openapi_prefix: v.value_type(str, _prefix, {  # type: ignore[valid-type]
-        "type": "string", "pattern": "^/.*[^/]$",
-        "description": "the path the OpenAPI document's paths live under, e.g. /api/v1"}) = ""
+    openapi_prefix: v.value_type(str | None, _prefix, {  # type: ignore[valid-type]
+        "anyOf": [{"type": "string", "pattern": "^/.*[^/]$"}, {"type": "null"}],
+        "description": "the path the OpenAPI document's paths live under, e.g. /api/v1"}) = None
     max_templates: v.Integer(10, 100_000) = Field(  # type: ignore[valid-type]
         D(InventorySpec, "max_templates"), description="endpoints counted by name; beyond, "
         "`other`")

@@ -264,7 +264,7 @@ class InventorySpec:
     enabled: bool = True
     templates: tuple[str, ...] = ()  # as written
     openapi: str | None = None  # as written, relative to routes.yaml's directory
-    openapi_prefix: str = ""
+    openapi_prefix: str | None = None  # the path the document's paths live under
     max_templates: int = 1000  # per data plane and per rollup bucket; the rest count as `other`
     retention_days: int = 90  # daily rollups kept this long (hourly ones: 15 days at most)
     declared: tuple[DeclaredTemplate, ...] = ()
