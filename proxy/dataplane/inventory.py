@@ -198,8 +198,9 @@ class EndpointCounter:
                 c[0] += 1
 
     # -- every ~200 ms -------------------------------------------------------------------------
-    def template(self, path: bytes) -> bytes:
-        t = self.cache.get(path)
+    def template(self, path: bytes, cached: bool = True) -> bytes:
+        """`path`'s template (`cached`: look in the cache first; `take` already did)."""
+        t = self.cache.get(path) if cached else None
         if t is None:
             t = self.match(path.split(b"/")[1:]) if self.match is not None else None
             if t is None:
@@ -220,10 +221,11 @@ class EndpointCounter:
         out: dict[tuple, list] = {}
         cache, admitted, declared = self.cache, self.admitted, self.declared
         full = len(admitted) >= self.max_templates
+        template = self.template
         for (method, path, route, backend, code), (n,) in hits.items():
             t = cache.get(path)
             if t is None:
-                t = self.template(path)
+                t = template(path, False)
             ep = (method, t)
             seen = admitted.get(ep)
             if seen is not None:
