@@ -324,3 +324,13 @@ def test_parse_since(text: str, seconds: float) -> None:
 def test_parse_since_refuses(bad: str) -> None:
     with pytest.raises(ValueError, match="invalid window"):
         parse_since(bad)
+
+
+def test_the_cli_shows_hostile_templates_escaped() -> None:
+    from proxy.cli.migration_output import printable
+
+    assert printable("/a\u202eb/\x1b[31mred/caf\u00e9") == \
+        "/a\\u202eb/\\x1b[31mred/caf\u00e9"
+    c = EndpointCounter()
+    c.count(b"GET", b"/caf\xc3\xa9/\xff\xfe", "_default", "legacy", 200, 0.001)
+    assert [r[1] for r in c.take()] == ["/caf\u00e9/\\xff\\xfe"]
