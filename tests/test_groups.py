@@ -290,6 +290,14 @@ async def test_a_reload_that_forms_a_group_aligns_it(upstreams, proxy_process) -
     code, out, _ = await run_cli("history", "cart", "--json", env=env)
     aligned = next(e for e in json.loads(out)["entries"] if e["action"] == "group_aligned")
     assert aligned["from"] == {"cart-read": 30, "cart-write": 20} and aligned["to"] == 20
+    # fresh evidence for the group: every member starts a new step, one entry
+    steps = {n: routes[n]["step"]["id"] for n in ("cart-read", "cart-write")}
+    code, out, err = await run_cli("reset-evidence", "cart", "--reason", "fixed", "--json",
+                                   env=env)
+    assert code == 0, err
+    assert json.loads(out)["audit"]["routes"] == ["cart-read", "cart-write"]
+    routes = {r["name"]: r for r in await _routes(p.admin)}
+    assert all(routes[n]["step"]["id"] != steps[n] for n in steps)
     await p.stop()
 
 

@@ -456,14 +456,17 @@ class Runtime(FourEyes, Groups):
                                     {"route": name, "state": "rolled_back"})
             rt = self.state.route(name)
             old = {"step": rt.step, "since": rt.step_started, "reason": rt.step_reason}
-            self._new_step(name, f"reset-evidence by {actor}: {reason}")
-            await self._push([name])
+            unit, names = self.unit(name)  # a group is judged afresh whole
+            for n in names:
+                self._new_step(n, f"reset-evidence by {actor}: {reason}")
+            await self._push(names)
             weight = self.effective(name)
             return self._finish(
-                MutationResult(name, old, views.step_view(rt)),
-                action="reset_evidence", actor=actor, reason=reason, route=name,
+                MutationResult(name, old, views.step_view(rt), extra=self.group_extra(name)),
+                action="reset_evidence", actor=actor, reason=reason, route=unit,
                 before=weight, after=weight,
                 evidence={"previous_step": old, "step": views.step_view(rt)},
+                **({"routes": names} if unit != name else {}),
             )
 
     async def reload(self, actor: str, reason: str = "reload") -> int:
