@@ -1,25 +1,37 @@
 # strangler container image: `strangler serve` as a non-root user, state_dir on a volume.
-#   docker build -t strangler:0.1.0 .
-#   docker run -p 8080:8080 -v "$PWD/routes.yaml:/etc/strangler/routes.yaml:ro" strangler:0.1.0
+#   docker build -t strangler .
+#   docker run -p 8080:8080 -v "$PWD/routes.yaml:/etc/strangler/routes.yaml:ro" strangler
 # The Helm chart (helm/strangler) mounts routes.yaml at /etc/strangler and a writable volume at
 # state_dir (/var/lib/strangler), and runs the root filesystem read-only.
+# Its Python is the one `make test` also runs the fast tier on (make test-image-python), and
+# its dependencies are exactly uv.lock's (uv sync --locked), as for `make test` and CI.
 ARG PYTHON_VERSION=3.12
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+# The same uv as the Makefile's UV_VERSION (tests/test_packaging.py checks they agree).
+ARG UV_VERSION=0.13.9
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_NO_CACHE=1 \
+    UV_PROJECT_ENVIRONMENT=/opt/strangler
+RUN pip install "uv==${UV_VERSION}"
 WORKDIR /src
-RUN python -m venv /opt/strangler
-COPY pyproject.toml README.md ./
+# Dependencies first (a layer that changes only with uv.lock), then strangler itself, not
+# editable: /src stays in this stage. Wheels only (aiohttp, httptools, uvloop are manylinux).
+COPY pyproject.toml uv.lock README.md LICENSE ./
+RUN uv sync --locked --no-dev --no-install-project --python /usr/local/bin/python
 COPY proxy/ proxy/
 COPY shadow/ shadow/
-# Dependencies come as wheels (aiohttp, httptools, uvloop are manylinux): no compiler needed.
-RUN /opt/strangler/bin/pip install . \
+RUN uv sync --locked --no-dev --no-editable --python /usr/local/bin/python \
     && /opt/strangler/bin/strangler --version
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 LABEL org.opencontainers.image.title="strangler" \
-      org.opencontainers.image.description="Strangler-fig migration proxy"
+      org.opencontainers.image.description="Strangler-fig migration proxy" \
+      org.opencontainers.image.licenses="Apache-2.0"
 RUN groupadd --system --gid 10001 strangler \
     && useradd --system --uid 10001 --gid strangler --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin strangler \

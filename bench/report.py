@@ -30,6 +30,12 @@ LABELS = {
     "strangler_random": "strangler, every request a new unmatched path (inventory on)",
     "strangler_random_noinv": "strangler, every request a new unmatched path, inventory off",
     "stream": "strangler, 1 GiB streamed up and down",
+    "nginx_tls_upstream": "nginx, proxy_pass https:// (keepalive, session reuse, verified)",
+    "strangler_tls_upstream": "strangler, https upstream (keepalive, session resumption)",
+    "nginx_tls_listener": "nginx, TLS listener",
+    "strangler_tls_listener": "strangler, TLS listener",
+    "strangler_trace_001": "strangler, tracing at sample_ratio 0.01",
+    "strangler_trace_1": "strangler, tracing at sample_ratio 1.0",
 }
 
 
@@ -63,6 +69,22 @@ class Target:
     op: str  # ">=" | "<="
     goal: float
     limit_hint: str = ""
+    # The goal is relative: `goal` added to the ratio of these two rows in the same run (the
+    # TLS rows: within 0.05 of strangler's plaintext ratio to nginx).
+    base: tuple[tuple[str, str, str], tuple[str, str, str]] | None = None
+
+
+def _tls_target(key: str, mode: str, body: str) -> Target:
+    return Target(
+        key,
+        f"TLS {mode}, {body} body: throughput vs nginx over TLS (goal: the plaintext ratio "
+        "- 0.05)",
+        (f"strangler_tls_{mode}", "throughput", body),
+        (f"nginx_tls_{mode}", "throughput", body),
+        ">=",
+        -0.05,
+        base=(("strangler", "throughput", body), ("nginx", "throughput", body)),
+    )
 
 
 TARGETS = (
@@ -186,6 +208,26 @@ TARGETS = (
         ">=",
         1.6,
     ),
+    _tls_target("tls_upstream_small", "upstream", "small"),
+    _tls_target("tls_upstream_big", "upstream", "64KiB"),
+    _tls_target("tls_listener_small", "listener", "small"),
+    _tls_target("tls_listener_big", "listener", "64KiB"),
+    Target(
+        "trace_001",
+        "tracing at sample_ratio 0.01: throughput vs tracing off",
+        ("strangler_trace_001", "throughput", "small"),
+        ("strangler", "throughput", "small"),
+        ">=",
+        0.97,
+    ),
+    Target(
+        "trace_1",
+        "tracing at sample_ratio 1.0: throughput vs tracing off (measured, no goal)",
+        ("strangler_trace_1", "throughput", "small"),
+        ("strangler", "throughput", "small"),
+        ">=",
+        0.0,
+    ),
 )
 
 
@@ -242,17 +284,22 @@ class Results:
                     value = max(row.values)
                 elif ref is not None and (pairs := self.paired(row, ref)):
                     value = statistics.median(pairs)
-            if value is None:
+            goal: float | None = t.goal
+            if t.base is not None:
+                base_row, base_ref = self.rows.get(t.base[0]), self.rows.get(t.base[1])
+                pairs = self.paired(base_row, base_ref) if base_row and base_ref else []
+                goal = statistics.median(pairs) + t.goal if pairs else None
+            if value is None or goal is None:
                 status = "SKIP"
             else:
-                ok = value >= t.goal if t.op == ">=" else value <= t.goal
+                ok = value >= goal if t.op == ">=" else value <= goal
                 status = "PASS" if ok else "MISS"
             out.append(
                 {
                     "key": t.key,
                     "target": t.text,
                     "op": t.op,
-                    "goal": t.goal,
+                    "goal": goal,
                     "value": value,
                     "status": status,
                     "limited_by": self.limit(t),
@@ -412,8 +459,9 @@ class Results:
         ]
         for c in self.checks():
             value = "-" if c["value"] is None else f"{c['value']:.2f}"
+            goal = "-" if c["goal"] is None else f"{c['op']} {c['goal']:.2f}"
             lines.append(
-                f"| {c['target']} | {value} | {c['op']} {c['goal']:g} | {c['status']} "
+                f"| {c['target']} | {value} | {goal} | {c['status']} "
                 f"| {c['limited_by']} |"
             )
         if self.notes:

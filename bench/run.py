@@ -6,7 +6,15 @@ nginx figure from moments before, then writes bench/results/latest.{json,md} and
 Markdown. Every process started is stopped by PID at the end, also on Ctrl-C or an error.
 Scenarios (for --only): direct, nginx, aiohttp, strangler, strangler_noinv, strangler_w2,
 strangler_shadow, strangler_default_diff, strangler_default_noinv, strangler_shadow_diff,
-strangler_10k, strangler_random, strangler_random_noinv, stream.
+strangler_10k, strangler_random, strangler_random_noinv, stream, nginx_tls_upstream,
+strangler_tls_upstream, nginx_tls_listener, strangler_tls_listener, strangler_trace_001,
+strangler_trace_1.
+
+The TLS rows put TLS on one side of each proxy: `_tls_upstream` proxies to the same nginx
+upstream over https (nginx: `proxy_pass https://` with keepalive, `proxy_ssl_session_reuse on`
+and the certificate verified, as strangler verifies it), `_tls_listener` serves the clients
+over TLS (wrk speaks https). The tracing rows are plain strangler with `tracing:` at
+sample_ratio 0.01 and 1.0, exporting to bench/otlp_sink.py; compare them with `strangler`.
 
 The two `_diff` scenarios are the cases users hit first: a new service whose answers differ
 from the monolith's. `strangler_default_diff` is the routes.yaml a user writes first (weight 50,
@@ -52,7 +60,16 @@ SCENARIOS = (
     "strangler_random",
     "strangler_random_noinv",
     "stream",
+    "nginx_tls_upstream",
+    "strangler_tls_upstream",
+    "nginx_tls_listener",
+    "strangler_tls_listener",
+    "strangler_trace_001",
+    "strangler_trace_1",
 )
+TLS_SCENARIOS = ("nginx_tls_upstream", "strangler_tls_upstream", "nginx_tls_listener",
+                 "strangler_tls_listener")
+TRACE_SCENARIOS = {"strangler_trace_001": 0.01, "strangler_trace_1": 1.0}
 BODY_LEN = {"small": len(SMALL_BODY), "64KiB": servers.BIG_SIZE}
 SHADOW_SCENARIOS = ("strangler_shadow", "strangler_default_diff", "strangler_default_noinv",
                     "strangler_shadow_diff")
@@ -222,7 +239,9 @@ class Bench:
 
     def start(self) -> None:
         want = self.args.scenarios
-        up = servers.start_upstream(self.procs, self.workdir, "upstream", self.cpus.upstream)
+        tls = servers.make_tls(self.workdir) if any(n in want for n in TLS_SCENARIOS) else None
+        up = servers.start_upstream(self.procs, self.workdir, "upstream", self.cpus.upstream,
+                                    tls=tls)
         small_path, big_path = servers.bench_paths(10)
         urls = {"small": up.small_url + small_path, "64KiB": up.big_url + big_path}
         if "direct" in want:
@@ -261,8 +280,67 @@ class Bench:
             for name in DIFF_SCENARIOS:
                 if name in want:
                     self.start_differing(name, up, new)
+        if tls is not None:
+            self.start_tls(up, tls)
+        for name, ratio in TRACE_SCENARIOS.items():
+            if name in want:
+                self.start_traced(name, up, ratio)
         if "stream" in want:
             self.start_stream()
+
+    def start_tls(self, up: Upstream, tls: servers.BenchTls) -> None:
+        want = self.args.scenarios
+        small_path, big_path = servers.bench_paths(2)
+        for mode in ("upstream", "listener"):
+            if f"nginx_tls_{mode}" in want:
+                ng = servers.start_nginx_tls_proxy(self.procs, self.workdir, up, self.cpus.proxy,
+                                                   tls, mode)
+                assert ng.proc is not None and ng.big_url is not None
+                self.add(Target(f"nginx_tls_{mode}", {"small": ng.small_url + small_path,
+                                                      "64KiB": ng.big_url + big_path},
+                                {"small": [ng.proc], "64KiB": [ng.proc]}, [up.proc]))
+            name = f"strangler_tls_{mode}"
+            if name not in want:
+                continue
+            if self.strangler_broken:
+                self.strangler_skip(name, f"strangler did not start ({self.strangler_broken})")
+                continue
+            port, admin = free_port(), free_port()
+            config = servers.tls_config(port=port, admin_port=admin,
+                                        state_dir=self.workdir / f"state-{name}", up=up,
+                                        tls=tls, mode=mode)
+            try:
+                proc = servers.start_strangler(self.procs, self.workdir, name, config,
+                                               self.cpus.proxy)
+            except StartError as exc:
+                self.strangler_skip(name, str(exc))
+                continue
+            base = f"{'https' if mode == 'listener' else 'http'}://127.0.0.1:{port}"
+            self.add(Target(name, {"small": base + small_path, "64KiB": base + big_path},
+                            {"small": [proc], "64KiB": [proc]}, [up.proc], admin_port=admin))
+
+    def start_traced(self, name: str, up: Upstream, ratio: float) -> None:
+        if self.strangler_broken:
+            self.strangler_skip(name, f"strangler did not start ({self.strangler_broken})")
+            return
+        sink_port = free_port()
+        sink = self.procs.start(f"otlp-sink-{name}", [sys.executable, "-m", "bench.otlp_sink",
+                                                      str(sink_port)], self.cpus.upstream,
+                                env={"PYTHONPATH": str(REPO)})
+        port, admin = free_port(), free_port()
+        config = servers.strangler_config(port=port, admin_port=admin,
+                                          state_dir=self.workdir / f"state-{name}", up=up)
+        config["tracing"] = {"otlp_endpoint": f"http://127.0.0.1:{sink_port}",
+                             "sample_ratio": ratio}
+        try:
+            proc = servers.start_strangler(self.procs, self.workdir, name, config,
+                                           self.cpus.proxy)
+        except StartError as exc:
+            self.strangler_skip(name, str(exc))
+            return
+        small_path, _ = servers.bench_paths(10)
+        self.add(Target(name, {"small": f"http://127.0.0.1:{port}{small_path}"},
+                        {"small": [proc]}, [up.proc, sink], admin_port=admin))
 
     def add(self, target: Target) -> None:
         """Keep `target` if every URL answers 200 with the expected body, else note why not."""

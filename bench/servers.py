@@ -54,6 +54,16 @@ class Upstream:
     proc: Proc
     small_port: int
     big_port: int
+    small_tls_port: int = 0  # the same bodies over TLS (`start_upstream(tls=...)`)
+    big_tls_port: int = 0
+
+    @property
+    def small_tls_url(self) -> str:
+        return f"https://127.0.0.1:{self.small_tls_port}"
+
+    @property
+    def big_tls_url(self) -> str:
+        return f"https://127.0.0.1:{self.big_tls_port}"
 
     @property
     def small_url(self) -> str:
@@ -100,14 +110,48 @@ def _nginx(procs: Procs, name: str, conf: Path, ports: list[int], cpus: str | No
     return proc
 
 
+@dataclass
+class BenchTls:
+    """A private CA and one certificate for `bench.upstream` and 127.0.0.1, as PEM files."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls(workdir: Path) -> BenchTls:
+    import trustme  # the [test] extra; `make bench` installs it
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("bench.upstream", "127.0.0.1")
+    out = BenchTls(workdir / "bench-ca.pem", workdir / "bench-cert.pem", workdir / "bench-key.pem")
+    ca.cert_pem.write_to_path(str(out.ca))
+    out.cert.write_bytes(b"".join(b.bytes() for b in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(out.key))
+    for path in (out.ca, out.cert, out.key):
+        os.chmod(path, 0o644)  # nginx workers run as nobody
+    return out
+
+
 def start_upstream(procs: Procs, workdir: Path, name: str, cpus: str | None,
-                   different: bool = False) -> Upstream:
+                   different: bool = False, tls: BenchTls | None = None) -> Upstream:
     """nginx, 1 worker: the small JSON body on one port, the 64 KiB file on another
-    (`different`: the bodies of a new service whose answers differ)."""
+    (`different`: the bodies of a new service whose answers differ; `tls`: the same two again
+    over TLS on two more ports)."""
     www = workdir / ("www-different" if different else "www")
     www.mkdir(exist_ok=True)
     (www / "big.json").write_bytes(big_body(different))
     small_port, big_port = free_port(), free_port()
+    tls_ports = (free_port(), free_port()) if tls else (0, 0)
+    tls_servers = ""
+    if tls is not None:
+        tls_servers = (
+            f"    ssl_certificate {tls.cert};\n    ssl_certificate_key {tls.key};\n"
+            "    ssl_session_cache shared:SSL:1m;\n"
+            f"    server {{ listen 127.0.0.1:{tls_ports[0]} ssl; location / {{ return 200 "
+            f"'{DIFFERENT_SMALL_BODY if different else SMALL_BODY}'; }} }}\n"
+            f"    server {{ listen 127.0.0.1:{tls_ports[1]} ssl; location / {{ root {www}; "
+            "try_files /big.json =404; } }")
     conf = _render(
         "upstream_nginx.conf.tmpl",
         workdir / f"{name}.conf",
@@ -117,9 +161,11 @@ def start_upstream(procs: Procs, workdir: Path, name: str, cpus: str | None,
         big_port=big_port,
         small_body=DIFFERENT_SMALL_BODY if different else SMALL_BODY,
         www=www,
+        tls_servers=tls_servers,
     )
-    proc = _nginx(procs, name, conf, [small_port, big_port], cpus)
-    return Upstream(proc, small_port, big_port)
+    ports = [small_port, big_port, *(p for p in tls_ports if p)]
+    proc = _nginx(procs, name, conf, ports, cpus)
+    return Upstream(proc, small_port, big_port, *tls_ports)
 
 
 def start_nginx_proxy(procs: Procs, workdir: Path, up: Upstream, cpus: str | None) -> Server:
@@ -138,6 +184,35 @@ def start_nginx_proxy(procs: Procs, workdir: Path, up: Upstream, cpus: str | Non
     )
     proc = _nginx(procs, name, conf, ports, cpus)
     return Server("nginx", proc, f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}")
+
+
+def start_nginx_tls_proxy(procs: Procs, workdir: Path, up: Upstream, cpus: str | None,
+                          tls: BenchTls, mode: str) -> Server:
+    """nginx reverse proxy over TLS: `mode` "upstream" (proxy_pass https://, keepalive,
+    proxy_ssl_session_reuse on, certificate verified) or "listener" (clients speak TLS)."""
+    name = f"nginx-tls-{mode}"
+    ports = [free_port(), free_port()]
+    upstream = mode == "upstream"
+    conf = _render(
+        "proxy_nginx_tls.conf.tmpl",
+        workdir / f"{name}.conf",
+        dir=workdir,
+        name=name,
+        small_port=ports[0],
+        big_port=ports[1],
+        small_upstream_port=up.small_tls_port if upstream else up.small_port,
+        big_upstream_port=up.big_tls_port if upstream else up.big_port,
+        listen_ssl="" if upstream else " ssl",
+        scheme="https" if upstream else "http",
+        cert=tls.cert,
+        key=tls.key,
+        ca=tls.ca,
+        mode=mode,
+    )
+    proc = _nginx(procs, name, conf, ports, cpus)
+    scheme = "http" if upstream else "https"
+    return Server(name, proc, f"{scheme}://127.0.0.1:{ports[0]}",
+                  f"{scheme}://127.0.0.1:{ports[1]}")
 
 
 def start_aiohttp(procs: Procs, up: Upstream, cpus: str | None) -> tuple[Server, Proc]:
@@ -236,6 +311,29 @@ def strangler_config(
     cfg = _base(port, admin_port, state_dir, upstreams, routes)
     if shadow_url:  # every request mirrored: no shadow budget
         cfg["shadow_budget"] = {"max_rate": "unlimited"}
+    return cfg
+
+
+def tls_config(*, port: int, admin_port: int, state_dir: Path, up: Upstream, tls: BenchTls,
+               mode: str) -> dict:
+    """Two routes (small body, 64 KiB), 100% legacy, shadow off, over TLS on one side:
+    "upstream" (https upstreams, the bench CA, server_name bench.upstream, as nginx verifies)
+    or "listener" (the proxy serves TLS)."""
+    if mode == "upstream":
+        spec = {"ca_file": str(tls.ca), "server_name": "bench.upstream"}
+        upstreams = {"legacy": {"url": up.small_tls_url, "tls": spec},
+                     "legacy-big": {"url": up.big_tls_url, "tls": spec}}
+    else:
+        upstreams = {"legacy": {"url": up.small_url}, "legacy-big": {"url": up.big_url}}
+    upstreams["modern"] = dict(upstreams["legacy"])
+    upstreams["modern-big"] = dict(upstreams["legacy-big"])
+    routes = [{"name": route_name(i), "match": {"path_prefix": f"/svc/{route_name(i)}"},
+               "legacy": legacy, "target": target, "weight": 0, "shadow": {"enabled": False}}
+              for i, (legacy, target) in enumerate((("legacy", "modern"),
+                                                    ("legacy-big", "modern-big")))]
+    cfg = _base(port, admin_port, state_dir, upstreams, routes)
+    if mode == "listener":
+        cfg["tls"] = {"cert_file": str(tls.cert), "key_file": str(tls.key)}
     return cfg
 
 
@@ -415,9 +513,13 @@ def shadow_counters(admin_port: int) -> dict[str, float] | None:
 
 
 def check_get(url: str, expect_len: int | None, timeout: float = 5.0) -> str | None:
-    """None if GET url answers 200 with the expected body length, else what went wrong."""
+    """None if GET url answers 200 with the expected body length, else what went wrong
+    (https: the bench's own certificate is not checked here; wrk does not check either)."""
+    import ssl
+
+    ctx = ssl._create_unverified_context() if url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as r:
             body = r.read()
             if r.status != 200:
                 return f"status {r.status}"

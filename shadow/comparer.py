@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     nice = int(args[2]) if len(args) > 2 else 10
     from proxy.config import logsetup
 
-    logsetup.configure(fmt, level)
+    logsetup.configure(fmt, level, role="comparer")  # named after its data plane
     if nice:
         try:
             os.nice(nice)

@@ -19,14 +19,18 @@ old one's requests (except those still in flight at the change).
 from __future__ import annotations
 
 import asyncio
+import base64
 import bisect
 import math
-from collections.abc import Iterable
+import os
+import ssl
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiohttp
 
-from proxy.config.spec import CheckSpec
+from proxy.config.spec import CheckSpec, ClientTlsSpec, GateSourceSpec
+from proxy.config.tls import TlsFileError, client_context, file_stamp
 from shadow.evidence import BackendEvidence, CheckResult, Evidence
 from shadow.stats import DIFFERENCE, LATENCY, PAIRED, Grid
 
@@ -35,6 +39,39 @@ WINDOW_PLACEHOLDER = "$window"  # in a check's query: replaced by the step's win
 
 class MetricsUnavailable(Exception):
     """Prometheus could not answer: unreachable, an HTTP error, or a query it rejected."""
+
+
+class CredentialsMissing(Exception):
+    """`gate` names an environment variable that is not set (the message names it, never a
+    value)."""
+
+
+def credentials(spec: GateSourceSpec, env: Mapping[str, str] | None = None,
+                ) -> dict[str, str]:
+    """The headers `spec` sends with every query (tenant headers, Authorization), read from
+    the environment. Raises CredentialsMissing naming every unset variable."""
+    env = os.environ if env is None else env
+    headers: dict[str, str] = {}
+    missing: list[str] = []
+
+    def value(var: str) -> str:
+        got = env.get(var)
+        if not got:
+            missing.append(var)
+            return ""
+        return got
+
+    for name, var in spec.headers:
+        headers[name] = value(var)
+    if spec.bearer_token_env:
+        headers["authorization"] = f"Bearer {value(spec.bearer_token_env)}"
+    if spec.basic_auth is not None:
+        password = value(spec.basic_auth.password_env)
+        token = f"{spec.basic_auth.username}:{password}".encode()
+        headers["authorization"] = "Basic " + base64.b64encode(token).decode("ascii")
+    if missing:
+        raise CredentialsMissing("gate: environment variable(s) not set: " + ", ".join(missing))
+    return headers
 
 
 # --- query builders (pure) ----------------------------------------------------------------
@@ -179,10 +216,45 @@ class PrometheusSource:
     is kept for the source's lifetime.
     """
 
-    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 5.0, headers: Mapping[str, str] = (),
+                 tls: ClientTlsSpec | None = None, spec: GateSourceSpec | None = None) -> None:
         self.url = url.rstrip("/")
+        self.spec = spec  # what it was made from (a reload compares it)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._headers = dict(headers)  # credentials: never logged, never in a message
+        self._tls = tls  # https: trusted CAs and client certificate, files re-read on change
+        self._stamp: tuple | None = None
+        self._ssl: ssl.SSLContext | None = None
         self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_spec(cls, spec: GateSourceSpec, env: Mapping[str, str] | None = None,
+                  ) -> PrometheusSource:
+        """The source `gate:` describes; CredentialsMissing for an unset variable."""
+        assert spec.url is not None
+        return cls(spec.url, headers=credentials(spec, env), tls=spec.tls, spec=spec)
+
+    async def _ensure_session(self) -> aiohttp.ClientSession:
+        """One session for the source's lifetime, remade when its TLS files change."""
+        if self._tls is not None:
+            stamp = file_stamp(self._tls)
+            if stamp != self._stamp:
+                try:
+                    ctx = client_context(self._tls)
+                except TlsFileError as exc:
+                    if self._ssl is None:
+                        raise MetricsUnavailable(f"Prometheus at {self.url}: {exc.message}") \
+                            from None
+                else:  # a half-written rotation keeps the previous context
+                    self._stamp, self._ssl = stamp, ctx
+                    if self._session is not None:
+                        await self._session.close()
+                        self._session = None
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers,
+                                                  connector=connector)
+        return self._session
 
     async def __aenter__(self) -> PrometheusSource:
         return self
@@ -204,19 +276,26 @@ class PrometheusSource:
         return parse_vector(promql, await self._body(promql))
 
     async def _body(self, promql: str) -> Any:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        session = await self._ensure_session()
         endpoint = f"{self.url}/api/v1/query"
         try:
-            async with self._session.post(endpoint, data={"query": promql}) as resp:
+            async with session.post(endpoint, data={"query": promql}) as resp:
                 try:
                     body = await resp.json(content_type=None)
                 except ValueError:
                     body = None
+                if resp.status in (401, 403):
+                    raise MetricsUnavailable(
+                        f"Prometheus at {self.url} refused the gate's credentials (HTTP "
+                        f"{resp.status}): check gate.headers, bearer_token_env or basic_auth")
                 if resp.status >= 400 and not isinstance(body, dict):
                     raise MetricsUnavailable(
                         f"Prometheus at {self.url} answered HTTP {resp.status} to {promql!r}"
                     )
+        except aiohttp.ClientConnectorCertificateError as e:
+            raise MetricsUnavailable(
+                f"Prometheus at {self.url}: its TLS certificate was refused "
+                f"({e.certificate_error}); set gate.tls.ca_file") from e
         except (aiohttp.ClientError, TimeoutError) as e:
             raise MetricsUnavailable(
                 f"Prometheus at {self.url} is unreachable: {e.__class__.__name__}: {e}"

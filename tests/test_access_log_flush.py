@@ -27,8 +27,9 @@ ROUTES = TWO_UPSTREAMS + """
         weight: 50
         shadow: false
 """
-KEYS = ["request_id", "route", "backend", "upstream", "method", "path", "status", "duration_ms",
-        "fallback", "event", "level", "timestamp"]
+KEYS = ["request_id", "route", "backend", "upstream", "method", "path", "query", "status",
+        "duration_ms", "upstream_ms", "bytes_in", "bytes_out", "client", "user_agent", "fallback",
+        "event", "level", "logger", "process", "timestamp"]
 
 
 @pytest.mark.slow
@@ -125,7 +126,8 @@ def test_lines_go_out_in_batches_and_the_buffer_stays_bounded(tmp_path):
 
     def rendered(i: int) -> int:  # the length of line i (the timestamp has a fixed width)
         return len(renderer._render((f"id-{i}", "balance", "legacy", "monolith", b"GET",
-                                     b"/api/v1/balance/%d" % i, 200, 0.0012345, False, 0.0)))
+                                     b"/api/v1/balance/%d" % i, 200, 0.0012345, False, 0.0,
+                                     None, -1.0, 0, 0, "", None)))
 
     with open(path, "w") as stream:
         log = logs.AccessLog(stream=stream)

@@ -263,15 +263,22 @@ CASES = [
     ("listen-no-port", BASE + "listen: 0.0.0.0   # <-\n", "listen", "expected HOST:PORT"),
     ("listen-ipv6-brackets", BASE + "admin:\n  listen: '::1:9901'   # <-\n", "admin.listen",
      "put IPv6 addresses in brackets"),
-    ("https-upstream", BASE.replace('"http://127.0.0.1:8001"}', '"https://x:1"}   # <-'),
-     "upstreams.old.url",
-     "https upstreams are not supported; terminate TLS in front or use http"),
+    ("tls-on-http-upstream", BASE.replace('8001"}', '8001", tls: {verify: false}}   # <-'),
+     "upstreams.old.tls", "tls is only used with an https:// url"),
+    ("https-upstream-half-mtls", BASE.replace('"http://127.0.0.1:8001"}',
+                                              '"https://x:1", tls: {key_file: k.pem}}   # <-'),
+     "upstreams.old.tls.cert_file", "key_file needs cert_file too"),
+    ("https-upstream-tls-version", BASE.replace('"http://127.0.0.1:8001"}',
+                                                '"https://x:1", tls: {min_version: 1.1}}   # <-'),
+     "upstreams.old.tls.min_version", "expected \"1.2\" or \"1.3\""),
+    ("host-header", BASE.replace('8001"}', '8001", host_header: "a/b"}   # <-'),
+     "upstreams.old.host_header", "expected client (the Host the client sent), upstream"),
     ("upstream-query", BASE.replace('8001"}', '8001/?a=1"}   # <-'), "upstreams.old.url",
      "cannot have a query"),
     ("upstream-no-host", BASE.replace('"http://127.0.0.1:8001"}', '"http:///x"}   # <-'),
      "upstreams.old.url", "missing or invalid host"),
     ("upstream-ftp", BASE.replace('"http://127.0.0.1:8001"}', '"ftp://h"}   # <-'),
-     "upstreams.old.url", "expected http://HOST:PORT"),
+     "upstreams.old.url", "expected http(s)://HOST:PORT"),
     ("upstream-timeout", BASE.replace('8001"}', '8001", timeout: soon}   # <-'),
      "upstreams.old.timeout", "invalid duration 'soon'"),
     ("upstream-max-connections", BASE.replace('8001"}', '8001", max_connections: 0}   # <-'),
@@ -357,7 +364,9 @@ CASES = [
      "routes[0].sticky", "give exactly one of header or cookie"),
     ("fallback-type", route("  - name: a\n    legacy: old\n    target: new\n"
                             "    fallback_to_legacy: maybe   # <-\n"),
-     "routes[0].fallback_to_legacy", "expected true or false, got string 'maybe'"),
+     "routes[0].fallback_to_legacy",
+     "expected true, false or {on: [connect, timeout, reset, 502, 503, 504]}, got string "
+     "'maybe'"),
     ("shadow-sample", route("  - name: a\n    legacy: old\n    target: new\n    shadow:\n"
                             "      sample: 1.5   # <-\n"),
      "routes[0].shadow.sample", "1.5 is out of range: must be between 0 and 1"),
@@ -490,7 +499,7 @@ def test_every_problem_in_the_file_is_reported_at_once() -> None:
         listen: nowhere
         upstreams:
           old: {url: "http://127.0.0.1:8001"}
-          new: {url: "https://127.0.0.1:8002"}
+          new: {url: "https://127.0.0.1:8002", tls: {verify: maybe}}
         default_upstream: old
         routes:
           - name: a
@@ -506,7 +515,7 @@ def test_every_problem_in_the_file_is_reported_at_once() -> None:
     found = problems(text, file="conf/routes.yaml")
     assert [p.split(":")[0] + ":" + p.split(":")[1] for p in found] == [
         "2: listen",
-        "5: upstreams.new.url",
+        "5: upstreams.new.tls.verify",
         "10: routes[0].target",
         "11: routes[0].weigth",
         "12: routes[0].shadow.sample",

@@ -219,13 +219,10 @@ async def test_dashboard_live_diff_and_rollback(upstreams, proxy_process, browse
         await page.screenshot(path=str(ARTIFACTS / "dashboard-route.png"))
         await page.screenshot(path=str(ARTIFACTS / "dashboard-route-full.png"), full_page=True)
 
-        # Rollback with the read token: the API's refusal is shown, nothing changes.
-        await page.click("#btn-rollback")
-        await page.fill("#f-reason", "trying with the read token")
-        await page.click("#modal-confirm")
-        await page.wait_for_selector("#modal-error:not([hidden])")
-        assert "read-only" in await page.inner_text("#modal-error")
-        await page.click("#modal-cancel")
+        # With the read token every change is greyed out, saying why (the API refuses it too).
+        for button in ("#btn-rollback", "#btn-weight", "#btn-promote"):
+            assert await page.is_disabled(button), button
+            assert "read-only token" in await page.get_attribute(button, "title")
         assert (await _admin(proxy, "GET", "/admin/routes/balance"))["state"] == "active"
 
         # Sign in again with the admin token and roll back: reason, confirmation, new state.
@@ -272,6 +269,43 @@ async def test_dashboard_live_diff_and_rollback(upstreams, proxy_process, browse
             await traffic
     if os.environ.get("STRANGLER_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(ARTIFACTS / "dashboard-route.png", REPO / "docs" / "dashboard.png")
+
+
+@pytest.mark.browser
+async def test_no_token_configured_means_no_sign_in_form(upstreams, inproc_proxy, browser_page,
+                                                        monkeypatch):
+    """A proxy with no token (loopback only) opens straight on the routes, every action live;
+    the same page with a token configured asks for it and greys out what a read token cannot
+    do, on the overview too."""
+    monkeypatch.delenv("STRANGLER_ADMIN_TOKEN", raising=False)
+    monkeypatch.delenv("STRANGLER_READ_TOKEN", raising=False)
+    page = browser_page
+    mono = await upstreams("monolith")
+    svc = await upstreams("balance-svc")
+    orders = await upstreams("orders-svc")
+    text = routes_yaml(ROUTES, port=free_port(), admin=free_port(), mono=mono.port,
+                       svc=svc.port, orders=orders.port)
+    proxy = await inproc_proxy(text)
+    await page.goto(proxy.admin + "/")
+    await page.wait_for_selector("#routes")
+    assert await page.locator("#login").count() == 0
+    assert await page.is_hidden("#logout")  # nothing to sign out of
+    assert await page.is_enabled("#rollback-all")
+    await page.locator('tr.route-row[data-route="balance"] a.rname').click()
+    await page.wait_for_selector("#btn-rollback")
+    for button in ("#btn-rollback", "#btn-weight", "#btn-promote"):
+        assert await page.is_enabled(button), button
+
+    monkeypatch.setenv("STRANGLER_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("STRANGLER_READ_TOKEN", READ_TOKEN)
+    guarded = await inproc_proxy(routes_yaml(ROUTES, port=free_port(), admin=free_port(),
+                                             mono=mono.port, svc=svc.port, orders=orders.port))
+    await page.goto(guarded.admin + "/")
+    await page.wait_for_selector("#login")
+    await _login(page, READ_TOKEN)
+    assert await page.is_disabled("#rollback-all")
+    assert "read-only token" in await page.get_attribute("#rollback-all", "title")
+    assert page.js_errors == []
 
 
 # -- without a browser: what the page is served with, and the series behind its charts ------

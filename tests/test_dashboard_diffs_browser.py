@@ -9,6 +9,7 @@ snippet; the window toggle switches to all time.
 from __future__ import annotations
 
 import json
+import re
 
 import aiohttp
 import pytest
@@ -92,11 +93,11 @@ async def test_highlight_by_path_jump_expand_and_window(upstreams, proxy_process
     first = await page.inner_text("#sample .hl-start.current")
     await page.click("#next-diff")
     second = await page.inner_text("#sample .hl-start.current")
-    assert first != second and {'"Owner 4"' in first or '"Owner 4"' in second}
+    assert first != second and ('"Owner 4"' in first or '"Owner 4"' in second)
     assert any('"amount": 6' in t or '"amount": 600' in t for t in (first, second)), (first, second)
 
     # the evidence window: current by default, all time on request
-    assert "current evidence: step 0" in await page.inner_text("#diff-window-text")
+    assert re.search(r"current evidence: step \d+", await page.inner_text("#diff-window-text"))
     await page.click("#diff-all")
     await page.wait_for_function(
         "() => document.querySelector('#diff-window-text').textContent.includes('all evidence')")

@@ -384,11 +384,12 @@ def test_every_admin_endpoint_is_documented(server: Any) -> None:
 
 
 def test_every_metric_and_label_value_is_documented(server: Any) -> None:
-    from proxy.api.metrics import StranglerCollector, make_registry, render
+    from proxy.api.metrics import ProcessesCollector, StranglerCollector, make_registry, render
 
     rt = server.runtime
     exposition = render(make_registry(
-        StranglerCollector(rt.agg, rt.weights_for_metrics, lambda: rt.counters))).decode()
+        StranglerCollector(rt.agg, rt.weights_for_metrics, lambda: rt.counters),
+        ProcessesCollector(server.processes)))[0].decode()
     families = re.findall(r"^# TYPE (\S+) \S+$", exposition, re.M)
     assert "strangler_requests_total" in families
     text = section("Metrics")
@@ -396,7 +397,8 @@ def test_every_metric_and_label_value_is_documented(server: Any) -> None:
     values: set[tuple[str, str]] = set()
     for labels in re.findall(r"^\w+\{(.*)\} ", exposition, re.M):
         for name, value in re.findall(r'(\w+)="([^"]*)"', labels):
-            if name not in ("route", "upstream", "code", "le"):
+            if name not in ("route", "upstream", "code", "le", "version", "implementation",
+                            "major", "minor", "patchlevel"):  # python_info's: the runtime's
                 values.add((name, value))
     assert ("reason", "queue_full") in values
     problems += [f"{n}={v}" for n, v in sorted(values) if f"`{v}`" not in text]

@@ -261,7 +261,7 @@ async def test_the_guardrail_rolls_the_group_back_once(upstreams, proxy_process)
         return routes["cart-read"] == routes["cart-write"] == "rolled_back"
 
     await wait_for(rolled, timeout=15)
-    code, out, _ = await run_cli("history", "cart-read", "--json", "--admin", p.admin)
+    _, out, _ = await run_cli("history", "cart-read", "--json", "--admin", p.admin)
     rollbacks = [e for e in json.loads(out)["entries"] if e["action"] == "rollback"]
     assert len(rollbacks) == 1
     assert (rollbacks[0]["route"], rollbacks[0]["trigger"], rollbacks[0]["routes"]) == (

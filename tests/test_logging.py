@@ -188,3 +188,25 @@ def test_stdlib_and_warnings_go_through_the_same_renderer():
     assert "deprecated thing" in recs[1]["event"] and recs[1]["level"] == "warning"
     assert recs[2] == {**recs[2], "event": "hello", "route": "balance", "level": "info"}
     assert len(recs) == 3
+
+
+def test_a_child_is_named_after_its_parent_and_every_line_names_its_logger(monkeypatch):
+    """The comparer inherits its data plane's name (STRANGLER_PROCESS) and adds its role."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    buf = io.StringIO()
+    monkeypatch.setenv(logs.PROCESS_ENV, "worker-1")  # both restored after the test
+    monkeypatch.setattr(logs, "_process", "main")
+    try:
+        logs.configure("json", "info", buf, role="comparer")
+        assert logs.process_name() == "worker-1/comparer"
+        structlog.get_logger("strangler.comparer").info("compared", pairs=3)
+        logging.getLogger("asyncio").warning("from a library")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logging.captureWarnings(False)
+        structlog.reset_defaults()
+    recs = [json.loads(ln) for ln in buf.getvalue().splitlines()]
+    assert [(r["logger"], r["process"]) for r in recs] == [
+        ("strangler.comparer", "worker-1/comparer"), ("asyncio", "worker-1/comparer")]

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import random
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -53,8 +54,11 @@ class Receiver:
     held: int = 0
     bodies: list[dict] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    retry_after: str | None = None  # sent with every 429/503 answer
+    times: list[float] = field(default_factory=list)  # monotonic arrival of each request
 
     async def handler(self, request: web.Request) -> web.Response:
+        self.times.append(time.monotonic())
         self.bodies.append(await request.json())
         self.paths.append(request.path)
         if self.hold:
@@ -64,7 +68,9 @@ class Receiver:
             finally:
                 self.held -= 1
         status = self.statuses.pop(0) if self.statuses else 200
-        return web.json_response({"ok": status < 300}, status=status)
+        headers = {"Retry-After": self.retry_after} \
+            if self.retry_after and status in (429, 503) else None
+        return web.json_response({"ok": status < 300}, status=status, headers=headers)
 
     def events(self, path: str | None = None) -> list[tuple[str, str]]:
         return [(b["event"], b["route"]) for b, p in zip(self.bodies, self.paths, strict=True)
@@ -292,6 +298,32 @@ async def test_receiver_answering_500_then_200_gets_the_event_once(upstreams, in
     assert counts[("0", "failed")] == 0
     assert len(receiver.bodies) == 3  # 500, 503, then 200: delivered by the third attempt
     assert len({b["id"] for b in receiver.bodies}) == 1  # the same event, for deduplication
+
+
+@pytest.mark.parametrize(("header", "cap", "least", "most"), [
+    ("1", 30.0, 0.95, 5.0),  # Slack's 429: wait what it says, not the 20 ms backoff
+    ("3600", 0.3, 0.25, 5.0),  # an hour: cut to the cap
+])
+async def test_429_retry_after_is_honoured_within_the_cap(upstreams, inproc_proxy, fast_retries,
+                                                          monkeypatch, header, cap, least, most):
+    monkeypatch.setattr(notify, "RETRY_AFTER_CAP", cap)
+    receiver = Receiver(statuses=[429], retry_after=header)
+    mono, svc, hook = await start(upstreams, receiver)
+    proxy = await inproc_proxy(config(mono, svc, f"  - {{url: 'http://127.0.0.1:{hook}/h'}}\n"))
+    await admin(proxy, "POST", "/admin/routes/balance/rollback", reason="errors")
+    await wait_for(
+        lambda: _when(notifications(proxy), lambda c: c[("0", "sent")] == 1), timeout=10)
+    assert len(receiver.times) == 2
+    assert least <= receiver.times[1] - receiver.times[0] <= most
+
+
+def test_retry_after_header_forms() -> None:
+    now = 1_700_000_000.0
+    assert notify.retry_after("7", now) == 7.0
+    assert notify.retry_after("Tue, 14 Nov 2023 22:13:40 GMT", now) == 20.0  # now + 20 s
+    assert notify.retry_after("Tue, 14 Nov 2023 22:13:00 GMT", now) == 0.0  # in the past
+    for junk in (None, "", "soon", "-3", "1.5", "٣"):
+        assert notify.retry_after(junk, now) is None, junk
 
 
 async def test_receiver_refusing_with_4xx_is_not_retried(upstreams, inproc_proxy,

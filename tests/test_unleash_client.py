@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -27,7 +28,9 @@ from proxy.control.unleash import (
     UnleashConfigError,
     UnleashFlags,
     UnleashWriteError,
+    client_headers,
     parse_features,
+    registration,
 )
 from tests.unleash_server import UnleashServer, feature_path
 
@@ -161,6 +164,10 @@ async def test_integer_rollout_written_for_other_sdks_evaluates_at_the_weight(
     flag = unleash_server.flag_name()
     flags = await make_flags(flag)
     await flags.ensure_flag(flag, 29.6)
+    # Unleash's client API lags a write by its revision tick: what a poll would see, once
+    # our own poller has seen the toggle too.
+    await wait_for(lambda: flags.snapshot()[flag] == FlagState(True, 29.6)
+                   and not flags.unconfirmed)
     url = f"{unleash_server.url}/client/features"
     async with (
         aiohttp.ClientSession(headers={"Authorization": unleash_server.client_token}) as s,
@@ -286,6 +293,29 @@ async def test_unreachable_address_at_start_does_not_hang(
     flags = await make_flags("x", cache="nowhere", url="http://127.0.0.1:9/api")
     assert time.monotonic() - start < 2.0
     assert flags.degraded is True
+
+
+@pytest.mark.unleash
+async def test_real_unleash_answers_our_requests_as_the_poller_expects(
+    unleash_server: UnleashServer,
+) -> None:
+    """The seam of tests/test_unleash_seam.py against the real server: a features body with an
+    ETag, 304 for If-None-Match with it, 202 for the registration."""
+    spec = UnleashSpec(url=unleash_server.url, refresh_interval=1.0)
+    headers = client_headers(spec, unleash_server.client_token, "seam-real", str(uuid.uuid4()))
+    url = f"{unleash_server.url}/client"
+    async with aiohttp.ClientSession(headers=headers) as s:
+        async with s.get(f"{url}/features", params={"project": "default"}) as resp:
+            assert resp.status == 200
+            etag = resp.headers["ETag"]
+            assert "features" in await resp.json()
+        async with s.get(f"{url}/features", params={"project": "default"},
+                         headers={"If-None-Match": etag}) as resp:
+            assert resp.status == 304
+        body = registration(spec, "seam-real", headers["UNLEASH-CONNECTION-ID"],
+                            "2026-01-01T00:00:00+00:00")
+        async with s.post(f"{url}/register", json=body) as resp:
+            assert resp.status == 202, await resp.text()
 
 
 def test_url_that_is_not_http_is_a_config_error(tmp_path: Path) -> None:

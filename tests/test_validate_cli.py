@@ -9,15 +9,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STRANGLER = ROOT / ".venv" / "bin" / "strangler"
-if not STRANGLER.exists():  # another virtualenv: the one running the tests
-    STRANGLER = Path(sys.executable).parent / "strangler"
+STRANGLER = Path(sys.executable).parent / "strangler"  # the virtualenv running the tests
 
 BROKEN = """\
 version: 1
 upstreams:
   old: {url: "http://127.0.0.1:8001"}
-  new: {url: "https://127.0.0.1:8002"}
+  new: {url: "https://127.0.0.1:8002", tls: {cert_file: client.pem}}
 default_upstream: old
 routes:
   - name: balance
@@ -58,8 +56,8 @@ def test_invalid_file_prints_every_problem_as_file_line_path_message_and_exits_2
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert lines == [
-        "conf/r.yaml:4: upstreams.new.url: https upstreams are not supported; terminate TLS "
-        "in front or use http",
+        "conf/r.yaml:4: upstreams.new.tls.key_file: cert_file needs key_file too (a client "
+        "certificate and its key)",
         "conf/r.yaml:10: routes[0].weigth: unknown key 'weigth'; expected one of: name, match, "
         "legacy, target, weight, sticky, fallback_to_legacy, retry_with_idempotency_key, flag, "
         "websocket, override, shadow, promotion (did you mean 'weight'?)",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from aiohttp import web
 
 from proxy.api import browser_guard
 from proxy.api.auth import ACTOR_HEADER, AuthError, Caller, Tokens, actor_name
-from proxy.api.metrics import StranglerCollector, make_registry, render
+from proxy.api.metrics import ProcessesCollector, StranglerCollector, make_registry, render
 from proxy.config.loader import ConfigError
 from proxy.control.runtime import MutationResult, RuntimeError_
 
@@ -38,12 +39,25 @@ EXPORT_FORMATS = ("hurl", "pytest", "jsonl")
 
 CALLER_KEY = web.RequestKey("caller", Caller)
 
+
+def tls_unverified(config: Any) -> list[str]:
+    """Where TLS certificates are not checked (`verify: false`): upstream names, `gate`,
+    `tracing`."""
+    out = [name for name, up in config.upstreams.items() if up.tls and not up.tls.verify]
+    if config.gate.tls is not None and not config.gate.tls.verify:
+        out.append("gate")
+    if config.tracing is not None and config.tracing.tls is not None \
+            and not config.tracing.tls.verify:
+        out.append("tracing")
+    return out
+
 # Method, path and Admin's handler of every endpoint, registered in this order (POST .../weight
 # is for clients without PUT).
 ROUTES = tuple(tuple(line.split()) for line in """
 GET   /healthz                            healthz
 GET   /readyz                             readyz
 GET   /metrics                            metrics
+GET   /admin/whoami                       whoami
 GET   /admin/routes                       routes
 GET   /admin/routes/{name}                route
 PUT   /admin/routes/{name}/weight         set_weight
@@ -241,7 +255,8 @@ class Admin:
         self.server = server
         rt = server.runtime
         self.registry = make_registry(
-            StranglerCollector(rt.agg, rt.weights_for_metrics, lambda: rt.counters)
+            StranglerCollector(rt.agg, rt.weights_for_metrics, lambda: rt.counters),
+            ProcessesCollector(getattr(server, "processes", lambda: [("main", os.getpid())])),
         )
 
     @property
@@ -275,6 +290,9 @@ class Admin:
         stale = getattr(self.rt.flags, "stale_reason", None)
         if stale:
             body["flags_stale"] = stale
+        unverified = tls_unverified(self.rt.config)
+        if unverified:  # verify: false somewhere: said here too, not only in the start log
+            body["tls_unverified"] = unverified
         recovery = getattr(self.rt, "recovery", None)
         if recovery is not None:
             degraded = True
@@ -287,10 +305,17 @@ class Admin:
 
     async def metrics(self, request: web.Request) -> web.Response:
         self.server.flush()
-        return web.Response(body=render(self.registry),
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        body, content_type = render(self.registry, request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     # reads ----------------------------------------------------------------------------------
+    async def whoami(self, request: web.Request) -> web.Response:
+        """The caller's role: the dashboard skips its sign-in form when the role is `open` (no
+        token configured) and greys out the changes a `read` token cannot make."""
+        caller = request.get(CALLER_KEY) or Caller("open", True)
+        return web.json_response({"role": caller.role, "can_write": caller.can_write,
+                                  "name": caller.name})
+
     async def routes(self, request: web.Request) -> web.Response:
         return web.json_response({"routes": self.rt.routes_view(),
                                   "generation": self.rt.generation,

@@ -20,12 +20,13 @@ renders in ~20 ms instead of ~70 ms, on the loop that serves requests with `--wo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.exposition import generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from proxy.control.aggregate import Aggregator
 from shadow.stats import DIFFERENCE, LATENCY, PAIRED, Grid
@@ -35,12 +36,13 @@ CODES = (200, 500, 502, 503, 504)
 RESULTS = ("match", "mismatch", "error")
 SKIP_REASONS = ("queue_full", "body_too_large", "unsafe_method", "sampled_out", "rate_limited",
                 "budget", "comparer_busy")
-ERROR_KINDS = ("connect", "timeout", "reset")
+ERROR_KINDS = ("connect", "timeout", "reset", "tls")
 SIDES = ("legacy", "target")  # the mirrored side that did not answer
-FALLBACK_REASONS = ("connect", "timeout", "reset", "busy", "5xx")
+FALLBACK_REASONS = ("connect", "timeout", "reset", "tls", "busy", "5xx")
 DIRECTIONS = ("target_slower", "target_faster")  # paired differences: d > 0, d <= 0
 DECISIONS = ("promote", "complete", "hold", "fail", "inconclusive")
 TRIGGERS = ("manual", "gate", "guardrail")
+TRACE_RESULTS = ("exported", "export_failed", "queue_full")
 
 
 class StranglerCollector:
@@ -139,6 +141,15 @@ class StranglerCollector:
                       "Upstream failures by kind", ["upstream", "kind"],
                       _zeros(agg.upstream_errors, sorted(self.upstreams()), ERROR_KINDS))
 
+        # Spans of sampled requests (tracing:), zero-filled while tracing is configured.
+        config = getattr(getattr(self.weights, "__self__", None), "config", None)
+        if agg.traces or getattr(config, "tracing", None) is not None:
+            traces = {(r,): 0 for r in TRACE_RESULTS}
+            traces.update(agg.traces)
+            yield _family(CounterMetricFamily, "strangler_trace_spans",
+                          "Spans exported over OTLP, or dropped (export_failed, queue_full)",
+                          ["result"], traces)
+
         extra = self.counters()
         yield _family(CounterMetricFamily, "strangler_gate_decisions",
                       "Gate decisions acted on (promote, auto-promotion, approve), by decision",
@@ -191,11 +202,76 @@ def _fmt(bound: float) -> str:
     return f"{bound:.6g}"  # buckets are 4.4% apart at most: 6 digits tell every one apart
 
 
-def make_registry(collector: StranglerCollector) -> CollectorRegistry:
+# -- process_* for every process of one serve ----------------------------------------------------
+Processes = Callable[[], Iterable[tuple[str, int]]]
+
+
+class ProcessesCollector:
+    """The standard `process_*` series (CPU seconds, resident and virtual memory, open and max
+    fds, start time) of every process of this `serve`, labelled `process` with the same name its
+    log lines carry (`main`, `worker-0`, `main/comparer`, `worker-0/comparer`, ...): with
+    `--workers N` a leaking or spinning worker shows as itself, and `sum by (instance)` is the
+    replica's total. Read from /proc at scrape time by prometheus-client's ProcessCollector (one
+    per pid); a process that exited meanwhile has no series. Linux only (elsewhere: none)."""
+
+    def __init__(self, processes: Processes) -> None:
+        self.processes = processes
+        self._readers: dict[int, ProcessCollector] = {}
+
+    def collect(self) -> Iterator[Any]:
+        families: dict[str, Any] = {}
+        live: dict[int, ProcessCollector] = {}
+        for name, pid in self.processes():
+            reader = self._readers.get(pid) or ProcessCollector(pid=lambda p=pid: p, registry=None)
+            live[pid] = reader
+            for metric in reader.collect():
+                family = families.get(metric.name)
+                if family is None:
+                    kind = CounterMetricFamily if metric.type == "counter" else GaugeMetricFamily
+                    family = families[metric.name] = kind(metric.name, metric.documentation,
+                                                          labels=["process"])
+                for sample in metric.samples:
+                    family.add_metric([name], sample.value)
+        self._readers = live
+        yield from families.values()
+
+
+def comparer_children(pid: int) -> list[int]:
+    """The comparer processes (`python -m shadow.comparer`) a data plane process started."""
+    out = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+        for child in children:
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as f:
+                    if b"shadow.comparer" in f.read():
+                        out.append(child)
+            except OSError:
+                continue
+    return out
+
+
+def make_registry(*collectors: Any) -> CollectorRegistry:
+    """A registry of our collectors, plus `python_info` (prometheus-client's PlatformCollector).
+    Pass a ProcessesCollector for the `process_*` series."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)  # type: ignore[arg-type]
+    for collector in collectors:
+        registry.register(collector)
+    PlatformCollector(registry=registry)
     return registry
 
 
-def render(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)
+def render(registry: CollectorRegistry, accept: str | None = None) -> tuple[bytes, str]:
+    """The exposition and its Content-Type for a scraper's `Accept` header, as prometheus-client
+    negotiates it: OpenMetrics 1.0 when asked for (`application/openmetrics-text`), else the
+    Prometheus text format 0.0.4."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type

@@ -34,6 +34,24 @@ def default_actor() -> str:
         return "unknown"
 
 
+ADMIN_CA_ENV = "STRANGLER_ADMIN_CA"
+
+
+def _admin_trust() -> Any:
+    """An https admin listener with a private CA (`admin.tls`): the CA bundle named by
+    $STRANGLER_ADMIN_CA is trusted (besides nothing else); else the system CAs."""
+    ca = os.environ.get(ADMIN_CA_ENV)
+    if not ca:
+        return True
+    import ssl
+
+    try:
+        return ssl.create_default_context(cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ClientFailure(USAGE, f"${ADMIN_CA_ENV}: {ca}: cannot be used as a CA bundle "
+                            f"({getattr(exc, 'strerror', None) or exc})") from None
+
+
 class ClientFailure(Exception):
     """A call that did not succeed; `code` is the exit code, `body` what --json prints."""
 
@@ -65,7 +83,7 @@ class AdminClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
-                                  trust_env=False)
+                                  trust_env=False, verify=_admin_trust())
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> AdminClient:

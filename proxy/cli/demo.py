@@ -122,13 +122,9 @@ def _service(new: bool) -> web.Application:
 
 def _traffic_process(url: str, duration: float, stop: Any, sent: Any, failed: Any) -> None:
     """A load generator in its own process, so it does not compete with the proxy's loop."""
-    try:
-        import uvloop
+    from proxy.serve.app import run_loop
 
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(_traffic(url, duration, stop, sent, failed))
+    run_loop(_traffic(url, duration, stop, sent, failed))
 
 
 async def _traffic(url: str, duration: float, stop: Any, sent: Any, failed: Any,

@@ -15,7 +15,9 @@ from proxy.config.spec import (
     AdminSpec,
     ApprovalSpec,
     AutoSpec,
+    BasicAuthSpec,
     CheckSpec,
+    ClientTlsSpec,
     CompareSpec,
     Config,
     FlagsSpec,
@@ -32,10 +34,12 @@ from proxy.config.spec import (
     OverrideTrustSpec,
     PromotionSpec,
     RouteSpec,
+    ServerTlsSpec,
     ShadowBudgetSpec,
     ShadowSpec,
     StickySpec,
     TokenSpec,
+    TracingSpec,
     UnleashSpec,
     UpstreamSpec,
 )
@@ -76,8 +80,58 @@ def _promotion(p: m.Promotion) -> PromotionSpec:
     return PromotionSpec(**kw)
 
 
+def _path(base: Path, value: str) -> str:
+    return os.path.normpath(base / Path(value).expanduser())
+
+
+def client_tls(t: m.ClientTls | None, base: Path, line: int) -> ClientTlsSpec:
+    """An https client's TLS settings (the defaults when the block is absent), paths absolute."""
+    if t is None:
+        return ClientTlsSpec(line=line)
+    kw = _set(t)
+    for key in ("ca_file", "cert_file", "key_file"):
+        if kw.get(key):
+            kw[key] = _path(base, kw[key])
+    return ClientTlsSpec(line=line, **kw)
+
+
+def _server_tls(t: m.ServerTls | None, base: Path, line: int) -> ServerTlsSpec | None:
+    if t is None:
+        return None
+    return ServerTlsSpec(cert_file=_path(base, t.cert_file), key_file=_path(base, t.key_file),
+                         min_version=t.min_version, line=line)
+
+
+def _upstream(name: str, u: m.Upstream, doc: Document, base: Path) -> UpstreamSpec:
+    kw = _set(u, "url", "tls")
+    if u.url["scheme"] == "https":
+        kw["tls"] = client_tls(u.tls, base, doc.line(("upstreams", name, "tls")))
+    return UpstreamSpec(name=name, line=doc.line(("upstreams", name)), **kw, **u.url)
+
+
+def _gate(g: m.Gate, doc: Document, base: Path) -> GateSourceSpec:
+    kw = _set(g, "basic_auth", "tls")
+    if g.basic_auth is not None:
+        kw["basic_auth"] = BasicAuthSpec(**_set(g.basic_auth))
+    if g.url is not None and g.url.lower().startswith("https://"):
+        kw["tls"] = client_tls(g.tls, base, doc.line(("gate", "tls")))
+    return GateSourceSpec(line=doc.line(("gate",)), **kw)
+
+
+def _tracing(t: m.Tracing | None, doc: Document, base: Path) -> TracingSpec | None:
+    if t is None:
+        return None
+    kw = _set(t, "tls")
+    if t.otlp_endpoint.lower().startswith("https://"):
+        kw["tls"] = client_tls(t.tls, base, doc.line(("tracing", "tls")))
+    return TracingSpec(**kw)
+
+
 def _route(r: m.Route, line: int, override_line: int, group: str | None) -> RouteSpec:
     kw = _set(r, "match", "sticky", "override", "shadow", "promotion")
+    if isinstance(kw.get("fallback_to_legacy"), tuple):  # {on: [...]}
+        kw["fallback_on"] = kw["fallback_to_legacy"]
+        kw["fallback_to_legacy"] = True
     if r.sticky is not None:
         kw["sticky"] = StickySpec(**_set(r.sticky))
     if r.override is not None:
@@ -86,17 +140,16 @@ def _route(r: m.Route, line: int, override_line: int, group: str | None) -> Rout
                      promotion=_promotion(r.promotion), line=line, group=group, **kw)
 
 
-def _admin(a: m.Admin, doc: Document) -> AdminSpec:
-    kw = _set(a, "tokens")
+def _admin(a: m.Admin, doc: Document, base: Path) -> AdminSpec:
+    kw = _set(a, "tokens", "tls")
     kw["tokens"] = tuple(TokenSpec(line=doc.line(("admin", "tokens", i)), **_set(t))
                          for i, t in enumerate(a.tokens))
+    kw["tls"] = _server_tls(a.tls, base, doc.line(("admin", "tls")))
     return AdminSpec(**kw)
 
 
 def config(model: m.RoutesFile, doc: Document, source: Path, base: Path) -> Config:
-    ups = {name: UpstreamSpec(name=name, line=doc.line(("upstreams", name)),
-                              **_set(u, "url"), **u.url)
-           for name, u in model.upstreams.items()}
+    ups = {name: _upstream(name, u, doc, base) for name, u in model.upstreams.items()}
     groups = tuple(GroupSpec(name, g.routes, doc.line(("groups", name)))
                    for name, g in model.groups.items())
     member_of = {route: g.name for g in groups for route in g.routes}
@@ -125,18 +178,20 @@ def config(model: m.RoutesFile, doc: Document, source: Path, base: Path) -> Conf
         source=source,
         version=1,
         listen=listen,
-        admin=_admin(model.admin, doc),
+        admin=_admin(model.admin, doc, base),
         state_dir=Path(os.path.normpath(state_dir)),
         upstreams=ups,
         default_upstream=model.default_upstream,
         trusted_proxies=model.trusted_proxies,
         limits=LimitsSpec(**_set(model.limits)),
-        gate=GateSourceSpec(**_set(model.gate)),
+        gate=_gate(model.gate, doc, base),
         flags=flags,
         routes=routes,
         notify=notify,
         overrides=trust,
         shadow_budget=ShadowBudgetSpec(**_set(model.shadow_budget)),
+        tls=_server_tls(model.tls, base, doc.line(("tls",))),
+        tracing=_tracing(model.tracing, doc, base),
         inventory=_inventory(model.inventory, doc, source),
         groups=groups,
     )

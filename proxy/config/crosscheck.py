@@ -15,7 +15,7 @@ from pydantic_core import PydanticCustomError
 from proxy.config import values as v
 from proxy.config.checks import NAME_RE
 from proxy.config.document import Loc
-from proxy.config.spec import MatchSpec, RouteSpec
+from proxy.config.spec import Config, MatchSpec, RouteSpec, UpstreamSpec
 
 Found = list[tuple[Loc, PydanticCustomError]]
 _MISSING = object()
@@ -71,6 +71,7 @@ def across(raw: dict[str, Any], bad: set[Loc], model: Any, *, quiet: bool = Fals
     default = doc.get(("default_upstream",))
     if isinstance(default, str):
         ref(("default_upstream",), default)
+    found += _same_listener(doc)
 
     gate_url = doc.get(("gate", "url"))
     gate_url_reported = ("gate", "url") in bad
@@ -220,6 +221,51 @@ def _approval(doc: _Raw, base: Loc, tokens: dict[str, str] | None) -> Found:
     return found
 
 
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+_LOCALHOST = frozenset({"127.0.0.1", "::1"})  # what `localhost` binds
+
+
+def _same_listener(doc: _Raw) -> Found:
+    """`admin.listen` on the address `listen` takes: serve would die with "address already in
+    use" (a wildcard host takes the port on every address; port 0 is a fresh port each)."""
+    def address(loc: Loc, default: str) -> Any:
+        value = doc.get(loc)
+        if value is _MISSING:
+            return None if doc.present(loc) else v.parse_host_port(default)
+        try:
+            return value if not isinstance(value, str) else v.parse_host_port(value)
+        except ValueError:
+            return None  # reported
+    proxy = address(("listen",), "0.0.0.0:8080")
+    admin = address(("admin", "listen"), "127.0.0.1:9901")
+    if proxy is None or admin is None or proxy.port != admin.port or proxy.port == 0:
+        return []
+    hosts = {proxy.host.lower(), admin.host.lower()}
+    if len(hosts) == 1 or hosts & _WILDCARDS or ("localhost" in hosts and hosts & _LOCALHOST):
+        where = ("admin", "listen") if doc.present(("admin", "listen")) else ("listen",)
+        return [(where, v.problem(
+            f"admin.listen {admin} and listen {proxy} take the same port: the proxy and the "
+            "admin API need a listener each (e.g. listen 0.0.0.0:8080, admin.listen "
+            "127.0.0.1:9901)"))]
+    return []
+
+
+def unused_upstreams(config: Config) -> list[UpstreamSpec]:
+    """Upstreams no route (legacy, target, noise_upstream) and not default_upstream use: a
+    warning, not an error (one kept for a route still to come is fine), usually a typo."""
+    used = {config.default_upstream}
+    for r in config.routes:
+        used |= {r.legacy, r.target, r.shadow.compare.noise_upstream}
+    return [u for name, u in config.upstreams.items() if name not in used]
+
+
+def unused_warnings(config: Config) -> list[str]:
+    """`FILE:LINE: upstreams.NAME: warning: ...` for each unused upstream (validate prints them)."""
+    return [f"{config.source}:{u.line}: upstreams.{u.name}: warning: not used by any route "
+            "(legacy, target or noise_upstream) nor by default_upstream"
+            for u in unused_upstreams(config)]
+
+
 def _override(doc: _Raw, base: Loc, trust: Any) -> Found:
     value = doc._at((*base, "override"))  # unknown keys in it do not hide the checks below
     if value is not True and not isinstance(value, dict):
@@ -295,14 +341,15 @@ class Coverage:
             while end > 0:
                 candidates += self.prefix.get(path[:end], ())
                 end = path.rfind("/", 0, end)
-        found = [who for c, who in candidates if _methods_cover(c.methods, m.methods)]
+        found = [who for c, who in candidates
+                 if _methods_cover(c.matched_methods(), m.matched_methods())]
         return min(found) if found else None
 
 
-def _methods_cover(earlier: tuple[str, ...] | None, later: tuple[str, ...] | None) -> bool:
+def _methods_cover(earlier: frozenset[str] | None, later: frozenset[str] | None) -> bool:
     if earlier is None:
         return True
-    return later is not None and set(later) <= set(earlier)
+    return later is not None and later <= earlier
 
 
-__all__ = ["Coverage", "RouteSpec", "across"]
+__all__ = ["Coverage", "RouteSpec", "across", "unused_upstreams", "unused_warnings"]

@@ -46,6 +46,21 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
         pass
 
 
+_BOOL = f"{TAG}bool"
+_WORDS = frozenset({"on", "off", "yes", "no", "y", "n"})
+
+
+def key_text(node: Node) -> str | None:
+    """A mapping key's name, or None when it is not a string. YAML 1.1 reads a plain `on`,
+    `off`, `yes` or `no` as a boolean; as a key it is the word (`fallback_to_legacy: {on:
+    [...]}`)."""
+    if not isinstance(node, ScalarNode):
+        return None
+    if node.tag == _STR or (node.tag == _BOOL and node.value.lower() in _WORDS):
+        return node.value
+    return None
+
+
 class Unreadable:
     """A scalar YAML could not construct (a bad `!!int`, an unknown tag): the model reports it
     as `expected ...; cannot read ...` with the field's own expectation."""
@@ -142,12 +157,12 @@ class Document:
                 self.problems.append((line_of(key_node), loc, "YAML merge keys (<<) are not "
                                       "supported; write the keys out"))
                 continue
-            if not (isinstance(key_node, ScalarNode) and key_node.tag == _STR):
+            key = key_text(key_node)
+            if key is None:
                 value = self._scalar(key_node) if isinstance(key_node, ScalarNode) else None
                 self.problems.append((line_of(key_node), loc, "keys must be strings, got "
                                       f"{describe(key_node, value)}"))
                 continue
-            key = key_node.value
             if key in out:
                 self.problems.append((line_of(key_node), (*loc, key), f"duplicate key '{key}' "
                                       f"(first at line {lines[key]})"))
@@ -181,8 +196,7 @@ class Document:
         for part in loc:
             if isinstance(node, MappingNode) and isinstance(part, str):
                 for key_node, value_node in node.value:
-                    if isinstance(key_node, ScalarNode) and key_node.value == part \
-                            and key_node.tag == _STR:
+                    if key_text(key_node) == part:
                         node, line = value_node, line_of(key_node)
                         break
                 else:

@@ -133,7 +133,7 @@ def _load(file: str, text: str, source: Path, base: Path) -> Config:
     if problems or model is None:
         raise ConfigError(problems)
     config = build.config(model, doc, source, base)
-    problems = _consumed(file, config)
+    problems = _consumed(file, config) + _tls_files(file, doc, config)
     config, more = _openapi(file, doc, config, base)
     problems += more
     if problems:
@@ -201,6 +201,26 @@ def _translate(file: str, doc: Document, errors: list[dict[str, Any]]) -> list[P
         else:
             message = str(e.get("msg"))
         out.append(Problem(file, max(1, line), path_text(loc), message))
+    return out
+
+
+def _tls_files(file: str, doc: Document, config: Config) -> list[Problem]:
+    """Certificate, key and CA files that cannot be used (missing, unreadable, not PEM, a key
+    that does not match its certificate), at the line of the key that names them."""
+    from proxy.config.tls import file_problems
+
+    blocks: list[tuple[tuple[str, ...], Any]] = [
+        (("tls",), config.tls), (("admin", "tls"), config.admin.tls),
+        (("gate", "tls"), config.gate.tls),
+        (("tracing", "tls"), config.tracing.tls if config.tracing else None),
+        *((("upstreams", name, "tls"), up.tls) for name, up in config.upstreams.items())]
+    out = []
+    for loc, spec in blocks:
+        if spec is None:
+            continue
+        for field, message in file_problems(spec):
+            where = (*loc, field)
+            out.append(Problem(file, doc.line(where), path_text(where), message))
     return out
 
 

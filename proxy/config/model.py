@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from proxy.config import values as v
-from proxy.config.checks import FLAG_RE, NAME_RE
+from proxy.config.checks import ENV_RE, FLAG_RE, NAME_RE
 from proxy.config.document import Loc
 from proxy.config.header_names import FORWARDED_HEADERS, HOP_BY_HOP
 from proxy.config.spec import (
@@ -36,6 +36,7 @@ from proxy.config.spec import (
     AdminSpec,
     ApprovalSpec,
     AutoSpec,
+    ClientTlsSpec,
     CompareSpec,
     GateSourceSpec,
     GuardrailSpec,
@@ -46,6 +47,7 @@ from proxy.config.spec import (
     RouteSpec,
     ShadowBudgetSpec,
     ShadowSpec,
+    TracingSpec,
     UnleashSpec,
     UpstreamSpec,
 )
@@ -202,6 +204,65 @@ def _tokens(x: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def _tls_version(x: Any) -> str:
+    value = v.scalar(x, '"1.2" or "1.3"')
+    if isinstance(value, float) and value in (1.2, 1.3):  # unquoted in YAML
+        value = str(value)
+    if value not in ("1.2", "1.3"):
+        raise v.problem(f"invalid value {value!r}: expected \"1.2\" or \"1.3\" (the oldest TLS "
+                        "version accepted)")
+    return value
+
+
+TlsVersion = v.value_type(str, _tls_version, {
+    "anyOf": [{"enum": ["1.2", "1.3"]}, {"enum": [1.2, 1.3]}],  # "1.2" or unquoted 1.2
+    "description": "the oldest TLS version accepted"})
+FilePath = v.Str("a file path", description="a PEM file; relative to this file's directory")
+
+
+def _server_name(x: Any) -> str:
+    value = v.string(x, "a host name").strip().lower().rstrip(".")
+    if not _HOST_NAME.fullmatch(value) or value == "*":
+        raise v.problem(f"{value!r} is not a host name")
+    return value
+
+
+class ClientTls(Checked):
+    """TLS towards a server the proxy calls: what it trusts, which certificate it shows."""
+
+    WHAT = "a mapping with ca_file, cert_file, key_file, server_name, verify, min_version"
+    ca_file: FilePath = Field(None, description="PEM CA bundle trusted instead of the system "  # type: ignore
+                              "CAs")
+    cert_file: FilePath = Field(None, description="client certificate (mTLS); with key_file")  # type: ignore
+    key_file: FilePath = Field(None, description="the client certificate's key (unencrypted)")  # type: ignore
+    server_name: v.value_type(str, _server_name, {  # type: ignore[valid-type]
+        "type": "string", "description": "SNI and the name the certificate must carry; "
+        "default: the url's host"}) = None
+    verify: v.Bool = Field(D(ClientTlsSpec, "verify"), description="false: no certificate "
+                           "check at all (warned at load and in /readyz)")
+    min_version: TlsVersion = D(ClientTlsSpec, "min_version")
+
+    @classmethod
+    def _check(cls, raw: dict[str, Any], bad: set[Loc], value: Any = None) -> Found:
+        if ("cert_file" in raw) != ("key_file" in raw):
+            present, missing = ("cert_file", "key_file") if "cert_file" in raw else \
+                ("key_file", "cert_file")
+            return [((missing,), v.problem(f"{present} needs {missing} too (a client "
+                                           "certificate and its key)", line_of=(present,)))]
+        return []
+
+
+class ServerTls(Block):
+    """TLS on a listener."""
+
+    WHAT = "a mapping with cert_file and key_file"
+    HINTS = {"cert_file": " (the listener's certificate chain, PEM)",
+             "key_file": " (its private key, PEM, unencrypted)"}
+    cert_file: FilePath  # type: ignore[valid-type]
+    key_file: FilePath  # type: ignore[valid-type]
+    min_version: TlsVersion = "1.2"
+
+
 class Admin(Block):
     listen: v.Address = Field(D(AdminSpec, "listen"), description="the admin API and dashboard")
     dashboard_url: v.HttpUrl(nullable=True) = Field(  # type: ignore[valid-type]
@@ -214,11 +275,33 @@ class Admin(Block):
         "type": "array", "items": {"x-strangler-ref": "Token"},
         "description": "named credentials (the audit log's actor comes from them); when set, "
                        "STRANGLER_ADMIN_TOKEN and STRANGLER_READ_TOKEN are not accepted"}) = ()
+    tls: ServerTls | None = Field(None, description="serve the admin API over TLS")
 
 
-class Upstream(Block):
-    WHAT = "a mapping with url: http://HOST:PORT"
+_HOST_HEADER = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"
+                          r"(:[0-9]{1,5})?")
+
+
+def _host_header(x: Any) -> str:
+    value = v.string(x, "client, upstream or a host name")
+    if value in ("client", "upstream"):
+        return value
+    name = value.strip().lower()
+    if not _HOST_HEADER.fullmatch(name) or (":" in name and int(name.rsplit(":", 1)[1]) > 65535):
+        raise v.problem(f"invalid value {value!r}: expected client (the Host the client sent), "
+                        "upstream (the url's host[:port]) or a host name like ledger.internal")
+    return name
+
+
+class Upstream(Checked):
+    WHAT = "a mapping with url: http://HOST:PORT or https://HOST:PORT"
     url: v.UpstreamUrl
+    tls: ClientTls | None = Field(None, description="https only: CAs trusted, client certificate, "
+                                  "server name; absent: the system CAs")
+    host_header: v.value_type(str, _host_header, {  # type: ignore[valid-type]
+        "type": "string", "description": "the Host sent upstream: client (as received), "
+        "upstream (the url's host[:port]) or a literal host name"}) = D(UpstreamSpec,
+                                                                         "host_header")
     connect_timeout: v.Duration() = D(UpstreamSpec, "connect_timeout")  # type: ignore[valid-type]
     timeout: v.Duration() = Field(D(UpstreamSpec, "timeout"),  # type: ignore[valid-type]
                                   description="from the request's last byte until the response "
@@ -228,6 +311,14 @@ class Upstream(Block):
     max_connections: v.Integer() = D(UpstreamSpec, "max_connections")  # type: ignore[valid-type]
     max_header_bytes: v.Size(1024) = Field(  # type: ignore[valid-type]
         D(UpstreamSpec, "max_header_bytes"), description="the response head; larger -> 502")
+
+    @classmethod
+    def _check(cls, raw: dict[str, Any], bad: set[Loc], value: Any = None) -> Found:
+        url = raw.get("url")
+        if "tls" in raw and ok(raw, "url", bad) and isinstance(url, str) and \
+                url.strip().lower().startswith("http://"):
+            return [(("tls",), v.problem("tls is only used with an https:// url"))]
+        return []
 
 
 class Limits(Block):
@@ -240,10 +331,94 @@ class Limits(Block):
     max_headers: v.Integer() = D(LimitsSpec, "max_headers")  # type: ignore[valid-type]
 
 
-class Gate(Block):
+def _env_headers(x: Any) -> tuple[tuple[str, str], ...]:
+    """{Header-Name: ENV_VAR}: the header's value is read from the environment at start."""
+    if x is None:
+        return ()
+    if not isinstance(x, dict):
+        raise v.expected("a mapping of header name -> environment variable name")
+    out: dict[str, str] = {}
+    found: Found = []
+    for key, env in x.items():
+        try:
+            name = v.header_name(key)
+            if name in ("host", "content-length", "transfer-encoding", "connection"):
+                raise v.problem(f"'{name}' is a header the client sets itself")
+            out[name] = v.string(env, "an environment variable name", pattern=ENV_RE,
+                                 hint="the name of the environment variable holding the "
+                                 "header's value (never the value itself)")
+        except PydanticCustomError as exc:
+            found.append(((key,), exc))
+    if found:
+        v.at(found)
+    return tuple(out.items())
+
+
+ENV_HEADERS_SCHEMA = {"type": "object", "additionalProperties": {"type": "string", "pattern":
+                      ENV_RE.pattern}, "propertyNames": v.HEADER_SCHEMA,
+                      "description": "header name -> the environment variable holding its value"}
+EnvHeaders = v.value_type(tuple, _env_headers, ENV_HEADERS_SCHEMA)
+
+
+class BasicAuth(Block):
+    WHAT = "a mapping with username and password_env"
+    username: v.Str("a user name")  # type: ignore[valid-type]
+    password_env: v.EnvName
+
+
+class Gate(Checked):
     metrics: v.Choice("local", "prometheus") = D(GateSourceSpec, "metrics")  # type: ignore
     url: v.HttpUrl(nullable=True, description="Prometheus base url, e.g. http://prometheus:9090"  # type: ignore
                    ) = None
+    headers: EnvHeaders = Field((), description="sent with every query, e.g. {X-Scope-OrgID: "  # type: ignore
+                                "TENANT_ENV}; values from the environment")
+    bearer_token_env: v.EnvName = Field(None, description="environment variable holding a "
+                                        "bearer token")
+    basic_auth: BasicAuth | None = None
+    tls: ClientTls | None = Field(None, description="for an https url: CAs trusted, client "
+                                  "certificate")
+
+    @classmethod
+    def _check(cls, raw: dict[str, Any], bad: set[Loc], value: Any = None) -> Found:
+        found: Found = []
+        if "bearer_token_env" in raw and "basic_auth" in raw:
+            found.append((("basic_auth",), v.problem("give bearer_token_env or basic_auth, not "
+                                                     "both (each is an Authorization header)")))
+        headers = raw.get("headers")
+        if isinstance(headers, dict) and ("bearer_token_env" in raw or "basic_auth" in raw):
+            for key in headers:
+                if isinstance(key, str) and key.lower() == "authorization":
+                    found.append((("headers", key), v.problem(
+                        "Authorization is set by bearer_token_env or basic_auth already")))
+        url = raw.get("url")
+        if "tls" in raw and ok(raw, "url", bad) and isinstance(url, str) and \
+                url.strip().lower().startswith("http://"):
+            found.append((("tls",), v.problem("tls is only used with an https:// url")))
+        return found
+
+
+class Tracing(Checked):
+    """OpenTelemetry traces over OTLP/HTTP (protobuf); absent: tracing is off."""
+
+    HINTS = {"otlp_endpoint": " (the collector's OTLP/HTTP url, e.g. http://collector:4318)"}
+    otlp_endpoint: v.HttpUrl(description="OTLP/HTTP base url; /v1/traces is appended")  # type: ignore
+    sample_ratio: v.Number(0, 1) = Field(D(TracingSpec, "sample_ratio"),  # type: ignore
+                                         description="share of requests traced when no sampled "
+                                         "parent decides")
+    service_name: v.Str("a service name") = D(TracingSpec, "service_name")  # type: ignore
+    headers: EnvHeaders = Field((), description="sent with every export; values from the "  # type: ignore
+                                "environment")
+    timeout: v.Duration() = D(TracingSpec, "timeout")  # type: ignore[valid-type]
+    max_queue: v.Integer(16, 1_000_000) = D(TracingSpec, "max_queue")  # type: ignore
+    tls: ClientTls | None = None
+
+    @classmethod
+    def _check(cls, raw: dict[str, Any], bad: set[Loc], value: Any = None) -> Found:
+        url = raw.get("otlp_endpoint")
+        if "tls" in raw and ok(raw, "otlp_endpoint", bad) and isinstance(url, str) and \
+                url.strip().lower().startswith("http://"):
+            return [(("tls",), v.problem("tls is only used with an https:// endpoint"))]
+        return []
 
 
 class Unleash(Block):
@@ -672,6 +847,49 @@ def _null_is_default(x: Any) -> Any:
     return {} if x is None else x
 
 
+FALLBACK_KINDS = ("connect", "timeout", "reset", "tls")
+FALLBACK_SCHEMA = {"anyOf": [{"type": "boolean"}, {
+    "type": "object", "additionalProperties": False, "required": ["on"],
+    "properties": {"on": {"type": "array", "minItems": 1, "items": {"anyOf": [
+        {"enum": [*FALLBACK_KINDS, "5xx"]},
+        {"type": "integer", "minimum": 500, "maximum": 599}]}}}}]}
+
+
+def _fallback(x: Any) -> bool | tuple[str | int, ...]:
+    """true, false, or {on: [connect, timeout, reset, tls, 502, 503, 504, 5xx]}."""
+    x = v.scalar(x, "true, false or {on: [...]}") if not isinstance(x, dict) else x
+    if isinstance(x, bool):
+        return x
+    if not isinstance(x, dict):
+        raise v.expected("true, false or {on: [connect, timeout, reset, 502, 503, 504]}")
+    found: Found = [((k,), v.problem(v.unknown_key(str(k), ["on"]))) for k in x if k != "on"]
+    if "on" not in x:
+        found.append(((), v.problem("missing required key 'on' (the failures that fall back, "
+                                    "e.g. [connect, timeout, reset, 502, 503, 504])")))
+        v.at(found)
+    items = v.seq(x["on"], "a list of failures") if not isinstance(x["on"], str) else [x["on"]]
+    if not items:
+        found.append((("on",), v.problem("must not be empty (fallback_to_legacy: false falls "
+                                         "back on nothing)")))
+    out: list[str | int] = []
+    for i, item in enumerate(items):
+        token = str(item).strip().lower() if isinstance(item, str | int) and not isinstance(
+            item, bool) else None
+        if token in FALLBACK_KINDS or token == "5xx":
+            values: list[str | int] = list(range(500, 600)) if token == "5xx" else [token]
+        elif token is not None and token.isdigit() and 500 <= int(token) <= 599:
+            values = [int(token)]
+        else:
+            found.append((("on", i), v.problem(
+                f"invalid failure {item!r}: expected connect, timeout, reset, tls, a status "
+                "code from 500 to 599, or 5xx")))
+            continue
+        out += [value for value in values if value not in out]
+    if found:
+        v.at(found)
+    return tuple(out)
+
+
 class Route(Block):
     WHAT = "a route (a mapping with name, match, legacy, target)"
     HINTS = {"legacy": " (an upstream name)", "target": " (an upstream name)"}
@@ -682,7 +900,10 @@ class Route(Block):
     target: v.Str("an upstream name")  # type: ignore[valid-type]
     weight: v.Weight = D(RouteSpec, "weight")
     sticky: Sticky | None = None
-    fallback_to_legacy: v.Bool = D(RouteSpec, "fallback_to_legacy")
+    fallback_to_legacy: v.value_type(Any, _fallback, FALLBACK_SCHEMA) = Field(  # type: ignore
+        D(RouteSpec, "fallback_to_legacy"), description="true: a request that fails on target "
+        "is sent to legacy once when that cannot repeat a side effect; {on: [...]}: only for "
+        "these failures")
     retry_with_idempotency_key: v.Bool = Field(
         D(RouteSpec, "retry_with_idempotency_key"),
         description="a request carrying an Idempotency-Key header may be sent again (after a "
@@ -923,6 +1144,9 @@ class RoutesFile(Block):
     overrides: Overrides | None = Field(None, description="who may pin a request to legacy or "
                                         "target (routes[].override)")
     shadow_budget: ShadowBudget = ShadowBudget()
+    tls: ServerTls | None = Field(None, description="serve the proxy's listener over TLS "
+                                  "(ALPN http/1.1)")
+    tracing: Tracing | None = Field(None, description="OpenTelemetry tracing; off when absent")
     inventory: Inventory = Inventory()
     groups: dict[str, Group] = Field({}, description="name -> routes that move together (one "
                                      "weight, state and sticky assignment)")

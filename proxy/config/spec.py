@@ -29,12 +29,45 @@ class HostPort:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+TLS_VERSIONS = ("1.2", "1.3")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTlsSpec:
+    """TLS towards a server the proxy calls (an https upstream, Prometheus): what it trusts and
+    which certificate it shows. Paths are absolute (resolved against the config file's
+    directory); the files are re-read when they change (proxy.dataplane.tls)."""
+
+    ca_file: str | None = None  # PEM bundle trusted instead of the system CAs
+    cert_file: str | None = None  # client certificate (mTLS), with key_file
+    key_file: str | None = None
+    server_name: str | None = None  # SNI and the name the certificate must carry; else the host
+    verify: bool = True  # False: no certificate check at all (warned at load and in /readyz)
+    min_version: str = "1.2"
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTlsSpec:
+    """TLS on a listener (`tls` for the proxy, `admin.tls`); files re-read when they change."""
+
+    cert_file: str
+    key_file: str
+    min_version: str = "1.2"
+    line: int = field(default=0, compare=False)
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamSpec:
     name: str
     url: str  # as written, e.g. "http://127.0.0.1:8001"
     host: str
     port: int
+    scheme: str = "http"  # http | https
+    tls: ClientTlsSpec | None = None  # set for every https upstream (defaults: system CAs)
+    # The Host sent upstream: "client" (as received), "upstream" (the url's host[:port]) or a
+    # literal name.
+    host_header: str = "client"
     base_path: str = ""  # path prefix of the url without trailing slash ("" for none)
     connect_timeout: float = 1.0
     timeout: float = 30.0  # from the request's last byte until the response headers arrive
@@ -60,8 +93,15 @@ class MatchSpec:
     path: str | None = None
     path_prefix: str | None = None
     path_regex: str | None = None
-    methods: tuple[str, ...] | None = None  # upper-case; None = any
+    methods: tuple[str, ...] | None = None  # upper-case; None = any (see `matched_methods`)
     headers: tuple[tuple[str, str], ...] = ()  # (lower-case name, exact value)
+
+    def matched_methods(self) -> frozenset[str] | None:
+        """The methods the route takes: `methods`, with HEAD wherever GET is listed (HEAD is GET
+        without the body, RFC 9110 9.3.2; nginx's `limit_except GET` allows both). None: any."""
+        if self.methods is None:
+            return None
+        return frozenset(self.methods) | ({"HEAD"} if "GET" in self.methods else set())
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +234,9 @@ class RouteSpec:
     weight: float = 0.0  # percent of matching traffic to target
     sticky: StickySpec | None = None
     fallback_to_legacy: bool = True
+    # Which failures fall back (`fallback_to_legacy: {on: [...]}`): "connect", "timeout",
+    # "reset", "tls" and status codes; None: every one of them (`true`).
+    fallback_on: tuple[str | int, ...] | None = None
     # A request with an Idempotency-Key header may be sent again like an idempotent one
     # (proxy.dataplane.resend).
     retry_with_idempotency_key: bool = False
@@ -224,6 +267,7 @@ class AdminSpec:
     # localhost; "*" any (proxy.api.browser_guard).
     allowed_hosts: tuple[str, ...] = ()
     tokens: tuple[TokenSpec, ...] = ()  # named credentials; replace the two env tokens
+    tls: ServerTlsSpec | None = None  # serve the admin listener over TLS
 
 
 NOTIFY_EVENTS = ("rollback", "fail", "promote", "complete", "resume", "weight_changed",
@@ -257,6 +301,12 @@ class ShadowBudgetSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class BasicAuthSpec:
+    username: str
+    password_env: str  # the environment variable holding the password (never the file)
+
+
+@dataclass(frozen=True, slots=True)
 class InventorySpec:
     """`inventory:`: the map of the monolith's traffic (proxy.dataplane.inventory,
     proxy.control.rollups). `declared` holds `templates` and the OpenAPI document's endpoints."""
@@ -284,6 +334,26 @@ class GroupSpec:
 class GateSourceSpec:
     metrics: Literal["local", "prometheus"] = "local"
     url: str | None = None  # Prometheus base url (needed for prometheus metrics or checks)
+    # Credentials for Prometheus (Mimir, Cortex, Thanos...): header name -> environment
+    # variable holding its value; a bearer token's variable; basic auth; TLS trust.
+    headers: tuple[tuple[str, str], ...] = ()
+    bearer_token_env: str | None = None
+    basic_auth: BasicAuthSpec | None = None
+    tls: ClientTlsSpec | None = None
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSpec:
+    """OpenTelemetry tracing (`tracing:`); absent: off, no span work at all."""
+
+    otlp_endpoint: str  # OTLP/HTTP base url, e.g. http://collector:4318 (/v1/traces appended)
+    sample_ratio: float = 0.01  # of requests without a sampled parent; a parent's flag is kept
+    service_name: str = "strangler"
+    headers: tuple[tuple[str, str], ...] = ()  # header name -> environment variable
+    timeout: float = 10.0  # per export request
+    max_queue: int = 8192  # finished spans waiting for export; more are dropped (counted)
+    tls: ClientTlsSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +390,8 @@ class Config:
     notify: tuple[NotifySpec, ...] = ()
     overrides: OverrideTrustSpec | None = None  # `overrides.trusted`; None: nobody may pin
     shadow_budget: ShadowBudgetSpec = field(default_factory=ShadowBudgetSpec)
+    tls: ServerTlsSpec | None = None  # serve the proxy listener over TLS
+    tracing: TracingSpec | None = None
     inventory: InventorySpec = field(default_factory=InventorySpec)
     groups: tuple[GroupSpec, ...] = ()
 

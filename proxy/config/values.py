@@ -422,10 +422,8 @@ def _upstream_url(v: Any) -> dict[str, Any]:
     except ValueError as exc:
         raise problem(f"invalid url {url!r}: {exc}") from None
     scheme = parts.scheme.lower()
-    if scheme == "https":
-        raise problem("https upstreams are not supported; terminate TLS in front or use http")
-    if scheme != "http":
-        raise problem(f"invalid url {url!r}: expected http://HOST:PORT[/base/path]")
+    if scheme not in ("http", "https"):
+        raise problem(f"invalid url {url!r}: expected http(s)://HOST:PORT[/base/path]")
     if parts.username is not None or parts.password is not None:
         raise problem("credentials in an upstream url are not supported")
     host = parts.hostname or ""
@@ -442,12 +440,14 @@ def _upstream_url(v: Any) -> dict[str, Any]:
             raise problem(f"invalid url {url!r}: its path {why}")
     if port == 0:
         raise problem(f"invalid url {url!r}: port 0")
-    return {"url": url, "host": host, "port": port or 80, "base_path": base_path}
+    return {"url": url, "host": host, "port": port or (443 if scheme == "https" else 80),
+            "base_path": base_path, "scheme": scheme}
 
 
 UpstreamUrl = value_type(dict, _upstream_url, {
-    "type": "string", "pattern": "^[Hh][Tt][Tt][Pp]://",
-    "description": "http://HOST:PORT[/base/path] (plain http; terminate TLS in front)"})
+    "type": "string", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
+    "description": "http(s)://HOST:PORT[/base/path]; https: certificate checked against the "
+    "system CAs unless tls says otherwise"})
 
 
 def MatchPath(*, prefix: bool) -> Any:

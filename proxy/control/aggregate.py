@@ -90,6 +90,7 @@ class Aggregator:
         # Pinned (QA) requests and ignored pins: exported, never part of a window or `recent`.
         self.overrides: dict[tuple[str, str, int], int] = {}
         self.override_ignored: dict[tuple[str, str], int] = {}
+        self.traces: dict[tuple[str], int] = {}  # spans by result (proxy.dataplane.otlp)
         self.steps: dict[str, RouteWindow] = {}
         self.totals: dict[str, RouteWindow] = {}
         # Guardrail: per route, (time, target req, target err, legacy req, legacy err) per merge.
@@ -149,6 +150,8 @@ class Aggregator:
                     b.add_latency(counts, seconds)
         for key, n in delta.upstream_errors.items():
             self.upstream_errors[key] = self.upstream_errors.get(key, 0) + n
+        for tkey, n in delta.traces.items():
+            self.traces[tkey] = self.traces.get(tkey, 0) + n
         for (route, step, result), n in delta.shadow.items():
             key = (route, result)
             self.shadow[key] = self.shadow.get(key, 0) + n

@@ -15,8 +15,9 @@ rollback moves traffic before Unleash hears of it; if the Admin API cannot be re
 rollback still holds here and is written again every refresh interval until Unleash takes it.
 
 Startup (`start`): a toggle missing in Unleash is a `FlagsStartupError` naming it, unless
-`create_flags` (then created at the file's weight). Unleash unreachable -> the SDK's file cache
-in state_dir/unleash-cache; no cache -> every route at weight 0 and `degraded_reason` says so.
+`create_flags` (then created at the file's weight). Unleash unreachable -> the last features
+body, cached in state_dir/unleash-cache; no cache -> every route at weight 0 and
+`degraded_reason` says so.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ The runtime calls `Notifier.emit` after a change took effect (traffic moved, aud
 emit only puts the event on each matching sink's bounded queue and returns, so a slow or dead
 receiver can never hold up a rollback or a request. Each sink has one delivery task (one shared
 ClientSession): retries with exponential backoff and jitter on connection errors, timeouts, 5xx,
-408 and 429, a bounded number of attempts; other 4xx answers are not retried. A full queue drops
+408 and 429, a bounded number of attempts; other 4xx answers are not retried. A 429 or 503 with
+`Retry-After` (seconds or an HTTP date; Slack sends it) waits that long instead, at most
+RETRY_AFTER_CAP seconds (a longer wait is cut to the cap and logged). A full queue drops
 the event. Every outcome is counted in `strangler_notifications_total{sink, result}`.
 
 A sink's url can be a secret (a Slack webhook): it is never logged or put in a message, only
@@ -16,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import os
 import random
 import time
 import uuid
 from dataclasses import dataclass, field, replace
+from datetime import UTC
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +42,8 @@ BACKOFF_CAP = 8.0
 DRAIN_TIMEOUT = 3.0  # at shutdown: how long queued events may still be delivered
 RESULTS = ("sent", "failed", "dropped")
 RETRY_4XX = frozenset({408, 429})
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+RETRY_AFTER_CAP = 30.0  # seconds: the longest Retry-After honoured (the sink's queue waits)
 
 
 def display_url(url: str) -> str:
@@ -393,10 +399,13 @@ class Notifier:
         timeout = aiohttp.ClientTimeout(total=sink.spec.timeout)
         why = ""
         for attempt in range(1, ATTEMPTS + 1):
+            asked: float | None = None
             try:
                 async with self.session.post(sink.url, json=body, timeout=timeout,
                                              allow_redirects=False) as resp:
                     status = resp.status
+                    asked = retry_after(resp.headers.get("Retry-After"), time.time()) \
+                        if status in RETRY_AFTER_STATUSES else None
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 # type only: an exception's text may quote the url
                 why = type(exc).__name__
@@ -414,14 +423,35 @@ class Notifier:
             if attempt < ATTEMPTS:
                 ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1))
                 delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+                extra: dict[str, Any] = {}
+                if asked is not None:  # the receiver said when: its word, within the cap
+                    delay = min(asked, RETRY_AFTER_CAP)
+                    extra = {"retry_after": asked, "capped": asked > RETRY_AFTER_CAP}
                 log.info("notification retry", sink=sink.label, url=sink.shown,
                          kind=payload["event"], attempt=attempt, error=why,
-                         retry_in=round(delay, 3))
+                         retry_in=round(delay, 3), **extra)
                 await asyncio.sleep(delay)
         log.warning("notification failed", sink=sink.label, url=sink.shown,
                     kind=payload["event"], route=payload["route"], attempts=attempt, error=why)
         return False
 
 
-__all__ = ["ATTEMPTS", "Notifier", "Sink", "display_url", "render", "slack_payload",
-           "summarize"]
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds a `Retry-After` header asks for (delta-seconds or an HTTP date, RFC 9110 10.2.3);
+    None when absent or not understood (then the usual backoff applies)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+__all__ = ["ATTEMPTS", "Notifier", "Sink", "display_url", "render", "retry_after",
+           "slack_payload", "summarize"]

@@ -17,6 +17,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -39,7 +40,7 @@ _MARK = (("x-strangler-shadow", "1"), ("x-strangler-reconcile", "1"))
 class UpstreamFailed(Exception):
     def __init__(self, kind: str) -> None:
         super().__init__(kind)
-        self.kind = kind  # connect | timeout | reset
+        self.kind = kind  # connect | timeout | reset | tls
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ class Replayer:
         self.noise = config.upstreams[compare.noise_upstream] if compare.noise_upstream else None
         self.max_body = route.shadow.max_body
         self._table = RouteTable(config, {}, 0)
+        self._contexts: dict[str, Any] = {}  # https upstreams: one SSL context each
 
     # -- which requests are sent ------------------------------------------------------------
     def plan(self, requests: Sequence[ReplayRequest], tally: Tally) -> list[_Planned]:
@@ -143,14 +145,34 @@ class Replayer:
         c = self.comparator
         return c.compare(legacy, target), (c.compare(legacy, noise) if noise else None)
 
+    def _tls(self, up: UpstreamSpec) -> dict:
+        """An https upstream's TLS arguments (its CA, client certificate, server name) and a
+        literal `host_header`, as the proxy would send them."""
+        kw: dict = {}
+        if up.host_header not in ("client", "upstream"):
+            kw["host"] = up.host_header
+        if up.tls is not None:
+            if up.name not in self._contexts:
+                from proxy.config.tls import client_context
+
+                self._contexts[up.name] = client_context(up.tls)
+            kw["ssl"] = self._contexts[up.name]
+            if up.tls.server_name:
+                kw["server_hostname"] = up.tls.server_name
+        return kw
+
     async def _fetch(self, s: aiohttp.ClientSession, up: UpstreamSpec, p: _Planned) -> Exchange:
-        url = URL(f"http://{_host(up.host)}:{up.port}{up.base_path}{p.target}", encoded=True)
+        url = URL(f"{up.scheme}://{_host(up.host)}:{up.port}{up.base_path}{p.target}",
+                  encoded=True)
+        tls = self._tls(up)
         headers = [*p.request.headers, *self.extra, *_MARK]
+        if "host" in tls:
+            headers.append(("Host", tls.pop("host")))
         timeout = aiohttp.ClientTimeout(total=None, connect=up.connect_timeout,
                                         sock_connect=up.connect_timeout, sock_read=up.timeout)
         try:
             async with s.request(p.request.method, url, headers=headers, timeout=timeout,
-                                 allow_redirects=False) as resp:
+                                 allow_redirects=False, **tls) as resp:
                 body = bytearray()
                 truncated = False
                 async for chunk in resp.content.iter_chunked(64 * 1024):
@@ -163,6 +185,8 @@ class Replayer:
                 return Exchange(resp.status, hdrs, bytes(body), truncated)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamFailed("timeout") from None
+        except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch):
+            raise UpstreamFailed("tls") from None
         except (aiohttp.ClientConnectorError, ConnectionRefusedError):
             raise UpstreamFailed("connect") from None
         except (aiohttp.ClientError, OSError):

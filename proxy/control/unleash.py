@@ -1,9 +1,24 @@
 """Route weights from Unleash: one toggle per route, its gradual-rollout percentage is the weight.
 
-`UnleashFlags` keeps a snapshot `{toggle name: FlagState}` fresh with the SDK's asyncio client
-(`UnleashClient.AsyncUnleashClient`, polling on the event loop every `refresh_interval`) and
-writes through the Unleash Admin API. The proxy evaluates its split itself from the snapshot
-(stable hash, 0.01% granularity); the SDK's own evaluation is not used per request.
+`UnleashFlags` keeps a snapshot `{toggle name: FlagState}` fresh by polling Unleash's client API
+every `refresh_interval` and writes through the Unleash Admin API, both on one aiohttp session
+of its own. The proxy evaluates its split itself from the snapshot (stable hash, 0.01%
+granularity); no SDK evaluation is involved.
+
+Why a poller of our own and not the Python SDK: all this backend needs from an SDK is "the
+features body, each time a poll brings one" and "the poll failed, and why" (the outage warnings,
+`connected`, `/readyz`'s `flags_stale`). The SDK's public interface gives neither: its event
+callback reports evaluations and a `FETCHED` event without failures, its errors only reach its
+log, and its file cache has no documented format. Reaching into its internals for them (the
+transport's `fetch_features`, log text, the cache's key) broke silently whenever the SDK
+reorganised. The client API, by contrast, is Unleash's documented, versioned contract with every
+SDK: `GET {url}/client/features` with the token in `Authorization`, the identification headers
+(`UNLEASH-APPNAME`, `UNLEASH-INSTANCEID`, `UNLEASH-CONNECTION-ID`, `UNLEASH-SDK`,
+`UNLEASH-INTERVAL`), `If-None-Match` with the last `ETag` (304 when nothing changed), and
+`POST {url}/client/register` once at start so the instance shows in Unleash's Applications view.
+Usage metrics (`/client/metrics`) are not sent: nothing here calls `is_enabled`, so there are
+none. tests/test_unleash_seam.py pins these requests against a stand-in server in the fast tier;
+the `unleash` tier runs them against a real Unleash.
 
 Weights with two decimals: the Admin API stores a strategy's `rollout` as a string without
 checking it, but Unleash's SDKs (Yggdrasil) evaluate a non-integer rollout such as "25.5" as 0%.
@@ -12,28 +27,35 @@ weight goes in a parameter of our own, `stranglerWeight`. The snapshot uses `str
 while it agrees with `rollout` (rounds to it); when someone edits the rollout in Unleash's UI,
 the rollout wins.
 
-Fail-safe: the SDK keeps the last fetched state in a file cache in `cache_dir`. Unleash
-unreachable at start -> the cached state; no cache -> `degraded` (the caller routes everything to
-legacy); unreachable mid-run -> the last known state and one warning per outage. The SDK's own
-per-poll error logs (a traceback each time) are filtered while a client runs.
+Fail-safe: every features body Unleash sends is kept in `cache_dir/features.json` (written to a
+temporary file, fsynced, then renamed over the old one: a crash leaves the old or the new file,
+never half of one). Unleash unreachable at start -> the cached state; no cache -> `degraded`
+(the caller routes everything to legacy); unreachable mid-run -> the last known state and one
+warning per outage, naming the error.
 
 A write (`set_rollout`, `set_enabled`, `ensure_flag`) takes effect in the snapshot as soon as
 Unleash has accepted it, and holds until a poll confirms it (or `write_hold` seconds pass and
 the server says otherwise), so a poll that was already in flight cannot flip it back.
 
-Errors: `UnleashError` > `UnleashConfigError` (token env var not set), `UnleashWriteError`
-(Admin API refused the write or could not be reached; `.status` is None when unreachable).
+Errors: `UnleashError` > `UnleashConfigError` (token env var not set, url not http(s)),
+`UnleashWriteError` (Admin API refused the write or could not be reached; `.status` is None
+when unreachable).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-import logging
 import os
+import platform
 import socket
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -41,30 +63,35 @@ from urllib.parse import quote
 
 import aiohttp
 import structlog
-from UnleashClient import AsyncUnleashClient
-from UnleashClient._transport import FetchResult
-from UnleashClient.cache import FileCache
-from UnleashClient.constants import FEATURES_URL
-from UnleashClient.utils import InstanceAllowType
+from yarl import URL
 
+from proxy import __version__
 from proxy.config.spec import UnleashSpec
 
 __all__ = [
+    "CACHE_FILE",
     "WEIGHT_PARAM",
     "FlagState",
     "UnleashConfigError",
     "UnleashError",
     "UnleashFlags",
     "UnleashWriteError",
+    "client_headers",
     "parse_features",
+    "registration",
 ]
 
 log = structlog.get_logger("strangler.unleash")
 
 WEIGHT_PARAM = "stranglerWeight"
 ROLLOUT_STRATEGY = "flexibleRollout"
-SDK_LOGGER = "UnleashClient"
-REQUEST_TIMEOUT = 5.0  # seconds per socket operation (polls) and per admin request
+REQUEST_TIMEOUT = 5.0  # seconds per request (polls, registration, admin writes)
+FEATURES_PATH = "client/features"  # the client API, relative to the configured url (.../api)
+REGISTER_PATH = "client/register"
+CACHE_FILE = "features.json"  # in cache_dir
+CACHE_FORMAT = 1
+SDK_NAME = "strangler"  # the UNLEASH-SDK header and the registration's sdkVersion: NAME:VERSION
+STRATEGIES = ("default", ROLLOUT_STRATEGY)  # the strategy names this client understands
 
 
 class UnleashError(Exception):
@@ -169,27 +196,48 @@ def parse_features(
     return states
 
 
-class _SdkLogFilter(logging.Filter):
-    """Drops the SDK's per-poll chatter and connection errors (a traceback per poll).
+def client_headers(spec: UnleashSpec, token: str, instance_id: str, connection_id: str,
+                   ) -> dict[str, str]:
+    """The headers of every client API request (Unleash's SDK specification names them)."""
+    return {
+        "Authorization": token,
+        "UNLEASH-APPNAME": spec.app_name,
+        "UNLEASH-INSTANCEID": instance_id,
+        "UNLEASH-CONNECTION-ID": connection_id,
+        "UNLEASH-SDK": f"{SDK_NAME}:{__version__}",
+        "UNLEASH-INTERVAL": str(round(spec.refresh_interval * 1000)),
+        "User-Agent": f"{SDK_NAME}/{__version__}",
+    }
 
-    We report outages ourselves, once each (see `UnleashFlags._after_fetch`), with the last
-    error message kept here. Other SDK warnings (e.g. a toggle it cannot parse) pass.
-    """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.last_error: str | None = None
+def registration(spec: UnleashSpec, instance_id: str, connection_id: str, started: str,
+                 ) -> dict[str, Any]:
+    """The body of `POST client/register` (Unleash's clientApplicationSchema)."""
+    return {
+        "appName": spec.app_name,
+        "instanceId": instance_id,
+        "connectionId": connection_id,
+        "sdkVersion": f"{SDK_NAME}:{__version__}",
+        "strategies": list(STRATEGIES),
+        "started": started,
+        "interval": round(spec.refresh_interval * 1000),
+        "platformName": platform.python_implementation(),
+        "platformVersion": platform.python_version(),
+    }
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return False
-        message = record.getMessage()
-        if "failed" in message and not message.startswith("Scheduled job"):
-            # A bad HTTP status is re-raised as a generic "...fetch failed!": keep the status.
-            if not message.endswith("!"):
-                self.last_error = message
-            return False
-        return "cached features" not in message  # "no cache yet": our degraded warning says it
+
+def _base_url(spec: UnleashSpec) -> URL:
+    """The configured url (ends in /api) as a directory, or UnleashConfigError."""
+    try:
+        url = URL(spec.url)
+    except (TypeError, ValueError) as exc:
+        raise UnleashConfigError(f"flags.unleash.url {spec.url!r} is not usable: {exc}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise UnleashConfigError(
+            f"flags.unleash.url {spec.url!r} is not usable: expected an http:// or https:// url "
+            "of Unleash's API, e.g. http://unleash:4242/api"
+        )
+    return url if url.path.endswith("/") else url.with_path(url.path + "/")
 
 
 ChangeCallback = Callable[[dict[str, FlagState]], None]
@@ -233,9 +281,13 @@ class UnleashFlags:
         self._have_data = False
         self._connected = False
         self._outage_since: float | None = None
-        self._client: AsyncUnleashClient | None = None
-        self._admin: aiohttp.ClientSession | None = None
-        self._log_filter = _SdkLogFilter()
+        self._connection_id = str(uuid.uuid4())  # one per start of this client
+        self._session: aiohttp.ClientSession | None = None
+        self._poller: asyncio.Task | None = None
+        self._etag = ""  # of the features body the snapshot was built from
+        self._last_error: str | None = None  # why the last poll failed
+        self._registered = False
+        self._started_at = ""
 
     # -- reading --------------------------------------------------------------------------
 
@@ -278,63 +330,37 @@ class UnleashFlags:
     # -- lifetime -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the cache, then fetch once from Unleash; never raises for an unreachable server."""
-        if self._client is not None:
+        """Load the cache, then fetch once from Unleash; never raises for an unreachable server.
+
+        Raises UnleashConfigError for a url that is not http(s)."""
+        if self._session is not None:
             raise RuntimeError("UnleashFlags already started")
+        base = _base_url(self.spec)
+        self._features_url = base.join(URL(FEATURES_PATH))
+        self._register_url = base.join(URL(REGISTER_PATH))
+        self._headers = client_headers(self.spec, self._client_token, self._instance_id,
+                                       self._connection_id)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        logging.getLogger(SDK_LOGGER).addFilter(self._log_filter)
-        cache = FileCache(self.spec.app_name, directory=str(self.cache_dir))
-        cached = cache.get(FEATURES_URL)
-        if cached:
+        cached = self._read_cache()
+        if cached is not None:
             self._apply_server_state(cached, source="cache")
-        interval = self.spec.refresh_interval
-        self._client = AsyncUnleashClient(
-            url=self.spec.url,
-            app_name=self.spec.app_name,
-            environment=self.spec.environment,
-            instance_id=self._instance_id,
-            refresh_interval=int(interval) if interval == int(interval) else interval,
-            disable_metrics=True,  # we never call is_enabled, so there is nothing to report
-            custom_headers={"Authorization": self._client_token},
-            request_timeout=REQUEST_TIMEOUT,
-            request_retries=0,  # the next poll is one refresh_interval away
-            cache=cache,
-            project_name=self.spec.project,
-            multiple_instance_mode=InstanceAllowType.SILENTLY_ALLOW,
-        )
-        # The one seam into the SDK's internals (6.x): observe every poll's result.
-        transport = self._client._transport
-        fetch = transport.fetch_features
-
-        async def observed_fetch(etag: str = "") -> FetchResult:
-            result = await fetch(etag=etag)
-            self._after_fetch(result)
-            return result
-
-        transport.fetch_features = observed_fetch  # type: ignore[method-assign]
-        self._admin = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
-            headers={"Authorization": self._admin_token} if self._admin_token else None,
-        )
-        try:
-            await self._client.initialize_client()
-        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
-            await self.stop()
-            raise UnleashConfigError(
-                f"flags.unleash.url {self.spec.url!r} is not usable: {exc}"
-            ) from exc
+        self._started_at = datetime.now(UTC).isoformat()
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
+        await self._poll()
+        self._poller = asyncio.get_running_loop().create_task(self._poll_loop(),
+                                                              name="unleash-poll")
 
     async def stop(self) -> None:
-        client, self._client = self._client, None
-        admin, self._admin = self._admin, None
-        try:
-            if client is not None:
-                await client.destroy()
-            if admin is not None:
-                await admin.close()
-        finally:
-            logging.getLogger(SDK_LOGGER).removeFilter(self._log_filter)
-            self._connected = False
+        poller, self._poller = self._poller, None
+        session, self._session = self._session, None
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        if session is not None:
+            await session.close()
+        self._connected = False
 
     async def __aenter__(self) -> UnleashFlags:
         await self.start()
@@ -343,32 +369,64 @@ class UnleashFlags:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    # -- polling --------------------------------------------------------------------------
+    # -- polling (Unleash's client API) ---------------------------------------------------
 
-    def _after_fetch(self, result: FetchResult) -> None:
-        if result.raw_state:
-            if not self._apply_server_state(result.raw_state, source="unleash"):
-                return
-        elif not result.not_modified:
-            self._connected = False
-            if self._outage_since is None:
-                self._outage_since = time.monotonic()
-                if self._have_data:
-                    log.warning(
-                        "unleash.unreachable",
-                        url=self.spec.url,
-                        reason=self._log_filter.last_error,
-                        using="last known state",
-                    )
-                else:
-                    log.warning(
-                        "unleash.degraded",
-                        url=self.spec.url,
-                        reason=self._log_filter.last_error,
-                        detail="Unleash unreachable and no cached flag state: "
-                        "every route at weight 0 until it answers",
-                    )
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.spec.refresh_interval)
+            try:
+                await self._poll()
+                if self._connected and not self._registered:
+                    self._registered = await self._register()
+            except Exception:  # a bug here must not end polling: the next poll may work
+                log.exception("unleash.poll_failed", url=self.spec.url)
+
+    async def _poll(self) -> None:
+        """One `GET client/features`: a new body, 304 (unchanged), or a failure."""
+        assert self._session is not None
+        headers = dict(self._headers)
+        if self._etag:
+            headers["If-None-Match"] = self._etag
+        params = {"project": self.spec.project}
+        body: str | None = None
+        etag = ""
+        try:
+            async with self._session.get(self._features_url, headers=headers,
+                                         params=params) as resp:
+                if resp.status == 200:
+                    body = await resp.text()
+                    etag = resp.headers.get("ETag", "")
+                elif resp.status != 304:
+                    self._last_error = (f"Unleash answered {resp.status} {resp.reason} to GET "
+                                        f"{self._features_url}")
+                    self._poll_failed()
+                    return
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self._last_error = f"GET {self._features_url}: {type(exc).__name__}: {exc}"
+            self._poll_failed()
             return
+        if body is not None:
+            if not self._apply_server_state(body, source="unleash"):
+                return  # reported; the next poll asks again without If-None-Match
+            if etag != self._etag or not etag:
+                await asyncio.to_thread(self._write_cache, body, etag)
+            self._etag = etag
+        self._poll_reached()
+
+    def _poll_failed(self) -> None:
+        self._connected = False
+        if self._outage_since is not None:
+            return  # one warning per outage
+        self._outage_since = time.monotonic()
+        if self._have_data:
+            log.warning("unleash.unreachable", url=self.spec.url, reason=self._last_error,
+                        using="last known state")
+        else:
+            log.warning("unleash.degraded", url=self.spec.url, reason=self._last_error,
+                        detail="Unleash unreachable and no cached flag state: every route at "
+                        "weight 0 until it answers")
+
+    def _poll_reached(self) -> None:
         self._connected = True
         if self._outage_since is not None:
             log.info(
@@ -378,6 +436,71 @@ class UnleashFlags:
             )
             self._outage_since = None
         self._publish()
+
+    async def _register(self) -> bool:
+        """`POST client/register` (the Applications view in Unleash); True once accepted."""
+        assert self._session is not None
+        body = registration(self.spec, self._instance_id, self._connection_id, self._started_at)
+        try:
+            async with self._session.post(self._register_url, headers=self._headers,
+                                          json=body) as resp:
+                if resp.status < 300:
+                    return True
+                log.info("unleash.register_refused", status=resp.status, url=self.spec.url)
+                return resp.status < 500  # refused for good (e.g. 403): do not ask every poll
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False  # unreachable: the poll reports it
+
+    # -- the cache file -------------------------------------------------------------------
+
+    def _cache_key(self) -> dict[str, str]:
+        return {"url": self.spec.url, "project": self.spec.project,
+                "environment": self.spec.environment}
+
+    def _read_cache(self) -> str | None:
+        """The features body of the last poll that brought one, when it is for this Unleash."""
+        path = self.cache_dir / CACHE_FILE
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("unleash.cache_unreadable", path=str(path), error=str(exc))
+            return None
+        if not isinstance(doc, dict) or doc.get("format") != CACHE_FORMAT:
+            log.warning("unleash.cache_unreadable", path=str(path), error="unknown format")
+            return None
+        if {k: doc.get(k) for k in self._cache_key()} != self._cache_key():
+            log.warning("unleash.cache_other_server", path=str(path),
+                        detail="the cached flag state is for another Unleash url, project or "
+                        "environment: not used")
+            return None
+        return json.dumps(doc.get("features") or {})
+
+    def _write_cache(self, body: str, etag: str) -> None:
+        """Replace the cache file atomically (temporary file, fsync, rename, fsync the dir)."""
+        try:
+            doc = {"format": CACHE_FORMAT, **self._cache_key(), "etag": etag,
+                   "saved_at": datetime.now(UTC).isoformat(), "features": json.loads(body)}
+            fd, tmp = tempfile.mkstemp(prefix=f".{CACHE_FILE}.", dir=self.cache_dir)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(doc, f, separators=(",", ":"))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.cache_dir / CACHE_FILE)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            dir_fd = os.open(self.cache_dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except (OSError, ValueError) as exc:  # routing goes on; only a restart loses it
+            log.warning("unleash.cache_write_failed", path=str(self.cache_dir / CACHE_FILE),
+                        error=str(exc))
 
     def _apply_server_state(self, raw: str, source: str) -> bool:
         try:
@@ -427,10 +550,11 @@ class UnleashFlags:
             raise UnleashWriteError(
                 f"writing to Unleash needs an admin API token in env {self.spec.admin_token_env}"
             )
-        if self._admin is None:
+        if self._session is None:
             raise RuntimeError("UnleashFlags not started")
         try:
-            async with self._admin.request(method, url, json=body) as resp:
+            async with self._session.request(method, url, json=body,
+                                             headers={"Authorization": self._admin_token}) as resp:
                 text = await resp.text()
                 if resp.status >= 400:
                     try:

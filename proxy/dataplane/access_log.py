@@ -8,8 +8,17 @@ latency). Each such batch goes into a 64 KiB buffer of our own on the stream's f
 PYTHONUNBUFFERED, as in the Docker image, makes sys.stdout write through), so only that buffer
 is held, not 200 ms of lines; the flush loop empties it every ~200 ms, as do shutdown (SIGTERM
 drains, then flushes) and `atexit`. Its lines have the same shape as every other structlog JSON
-line (`event`, `level`, `timestamp`, fields; see `proxy.config.logsetup`). `sample` keeps a
-fraction of lines at high rates (errors are always kept).
+line (`event`, `level`, `logger`, `process`, `timestamp`, fields; see `proxy.config.logsetup`).
+`sample` keeps a fraction of lines at high rates (errors are always kept).
+
+The fields of a data-plane line (docs/contract.md, "Access log", is the reference):
+request_id, route, backend, upstream, method, path (canonical, without the query), query (as
+received, without `?`; null when the target had none), status, duration_ms (request head to
+the end of the response), upstream_ms (request head to the response head of the upstream that
+answered; null when none did), bytes_in / bytes_out (request / response body bytes, as read
+from the client and relayed from the upstream: 0 for an answer strangler made itself), client
+(the TCP peer's address), user_agent (null when absent), fallback. All of them are values the
+data plane holds anyway; the per-request cost is appending them to a tuple.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import weakref
 from json.encoder import encode_basestring_ascii as _q
 from typing import IO, Any
 
+from proxy.config import logsetup
+
 WRITE_BUFFER = 64 * 1024  # bytes of rendered lines held before a write(2)
 PIPE_BUF = getattr(select, "PIPE_BUF", 512)  # a pipe write up to this size is never split
 
@@ -41,11 +52,23 @@ _ACCESS_LINE = (
 )
 
 
-# The same line for `AccessLog.request` (duration_ms always with 3 decimals).
-_REQUEST_LINE = (
-    '{"request_id":%s,%s,"path":%s,"status":%d,"duration_ms":%.3f,"fallback":%s,'
-    '"event":"access","level":"info","timestamp":"%s.%06dZ"}\n'
-)
+# The line of `AccessLog.request` (duration_ms and upstream_ms with 3 decimals), in four
+# variants (query and upstream_ms present or null) so that one %-format renders it; the part
+# from "event" on is filled in once per AccessLog (it names the process).
+LOGGER = "strangler.access"
+
+
+def _request_lines(process: str) -> tuple[str, str, str, str]:
+    """(query, upstream_ms) both present / query null / upstream_ms null / both null."""
+    tail = (f',"event":"access","level":"info","logger":"{LOGGER}","process":'
+            f'{_q(process)},"timestamp":"').replace("%", "%%")
+    head = '{"request_id":%s,%s,"path":%s,"query":'
+    out = []
+    for query in ("%s", "null"):
+        for upstream in ("%.3f", "null"):
+            out.append(f'{head}{query},"status":%d,"duration_ms":%.3f,"upstream_ms":{upstream},'
+                       f'"bytes_in":%d,"bytes_out":%d,%s,"fallback":%s{tail}%s.%06dZ"}}\n')
+    return out[0], out[2], out[1], out[3]
 
 
 def _json_line(fields: dict) -> str:
@@ -134,9 +157,12 @@ class AccessLog:
     rendered at flush."""
 
     def __init__(self, stream: IO[str] | None = None, sample: float = 1.0,
-                 fmt: str = "json", shared: bool = False) -> None:
-        """`shared`: other processes write to the same stream (workers on one stdout)."""
+                 fmt: str = "json", shared: bool = False, process: str | None = None) -> None:
+        """`shared`: other processes write to the same stream (workers on one stdout).
+        `process`: the name in each line (default: this process's, from logsetup)."""
         self.stream = stream or sys.stdout
+        self.process = process if process is not None else logsetup.process_name()
+        self._lines = _request_lines(self.process)
         self.sample = sample
         self.fmt = fmt
         self.buf: list[Any] = []  # rendered lines (str) and data plane tuples, in order
@@ -165,6 +191,8 @@ class AccessLog:
             return
         fields["event"] = "access"
         fields["level"] = "info"
+        fields["logger"] = LOGGER
+        fields["process"] = self.process
         fields["timestamp"] = self._timestamp(time.time())
         if self.fmt == "console":
             pinned = fields.get("override")  # a pinned (QA) request: proxy.dataplane.overrides
@@ -179,13 +207,17 @@ class AccessLog:
             self.flush()
 
     def request(self, request_id: str, route: str, backend: str, upstream: str, method: bytes,
-                path: bytes, status: int, seconds: float, fallback: bool) -> None:
-        """One proxied request (the data plane's line); rendered at flush time."""
+                path: bytes, status: int, seconds: float, fallback: bool,
+                query: bytes | None = None, upstream_seconds: float = -1.0, bytes_in: int = 0,
+                bytes_out: int = 0, client: str = "", user_agent: bytes | None = None) -> None:
+        """One proxied request (the data plane's line); rendered after the response went out.
+        `upstream_seconds` < 0: no upstream answered."""
         if self.sample < 1.0 and status < 500 and self._rand() >= self.sample:
             return
         buf = self.buf
         buf.append((request_id, route, backend, upstream, method, path, status, seconds,
-                    fallback, self._clock()))
+                    fallback, self._clock(), query, upstream_seconds, bytes_in, bytes_out,
+                    client, user_agent))
         if len(buf) >= 512:
             self.flush()
         elif not self._render_scheduled:
@@ -230,26 +262,59 @@ class AccessLog:
                 self._quoted[key] = part
         return part
 
+    def _who(self, client: str, user_agent: bytes | None) -> str:
+        """The quoted client/user_agent part of a line (cached: clients and agents repeat)."""
+        key = (client, user_agent)
+        part = self._quoted.get(key)
+        if part is None:
+            agent = _q(user_agent.decode("latin-1")) if user_agent is not None else "null"
+            part = f'"client":{_q(client)},"user_agent":{agent}'
+            if len(self._quoted) < 4096:
+                self._quoted[key] = part
+        return part
+
     def _render(self, entry: tuple) -> str:
-        rid, route, backend, upstream, method, path, status, seconds, fallback, now = entry
+        (rid, route, backend, upstream, method, path, status, seconds, fallback, now, query,
+         up_seconds, bytes_in, bytes_out, client, user_agent) = entry
         if self.fmt == "console" or type(rid) is not str or type(route) is not str:
             fields = {"request_id": rid, "route": route, "backend": backend,
                       "upstream": upstream, "method": method.decode("latin-1"),
-                      "path": path.decode("latin-1"), "status": status,
-                      "duration_ms": round(seconds * 1000, 3), "fallback": fallback}
+                      "path": path.decode("latin-1"),
+                      "query": query.decode("latin-1") if query is not None else None,
+                      "status": status, "duration_ms": round(seconds * 1000, 3),
+                      "upstream_ms": round(up_seconds * 1000, 3) if up_seconds >= 0 else None,
+                      "bytes_in": bytes_in, "bytes_out": bytes_out, "client": client,
+                      "user_agent": user_agent.decode("latin-1") if user_agent else None,
+                      "fallback": fallback}
             if self.fmt == "console":
-                return (f"{status} {fields['method']} {fields['path']} -> {route}/{backend} "
-                        f"{fields['duration_ms']}ms id={rid}\n")
-            fields.update(event="access", level="info", timestamp=self._timestamp(now))
+                target = fields["path"] + (f"?{fields['query']}" if query is not None else "")
+                return (f"{status} {fields['method']} {target} -> {route}/{backend} "
+                        f"{fields['duration_ms']}ms {bytes_out}B {client} id={rid}\n")
+            fields.update(event="access", level="info", logger=LOGGER, process=self.process,
+                          timestamp=self._timestamp(now))
             return _json_line(fields)
         second = int(now)
         if second != self._second:
             self._timestamp(now)
-        return _REQUEST_LINE % (
-            _q(rid), self._names(route, backend, upstream, method), _q(path.decode("latin-1")),
-            status, seconds * 1000, "true" if fallback else "false", self._prefix,
-            (now - second) * 1e6,
-        )
+        who = self._quoted.get((client, user_agent)) or self._who(client, user_agent)
+        names = self._quoted.get((route, backend, upstream, method)) or \
+            self._names(route, backend, upstream, method)
+        fb = "true" if fallback else "false"
+        micro = (now - second) * 1e6
+        both, no_query, no_upstream, neither = self._lines
+        if query is None:
+            if up_seconds >= 0:
+                return no_query % (_q(rid), names, _q(path.decode("latin-1")), status,
+                                   seconds * 1000, up_seconds * 1000, bytes_in, bytes_out, who,
+                                   fb, self._prefix, micro)
+            return neither % (_q(rid), names, _q(path.decode("latin-1")), status, seconds * 1000,
+                              bytes_in, bytes_out, who, fb, self._prefix, micro)
+        q = _q(query.decode("latin-1"))
+        if up_seconds >= 0:
+            return both % (_q(rid), names, _q(path.decode("latin-1")), q, status, seconds * 1000,
+                           up_seconds * 1000, bytes_in, bytes_out, who, fb, self._prefix, micro)
+        return no_upstream % (_q(rid), names, _q(path.decode("latin-1")), q, status,
+                              seconds * 1000, bytes_in, bytes_out, who, fb, self._prefix, micro)
 
     def flush(self) -> None:
         self._render_pending()

@@ -31,7 +31,13 @@ from proxy.dataplane.overrides import INVALID, TARGET
 from proxy.dataplane.resend import IDEMPOTENT_METHODS, Failure, may_resend, repeatable
 from proxy.dataplane.split import BUCKETS
 from proxy.dataplane.table import CompiledRoute, cookie_value
-from proxy.dataplane.upstream import UpstreamBusy, UpstreamError, UpstreamPool, UpstreamTimeout
+from proxy.dataplane.upstream import (
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimeout,
+    UpstreamTlsError,
+)
 
 REASONS = {
     400: b"Bad Request",
@@ -58,9 +64,22 @@ REQ_SPECIAL = HOP_BY_HOP | FORWARDED_HEADERS | _REQ_FRAMING | {b"x-request-id"}
 # Connection tokens that need no extra filtering: hop-by-hop (dropped anyway) or never dropped.
 _CONN_KEEP = HOP_BY_HOP | NEVER_DROPPED_BY_CONNECTION
 _NO_TOKENS: frozenset[bytes] = frozenset()
-_XFP_HTTP = (b"x-forwarded-proto", b"http")
+XFP_HTTP = (b"x-forwarded-proto", b"http")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _log = structlog.get_logger("strangler.dataplane")
+
+
+def with_host(parts: list[bytes], headers: list[tuple[bytes, bytes]], host: bytes) -> None:
+    """`headers` into `parts` with `host` as the Host (the upstream's `host_header`), where the
+    client's was, or first when the request had none (HTTP/1.0)."""
+    seen = False
+    for name, value in headers:
+        if not seen and name.lower() == b"host":
+            seen = True
+            value = host
+        parts += (name, b": ", value, b"\r\n")
+    if not seen:
+        parts[4:4] = (b"Host: ", host, b"\r\n")
 
 
 class Reject(Exception):
@@ -166,10 +185,13 @@ class Exchange:
         "step",
         "sticky_key",
         "t0",
+        "t_head",
         "target_failed",
+        "trace",
         "tunnel_pending",
         "up",
         "up_paused_at",
+        "user_agent",
         "version_10",
         "wbuf",
     )
@@ -211,6 +233,8 @@ class Exchange:
         self.declared_length: int | None = None
         self.is_tunnel = False
         self.override: str | None = None  # set when a trusted request pinned its backend
+        self.trace: Any = None  # proxy.dataplane.tracing.Trace when this request is sampled
+        self.t_head = 0.0  # when the answering upstream's response head arrived (access log)
         # Response bytes held until the end of the current upstream read, so a head and the body
         # that arrived with it leave in one write (None: nothing held, write through).
         self.wbuf: list[bytes] | None = None
@@ -226,9 +250,13 @@ class Exchange:
         ex._request_line(conn, method)
         hdict: dict[bytes, bytes] = {}
         conn_tokens = ex._headers(raw, hdict)
+        ex.user_agent = hdict.get(b"user-agent")  # for the access log
         ex._target(url, hdict)
         # Before routing: a request refused further on (a bad override pin) has used up its id.
         ex._take_request_id(hdict)
+        tracer = ex.plane.tracer
+        if tracer is not None:
+            ex.trace = tracer.sample(hdict)  # None (no span work at all) unless sampled
         route = ex._route(method, hdict)
         if route is not None:
             to_target = ex._choose_backend(route, method, hdict, conn_tokens)
@@ -449,12 +477,12 @@ class Exchange:
                 xff = hdict[b"x-forwarded-for"] + b", " + xff
             out.append((b"x-forwarded-for", xff))
             if b"x-forwarded-proto" not in hdict:
-                out.append(_XFP_HTTP)
+                out.append(self.plane.xfp)
             if host is not None and b"x-forwarded-host" not in hdict:
                 out.append((b"x-forwarded-host", host))
         else:
             out.append(conn.xff)
-            out.append(_XFP_HTTP)
+            out.append(self.plane.xfp)
             if host is not None:
                 out.append((b"x-forwarded-host", host))
         out.append((b"x-request-id", self.rid))
@@ -490,13 +518,35 @@ class Exchange:
         self.override = pin
         return pin is TARGET
 
+    def host_value(self) -> bytes | None:
+        """The Host the client sent (None: none, HTTP/1.0)."""
+        for name, value in self.req_headers:
+            if len(name) == 4 and name.lower() == b"host":
+                return value
+        return None
+
     def upstream_head(self) -> bytes:
-        target = self.pool.base_path + self.path
+        pool = self.pool
+        target = pool.base_path + self.path
         if self.query is not None:
             target += b"?" + self.query
         parts = [self.method, b" ", target, b" HTTP/1.1\r\n"]
-        for name, value in self.req_headers:
-            parts += (name, b": ", value, b"\r\n")
+        host = pool.host_header
+        trace = self.trace
+        if host is None and trace is None:  # the client's Host, as received
+            for name, value in self.req_headers:
+                parts += (name, b": ", value, b"\r\n")
+        else:
+            headers = self.req_headers
+            if trace is not None:  # this attempt's CLIENT span is the upstream's parent
+                headers = [h for h in headers if h[0].lower() != b"traceparent"]
+                spec = pool.spec
+                parts.append(trace.tracer.client_start(trace, pool.name, spec.host, spec.port))
+            if host is None:
+                for name, value in headers:
+                    parts += (name, b": ", value, b"\r\n")
+            else:
+                with_host(parts, headers, host)
         parts.append(b"\r\n")
         return b"".join(parts)
 
@@ -627,7 +677,8 @@ class Exchange:
         chunked: bool, length: int | None, connection: frozenset[bytes] | None,
     ) -> None:
         self.head_deadline = 0.0
-        if status >= 500 and may_resend(self, "status"):
+        self.t_head = self.plane.now()
+        if status >= 500 and may_resend(self, "status", status):
             self.discarding = True
             self.status = status
             return
@@ -760,6 +811,9 @@ class Exchange:
         if self.done:
             return
         self.head_deadline = 0.0
+        trace = self.trace
+        if trace is not None:
+            trace.tracer.client_end(trace, 0, exc.kind)
         if self.response_started and not self.discarding:
             # Mid-body failure: the client must see a truncated response, never a clean one.
             # Counted as the 502/504 it is, unless the answer had been held back for a slow
@@ -790,7 +844,7 @@ class Exchange:
             self.blame = "proxy"
         else:
             self.plane.recorder.upstream_error(pool.spec.name, exc.kind)
-        if self.discarding or may_resend(self, failure):
+        if self.discarding or may_resend(self, failure, "connect" if busy else exc.kind):
             self.discarding = False
             if not busy:
                 self._record(504 if isinstance(exc, UpstreamTimeout) else 502, self.backend)
@@ -799,6 +853,8 @@ class Exchange:
             return
         if busy:
             self.respond_error(503, "upstream_busy", str(exc))
+        elif isinstance(exc, UpstreamTlsError):
+            self.respond_error(502, "upstream_tls", str(exc))
         elif isinstance(exc, UpstreamTimeout):
             self.respond_error(504, "upstream_timeout", str(exc))
         else:
@@ -812,6 +868,9 @@ class Exchange:
         rest streams after it."""
         route = self.route
         self.plane.recorder.fallback(route.name, self.step, reason)
+        trace = self.trace
+        if trace is not None:  # the target's 5xx, discarded
+            trace.tracer.client_end(trace, self.status, None)
         self.target_failed = True
         self.retried = True
         self.backend = "legacy"
@@ -937,10 +996,16 @@ class Exchange:
         else:  # QA traffic: counted apart, never gate or guardrail evidence
             plane.recorder.override_request(route_name, self.backend, self.status)
         log = plane.log_request
-        if log is not None and pinned is None:
+        trace = self.trace
+        if trace is not None:
+            trace.tracer.finish(self)
+        upstream_s = self.t_head - self.t0 if self.t_head else -1.0
+        if log is not None and pinned is None and trace is None:
             log(self.request_id, route_name, self.backend, self.pool.name, self.method,
-                self.path, self.status, duration, self.target_failed)
+                self.path, self.status, duration, self.target_failed, self.query, upstream_s,
+                self.req_body_size, self.resp_size, self.conn.peer, self.user_agent)
         elif plane.access_log is not None:
+            query, agent = self.query, self.user_agent
             fields = {
                 "request_id": self.request_id,
                 "route": route_name,
@@ -948,12 +1013,20 @@ class Exchange:
                 "upstream": self.pool.name,
                 "method": self.method.decode("latin-1"),
                 "path": self.path.decode("latin-1"),
+                "query": query.decode("latin-1") if query is not None else None,
                 "status": self.status,
                 "duration_ms": round(duration * 1000, 3),
+                "upstream_ms": round(upstream_s * 1000, 3) if upstream_s >= 0 else None,
+                "bytes_in": self.req_body_size,
+                "bytes_out": self.resp_size,
+                "client": self.conn.peer,
+                "user_agent": agent.decode("latin-1") if agent is not None else None,
                 "fallback": self.target_failed,
             }
             if pinned is not None:
                 fields["override"] = pinned
+            if trace is not None:
+                fields["trace_id"] = trace.trace_hex.decode()
             plane.access_log(fields)
         if self.shadow_wanted and not aborted and plane.shadow is not None:
             plane.shadow.offer(self)

@@ -41,6 +41,7 @@ from proxy.dataplane.pipeline import PipelinePool
 from proxy.dataplane.recorder import Recorder
 from proxy.dataplane.table import CompiledRoute, RouteTable
 from proxy.dataplane.tasks import cancel_tasks
+from proxy.dataplane.tls import TlsStore
 from proxy.dataplane.upstream import (
     UpstreamConnection,
     UpstreamError,
@@ -59,7 +60,11 @@ CONNECTIONS = 32  # pipelined connections per upstream
 SWEEP_INTERVAL = 0.1  # how often mirror deadlines are checked
 FAILING_LOG_EVERY = 60.0  # seconds between "still failing" lines of a route's mirrors
 _SAFE = frozenset(m.encode() for m in SAFE_METHODS)
-_SKIP_REQUEST_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"x-strangler-shadow"})
+# W3C trace context: a mirror never carries the client's, so the target's traces never show
+# shadow calls inside the client's trace as if the client had made them.
+_TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
+_SKIP_REQUEST_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"x-strangler-shadow",
+                                   b"host"}) | _TRACE_HEADERS
 _SHADOW_HEADER = b"x-strangler-shadow: 1\r\n"
 _SHADOW_HEADER_END = _SHADOW_HEADER + b"\r\n"
 _NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
@@ -75,6 +80,14 @@ class _Compiled:
     header_names: frozenset[bytes]  # the compared headers, for the byte-identical check
     pipeline: bool  # GET mirrors may go over pipelined connections
     bucket: TokenBucket | None  # shadow.max_rate; None: no per-route limit
+
+
+def _traced(headers: list[tuple[bytes, bytes]]) -> bool:
+    """The request carries W3C trace context (which a mirror must not copy)."""
+    for name, _ in headers:
+        if len(name) in (10, 11) and name.lower() in _TRACE_HEADERS:
+            return True
+    return False
 
 
 class TokenBucket:
@@ -103,9 +116,9 @@ class TokenBucket:
 class _Job:
     """One mirrored request: what the client got, and its legs (other side, noise copy)."""
 
-    __slots__ = ("body", "compiled", "legs", "method", "pending", "primary_body",
+    __slots__ = ("body", "compiled", "host", "legs", "method", "pending", "primary_body",
                  "primary_headers", "primary_seconds", "primary_status", "req_headers",
-                 "request_id", "route", "served_by_target", "step", "target")
+                 "request_id", "route", "served_by_target", "step", "target", "trace")
 
     def __init__(self) -> None:
         self.legs: list[_Leg] = []
@@ -122,7 +135,7 @@ class _Leg:
 
     __slots__ = ("attempt", "behind", "chunks", "conn", "deadline", "done", "error",
                  "got_bytes", "head", "headers", "job", "limit", "mirror", "pipe", "pool",
-                 "seconds", "sent_at", "size", "started", "status", "truncated")
+                 "seconds", "sent_at", "size", "span", "started", "status", "truncated")
 
     def __init__(self, mirror: Mirror, job: _Job, pool: UpstreamPool, head: bytes,
                  limit: int, pipe: PipelinePool | None = None) -> None:
@@ -150,6 +163,8 @@ class _Leg:
         self.started = 0.0
         self.seconds = 0.0
         self.behind = False
+        # a sampled primary's mirror: (tracer, (trace id, span id, start), primary ids)
+        self.span: tuple | None = None
 
     # -- sending ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -284,6 +299,11 @@ class _Leg:
         self.done = True
         self.error = error
         self.seconds = time.monotonic() - self.started
+        if self.span is not None:
+            tracer, span, primary = self.span
+            job = self.job
+            tracer.shadow_end(span, primary, job.route, self.pool.name, job.method, self.status,
+                              type(error).__name__ if error is not None else None)
         job = self.job
         job.pending -= 1
         if job.pending == 0:
@@ -315,6 +335,9 @@ class Mirror:
         self.pools: dict[str, UpstreamPool] = {}
         self.pipes: dict[str, PipelinePool] = {}
         self._specs: dict[str, UpstreamSpec] = {}  # as configured, before the CONNECTIONS cap
+        # TLS contexts (https upstreams, noise twins): the data plane's, so that mirrors share
+        # its credentials, rotation and sessions (proxy.serve.app hands it over)
+        self.tls = TlsStore()
         self.tasks: set[asyncio.Task] = set()
         self._compiled: dict[tuple[str, RouteSpec], _Compiled] = {}
         self._sweeper: asyncio.Task | None = None
@@ -416,8 +439,8 @@ class Mirror:
             else:
                 self._close_pools(name)
                 capped = replace(spec, max_connections=min(spec.max_connections, CONNECTIONS))
-                self.pools[name] = UpstreamPool(capped)
-                self.pipes[name] = PipelinePool(capped, CONNECTIONS)
+                self.pools[name] = UpstreamPool(capped, self.tls)
+                self.pipes[name] = PipelinePool(capped, CONNECTIONS, tls=self.tls)
                 self._specs[name] = spec
         return self.pools[name], self.pipes[name]
 
@@ -503,14 +526,19 @@ class Mirror:
         chunks = ex.resp_body
         job.primary_body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         # The primary's request head as sent, when it can serve as the mirror's: no body
-        # framing to redo, and the other upstream has the same base path.
-        same_head = ex.head if not ex.body_mode and ex.method in _NO_BODY_METHODS else None
-        base = ex.pool.base_path
+        # framing to redo, no trace context to drop, and the other upstream has the same base
+        # path and Host.
+        trace = ex.trace  # sampled: each leg is a span of a new trace, linked to the primary
+        same_head = ex.head if not ex.body_mode and ex.method in _NO_BODY_METHODS and \
+            trace is None and not _traced(ex.req_headers) else None
+        primary = ex.pool
+        job.host = ex.host_value()
+        job.trace = trace
         other = spec.legacy if served_by_target else spec.target
-        legs = [self._leg(job, other, target, c.max_body, same_head, base)]
+        legs = [self._leg(job, other, target, c.max_body, same_head, primary)]
         noise_name = spec.shadow.compare.noise_upstream
         if noise_name:
-            legs.append(self._leg(job, noise_name, target, c.max_body, same_head, base))
+            legs.append(self._leg(job, noise_name, target, c.max_body, same_head, primary))
         job.legs = legs
         job.pending = len(legs)
         if self.running < CONCURRENCY:
@@ -519,13 +547,23 @@ class Mirror:
             self.backlog.append(job)
 
     def _leg(self, job: _Job, upstream: str, target: bytes, limit: int, same_head: bytes | None,
-             base_path: bytes) -> _Leg:
+             primary: UpstreamPool) -> _Leg:
         pool, pipe = self._pools_for(upstream)
         if job.method != b"GET" or job.body or not job.compiled.pipeline:
             pipe = None  # HEAD answers cannot be framed in a pipeline; bodies are not repeated
-        if same_head and pool.base_path == base_path:
+        if same_head and pool.base_path == primary.base_path and \
+                pool.host_header == primary.host_header:
             return _Leg(self, job, pool, same_head[:-2] + _SHADOW_HEADER_END, limit, pipe)
         parts = [job.method, b" ", pool.base_path, target, b" HTTP/1.1\r\n"]
+        host = pool.host_header or job.host
+        if host is not None:
+            parts += (b"host: ", host, b"\r\n")
+        span = None
+        trace = job.trace
+        if trace is not None:
+            trace_id, span_id, start, line = trace.tracer.shadow_start(trace)
+            parts.append(line)
+            span = (trace.tracer, (trace_id, span_id, start), (trace.trace_id, trace.span_id))
         skip = _SKIP_REQUEST_HEADERS
         for name, value in job.req_headers:
             if name.lower() not in skip:
@@ -534,7 +572,9 @@ class Mirror:
         if job.body or job.method not in _NO_BODY_METHODS:
             parts.append(b"content-length: %d\r\n" % len(job.body))
         parts.append(b"\r\n")
-        return _Leg(self, job, pool, b"".join(parts), limit, pipe)
+        leg = _Leg(self, job, pool, b"".join(parts), limit, pipe)
+        leg.span = span
+        return leg
 
     def _run(self, job: _Job) -> None:
         self.running += 1

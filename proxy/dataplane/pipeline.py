@@ -20,16 +20,23 @@ ones behind it are retried, and the pool stops pipelining for `COOL_OFF` seconds
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from typing import Any
 
 import httptools
 
 from proxy.config.spec import UpstreamSpec
+from proxy.dataplane.tls import TlsStore
 from proxy.dataplane.upstream import (
+    TlsDial,
     UpstreamBadResponse,
     UpstreamConnectError,
+    UpstreamError,
     UpstreamReset,
+    UpstreamTlsError,
+    dial_error,
+    dial_kwargs,
     set_nodelay,
 )
 
@@ -52,6 +59,8 @@ class PipelinedConnection(asyncio.Protocol):
         self.unsent: list[bytes] = []  # heads written once connected
         self.closed = False
         self.last_done = 0.0
+        self.tls_gen = 0  # TLS: the credentials' generation it was made with
+        self.fresh = False  # TLS: its session not yet offered to the next connections
         self._headers: list[tuple[bytes, bytes, bytes]] = []
         self._reason = b""
         self._close_delimited = False
@@ -95,8 +104,11 @@ class PipelinedConnection(asyncio.Protocol):
         waiting, self.waiting = self.waiting, deque()
         if waiting and self._close_delimited:
             waiting.popleft().on_upstream_done(False)  # its body ended with the connection
+        error: UpstreamError = UpstreamReset("upstream closed a pipelined connection")
+        if waiting and isinstance(exc, ssl.SSLError) and self.pool.dial is not None:
+            error = UpstreamTlsError(self.pool.dial.failed(exc))
         for leg in waiting:
-            leg.on_upstream_lost(UpstreamReset("upstream closed a pipelined connection"))
+            leg.on_upstream_lost(error)
 
     # -- httptools callbacks ----------------------------------------------------------------
     def on_status(self, status: bytes) -> None:
@@ -128,6 +140,9 @@ class PipelinedConnection(asyncio.Protocol):
         if 100 <= self.parser.get_status_code() < 200:
             return
         leg = self.waiting.popleft()
+        if self.fresh:
+            self.fresh = False
+            self.pool.keep_session(self)
         now = self.pool.now()
         self.pool.served(now - max(leg.sent_at, self.last_done))
         self.last_done = now
@@ -152,8 +167,10 @@ class PipelinedConnection(asyncio.Protocol):
 class PipelinePool:
     """Connections to one upstream for pipelined mirrors (at most `max_connections`)."""
 
-    def __init__(self, spec: UpstreamSpec, max_connections: int, depth: int = DEPTH) -> None:
+    def __init__(self, spec: UpstreamSpec, max_connections: int, depth: int = DEPTH,
+                 tls: TlsStore | None = None) -> None:
         self.spec = spec
+        self.dial = TlsDial(spec, tls or TlsStore()) if spec.tls is not None else None
         self.name = spec.name
         self.max_connections = min(max_connections, spec.max_connections)
         self.max_depth = depth
@@ -218,10 +235,10 @@ class PipelinePool:
         # A batch goes only to an idle connection, never behind requests already out there: a
         # server that dropped part of a pipeline would otherwise answer later requests in their
         # place, and answers would be compared with the wrong requests.
-        for conn in self.conns:
+        for conn in list(self.conns):
             if i >= n:
                 return
-            if not conn.closed and not conn.waiting:
+            if not conn.closed and not conn.waiting and not self._retired(conn):
                 conn.send(batches[i], now)
                 i += 1
         while i < n and len(self.conns) < self.max_connections:
@@ -235,21 +252,43 @@ class PipelinePool:
         for batch in batches[i:]:  # every connection busy: wait for answers (they call wake)
             self.queue += batch
 
+    def _retired(self, conn: PipelinedConnection) -> bool:
+        """TLS credentials rotated since `conn` was made: it carries no new batch."""
+        creds = self.dial.creds if self.dial is not None else None
+        if creds is None or conn.tls_gen == creds.generation:
+            return False
+        conn.abort()
+        return True
+
+    def keep_session(self, conn: PipelinedConnection) -> None:
+        creds = self.dial.creds if self.dial is not None else None
+        if creds is not None and conn.transport is not None:
+            creds.keep_session(conn.transport)
+
     async def _connect(self, conn: PipelinedConnection) -> None:
         loop = asyncio.get_running_loop()
+        dial = self.dial
         try:
             await asyncio.wait_for(
-                loop.create_connection(lambda: conn, self.spec.host, self.spec.port),
+                loop.create_connection(lambda: conn, self.spec.host, self.spec.port,
+                                       **dial_kwargs(dial, self.spec.connect_timeout)),
                 self.spec.connect_timeout,
             )
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, UpstreamTlsError) as exc:
             self.forget(conn)
             conn.closed = True
             waiting, conn.waiting = conn.waiting, deque()
-            error = UpstreamConnectError(f"connect to {self.name} failed: "
-                                         f"{getattr(exc, 'strerror', None) or exc or 'timeout'}")
+            error = exc if isinstance(exc, UpstreamTlsError) else (
+                dial_error(dial, exc) if isinstance(exc, OSError) else None) or \
+                UpstreamConnectError(f"connect to {self.name} failed: "
+                                     f"{getattr(exc, 'strerror', None) or exc or 'timeout'}")
             for leg in waiting:
                 leg.on_upstream_lost(error)
+            return
+        if dial is not None:
+            conn.tls_gen = dial.creds.generation if dial.creds is not None else 0
+            conn.fresh = True
+            dial.store.failures.ok(self.name)
 
     def broken(self, conn: PipelinedConnection) -> None:
         """A pipelined request timed out: drop the connection (the requests behind it are

@@ -61,12 +61,14 @@ class Delta:
     overrides: dict[tuple[str, str, int], int] = field(default_factory=dict)
     # override headers not honoured: (route, reason) -> count
     override_ignored: dict[tuple[str, str], int] = field(default_factory=dict)
+    # spans of sampled requests: (result,) -> count; exported | export_failed | queue_full
+    traces: dict[tuple[str], int] = field(default_factory=dict)
 
     def empty(self) -> bool:
         return not (
             self.requests or self.latency or self.upstream_errors or self.shadow or self.skipped
             or self.overrides or self.override_ignored or self.shadow_errors or self.paired
-            or self.fallbacks
+            or self.fallbacks or self.traces
         )
 
     def to_wire(self) -> dict:
@@ -81,6 +83,7 @@ class Delta:
             "fallbacks": [[*k, v] for k, v in self.fallbacks.items()],
             "overrides": [[*k, v] for k, v in self.overrides.items()],
             "override_ignored": [[*k, v] for k, v in self.override_ignored.items()],
+            "traces": [[*k, v] for k, v in self.traces.items()],
         }
 
     @classmethod
@@ -98,6 +101,7 @@ class Delta:
         d.fallbacks = {(r, s, x): n for r, s, x, n in data.get("fallbacks", ())}
         d.overrides = {(r, b, c): n for r, b, c, n in data.get("overrides", ())}
         d.override_ignored = {(r, x): n for r, x, n in data.get("override_ignored", ())}
+        d.traces = {(r,): n for r, n in data.get("traces", ())}
         return d
 
 
@@ -169,6 +173,11 @@ class Recorder:
 
     def override_ignored(self, route: str, reason: str) -> None:
         _bump(self.delta.override_ignored, (route, reason))
+
+    def trace_spans(self, result: str, n: int) -> None:
+        """Spans exported, or dropped (export_failed, queue_full): proxy.dataplane.otlp."""
+        traces = self.delta.traces
+        traces[(result,)] = traces.get((result,), 0) + n
 
     def take(self) -> Delta:
         delta, self.delta = self.delta, Delta()

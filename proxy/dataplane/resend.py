@@ -10,8 +10,10 @@ route that opted in (`retry_with_idempotency_key: true`). A request of which no 
 its method. Besides, the whole request must still be in hand (no body, or a body kept for a
 replay) and nothing of the answer may have reached the client.
 
-`Failure` names why a request is being reconsidered; the fallback's `on:` lists (which failures
-fall back) extend `may_resend` here.
+`Failure` names why a request is being reconsidered. Which failures fall back at all is the
+route's choice (`fallback_to_legacy: {on: [connect, timeout, reset, tls, 502, 503, 504]}`;
+`true` is every one of them): `why`, the failure's kind or the target's status, must be in it.
+The rules above hold whatever the list says.
 """
 
 from __future__ import annotations
@@ -39,16 +41,17 @@ def repeatable(route: CompiledRoute | None, method: bytes, hdict: dict[bytes, by
             and IDEMPOTENCY_KEY in hdict)
 
 
-def may_resend(ex: Any, failure: Failure) -> bool:
+def may_resend(ex: Any, failure: Failure, why: str | int = "connect") -> bool:
     """May the exchange `ex` (proxy.dataplane.exchange.Exchange) be sent again after `failure`:
-    on a fresh connection to the same upstream for `stale`, to legacy for every other failure."""
+    on a fresh connection to the same upstream for `stale`, to legacy for every other failure.
+    `why`: the failure's kind (connect, timeout, reset, tls) or the target's 5xx status."""
     if ex.done or (ex.response_started and not ex.discarding):
         return False
     if failure == "stale":
         return (not ex.stale_retried and not ex.discarding and ex.resendable
                 and _whole_request_in_hand(ex))
     route = ex.route
-    if (ex.backend != "target" or ex.retried or route is None or not route.fallback
+    if (ex.backend != "target" or ex.retried or route is None or why not in route.fallback_on
             or ex.override is not None):  # a pinned request wants the target's own answer
         return False
     if failure == "unsent" and ex.pending is not None:

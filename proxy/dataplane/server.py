@@ -22,12 +22,13 @@ from typing import Any
 import httptools
 import structlog
 
-from proxy.config.spec import Config, LimitsSpec
+from proxy.config.spec import Config, LimitsSpec, TracingSpec
 from proxy.dataplane.exchange import (
     CONTINUE,
     DEFAULT_ROUTE,
     REASONS,
     REQ_SPECIAL,
+    XFP_HTTP,
     Exchange,
     Reject,
     ShadowHook,
@@ -39,9 +40,13 @@ from proxy.dataplane.overrides import OverridePolicy
 from proxy.dataplane.recorder import Recorder
 from proxy.dataplane.table import RouteTable
 from proxy.dataplane.tasks import cancel_tasks
+from proxy.dataplane.tls import ServerCredentials, TlsStore
+from proxy.dataplane.tracing import Tracer
 from proxy.dataplane.upstream import UpstreamPool
 
 GC_GEN0_THRESHOLD = 20_000
+TLS_CHECK_EVERY = 10  # sweeps (1 s) between looks at the certificate files
+_XFP_HTTPS = (b"x-forwarded-proto", b"https")
 
 _log = structlog.get_logger("strangler.dataplane")
 
@@ -81,6 +86,11 @@ class DataPlane:
         self.inventory: EndpointCounter | None = self.endpoints
         self._sweeper: asyncio.Task | None = None
         self.now = time.monotonic
+        self.tls = TlsStore()  # client contexts of the upstream pools (the mirror's too)
+        self.listener_tls: ServerCredentials | None = None
+        self.xfp = XFP_HTTP  # X-Forwarded-Proto; https on a TLS listener
+        self.tracer: Tracer | None = None  # `tracing:`; None: no span work at all
+        self._exporter: Any = None  # proxy.dataplane.otlp.OtlpExporter of `tracer`
 
     # -- configuration -------------------------------------------------------------------
     def install(self, table: RouteTable) -> None:
@@ -90,10 +100,22 @@ class DataPlane:
         pools: dict[str, UpstreamPool] = {}
         for name, spec in config.upstreams.items():
             pool = old.get(name)
-            pools[name] = pool if pool is not None and pool.spec == spec else UpstreamPool(spec)
+            pools[name] = pool if pool is not None and pool.spec == spec else UpstreamPool(
+                spec, self.tls)
         for name, pool in old.items():
             if pools.get(name) is not pool:
                 pool.close()
+        self.tls.keep_only({(n, s.tls) for n, s in config.upstreams.items() if s.tls})
+        self.tls.refresh()  # a reload re-reads the certificate files
+        if self.listener_tls is not None and config.tls is not None:
+            try:
+                self.listener_tls.update(config.tls)
+            except Exception as exc:  # validated; only a race with a rotation gets here
+                _log.error("tls files cannot be loaded; the listener keeps its certificate",
+                           error=str(exc))
+        elif self.servers and (config.tls is None) != (self.listener_tls is None):
+            _log.warning("tls on the proxy listener was turned on or off: that takes a restart",
+                         listen=str(config.listen))
         self.pools = pools
         self.default_pool = pools[config.default_upstream]
         self.limits = config.limits
@@ -107,15 +129,43 @@ class DataPlane:
         self.req_special = REQ_SPECIAL | policy.strip
         self.endpoints.configure(config.inventory)
         self.inventory = self.endpoints if config.inventory.enabled else None
+        self._install_tracing(config.tracing)
         self.config = config
         self.table = table  # one assignment: the new generation is live
+
+    def _install_tracing(self, spec: TracingSpec | None) -> None:
+        """A tracer (and its exporter) for `spec`; kept when a reload left it unchanged."""
+        old = self.tracer
+        if old is not None and old.spec == spec:
+            return
+        exporter, self._exporter = self._exporter, None
+        self.tracer = None
+        if exporter is not None:
+            self.spawn(exporter.stop())  # what the old one holds is still sent
+        if spec is None:
+            return
+        from proxy.dataplane.otlp import OtlpExporter
+
+        self._exporter = OtlpExporter(spec, self.recorder.trace_spans)
+        self._exporter.start()
+        self.tracer = Tracer(spec, self._exporter.add, rand=self.rand)
+        _log.info("tracing on", endpoint=spec.otlp_endpoint, sample_ratio=spec.sample_ratio)
 
     # -- lifetime ------------------------------------------------------------------------
     async def listen(self, host: str, port: int, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
+        config = self.config
+        tls: dict[str, Any] = {}
+        if config is not None and config.tls is not None:
+            if self.listener_tls is None:
+                self.listener_tls = ServerCredentials(config.tls, "listener")
+            self.xfp = _XFP_HTTPS
+            # A client that never finishes its handshake gets the time a head gets.
+            tls = {"ssl": self.listener_tls.listener,
+                   "ssl_handshake_timeout": self.limits.header_timeout}
         server = await loop.create_server(
-            lambda: ClientConnection(self), host, port, reuse_port=reuse_port, backlog=2048
-        )
+            lambda: ClientConnection(self), host, port, reuse_port=reuse_port, backlog=2048,
+            **tls)
         self.servers.append(server)
         if not self.servers[1:]:
             # Startup objects (config, tables, modules) move out of the collector's sight, and
@@ -135,12 +185,27 @@ class DataPlane:
         task.add_done_callback(self.tasks.discard)
 
     async def _sweep(self) -> None:
-        """One timer for every connection: header, body-idle, keep-alive and upstream timeouts."""
+        """One timer for every connection: header, body-idle, keep-alive and upstream timeouts;
+        and, once a second, whether certificate files changed (rotation without a restart)."""
+        ticks = 0
         while True:
             await asyncio.sleep(0.1)
             now = self.now()
             for conn in list(self.connections):
                 conn.check_deadlines(now)
+            ticks += 1
+            if ticks >= TLS_CHECK_EVERY:
+                ticks = 0
+                self.refresh_tls()
+
+    def refresh_tls(self) -> None:
+        """Certificate files changed on disk: new connections use them (never raises)."""
+        try:
+            self.tls.refresh()
+            if self.listener_tls is not None:
+                self.listener_tls.refresh()
+        except Exception:
+            _log.exception("checking the TLS files failed")
 
     async def drain(self, timeout: float) -> int:
         """Stop accepting, finish in-flight exchanges up to `timeout`; returns how many were cut."""
@@ -157,6 +222,8 @@ class DataPlane:
             if conn.transport is not None:
                 conn.transport.abort()
         await cancel_tasks(self._sweeper, self.tasks)
+        if self._exporter is not None:
+            await self._exporter.stop()  # queued spans get 2 s
         for pool in self.pools.values():
             pool.close()
         return cut

@@ -46,6 +46,7 @@ class CompiledRoute:
     target: str = ""
     websocket: bool = False
     fallback: bool = False
+    fallback_on: frozenset = frozenset()  # failures that fall back (proxy.dataplane.resend)
     override: bytes | None = None  # the pin header (lower-case) when `override` is on
     extra: dict = field(default_factory=dict)  # per-route compiled helpers (comparator, ...)
 
@@ -161,7 +162,8 @@ def _compile(order: int, spec: RouteSpec, state: RouteState) -> CompiledRoute:
         name=spec.name,
         spec=spec,
         state=state,
-        methods=frozenset(x.encode() for x in m.methods) if m.methods else None,
+        methods=frozenset(x.encode() for x in matched) if (matched := m.matched_methods())
+        else None,
         headers=tuple((k.lower().encode(), v.encode()) for k, v in m.headers),
         regex=re.compile(m.path_regex.encode()) if m.path_regex else None,
         sticky_header=sticky.header.lower().encode() if sticky and sticky.header else None,
@@ -172,8 +174,21 @@ def _compile(order: int, spec: RouteSpec, state: RouteState) -> CompiledRoute:
         target=spec.target,
         websocket=spec.websocket,
         fallback=spec.fallback_to_legacy,
+        fallback_on=fallback_set(spec),
         override=spec.override.header.encode() if spec.override is not None else None,
     )
+
+
+FALLBACK_ALL: frozenset[str | int] = frozenset(
+    ("connect", "timeout", "reset", "tls", *range(500, 600)))
+
+
+def fallback_set(spec: RouteSpec) -> frozenset[str | int]:
+    """The failures on target that send a request to legacy (proxy.dataplane.resend): the
+    kinds connect, timeout, reset, tls and 5xx statuses; `fallback_to_legacy: true` is all."""
+    if not spec.fallback_to_legacy:
+        return frozenset()
+    return FALLBACK_ALL if spec.fallback_on is None else frozenset(spec.fallback_on)
 
 
 def cookie_value(cookie_header: bytes, name: bytes) -> bytes | None:

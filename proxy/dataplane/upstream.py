@@ -3,12 +3,17 @@
 An `UpstreamConnection` carries one exchange at a time (no pipelining towards upstreams) and
 reports the response to its current `sink` (the data plane's exchange) through plain method
 calls: `on_upstream_head`, `on_upstream_body`, `on_upstream_done`, `on_upstream_lost`.
+
+An https upstream's connections are TLS (`proxy.dataplane.tls`): the handshake is part of the
+connect and bounded by `connect_timeout`; a pooled connection made with credentials that have
+since been rotated is not used again once its exchange ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections import deque
 from typing import Any, Protocol
 
@@ -16,6 +21,7 @@ import httptools
 
 from proxy.config.spec import UpstreamSpec
 from proxy.dataplane.headers import HEADER_INJECTION, connection_tokens
+from proxy.dataplane.tls import ClientCredentials, TlsStore
 
 _FRAMING = frozenset({b"transfer-encoding", b"content-length", b"connection"})
 
@@ -58,6 +64,13 @@ class UpstreamBadResponse(UpstreamError):
     kind = "reset"
 
 
+class UpstreamTlsError(UpstreamError):
+    """The TLS handshake failed, or the upstream ended TLS with an alert (a TLS 1.3 server
+    refuses a client certificate after the client's handshake is done)."""
+
+    kind = "tls"
+
+
 class _HeadDone(Exception):
     """Raised from the parser callback to end a HEAD response at its head."""
 
@@ -87,12 +100,14 @@ class UpstreamConnection(asyncio.Protocol):
         "_in_body",
         "_length",
         "_reason",
+        "fresh",
         "got_bytes",
         "head_only",
         "parser",
         "pool",
         "reused",
         "sink",
+        "tls_gen",
         "transport",
         "tunnel",
     )
@@ -113,6 +128,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_bytes = 0  # bytes read while the response head is unfinished
         self._head_keep_alive = False
         self.tunnel: Any = None  # the exchange after a 101: bytes pass through unparsed
+        self.tls_gen = 0  # the generation of the TLS credentials it was made with
+        self.fresh = False  # TLS: its session is not yet offered to the next connections
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -188,6 +205,8 @@ class UpstreamConnection(asyncio.Protocol):
             # A close-delimited body ends with the connection: that is a complete response.
             if self._awaiting_close_delimited():
                 sink.on_upstream_done(False)
+            elif isinstance(exc, ssl.SSLError):
+                sink.on_upstream_lost(UpstreamTlsError(self.pool.tls_failed(exc)))
             else:
                 sink.on_upstream_lost(UpstreamReset("upstream closed the connection"))
 
@@ -285,18 +304,76 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport.write(head)  # type: ignore[union-attr]
 
 
+def host_header_value(spec: UpstreamSpec) -> bytes | None:
+    """The Host sent to `spec`'s upstream instead of the client's (None: the client's)."""
+    if spec.host_header == "client":
+        return None
+    if spec.host_header != "upstream":
+        return spec.host_header.encode()
+    host = f"[{spec.host}]" if ":" in spec.host else spec.host
+    default = 443 if spec.scheme == "https" else 80
+    return (host if spec.port == default else f"{host}:{spec.port}").encode()
+
+
+class TlsDial:
+    """How a pool opens TLS connections: the credentials (None until they load), SNI, and the
+    store that logs failures."""
+
+    __slots__ = ("creds", "name", "server_hostname", "spec", "store")
+
+    def __init__(self, spec: UpstreamSpec, store: TlsStore) -> None:
+        assert spec.tls is not None
+        self.spec = spec
+        self.name = spec.name
+        self.store = store
+        self.server_hostname = spec.tls.server_name or spec.host
+        self.creds: ClientCredentials | None = store.client(spec.name, spec.tls)
+
+    def context(self) -> ssl.SSLContext:
+        """The current context (UpstreamTlsError when the files could not be loaded)."""
+        creds = self.creds
+        if creds is None:
+            creds = self.creds = self.store.client(self.name, self.spec.tls)  # type: ignore
+            if creds is None:
+                raise UpstreamTlsError(f"the TLS files of {self.name} cannot be loaded (see the "
+                                       "log)")
+        return creds.ctx
+
+    def failed(self, exc: BaseException) -> str:
+        return f"TLS to {self.name}: {self.store.failures.failed(self.name, exc)}"
+
+
+def dial_kwargs(dial: TlsDial | None, timeout: float) -> dict[str, Any]:
+    """create_connection's TLS arguments (none for plain http)."""
+    if dial is None:
+        return {}
+    return {"ssl": dial.context(), "server_hostname": dial.server_hostname,
+            "ssl_handshake_timeout": timeout}
+
+
+def dial_error(dial: TlsDial | None, exc: OSError) -> UpstreamError | None:
+    """A connect that failed in the TLS handshake, as the error to report (None: not TLS)."""
+    if dial is None:
+        return None
+    if isinstance(exc, ssl.SSLError | ConnectionResetError):
+        return UpstreamTlsError(dial.failed(exc))
+    return None
+
+
 class UpstreamPool:
     """Pooled keep-alive connections to one upstream, capped at `max_connections`."""
 
-    def __init__(self, spec: UpstreamSpec) -> None:
+    def __init__(self, spec: UpstreamSpec, tls: TlsStore | None = None) -> None:
         self.spec = spec
         self.name = spec.name
         self.base_path = spec.base_path.encode()  # prefixed to every forwarded path
+        self.host_header = host_header_value(spec)
         self.idle: list[UpstreamConnection] = []
         self.total = 0
         self.waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
         self.closed = False
         self.live: set[UpstreamConnection] = set()
+        self.dial = TlsDial(spec, tls or TlsStore()) if spec.tls is not None else None
 
     def acquire_nowait(self) -> UpstreamConnection | None:
         idle = self.idle
@@ -304,9 +381,23 @@ class UpstreamPool:
             conn = idle.pop()
             t = conn.transport
             if t is not None and not t.is_closing():
+                if self.dial is not None and self._retired(conn):
+                    continue
                 conn.reused = True
                 return conn
         return None
+
+    def _retired(self, conn: UpstreamConnection) -> bool:
+        """Made with credentials that were rotated since: closed instead of reused."""
+        creds = self.dial.creds  # type: ignore[union-attr]
+        if creds is None or conn.tls_gen == creds.generation:
+            return False
+        conn.sink = None
+        conn.transport.close()  # type: ignore[union-attr]
+        return True
+
+    def tls_failed(self, exc: BaseException) -> str:
+        return self.dial.failed(exc) if self.dial is not None else str(exc)
 
     async def acquire(self) -> UpstreamConnection:
         conn = self.acquire_nowait()
@@ -329,10 +420,12 @@ class UpstreamPool:
                 got.reused = True
                 return got
         self.total += 1
+        dial = self.dial
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: UpstreamConnection(self), self.spec.host, self.spec.port
+                    lambda: UpstreamConnection(self), self.spec.host, self.spec.port,
+                    **dial_kwargs(dial, self.spec.connect_timeout),
                 ),
                 self.spec.connect_timeout,
             )
@@ -341,13 +434,23 @@ class UpstreamPool:
             self._wake()
             raise UpstreamConnectError(
                 f"connect to {self.spec.name} timed out after {self.spec.connect_timeout:g}s"
+                + (" (TCP and TLS handshake)" if dial is not None else "")
             ) from None
         except OSError as exc:
             self.total -= 1
             self._wake()
-            raise UpstreamConnectError(
+            raise dial_error(dial, exc) or UpstreamConnectError(
                 f"connect to {self.spec.name} failed: {exc.strerror or exc}"
             ) from None
+        except UpstreamTlsError:
+            self.total -= 1
+            self._wake()
+            raise
+        if dial is not None:
+            creds = dial.creds
+            conn.tls_gen = creds.generation if creds is not None else 0
+            conn.fresh = True
+            dial.store.failures.ok(self.name)
         self.live.add(conn)
         return conn
 
@@ -356,6 +459,13 @@ class UpstreamPool:
         if self.closed or t is None or t.is_closing():
             self.discard(conn)
             return
+        if self.dial is not None:
+            if conn.fresh:
+                conn.fresh = False
+                if self.dial.creds is not None:
+                    self.dial.creds.keep_session(t)
+            if self._retired(conn):
+                return
         while self.waiters:
             fut = self.waiters.popleft()
             if not fut.done():

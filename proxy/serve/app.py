@@ -19,13 +19,15 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from proxy.config import logsetup
+from proxy.config.crosscheck import unused_upstreams
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.spec import Config
 from proxy.control.planes import LocalPlane, WorkerLink, apply_updates, build_table
@@ -33,13 +35,16 @@ from proxy.control.runtime import Runtime
 from proxy.dataplane.access_log import AccessLog
 from proxy.dataplane.recorder import Recorder
 from proxy.dataplane.server import DataPlane
+from proxy.dataplane.tls import ServerCredentials
 from proxy.serve import extensions  # shadow, flags, gate controller: optional pieces
 from proxy.serve.errors import ServeError
 
 log = structlog.get_logger("strangler.app")
 
+T = TypeVar("T")
 FLUSH_INTERVAL = 0.2
 WATCH_INTERVAL = 1.0
+TLS_WATCH_INTERVAL = 1.0
 
 
 @dataclass
@@ -75,16 +80,33 @@ def admin_token_problem(config: Config) -> str | None:
     return None
 
 
-def install_uvloop() -> None:
+def warn_config(config: Config) -> None:
+    """What `strangler validate` prints as warnings, in serve's log (once, at start)."""
+    for upstream in unused_upstreams(config):
+        log.warning("config.unused_upstream", upstream=upstream.name, line=upstream.line,
+                    detail="no route nor default_upstream uses it")
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's `new_event_loop` when uvloop is installed (not on Windows), else None (asyncio's
+    default loop)."""
     try:
         import uvloop
     except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        return None
+    return uvloop.new_event_loop
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)` on a uvloop loop: `asyncio.Runner(loop_factory=...)`, the way
+    asyncio and uvloop document. (Not uvloop's install or its policy class: event-loop
+    policies are deprecated since Python 3.12 and go away in 3.16.)"""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(main)
 
 
 def run(opts: ServeOptions) -> int:
-    logsetup.configure(opts.log_format, opts.log_level)
+    logsetup.configure(opts.log_format, opts.log_level, process="main")
     try:
         text = Path(opts.config_path).read_text()
     except OSError as exc:
@@ -93,14 +115,14 @@ def run(opts: ServeOptions) -> int:
     problem = admin_token_problem(config)
     if problem:
         raise ServeError(problem)
+    warn_config(config)
     from proxy.control.recovery import RefuseToStart, check_audit_log
 
     try:
         check_audit_log(config.state_dir)
     except RefuseToStart as exc:
         raise ServeError(str(exc)) from exc
-    install_uvloop()
-    return asyncio.run(_serve(opts, config, text))
+    return run_loop(_serve(opts, config, text))
 
 
 class Server:
@@ -121,10 +143,26 @@ class Server:
             if opts.access_log else None
         )
         self.admin_runner: Any = None
+        self.admin_tls: ServerCredentials | None = None  # admin.tls, re-read when files change
         self.shadow: Any = None
         self.diff_store: Any = None
         self.extras: list[Any] = []  # things with async start()/stop() (controller, flags)
         self.rollups: Any = None  # proxy.control.rollups.Rollups (the traffic inventory)
+
+    def processes(self) -> list[tuple[str, int]]:
+        """(name, pid) of every process of this serve, named as in their log lines' `process`
+        field: `main`, `worker-N`, and `<owner>/comparer` for each data plane's comparer. The
+        `process_*` metrics are labelled with these names."""
+        from proxy.api.metrics import comparer_children
+
+        main = os.getpid()
+        workers = [(f"worker-{link.index}", link.process.pid) for link in self.workers
+                   if link.process.pid is not None and link.process.is_alive()]
+        planes = workers if self.workers else [("main", main)]  # who runs a data plane
+        out = [("main", main), *workers]
+        for owner, pid in planes:
+            out += [(f"{owner}/comparer", child) for child in comparer_children(pid)]
+        return out
 
     @property
     def degraded(self) -> dict | None:
@@ -142,6 +180,7 @@ class Server:
             self.plane = DataPlane(self.recorder, self.access)
             if self.shadow is not None:
                 self.plane.shadow = self.shadow
+                self.shadow.tls = self.plane.tls  # one set of TLS contexts and sessions
             local = LocalPlane(self.plane, prepare=self.shadow.prepare if self.shadow else None)
             local.install_now(config, rt.generation, rt.weights_bp())
             rt.planes.append(local)
@@ -173,9 +212,37 @@ class Server:
         app = build_admin_app(self)
         self.admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.admin_runner.setup()
-        listen = self.runtime.config.admin.listen
-        site = web.TCPSite(self.admin_runner, listen.host, listen.port, reuse_address=True)
+        admin = self.runtime.config.admin
+        listen = admin.listen
+        ssl_context = None
+        if admin.tls is not None:
+            self.admin_tls = ServerCredentials(admin.tls, "admin listener")
+            ssl_context = self.admin_tls.listener
+            self.runtime.on_reload.append(self._admin_tls_reloaded)
+            self.tasks.append(asyncio.create_task(self._watch_admin_tls()))
+        site = web.TCPSite(self.admin_runner, listen.host, listen.port, reuse_address=True,
+                           ssl_context=ssl_context)
         await site.start()
+
+    def _admin_tls_reloaded(self, config: Config) -> None:
+        if self.admin_tls is None or config.admin.tls is None:
+            if (self.admin_tls is None) != (config.admin.tls is None):
+                log.warning("admin.tls was turned on or off: that takes a restart")
+            return
+        try:
+            self.admin_tls.update(config.admin.tls)
+        except Exception as exc:  # validated by the reload; only a race with a rotation
+            log.error("admin.tls files cannot be loaded; the previous certificate stays",
+                      error=str(exc))
+
+    async def _watch_admin_tls(self) -> None:
+        """The admin certificate follows its files (rotation without a restart)."""
+        while self.admin_tls is not None:
+            await asyncio.sleep(TLS_WATCH_INTERVAL)
+            try:
+                self.admin_tls.refresh()
+            except Exception:
+                log.exception("checking admin.tls files failed")
 
     async def _flush_loop(self) -> None:
         while True:
@@ -297,10 +364,9 @@ async def _serve(opts: ServeOptions, config: Config, text: str) -> int:
 def worker_main(index: int, opts: ServeOptions, text: str, generation: int,
                 weights: dict, sock: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop
-    logsetup.configure(opts.log_format, opts.log_level)
-    install_uvloop()
+    logsetup.configure(opts.log_format, opts.log_level, process=f"worker-{index}")
     try:
-        asyncio.run(_worker(index, opts, text, generation, weights, sock))
+        run_loop(_worker(index, opts, text, generation, weights, sock))
     except KeyboardInterrupt:
         pass
     sys.exit(0)
@@ -320,6 +386,7 @@ async def _worker(index: int, opts: ServeOptions, text: str, generation: int, we
                                             opts.log_level)
     if shadow is not None:
         plane.shadow = shadow
+        shadow.tls = plane.tls  # one set of TLS contexts and sessions
     states: dict = {}
 
     def install(cfg: Config, gen: int, w: dict) -> None:

@@ -25,6 +25,15 @@ async def before_planes(server: Any) -> None:
     server.diff_store_recovered = quarantine_if_corrupt(config.state_dir / "diffs.sqlite3")
     await start_notifier(server)
     start_inventory(server)
+    # Before anything listens: an unset credential variable stops the start (exit 2).
+    _sync_prometheus(server, config, starting=True)
+    if config.tracing is not None:
+        import os
+
+        unset = [var for _, var in config.tracing.headers if not os.environ.get(var)]
+        if unset:
+            raise ServeError("tracing: environment variable(s) not set: " + ", ".join(unset))
+    server.runtime.on_reload.append(lambda cfg: _sync_prometheus(server, cfg))
     if config.flags.backend == "unleash":
         await start_flags(server)
     if server.opts.workers <= 1:
@@ -91,26 +100,33 @@ async def after_planes(server: Any) -> None:
     """Runs once the data planes accept traffic (in the control process)."""
     from proxy.control.controller import Controller
 
-    _sync_prometheus(server, server.runtime.config)
-    server.runtime.on_reload.append(lambda cfg: _sync_prometheus(server, cfg))
-
     controller = Controller(server.runtime)
     await controller.start()
     server.extras.append(controller)
 
 
-def _sync_prometheus(server: Any, config: Config) -> None:
-    """The gate's Prometheus source follows `gate.url` across reloads."""
-    from shadow.promql import PrometheusSource
+def _sync_prometheus(server: Any, config: Config, starting: bool = False) -> None:
+    """The gate's Prometheus source follows `gate` (url, credentials, TLS) across reloads. A
+    credential variable that is not set stops the start (exit 2); on a reload it is logged and
+    the previous source stays."""
+    from shadow.promql import CredentialsMissing, PrometheusSource
 
     rt = server.runtime
-    url = config.gate.url
-    if rt.prometheus is not None and (url is None or rt.prometheus.url != url.rstrip("/")):
-        old = rt.prometheus
-        rt.prometheus = None
-        server.extras.append(_Closer(old))
-    if url and rt.prometheus is None:
-        rt.prometheus = PrometheusSource(url)
+    gate = config.gate
+    if rt.prometheus is not None and rt.prometheus.spec == gate:
+        return
+    new = None
+    if gate.url:
+        try:
+            new = PrometheusSource.from_spec(gate)
+        except CredentialsMissing as exc:
+            if starting:
+                raise ServeError(str(exc)) from None
+            log.error("reload: the gate keeps its previous Prometheus settings", error=str(exc))
+            return
+    if rt.prometheus is not None:
+        server.extras.append(_Closer(rt.prometheus))
+    rt.prometheus = new
 
 
 class _Closer:

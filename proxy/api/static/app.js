@@ -13,6 +13,7 @@ const RING_MS = 10 * 60 * 1000; // client-side samples kept per route
 const S = {
   token: sessionStorage.getItem(TOKEN_KEY),
   actor: sessionStorage.getItem(ACTOR_KEY) || "",
+  role: null,           // GET /admin/whoami: "admin", "read" or "open" (no token configured)
   ring: new Map(),      // route -> [{t, lr, le, tr, te, cmp, mis}] polled totals (overview rates)
   series: new Map(),    // route -> [points] from /series (route page charts)
   timer: null,
@@ -160,8 +161,8 @@ async function navigate() {
   S.gen += 1;
   stopPolling();
   closeModal();
-  if (S.token === null) return showLogin();
-  $("logout").hidden = false;
+  if (S.role === null && !(await learnRole())) return;
+  $("logout").hidden = S.role === "open";
   const v = currentView();
   if (v.kind === "route") {
     S.sel = { path: null, sample: 0, hit: null };
@@ -176,10 +177,39 @@ async function navigate() {
   }
 }
 
+/* ---------- who is signed in ---------- */
+/* The caller's role, from GET /admin/whoami with the stored token (or none): a proxy with no
+ * token configured answers "open" and the sign-in form is never shown. False: sign in first. */
+async function learnRole() {
+  try {
+    S.role = (await api("GET", "/admin/whoami")).role;
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) {  // a token is needed (or ours expired)
+      const had = Boolean(S.token);
+      sessionStorage.removeItem(TOKEN_KEY);
+      S.token = null;
+      showLogin(had ? e.message : undefined);
+      return false;
+    }
+    setLive(false, e.message);
+    return false;
+  }
+  if (S.role === "open") S.token = "";
+  return true;
+}
+function canWrite() { return S.role !== "read"; }
+/* Attributes of a button that changes something: greyed out, with the reason, for a read token. */
+function writeAttrs(attrs) {
+  if (canWrite()) return attrs;
+  return { ...attrs, disabled: true, class: (attrs.class || "btn") + " readonly",
+    title: "read-only token: changes need the admin token (STRANGLER_ADMIN_TOKEN)" };
+}
+
 function handleError(e) {
   if (e instanceof ApiError && e.status === 401) {
     sessionStorage.removeItem(TOKEN_KEY);
     S.token = null;
+    S.role = null;
     showLogin(e.message);
     return true;
   }
@@ -203,9 +233,10 @@ function showLogin(message) {
     S.token = token.value.trim();
     S.actor = actor.value.trim();
     try {
-      await api("GET", "/admin/routes");
+      S.role = (await api("GET", "/admin/whoami")).role;
     } catch (e) {
       S.token = null;
+      S.role = null;
       err.hidden = false;
       err.textContent = e.status === 401 ? "That token was refused: " + e.message : e.message;
       return;
@@ -342,7 +373,7 @@ function approvalBanner(r) {
   if (!r.approval) return null;
   return h("div", { class: "banner approval", id: "approval-banner" },
     h("span", {}, "Awaiting approval: ", approvalText(r.approval), "."),
-    h("button", { class: "btn small", id: "btn-approve", onclick: () => approveModal(r) }, "Approve"));
+    h("button", writeAttrs({ class: "btn small", id: "btn-approve", onclick: () => approveModal(r) }), "Approve"));
 }
 
 function decisionPill(ld) {
@@ -378,8 +409,8 @@ function renderOverview(data) {
   const head = h("div", { class: "panel-head" }, h("h2", {}, "Routes"),
     h("span", { class: "sub" }, "generation " + data.generation + (data.durable ? "" : " · NOT DURABLE")),
     h("div", { class: "spacer" }),
-    h("button", { class: "btn danger small", id: "rollback-all",
-      onclick: () => rollbackModal(null) }, "Roll back all"));
+    h("button", writeAttrs({ class: "btn danger small", id: "rollback-all",
+      onclick: () => rollbackModal(null) }), "Roll back all"));
   const rows = routes.map((r) => {
     const rc = recent(r.name);
     const st = r.stats.step;
@@ -620,14 +651,17 @@ function renderRoute(r) {
         h("span", {}, "file weight ", h("b", {}, fmtW(r.file_weight))),
         r.promotion.auto ? h("span", { class: "tag" }, "auto-promotion") : null)),
     h("div", { class: "actions" },
-      h("button", { class: "btn", id: "btn-weight", disabled: rolled, title: rolled ? "resume first" : null,
-        onclick: () => weightModal(r) }, "Set weight"),
-      h("button", { class: "btn", id: "btn-promote", disabled: rolled, onclick: () => promoteModal(r) }, "Promote"),
-      h("button", { class: "btn", id: "btn-reset-evidence", disabled: rolled,
+      h("button", writeAttrs({ class: "btn", id: "btn-weight", disabled: rolled,
+        title: rolled ? "resume first" : null, onclick: () => weightModal(r) }), "Set weight"),
+      h("button", writeAttrs({ class: "btn", id: "btn-promote", disabled: rolled,
+        onclick: () => promoteModal(r) }), "Promote"),
+      h("button", writeAttrs({ class: "btn", id: "btn-reset-evidence", disabled: rolled,
         title: rolled ? "resume first (a resume starts new evidence)" : "judge the route afresh from now on",
-        onclick: () => resetEvidenceModal(r) }, "Reset evidence"),
-      rolled ? h("button", { class: "btn primary", id: "btn-resume", onclick: () => resumeModal(r) }, "Resume")
-        : h("button", { class: "btn danger", id: "btn-rollback", onclick: () => rollbackModal(r) }, "Roll back")));
+        onclick: () => resetEvidenceModal(r) }), "Reset evidence"),
+      rolled ? h("button", writeAttrs({ class: "btn primary", id: "btn-resume",
+        onclick: () => resumeModal(r) }), "Resume")
+        : h("button", writeAttrs({ class: "btn danger", id: "btn-rollback",
+          onclick: () => rollbackModal(r) }), "Roll back")));
 
   const banner = rolled ? h("div", { class: "banner", id: "rolled-banner" },
     "Rolled back: 100% of this route's traffic goes to ", h("b", {}, r.legacy),
@@ -1314,11 +1348,12 @@ function resetEvidenceModal(r) {
 /* ---------- start ---------- */
 document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") closeModal(); });
 window.addEventListener("hashchange", navigate);
-document.addEventListener("visibilitychange", () => { if (!document.hidden && S.token !== null) navigate(); });
+document.addEventListener("visibilitychange", () => { if (!document.hidden && S.role !== null) navigate(); });
 window.addEventListener("DOMContentLoaded", () => {
   $("logout").addEventListener("click", () => {
     sessionStorage.removeItem(TOKEN_KEY);
     S.token = null;
+    S.role = null;
     S.ring.clear();
     S.series.clear();
     showLogin();

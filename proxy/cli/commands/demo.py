@@ -8,7 +8,6 @@ to 100% and the other rolled back.
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 USES_ADMIN_API = False  # no --admin/--token/--json/--actor options
 
@@ -22,10 +21,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from proxy.cli.demo import run_demo
-    from proxy.serve.app import install_uvloop
+    from proxy.serve.app import run_loop
 
-    install_uvloop()
     try:
-        return asyncio.run(run_demo(args.duration, keep=args.keep))
+        return run_loop(run_demo(args.duration, keep=args.keep))
     except KeyboardInterrupt:
         return 130
