@@ -158,8 +158,8 @@ class Rollups:
         out = ep
         for grain, start in ((HOUR, hour), (DAY, bucket(hour, DAY))):
             seen = self._open.get((grain, start))
-            if seen is None:
-                seen = self._open[(grain, start)] = set()
+            if seen is None:  # once per bucket: what it holds already (e.g. before a restart)
+                seen = self._open[(grain, start)] = self.store.endpoints(grain, start)
             if ep not in seen:
                 if len(seen) >= limit:
                     out = OTHER
