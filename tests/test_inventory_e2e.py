@@ -152,3 +152,23 @@ async def test_known_mix_reads_back_exactly(upstreams, proxy_process, tmp_path: 
     again = await _inventory(p.admin)
     assert {k: e["requests"] for k, e in _ep(again).items()} == \
         {k: v[0] for k, v in got.items()}
+
+
+async def test_requests_just_before_sigterm_are_kept(upstreams, proxy_process,
+                                                     tmp_path: Path) -> None:
+    """Through two workers, SIGTERM right after the last answer: the rows waiting in the control
+    process (written every 10 s otherwise) are written before it exits."""
+    mono, svc = await upstreams("monolith"), await upstreams("svc")
+    api = tmp_path / "openapi.json"
+    api.write_text(json.dumps(OPENAPI))
+    p = await proxy_process(routes_yaml(ROUTES, port=free_port(), admin=free_port(),
+                                        mono=mono.port, svc=svc.port, openapi=api),
+                            args=("--workers", "2"))
+    async with aiohttp.ClientSession() as s:
+        for i in range(50):
+            async with s.get(f"{p.url}/api/users/{i}") as r:
+                await r.read()
+    assert await p.stop() == 0  # within a few ms of the last answer
+    await p.start()
+    view = await _inventory(p.admin)
+    assert _ep(view)["GET /api/users/{id}"]["requests"] == 50

@@ -5,6 +5,8 @@ Kept apart from `proxy.serve.app` so the process lifetimes read the same with or
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import structlog
@@ -147,6 +149,9 @@ async def stop(server: Any) -> None:
     if server.diff_store is not None:
         server.diff_store.close()
     if server.rollups is not None:
+        for link in server.workers:  # a worker's last rows arrive before its channel closes
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(link.task), 2.0)
         server.flush()  # the in-process data plane's last inventory rows
         await server.rollups.stop()
 
