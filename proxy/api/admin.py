@@ -42,13 +42,17 @@ CALLER_KEY = web.RequestKey("caller", Caller)
 
 def tls_unverified(config: Any) -> list[str]:
     """Where TLS certificates are not checked (`verify: false`): upstream names, `gate`,
-    `tracing`."""
+    `tracing`, `flags.unleash`."""
     out = [name for name, up in config.upstreams.items() if up.tls and not up.tls.verify]
     if config.gate.tls is not None and not config.gate.tls.verify:
         out.append("gate")
     if config.tracing is not None and config.tracing.tls is not None \
             and not config.tracing.tls.verify:
         out.append("tracing")
+    unleash = config.flags.unleash
+    if config.flags.backend == "unleash" and unleash is not None and unleash.tls is not None \
+            and not unleash.tls.verify:
+        out.append("flags.unleash")
     return out
 
 # Method, path and Admin's handler of every endpoint, registered in this order (POST .../weight

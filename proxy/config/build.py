@@ -127,6 +127,13 @@ def _tracing(t: m.Tracing | None, doc: Document, base: Path) -> TracingSpec | No
     return TracingSpec(**kw)
 
 
+def _unleash(u: m.Unleash, doc: Document, base: Path) -> UnleashSpec:
+    kw = _set(u, "tls")
+    if u.url.lower().startswith("https://"):
+        kw["tls"] = client_tls(u.tls, base, doc.line(("flags", "unleash", "tls")))
+    return UnleashSpec(**kw)
+
+
 def _route(r: m.Route, line: int, override_line: int, group: str | None) -> RouteSpec:
     kw = _set(r, "match", "sticky", "override", "shadow", "promotion")
     if isinstance(kw.get("fallback_to_legacy"), tuple):  # {on: [...]}
@@ -160,7 +167,7 @@ def config(model: m.RoutesFile, doc: Document, source: Path, base: Path) -> Conf
     if "flags" in model.model_fields_set:
         kw = _set(model.flags, "unleash")
         if model.flags.unleash is not None:
-            kw["unleash"] = UnleashSpec(**_set(model.flags.unleash))
+            kw["unleash"] = _unleash(model.flags.unleash, doc, base)
         elif model.flags.backend == "unleash":
             kw["unleash"] = UnleashSpec()
         flags = FlagsSpec(**kw)

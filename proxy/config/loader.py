@@ -213,6 +213,7 @@ def _tls_files(file: str, doc: Document, config: Config) -> list[Problem]:
         (("tls",), config.tls), (("admin", "tls"), config.admin.tls),
         (("gate", "tls"), config.gate.tls),
         (("tracing", "tls"), config.tracing.tls if config.tracing else None),
+        (("flags", "unleash", "tls"), config.flags.unleash.tls if config.flags.unleash else None),
         *((("upstreams", name, "tls"), up.tls) for name, up in config.upstreams.items())]
     out = []
     for loc, spec in blocks:

@@ -421,7 +421,7 @@ class Tracing(Checked):
         return []
 
 
-class Unleash(Block):
+class Unleash(Checked):
     url: v.HttpUrl() = D(UnleashSpec, "url")  # type: ignore[valid-type]
     app_name: v.Str() = D(UnleashSpec, "app_name")  # type: ignore[valid-type]
     refresh_interval: v.Duration() = D(UnleashSpec, "refresh_interval")  # type: ignore
@@ -429,6 +429,17 @@ class Unleash(Block):
     admin_token_env: v.EnvName = D(UnleashSpec, "admin_token_env")
     environment: v.Str() = D(UnleashSpec, "environment")  # type: ignore[valid-type]
     project: v.Str() = D(UnleashSpec, "project")  # type: ignore[valid-type]
+    tls: ClientTls | None = Field(None, description="for an https url (polls and Admin API "
+                                  "writes): CAs trusted, client certificate, server name; "
+                                  "absent: the system CAs")
+
+    @classmethod
+    def _check(cls, raw: dict[str, Any], bad: set[Loc], value: Any = None) -> Found:
+        url = raw.get("url", D(UnleashSpec, "url"))
+        if "tls" in raw and ("url" not in raw or ok(raw, "url", bad)) and \
+                isinstance(url, str) and url.strip().lower().startswith("http://"):
+            return [(("tls",), v.problem("tls is only used with an https:// url"))]
+        return []
 
 
 class Flags(Checked):

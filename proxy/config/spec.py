@@ -365,6 +365,7 @@ class UnleashSpec:
     admin_token_env: str = "UNLEASH_ADMIN_TOKEN"
     environment: str = "development"
     project: str = "default"
+    tls: ClientTlsSpec | None = None  # set for an https url (defaults: the system CAs)
 
 
 @dataclass(frozen=True, slots=True)
