@@ -389,6 +389,33 @@ def stream_config(*, port: int, admin_port: int, state_dir: Path, upstream_url: 
     return cfg
 
 
+RANDOM_PATHS_LUA = """-- every request a new unmatched path of 12 letters (no digit: no id rule
+-- folds them), out of 200,000 made at the start: writing a request costs wrk nothing
+-- (made in init: wrk.format adds the Host header only once the thread is set up)
+local n, reqs, i = 200000, {}, 0
+init = function(args)
+  math.randomseed(27)
+  for k = 1, n do
+    local t = {}
+    for j = 1, 12 do t[j] = string.char(96 + math.random(26)) end
+    reqs[k] = wrk.format("GET", "/r/" .. table.concat(t))
+  end
+end
+request = function()
+  i = i % n + 1
+  return reqs[i]
+end
+"""
+
+
+def random_paths_script(workdir: Path) -> Path:
+    """The wrk script of the `strangler_random` rows (the inventory's cardinality attack)."""
+    path = workdir / "random_paths.lua"
+    if not path.exists():
+        path.write_text(RANDOM_PATHS_LUA)
+    return path
+
+
 def _base(
     port: int,
     admin_port: int,

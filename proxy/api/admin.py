@@ -80,6 +80,7 @@ POST  /admin/reload                       reload
 GET   /admin/debug/tasks                  debug_tasks
 POST  /admin/routes/{name}/approve        approve
 POST  /admin/routes/{name}/reset-evidence reset_evidence
+POST  /admin/routes/{name}/retire         retire
 """.strip().splitlines())
 
 
@@ -107,7 +108,11 @@ def build_admin_app(server: Any, tokens: Tokens | None = None) -> web.Applicatio
 
     guard = browser_guard.middleware(browser_guard.BrowserGuard(admin_settings), error_response)
     app = web.Application(middlewares=[_errors, guard, _auth_middleware(tokens)])
-    Admin(server).register(app)
+    admin = Admin(server)
+    admin.register(app)
+    from proxy.api import migration_view  # the inventory, progress and retirement
+
+    migration_view.register(app, server, admin.registry)
     _register_dashboard(app, server)
     return app
 
@@ -394,7 +399,7 @@ class Admin:
         return await self._gate(request, act=True)
 
     async def _gate(self, request: web.Request, act: bool) -> web.Response:
-        name = request.match_info["name"]
+        name = self.rt.lead(request.match_info["name"])  # a group: its first route
         result = await self.rt.gate(name, act=act, actor=_actor(request))
         return web.json_response(self._decision_body(name, result))
 
@@ -429,12 +434,25 @@ class Admin:
         result = await self.rt.reset_evidence(name, _actor(request), reason)
         return web.json_response(await self._mutation(result))
 
+    async def retire(self, request: web.Request) -> web.Response:
+        """The decision that a route's legacy side can go (proxy.api.migration_view)."""
+        from proxy.api.migration_view import retire
+
+        name = request.match_info["name"]
+        self.rt.spec(name)
+        body = await _body(request)
+        reason = _reason(body)
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise ApiError(400, "force must be true or false", {"field": "force"})
+        return web.json_response(await retire(self.server, name, _actor(request), reason,
+                                              force, _days_field(body)))
+
     # mutations ------------------------------------------------------------------------------
     async def _route_body(self, request: web.Request) -> tuple[str, dict]:
         """The route named in the path (404 when unknown) and the request's body."""
-        name = request.match_info["name"]
+        name = self.rt.lead(request.match_info["name"])  # a group: its first route
         body = await _body(request)
-        self.rt.spec(name)
         return name, body
 
     async def set_weight(self, request: web.Request) -> web.Response:
@@ -492,6 +510,11 @@ class Admin:
         body: dict[str, Any] = {}
         if result.route is not None and self.rt.config.route(result.route) is not None:
             body.update(self.rt.route_view(result.route))
+        elif result.extra.get("group"):  # a group moved: its members, and their one state
+            lead = result.extra["routes"][0]
+            body.update(name=result.route, weight=self.rt.effective(lead),
+                        state="rolled_back" if self.rt.rolled_back(lead) else "active",
+                        members=[self.rt.route_view(m) for m in result.extra["routes"]])
         body.update({
             "route": result.route,
             "from": result.before,
@@ -509,6 +532,14 @@ class Admin:
 def _store_status(rt: Any) -> dict | None:
     status = getattr(rt.audit, "status", None)
     return status() if status is not None else None
+
+
+def _days_field(body: dict) -> float:
+    raw = body.get("days", 14)
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw <= 3650:
+        raise ApiError(400, "days must be a number of days, more than 0 and at most 3650",
+                       {"field": "days"})
+    return float(raw)
 
 
 def _not_durable(error: str | None) -> str:

@@ -41,6 +41,7 @@ from proxy.config.spec import (
     CompareSpec,
     GateSourceSpec,
     GuardrailSpec,
+    InventorySpec,
     LimitsSpec,
     NotifySpec,
     PromotionSpec,
@@ -1055,6 +1056,74 @@ class Overrides(Block):
     trusted: Trusted
 
 
+# -- inventory ----------------------------------------------------------------------------------
+
+
+def _template(x: Any) -> str:
+    from proxy.config.templates import method_problem, split_method, template_problem
+
+    value = v.string(x, "a path template like /users/{id} (or GET /users/{id})")
+    method, path = split_method(value)
+    problem = (method_problem(method) if method is not None else None) or template_problem(path)
+    if problem is not None:
+        raise v.problem(problem)
+    return f"{method} {path}" if method is not None else path
+
+
+def _templates(x: Any) -> tuple[str, ...]:
+    out, bad = v.items(v.seq(x, "a list of path templates"), _template)
+    if bad:
+        v.at(bad)
+    return tuple(dict.fromkeys(out))
+
+
+def _prefix(x: Any) -> str | None:
+    value = v.string(x, "a path like /api/v1", nullable=True)
+    if value is None:
+        return None
+    if not value.startswith("/") or value.endswith("/") or "{" in value or "?" in value:
+        raise v.problem(f"invalid value {value!r}: a path starting with '/', without a trailing "
+                        "'/' (e.g. /api/v1)")
+    return value
+
+
+class Inventory(Block):
+    WHAT = "a mapping of inventory settings"
+    enabled: v.Bool = Field(D(InventorySpec, "enabled"), description="count every request's "
+                            "endpoint (method + path template) for `strangler inventory`")
+    templates: v.value_type(tuple, _templates, {  # type: ignore[valid-type]
+        "type": "array", "uniqueItems": True,
+        "items": {"type": "string", "pattern": "^([!#$%&'*+.^_`|~0-9A-Za-z-]+ )?/"},
+        "description": "declared path templates, e.g. /users/{id} or GET /users/{id}"}) = ()
+    openapi: v.Str("a file name", nullable=True,  # type: ignore[valid-type]
+                   description="an OpenAPI 3 document (JSON or YAML) whose paths are "
+                   "templates; relative to this file") = None
+    openapi_prefix: v.value_type(str | None, _prefix, {  # type: ignore[valid-type]
+        "anyOf": [{"type": "string", "pattern": "^/.*[^/]$"}, {"type": "null"}],
+        "description": "the path the OpenAPI document's paths live under, e.g. /api/v1"}) = None
+    max_templates: v.Integer(10, 100_000) = Field(  # type: ignore[valid-type]
+        D(InventorySpec, "max_templates"), description="endpoints counted by name; beyond, "
+        "`other`")
+    retention_days: v.Integer(1, 3650) = Field(  # type: ignore[valid-type]
+        D(InventorySpec, "retention_days"), description="days of rollups kept in state_dir")
+
+
+# -- groups --------------------------------------------------------------------------------------
+
+
+def _member_names(x: Any) -> tuple[str, ...]:
+    return _name_list(x, what="a list of route names", item="a route name", kind="route",
+                      empty="list the routes that move together")
+
+
+class Group(Block):
+    WHAT = "a mapping with routes, e.g. {routes: [cart-read, cart-write]}"
+    HINTS = {"routes": " (the routes that move together, e.g. [cart-read, cart-write])"}
+    routes: v.value_type(tuple, _member_names, {  # type: ignore[valid-type]
+        "type": "array", "minItems": 2, "uniqueItems": True, "items": {"type": "string"},
+        "description": "routes that share one weight, state and sticky assignment"})
+
+
 def _version(x: Any) -> int:
     value = v.scalar(x, "1")
     if isinstance(value, bool) or value != 1:
@@ -1114,6 +1183,9 @@ class RoutesFile(Block):
     tls: ServerTls | None = Field(None, description="serve the proxy's listener over TLS "
                                   "(ALPN http/1.1)")
     tracing: Tracing | None = Field(None, description="OpenTelemetry tracing; off when absent")
+    inventory: Inventory = Inventory()
+    groups: dict[str, Group] = Field({}, description="name -> routes that move together (one "
+                                     "weight, state and sticky assignment)")
 
 
 def blocks() -> dict[str, type[Block]]:

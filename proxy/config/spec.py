@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from proxy.config.templates import DeclaredTemplate
+
 MiB = 1024 * 1024
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -244,6 +246,7 @@ class RouteSpec:
     promotion: PromotionSpec = field(default_factory=PromotionSpec)
     override: OverrideSpec | None = None  # None: the route cannot be pinned by a header
     line: int = 0  # line of the route's `- name:` entry in the file
+    group: str | None = None  # the group it moves with (`groups:`), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +304,30 @@ class ShadowBudgetSpec:
 class BasicAuthSpec:
     username: str
     password_env: str  # the environment variable holding the password (never the file)
+
+
+@dataclass(frozen=True, slots=True)
+class InventorySpec:
+    """`inventory:`: the map of the monolith's traffic (proxy.dataplane.inventory,
+    proxy.control.rollups). `declared` holds `templates` and the OpenAPI document's endpoints."""
+
+    enabled: bool = True
+    templates: tuple[str, ...] = ()  # as written
+    openapi: str | None = None  # as written, relative to routes.yaml's directory
+    openapi_prefix: str | None = None  # the path the document's paths live under
+    max_templates: int = 1000  # per data plane and per rollup bucket; the rest count as `other`
+    retention_days: int = 90  # daily rollups kept this long (hourly ones: 15 days at most)
+    declared: tuple[DeclaredTemplate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """`groups.NAME`: routes that move together (one weight, state and sticky assignment; see
+    proxy.control.groups). `routes[0]` leads: the group's approvals are kept under its name."""
+
+    name: str
+    routes: tuple[str, ...]
+    line: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,11 +414,20 @@ class Config:
     store: StoreSpec = field(default_factory=StoreSpec)
     tls: ServerTlsSpec | None = None  # serve the proxy listener over TLS
     tracing: TracingSpec | None = None
+    inventory: InventorySpec = field(default_factory=InventorySpec)
+    groups: tuple[GroupSpec, ...] = ()
 
     def route(self, name: str) -> RouteSpec | None:
         for r in self.routes:
             if r.name == name:
                 return r
+        return None
+
+    def group(self, name: str) -> GroupSpec | None:
+        """The group called `name`, or the group route `name` belongs to."""
+        for g in self.groups:
+            if g.name == name or name in g.routes:
+                return g
         return None
 
     def file_weights(self) -> dict[str, float]:

@@ -164,7 +164,8 @@ class AuditLog:
                 entry = json.loads(raw)
             except ValueError:
                 continue
-            if route is None or entry.get("route") == route:
+            if route is None or entry.get("route") == route or route in (
+                    entry.get("routes") or ()):  # a group's entry names its members
                 out.append(entry)
                 if limit is not None and len(out) >= limit:
                     break

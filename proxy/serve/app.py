@@ -151,6 +151,7 @@ class Server:
         self.shadow: Any = None
         self.diff_store: Any = None
         self.extras: list[Any] = []  # things with async start()/stop() (controller, flags)
+        self.rollups: Any = None  # proxy.control.rollups.Rollups (the traffic inventory)
 
     def processes(self) -> list[tuple[str, int]]:
         """(name, pid) of every process of this serve, named as in their log lines' `process`
@@ -275,6 +276,10 @@ class Server:
         delta = self.recorder.take()
         if not delta.empty():
             self.runtime.agg.merge(delta)
+        if self.plane is not None:
+            rows = self.plane.endpoints.take()
+            if rows and self.rollups is not None:
+                self.rollups.add(rows)
         if self.access is not None:
             self.access.flush()
 
@@ -315,6 +320,7 @@ class Server:
             child.close()
             reader, writer = await asyncio.open_unix_connection(sock=parent, limit=2**24)
             link = WorkerLink(i, reader, writer, rt.agg.merge, proc)
+            link.on_inventory = self.rollups.add if self.rollups is not None else None
             self.workers.append(link)
             rt.planes.append(link)
         for link in self.workers:
@@ -434,6 +440,9 @@ async def _worker(index: int, opts: ServeOptions, text: str, generation: int, we
         delta = recorder.take()
         if not delta.empty():
             writer.write(json.dumps({"op": "delta", "data": delta.to_wire()}).encode() + b"\n")
+        rows = plane.endpoints.take()
+        if rows:  # the traffic inventory (proxy.dataplane.inventory)
+            writer.write(json.dumps({"op": "inventory", "rows": rows}).encode() + b"\n")
         if access is not None:
             access.flush()
 
