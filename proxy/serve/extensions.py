@@ -70,15 +70,17 @@ async def start_notifier(server: Any) -> None:
 
 
 def start_inventory(server: Any) -> None:
-    """The traffic inventory's rollups (state_dir/inventory.sqlite3), fed by every data plane;
-    read even when `inventory.enabled` is off (what was recorded stays readable)."""
-    from proxy.control.rollup_sqlite import NewerInventory, SqliteRollupStore
+    """The traffic inventory's rollups (state_dir/inventory.sqlite3, or the shared store),
+    fed by every data plane; read even when `inventory.enabled` is off (what was recorded stays
+    readable)."""
+    from proxy.control.rollup_sqlite import NewerInventory
     from proxy.control.rollups import Rollups
+    from proxy.control.stores import open_rollups
 
     rt = server.runtime
     config = rt.config
     try:
-        store = SqliteRollupStore(config.state_dir / "inventory.sqlite3")
+        store = open_rollups(config)
     except NewerInventory as exc:
         raise ServeError(str(exc)) from exc
     rollups = Rollups(store, config.inventory, lambda: rt.agg.shadow)
