@@ -48,6 +48,12 @@ async def before_planes(server: Any) -> None:
         from shadow.store import DiffStore
 
         server.diff_store = DiffStore(locator(config))
+        if config.store.shared:  # the fleet's windows follow every replica's steps
+            rt = server.runtime
+            mark = server.diff_store.mark_step
+            rt.on_new_step.append(lambda name, step: mark(name, step, rt.replica))
+            for r in config.routes:  # this start began a step for every route
+                mark(r.name, rt.state.route(r.name).step, rt.replica)
 
 
 async def start_notifier(server: Any) -> None:
