@@ -35,7 +35,7 @@ import uuid
 from typing import Any
 
 from proxy.config.spec import StoreSpec
-from proxy.control.rollups import DAY, CommitUnknown, Key, Row, Stats
+from proxy.control.rollups import DAY, Bucket, CommitUnknown, Row
 from proxy.dataplane.inventory import OTHER
 from shadow.pg import Link
 
@@ -74,6 +74,19 @@ def _hist(array: list[int] | None) -> dict[int, int]:
     return {i: n for i, n in enumerate(array or ()) if n}
 
 
+def _upsert(conn: Any, buckets: list[Bucket]) -> None:
+    """Add the buckets' rows, in key order (pipelined: one round trip per table)."""
+    traffic = sorted((grain, start, *key, s[0], s[1], _array(s[2]))
+                     for grain, start, rows, _ in buckets for key, s in rows.items())
+    shadow = sorted((grain, start, route, *c)
+                    for grain, start, _, routes in buckets for route, c in routes.items())
+    with conn.cursor() as cur:
+        if traffic:
+            cur.executemany(_UPSERT, traffic)
+        if shadow:
+            cur.executemany(_UPSERT_SHADOW, shadow)
+
+
 class PostgresRollupStore:
     shared = True
     flush_interval = FLUSH_INTERVAL
@@ -108,8 +121,11 @@ class PostgresRollupStore:
                 raise self._failed(conn, exc) from None
 
     def _failed(self, conn: Any, exc: BaseException) -> BaseException:
-        """The error to raise: StoreUnavailable when the connection is gone, else `exc`."""
-        if conn.broken or conn.closed:
+        """The error to raise: StoreUnavailable when the connection is gone or a statement ran
+        out of time (a slow store), else `exc`."""
+        from psycopg.errors import QueryCanceled
+
+        if conn.broken or conn.closed or isinstance(exc, QueryCanceled):
             return self.link.failed(exc)
         return exc
 
@@ -137,14 +153,8 @@ class PostgresRollupStore:
             self._store_id = f"postgres:{rows[0][0] if rows else 'unknown'}"
         return self._store_id
 
-    def write(self, buckets: list[tuple[int, int, dict[Key, Stats], dict[str, list[int]]]],
-              batch: int) -> None:
-        traffic = sorted(
-            (grain, start, *key, s[0], s[1], _array(s[2]))
-            for grain, start, rows, _ in buckets for key, s in rows.items())
-        shadow = sorted((grain, start, route, *c)
-                        for grain, start, _, routes in buckets for route, c in routes.items())
-        if not traffic and not shadow:
+    def write(self, buckets: list[Bucket], batch: int) -> None:
+        if not any(rows or routes for _, _, rows, routes in buckets):
             return
         started = self._started
 
@@ -160,11 +170,7 @@ class PostgresRollupStore:
             if started is not None:
                 conn.execute("INSERT INTO inventory_meta VALUES ('started', %s) "
                              "ON CONFLICT (key) DO NOTHING", (str(started),))
-            with conn.cursor() as cur:
-                if traffic:
-                    cur.executemany(_UPSERT, traffic)  # pipelined: one round trip
-                if shadow:
-                    cur.executemany(_UPSERT_SHADOW, shadow)
+            _upsert(conn, buckets)
             return True
 
         with self.link.lock:
@@ -179,6 +185,28 @@ class PostgresRollupStore:
                 raise CommitUnknown(f"the shared store did not confirm the commit: {exc}") \
                     from None
         self._started = None
+
+    def import_once(self, buckets: list[Bucket], key: str, started: float | None) -> bool:
+        """Add another store's buckets (`strangler store migrate`), once per `key`: False when
+        that key was imported already. The records then begin at the earlier start."""
+        def body(conn: Any) -> bool:
+            if conn.execute("INSERT INTO inventory_meta VALUES (%s, %s) ON CONFLICT (key) DO "
+                            "NOTHING RETURNING key", (f"imported.{key}", str(time.time()))
+                            ).fetchone() is None:
+                conn.execute("ROLLBACK")
+                return False
+            if started is not None:
+                conn.execute(
+                    "INSERT INTO inventory_meta VALUES ('started', %s) ON CONFLICT (key) DO "
+                    "UPDATE SET value = excluded.value WHERE "
+                    "CAST(inventory_meta.value AS DOUBLE PRECISION) > %s",
+                    (str(started), started))
+            _upsert(conn, buckets)
+            conn.execute("COMMIT")
+            return True
+
+        with self.link.lock:
+            return bool(self._transaction(self._conn(), body))
 
     def read(self, grain: int, since: int, until: int | None = None) -> list[Row]:
         sql = ("SELECT start, method, template, route, backend, requests, errors, latency FROM "
@@ -211,7 +239,7 @@ class PostgresRollupStore:
     def compact(self, grain: int, start: int, keep: int) -> int:
         def body(conn: Any) -> int:
             conn.execute("SELECT pg_advisory_xact_lock(%s, %s)",
-                         (_COMPACT_LOCK, (start // grain) % 2**31))
+                         (_COMPACT_LOCK, int(start // grain) % 2**31))
             drop = conn.execute(
                 f"SELECT method, template FROM inventory_traffic WHERE grain = %s AND "
                 f"start = %s AND NOT (method = %s AND template = %s) GROUP BY method, template "
