@@ -37,7 +37,7 @@ from typing import Any
 from proxy.config.spec import StoreSpec
 from proxy.control.rollups import DAY, Bucket, CommitUnknown, Row
 from proxy.dataplane.inventory import OTHER
-from shadow.pg import Link
+from shadow.pg import Link, scrub
 
 FLUSH_INTERVAL = 2.0  # seconds: the fleet's view is at most this (plus a read) behind
 STATEMENT_TIMEOUT_MS = 5000
@@ -182,8 +182,8 @@ class PostgresRollupStore:
                 conn.execute("COMMIT")
             except Exception as exc:
                 self._failed(conn, exc)
-                raise CommitUnknown(f"the shared store did not confirm the commit: {exc}") \
-                    from None
+                raise CommitUnknown("the shared store did not confirm the commit: "
+                                    + scrub(str(exc), self.link.dsn)) from None
         self._started = None
 
     def import_once(self, buckets: list[Bucket], key: str, started: float | None) -> bool:
