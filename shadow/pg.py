@@ -1,11 +1,12 @@
 """The shared PostgreSQL store (`store: {backend: postgres}`): connections and the schema.
 
 One database holds what several replicas share: the audit trail, pending approvals, the diff
-store and reconcile runs. Its tables are versioned here, in one place, as `shadow.store_schema`
-versions the SQLite file: `migrate` applies the missing steps in one transaction under an
-advisory lock (replicas starting together migrate once) and refuses a database whose schema is
-newer than this strangler knows (`NewerSchema`). The control plane's tables (audit, approvals)
-are listed with the diff store's because the version is the database's, not a module's.
+store (with the fleet's step marks), reconcile runs and the traffic inventory's rollups. Its
+tables are versioned here, in one place, as `shadow.store_schema` versions the SQLite file:
+`migrate` applies the missing steps in one transaction under an advisory lock (replicas starting
+together migrate once) and refuses a database whose schema is newer than this strangler knows
+(`NewerSchema`). The control plane's tables (audit, approvals, inventory) are listed with the
+diff store's because the version is the database's, not a module's.
 
 Driver: psycopg 3. It is libpq underneath, so the DSN is the standard one (URI or key=value),
 every `sslmode` and `sslrootcert` behaves as in psql, and the PG* environment variables work;
@@ -176,8 +177,50 @@ _V1 = (
         PRIMARY KEY (run_id, seq))""",
 )
 
+_V2 = (
+    # the traffic inventory's rollups (proxy.control.rollup_pg): every replica's requests per
+    # endpoint, route and backend, added into hourly and daily buckets. A latency histogram is
+    # an array of counts indexed by bucket (proxy.dataplane.inventory.latency_index), added
+    # element by element (a loop: half the cost of unnest/array_agg in an upsert)
+    """CREATE FUNCTION strangler_hist_add(a BIGINT[], b BIGINT[]) RETURNS BIGINT[]
+        LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+        DECLARE
+          n INTEGER := GREATEST(COALESCE(cardinality(a), 0), COALESCE(cardinality(b), 0));
+          out BIGINT[] := array_fill(0::BIGINT, ARRAY[n]);
+        BEGIN
+          FOR i IN 1..n LOOP
+            out[i] := COALESCE(a[i], 0) + COALESCE(b[i], 0);
+          END LOOP;
+          RETURN out;
+        END $$""",
+    """CREATE AGGREGATE strangler_hist_sum(BIGINT[]) (
+        SFUNC = strangler_hist_add, STYPE = BIGINT[], INITCOND = '{}')""",
+    """CREATE TABLE inventory_traffic (
+        grain INTEGER NOT NULL, start BIGINT NOT NULL, method TEXT NOT NULL,
+        template TEXT NOT NULL, route TEXT NOT NULL, backend TEXT NOT NULL,
+        requests BIGINT NOT NULL, errors BIGINT NOT NULL, latency BIGINT[] NOT NULL,
+        PRIMARY KEY (grain, start, method, template, route, backend))""",
+    """CREATE TABLE inventory_shadow (
+        grain INTEGER NOT NULL, start BIGINT NOT NULL, route TEXT NOT NULL,
+        compared BIGINT NOT NULL, mismatched BIGINT NOT NULL, errors BIGINT NOT NULL,
+        PRIMARY KEY (grain, start, route))""",
+    "CREATE TABLE inventory_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # which store this is (`strangler inventory --replica` adds up distinct stores only)
+    "INSERT INTO inventory_meta VALUES ('store_id', gen_random_uuid()::text)",
+    # the last batch each writer (a replica's run) applied: a batch whose commit went unanswered
+    # is sent again and applied at most once
+    """CREATE TABLE inventory_writers (
+        writer TEXT PRIMARY KEY, batch BIGINT NOT NULL, updated DOUBLE PRECISION NOT NULL)""",
+    # the fleet's evidence windows (shadow.store): per route, the newest step id any replica
+    # began; every comparer records under at least this step, so a replica's view "since my
+    # step began" holds every replica's comparisons since then
+    """CREATE TABLE step_marks (
+        route TEXT PRIMARY KEY, step BIGINT NOT NULL, replica TEXT NOT NULL,
+        updated DOUBLE PRECISION NOT NULL)""",
+)
+
 # MIGRATIONS[i] moves a database at version i to i + 1 (0: no strangler tables yet).
-MIGRATIONS: list[tuple[str, ...]] = [_V1]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -18,6 +18,16 @@ current. Totals are stored under step -1 and rules ''. `counts()` and `summary()
 window or for the totals. Counters are additive upserts, so several worker processes may share
 one file. Reads combine what is on disk with what is still queued, so they are exact.
 
+Fleet windows (shared store): step ids are per replica, so with several replicas a "step" is
+one replica's. To answer "this route's evidence since my step began" for every replica, each
+replica marks the steps it begins (`mark_step`: `step_marks` holds, per route, the newest step id
+any replica began, an id being at least the epoch second its step began), and every comparer
+keeps a comparison under the later of its request's step and that mark. A window's step is then
+a time: nothing in it was recorded before that second (give or take the mark's trip, about
+MARK_EVERY). `summary(..., fleet=True)` reads every window of the route under the given rules
+keyed at or after the given step: every replica's comparisons since that step began, as the
+gate's Prometheus mode counts them (`increase(...[now - step_started])`, whatever replica).
+
 Bounds (issue 22.5: answers that are maps of 20,000 random keys): per window at most
 `max_fields` distinct (path, kind) rows; differences on further paths, and those the comparator
 did not itemise, are counted on one `other` row. Paths are canonical (`$.items[*].amount`), so a
@@ -74,6 +84,7 @@ DIFFS_PER_SAMPLE = 100  # differences kept with a sample
 STEPS_KEPT = 20  # per route: counters of older steps are deleted at the next prune
 WINDOWS_SAMPLED = 3  # per route: windows whose samples stay referenced by their fields
 DEFAULT_MAX_FIELDS = 2000
+MARK_EVERY = 1.0  # seconds between two reads of the fleet's step marks (shared store)
 _WINDOWS_TRACKED = 64  # admitted-field sets kept in memory (reloaded from disk when needed)
 
 Window = tuple[str, int, str]  # (route, step, rules)
@@ -190,6 +201,7 @@ class DiffStore:
     ) -> None:
         """`where`: the SQLite file, or the shared store's locator (`shadow.sqldb.locator`)."""
         self.path = None if isinstance(where, dict) else Path(where)  # the SQLite file
+        self.shared = isinstance(where, dict)  # the fleet's store: windows follow step marks
         self._connect = connector(where)
         self.max_samples_per_route = max_samples_per_route
         self.retention = retention_days * 86400.0
@@ -214,6 +226,8 @@ class DiffStore:
         self._queued_bytes = 0
         self.dropped_samples = 0
         self.write_errors = 0  # writer cycles that failed (their counters wait for the next)
+        self._marks: dict[str, int] = {}  # route -> the fleet's newest step id (shared store)
+        self._pending_marks: dict[str, tuple[int, str]] = {}  # route -> (step id, replica)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="strangler-diffstore", daemon=True)
         self._thread.start()
@@ -240,6 +254,7 @@ class DiffStore:
         if comparison.error is not None:
             self.record_counts(route, step, "error", rules=rules)
             return
+        step = self._fleet_step(route, step)
         mismatch = not comparison.matched
         windows = ((route, step, rules), (route, *ALL))
         admitted = [self._admitted_for(w, max_fields) for w in windows]
@@ -374,6 +389,7 @@ class DiffStore:
         byte-identical) or "error" (a side did not answer, or the comparison failed)."""
         if self._closed or n <= 0:
             return
+        step = self._fleet_step(route, step)
         with self._lock:
             pending = self._pending_cmp
             for w in ((route, step, rules), (route, *ALL)):
@@ -381,6 +397,23 @@ class DiffStore:
                     pending[(w, "errors")] += n
                 else:
                     pending[(w, "compared")] += n
+
+    def _fleet_step(self, route: str, step: int) -> int:
+        """The window a comparison is kept under: its step, or the fleet's newest step mark
+        when that is later (shared store; module docstring)."""
+        mark = self._marks.get(route)
+        return mark if mark is not None and mark > step else step
+
+    def mark_step(self, route: str, step: int, replica: str = "") -> None:
+        """A replica began step `step` of `route`: with the shared store, every comparer keeps
+        what it records from then on under at least this step (written within a cycle; the
+        comparers read the marks every MARK_EVERY seconds). Nothing with a local store."""
+        if not self.shared:
+            return
+        with self._lock:
+            old = self._pending_marks.get(route)
+            if old is None or old[0] < step:
+                self._pending_marks[route] = (step, replica)
 
     def record_match(self, route: str, step: int, n: int = 1, *, rules: str = "") -> None:
         self.record_counts(route, step, "match", n, rules=rules)
@@ -400,28 +433,34 @@ class DiffStore:
     # -- reads ----------------------------------------------------------------------------------
 
     @staticmethod
-    def _where(route: str, step: int | None, rules: str | None) -> tuple[str, tuple]:
+    def _where(route: str, step: int | None, rules: str | None,
+               fleet: bool = False) -> tuple[str, tuple]:
         if step is None:
             return "route=? AND step=? AND rules=?", (route, *ALL)
+        op = ">=" if fleet else "="
         if rules is None:
-            return "route=? AND step=?", (route, step)
-        return "route=? AND step=? AND rules=?", (route, step, rules)
+            return f"route=? AND step{op}?", (route, step)
+        return f"route=? AND step{op}? AND rules=?", (route, step, rules)
 
     @staticmethod
-    def _matches(w: Window, route: str, step: int | None, rules: str | None) -> bool:
+    def _matches(w: Window, route: str, step: int | None, rules: str | None,
+                 fleet: bool = False) -> bool:
         if step is None:
             return w == (route, *ALL)
-        return w[0] == route and w[1] == step and (rules is None or w[2] == rules)
+        return (w[0] == route and (w[1] >= step if fleet else w[1] == step)
+                and (rules is None or w[2] == rules))
 
-    def counts(self, route: str, step: int | None = None, rules: str | None = None) -> Counts:
-        """The route's counts: at `step` (under `rules`, or all of the step's), or in total."""
-        where, args = self._where(route, step, rules)
+    def counts(self, route: str, step: int | None = None, rules: str | None = None, *,
+               fleet: bool = False) -> Counts:
+        """The route's counts: at `step` (under `rules`, or all of the step's), or in total.
+        `fleet`: in every window keyed at or after `step` (module docstring)."""
+        where, args = self._where(route, step, rules, fleet)
         with self._read_lock:
             with self._lock:
                 pend = Counter()
                 for src in (self._pending_cmp, self._inflight_cmp):
                     for (w, col), n in src.items():
-                        if self._matches(w, route, step, rules):
+                        if self._matches(w, route, step, rules, fleet):
                             pend[col] += n
             row = self._read.execute(
                 f"SELECT CAST(SUM(compared) AS BIGINT), CAST(SUM(mismatched) AS BIGINT), "
@@ -440,9 +479,11 @@ class DiffStore:
         *,
         rules: str | None = None,
         ignored: Callable[[str], bool] | None = None,
+        fleet: bool = False,
     ) -> dict[str, object]:
         """The diffs object of the admin API and `strangler diffs`, for one window (`step` and
-        `rules`) or for the totals (`step` None).
+        `rules`), for the fleet's windows since `step` (`fleet`, module docstring) or for the
+        totals (`step` None).
 
         `likely_noise` is set for a field when `likely_noise(path)` says so, or (with
         `heuristic`, i.e. when the route has no second legacy copy to measure noise with) when
@@ -452,18 +493,18 @@ class DiffStore:
         there is a contract mismatch, not nondeterminism, and is never flagged by the heuristic.
         `ignored(path)`: the route's current ignore rules cover the path; such a row is marked
         `ignored` and listed after the live ones."""
-        where, args = self._where(route, step, rules)
+        where, args = self._where(route, step, rules, fleet)
         fields: dict[tuple[str, str], list[int]] = {}
         renames: Counter[tuple[str, str]] = Counter()
         with self._read_lock:
             with self._lock:
                 for src in (self._pending_fields, self._inflight_fields):
                     for (w, p, k), (c, e, o) in src.items():
-                        if self._matches(w, route, step, rules):
+                        if self._matches(w, route, step, rules, fleet):
                             _merge_fields(fields, {(p, k): (c, e, o)})
                 for src2 in (self._pending_renames, self._inflight_renames):
                     for (w, m, x), n in src2.items():
-                        if self._matches(w, route, step, rules):
+                        if self._matches(w, route, step, rules, fleet):
                             renames[(m, x)] += n
                 varies = {p for (r, p), (_, v) in self._pending_sigs.items() if r == route and v}
             for p, k, c, e, o in self._read.execute(
@@ -485,7 +526,7 @@ class DiffStore:
             window = self._read.execute(
                 f"SELECT MIN(started), MAX(updated) FROM comparisons WHERE {where}",
                 args).fetchone()
-        counts = self.counts(route, step, rules)
+        counts = self.counts(route, step, rules, fleet=fleet)
         compared = counts.compared  # rates are over the pairs that were really compared
         hints = _rename_hints(renames, fields)
         out_fields = []
@@ -514,7 +555,7 @@ class DiffStore:
                                 **_present(d)})
         return {
             "route": route,
-            "window": {"step": step, "rules": rules, "all": step is None,
+            "window": {"step": step, "rules": rules, "all": step is None, "fleet": fleet,
                        "first": window[0] if window else None,
                        "last": window[1] if window else None},
             # as the gate counts: an error (a side did not answer) is neither compared nor
@@ -623,6 +664,7 @@ class DiffStore:
             self.write_errors += 1
             raise
         last_retention = 0.0
+        last_marks = 0.0
         try:
             while True:
                 deadline = time.monotonic() + self._interval
@@ -652,6 +694,10 @@ class DiffStore:
                 try:
                     self._write(conn, samples)
                     now = self._clock()
+                    if self.shared and (self._pending_marks or
+                                        time.monotonic() - last_marks >= MARK_EVERY):
+                        self._sync_marks(conn)
+                        last_marks = time.monotonic()
                     if now - last_retention >= _RETENTION_EVERY:
                         self._prune(conn, now)
                         last_retention = now
@@ -664,6 +710,24 @@ class DiffStore:
                     return
         finally:
             conn.close()
+
+    def _sync_marks(self, conn: SqliteDb | PostgresDb) -> None:
+        """Write the step marks of this process's replica; read the fleet's."""
+        with self._lock:
+            marks = dict(self._pending_marks)
+        if marks:
+            conn.executemany(
+                "INSERT INTO step_marks (route, step, replica, updated) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (route) DO UPDATE SET step = excluded.step, "
+                "replica = excluded.replica, updated = excluded.updated "
+                "WHERE step_marks.step < excluded.step",
+                sorted((r, st, rep, time.time()) for r, (st, rep) in marks.items()))
+            with self._lock:
+                for r, v in marks.items():
+                    if self._pending_marks.get(r) == v:
+                        del self._pending_marks[r]
+        self._marks = {r: int(st) for r, st in
+                       conn.execute("SELECT route, step FROM step_marks").fetchall()}
 
     def _write(self, conn: SqliteDb | PostgresDb, samples: list[_Sample]) -> None:
         """Write the samples and then the pending counters, `BATCH_ROWS` rows a transaction."""

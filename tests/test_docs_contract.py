@@ -384,12 +384,19 @@ def test_every_admin_endpoint_is_documented(server: Any) -> None:
 
 
 def test_every_metric_and_label_value_is_documented(server: Any) -> None:
+    from types import SimpleNamespace
+
     from proxy.api.metrics import ProcessesCollector, StranglerCollector, make_registry, render
+    from proxy.api.migration_view import MigrationCollector
+    from proxy.control.migration import progress
 
     rt = server.runtime
+    migration = MigrationCollector(
+        {"progress": progress({("GET", "/a", "r", "target"): [1, 0, {}]})},
+        lambda: SimpleNamespace(dropped={"requests": 0, "comparisons": 0}))
     exposition = render(make_registry(
         StranglerCollector(rt.agg, rt.weights_for_metrics, lambda: rt.counters),
-        ProcessesCollector(server.processes)))[0].decode()
+        ProcessesCollector(server.processes), migration))[0].decode()
     families = re.findall(r"^# TYPE (\S+) \S+$", exposition, re.M)
     assert "strangler_requests_total" in families
     text = section("Metrics")

@@ -197,6 +197,85 @@ async def test_diffs_recorded_through_a_are_shown_by_c(fleet) -> None:
             assert r.status == 200 and "/shop/cart" in await r.text()
 
 
+async def _diffs(s: aiohttp.ClientSession, p: ProxyProcess, **params: str) -> dict:
+    async with s.get(f"{p.admin}/admin/routes/shop/diffs", params=params) as r:
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+
+async def _shop(s: aiohttp.ClientSession, p: ProxyProcess, n: int) -> None:
+    for k in range(n):
+        async with s.get(f"{p.url}/shop/item/{k}") as r:
+            assert r.status == 200
+            await r.read()
+
+
+async def _until(s: aiohttp.ClientSession, p: ProxyProcess, mismatched: int, **params: str
+                 ) -> dict:
+    """`p`'s diffs once they count `mismatched` (each replica's comparer writes within 0.2 s)."""
+    async def enough() -> dict | None:
+        body = await _diffs(s, p, **params)
+        return body if body["mismatched"] >= mismatched else None
+    return await wait_for(enough, timeout=20, interval=0.2)
+
+
+# A replica's new step reaches every comparer within a writer cycle (0.2 s) plus the marks'
+# read interval (shadow.store.MARK_EVERY, 1 s); generous for a loaded machine.
+MARK_SETTLE = 3.0
+
+
+async def test_default_diffs_view_is_the_fleets_evidence_since_the_step_began(fleet) -> None:
+    """Issue 28b.2: `strangler diffs` (default view) on one replica shows every replica's
+    comparisons since that replica's current step began, under its current compare rules."""
+    a, b, c = await fleet(3)
+    async with aiohttp.ClientSession() as s:
+        await _shop(s, a, 12)
+        await _shop(s, b, 8)
+        body = await _until(s, c, 20)  # C's step began at its start, before any of them
+        assert (body["compared"], body["mismatched"]) == (20, 20), body
+        window = body["window"]
+        assert window["fleet"] is True and window["all"] is False
+        async with s.get(f"{c.admin}/admin/routes/shop") as r:
+            assert window["step"] == (await r.json())["step"]["id"]
+        assert {f["path"] for f in body["fields"]} == {"$.by", "$.total"}
+        assert body["samples"]
+        code, out, err = await run_cli("diffs", "shop", "--admin", c.admin)
+        assert code == 0 and "shop: 20 compared, 20 mismatched" in out, (out, err)
+        assert "current evidence of every replica" in out
+
+        # C begins a new step: what the fleet recorded before it is not C's evidence
+        async with s.post(f"{c.admin}/admin/routes/shop/reset-evidence",
+                          json={"reason": "judge afresh"}, headers=MUTATE) as r:
+            assert r.status == 200, await r.text()
+        await asyncio.sleep(MARK_SETTLE)
+        assert (await _diffs(s, c))["compared"] == 0
+        assert (await _diffs(s, c, all="1"))["mismatched"] == 20  # still in the store
+        await _shop(s, a, 3)
+        await _shop(s, b, 4)
+        body = await _until(s, c, 7)
+        assert (body["compared"], body["mismatched"]) == (7, 7)
+        assert all(x["time"] >= body["window"]["step_started"] for x in body["samples"])
+        assert (await _until(s, a, 27))["mismatched"] == 27  # A's step began before all
+
+        # C's compare rules change (a new step under new rules): A and B, still on the old
+        # rules, record nothing C counts; what C compares under its new rules it does
+        c.config.write_text(c.config.read_text().replace(
+            "shadow: {sample: 1.0, max_rate: unlimited}",
+            'shadow: {sample: 1.0, max_rate: unlimited, compare: {ignore: ["$.total"]}}'))
+        async with s.post(f"{c.admin}/admin/reload", json={"reason": "ignore total"},
+                          headers=MUTATE) as r:
+            assert r.status == 200, await r.text()
+        await asyncio.sleep(MARK_SETTLE)
+        await _shop(s, a, 5)
+        assert (await _until(s, a, 32))["mismatched"] == 32
+        assert (await _diffs(s, c))["compared"] == 0
+        await _shop(s, c, 2)
+        body = await _until(s, c, 2)
+        assert (body["compared"], body["mismatched"]) == (2, 2)
+        assert [f["path"] for f in body["fields"]] == ["$.by"]
+        assert body["window"]["rules"] != (await _diffs(s, a))["window"]["rules"]
+
+
 async def test_database_outage_under_load_and_during_a_rollback(fleet, postgres_server) -> None:
     replicas = await fleet(3)
     a, b, c = replicas

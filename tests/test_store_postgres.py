@@ -206,6 +206,63 @@ def test_diffs_written_by_one_replica_are_read_by_another(env_dsn) -> None:
         store.close()
 
 
+def _wait_marks(store: DiffStore, route: str, step: int, timeout: float = 10.0) -> None:
+    """Until `store`'s comparer keeps `route` under at least `step` (marks are read every
+    MARK_EVERY seconds by the writer thread)."""
+    deadline = time.monotonic() + timeout
+    while store._fleet_step(route, 0) < step:
+        assert time.monotonic() < deadline, store._marks
+        store.flush(1.0)
+
+
+def test_fleet_window_is_every_replicas_evidence_since_a_step_began(env_dsn) -> None:
+    """Replica A's comparer records under A's step 1000; replica C's step 2000 began later:
+    C's default (fleet) view holds what A recorded since then, not before; A's holds both. Rows
+    under other compare rules are in neither."""
+    where = {"backend": "postgres", "dsn_env": "STRANGLER_DATABASE_URL", "sslmode": None,
+             "sslrootcert": None, "connect_timeout": 2.0}
+    a, c = DiffStore(where), DiffStore(where)
+    red = Redactor(())
+    req = RequestRecord("GET", "/x", (), b"")
+
+    def mismatches(n: int, path: str, rules: str = "R1") -> None:
+        for _ in range(n):
+            a.record("r", 1000, req, _ex(b'{"a": 1}'), _ex(b'{"a": 2}'), _cmp(path), red,
+                     rules=rules)
+        assert a.flush()
+
+    a.mark_step("r", 1000, "replica-a")  # A began its step
+    mismatches(4, "$.before")
+    a.record_counts("r", 1000, "match", 6, rules="R1")
+    mismatches(3, "$.old_rules", rules="R0")  # a comparer still on the previous rules
+    c.mark_step("r", 2000, "replica-c")  # C's step began after all of that
+    assert c.flush()
+    _wait_marks(a, "r", 2000)
+    mismatches(5, "$.after")
+    a.record_counts("r", 1000, "error", 2, rules="R1")
+    assert a.flush()
+
+    mine = c.summary("r", step=2000, rules="R1", fleet=True)
+    assert (mine["compared"], mine["mismatched"], mine["errors"]) == (5, 5, 2)
+    assert [f["path"] for f in mine["fields"]] == ["$.after"]
+    assert mine["window"]["fleet"] is True and mine["window"]["step"] == 2000
+    assert {s["step"] for s in mine["samples"]} == {2000} and mine["samples"]
+    theirs = c.summary("r", step=1000, rules="R1", fleet=True)  # A's window: since 1000
+    assert (theirs["compared"], theirs["mismatched"]) == (15, 9)
+    assert {f["path"] for f in theirs["fields"]} == {"$.before", "$.after"}
+    # per step (the local view) A's own step holds only what was recorded before the mark
+    assert a.counts("r", 1000, "R1") == (10, 4, 0)
+    assert c.summary("r")["compared"] == 18  # --all: every window, every rule set
+    old = c.summary("r", step=1000, rules="R0", fleet=True)
+    assert [f["path"] for f in old["fields"]] == ["$.old_rules"]
+    a.mark_step("r", 1500, "replica-a")  # an older mark never moves the fleet's back
+    assert a.flush()
+    time.sleep(1.2)
+    assert a.flush() and a._fleet_step("r", 0) == 2000
+    for store in (a, c):
+        store.close()
+
+
 def test_diff_counters_wait_through_an_outage(postgres_server, env_dsn) -> None:
     where = {"backend": "postgres", "dsn_env": "STRANGLER_DATABASE_URL", "sslmode": None,
              "sslrootcert": None, "connect_timeout": 2.0}
@@ -330,5 +387,5 @@ async def test_store_migrate_imports_a_file_trail_keeping_its_hashes(pg_db, tmp_
     code, _, err = await run_cli("store", "verify", "-c", str(cfg), env=env)
     assert code == 1 and "entry 3" in err
     code, out, _ = await run_cli("store", "status", "-c", str(cfg), env=env)
-    assert code == 0 and "schema 1" in out and "1 pending approval" in out
+    assert code == 0 and f"schema {pg.SCHEMA_VERSION}," in out and "1 pending approval" in out
     fleet.close()

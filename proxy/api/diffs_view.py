@@ -1,10 +1,16 @@
 """`GET /admin/routes/{name}/diffs`: the route's shadow differences, for one evidence window.
 
-By default the window is the route's current step (the step id the gate judges, which the data
-plane tags every mirrored request with) under the route's current compare rules: what the gate
-counts, and nothing recorded before the last change of either. `all=1` answers with the totals
-of every window the store still has; there, a row that the current `ignore` rules cover is
-marked `ignored` (listed after the live ones), never shown as a live difference.
+By default the window is the route's current evidence under the route's current compare rules,
+nothing recorded before the last change of either:
+- with the local store (one replica): the route's current step, the step id the gate judges,
+  which the data plane tags every mirrored request with: what the gate counts;
+- with the shared store (`store.backend: postgres`): every replica's comparisons since this
+  replica's current step began (`fleet`: the windows keyed at or after its step id, whatever
+  replica recorded them; shadow.store "Fleet windows"), the time window the gate's Prometheus
+  mode counts the fleet's evidence over.
+`all=1` answers with the totals of every window the store still has; there, a row that the
+current `ignore` rules cover is marked `ignored` (listed after the live ones), never shown as a
+live difference.
 
 Every restart starts a new step (proxy.control.steps), so after one `status`, `gate` and the
 default view all count from zero together; `all=1` still shows what came before.
@@ -31,10 +37,10 @@ def _flag(request: web.Request, name: str) -> bool:
 def _window(rt: Any, name: str, all_time: bool) -> dict[str, Any]:
     spec = rt.spec(name)
     if all_time:
-        return {"step": None, "rules": None}
+        return {"step": None, "rules": None, "fleet": rt.config.store.shared}
     route = rt.state.route(name)
     return {"step": route.step, "rules": rules_id(spec.shadow.compare),
-            "step_started": route.step_started}
+            "step_started": route.step_started, "fleet": rt.config.store.shared}
 
 
 def no_store_view(rt: Any, request: web.Request, name: str) -> dict[str, Any]:
@@ -63,6 +69,6 @@ async def diffs_view(server: Any, rt: Any, request: web.Request, name: str,
     comparator = Comparator(compare)
     summary = await asyncio.to_thread(
         store.summary, name, limit, window["step"], min(limit, MAX_SAMPLES), None, heuristic,
-        rules=window["rules"], ignored=comparator.ignores)
+        rules=window["rules"], ignored=comparator.ignores, fleet=window.get("fleet", False))
     summary["window"].update(window)
     return summary

@@ -9,7 +9,12 @@
 - `GET /admin/retire-check[?days=14]` (every route) and `GET /admin/routes/{name}/retire-check`;
   `POST /admin/routes/{name}/retire` (admin.py) records the decision (`retire`).
 - `strangler_migration_progress_ratio{of}` and `strangler_migration_endpoints{state}`: the last
-  24 h, refreshed every PROGRESS_REFRESH seconds (a scrape never reads the store).
+  24 h, refreshed every PROGRESS_REFRESH seconds (a scrape never reads the store);
+  `strangler_inventory_dropped_total{kind}`: what the rollups lost past their waiting bound.
+
+With a shared store (`store.backend: postgres`) every answer is the fleet's: the rollups of every
+replica are in the one database, and `store` in the raw inventory and in a retirement check
+names it, so the CLI never adds one store's counts twice.
 """
 
 from __future__ import annotations
@@ -21,11 +26,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from proxy.control import migration
 from proxy.control.results import RuntimeError_
-from proxy.control.rollups import DAY
+from proxy.control.rollups import DAY, RollupsUnavailable
 
 PROGRESS_REFRESH = 30.0
 MAX_DAYS = 3650
@@ -72,13 +77,16 @@ async def raw_inventory(server: Any, since_s: float) -> dict:
 async def retire_checks(server: Any, names: list[str], days: float) -> list[dict]:
     """The retirement check of each route in `names` (one read of the log and the store)."""
     from shadow.reconcile_store import latest_runs
+    from shadow.sqldb import locator
 
     rt = server.runtime
     now = time.time()
     audit = await asyncio.to_thread(rt.audit.entries)
-    runs = await asyncio.to_thread(latest_runs, rt.config.state_dir / "diffs.sqlite3", None, 0, 0)
+    runs = await asyncio.to_thread(latest_runs, locator(rt.config), None, 0, 0)
     enabled = rt.config.inventory.enabled
     traffic = await server.rollups.read(now - days * DAY) if enabled else None
+    store = traffic.store if traffic is not None else \
+        await asyncio.to_thread(server.rollups.store.identity)
     out = []
     for name in names:
         spec = rt.spec(name)
@@ -88,6 +96,7 @@ async def retire_checks(server: Any, names: list[str], days: float) -> list[dict
             traffic=traffic, reverse_shadow=spec.shadow.enabled and spec.shadow.reverse
             and spec.shadow.sample > 0, reconcile=runs.get(name))
         check["retired"] = _retired(audit, name)
+        check["store"] = store
         out.append(check)
     return out
 
@@ -128,7 +137,7 @@ def register(app: web.Application, server: Any, registry: Any) -> None:
     """Add the endpoints to the admin app, and the progress gauges to its metrics registry."""
     cache: dict[str, Any] = {"progress": None, "at": 0.0}
     app[PROGRESS_KEY] = cache
-    registry.register(MigrationCollector(cache))
+    registry.register(MigrationCollector(cache, lambda: server.rollups))
 
     def guarded(handler: Any) -> Any:
         async def run(request: web.Request) -> web.StreamResponse:
@@ -139,6 +148,8 @@ def register(app: web.Application, server: Any, registry: Any) -> None:
                 return await handler(request)
             except _Refused as exc:
                 return exc.response
+            except RollupsUnavailable as exc:  # a write to the store is stuck
+                return web.json_response({"error": str(exc), "detail": None}, status=503)
         return run
 
     async def inventory(request: web.Request) -> web.Response:
@@ -208,11 +219,12 @@ def register(app: web.Application, server: Any, registry: Any) -> None:
 
 
 class MigrationCollector:
-    """The last 24 h's progress as gauges (this replica: for several, `sum()` the request
-    counters instead, or merge with `strangler inventory --replica`)."""
+    """The last 24 h's progress as gauges (the replica's own traffic with a local store; the
+    fleet's with a shared one), and what the rollups lost while their store was away."""
 
-    def __init__(self, cache: dict[str, Any]) -> None:
+    def __init__(self, cache: dict[str, Any], rollups: Any = lambda: None) -> None:
         self.cache = cache
+        self.rollups = rollups
 
     def collect(self) -> Iterator[Any]:
         p = self.cache.get("progress")
@@ -234,3 +246,12 @@ class MigrationCollector:
             eps.add_metric(["legacy"], e["total"] - e["migrated"] - e["partly"])
         yield ratio
         yield eps
+        rollups = self.rollups()
+        dropped = CounterMetricFamily(
+            "strangler_inventory_dropped",
+            "Counts the inventory lost: rollups that waited for their store past the bound, "
+            "by kind (requests, comparisons)", labels=["kind"])
+        if rollups is not None:
+            for kind in ("requests", "comparisons"):
+                dropped.add_metric([kind], rollups.dropped.get(kind, 0))
+        yield dropped

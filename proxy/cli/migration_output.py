@@ -49,8 +49,10 @@ def _endpoint(e: dict) -> str:
 def inventory(view: dict, last_24h: dict | None = None) -> str:
     since = _when(view["since"])
     replicas = view.get("replicas", 1)
+    shared = str(view.get("store", "local")).startswith("postgres:")
     head = [f"Traffic inventory since {since}"
-            + (f", {replicas} replicas merged" if replicas > 1 else "")
+            + (", every replica (the shared store)" if shared else
+               f", {replicas} replicas merged" if replicas > 1 else "")
             + f": {view['requests']} requests, {view['endpoints_total']} endpoints"]
     first = view.get("first")
     if isinstance(first, int | float) and first > view["since"]:

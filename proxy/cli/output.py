@@ -239,8 +239,16 @@ def diffs(body: dict, sample_lines: int = 8, now: float | None = None) -> str:
 
 def _window_line(w: dict, now: float | None) -> str:
     if w.get("all"):
-        return "(all evidence the store has, every step and rule set; --all)"
-    text = f"(current evidence: step {w.get('step')}, compare rules {w.get('rules')}"
+        return ("(all evidence the store has, every step and rule set" +
+                (", every replica" if w.get("fleet") else "") + "; --all)")
+    if w.get("fleet"):
+        text = ("(current evidence of every replica: recorded since this replica's step "
+                f"{w.get('step')} began")
+        if w.get("step_started"):
+            text += f" {age_of(w['step_started'], now)} ago"
+        text += f", compare rules {w.get('rules')}"
+    else:
+        text = f"(current evidence: step {w.get('step')}, compare rules {w.get('rules')}"
     if w.get("first"):
         text += f", first comparison {age_of(w['first'], now)} ago"
     return text + "; --all for everything)"

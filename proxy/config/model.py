@@ -1105,7 +1105,8 @@ class Inventory(Block):
         D(InventorySpec, "max_templates"), description="endpoints counted by name; beyond, "
         "`other`")
     retention_days: v.Integer(1, 3650) = Field(  # type: ignore[valid-type]
-        D(InventorySpec, "retention_days"), description="days of rollups kept in state_dir")
+        D(InventorySpec, "retention_days"), description="days of rollups kept (state_dir or the "
+        "shared store)")
 
 
 # -- groups --------------------------------------------------------------------------------------

@@ -3,12 +3,15 @@ progress (share of requests and endpoints on new services), and retirement readi
 
 Everything here works on a *raw* inventory, a plain JSON object that several replicas' answers
 can be merged into (`merge_raw`): rows of counts and latency histograms add up exactly, so the
-CLI asking every replica's admin API computes the same table one proxy would.
+CLI asking every replica's admin API computes the same table one proxy would. `store` names
+where the rows were read: `local` (that replica's own file: the answers of several add up) or
+`postgres:<id>` (the fleet's shared store: every replica answers with the same rows, so one
+answer per store is counted).
 
     raw = {"since", "until", "first", "grain",
            "rows": [[method, template, route, backend, requests, errors, [[bucket, n], ...]]],
            "routes": {name: {"weight", "state"}}, "declared": [[method, template, source]],
-           "replicas": 1}
+           "replicas": 1, "store": "local"}
 
 An endpoint is (method, path template); `route` `_default` means no route matched (legacy's
 default upstream); backend `proxy` counts requests the proxy answered itself (a client that left,
@@ -55,6 +58,7 @@ def raw_from(traffic: Traffic, routes: dict[str, dict], declared: Iterable[Any])
         "routes": routes,
         "declared": [[d.method, d.path, d.source] for d in declared],
         "replicas": 1,
+        "store": traffic.store,
     }
 
 
@@ -65,9 +69,26 @@ def raw_rows(raw: dict) -> dict[Key, Stats]:
     return out
 
 
+def distinct_stores(answers: list[dict]) -> list[int]:
+    """The answers to count (their indexes): every local one, the first of each shared store
+    (every replica of a shared store answers with the same rows)."""
+    seen: set[str] = set()
+    keep = []
+    for i, a in enumerate(answers):
+        store = a.get("store") or "local"
+        if store != "local":
+            if store in seen:
+                continue
+            seen.add(store)
+        keep.append(i)
+    return keep
+
+
 def merge_raw(raws: list[dict]) -> dict:
-    """Several replicas' raw inventories as one: counts and histograms added; the window is the
-    union; `first` the latest (the merged records are complete only from then on)."""
+    """Several replicas' raw inventories as one: counts and histograms added (once per shared
+    store); the window is the union; `first` the latest (the merged records are complete only
+    from then on)."""
+    raws = [raws[i] for i in distinct_stores(raws)]
     if len(raws) == 1:
         return raws[0]
     rows: dict[Key, Stats] = {}
@@ -90,6 +111,8 @@ def merge_raw(raws: list[dict]) -> dict:
         "routes_differ": differ or any(r.get("routes_differ") for r in raws),
         "declared": list(declared.values()),
         "replicas": sum(r.get("replicas", 1) for r in raws),
+        "store": "several" if len({r.get("store", "local") for r in raws}) > 1 else
+        raws[0].get("store", "local"),
     }
 
 
@@ -204,6 +227,7 @@ def inventory_view(raw: dict, unrouted: bool = False, limit: int | None = None) 
         "until": raw["until"],
         "first": raw.get("first"),
         "replicas": raw.get("replicas", 1),
+        "store": raw.get("store", "local"),
         "requests": total,
         "endpoints_total": sum(1 for e in eps if not e["other"]),
         "progress": progress(rows),

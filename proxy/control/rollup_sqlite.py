@@ -13,7 +13,7 @@ import os
 import threading
 from pathlib import Path
 
-from proxy.control.rollups import DAY, Key, Row, Stats, add_stats
+from proxy.control.rollups import DAY, Bucket, Key, Row, Stats, add_stats
 from proxy.dataplane.inventory import OTHER
 from shadow.dbfile import connect, schema_version
 
@@ -70,9 +70,9 @@ class SqliteRollupStore:
             self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._conn.execute("COMMIT")
 
-    def add(self, grain: int, start: int, rows: dict[Key, Stats],
-            shadow: dict[str, list[int]]) -> None:
-        if not rows and not shadow:
+    def write(self, buckets: list[Bucket], batch: int = 0) -> None:
+        """Every bucket in one transaction (one writer: a batch is never in doubt here)."""
+        if not any(rows or shadow for _, _, rows, shadow in buckets):
             return
         with self._lock:
             c = self._conn
@@ -84,13 +84,15 @@ class SqliteRollupStore:
                     "requests = requests + excluded.requests, errors = errors + excluded.errors, "
                     "latency = merge_latency(latency, excluded.latency)",
                     [(grain, start, *key, req, err, _text(hist))
+                     for grain, start, rows, _ in buckets
                      for key, (req, err, hist) in rows.items()])
                 c.executemany(
                     "INSERT INTO shadow VALUES (?,?,?,?,?,?) ON CONFLICT (grain, start, route) "
                     "DO UPDATE SET compared = compared + excluded.compared, "
                     "mismatched = mismatched + excluded.mismatched, "
                     "errors = errors + excluded.errors",
-                    [(grain, start, r, *counts) for r, counts in shadow.items()])
+                    [(grain, start, r, *counts) for grain, start, _, shadow in buckets
+                     for r, counts in shadow.items()])
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
@@ -118,6 +120,12 @@ class SqliteRollupStore:
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
         return [(s, r, [c, m, e]) for s, r, c, m, e in rows]
+
+    def starts(self, grain: int, since: int, until: int) -> list[int]:
+        with self._lock:
+            return [s for (s,) in self._conn.execute(
+                "SELECT DISTINCT start FROM traffic WHERE grain=? AND start>=? AND start<? "
+                "ORDER BY start", (grain, since, until))]
 
     def endpoints(self, grain: int, start: int) -> set[tuple[str, str]]:
         with self._lock:
@@ -150,7 +158,7 @@ class SqliteRollupStore:
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
-        self.add(grain, start, folded, {})
+        self.write([(grain, start, folded, {})])
         return len(drop)
 
     def prune(self, grain: int, before: int) -> int:
@@ -162,6 +170,13 @@ class SqliteRollupStore:
                 c.execute("UPDATE meta SET value=? WHERE key='started' AND CAST(value AS REAL)<?",
                           (str(before), before))
         return n
+
+    def mark_started(self, t: float) -> None:
+        if self.first() is None:
+            self.set_meta("started", str(t))
+
+    def identity(self) -> str:
+        return "local"
 
     def first(self) -> float | None:
         value = self.get_meta("started")

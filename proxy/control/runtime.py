@@ -94,6 +94,7 @@ class Runtime(FourEyes, Groups):
         self._inconclusive_noted: dict[str, int] = {}  # route -> step audited inconclusive
         self.prometheus: Any = None  # shadow.promql.PrometheusSource when gate needs it
         self.on_reload: list[Callable[[Config], Awaitable[None] | None]] = []
+        self.on_new_step: list[Callable[[str, int], None]] = []  # (route, step id)
         self.started = time.time()
         self.metrics_error: str | None = None  # why the gate's metrics are unavailable now
         self.config_hash = config_changes.config_hash(self.config_text)
@@ -263,6 +264,8 @@ class Runtime(FourEyes, Groups):
         self.agg.reset_recent(name)
         self.last_decision.pop(name, None)
         self._void_approval(name, f"a new step began: {reason}")
+        for hook in self.on_new_step:  # the shared diff store's step marks (no I/O here)
+            hook(name, rt.step)
 
     def _persist(self) -> str | None:
         try:

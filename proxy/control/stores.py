@@ -1,9 +1,10 @@
-"""Which audit trail and approvals store a replica uses (`store.backend`), and the shared
-store's start-up check.
+"""Which audit trail, approvals store and inventory rollup store a replica uses
+(`store.backend`), and the shared store's start-up check.
 
-`local` (the default): the hash-chained file and approvals.json in state_dir, one replica.
-`postgres`: the fleet's chain and approvals in PostgreSQL (`proxy.control.audit_pg`,
-`proxy.control.approvals_pg`); the DSN from `store.dsn_env`.
+`local` (the default): the hash-chained file, approvals.json and inventory.sqlite3 in state_dir,
+one replica. `postgres`: the fleet's chain, approvals and traffic rollups in PostgreSQL
+(`proxy.control.audit_pg`, `proxy.control.approvals_pg`, `proxy.control.rollup_pg`); the DSN
+from `store.dsn_env`.
 
 At start (`check_shared`): an unset DSN variable or a database whose schema is newer than this
 strangler knows refuses the start (exit 2). A database that cannot be reached does not: the
@@ -41,6 +42,19 @@ def open_trail(config: Config) -> tuple[Any, Any, str]:
     replica = pg.replica_name()
     return (PostgresAudit(config.store, dsn, config.state_dir, replica),
             PostgresApprovals(config.store, dsn, replica), replica)
+
+
+def open_rollups(config: Config) -> Any:
+    """The traffic inventory's `RollupStore` for `config.store`. Raises NewerInventory for a
+    state_dir file written by a newer strangler (the shared schema is checked at start)."""
+    if not config.store.shared:
+        from proxy.control.rollup_sqlite import SqliteRollupStore
+
+        return SqliteRollupStore(config.state_dir / "inventory.sqlite3")
+    from proxy.control.rollup_pg import PostgresRollupStore
+    from shadow import pg
+
+    return PostgresRollupStore(config.store, pg.dsn(config.store), pg.replica_name())
 
 
 def check_shared(config: Config) -> dict | None:

@@ -180,18 +180,23 @@ class Server:
                    {"flags": reason} if reason else {}), "store": store}
 
     def store_problem(self) -> dict | None:
-        """The shared store (store.backend: postgres) when it is unavailable or audit entries
-        wait on this replica's disk; None when all is well (or the store is local)."""
+        """The shared store (store.backend: postgres) when it is unavailable, audit entries
+        wait on this replica's disk or inventory rollups in its memory; None when all is well
+        (or the store is local)."""
         status = getattr(self.runtime.audit, "status", None)
         if status is None:
             return None
         audit = status()
+        inventory = self.rollups.status() if self.rollups is not None else None
         # The audit shipper tries the store all the time, so its state is the store's; the
-        # diff store's reader only learns it at its next read, and is shown, not judged.
-        if audit["up"] and not audit.get("buffered") and "slow_seconds" not in audit:
+        # diff store's reader only learns it at its next read, and is shown, not judged. The
+        # inventory's rollups write every 2 s: rows waiting after a failed write are judged.
+        if audit["up"] and not audit.get("buffered") and "slow_seconds" not in audit and (
+                inventory is None or inventory["up"]):
             return None
         diffs = getattr(self.diff_store, "status", None)
-        return {"audit": audit, "diffs": diffs() if diffs is not None else None}
+        return {"audit": audit, "diffs": diffs() if diffs is not None else None,
+                "inventory": inventory}
 
     async def start(self) -> None:
         rt = self.runtime

@@ -48,6 +48,12 @@ async def before_planes(server: Any) -> None:
         from shadow.store import DiffStore
 
         server.diff_store = DiffStore(locator(config))
+        if config.store.shared:  # the fleet's windows follow every replica's steps
+            rt = server.runtime
+            mark = server.diff_store.mark_step
+            rt.on_new_step.append(lambda name, step: mark(name, step, rt.replica))
+            for r in config.routes:  # this start began a step for every route
+                mark(r.name, rt.state.route(r.name).step, rt.replica)
 
 
 async def start_notifier(server: Any) -> None:
@@ -70,15 +76,17 @@ async def start_notifier(server: Any) -> None:
 
 
 def start_inventory(server: Any) -> None:
-    """The traffic inventory's rollups (state_dir/inventory.sqlite3), fed by every data plane;
-    read even when `inventory.enabled` is off (what was recorded stays readable)."""
-    from proxy.control.rollup_sqlite import NewerInventory, SqliteRollupStore
+    """The traffic inventory's rollups (state_dir/inventory.sqlite3, or the shared store),
+    fed by every data plane; read even when `inventory.enabled` is off (what was recorded stays
+    readable)."""
+    from proxy.control.rollup_sqlite import NewerInventory
     from proxy.control.rollups import Rollups
+    from proxy.control.stores import open_rollups
 
     rt = server.runtime
     config = rt.config
     try:
-        store = SqliteRollupStore(config.state_dir / "inventory.sqlite3")
+        store = open_rollups(config)
     except NewerInventory as exc:
         raise ServeError(str(exc)) from exc
     rollups = Rollups(store, config.inventory, lambda: rt.agg.shadow)

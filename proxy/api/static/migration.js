@@ -147,7 +147,8 @@ function endpointsPanel(inv) {
   return h("div", { class: "panel", id: "endpoints-panel" },
     h("div", { class: "panel-head" }, h("h2", {}, "Endpoints by traffic"),
       h("span", { class: "sub" }, fmtInt(inv.requests) + " requests, " + inv.endpoints_total +
-        " endpoints, " + windowLabel() + (inv.replicas > 1 ? "" : " · this replica")),
+        " endpoints, " + windowLabel() + (String(inv.store || "").startsWith("postgres:")
+          ? " · every replica (shared store)" : inv.replicas > 1 ? "" : " · this replica")),
       h("div", { class: "spacer" }), h("span", { class: "mig-scale" }, "legacy",
         h("span", { class: "grad" }), "new"), h("div", {}, seg)),
     h("table", { id: "endpoints" },

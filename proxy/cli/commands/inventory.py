@@ -4,9 +4,10 @@ Show every endpoint (method + path template) the proxy saw in the window, busies
 requests, share of all traffic, error rate, p50/p99 on legacy, the route that covers it (if any)
 with its weight and state, and the share actually served by new services; then declared
 endpoints (inventory.templates, inventory.openapi) that got no request. --unrouted lists only
-endpoints no route covers yet, by their traffic: the candidates for the next route. With
+endpoints no route covers yet, by their traffic: the candidates for the next route. With a
+shared store (store.backend: postgres) any replica answers for the whole fleet. With
 --replica URL (repeatable) every replica's counts are merged (exactly: counts and latency
-histograms add up), so N replicas read as one proxy.
+histograms add up; one shared store is counted once), so N replicas read as one proxy.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Run ROUTE's retirement check (see retire-check) and, when it passes, record the decision in the
 audit log as `retired` with the check as evidence; when it does not, exit 1 with each unmet
 condition and record nothing. --force records it anyway, marked forced, with what was unmet.
-With --replica URL (repeatable) every replica must pass, and the entry is recorded on each.
+With --replica URL (repeatable) every replica must pass, and the entry is recorded on each (once
+for replicas that share a store: they share its audit chain).
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ def run(args: argparse.Namespace) -> int:
                     print(migration_output.retire_check(check))
                     print(f"{args.route}: not recorded (fix what is unmet, or --force)")
                 return FAILED
+            # once per audit trail: replicas sharing a store share its one chain
+            writers = [clients[i] for i in migration.distinct_stores(checks)]
             answers = [_call(c, "POST", f"/admin/routes/{args.route}/retire",
                              {"reason": args.reason, "force": args.force, "days": args.days},
-                             None) for c in clients]
+                             None) for c in writers]
         finally:
             for c in clients[1:]:
                 c.close()
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                                                               "replicas": answers})
             return OK
         print(migration_output.retire_check(check))
-        for c, a in zip(clients, answers, strict=True):
+        for c, a in zip(writers, answers, strict=True):
             audit = a.get("audit") or {}
             print(f"{args.route}: retired{' (FORCED)' if a.get('forced') else ''}: recorded in "
                   f"the audit log of {c.url} (#{audit.get('seq')}) as {audit.get('actor')}")

@@ -3,7 +3,8 @@
 Exit 0 when, over the last --days days, ROUTE was at 100% with no rollback and no weight change,
 legacy got no live request of it (fallbacks count; QA pins do not), and its reverse shadow and
 its latest `strangler reconcile` run (where there are any) were clean; otherwise exit 1 with
-each unmet condition in words. With --replica URL (repeatable) every replica must agree.
+each unmet condition in words. With a shared store (store.backend: postgres) any replica checks
+the whole fleet. With --replica URL (repeatable) every replica must agree.
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """the shared store (store.backend: postgres): migrate a state_dir into it, verify, status
 
 `strangler store migrate --from-state-dir DIR -c routes.yaml` imports a replica's file audit
-trail (DIR/audit.log, verified first), its outbox and its pending approvals into the PostgreSQL
-store that routes.yaml's `store` names. Each imported entry keeps its exact line (so its hash)
-and joins the fleet's chain; the imported lines still chain among themselves, which `history
---verify` checks. Running it again imports only what is missing. diffs.sqlite3 is not imported:
-shadow evidence starts afresh with every step anyway. `strangler store verify` checks the fleet's
-chain without a running proxy (exit 1 when broken); `strangler store status` shows the schema
-version, the chain's head and the replicas that wrote to it. The DSN comes from the environment
-variable `store.dsn_env`, never from an argument.
+trail (DIR/audit.log, verified first), its outbox, its pending approvals and its traffic
+inventory (DIR/inventory.sqlite3's rollups, added into the fleet's) into the PostgreSQL store
+that routes.yaml's `store` names. Each imported entry keeps its exact line (so its hash) and
+joins the fleet's chain; the imported lines still chain among themselves, which `history
+--verify` checks. Running it again imports only what is missing (an inventory file once).
+diffs.sqlite3 is not imported: shadow evidence starts afresh with every step anyway.
+`strangler store verify` checks the fleet's chain without a running proxy (exit 1 when broken);
+`strangler store status` shows the schema version, the chain's head and the replicas that wrote
+to it. The DSN comes from the environment variable `store.dsn_env`, never from an argument.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             if args.action == "migrate":
                 if not args.from_state_dir:
                     return _fail("migrate needs --from-state-dir DIR")
-                return _migrate(conn, Path(args.from_state_dir), args.json)
+                return _migrate(conn, config, Path(args.from_state_dir), args.json)
             if args.from_state_dir:
                 return _fail("--from-state-dir is for migrate")
             return _verify(conn, args.json) if args.action == "verify" else \
@@ -126,7 +128,7 @@ def imported_entries(lines: list[bytes], source: str) -> list[dict]:
     return out
 
 
-def _migrate(conn: Any, directory: Path, as_json: bool) -> int:
+def _migrate(conn: Any, config: Any, directory: Path, as_json: bool) -> int:
     from proxy.control.audit import AuditLog
     from proxy.control.audit_pg import append_rows
     from proxy.control.outbox import Outbox
@@ -151,12 +153,13 @@ def _migrate(conn: Any, directory: Path, as_json: bool) -> int:
         append_rows(conn, batch[i:i + BATCH])
     after = conn.execute("SELECT seq FROM audit_head WHERE id = 1").fetchone()[0]
     approvals = _migrate_approvals(conn, directory / "approvals.json")
+    inventory = _migrate_inventory(config, directory / "inventory.sqlite3")
     added = after - before
     body = {"source": str(directory), "file_entries": len(lines),
             "outbox_entries": len(batch) - len(lines), "added": added,
             "already_there": len(batch) - added,
             "fleet_seq": [before + 1, after] if added else None,
-            "approvals_imported": approvals}
+            "approvals_imported": approvals, "inventory": inventory}
     if as_json:
         print_json(body)
     else:
@@ -164,7 +167,53 @@ def _migrate(conn: Any, directory: Path, as_json: bool) -> int:
         print(f"imported {added} of {len(batch)} entries from {directory}{span} "
               f"({len(batch) - added} already in the shared trail); {approvals} pending "
               "approval(s). The file trail is left as it was. Check: strangler history --verify")
+        if inventory["rows"]:
+            print(f"traffic inventory: {inventory['rows']} rollup rows ({inventory['requests']} "
+                  "requests) " + ("added to the shared store" if inventory["imported"] else
+                                  "were imported before: not added again"))
     return OK
+
+
+def _migrate_inventory(config: Any, path: Path) -> dict:
+    """inventory.sqlite3's rollups added into the shared store, once per file (its records'
+    start names it), closed buckets compacted as serve compacts them."""
+    from proxy.control.rollup_pg import PostgresRollupStore
+    from proxy.control.rollup_sqlite import SqliteRollupStore
+    from proxy.control.rollups import DAY, HOUR, add_counts, add_stats, bucket
+    from shadow import pg
+
+    out = {"rows": 0, "requests": 0, "imported": False}
+    if not path.exists():
+        return out
+    src = SqliteRollupStore(path)
+    try:
+        started = src.first()
+        buckets: dict[tuple[int, int], tuple[dict, dict]] = {}
+        for grain in (HOUR, DAY):
+            for start, key, s in src.read(grain, 0):
+                rows = buckets.setdefault((grain, start), ({}, {}))[0]
+                add_stats(rows, key, s[0], s[1], s[2])
+                out["rows"] += 1
+                out["requests"] += s[0] if grain == DAY else 0
+            for start, route, counts in src.read_shadow(grain, 0):
+                add_counts(buckets.setdefault((grain, start), ({}, {}))[1], route, counts)
+    finally:
+        src.close()
+    if not buckets:
+        return out
+    dst = PostgresRollupStore(config.store, pg.dsn(config.store), "import")
+    try:
+        key = hashlib.sha256(repr(started).encode()).hexdigest()[:16]
+        out["imported"] = dst.import_once(
+            [(g, st, rows, routes) for (g, st), (rows, routes) in sorted(buckets.items())],
+            key, started)
+        if out["imported"]:
+            for grain, start in buckets:
+                if start + grain <= bucket(time.time(), grain):
+                    dst.compact(grain, start, config.inventory.max_templates)
+    finally:
+        dst.close()
+    return out
 
 
 def _migrate_approvals(conn: Any, path: Path) -> int:
