@@ -26,7 +26,7 @@ from proxy.config.loader import load_config
 from proxy.control.planes import build_table
 from proxy.dataplane.access_log import AccessLog
 from proxy.dataplane.recorder import Recorder
-from proxy.dataplane.server import ClientConnection, DataPlane
+from proxy.dataplane.server import GC_GEN0_THRESHOLD, ClientConnection, DataPlane
 from proxy.dataplane.upstream import UpstreamConnection
 
 BODY = b'{"status":"ok","service":"legacy","items":[1,2,3,4,5,6,7,8,9,10],"message":"hello"}'
@@ -96,6 +96,11 @@ def build(n_routes: int, access_log: bool) -> tuple[Any, Any]:
         ups.append(up)
     request = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n" % servers.bench_paths(
         n_routes)[0].encode()
+    # What `strangler serve` does once it listens (DataPlane.listen): start-up objects frozen,
+    # young collections every GC_GEN0_THRESHOLD allocations.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
     def one() -> None:
         conn.data_received(request)

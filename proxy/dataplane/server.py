@@ -59,9 +59,10 @@ class DataPlane:
     ) -> None:
         self.recorder = recorder
         self.access_log = access_log
-        # AccessLog.request takes the fields as arguments (no dict per request); any other
-        # callable gets the dict.
-        self.log_request: Callable[..., None] | None = getattr(access_log, "request", None)
+        # AccessLog.exchange takes the finished exchange itself (no dict, no tuple per request);
+        # any other callable gets the dict.
+        self.log_exchange: Callable[[Exchange], None] | None = getattr(access_log, "exchange",
+                                                                      None)
         self.rand = rand
         self.table: RouteTable | None = None
         self.config: Config | None = None
