@@ -223,7 +223,10 @@ class DataPlane:
         return cut
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection:
+    """An asyncio protocol for one client connection (duck-typed, not an `asyncio.Protocol`
+    subclass, so that it can be compiled to an extension type: server.pxd)."""
+
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
         self.parser = httptools.HttpRequestParser(self)
