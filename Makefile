@@ -13,7 +13,7 @@ UV := $(UV_HOME)/bin/uv
 UV_STAMP := $(UV_HOME)/.uv-$(UV_VERSION)
 export UV_PYTHON_DOWNLOADS := never
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
-FAST := -m "not slow and not unleash and not prometheus and not browser and not helm"
+FAST := -m "not slow and not unleash and not prometheus and not browser and not helm and not postgres"
 # The Docker image's Python (its `ARG PYTHON_VERSION`): the fast tier runs on it too.
 IMAGE_PY := $(shell sed -n 's/^ARG PYTHON_VERSION=//p' Dockerfile)
 IMAGE_VENV := .cache/venv-py$(IMAGE_PY)

@@ -14,6 +14,7 @@ import cProfile
 import gc
 import io
 import pstats
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -74,11 +75,16 @@ class _Url:
     small_url = big_url = "http://127.0.0.1:9/"
 
 
-def build(n_routes: int, access_log: bool) -> tuple[Any, Any]:
-    """A data plane with one client connection and one pooled connection per upstream."""
+def build(n_routes: int, access_log: bool, inventory: bool = True,
+          random_paths: bool = False) -> tuple[Any, Any]:
+    """A data plane with one client connection and one pooled connection per upstream.
+    `random_paths`: every request a new unmatched path of letters, which no id rule folds (the
+    inventory's cardinality attack; 20,000 distinct paths, repeating)."""
     state = Path(tempfile.mkdtemp(prefix="hotpath"))
     cfg = servers.strangler_config(port=1, admin_port=2, state_dir=state, up=_Url,  # type: ignore[arg-type]
                                    n_routes=n_routes)
+    if not inventory:
+        cfg["inventory"] = {"enabled": False}
     config = load_config(str(state / "routes.yaml"), yaml.safe_dump(cfg))
     recorder = Recorder()
     log = AccessLog(stream=io.StringIO()) if access_log else None
@@ -96,6 +102,13 @@ def build(n_routes: int, access_log: bool) -> tuple[Any, Any]:
         ups.append(up)
     request = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n" % servers.bench_paths(
         n_routes)[0].encode()
+    rng = random.Random(1)
+    # The random paths are made before the clock starts: only the proxy's cost is measured.
+    randoms = [b"GET /%s/%s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n" % (
+        rng.choice((b"shop", b"wp-admin", b"x")), bytes(rng.choices(b"abcdefghijklmnopqrstuvwxyz",
+                                                                    k=12)))
+        for _ in range(20_000)] if random_paths else None
+    counter = iter(())
     # What `strangler serve` does once it listens (DataPlane.listen): start-up objects frozen,
     # young collections every GC_GEN0_THRESHOLD allocations.
     gc.collect()
@@ -103,7 +116,15 @@ def build(n_routes: int, access_log: bool) -> tuple[Any, Any]:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
     def one() -> None:
-        conn.data_received(request)
+        nonlocal counter
+        if randoms is None:
+            conn.data_received(request)
+        else:
+            req = next(counter, None)
+            if req is None:
+                counter = iter(randoms)
+                req = next(counter)
+            conn.data_received(req)
         conn.cur.up.data_received(RESPONSE)  # type: ignore[union-attr]
 
     def loop(n: int) -> None:
@@ -114,6 +135,7 @@ def build(n_routes: int, access_log: bool) -> tuple[Any, Any]:
                 for up in ups:
                     up.transport.out.clear()  # type: ignore[union-attr]
                 recorder.take()
+                plane.endpoints.take()
                 if log is not None:
                     log.flush()
                     log.stream.seek(0)
@@ -128,9 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--routes", type=int, default=10)
     p.add_argument("--no-access-log", action="store_true")
+    p.add_argument("--no-inventory", action="store_true", help="inventory.enabled: false")
+    p.add_argument("--random-paths", action="store_true",
+                   help="every request a new unmatched path (inventory cardinality attack)")
     p.add_argument("--profile", action="store_true", help="print cProfile's top 25 instead")
     args = p.parse_args(argv)
-    loop, _ = build(args.routes, not args.no_access_log)
+    loop, _ = build(args.routes, not args.no_access_log, not args.no_inventory,
+                    args.random_paths)
     loop(2_000)  # warm up: pools, caches
     gc.collect()
     if args.profile:

@@ -71,10 +71,13 @@ def wrk(
     cpus: str | None,
     watched: Mapping[str, Sequence[int]],
     connections: int = 64,
+    script: str | None = None,
 ) -> dict:
-    """`wrk -t1 -cN -dD URL`: requests/s, errors (socket errors + non-2xx) and CPU use."""
+    """`wrk -t1 -cN -dD URL`: requests/s, errors (socket errors + non-2xx) and CPU use.
+    `script`: a wrk Lua script (`-s`) that writes the requests."""
     cmd = pinned(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "5s", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "5s",
+         *(("-s", script) if script else ()), url],
         cpus,
     )
     out, _, cpu = _run(cmd, duration + 60, watched)

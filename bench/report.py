@@ -26,7 +26,13 @@ LABELS = {
     "strangler_default_diff": "strangler, default routes.yaml (weight 50, shadow defaults), "
                               "answers differ",
     "strangler_shadow_diff": "strangler, shadow 1.0 unlimited, answers differ",
+    "strangler_shadow_diff_pg": "strangler, shadow 1.0 unlimited, answers differ, "
+                                "PostgreSQL store",
     "strangler_10k": "strangler, 10,000 routes",
+    "strangler_noinv": "strangler, 1 worker, 10 routes, inventory off",
+    "strangler_default_noinv": "strangler, default routes.yaml, answers differ, inventory off",
+    "strangler_random": "strangler, every request a new unmatched path (inventory on)",
+    "strangler_random_noinv": "strangler, every request a new unmatched path, inventory off",
     "stream": "strangler, 1 GiB streamed up and down",
     "nginx_tls_upstream": "nginx, proxy_pass https:// (keepalive, session reuse, verified)",
     "strangler_tls_upstream": "strangler, https upstream (keepalive, session resumption)",
@@ -183,6 +189,30 @@ TARGETS = (
         ("strangler", "throughput", "small"),
         ">=",
         0.9,
+    ),
+    Target(
+        "inventory_plain",
+        "traffic inventory on (default) vs off, 10 routes: throughput",
+        ("strangler", "throughput", "small"),
+        ("strangler_noinv", "throughput", "small"),
+        ">=",
+        0.97,
+    ),
+    Target(
+        "inventory_default",
+        "traffic inventory on vs off, default routes.yaml: throughput",
+        ("strangler_default_diff", "throughput", "small"),
+        ("strangler_default_noinv", "throughput", "small"),
+        ">=",
+        0.97,
+    ),
+    Target(
+        "inventory_random",
+        "traffic inventory on vs off, every path new and unmatched: throughput",
+        ("strangler_random", "throughput", "small"),
+        ("strangler_random_noinv", "throughput", "small"),
+        ">=",
+        0.95,
     ),
     Target(
         "stream_rss",
@@ -403,8 +433,11 @@ class Results:
                     ("strangler_default_diff", "throughput", "64KiB"),
                     ("strangler_shadow_diff", "throughput", "small"),
                     ("strangler_shadow_diff", "throughput", "64KiB"),
+                    ("strangler_shadow_diff_pg", "throughput", "small"),
+                    ("strangler_shadow_diff_pg", "throughput", "64KiB"),
                     ("strangler_default_diff", "p50", "small"),
-                    ("strangler_shadow_diff", "p50", "small")):
+                    ("strangler_shadow_diff", "p50", "small"),
+                    ("strangler_shadow_diff_pg", "p50", "small")):
             shadow = self.rows.get(key)
             if shadow is not None:
                 lines += ["", self.shadow_line(shadow)]

@@ -4,11 +4,11 @@ Starts everything on 127.0.0.1 (free ports, state in a temp dir, processes pinne
 taskset), measures each scenario --repeat times, interleaved so that every figure has an
 nginx figure from moments before, then writes bench/results/latest.{json,md} and prints the
 Markdown. Every process started is stopped by PID at the end, also on Ctrl-C or an error.
-Scenarios (for --only): direct, nginx, bare, aiohttp, strangler, strangler_pure, strangler_w2,
-strangler_shadow,
-strangler_default_diff, strangler_shadow_diff, strangler_10k, stream, nginx_tls_upstream,
-strangler_tls_upstream, nginx_tls_listener, strangler_tls_listener, strangler_trace_001,
-strangler_trace_1.
+Scenarios (for --only): direct, nginx, bare, aiohttp, strangler, strangler_pure,
+strangler_noinv, strangler_w2, strangler_shadow, strangler_default_diff,
+strangler_default_noinv, strangler_shadow_diff, strangler_shadow_diff_pg, strangler_10k,
+strangler_random, strangler_random_noinv, stream, nginx_tls_upstream, strangler_tls_upstream,
+nginx_tls_listener, strangler_tls_listener, strangler_trace_001, strangler_trace_1.
 
 The TLS rows put TLS on one side of each proxy: `_tls_upstream` proxies to the same nginx
 upstream over https (nginx: `proxy_pass https://` with keepalive, `proxy_ssl_session_reuse on`
@@ -20,6 +20,9 @@ The two `_diff` scenarios are the cases users hit first: a new service whose ans
 from the monolith's. `strangler_default_diff` is the routes.yaml a user writes first (weight 50,
 no shadow block: shadow on with its default budget); `strangler_shadow_diff` mirrors every
 request (sample 1.0, no rate limit) to that service, so every comparison is a mismatch.
+`strangler_shadow_diff_pg` is the same with `store: {backend: postgres}`: the comparer writes
+the shared PostgreSQL store (a throwaway PostgreSQL 15 from scripts/postgres-dev, fsync on)
+instead of SQLite, measured in the same run.
 """
 
 from __future__ import annotations
@@ -52,11 +55,16 @@ SCENARIOS = (
     "aiohttp",
     "strangler",
     "strangler_pure",
+    "strangler_noinv",
     "strangler_w2",
     "strangler_shadow",
     "strangler_default_diff",
+    "strangler_default_noinv",
     "strangler_shadow_diff",
+    "strangler_shadow_diff_pg",
     "strangler_10k",
+    "strangler_random",
+    "strangler_random_noinv",
     "stream",
     "nginx_tls_upstream",
     "strangler_tls_upstream",
@@ -69,8 +77,14 @@ TLS_SCENARIOS = ("nginx_tls_upstream", "strangler_tls_upstream", "nginx_tls_list
                  "strangler_tls_listener")
 TRACE_SCENARIOS = {"strangler_trace_001": 0.01, "strangler_trace_1": 1.0}
 BODY_LEN = {"small": len(SMALL_BODY), "64KiB": servers.BIG_SIZE}
-SHADOW_SCENARIOS = ("strangler_shadow", "strangler_default_diff", "strangler_shadow_diff")
-DIFF_SCENARIOS = ("strangler_default_diff", "strangler_shadow_diff")
+SHADOW_SCENARIOS = ("strangler_shadow", "strangler_default_diff", "strangler_default_noinv",
+                    "strangler_shadow_diff", "strangler_shadow_diff_pg")
+DIFF_SCENARIOS = ("strangler_default_diff", "strangler_default_noinv", "strangler_shadow_diff",
+                  "strangler_shadow_diff_pg")
+# The traffic inventory (issue 27): `_noinv` rows are their row with `inventory.enabled: false`;
+# `strangler_random` sends every request to a new unmatched path (a cardinality attack).
+NO_INVENTORY = ("strangler_noinv", "strangler_default_noinv", "strangler_random_noinv")
+RANDOM_PATHS = ("strangler_random", "strangler_random_noinv")
 QUIET_SHARE = 0.33  # machine busy (cores) below which a measurement may start
 MAX_ERROR_SHARE = 0.01  # a run with more failed requests than this is not a throughput figure
 
@@ -108,6 +122,7 @@ class Target:
     upstreams: list[Proc] = field(default_factory=list)
     latency: bool = False
     admin_port: int = 0  # strangler: where /metrics is
+    script: str | None = None  # a wrk Lua script (random paths)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -223,6 +238,7 @@ class Bench:
         self.targets: list[Target] = []
         self.stream_proxy: Proc | None = None
         self.strangler_broken: str | None = None
+        self.cleanups: list[Callable[[], None]] = []  # things not started through Procs
 
     def log(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -269,8 +285,8 @@ class Bench:
                                      "64KiB": bare.big_url + big_path},
                             {"small": [bare.proc], "64KiB": [bare_big]}, [up.proc],
                             latency=True))
-        for name in ("strangler", "strangler_pure", "strangler_w2", "strangler_shadow",
-                     "strangler_10k"):
+        for name in ("strangler", "strangler_pure", "strangler_noinv", "strangler_w2",
+                     "strangler_shadow", "strangler_10k", *RANDOM_PATHS):
             if name in want:
                 self.start_strangler(name, up)
         if any(name in want for name in DIFF_SCENARIOS):
@@ -379,6 +395,8 @@ class Bench:
             n_routes=n_routes,
             shadow_url=shadow_url,
         )
+        if name in NO_INVENTORY:
+            config["inventory"] = {"enabled": False}
         workers = 2 if name == "strangler_w2" else 1
         cpus = None if workers > 1 else self.cpus.proxy
         # strangler_pure: the same serve on the pure-Python data plane (issue 29)
@@ -396,23 +414,40 @@ class Bench:
         urls = {"small": base + small_path}
         if name in ("strangler", "strangler_pure"):
             urls["64KiB"] = base + big_path
+        script = None
+        if name in RANDOM_PATHS:
+            urls = {"small": base + "/r/first"}  # unmatched: the default upstream answers
+            script = str(servers.random_paths_script(self.workdir))
         procs = {key: [proc] for key in urls}
         latency = name in ("strangler", "strangler_pure")
-        self.add(Target(name, urls, procs, upstreams, latency=latency, admin_port=admin))
+        self.add(Target(name, urls, procs, upstreams, latency=latency, admin_port=admin,
+                        script=script))
 
     def start_differing(self, name: str, up: Upstream, new: Upstream) -> None:
         if self.strangler_broken:
             self.strangler_skip(name, f"strangler did not start ({self.strangler_broken})")
             return
         port, admin = free_port(), free_port()
-        shadow = None if name == "strangler_default_diff" else {"sample": 1.0,
-                                                                "max_rate": "unlimited"}
+        default = name in ("strangler_default_diff", "strangler_default_noinv")
+        shadow = None if default else {"sample": 1.0, "max_rate": "unlimited"}
         config = servers.differing_config(port=port, admin_port=admin,
                                           state_dir=self.workdir / f"state-{name}", up=up,
                                           new=new, shadow=shadow)
+        env = None
+        if name.endswith("_pg"):
+            try:
+                dsn, stop = servers.start_postgres()
+            except StartError as exc:
+                self.strangler_skip(name, str(exc))
+                return
+            self.cleanups.append(stop)
+            config["store"] = {"backend": "postgres"}
+            env = {"STRANGLER_DATABASE_URL": dsn}
+        if name in NO_INVENTORY:
+            config["inventory"] = {"enabled": False}
         try:
             proc = servers.start_strangler(self.procs, self.workdir, name, config,
-                                           self.cpus.proxy)
+                                           self.cpus.proxy, env=env)
         except StartError as exc:
             self.strangler_skip(name, str(exc))
             return
@@ -422,7 +457,7 @@ class Bench:
         target = Target(name, {"small": base + small_path, "64KiB": base + big_path},
                         {"small": [proc], "64KiB": [proc]}, [up.proc, new.proc], latency=True,
                         admin_port=admin)
-        if name == "strangler_default_diff":
+        if default:
             self.targets.append(target)
         else:
             self.add(target)
@@ -459,7 +494,7 @@ class Bench:
                     }
                     if rep == 0 and args.warmup > 0:
                         with contextlib.suppress(load.LoadError):
-                            load.wrk(url, args.warmup, self.cpus.gen, {})
+                            load.wrk(url, args.warmup, self.cpus.gen, {}, script=target.script)
                     self.throughput(rep, target, body, url, watched)
                 if target.latency:
                     self.latency(
@@ -500,7 +535,8 @@ class Bench:
         waited = self.wait_quiet()
         shadow = t.name in SHADOW_SCENARIOS
         before = servers.shadow_counters(t.admin_port) if shadow else None
-        r = self._guard(what, lambda: load.wrk(url, self.args.duration, self.cpus.gen, watched))
+        r = self._guard(what, lambda: load.wrk(url, self.args.duration, self.cpus.gen, watched,
+                                               script=t.script))
         value = None
         if r is not None and before is not None:
             self.shadow_detail(r, t, before, self.args.duration)
@@ -642,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in background
     started = time.monotonic()
+    bench: Bench | None = None
     try:
         bench = Bench(args, procs, results, cpus)
         bench.start()
@@ -654,6 +691,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"set-up failed: {exc}", file=sys.stderr)
     finally:
         procs.stop_all()
+        for cleanup in bench.cleanups if bench is not None else ():
+            cleanup()
         signal.signal(signal.SIGTERM, previous)
         if args.keep:
             print(f"kept {workdir}", file=sys.stderr)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -408,6 +410,33 @@ def stream_config(*, port: int, admin_port: int, state_dir: Path, upstream_url: 
     return cfg
 
 
+RANDOM_PATHS_LUA = """-- every request a new unmatched path of 12 letters (no digit: no id rule
+-- folds them), out of 200,000 made at the start: writing a request costs wrk nothing
+-- (made in init: wrk.format adds the Host header only once the thread is set up)
+local n, reqs, i = 200000, {}, 0
+init = function(args)
+  math.randomseed(27)
+  for k = 1, n do
+    local t = {}
+    for j = 1, 12 do t[j] = string.char(96 + math.random(26)) end
+    reqs[k] = wrk.format("GET", "/r/" .. table.concat(t))
+  end
+end
+request = function()
+  i = i % n + 1
+  return reqs[i]
+end
+"""
+
+
+def random_paths_script(workdir: Path) -> Path:
+    """The wrk script of the `strangler_random` rows (the inventory's cardinality attack)."""
+    path = workdir / "random_paths.lua"
+    if not path.exists():
+        path.write_text(RANDOM_PATHS_LUA)
+    return path
+
+
 def _base(
     port: int,
     admin_port: int,
@@ -442,6 +471,32 @@ def _readyz(admin_port: int) -> int | None:
         return int(exc.code)
     except OSError:
         return None
+
+
+def start_postgres() -> tuple[str, Callable[[], None]]:
+    """A throwaway PostgreSQL 15 (scripts/postgres-dev, fsync on as in production): its DSN and
+    the function that stops it and removes its directory."""
+    import shutil
+    import tempfile
+
+    script = REPO / "scripts" / "postgres-dev"
+    run_dir = Path(tempfile.mkdtemp(prefix="strangler-bench-pg-"))
+
+    def stop() -> None:
+        subprocess.run([str(script), "stop", "--dir", str(run_dir)], check=False,
+                       capture_output=True, timeout=60)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+    out = subprocess.run([str(script), "start", "--dir", str(run_dir), "--durable"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    if out.returncode != 0:
+        stop()
+        raise StartError(f"scripts/postgres-dev start failed: {out.stderr.strip()[-300:]}")
+    for line in out.stdout.splitlines():
+        if line.startswith("export STRANGLER_DATABASE_URL="):
+            return line.split("=", 1)[1].strip("'"), stop
+    stop()
+    raise StartError("scripts/postgres-dev printed no STRANGLER_DATABASE_URL")
 
 
 def start_strangler(

@@ -10,7 +10,8 @@ Wire protocol (both ways: a 4-byte big-endian length, then a pickled tuple; the 
 between one data plane and the child it spawned):
 
   data plane -> comparer
-    ("config", store_path, max_samples_per_route, retention_days, {route: CompareSpec})
+    ("config", store, max_samples_per_route, retention_days, {route: CompareSpec})
+                                    # store: the SQLite path or `shadow.sqldb.locator`
     ("pair", route, step, served_by_target, method, target, req_headers, req_body,
              primary, other, noise)  # primary/other/noise: (status, headers, body, truncated)
     ("counts", [(route, step, result, n), ...])  # counted on the data plane: "match" for
@@ -20,6 +21,7 @@ between one data plane and the child it spawned):
   comparer -> data plane
     ("results", [(route, step, result, n), ...])  # result: match|mismatch|error
     ("skipped", [(route, reason, n), ...])  # pairs not compared (decoded_too_large)
+    ("store", [(event, n), ...])  # the diff store: samples_dropped, write_failed (increments)
     ("flushed", token)  # every frame before the flush is compared and on disk
 
 Headers arrive as the data plane has them (bytes); decoding happens here.
@@ -41,7 +43,6 @@ import struct
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -110,6 +111,7 @@ class Comparer:
         self.results: Counter[tuple[str, int, str]] = Counter()
         self.skipped: Counter[tuple[str, str]] = Counter()
         self.last_sent = time.monotonic()
+        self.store_sent: dict[str, int] = {}
 
     def handle(self, frame: tuple) -> None:
         kind = frame[0]
@@ -131,10 +133,10 @@ class Comparer:
                 self.store.flush()
             self.send(("flushed", frame[1]))
 
-    def configure(self, store_path: str, max_samples: int, retention_days: float,
+    def configure(self, store: str | dict, max_samples: int, retention_days: float,
                   routes: dict[str, Any]) -> None:
-        if self.store is None:
-            self.store = DiffStore(Path(store_path), max_samples, retention_days)
+        if self.store is None:  # `store`: the SQLite path, or the shared store's locator
+            self.store = DiffStore(store, max_samples, retention_days)
         fresh = {}
         for name, spec in routes.items():
             old = self.comparators.get(name)
@@ -194,6 +196,7 @@ class Comparer:
 
     def send_results(self) -> None:
         self.last_sent = time.monotonic()
+        self._send_store_events()
         if self.skipped:
             skipped = [(r, why, n) for (r, why), n in self.skipped.items()]
             self.skipped.clear()
@@ -203,6 +206,19 @@ class Comparer:
         items = [(r, s, x, n) for (r, s, x), n in self.results.items()]
         self.results.clear()
         self.send(("results", items))
+
+    def _send_store_events(self) -> None:
+        """What the store lost or failed to write since the last report (counted, never
+        raised: a store that is down costs samples, its counters wait)."""
+        store = self.store
+        if store is None:
+            return
+        now = {"samples_dropped": store.dropped_samples, "write_failed": store.write_errors}
+        events = [(k, v - self.store_sent.get(k, 0)) for k, v in now.items()
+                  if v > self.store_sent.get(k, 0)]
+        if events:
+            self.store_sent = now
+            self.send(("store", events))
 
     def close(self) -> None:
         """Report the last results (the data plane may be gone) and write the store."""

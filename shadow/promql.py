@@ -226,6 +226,9 @@ class PrometheusSource:
         self._stamp: tuple | None = None
         self._ssl: ssl.SSLContext | None = None
         self._session: aiohttp.ClientSession | None = None
+        # SNI and the name Prometheus's certificate must carry (gate.tls.server_name); None: the
+        # url's host
+        self._server_name = tls.server_name if tls is not None else None
 
     @classmethod
     def from_spec(cls, spec: GateSourceSpec, env: Mapping[str, str] | None = None,
@@ -279,7 +282,8 @@ class PrometheusSource:
         session = await self._ensure_session()
         endpoint = f"{self.url}/api/v1/query"
         try:
-            async with session.post(endpoint, data={"query": promql}) as resp:
+            async with session.post(endpoint, data={"query": promql},
+                                    server_hostname=self._server_name) as resp:
                 try:
                     body = await resp.json(content_type=None)
                 except ValueError:

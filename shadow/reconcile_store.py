@@ -1,4 +1,5 @@
-"""Reconcile runs in the diff store's SQLite file (state_dir/diffs.sqlite3), in tables of their own.
+"""Reconcile runs in the diff store's database, in tables of their own: state_dir/diffs.sqlite3,
+or the fleet's PostgreSQL store (`store.backend: postgres`; `shadow.sqldb`).
 
 The proxy's diff store may be writing the same file at the same moment: the connection uses WAL
 and a busy timeout, each write is one short transaction, and the tables are created by
@@ -17,9 +18,10 @@ import json
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
-from shadow import store_schema
 from shadow.reconcile import RunResult
+from shadow.sqldb import NO_LIMIT, SqliteDb, connector
 
 __all__ = ["KEEP_RUNS", "ReconcileStore", "latest_runs"]
 
@@ -36,22 +38,20 @@ def _connect(path: Path) -> sqlite3.Connection:
 class ReconcileStore:
     """The writer of `strangler reconcile` (one run at a time)."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        # created 0600 and at the current schema version, like the diff store
-        self._conn = store_schema.open_file(self.path)
+    def __init__(self, where: Path | str | dict) -> None:
+        # SQLite: created 0600 and at the current schema version, like the diff store
+        self._conn = connector(where, "strangler-reconcile")()
 
     def begin(self, route: str, source: str, started: float | None = None) -> int:
-        cur = self._conn.execute(
+        return self._conn.insert_id(
             "INSERT INTO reconcile_runs (route, source, started) VALUES (?, ?, ?)",
             (route, source, time.time() if started is None else started))
-        return int(cur.lastrowid or 0)
 
     def finish(self, run_id: int, r: RunResult) -> None:
         detail = {"skipped_by_reason": r.skipped, "error_kinds": r.error_kinds,
                   "fields_dropped": r.fields_dropped}
         c = self._conn
-        c.execute("BEGIN IMMEDIATE")
+        c.begin()
         try:
             c.execute(
                 "UPDATE reconcile_runs SET finished=?, requests=?, compared=?, mismatched=?, "
@@ -64,14 +64,14 @@ class ReconcileStore:
                           [(run_id, i, json.dumps(s, ensure_ascii=False, default=str))
                            for i, s in enumerate(r.samples)])
             old = [row[0] for row in c.execute(
-                "SELECT id FROM reconcile_runs WHERE route=? ORDER BY id DESC LIMIT -1 OFFSET ?",
-                (r.route, KEEP_RUNS))]
+                "SELECT id FROM reconcile_runs WHERE route=? ORDER BY id DESC LIMIT ? OFFSET ?",
+                (r.route, NO_LIMIT, KEEP_RUNS)).fetchall()]
             for table, col in (("reconcile_fields", "run_id"), ("reconcile_samples", "run_id"),
                                ("reconcile_runs", "id")):
                 c.executemany(f"DELETE FROM {table} WHERE {col}=?", [(i,) for i in old])
-            c.execute("COMMIT")
+            c.commit()
         except BaseException:
-            c.execute("ROLLBACK")
+            c.rollback()
             raise
 
     def close(self) -> None:
@@ -84,7 +84,7 @@ class ReconcileStore:
         self.close()
 
 
-def _run_view(c: sqlite3.Connection, row: tuple, fields: int, samples: int) -> dict[str, object]:
+def _run_view(c: Any, row: tuple, fields: int, samples: int) -> dict[str, object]:
     (rid, route, source, started, finished, requests, compared, mismatched, errors, skipped,
      noise, detail) = row
     out: dict[str, object] = {
@@ -99,7 +99,7 @@ def _run_view(c: sqlite3.Connection, row: tuple, fields: int, samples: int) -> d
                      for p, k, n in rows]
     out["samples"] = [json.loads(d) for (d,) in c.execute(
         "SELECT data FROM reconcile_samples WHERE run_id=? ORDER BY seq LIMIT ?",
-        (rid, samples))]
+        (rid, samples)).fetchall()]
     return out
 
 
@@ -107,23 +107,28 @@ _COLUMNS = ("id, route, source, started, finished, requests, compared, mismatche
             "skipped, noise, detail")
 
 
-def latest_runs(path: Path | str, route: str | None = None, fields: int = 20,
+def latest_runs(where: Path | str | dict, route: str | None = None, fields: int = 20,
                 samples: int = 5) -> dict[str, dict[str, object]]:
-    """route -> its newest reconcile run (all routes, or one). Empty when there is none yet."""
-    p = Path(path)
-    if not p.exists():
-        return {}
-    try:
-        c = _connect(p)
-    except sqlite3.Error:
-        return {}
+    """route -> its newest reconcile run (all routes, or one). Empty when there is none yet.
+    A shared store that cannot be reached raises `shadow.pg.StoreUnavailable`."""
+    c: Any
+    if isinstance(where, dict):
+        c = connector(where, "strangler-reconcile-read")()
+    else:
+        p = Path(where)
+        if not p.exists():
+            return {}
+        try:
+            c = SqliteDb(_connect(p))
+        except sqlite3.Error:
+            return {}
     try:
         q = (f"SELECT {_COLUMNS} FROM reconcile_runs WHERE id IN "
              "(SELECT MAX(id) FROM reconcile_runs {where} GROUP BY route)")
         rows = c.execute(q.format(where="WHERE route=?"), (route,)).fetchall() if route else \
             c.execute(q.format(where="")).fetchall()
         return {row[1]: _run_view(c, row, fields, samples) for row in rows}
-    except sqlite3.OperationalError:  # no reconcile tables yet
+    except sqlite3.OperationalError:  # no reconcile tables yet (an old SQLite file)
         return {}
     finally:
         c.close()

@@ -33,11 +33,9 @@ path and step) and sample references of its newest `WINDOWS_SAMPLED` windows.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import queue
-import sqlite3
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -47,9 +45,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from proxy.config.spec import SAFE_METHODS
-from shadow import store_schema
 from shadow.model import Comparison, Exchange, RequestRecord
 from shadow.redact import Redactor
+from shadow.sqldb import NO_LIMIT, PostgresDb, SqliteDb, connector
 
 __all__ = ["ALL", "DEFAULT_MAX_FIELDS", "OTHER", "SAMPLE_BODY_LIMIT", "TOTAL", "Counts",
            "DiffStore"]
@@ -183,19 +181,22 @@ class DiffStore:
 
     def __init__(
         self,
-        path: Path,
+        where: Path | str | dict,
         max_samples_per_route: int = 200,
         retention_days: float = 7,
         *,
         clock: Callable[[], float] = time.time,
         flush_interval: float = FLUSH_INTERVAL,
     ) -> None:
-        self.path = Path(path)
+        """`where`: the SQLite file, or the shared store's locator (`shadow.sqldb.locator`)."""
+        self.path = None if isinstance(where, dict) else Path(where)  # the SQLite file
+        self._connect = connector(where)
         self.max_samples_per_route = max_samples_per_route
         self.retention = retention_days * 86400.0
         self._clock = clock
         self._interval = flush_interval
-        self._read = store_schema.open_file(self.path, check_same_thread=False)
+        self._read: SqliteDb | PostgresDb = self._connect()
+        self._db_error = self._read.Error
         self._lock = threading.Lock()  # pending counters, admitted fields, the queue budget
         self._read_lock = threading.Lock()  # a read and a commit never interleave
         self._sample_lock = threading.Lock()
@@ -212,7 +213,7 @@ class DiffStore:
         self._queued_items = 0
         self._queued_bytes = 0
         self.dropped_samples = 0
-        self.write_errors = 0
+        self.write_errors = 0  # writer cycles that failed (their counters wait for the next)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="strangler-diffstore", daemon=True)
         self._thread.start()
@@ -304,10 +305,13 @@ class DiffStore:
             if adm is not None:
                 self._admitted.move_to_end(w)
                 return adm
-        with self._read_lock:
-            rows = self._read.execute(
-                "SELECT path, kind FROM fields WHERE route=? AND step=? AND rules=? AND "
-                "path <> ? LIMIT ?", (*w, OTHER, cap)).fetchall()
+        try:
+            with self._read_lock:
+                rows = self._read.execute(
+                    "SELECT path, kind FROM fields WHERE route=? AND step=? AND rules=? AND "
+                    "path <> ? LIMIT ?", (*w, OTHER, cap)).fetchall()
+        except self._db_error:
+            rows = []  # the store is unavailable: what is on disk is learnt after the outage
         with self._lock:
             adm = self._admitted.get(w)
             if adm is None:
@@ -327,11 +331,14 @@ class DiffStore:
             per_route.move_to_end(w)
             return st
         st = _Sampling()
-        with self._read_lock:
-            for path, kind, n in self._read.execute(
-                    "SELECT path, kind, COUNT(*) FROM sample_refs WHERE route=? AND step=? AND "
-                    "rules=? AND role='first' GROUP BY path, kind", w):
-                st.first_taken[(path, kind)] = n
+        try:
+            with self._read_lock:
+                for path, kind, n in self._read.execute(
+                        "SELECT path, kind, COUNT(*) FROM sample_refs WHERE route=? AND step=? "
+                        "AND rules=? AND role='first' GROUP BY path, kind", w).fetchall():
+                    st.first_taken[(path, kind)] = n
+        except self._db_error:
+            pass  # unavailable: this window may get a few more "first" samples
         per_route[w] = st
         while len(per_route) > WINDOWS_SAMPLED:
             per_route.popitem(last=False)
@@ -417,8 +424,8 @@ class DiffStore:
                         if self._matches(w, route, step, rules):
                             pend[col] += n
             row = self._read.execute(
-                f"SELECT SUM(compared), SUM(mismatched), SUM(errors) FROM comparisons "
-                f"WHERE {where}", args).fetchone()
+                f"SELECT CAST(SUM(compared) AS BIGINT), CAST(SUM(mismatched) AS BIGINT), "
+                f"CAST(SUM(errors) AS BIGINT) FROM comparisons WHERE {where}", args).fetchone()
         disk = [x or 0 for x in row] if row else [0, 0, 0]
         return Counts(*(disk[i] + pend[c] for i, c in enumerate(_COLS)))
 
@@ -460,15 +467,16 @@ class DiffStore:
                             renames[(m, x)] += n
                 varies = {p for (r, p), (_, v) in self._pending_sigs.items() if r == route and v}
             for p, k, c, e, o in self._read.execute(
-                    f"SELECT path, kind, SUM(count), SUM(elements), SUM(of_elements) FROM fields "
-                    f"WHERE {where} GROUP BY path, kind", args):
+                    f"SELECT path, kind, CAST(SUM(count) AS BIGINT), CAST(SUM(elements) AS "
+                    f"BIGINT), CAST(SUM(of_elements) AS BIGINT) FROM fields WHERE {where} "
+                    f"GROUP BY path, kind", args).fetchall():
                 _merge_fields(fields, {(p, k): (c, e, o)})
             for m, x, n in self._read.execute(
-                    f"SELECT missing, extra, SUM(count) FROM renames WHERE {where} "
-                    f"GROUP BY missing, extra", args):
+                    f"SELECT missing, extra, CAST(SUM(count) AS BIGINT) FROM renames WHERE "
+                    f"{where} GROUP BY missing, extra", args).fetchall():
                 renames[(m, x)] += n
             varies |= {p for p, v in self._read.execute(
-                "SELECT path, varies FROM field_values WHERE route=?", (route,)) if v}
+                "SELECT path, varies FROM field_values WHERE route=?", (route,)).fetchall() if v}
             refs = self._refs(where, args)
             rows = self._read.execute(
                 f"SELECT id, step, rules, ts, data FROM samples WHERE "
@@ -527,7 +535,7 @@ class DiffStore:
         refs: dict[tuple[str, str], dict[str, list[int]]] = {}
         for p, k, role, sid in self._read.execute(
                 f"SELECT path, kind, role, sample_id FROM sample_refs WHERE {where} "
-                f"ORDER BY sample_id", args):
+                f"ORDER BY sample_id", args).fetchall():
             ids = refs.setdefault((p, k), {"first": [], "latest": []})[role]
             if sid not in ids:
                 ids.append(sid)
@@ -592,6 +600,14 @@ class DiffStore:
         with self._read_lock:
             self._read.close()
 
+    def status(self) -> dict[str, object]:
+        """For /readyz: is the store reachable, and what was lost or waits."""
+        with self._lock:
+            waiting = len(self._pending_cmp) + len(self._pending_fields) + \
+                len(self._pending_renames)
+        return {**self._read.status(), "dropped_samples": self.dropped_samples,
+                "write_errors": self.write_errors, "rows_waiting": waiting}
+
     def __enter__(self) -> DiffStore:
         return self
 
@@ -601,7 +617,11 @@ class DiffStore:
     # -- the writer thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        conn = store_schema.open_file(self.path)
+        try:
+            conn = self._connect()
+        except Exception:
+            self.write_errors += 1
+            raise
         last_retention = 0.0
         try:
             while True:
@@ -635,7 +655,8 @@ class DiffStore:
                     if now - last_retention >= _RETENTION_EVERY:
                         self._prune(conn, now)
                         last_retention = now
-                except sqlite3.Error:
+                except self._db_error:
+                    conn.rollback()
                     self.write_errors += 1
                 for w in waiters:
                     w.set()
@@ -644,7 +665,7 @@ class DiffStore:
         finally:
             conn.close()
 
-    def _write(self, conn: sqlite3.Connection, samples: list[_Sample]) -> None:
+    def _write(self, conn: SqliteDb | PostgresDb, samples: list[_Sample]) -> None:
         """Write the samples and then the pending counters, `BATCH_ROWS` rows a transaction."""
         rows = []
         kept: list[_Sample] = []
@@ -668,56 +689,66 @@ class DiffStore:
                 rename_items = list(self._inflight_renames.items())
             if not (cmp_items or field_items or rename_items or sigs) and (i or not rows):
                 return
-            self._commit(conn, cmp_items, field_items, rename_items, sigs,
-                         rows if i == 0 else [], kept if i == 0 else [])
+            try:
+                self._commit(conn, cmp_items, field_items, rename_items, sigs,
+                             rows if i == 0 else [], kept if i == 0 else [])
+            except self._db_error:
+                if i == 0:
+                    self.dropped_samples += len(kept)  # counters wait; samples are not kept
+                raise
 
-    def _commit(self, conn: sqlite3.Connection, cmp_items: list, field_items: list,
+    def _commit(self, conn: SqliteDb | PostgresDb, cmp_items: list, field_items: list,
                 rename_items: list, sigs: dict, rows: list, kept: list[_Sample]) -> None:
         now = self._clock()
         cmp_rows: dict[Window, list[int]] = {}
         for (w, col), n in cmp_items:
             cmp_rows.setdefault(w, [0, 0, 0])[_COLS.index(col)] += n
+        # Rows in key order: several writers (replicas' comparers) sharing one PostgreSQL
+        # store then lock the same rows in the same order and never deadlock.
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.begin()
             conn.executemany(
                 "INSERT INTO comparisons (route, step, rules, compared, mismatched, errors, "
                 "updated, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (route, step, rules) DO UPDATE SET "
-                "compared = compared + excluded.compared, "
-                "mismatched = mismatched + excluded.mismatched, "
-                "errors = errors + excluded.errors, updated = excluded.updated",
-                [(*w, c, m, e, now, now) for w, (c, m, e) in cmp_rows.items()],
+                "compared = comparisons.compared + excluded.compared, "
+                "mismatched = comparisons.mismatched + excluded.mismatched, "
+                "errors = comparisons.errors + excluded.errors, updated = excluded.updated",
+                sorted((*w, c, m, e, now, now) for w, (c, m, e) in cmp_rows.items()),
             )
             conn.executemany(
                 "INSERT INTO fields (route, step, rules, path, kind, count, elements, "
                 "of_elements, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (route, step, rules, path, kind) DO UPDATE SET "
-                "count = count + excluded.count, elements = elements + excluded.elements, "
-                "of_elements = of_elements + excluded.of_elements, updated = excluded.updated",
-                [(*w, p, k, c, e, o, now) for (w, p, k), (c, e, o) in field_items],
+                "count = fields.count + excluded.count, "
+                "elements = fields.elements + excluded.elements, "
+                "of_elements = fields.of_elements + excluded.of_elements, "
+                "updated = excluded.updated",
+                sorted((*w, p, k, c, e, o, now) for (w, p, k), (c, e, o) in field_items),
             )
             conn.executemany(
                 "INSERT INTO renames (route, step, rules, missing, extra, count, updated) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (route, step, rules, missing, extra) "
-                "DO UPDATE SET count = count + excluded.count, updated = excluded.updated",
-                [(*w, m, x, n, now) for (w, m, x), n in rename_items],
+                "DO UPDATE SET count = renames.count + excluded.count, "
+                "updated = excluded.updated",
+                sorted((*w, m, x, n, now) for (w, m, x), n in rename_items),
             )
             conn.executemany(
                 "INSERT INTO field_values (route, path, sig, varies) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (route, path) DO UPDATE SET varies = MAX(field_values.varies, "
-                "excluded.varies, field_values.sig != excluded.sig)",
-                [(r, p, sig, int(v)) for (r, p), (sig, v) in sigs.items()],
+                f"ON CONFLICT (route, path) DO UPDATE SET varies = {conn.GREATEST}("
+                "field_values.varies, excluded.varies, "
+                "CAST(field_values.sig <> excluded.sig AS INTEGER))",
+                sorted((r, p, sig, int(v)) for (r, p), (sig, v) in sigs.items()),
             )
             self._insert_samples(conn, rows, kept)
             with self._read_lock:
-                conn.execute("COMMIT")
+                conn.commit()
                 with self._lock:
                     self._inflight_cmp.clear()
                     self._inflight_fields.clear()
                     self._inflight_renames.clear()
-        except sqlite3.Error:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+        except self._db_error:
+            conn.rollback()
             with self._lock:  # keep the counts: they are retried with the next batch
                 self._pending_cmp.update(self._inflight_cmp)
                 _merge_fields(self._pending_fields, self._inflight_fields)
@@ -727,18 +758,17 @@ class DiffStore:
                 self._inflight_renames.clear()
             raise
 
-    def _insert_samples(self, conn: sqlite3.Connection, rows: list[tuple],
+    def _insert_samples(self, conn: SqliteDb | PostgresDb, rows: list[tuple],
                         kept: list[_Sample]) -> None:
         """Insert samples with their per-field roles; keep the newest LATEST_SAMPLES "latest"
         per field, and at most max_samples_per_route samples no field refers to."""
         touched: set[tuple[Window, str, str]] = set()
         for row, sample in zip(rows, kept, strict=True):
-            cur = conn.execute("INSERT INTO samples (route, step, rules, ts, method, data) "
-                               "VALUES (?, ?, ?, ?, ?, ?)", row)
-            sid = cur.lastrowid
+            sid = conn.insert_id("INSERT INTO samples (route, step, rules, ts, method, data) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)", row)
             conn.executemany(
-                "INSERT OR IGNORE INTO sample_refs (route, step, rules, path, kind, role, "
-                "sample_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO sample_refs (route, step, rules, path, kind, role, "
+                "sample_id) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [(*sample.window, p, k, role, sid) for p, k, role in sample.roles])
             touched.update((sample.window, p, k) for p, k, role in sample.roles
                            if role == "latest")
@@ -746,8 +776,8 @@ class DiffStore:
         for w, path, kind in touched:
             old = [sid for (sid,) in conn.execute(
                 "SELECT sample_id FROM sample_refs WHERE route=? AND step=? AND rules=? AND "
-                "path=? AND kind=? AND role='latest' ORDER BY sample_id DESC LIMIT -1 OFFSET ?",
-                (*w, path, kind, LATEST_SAMPLES))]
+                "path=? AND kind=? AND role='latest' ORDER BY sample_id DESC LIMIT ? OFFSET ?",
+                (*w, path, kind, NO_LIMIT, LATEST_SAMPLES)).fetchall()]
             if old:
                 conn.executemany(
                     "DELETE FROM sample_refs WHERE route=? AND step=? AND rules=? AND path=? AND "
@@ -761,7 +791,7 @@ class DiffStore:
         for route in {r[0] for r in rows}:
             self._cap_samples(conn, route)
 
-    def _cap_samples(self, conn: sqlite3.Connection, route: str) -> None:
+    def _cap_samples(self, conn: SqliteDb | PostgresDb, route: str) -> None:
         conn.execute(
             "DELETE FROM samples WHERE route=? AND id <= (SELECT id FROM samples "
             "WHERE route=? ORDER BY id DESC LIMIT 1 OFFSET ?) AND NOT EXISTS "
@@ -769,18 +799,21 @@ class DiffStore:
             (route, route, self.max_samples_per_route),
         )
 
-    def _prune(self, conn: sqlite3.Connection, now: float) -> None:
+    def _prune(self, conn: SqliteDb | PostgresDb, now: float) -> None:
         cutoff = now - self.retention
-        conn.execute("BEGIN IMMEDIATE")
+        conn.begin()
+        if not conn.maintenance_lock():  # another replica prunes the shared store now
+            conn.commit()
+            return
         conn.execute("DELETE FROM samples WHERE ts < ?", (cutoff,))
         conn.execute("DELETE FROM sample_refs WHERE NOT EXISTS "
                      "(SELECT 1 FROM samples WHERE id=sample_refs.sample_id)")
-        routes = [r for (r,) in conn.execute("SELECT DISTINCT route FROM samples")]
+        routes = [r for (r,) in conn.execute("SELECT DISTINCT route FROM samples").fetchall()]
         for route in routes:
             windows = conn.execute(
                 "SELECT step, rules FROM sample_refs WHERE route=? GROUP BY step, rules "
-                "ORDER BY MAX(sample_id) DESC LIMIT -1 OFFSET ?",
-                (route, WINDOWS_SAMPLED)).fetchall()
+                "ORDER BY MAX(sample_id) DESC LIMIT ? OFFSET ?",
+                (route, NO_LIMIT, WINDOWS_SAMPLED)).fetchall()
             conn.executemany("DELETE FROM sample_refs WHERE route=? AND step=? AND rules=?",
                              [(route, s, r) for s, r in windows])
             self._cap_samples(conn, route)
@@ -790,7 +823,7 @@ class DiffStore:
                   "AND c.step >= 0)")
         for table in ("comparisons", "fields", "renames"):
             conn.execute(f"DELETE FROM {table} WHERE updated < ? AND "
-                         f"step IS NOT {newest.format(t=table)}", (cutoff,))
+                         f"NOT COALESCE(step = {newest.format(t=table)}, FALSE)", (cutoff,))
         cuts = conn.execute(
             "SELECT route, (SELECT step FROM comparisons c WHERE c.route = r.route AND "
             "c.step >= 0 GROUP BY c.step ORDER BY c.step DESC LIMIT 1 OFFSET ?) "
@@ -808,7 +841,7 @@ class DiffStore:
         conn.execute("DELETE FROM field_values WHERE NOT EXISTS (SELECT 1 FROM fields f WHERE "
                      "f.route = field_values.route AND f.path = field_values.path)")
         with self._read_lock:
-            conn.execute("COMMIT")
+            conn.commit()
             with self._lock:
                 self._admitted.clear()  # rows may be gone: reload the sets from disk
 

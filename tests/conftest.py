@@ -58,6 +58,7 @@ async def inproc_proxy(tmp_path: Path):
             await p.stop()
 
 
+from tests.postgres_server import pg_db, postgres_server  # noqa: E402, F401  (fixtures)
 from tests.unleash_server import (  # noqa: E402, F401  (fixtures)
     outage,
     unleash_admin,

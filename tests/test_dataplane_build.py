@@ -91,3 +91,32 @@ def test_a_build_without_a_c_compiler_warns_and_installs_the_pure_data_plane(
     names = zipfile.ZipFile(wheel).namelist()
     assert "proxy/dataplane/exchange.py" in names
     assert not [n for n in names if n.endswith(".so")], names
+
+
+def _attributes(source: str, cls: str) -> set[str]:
+    import re
+
+    body = source[source.index(f"class {cls}"):]
+    nxt = re.search(r"^(class |def )", body[1:], re.M)
+    body = body[:nxt.start() + 1] if nxt else body
+    slots = re.search(r"__slots__ = \((.*?)\)", body, re.S)
+    if slots:
+        return set(re.findall(r'"(\w+)"', slots.group(1)))
+    return set(re.findall(r"self\.(\w+)(?:: [^=\n]+)? = ", body))
+
+
+@pytest.mark.parametrize(("module", "cls"), [("exchange", "Exchange"),
+                                             ("server", "ClientConnection"),
+                                             ("upstream", "UpstreamConnection")])
+def test_every_attribute_of_a_compiled_class_is_declared_in_its_pxd(module: str,
+                                                                      cls: str) -> None:
+    """A compiled class has only the attributes its .pxd declares: one added to the .py alone
+    would raise AttributeError on the compiled data plane only."""
+    import re
+
+    here = ROOT / "proxy" / "dataplane"
+    attrs = _attributes((here / f"{module}.py").read_text(), cls)
+    pxd = (here / f"{module}.pxd").read_text()
+    declared = set(re.findall(r"cdef public [\w.]+ (\w+)", pxd[pxd.index(f"cdef class {cls}"):]))
+    assert attrs, cls
+    assert attrs == declared, (attrs - declared, declared - attrs)

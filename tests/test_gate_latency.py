@@ -116,7 +116,7 @@ def test_histogram_sum_is_the_exact_sum_of_what_was_recorded() -> None:
     # and /metrics says so: rate(_sum) / rate(_count) is the true mean (issue 26)
     registry = make_registry(StranglerCollector(agg, lambda: {"balance": (5.0, False)},
                                                 dict, upstreams=tuple))
-    text = render(registry).decode()
+    text = render(registry)[0].decode()
     line = next(x for x in text.splitlines() if x.startswith(
         'strangler_request_duration_seconds_sum{backend="legacy",route="balance"}'))
     assert float(line.rsplit(" ", 1)[1]) == pytest.approx(math.fsum(values), rel=1e-9)

@@ -294,6 +294,7 @@ def test_tokens_are_referenced_from_the_secret_never_inlined(chart: helm.Chart) 
         "STRANGLER_READ_TOKEN": values["secret"]["readToken"],
         "UNLEASH_API_TOKEN": values["secret"]["unleashApiToken"],
         "UNLEASH_ADMIN_TOKEN": values["secret"]["unleashAdminToken"],
+        "STRANGLER_DATABASE_URL": values["secret"]["databaseUrl"],  # its password too
     }
     assert set(refs) == set(expected)
     for var, token in expected.items():
@@ -332,7 +333,7 @@ def test_existing_secret_is_used_and_none_is_created(chart: helm.Chart) -> None:
 
 def test_unleash_backend_without_a_client_token_is_refused(chart: helm.Chart) -> None:
     values = values_for("unleash-ha-values")
-    values["secret"] = {"adminToken": "x"}
+    values["secret"] = {"adminToken": "x", "databaseUrl": "postgresql://x@pg/x"}
     with pytest.raises(helm.HelmRenderError, match="unleash needs an Unleash client token"):
         render(chart, values)
 
@@ -427,6 +428,39 @@ def test_several_replicas_on_unleash_render(chart: helm.Chart) -> None:
     r = render(chart, values_for("unleash-ha-values"))
     assert r.one("Deployment")["spec"]["replicas"] == 3
     assert "backend: unleash" in routes_yaml(r)
+    config = load_config("routes.yaml", text=routes_yaml(r))
+    assert config.store.backend == "postgres" and config.store.sslmode == "verify-full"
+    replica = env(r)["STRANGLER_REPLICA"]["valueFrom"]["fieldRef"]
+    assert replica == {"fieldPath": "metadata.name"}  # the audit trail names the pod
+
+
+@pytest.mark.parametrize("change", [
+    {"replicaCount": 3},
+    {"replicaCount": 1, "autoscaling": {"enabled": True}},
+])
+def test_several_replicas_with_a_local_store_are_refused(chart: helm.Chart,
+                                                          change: dict[str, Any]) -> None:
+    values = values_for("unleash-ha-values")
+    values["config"]["store"] = {"backend": "local"}
+    values.update(change)
+    with pytest.raises(helm.HelmRenderError, match=r"needs config\.store\.backend: postgres") as e:
+        render(chart, values)
+    assert "its own audit trail" in str(e.value)
+
+
+def test_the_shared_store_needs_its_dsn_in_a_secret(chart: helm.Chart) -> None:
+    values = values_for("unleash-ha-values")
+    del values["secret"]["databaseUrl"]
+    with pytest.raises(helm.HelmRenderError, match="needs the PostgreSQL DSN"):
+        render(chart, values)
+    values["config"]["store"]["dsn_env"] = "PG_URL"
+    values["secret"] = {"existingSecret": "managed", "keys": {
+        "adminToken": "admin-token", "readToken": "read-token",
+        "unleashApiToken": "unleash-api-token", "unleashAdminToken": "unleash-admin-token",
+        "databaseUrl": "pg-dsn"}}
+    r = render(chart, values)
+    assert env(r)["PG_URL"]["valueFrom"]["secretKeyRef"] == {"name": "managed", "key": "pg-dsn"}
+    assert "STRANGLER_DATABASE_URL" not in env(r) and r.of("Secret") == []
 
 
 @pytest.mark.parametrize(
@@ -590,6 +624,16 @@ def test_reconcile_cronjob_per_route_runs_from_the_store_on_the_proxy_state_volu
     assert "reconcile" not in render(chart).notes.lower()
 
 
+def test_reconcile_from_the_shared_store_needs_no_state_volume(chart: helm.Chart) -> None:
+    values = values_for("unleash-ha-values")
+    values["reconcile"] = {"routes": ["balance"]}
+    r = render(chart, values)
+    c = r.one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert "--from-store" in c["args"]
+    dsn = {e["name"]: e for e in c["env"]}["STRANGLER_DATABASE_URL"]
+    assert dsn["valueFrom"]["secretKeyRef"]["key"] == "database-url"
+
+
 def test_reconcile_request_file_ships_in_its_own_configmap(chart: helm.Chart) -> None:
     values = values_for("reconcile-values")
     values["state"] = {"existingClaim": ""}
@@ -609,7 +653,7 @@ def test_reconcile_request_file_ships_in_its_own_configmap(chart: helm.Chart) ->
 @pytest.mark.parametrize(("change", "message"), [
     ({"routes": ["nope"]}, r"reconcile.routes: unknown route \"nope\""),
     ({"args": ["--from-store"]}, r"reconcile.args must not contain --from-store"),
-    ({"state": True}, r"needs state.existingClaim"),
+    ({"state": True}, r"or state.existingClaim"),
 ])
 def test_reconcile_misconfigurations_are_refused(chart: helm.Chart, change: dict,
                                                  message: str) -> None:

@@ -26,6 +26,7 @@ from proxy.api.auth import ACTOR_HEADER, AuthError, Caller, Tokens, actor_name
 from proxy.api.metrics import ProcessesCollector, StranglerCollector, make_registry, render
 from proxy.config.loader import ConfigError
 from proxy.control.runtime import MutationResult, RuntimeError_
+from shadow.pg import StoreUnavailable
 
 log = structlog.get_logger("strangler.admin")
 
@@ -42,13 +43,17 @@ CALLER_KEY = web.RequestKey("caller", Caller)
 
 def tls_unverified(config: Any) -> list[str]:
     """Where TLS certificates are not checked (`verify: false`): upstream names, `gate`,
-    `tracing`."""
+    `tracing`, `flags.unleash`."""
     out = [name for name, up in config.upstreams.items() if up.tls and not up.tls.verify]
     if config.gate.tls is not None and not config.gate.tls.verify:
         out.append("gate")
     if config.tracing is not None and config.tracing.tls is not None \
             and not config.tracing.tls.verify:
         out.append("tracing")
+    unleash = config.flags.unleash
+    if config.flags.backend == "unleash" and unleash is not None and unleash.tls is not None \
+            and not unleash.tls.verify:
+        out.append("flags.unleash")
     return out
 
 # Method, path and Admin's handler of every endpoint, registered in this order (POST .../weight
@@ -75,6 +80,7 @@ POST  /admin/reload                       reload
 GET   /admin/debug/tasks                  debug_tasks
 POST  /admin/routes/{name}/approve        approve
 POST  /admin/routes/{name}/reset-evidence reset_evidence
+POST  /admin/routes/{name}/retire         retire
 """.strip().splitlines())
 
 
@@ -102,7 +108,11 @@ def build_admin_app(server: Any, tokens: Tokens | None = None) -> web.Applicatio
 
     guard = browser_guard.middleware(browser_guard.BrowserGuard(admin_settings), error_response)
     app = web.Application(middlewares=[_errors, guard, _auth_middleware(tokens)])
-    Admin(server).register(app)
+    admin = Admin(server)
+    admin.register(app)
+    from proxy.api import migration_view  # the inventory, progress and retirement
+
+    migration_view.register(app, server, admin.registry)
     _register_dashboard(app, server)
     return app
 
@@ -114,6 +124,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except RuntimeError_ as exc:  # ApiError too
         return error_response(exc.status, exc.error, exc.detail)
+    except StoreUnavailable as exc:  # reads of the shared store (history, diffs)
+        return error_response(503, f"the shared store is unavailable: {exc}",
+                              {"path": request.path})
     except AuthError as exc:
         resp = error_response(exc.status, exc.error)
         if exc.status == 401:
@@ -250,7 +263,8 @@ class Admin:
         self.server = server
         rt = server.runtime
         self.registry = make_registry(
-            StranglerCollector(rt.agg, rt.weights_for_metrics, lambda: rt.counters),
+            StranglerCollector(rt.agg, rt.weights_for_metrics, lambda: rt.counters,
+                               store=lambda: _store_status(self.rt)),
             ProcessesCollector(getattr(server, "processes", lambda: [("main", os.getpid())])),
         )
 
@@ -385,7 +399,7 @@ class Admin:
         return await self._gate(request, act=True)
 
     async def _gate(self, request: web.Request, act: bool) -> web.Response:
-        name = request.match_info["name"]
+        name = self.rt.lead(request.match_info["name"])  # a group: its first route
         result = await self.rt.gate(name, act=act, actor=_actor(request))
         return web.json_response(self._decision_body(name, result))
 
@@ -418,14 +432,27 @@ class Admin:
         name, body = await self._route_body(request)
         reason = _reason(body)
         result = await self.rt.reset_evidence(name, _actor(request), reason)
-        return web.json_response(self._mutation(result))
+        return web.json_response(await self._mutation(result))
+
+    async def retire(self, request: web.Request) -> web.Response:
+        """The decision that a route's legacy side can go (proxy.api.migration_view)."""
+        from proxy.api.migration_view import retire
+
+        name = request.match_info["name"]
+        self.rt.spec(name)
+        body = await _body(request)
+        reason = _reason(body)
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise ApiError(400, "force must be true or false", {"field": "force"})
+        return web.json_response(await retire(self.server, name, _actor(request), reason,
+                                              force, _days_field(body)))
 
     # mutations ------------------------------------------------------------------------------
     async def _route_body(self, request: web.Request) -> tuple[str, dict]:
         """The route named in the path (404 when unknown) and the request's body."""
-        name = request.match_info["name"]
+        name = self.rt.lead(request.match_info["name"])  # a group: its first route
         body = await _body(request)
-        self.rt.spec(name)
         return name, body
 
     async def set_weight(self, request: web.Request) -> web.Response:
@@ -435,19 +462,19 @@ class Admin:
         result = await self.rt.set_weight(name, weight, _actor(request), reason)
         # 202: recorded as a request that waits for a second person's approval
         status = 202 if result.extra.get("approval") else 200
-        return web.json_response(self._mutation(result), status=status)
+        return web.json_response(await self._mutation(result), status=status)
 
     async def rollback_one(self, request: web.Request) -> web.Response:
         name, body = await self._route_body(request)
         reason = _reason(body)
         (result,) = await self.rt.rollback([name], _actor(request), reason)
-        return web.json_response(self._mutation(result))
+        return web.json_response(await self._mutation(result))
 
     async def rollback_all(self, request: web.Request) -> web.Response:
         body = await _body(request)
         reason = _reason(body)
         results = await self.rt.rollback(None, _actor(request), reason)
-        items = [self._mutation(r) for r in results]
+        items = [await self._mutation(r) for r in results]
         warnings = sorted({i["warning"] for i in items if i.get("warning")})
         return web.json_response({
             "rolled_back": [r.route for r in results],
@@ -460,7 +487,7 @@ class Admin:
         name, body = await self._route_body(request)
         reason = _reason(body)
         result = await self.rt.resume(name, _actor(request), reason)
-        return web.json_response(self._mutation(result))
+        return web.json_response(await self._mutation(result))
 
     async def reload(self, request: web.Request) -> web.Response:
         body = await _body(request)
@@ -477,11 +504,17 @@ class Admin:
                            {"path": self.rt.config_path}) from None
         return web.json_response({"generation": generation, "durable": self.rt.durable})
 
-    def _mutation(self, result: MutationResult) -> dict:
+    async def _mutation(self, result: MutationResult) -> dict:
         """The route object after the change, plus what changed and whether it is on disk."""
+        await self.rt.settle(result)  # a shared trail: the entry's place in the chain
         body: dict[str, Any] = {}
         if result.route is not None and self.rt.config.route(result.route) is not None:
             body.update(self.rt.route_view(result.route))
+        elif result.extra.get("group"):  # a group moved: its members, and their one state
+            lead = result.extra["routes"][0]
+            body.update(name=result.route, weight=self.rt.effective(lead),
+                        state="rolled_back" if self.rt.rolled_back(lead) else "active",
+                        members=[self.rt.route_view(m) for m in result.extra["routes"]])
         body.update({
             "route": result.route,
             "from": result.before,
@@ -494,6 +527,19 @@ class Admin:
         if not result.durable and not result.warning:
             body["warning"] = _not_durable(self.rt.persist_error)
         return body
+
+
+def _store_status(rt: Any) -> dict | None:
+    status = getattr(rt.audit, "status", None)
+    return status() if status is not None else None
+
+
+def _days_field(body: dict) -> float:
+    raw = body.get("days", 14)
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw <= 3650:
+        raise ApiError(400, "days must be a number of days, more than 0 and at most 3650",
+                       {"field": "days"})
+    return float(raw)
 
 
 def _not_durable(error: str | None) -> str:

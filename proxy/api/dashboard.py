@@ -28,6 +28,7 @@ from aiohttp import web
 
 from proxy.control.aggregate import Aggregator, RouteWindow
 from shadow.reconcile_store import latest_runs
+from shadow.sqldb import locator
 from shadow.stats import LATENCY, quantile
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -176,8 +177,8 @@ def register(app: web.Application, server: Any) -> None:
                                       "detail": {"field": "since"}}, status=400)
         return web.json_response(series.view(name, since))
 
-    def store_path() -> Path:
-        return server.runtime.config.state_dir / "diffs.sqlite3"
+    def store_path() -> Path | str | dict:
+        return locator(server.runtime.config)
 
     async def route_reconcile(request: web.Request) -> web.Response:
         """The route's newest `strangler reconcile` run (null before the first)."""

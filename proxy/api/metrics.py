@@ -42,6 +42,7 @@ FALLBACK_REASONS = ("connect", "timeout", "reset", "tls", "busy", "5xx")
 DIRECTIONS = ("target_slower", "target_faster")  # paired differences: d > 0, d <= 0
 DECISIONS = ("promote", "complete", "hold", "fail", "inconclusive")
 TRIGGERS = ("manual", "gate", "guardrail")
+STORE_EVENTS = ("samples_dropped", "write_failed")
 TRACE_RESULTS = ("exported", "export_failed", "queue_full")
 
 
@@ -53,8 +54,10 @@ class StranglerCollector:
         counters: Callable[[], dict[str, dict[tuple[str, ...], int]]],
         upstreams: Callable[[], Iterable[str]] | None = None,
         fine: Callable[[], bool] | None = None,
+        store: Callable[[], dict | None] | None = None,
     ) -> None:
         self.agg = agg
+        self.store = store  # the shared audit trail's status (None: local files)
         self.weights = weights  # route -> (effective weight, rolled back)
         self.counters = counters  # "gate_decisions" / "rollbacks" -> label tuple -> count
         runtime = getattr(weights, "__self__", None)  # knows the configured upstreams and gate
@@ -141,6 +144,21 @@ class StranglerCollector:
                       "Upstream failures by kind", ["upstream", "kind"],
                       _zeros(agg.upstream_errors, sorted(self.upstreams()), ERROR_KINDS))
 
+        yield _family(CounterMetricFamily, "strangler_diff_store_events",
+                      "What the comparers' diff store lost or could not write: samples_dropped "
+                      "(queue full, or the store unavailable), write_failed (writes retried "
+                      "later: their counters wait in memory)", ["event"],
+                      {(e,): agg.store_events.get(e, 0) for e in STORE_EVENTS})
+        status = self.store() if self.store is not None else None
+        yield _family(GaugeMetricFamily, "strangler_store_up",
+                      "1 while the store (store.backend) can be written; 0 while a shared "
+                      "store is unavailable", ["backend"],
+                      {("postgres" if status is not None else "local",):
+                       1.0 if status is None or status["up"] else 0.0})
+        yield _family(GaugeMetricFamily, "strangler_audit_buffered",
+                      "Audit entries this replica acknowledged that wait in its outbox for the "
+                      "shared store (0 with local files)", [],
+                      {(): float(status["buffered"]) if status is not None else 0.0})
         # Spans of sampled requests (tracing:), zero-filled while tracing is configured.
         config = getattr(getattr(self.weights, "__self__", None), "config", None)
         if agg.traces or getattr(config, "tracing", None) is not None:

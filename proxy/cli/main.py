@@ -27,7 +27,11 @@ COMMANDS = (
     "reset_evidence",
     "diffs",
     "reconcile",
+    "inventory",
+    "retire_check",
+    "retire",
     "history",
+    "store",
     "demo",
 )
 

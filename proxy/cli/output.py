@@ -338,7 +338,11 @@ def history(entries: list[dict]) -> str:
         ev = e.get("evidence")
         if e.get("action") == "reload" and isinstance(ev, dict) and ev.get("summary"):
             reason = f"{reason}: {ev['summary']}"
-        rows.append([e.get("seq"), e.get("time"), e.get("actor"), e.get("action"),
+        actor = e.get("actor")
+        if e.get("replica"):  # a shared trail: who, and through which replica
+            actor = f"{actor} @{e['replica']}"
+        seq = "pending" if e.get("pending") else e.get("seq")
+        rows.append([seq, e.get("time"), actor, e.get("action"),
                      e.get("route") or "*", change, _short(reason, 70)])
     return table(["#", "TIME (UTC)", "ACTOR", "ACTION", "ROUTE", "CHANGE", "REASON"], rows)
 

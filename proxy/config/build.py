@@ -22,8 +22,10 @@ from proxy.config.spec import (
     Config,
     FlagsSpec,
     GateSourceSpec,
+    GroupSpec,
     GuardrailSpec,
     HostPort,
+    InventorySpec,
     LimitsSpec,
     MatchSpec,
     MaxHoldSpec,
@@ -36,6 +38,7 @@ from proxy.config.spec import (
     ShadowBudgetSpec,
     ShadowSpec,
     StickySpec,
+    StoreSpec,
     TokenSpec,
     TracingSpec,
     UnleashSpec,
@@ -125,7 +128,14 @@ def _tracing(t: m.Tracing | None, doc: Document, base: Path) -> TracingSpec | No
     return TracingSpec(**kw)
 
 
-def _route(r: m.Route, line: int, override_line: int) -> RouteSpec:
+def _unleash(u: m.Unleash, doc: Document, base: Path) -> UnleashSpec:
+    kw = _set(u, "tls")
+    if u.url.lower().startswith("https://"):
+        kw["tls"] = client_tls(u.tls, base, doc.line(("flags", "unleash", "tls")))
+    return UnleashSpec(**kw)
+
+
+def _route(r: m.Route, line: int, override_line: int, group: str | None) -> RouteSpec:
     kw = _set(r, "match", "sticky", "override", "shadow", "promotion")
     if isinstance(kw.get("fallback_to_legacy"), tuple):  # {on: [...]}
         kw["fallback_on"] = kw["fallback_to_legacy"]
@@ -135,7 +145,7 @@ def _route(r: m.Route, line: int, override_line: int) -> RouteSpec:
     if r.override is not None:
         kw["override"] = OverrideSpec(header=r.override.header, line=override_line)
     return RouteSpec(match=match_spec(r.match), shadow=_shadow(r.shadow),
-                     promotion=_promotion(r.promotion), line=line, **kw)
+                     promotion=_promotion(r.promotion), line=line, group=group, **kw)
 
 
 def _admin(a: m.Admin, doc: Document, base: Path) -> AdminSpec:
@@ -148,13 +158,17 @@ def _admin(a: m.Admin, doc: Document, base: Path) -> AdminSpec:
 
 def config(model: m.RoutesFile, doc: Document, source: Path, base: Path) -> Config:
     ups = {name: _upstream(name, u, doc, base) for name, u in model.upstreams.items()}
-    routes = tuple(_route(r, doc.line(("routes", i)), doc.line(("routes", i, "override")))
+    groups = tuple(GroupSpec(name, g.routes, doc.line(("groups", name)))
+                   for name, g in model.groups.items())
+    member_of = {route: g.name for g in groups for route in g.routes}
+    routes = tuple(_route(r, doc.line(("routes", i)), doc.line(("routes", i, "override")),
+                          member_of.get(r.name))
                    for i, r in enumerate(model.routes))
     flags = FlagsSpec()
     if "flags" in model.model_fields_set:
         kw = _set(model.flags, "unleash")
         if model.flags.unleash is not None:
-            kw["unleash"] = UnleashSpec(**_set(model.flags.unleash))
+            kw["unleash"] = _unleash(model.flags.unleash, doc, base)
         elif model.flags.backend == "unleash":
             kw["unleash"] = UnleashSpec()
         flags = FlagsSpec(**kw)
@@ -184,6 +198,20 @@ def config(model: m.RoutesFile, doc: Document, source: Path, base: Path) -> Conf
         notify=notify,
         overrides=trust,
         shadow_budget=ShadowBudgetSpec(**_set(model.shadow_budget)),
+        store=StoreSpec(**_set(model.store)),
         tls=_server_tls(model.tls, base, doc.line(("tls",))),
         tracing=_tracing(model.tracing, doc, base),
+        inventory=_inventory(model.inventory, doc, source),
+        groups=groups,
     )
+
+
+def _inventory(inv: m.Inventory, doc: Document, source: Path) -> InventorySpec:
+    """The block as written plus its `templates` as declared endpoints (the OpenAPI document's
+    are added by the loader, which reports its problems)."""
+    from proxy.config.templates import DeclaredTemplate, split_method
+
+    where = [doc.line(("inventory", "templates", i)) for i in range(len(inv.templates))]
+    declared = tuple(DeclaredTemplate(*split_method(t), f"{source.name}:{line}")
+                     for t, line in zip(inv.templates, where, strict=True))
+    return InventorySpec(**_set(inv), declared=declared)

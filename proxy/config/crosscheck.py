@@ -163,6 +163,9 @@ def across(raw: dict[str, Any], bad: set[Loc], model: Any, *, quiet: bool = Fals
                 "every request it would", line_of=("routes", earlier[0]))))
         coverage.add(match, (i, name))
 
+    from proxy.config import groups  # `groups:` (members that move as one)
+
+    found += groups.check(raw, bad, model)
     if not quiet and not found and all(loc[0] == "notify" for loc in bad):
         known = list(route_names)
         sinks = doc._at(("notify",))

@@ -134,9 +134,33 @@ def _load(file: str, text: str, source: Path, base: Path) -> Config:
         raise ConfigError(problems)
     config = build.config(model, doc, source, base)
     problems = _consumed(file, config) + _tls_files(file, doc, config)
+    config, more = _openapi(file, doc, config, base)
+    problems += more
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _openapi(file: str, doc: Document, config: Config, base: Path) -> tuple[Config, list[Problem]]:
+    """`inventory.openapi`: the document's endpoints join the declared templates; a document
+    that cannot be read is a problem at the key's line, one with problems at their own lines."""
+    import dataclasses
+
+    from proxy.config.openapi import read_openapi
+
+    inv = config.inventory
+    if inv.openapi is None:
+        return config, []
+    path = base / Path(inv.openapi).expanduser()
+    try:
+        found, issues = read_openapi(path, inv.openapi_prefix or "")
+    except OSError as exc:
+        return config, [Problem(file, doc.line(("inventory", "openapi")), "inventory.openapi",
+                                f"cannot read {inv.openapi}: {exc.strerror or exc}")]
+    if issues:
+        return config, [Problem(str(path), line, where, message) for line, where, message in issues]
+    inventory = dataclasses.replace(inv, declared=(*inv.declared, *found))
+    return dataclasses.replace(config, inventory=inventory), []
 
 
 def _translate(file: str, doc: Document, errors: list[dict[str, Any]]) -> list[Problem]:
@@ -189,6 +213,7 @@ def _tls_files(file: str, doc: Document, config: Config) -> list[Problem]:
         (("tls",), config.tls), (("admin", "tls"), config.admin.tls),
         (("gate", "tls"), config.gate.tls),
         (("tracing", "tls"), config.tracing.tls if config.tracing else None),
+        (("flags", "unleash", "tls"), config.flags.unleash.tls if config.flags.unleash else None),
         *((("upstreams", name, "tls"), up.tls) for name, up in config.upstreams.items())]
     out = []
     for loc, spec in blocks:

@@ -33,6 +33,7 @@ from proxy.config.header_names import FORWARDED_HEADERS, HOP_BY_HOP
 from proxy.config.spec import (
     NOTIFY_EVENTS,
     SAFE_METHODS,
+    SSL_MODES,
     AdminSpec,
     ApprovalSpec,
     AutoSpec,
@@ -40,12 +41,14 @@ from proxy.config.spec import (
     CompareSpec,
     GateSourceSpec,
     GuardrailSpec,
+    InventorySpec,
     LimitsSpec,
     NotifySpec,
     PromotionSpec,
     RouteSpec,
     ShadowBudgetSpec,
     ShadowSpec,
+    StoreSpec,
     TracingSpec,
     UnleashSpec,
     UpstreamSpec,
@@ -420,7 +423,7 @@ class Tracing(Checked):
         return []
 
 
-class Unleash(Block):
+class Unleash(Checked):
     url: v.HttpUrl() = D(UnleashSpec, "url")  # type: ignore[valid-type]
     app_name: v.Str() = D(UnleashSpec, "app_name")  # type: ignore[valid-type]
     refresh_interval: v.Duration() = D(UnleashSpec, "refresh_interval")  # type: ignore
@@ -428,6 +431,17 @@ class Unleash(Block):
     admin_token_env: v.EnvName = D(UnleashSpec, "admin_token_env")
     environment: v.Str() = D(UnleashSpec, "environment")  # type: ignore[valid-type]
     project: v.Str() = D(UnleashSpec, "project")  # type: ignore[valid-type]
+    tls: ClientTls | None = Field(None, description="for an https url (polls and Admin API "
+                                  "writes): CAs trusted, client certificate, server name; "
+                                  "absent: the system CAs")
+
+    @classmethod
+    def _check(cls, raw: dict[str, Any], bad: set[Loc], value: Any = None) -> Found:
+        url = raw.get("url", D(UnleashSpec, "url"))
+        if "tls" in raw and ("url" not in raw or ok(raw, "url", bad)) and \
+                isinstance(url, str) and url.strip().lower().startswith("http://"):
+            return [(("tls",), v.problem("tls is only used with an https:// url"))]
+        return []
 
 
 class Flags(Checked):
@@ -441,6 +455,27 @@ class Flags(Checked):
             return [(("unleash",), v.problem("only used with backend: unleash (set "
                                              "flags.backend: unleash, or remove this block)"))]
         return []
+
+
+class Store(Checked):
+    WHAT = "a mapping like {backend: postgres, dsn_env: STRANGLER_DATABASE_URL}"
+    backend: v.Choice("local", "postgres") = Field(  # type: ignore[valid-type]
+        D(StoreSpec, "backend"), description="local: files and SQLite in state_dir (one "
+        "replica); postgres: the audit trail, approvals and diffs shared by every replica")
+    dsn_env: v.EnvName = Field(D(StoreSpec, "dsn_env"), description="the environment "
+                               "variable holding the PostgreSQL connection string")
+    sslmode: v.Choice(*SSL_MODES) = Field(  # type: ignore[valid-type]
+        None, description="TLS to PostgreSQL (libpq sslmode); unset: as the DSN says")
+    sslrootcert: v.Str("a file path", nullable=True) = Field(  # type: ignore[valid-type]
+        None, description="CA certificate file for sslmode verify-ca / verify-full")
+    connect_timeout: v.Duration() = D(StoreSpec, "connect_timeout")  # type: ignore[valid-type]
+
+    @classmethod
+    def _check(cls, raw: dict[str, Any], bad: set[Loc], value: Any = None) -> Found:
+        if ("backend",) in bad or raw.get("backend", "local") != "local":
+            return []
+        return [((key,), v.problem("only used with backend: postgres"))
+                for key in raw if key != "backend"]
 
 
 class ShadowBudget(Block):
@@ -1021,6 +1056,74 @@ class Overrides(Block):
     trusted: Trusted
 
 
+# -- inventory ----------------------------------------------------------------------------------
+
+
+def _template(x: Any) -> str:
+    from proxy.config.templates import method_problem, split_method, template_problem
+
+    value = v.string(x, "a path template like /users/{id} (or GET /users/{id})")
+    method, path = split_method(value)
+    problem = (method_problem(method) if method is not None else None) or template_problem(path)
+    if problem is not None:
+        raise v.problem(problem)
+    return f"{method} {path}" if method is not None else path
+
+
+def _templates(x: Any) -> tuple[str, ...]:
+    out, bad = v.items(v.seq(x, "a list of path templates"), _template)
+    if bad:
+        v.at(bad)
+    return tuple(dict.fromkeys(out))
+
+
+def _prefix(x: Any) -> str | None:
+    value = v.string(x, "a path like /api/v1", nullable=True)
+    if value is None:
+        return None
+    if not value.startswith("/") or value.endswith("/") or "{" in value or "?" in value:
+        raise v.problem(f"invalid value {value!r}: a path starting with '/', without a trailing "
+                        "'/' (e.g. /api/v1)")
+    return value
+
+
+class Inventory(Block):
+    WHAT = "a mapping of inventory settings"
+    enabled: v.Bool = Field(D(InventorySpec, "enabled"), description="count every request's "
+                            "endpoint (method + path template) for `strangler inventory`")
+    templates: v.value_type(tuple, _templates, {  # type: ignore[valid-type]
+        "type": "array", "uniqueItems": True,
+        "items": {"type": "string", "pattern": "^([!#$%&'*+.^_`|~0-9A-Za-z-]+ )?/"},
+        "description": "declared path templates, e.g. /users/{id} or GET /users/{id}"}) = ()
+    openapi: v.Str("a file name", nullable=True,  # type: ignore[valid-type]
+                   description="an OpenAPI 3 document (JSON or YAML) whose paths are "
+                   "templates; relative to this file") = None
+    openapi_prefix: v.value_type(str | None, _prefix, {  # type: ignore[valid-type]
+        "anyOf": [{"type": "string", "pattern": "^/.*[^/]$"}, {"type": "null"}],
+        "description": "the path the OpenAPI document's paths live under, e.g. /api/v1"}) = None
+    max_templates: v.Integer(10, 100_000) = Field(  # type: ignore[valid-type]
+        D(InventorySpec, "max_templates"), description="endpoints counted by name; beyond, "
+        "`other`")
+    retention_days: v.Integer(1, 3650) = Field(  # type: ignore[valid-type]
+        D(InventorySpec, "retention_days"), description="days of rollups kept in state_dir")
+
+
+# -- groups --------------------------------------------------------------------------------------
+
+
+def _member_names(x: Any) -> tuple[str, ...]:
+    return _name_list(x, what="a list of route names", item="a route name", kind="route",
+                      empty="list the routes that move together")
+
+
+class Group(Block):
+    WHAT = "a mapping with routes, e.g. {routes: [cart-read, cart-write]}"
+    HINTS = {"routes": " (the routes that move together, e.g. [cart-read, cart-write])"}
+    routes: v.value_type(tuple, _member_names, {  # type: ignore[valid-type]
+        "type": "array", "minItems": 2, "uniqueItems": True, "items": {"type": "string"},
+        "description": "routes that share one weight, state and sticky assignment"})
+
+
 def _version(x: Any) -> int:
     value = v.scalar(x, "1")
     if isinstance(value, bool) or value != 1:
@@ -1075,9 +1178,14 @@ class RoutesFile(Block):
     overrides: Overrides | None = Field(None, description="who may pin a request to legacy or "
                                         "target (routes[].override)")
     shadow_budget: ShadowBudget = ShadowBudget()
+    store: Store = Field(Store(), description="where the audit trail, approvals and diffs "
+                         "live: local files, or PostgreSQL shared by every replica")
     tls: ServerTls | None = Field(None, description="serve the proxy's listener over TLS "
                                   "(ALPN http/1.1)")
     tracing: Tracing | None = Field(None, description="OpenTelemetry tracing; off when absent")
+    inventory: Inventory = Inventory()
+    groups: dict[str, Group] = Field({}, description="name -> routes that move together (one "
+                                     "weight, state and sticky assignment)")
 
 
 def blocks() -> dict[str, type[Block]]:

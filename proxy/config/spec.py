@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from proxy.config.templates import DeclaredTemplate
+
 MiB = 1024 * 1024
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -244,6 +246,7 @@ class RouteSpec:
     promotion: PromotionSpec = field(default_factory=PromotionSpec)
     override: OverrideSpec | None = None  # None: the route cannot be pinned by a header
     line: int = 0  # line of the route's `- name:` entry in the file
+    group: str | None = None  # the group it moves with (`groups:`), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +307,30 @@ class BasicAuthSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class InventorySpec:
+    """`inventory:`: the map of the monolith's traffic (proxy.dataplane.inventory,
+    proxy.control.rollups). `declared` holds `templates` and the OpenAPI document's endpoints."""
+
+    enabled: bool = True
+    templates: tuple[str, ...] = ()  # as written
+    openapi: str | None = None  # as written, relative to routes.yaml's directory
+    openapi_prefix: str | None = None  # the path the document's paths live under
+    max_templates: int = 1000  # per data plane and per rollup bucket; the rest count as `other`
+    retention_days: int = 90  # daily rollups kept this long (hourly ones: 15 days at most)
+    declared: tuple[DeclaredTemplate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """`groups.NAME`: routes that move together (one weight, state and sticky assignment; see
+    proxy.control.groups). `routes[0]` leads: the group's approvals are kept under its name."""
+
+    name: str
+    routes: tuple[str, ...]
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class GateSourceSpec:
     metrics: Literal["local", "prometheus"] = "local"
     url: str | None = None  # Prometheus base url (needed for prometheus metrics or checks)
@@ -338,12 +365,33 @@ class UnleashSpec:
     admin_token_env: str = "UNLEASH_ADMIN_TOKEN"
     environment: str = "development"
     project: str = "default"
+    tls: ClientTlsSpec | None = None  # set for an https url (defaults: the system CAs)
 
 
 @dataclass(frozen=True, slots=True)
 class FlagsSpec:
     backend: Literal["file", "unleash"] = "file"
     unleash: UnleashSpec | None = None
+
+
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSpec:
+    """Where the audit trail, pending approvals and the diff store live (routes.yaml `store`):
+    `local` (files and SQLite in state_dir, one replica) or `postgres` (shared by every
+    replica). The DSN is read from the environment variable `dsn_env`, never from the file."""
+
+    backend: Literal["local", "postgres"] = "local"
+    dsn_env: str = "STRANGLER_DATABASE_URL"
+    sslmode: str | None = None  # None: as the DSN says (libpq's default: prefer)
+    sslrootcert: str | None = None  # CA file for verify-ca / verify-full
+    connect_timeout: float = 5.0
+
+    @property
+    def shared(self) -> bool:
+        return self.backend == "postgres"
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,13 +411,23 @@ class Config:
     notify: tuple[NotifySpec, ...] = ()
     overrides: OverrideTrustSpec | None = None  # `overrides.trusted`; None: nobody may pin
     shadow_budget: ShadowBudgetSpec = field(default_factory=ShadowBudgetSpec)
+    store: StoreSpec = field(default_factory=StoreSpec)
     tls: ServerTlsSpec | None = None  # serve the proxy listener over TLS
     tracing: TracingSpec | None = None
+    inventory: InventorySpec = field(default_factory=InventorySpec)
+    groups: tuple[GroupSpec, ...] = ()
 
     def route(self, name: str) -> RouteSpec | None:
         for r in self.routes:
             if r.name == name:
                 return r
+        return None
+
+    def group(self, name: str) -> GroupSpec | None:
+        """The group called `name`, or the group route `name` belongs to."""
+        for g in self.groups:
+            if g.name == name or name in g.routes:
+                return g
         return None
 
     def file_weights(self) -> dict[str, float]:

@@ -86,6 +86,7 @@ class Aggregator:
         # route -> [DIFFERENCE counts, sum of d > 0, sum of |d| for d <= 0]
         self.paired: dict[str, list] = {}
         self.skipped: dict[tuple[str, str], int] = {}
+        self.store_events: dict[str, int] = {}  # the comparers' diff store (event -> count)
         self.fallbacks: dict[tuple[str, str], int] = {}  # (route, reason)
         # Pinned (QA) requests and ignored pins: exported, never part of a window or `recent`.
         self.overrides: dict[tuple[str, str, int], int] = {}
@@ -187,6 +188,8 @@ class Aggregator:
             self.overrides[okey] = self.overrides.get(okey, 0) + n
         for key, n in delta.override_ignored.items():
             self.override_ignored[key] = self.override_ignored.get(key, 0) + n
+        for event, n in delta.store.items():
+            self.store_events[event] = self.store_events.get(event, 0) + n
         for route, (tr, te, lr, le) in touched.items():
             dq = self.recent.setdefault(route, deque())
             dq.append((now, tr, te, lr, le))

@@ -46,12 +46,16 @@ class FileApprovals:
         self._save(requests)
         self._requests = requests
 
-    def remove(self, route: str) -> ApprovalRequest | None:
-        if route not in self._requests:
+    def remove(self, route: str, request_id: str | None = None) -> ApprovalRequest | None:
+        current = self._requests.get(route)
+        if current is None or (request_id is not None and current.id != request_id):
             return None
         requests = {k: v for k, v in self._requests.items() if k != route}
         self._save(requests)
         return self._requests.pop(route)
+
+    def discard(self, route: str) -> ApprovalRequest | None:
+        return self.remove(route)
 
     def _save(self, requests: dict[str, ApprovalRequest]) -> None:
         data = {"version": 1, "requests": [r.to_dict() for r in requests.values()]}

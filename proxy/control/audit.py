@@ -29,9 +29,12 @@ def encode(entry: dict) -> bytes:
     return json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
 
 
-def entry_hash(entry: dict) -> str:
+def entry_hash(entry: dict) -> str | None:
     """SHA-256 of the entry's line: what the next entry's `prev` holds, and what a notification
-    quotes so a reader can find (and trust) the entry it is about."""
+    quotes so a reader can find (and trust) the entry it is about. None for an entry of a shared
+    trail that is not chained yet (`pending`)."""
+    if entry.get("pending"):
+        return None
     return hashlib.sha256(encode(entry)).hexdigest()
 
 
@@ -141,6 +144,12 @@ class AuditLog:
         except (FileNotFoundError, ValueError):
             return None
 
+    def wrote_here(self) -> bool:
+        return bool(self.entries(limit=1))
+
+    async def settle(self, entry: dict | None, timeout: float = 1.0) -> dict | None:
+        return entry  # chained (and fsynced) when append returned
+
     def entries(self, route: str | None = None, limit: int | None = None) -> list[dict]:
         """Newest first."""
         out: list[dict] = []
@@ -155,7 +164,8 @@ class AuditLog:
                 entry = json.loads(raw)
             except ValueError:
                 continue
-            if route is None or entry.get("route") == route:
+            if route is None or entry.get("route") == route or route in (
+                    entry.get("routes") or ()):  # a group's entry names its members
                 out.append(entry)
                 if limit is not None and len(out) >= limit:
                     break

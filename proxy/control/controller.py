@@ -37,10 +37,12 @@ class Controller:
         self._sync_auto()
 
     def _sync_auto(self) -> None:
-        wanted = {
+        config = self.runtime.config
+        wanted = {  # a group is promoted once, by its first route's loop (proxy.control.groups)
             r.name: r.promotion.auto.interval
-            for r in self.runtime.config.routes
-            if r.promotion.auto.enabled
+            for r in config.routes
+            if r.promotion.auto.enabled and (r.group is None
+                                              or config.group(r.group).routes[0] == r.name)
         }
         for name in list(self.tasks):
             if name not in wanted:
@@ -73,6 +75,8 @@ class Controller:
             spec = rt.config.route(name)
             if spec is None or name in self.guard_busy:
                 continue
+            if spec.group is not None and spec.group in self.guard_busy:
+                continue  # a member already rolls its group back
             g = spec.promotion.guardrail
             if not g.enabled or rt.rolled_back(name):
                 continue
@@ -83,6 +87,8 @@ class Controller:
             l_rate = le / lr if lr else 0.0
             if t_rate >= g.max_error_rate and t_rate - l_rate >= g.min_error_rate_increase:
                 self.guard_busy.add(name)
+                if spec.group is not None:
+                    self.guard_busy.add(spec.group)
                 evidence = {
                     "window_seconds": g.window,
                     "target": {"requests": tr, "errors": te, "error_rate": t_rate},
@@ -108,6 +114,9 @@ class Controller:
             log.exception("guardrail rollback failed", route=name)
         finally:
             self.guard_busy.discard(name)
+            spec = self.runtime.config.route(name)
+            if spec is not None and spec.group is not None:
+                self.guard_busy.discard(spec.group)
 
     async def stop(self) -> None:
         tasks = list(self.tasks.values()) + list(self.background)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -113,10 +113,12 @@ class FlagsLink:
                 await self._check_missing(startup=True)
             elif self._client.degraded:
                 log.warning("flags.degraded", url=self.spec.url, cache=str(self.cache_dir),
+                            reason=self._client.last_error,
                             detail="Unleash unreachable and no cached state: every route at "
                             "weight 0 (all legacy) until Unleash answers")
             else:
                 log.warning("flags.from_cache", url=self.spec.url, cache=str(self.cache_dir),
+                            reason=self._client.last_error,
                             detail="Unleash unreachable: routing on the cached flag state")
         except BaseException:
             await self._client.stop()
@@ -164,6 +166,13 @@ class FlagsLink:
         """What /readyz reports while routing is reduced by the flag backend, else None."""
         if self._client is None:
             return None
+        tls = self._client.tls_failure
+        if tls is not None:  # a set-up problem, not an outage that passes: said as degraded
+            routing = ("no cached flag state: every route at weight 0 (all legacy)"
+                       if self._client.degraded else "routing on the last known flag state; "
+                       "weight changes are refused and rollbacks hold here until it works")
+            return {"flags": f"TLS to Unleash at {self.spec.url} fails: {tls[1]}; {routing}",
+                    "tls_cause": tls[0]}
         if self._client.degraded:
             return {"flags": f"Unleash at {self.spec.url} unreachable and no cached flag "
                     "state: every route at weight 0 (all legacy)"}
@@ -448,8 +457,17 @@ class FlagsLink:
         self._snap = self.client.snapshot()
 
     async def _on_reload(self, config: Config) -> None:
-        if config.flags.backend != "unleash" or (config.flags.unleash or UnleashSpec()) != \
-                self.spec:
+        new = config.flags.unleash or UnleashSpec()
+        if config.flags.backend == "unleash" and new != self.spec and \
+                replace(new, tls=self.spec.tls) == self.spec and new.tls is not None:
+            try:  # only flags.unleash.tls changed: the next poll uses it
+                self.client.use_tls(new.tls)
+                self.spec = new
+                log.info("flags.tls_changed", url=self.spec.url)
+            except UnleashConfigError as exc:
+                log.error("flags.tls_not_loaded", error=str(exc),
+                          detail="the previous flags.unleash.tls stays in use")
+        elif config.flags.backend != "unleash" or new != self.spec:
             log.warning("flags.settings_changed", detail="flags settings changed in the file: "
                         "restart strangler serve to apply them; the running backend stays")
         self.client.watch(_flags_of(config))

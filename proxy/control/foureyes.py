@@ -4,6 +4,7 @@ it uses the runtime's lock, audit, approvals store and weight changes)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -16,6 +17,8 @@ from proxy.control.trail import ApprovalRequest
 from shadow.gate import Decision
 
 log = structlog.get_logger("strangler.approvals")
+
+STORE_TIMEOUT = 2.0  # a shared approvals store that does not answer within this refuses
 
 
 class FourEyes:
@@ -40,10 +43,12 @@ class FourEyes:
             request = ApprovalRequest(
                 id=uuid.uuid4().hex[:12], route=name, step=step, kind=kind,  # type: ignore
                 from_weight=before, to_weight=weight, requested_by=actor, requested_at=now,
-                expires_at=now + spec.promotion.approval.expires, reason=reason)
+                expires_at=now + spec.promotion.approval.expires, reason=reason,
+                replica=self.replica)
             try:
-                self.approvals.put(request)
-            except OSError as exc:
+                await asyncio.wait_for(asyncio.to_thread(self.approvals.put, request),
+                                       STORE_TIMEOUT)
+            except (OSError, TimeoutError) as exc:
                 raise RuntimeError_(503, f"the approval request could not be stored: {exc}",
                                     {"route": name}) from exc
             entry, _ = self._audit(action="approval_requested", actor=actor, route=name,
@@ -70,7 +75,7 @@ class FourEyes:
 
     def _drop_request(self, name: str, action: str, reason: str) -> None:
         try:
-            request = self.approvals.remove(name)
+            request = self.approvals.discard(name)
         except OSError as exc:
             log.error("approval not removed", route=name, error=str(exc))
             return
@@ -104,7 +109,9 @@ class FourEyes:
             raise RuntimeError_(409, f"nothing to approve on '{name}': no pending request (a "
                                 "new step voids one; `strangler promote` or `set-weight` asks "
                                 "again)", {"route": name})
-        if request.step != self.state.route(name).step:
+        # A request asked through another replica carries that replica's step id: its own new
+        # steps void it there (and so in the shared store).
+        if request.step != self.state.route(name).step and request.replica == self.replica:
             self._void_approval(name, "a new step began")
             raise RuntimeError_(409, f"the request on '{name}' was for an earlier step; ask "
                                 "again", {"route": name})
@@ -126,12 +133,12 @@ class FourEyes:
                                     f"{request.to_weight:g}%: it says {decision.decision} "
                                     "(the request stays pending)", {
                                         "route": name, "decision": decision.to_dict()})
+            await self._claim(name, request)
             self._count("gate_decisions", name, "promote")
             view = {**result.view, "approval": approval}
             self._audit(action="approve", actor=actor, route=name, reason=reason,
                         before=request.from_weight, after=request.to_weight,
                         evidence={"request": request.to_dict()})
-            self.approvals.remove(name)
             await self._apply_weight(name, request.to_weight, actor,
                                      "promotion gate (approved): "
                                      + " ".join(decision.reasons), "promote", view,
@@ -140,10 +147,10 @@ class FourEyes:
             result.view = view
             self._remember(name, view, view["step"])
             return result
+        await self._claim(name, request)
         self._audit(action="approve", actor=actor, route=name, reason=reason,
                     before=request.from_weight, after=request.to_weight,
                     evidence={"request": request.to_dict()})
-        self.approvals.remove(name)
         applied = await self._apply_weight(name, request.to_weight, actor,
                                            f"{request.reason} (approved: {reason})",
                                            "set_weight", None, approval=approval)
@@ -153,6 +160,21 @@ class FourEyes:
                 "step": self.state.route(name).step}
         return GateResult(Decision(name, "promote", applied.before, applied.after,
                                    (request.reason,)), view)
+
+
+    async def _claim(self, name: str, request: ApprovalRequest) -> None:
+        """Take the request out of the store before acting on it: with a shared store, of two
+        replicas approving at once only one gets it."""
+        try:
+            got = await asyncio.wait_for(
+                asyncio.to_thread(self.approvals.remove, name, request.id), STORE_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            raise RuntimeError_(503, f"the approval could not be recorded: {exc}",
+                                {"route": name}) from exc
+        if got is None:
+            raise RuntimeError_(409, f"the request on '{name}' was approved or voided through "
+                                "another replica meanwhile; nothing changed here",
+                                {"route": name})
 
 
 def stamp(epoch: float) -> str:

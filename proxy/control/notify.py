@@ -32,6 +32,7 @@ import structlog
 
 from proxy.config.spec import Config, NotifySpec
 from proxy.config.values import url_problem
+from proxy.control.audit import entry_hash
 
 log = structlog.get_logger("strangler.notify")
 
@@ -235,6 +236,9 @@ class Notifier:
         self.dashboard = "http://127.0.0.1:9901/"
         self.session: Any = None
         self.retiring: set[asyncio.Task] = set()  # sinks a reload removed, draining
+        # a shared audit trail chains entries in the background: `settle(entry)` gives an
+        # entry's seq and hash before the event is sent (AuditTrail.settle)
+        self.settle: Any = None
 
     # lifecycle --------------------------------------------------------------------------------
     def configure(self, config: Config) -> list[str]:
@@ -361,6 +365,9 @@ class Notifier:
                 "audit": ({"seq": audit.get("seq"), "hash": audit_hash}
                           if audit is not None and audit_hash else None),
             }
+            if audit is not None and audit.get("pending"):
+                payload["audit"] = {"seq": None, "hash": None, "uid": audit.get("uid"),
+                                    "pending": True}
             for sink in targets:
                 try:
                     sink.queue.put_nowait(payload)
@@ -381,6 +388,7 @@ class Notifier:
             payload = await sink.queue.get()
             sink.inflight = payload
             try:
+                await self._settle_audit(payload)
                 ok = await self._deliver(sink, payload)
             except asyncio.CancelledError:
                 raise
@@ -391,6 +399,17 @@ class Notifier:
                 sink.queue.task_done()
             sink.inflight = None
             self._count(sink, "sent" if ok else "failed")
+
+    async def _settle_audit(self, payload: dict) -> None:
+        """Quote the entry's seq and hash once the shared trail has chained it (bounded wait;
+        while the store is down the event says `pending` and carries the entry's uid)."""
+        audit = payload.get("audit")
+        if self.settle is None or not isinstance(audit, dict) or not audit.get("pending"):
+            return
+        entry = await self.settle({"uid": audit["uid"], "pending": True}, 5.0)
+        if entry is not None and not entry.get("pending"):
+            payload["audit"] = {"seq": entry.get("seq"), "hash": entry_hash(entry),
+                                "uid": audit["uid"]}
 
     async def _deliver(self, sink: Sink, payload: dict) -> bool:
         import aiohttp

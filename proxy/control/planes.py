@@ -4,7 +4,7 @@ Wire protocol with a worker (JSON lines over a socketpair):
   control -> worker: {"op": "weights", "id", "updates"} | {"op": "install", "id", "text",
                      "generation", "weights"} | {"op": "tasks", "id"} | {"op": "drain"}
   worker -> control: {"op": "ack", "id"[, "tasks"]} | {"op": "delta", "data"}
-                     | {"op": "ready", "pid"}
+                     | {"op": "inventory", "rows"} | {"op": "ready", "pid"}
 A change is acknowledged only after the worker applied it, so when `apply_weights` returns every
 request accepted afterwards, in every worker, sees the new weight.
 """
@@ -79,6 +79,7 @@ class WorkerLink:
         self.writer = writer
         self.on_delta = on_delta
         self.process = process
+        self.on_inventory: Any = None  # callable(rows): the worker's inventory rows
         self.ids = itertools.count(1)
         self.waiting: dict[int, asyncio.Future[dict | None]] = {}
         self.ready = asyncio.get_running_loop().create_future()
@@ -94,6 +95,9 @@ class WorkerLink:
                 op = msg.get("op")
                 if op == "delta":
                     self.on_delta(Delta.from_wire(msg["data"]))
+                elif op == "inventory":
+                    if self.on_inventory is not None:
+                        self.on_inventory(msg["rows"])
                 elif op == "ack":
                     fut = self.waiting.pop(msg["id"], None)
                     if fut is not None and not fut.done():

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -83,11 +84,13 @@ def check_audit_log(state_dir: Path) -> dict | None:
     return repaired
 
 
-def load_state(store: StateStore, audit: AuditLog,
+def load_state(store: StateStore, audit: Any,
                routes: list[str]) -> tuple[RuntimeState, StateRecovery | None]:
-    """The saved state, or (when it cannot be trusted) one with every route rolled back."""
+    """The saved state, or (when it cannot be trusted) one with every route rolled back.
+    `audit` (an AuditTrail) tells whether this state_dir wrote entries before: a fleet's shared
+    trail has entries of other replicas that say nothing about this one's state.json."""
     try:
-        if store.exists() or audit.entries(limit=1) == []:
+        if store.exists() or not audit.wrote_here():
             return store.load(), None
         problem = ("missing, but the audit log has entries: the runtime weights and rollbacks "
                    "were lost")

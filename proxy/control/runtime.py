@@ -30,12 +30,13 @@ from proxy.config.spec import Config, RouteSpec
 from proxy.control import changes as config_changes
 from proxy.control import steps, views
 from proxy.control.aggregate import Aggregator
-from proxy.control.approvals import FileApprovals
-from proxy.control.audit import AuditLog, entry_hash
+from proxy.control.audit import entry_hash
 from proxy.control.foureyes import FourEyes, approval_view, stamp
+from proxy.control.groups import Groups
 from proxy.control.recovery import load_state
 from proxy.control.results import GateResult, MutationResult, RuntimeError_
 from proxy.control.state import StateStore, StateWriteError
+from proxy.control.stores import open_trail
 from proxy.control.trail import ApprovalStore, AuditTrail
 from proxy.dataplane.split import bp_to_weight, weight_to_bp
 from shadow.evidence import CheckResult, Evidence
@@ -62,17 +63,19 @@ def default_actor() -> str:
         return "unknown"
 
 
-class Runtime(FourEyes):
+class Runtime(FourEyes, Groups):
     def __init__(self, config_path: str, config: Config, text: str | None = None) -> None:
         self.config_path = config_path
         self.config = config
         self.config_text = text if text is not None else Path(config_path).read_text()
         self.generation = 1
         self.store = StateStore(config.state_dir)
-        self.audit: AuditTrail = AuditLog(config.state_dir / "audit.log")
-        self.approvals: ApprovalStore = FileApprovals(config.state_dir / "approvals.json")
+        # files in state_dir, or the fleet's PostgreSQL store (proxy.control.stores)
+        trail, approvals, self.replica = open_trail(config)
+        self.audit: AuditTrail = trail
+        self.approvals: ApprovalStore = approvals
         # An unreadable state.json starts every route rolled back (proxy.control.recovery).
-        self.state, self.recovery = load_state(self.store, self.audit,  # type: ignore[arg-type]
+        self.state, self.recovery = load_state(self.store, self.audit,
                                                [r.name for r in config.routes])
         self.agg = Aggregator()
         self.planes: list[PlaneLink] = []
@@ -120,6 +123,7 @@ class Runtime(FourEyes):
                     moved.append((route.name, before[route.name], after))
                 why += steps.changes(rt.identity, identity)
             self._new_step(route.name, "; ".join(why), identity)
+        self._align_groups("start")  # proxy.control.groups
         if replaced:
             log.info("file weights replaced runtime values", routes=replaced)
         if self.recovery is not None:
@@ -216,6 +220,7 @@ class Runtime(FourEyes):
                 else {"cookie": spec.sticky.cookie} if spec.sticky else None
             ),
             "fallback_to_legacy": spec.fallback_to_legacy,
+            "group": spec.group,
             "flag": spec.flag,
             "shadow": {"enabled": spec.shadow.enabled, "sample": spec.shadow.sample,
                        "reverse": spec.shadow.reverse},
@@ -293,6 +298,28 @@ class Runtime(FourEyes):
         result.warning = "; ".join(warnings) or None
         return result
 
+    async def settle(self, result: MutationResult) -> MutationResult:
+        """Give the result's audit entry its place in the trail (a shared trail chains it in
+        the background); when the store is down it stays pending, and the answer says so."""
+        if result.audit is None or not result.audit.get("pending"):
+            return result
+        entry = await self.audit.settle(result.audit)
+        result.audit = entry
+        result.audit_hash = entry_hash(entry) if entry is not None else None
+        if entry is not None and entry.get("pending"):
+            note = ("AUDIT BUFFERED: the shared store is unavailable; the entry is on this "
+                    "replica's disk (audit.outbox) and joins the fleet's trail, in order, when "
+                    "the store is back")
+            result.warning = f"{result.warning}; {note}" if result.warning else note
+        return result
+
+    def close(self) -> None:
+        """Ship what the shared trail still buffers (bounded), stop its threads."""
+        for part in (self.audit, self.approvals):
+            close = getattr(part, "close", None)
+            if close is not None:
+                close()
+
     def _count(self, family: str, name: str, value: str) -> None:
         counts = self.counters[family]
         counts[(name, value)] = counts.get((name, value), 0) + 1
@@ -319,21 +346,28 @@ class Runtime(FourEyes):
 
     async def _apply_weight(self, name: str, weight: float, actor: str, reason: str,
                             action: str, evidence: Any = None, **audit: Any) -> MutationResult:
+        """`name`'s weight, or its group's: every member in one push, audited once."""
         async with self.lock:
-            self.spec(name)
-            if self.rolled_back(name):
-                raise RuntimeError_(409, f"route '{name}' is rolled back; resume it first",
-                                    {"route": name, "state": "rolled_back"})
+            unit, names = self.unit(name)
+            for n in names:
+                self.spec(n)
+                if self.rolled_back(n):
+                    raise RuntimeError_(409, f"route '{n}' is rolled back; resume "
+                                        f"{'it' if n == unit else 'group ' + repr(unit)} first",
+                                        {"route": n, "state": "rolled_back"})
             before = self.effective(name)
             if self.flags is not None:
                 await self.flags.set_weight(self.spec(name), weight)
-            self.state.route(name).weight = weight
-            if before != weight:
-                self._new_step(name, f"weight {before:g}% -> {weight:g}% ({action} by {actor})")
-            await self._push([name])
+            for n in names:
+                self.state.route(n).weight = weight
+                if before != weight:
+                    self._new_step(n, f"weight {before:g}% -> {weight:g}% ({action} by {actor})")
+            await self._push(names)
+            if unit != name:
+                audit["routes"] = names
             result = self._finish(
-                MutationResult(name, before, weight),
-                action=action, actor=actor, reason=reason, route=name,
+                MutationResult(unit, before, weight, extra=self.group_extra(name)),
+                action=action, actor=actor, reason=reason, route=unit,
                 before=before, after=weight, evidence=evidence, **audit,
             )
             if before != weight:
@@ -350,7 +384,9 @@ class Runtime(FourEyes):
     ) -> list[MutationResult]:
         """Everything to legacy, frozen until resume. `trigger`: manual, gate or guardrail.
         Never waits for an approval."""
-        targets = names if names is not None else [r.name for r in self.config.routes]
+        units = dict(self.unit(n) for n in names) if names is not None else \
+            dict(self.unit(r.name) for r in self.config.routes)  # a group moves whole
+        targets = [n for members in units.values() for n in members]
         for n in targets:
             self.spec(n)
         # Traffic first: flip every data plane before taking the lock for bookkeeping, so a
@@ -375,13 +411,17 @@ class Runtime(FourEyes):
             for n in targets:
                 if n in changed:
                     self._count("rollbacks", n, trigger)
+            for n, members in units.items():  # one entry per route, or per group
+                group = {"routes": members} if members != [n] else {}
                 entry, aerr = self._audit(
                     action="rollback", actor=actor, reason=reason, route=n,
-                    before=befores[n], after=0.0, evidence=evidence, trigger=trigger,
-                    all=names is None,
+                    before=befores[members[0]], after=0.0, evidence=evidence, trigger=trigger,
+                    all=names is None, **group,
                 )
-                res = MutationResult(n, befores[n], 0.0, audit=entry,
-                                     extra={"already_rolled_back": n not in changed},
+                moved = any(m in changed for m in members)
+                res = MutationResult(n, befores[members[0]], 0.0, audit=entry,
+                                     extra={"already_rolled_back": not moved,
+                                            **self.group_extra(n)},
                                      audit_hash=entry_hash(entry) if entry else None)
                 warns = []
                 if err:
@@ -391,7 +431,7 @@ class Runtime(FourEyes):
                 if aerr:
                     res.durable = False
                     warns.append(aerr)
-                if n in unconfirmed:
+                if unconfirmed.intersection(members):
                     res.durable = False
                     warns.append("NOT IN UNLEASH YET: rolled back on this replica; Unleash did "
                                  "not take the write, so other replicas keep their weight until "
@@ -400,28 +440,31 @@ class Runtime(FourEyes):
                 results.append(res)
         log.warning("rollback", routes=targets, trigger=trigger, actor=actor, reason=reason)
         for res in results:
-            if res.route in changed:
+            if not res.extra.get("already_rolled_back"):
                 self._notify("rollback", res, trigger, actor, reason, evidence=evidence)
         return results
 
     async def resume(self, name: str, actor: str, reason: str) -> MutationResult:
         async with self.lock:
+            unit, names = self.unit(name)
             self.spec(name)
-            rt = self.state.route(name)
-            if not self.rolled_back(name):
+            if not any(self.rolled_back(n) for n in names):
                 raise RuntimeError_(409, f"route '{name}' is not rolled back", {"route": name})
-            rt.weight = 0.0  # the weight stays 0 until set or promoted
-            if self.flags is not None:
-                # Frozen until Unleash has the toggle at rollout 0 and on: while the writes are
-                # on their way it may still show the rollout from before the rollback.
-                await self.flags.resume(self.spec(name))
-            rt.rolled_back = False
-            self._new_step(name, f"resume by {actor}")
-            await self._push([name])
+            for n in names:  # a group resumes whole
+                rt = self.state.route(n)
+                rt.weight = 0.0  # the weight stays 0 until set or promoted
+                if self.flags is not None:
+                    # Frozen until Unleash has the toggle at rollout 0 and on: while the writes
+                    # are on their way it may still show the rollout from before the rollback.
+                    await self.flags.resume(self.spec(n))
+                rt.rolled_back = False
+                self._new_step(n, f"resume by {actor}")
+            await self._push(names)
             result = self._finish(
-                MutationResult(name, "rolled_back", "active"),
-                action="resume", actor=actor, reason=reason, route=name,
+                MutationResult(unit, "rolled_back", "active", extra=self.group_extra(name)),
+                action="resume", actor=actor, reason=reason, route=unit,
                 before="rolled_back", after="active",
+                **({"routes": names} if unit != name else {}),
             )
             self._notify("resume", result, "manual", actor, reason, weights=(0.0, 0.0))
             return result
@@ -437,14 +480,17 @@ class Runtime(FourEyes):
                                     {"route": name, "state": "rolled_back"})
             rt = self.state.route(name)
             old = {"step": rt.step, "since": rt.step_started, "reason": rt.step_reason}
-            self._new_step(name, f"reset-evidence by {actor}: {reason}")
-            await self._push([name])
+            unit, names = self.unit(name)  # a group is judged afresh whole
+            for n in names:
+                self._new_step(n, f"reset-evidence by {actor}: {reason}")
+            await self._push(names)
             weight = self.effective(name)
             return self._finish(
-                MutationResult(name, old, views.step_view(rt)),
-                action="reset_evidence", actor=actor, reason=reason, route=name,
+                MutationResult(name, old, views.step_view(rt), extra=self.group_extra(name)),
+                action="reset_evidence", actor=actor, reason=reason, route=unit,
                 before=weight, after=weight,
                 evidence={"previous_step": old, "step": views.step_view(rt)},
+                **({"routes": names} if unit != name else {}),
             )
 
     async def reload(self, actor: str, reason: str = "reload") -> int:
@@ -461,6 +507,10 @@ class Runtime(FourEyes):
                                       "config_hash": config_changes.config_hash(text)})
                 raise
             old_config, old_hash = self.config, self.config_hash
+            if config.store != old_config.store:  # the trail and its threads are per process
+                log.warning("store: changed in routes.yaml; the running audit trail, approvals "
+                            "and diff store stay as they are until the next restart",
+                            running=old_config.store.backend, file=config.store.backend)
             before = {r.name: self.effective(r.name) for r in old_config.routes}
             self.config = config
             self.config_text = text
@@ -482,6 +532,7 @@ class Runtime(FourEyes):
                     new_steps[r.name] = self.state.route(r.name).step_reason
                 if r.promotion.approval is None:
                     self._void_approval(r.name, "promotion.approval was removed by a reload")
+            self._align_groups("reload")  # proxy.control.groups
             self.generation += 1
             weights = self.weights_bp()
             await asyncio.gather(
@@ -577,7 +628,14 @@ class Runtime(FourEyes):
         self.metrics_error = error
 
     async def _evaluate(self, name: str, acting: bool) -> GateResult:
-        """The decision on the current step's evidence; counted as an evaluation only."""
+        """The decision on the current step's evidence (a group's, for a member: every
+        member's, proxy.control.groups); counted as an evaluation only."""
+        group = self.group_of(name)
+        if group is not None:
+            return await self._evaluate_group(group, acting)
+        return await self._evaluate_route(name, acting)
+
+    async def _evaluate_route(self, name: str, acting: bool) -> GateResult:
         spec = self.spec(name)
         step = self.state.route(name).step
         try:
@@ -641,7 +699,9 @@ class Runtime(FourEyes):
             self._notify_once(self._fail_notified, "fail", name, decision, view, actor, rolled)
         elif decision.decision == "inconclusive":
             self._inconclusive(name, decision, view, actor)
-        self._remember(name, view, view["step"])
+        for member in self.members(name):  # a group's decision is each member's
+            step = view["step"] if member == name else view["members"][member].get("step")
+            self._remember(member, view, step)
         return result
 
     def _inconclusive(self, name: str, decision: Decision, view: dict, actor: str) -> None:

@@ -1,9 +1,9 @@
 """The seams of the record: the audit trail and the approvals, each a small interface.
 
 One implementation per file: `proxy.control.audit.AuditLog` (a hash-chained file in state_dir)
-and `proxy.control.approvals.FileApprovals` (state_dir/approvals.json). A shared backend (e.g.
-PostgreSQL for several replicas) implements the same methods in a file of its own; the runtime
-only ever calls these.
+and `proxy.control.approvals.FileApprovals` (state_dir/approvals.json), and for several replicas
+`proxy.control.audit_pg.PostgresAudit` and `proxy.control.approvals_pg.PostgresApprovals`
+(`store.backend: postgres`; `proxy.control.stores` picks). The runtime only ever calls these.
 """
 
 from __future__ import annotations
@@ -27,6 +27,13 @@ class AuditTrail(Protocol):
 
     def verify(self) -> VerifyResult: ...
 
+    def wrote_here(self) -> bool:
+        """This state_dir has written entries before (a lost state.json is then a loss)."""
+
+    async def settle(self, entry: dict | None, timeout: float = 1.0) -> dict | None:
+        """The entry with its place in the chain (seq, prev). A shared trail may return it
+        still `pending` (the store is down): it joins the chain when the store is back."""
+
 
 @dataclass(frozen=True, slots=True)
 class ApprovalRequest:
@@ -42,6 +49,7 @@ class ApprovalRequest:
     requested_at: float
     expires_at: float
     reason: str
+    replica: str = ""  # asked through which replica (shared store): step ids are per replica
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,7 +60,8 @@ class ApprovalRequest:
                    kind=raw["kind"], from_weight=float(raw["from_weight"]),
                    to_weight=float(raw["to_weight"]), requested_by=str(raw["requested_by"]),
                    requested_at=float(raw["requested_at"]),
-                   expires_at=float(raw["expires_at"]), reason=str(raw.get("reason", "")))
+                   expires_at=float(raw["expires_at"]), reason=str(raw.get("reason", "")),
+                   replica=str(raw.get("replica", "")))
 
 
 class ApprovalStore(Protocol):
@@ -65,5 +74,9 @@ class ApprovalStore(Protocol):
     def put(self, request: ApprovalRequest) -> None:
         """Store (replacing the route's request, if any); raises OSError when it cannot."""
 
-    def remove(self, route: str) -> ApprovalRequest | None:
-        """Drop the route's request; returns it."""
+    def remove(self, route: str, request_id: str | None = None) -> ApprovalRequest | None:
+        """Take the route's request (that one, when `request_id` is given) away; only one
+        caller gets it. Returns it. May wait on a shared store: run it off the event loop."""
+
+    def discard(self, route: str) -> ApprovalRequest | None:
+        """Void the route's request without waiting (a new step began); returns it."""

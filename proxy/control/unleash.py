@@ -2,8 +2,8 @@
 
 `UnleashFlags` keeps a snapshot `{toggle name: FlagState}` fresh by polling Unleash's client API
 every `refresh_interval` and writes through the Unleash Admin API, both on one aiohttp session
-of its own. The proxy evaluates its split itself from the snapshot (stable hash, 0.01%
-granularity); no SDK evaluation is involved.
+of its own (remade when its TLS files change, see TLS below). The proxy evaluates its split
+itself from the snapshot (stable hash, 0.01% granularity); no SDK evaluation is involved.
 
 Why a poller of our own and not the Python SDK: all this backend needs from an SDK is "the
 features body, each time a poll brings one" and "the poll failed, and why" (the outage warnings,
@@ -33,11 +33,20 @@ never half of one). Unleash unreachable at start -> the cached state; no cache -
 (the caller routes everything to legacy); unreachable mid-run -> the last known state and one
 warning per outage, naming the error.
 
+TLS (an https url): one client context for polls and Admin API writes, from
+`flags.unleash.tls` (the system CAs when absent; `ca_file`, a client certificate, `server_name`,
+`verify`, `min_version`, as for an https upstream). Its files are checked before every request
+(a poll comes every `refresh_interval`) and re-read when they changed: a new session is made with
+the new context, and the old one is closed once the requests still on it are done. A TLS failure
+(unknown CA, expired, name mismatch, client certificate refused, a TLS terminator's refusal) is
+named in words, logged once per cause, and kept in `tls_failure` for /readyz until a poll works.
+
 A write (`set_rollout`, `set_enabled`, `ensure_flag`) takes effect in the snapshot as soon as
 Unleash has accepted it, and holds until a poll confirms it (or `write_hold` seconds pass and
 the server says otherwise), so a poll that was already in flight cannot flip it back.
 
-Errors: `UnleashError` > `UnleashConfigError` (token env var not set, url not http(s)),
+Errors: `UnleashError` > `UnleashConfigError` (token env var not set, url not http(s), TLS
+files that cannot be loaded),
 `UnleashWriteError` (Admin API refused the write or could not be reached; `.status` is None
 when unreachable).
 """
@@ -50,11 +59,12 @@ import json
 import os
 import platform
 import socket
+import ssl
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -66,7 +76,9 @@ import structlog
 from yarl import URL
 
 from proxy import __version__
-from proxy.config.spec import UnleashSpec
+from proxy.config.spec import ClientTlsSpec, UnleashSpec
+from proxy.config.tls import TlsFileError
+from proxy.dataplane.tls import ClientCredentials, tls_cause
 
 __all__ = [
     "CACHE_FILE",
@@ -92,6 +104,20 @@ CACHE_FILE = "features.json"  # in cache_dir
 CACHE_FORMAT = 1
 SDK_NAME = "strangler"  # the UNLEASH-SDK header and the registration's sdkVersion: NAME:VERSION
 STRATEGIES = ("default", ROLLOUT_STRATEGY)  # the strategy names this client understands
+TLS_KEY = "flags.unleash.tls"  # where failures tell users to look
+PEER = "Unleash"
+# What nginx, the usual TLS terminator in front of Unleash (which has no https of its own),
+# answers instead of a TLS alert: 400 with these words in its error page.
+_TERMINATOR_REFUSALS = (
+    ("No required SSL certificate was sent", "client_cert_required",
+     f"the TLS terminator in front of Unleash requires a client certificate (set "
+     f"{TLS_KEY}.cert_file and key_file)"),
+    ("The SSL certificate error", "client_cert_refused",
+     "the TLS terminator in front of Unleash refused the client certificate (not signed by a CA "
+     f"it trusts, or expired: check {TLS_KEY}.cert_file)"),
+    ("The plain HTTP request was sent to HTTPS port", "http_to_https_port",
+     "flags.unleash.url is http:// but that port speaks TLS: use https://"),
+)
 
 
 class UnleashError(Exception):
@@ -226,6 +252,33 @@ def registration(spec: UnleashSpec, instance_id: str, connection_id: str, starte
     }
 
 
+def tls_failure_of(exc: BaseException) -> tuple[str, str] | None:
+    """(cause, sentence) when a request to Unleash failed in TLS, else None."""
+    seen: set[int] = set()
+    err: BaseException | None = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, aiohttp.ClientConnectorCertificateError):
+            return tls_cause(err.certificate_error, PEER, TLS_KEY)
+        if isinstance(err, aiohttp.ClientConnectorError) and \
+                isinstance(err.os_error, ssl.SSLError):
+            return tls_cause(err.os_error, PEER, TLS_KEY)
+        if isinstance(err, ssl.SSLError | ssl.CertificateError):
+            return tls_cause(err, PEER, TLS_KEY)
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def terminator_refusal(status: int, body: str) -> tuple[str, str] | None:
+    """(cause, sentence) when a 400 is a TLS terminator refusing how we speak TLS to it."""
+    if status != 400:
+        return None
+    for words, cause, sentence in _TERMINATOR_REFUSALS:
+        if words in body:
+            return cause, sentence
+    return None
+
+
 def _base_url(spec: UnleashSpec) -> URL:
     """The configured url (ends in /api) as a directory, or UnleashConfigError."""
     try:
@@ -283,6 +336,11 @@ class UnleashFlags:
         self._outage_since: float | None = None
         self._connection_id = str(uuid.uuid4())  # one per start of this client
         self._session: aiohttp.ClientSession | None = None
+        self._creds: ClientCredentials | None = None  # https: the context, following its files
+        self._inflight: dict[aiohttp.ClientSession, int] = {}  # requests on each session
+        self._tls_down: tuple[str, str] | None = None  # (cause, sentence) of the last poll
+        self._outage_logged = ""  # what this outage was logged as: "unreachable" or a TLS cause
+        self._new_context = False  # use_tls() was called: the next request makes a new session
         self._poller: asyncio.Task | None = None
         self._etag = ""  # of the features body the snapshot was built from
         self._last_error: str | None = None  # why the last poll failed
@@ -300,6 +358,16 @@ class UnleashFlags:
     def connected(self) -> bool:
         """True when the last poll reached Unleash."""
         return self._connected
+
+    @property
+    def tls_failure(self) -> tuple[str, str] | None:
+        """(cause, sentence) while polls fail in TLS (e.g. an unknown CA), else None."""
+        return self._tls_down
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last poll failed (None before any failure)."""
+        return self._last_error
 
     @property
     def unconfirmed(self) -> tuple[str, ...]:
@@ -332,10 +400,13 @@ class UnleashFlags:
     async def start(self) -> None:
         """Load the cache, then fetch once from Unleash; never raises for an unreachable server.
 
-        Raises UnleashConfigError for a url that is not http(s)."""
+        Raises UnleashConfigError for a url that is not http(s), or TLS files that cannot be
+        loaded (`validate` reports those first)."""
         if self._session is not None:
             raise RuntimeError("UnleashFlags already started")
         base = _base_url(self.spec)
+        if base.scheme == "https":
+            self._creds = _credentials(self.spec.tls or ClientTlsSpec())
         self._features_url = base.join(URL(FEATURES_PATH))
         self._register_url = base.join(URL(REGISTER_PATH))
         self._headers = client_headers(self.spec, self._client_token, self._instance_id,
@@ -345,8 +416,7 @@ class UnleashFlags:
         if cached is not None:
             self._apply_server_state(cached, source="cache")
         self._started_at = datetime.now(UTC).isoformat()
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
+        self._session = self._new_session()
         await self._poll()
         self._poller = asyncio.get_running_loop().create_task(self._poll_loop(),
                                                               name="unleash-poll")
@@ -358,9 +428,84 @@ class UnleashFlags:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-        if session is not None:
-            await session.close()
+        for other in [session, *self._inflight]:
+            if other is not None and not other.closed:
+                await other.close()
+        self._inflight.clear()
         self._connected = False
+
+    def use_tls(self, tls: ClientTlsSpec) -> None:
+        """Other TLS settings (a reload): polls and writes use them from the next request on.
+        Raises UnleashConfigError when their files cannot be loaded (the old ones stay)."""
+        if self._creds is None:
+            raise UnleashConfigError("flags.unleash.tls is only used with an https:// url")
+        if tls == self._creds.spec:
+            return
+        creds = _credentials(tls)
+        self.spec = replace(self.spec, tls=tls)
+        self._creds = creds
+        self._new_context = True
+
+    # -- the session ----------------------------------------------------------------------
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        self._new_context = False
+        connector = None
+        if self._creds is not None:
+            connector = aiohttp.TCPConnector(ssl=self._creds.ctx)
+        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+                                     connector=connector)
+
+    def _tls_kw(self) -> dict[str, Any]:
+        tls = self.spec.tls
+        return {"server_hostname": tls.server_name} if tls and tls.server_name else {}
+
+    async def _tls_failure(self, exc: BaseException) -> tuple[str, str] | None:
+        """(cause, sentence) when `exc` is a TLS failure. A TLS 1.3 server refuses a client
+        certificate with an alert after the handshake, which reaches aiohttp as a broken pipe
+        or a closed connection: then one bare handshake waits for that alert to name it."""
+        tls = tls_failure_of(exc)
+        if tls is not None or self._creds is None or not isinstance(
+                exc, aiohttp.ClientOSError | aiohttp.ServerDisconnectedError) or isinstance(
+                exc, aiohttp.ClientConnectorError):
+            return tls
+        url = self._features_url
+        name = self.spec.tls.server_name if self.spec.tls else None
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                reader, writer = await asyncio.open_connection(
+                    url.host, url.port, ssl=self._creds.ctx, server_hostname=name or url.host)
+                try:
+                    await asyncio.wait_for(reader.read(1), 1.0)
+                finally:
+                    writer.close()
+        except ssl.SSLError as alert:
+            return tls_cause(alert, PEER, TLS_KEY)
+        except (TimeoutError, OSError):
+            pass
+        return None
+
+    @contextlib.asynccontextmanager
+    async def _use_session(self) -> AsyncIterator[aiohttp.ClientSession]:
+        """The session for one request. When the TLS files changed (or a reload named other
+        ones) a new session is made with the new context first; the old one is closed once the
+        requests still on it are done, so a rotation never cuts a poll or a write short."""
+        if self._session is None:
+            raise RuntimeError("UnleashFlags not started")
+        if self._creds is not None and (self._creds.refresh() or self._new_context):
+            old, self._session = self._session, self._new_session()
+            if old not in self._inflight:
+                await old.close()
+        session = self._session
+        self._inflight[session] = self._inflight.get(session, 0) + 1
+        try:
+            yield session
+        finally:
+            left = self._inflight.pop(session) - 1
+            if left:
+                self._inflight[session] = left
+            elif session is not self._session and not session.closed:
+                await session.close()
 
     async def __aenter__(self) -> UnleashFlags:
         await self.start()
@@ -383,7 +528,6 @@ class UnleashFlags:
 
     async def _poll(self) -> None:
         """One `GET client/features`: a new body, 304 (unchanged), or a failure."""
-        assert self._session is not None
         headers = dict(self._headers)
         if self._etag:
             headers["If-None-Match"] = self._etag
@@ -391,19 +535,28 @@ class UnleashFlags:
         body: str | None = None
         etag = ""
         try:
-            async with self._session.get(self._features_url, headers=headers,
-                                         params=params) as resp:
+            async with self._use_session() as session, session.get(
+                    self._features_url, headers=headers, params=params,
+                    **self._tls_kw()) as resp:
                 if resp.status == 200:
                     body = await resp.text()
                     etag = resp.headers.get("ETag", "")
                 elif resp.status != 304:
-                    self._last_error = (f"Unleash answered {resp.status} {resp.reason} to GET "
-                                        f"{self._features_url}")
-                    self._poll_failed()
+                    refusal = terminator_refusal(resp.status, await _excerpt(resp))
+                    if refusal is not None:
+                        self._last_error = f"TLS to Unleash failed: {refusal[1]}"
+                    else:
+                        self._last_error = (f"Unleash answered {resp.status} {resp.reason} to "
+                                            f"GET {self._features_url}")
+                    self._poll_failed(refusal)
                     return
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            self._last_error = f"GET {self._features_url}: {type(exc).__name__}: {exc}"
-            self._poll_failed()
+            tls = await self._tls_failure(exc)
+            if tls is not None:
+                self._last_error = f"TLS to Unleash failed: {tls[1]}"
+            else:
+                self._last_error = f"GET {self._features_url}: {type(exc).__name__}: {exc}"
+            self._poll_failed(tls)
             return
         if body is not None:
             if not self._apply_server_state(body, source="unleash"):
@@ -413,14 +566,24 @@ class UnleashFlags:
             self._etag = etag
         self._poll_reached()
 
-    def _poll_failed(self) -> None:
+    def _poll_failed(self, tls: tuple[str, str] | None = None) -> None:
+        """One line per outage, and one more each time its TLS cause changes (not per poll)."""
         self._connected = False
-        if self._outage_since is not None:
-            return  # one warning per outage
-        self._outage_since = time.monotonic()
-        if self._have_data:
+        self._tls_down = tls
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+        kind = f"tls:{tls[0]}" if tls is not None else "unreachable"
+        if kind == self._outage_logged:
+            return
+        self._outage_logged = kind
+        using = ("last known state" if self._have_data else
+                 "no cached flag state: every route at weight 0 until it answers")
+        if tls is not None:
+            log.error("unleash.tls_failed", url=self.spec.url, cause=tls[0], reason=tls[1],
+                      using=using)
+        elif self._have_data:
             log.warning("unleash.unreachable", url=self.spec.url, reason=self._last_error,
-                        using="last known state")
+                        using=using)
         else:
             log.warning("unleash.degraded", url=self.spec.url, reason=self._last_error,
                         detail="Unleash unreachable and no cached flag state: every route at "
@@ -428,6 +591,8 @@ class UnleashFlags:
 
     def _poll_reached(self) -> None:
         self._connected = True
+        self._tls_down = None
+        self._outage_logged = ""
         if self._outage_since is not None:
             log.info(
                 "unleash.reconnected",
@@ -439,11 +604,11 @@ class UnleashFlags:
 
     async def _register(self) -> bool:
         """`POST client/register` (the Applications view in Unleash); True once accepted."""
-        assert self._session is not None
         body = registration(self.spec, self._instance_id, self._connection_id, self._started_at)
         try:
-            async with self._session.post(self._register_url, headers=self._headers,
-                                          json=body) as resp:
+            async with self._use_session() as session, session.post(
+                    self._register_url, headers=self._headers, json=body,
+                    **self._tls_kw()) as resp:
                 if resp.status < 300:
                     return True
                 log.info("unleash.register_refused", status=resp.status, url=self.spec.url)
@@ -550,12 +715,14 @@ class UnleashFlags:
             raise UnleashWriteError(
                 f"writing to Unleash needs an admin API token in env {self.spec.admin_token_env}"
             )
-        if self._session is None:
-            raise RuntimeError("UnleashFlags not started")
         try:
-            async with self._session.request(method, url, json=body,
-                                             headers={"Authorization": self._admin_token}) as resp:
+            async with self._use_session() as session, session.request(
+                    method, url, json=body, headers={"Authorization": self._admin_token},
+                    **self._tls_kw()) as resp:
                 text = await resp.text()
+                refusal = terminator_refusal(resp.status, text)
+                if refusal is not None:
+                    raise UnleashWriteError(f"Unleash unreachable at {url}: TLS: {refusal[1]}")
                 if resp.status >= 400:
                     try:
                         message = json.loads(text).get("message") or text
@@ -566,6 +733,9 @@ class UnleashFlags:
                     )
                 return json.loads(text) if text else None
         except (TimeoutError, aiohttp.ClientError) as exc:
+            tls = await self._tls_failure(exc)
+            if tls is not None:
+                raise UnleashWriteError(f"Unleash unreachable at {url}: TLS: {tls[1]}") from exc
             raise UnleashWriteError(f"Unleash unreachable at {url}: {exc!r}") from exc
 
     async def _rollout_strategy(self, flag: str) -> tuple[dict[str, Any] | None, bool]:
@@ -676,6 +846,21 @@ class UnleashFlags:
         stale.discard(state)
         self._pending[flag] = (state, frozenset(stale), time.monotonic() + self._write_hold)
         self._publish()
+
+
+def _credentials(tls: ClientTlsSpec) -> ClientCredentials:
+    try:
+        return ClientCredentials(tls, PEER)
+    except TlsFileError as exc:
+        raise UnleashConfigError(f"{TLS_KEY}.{exc.field}: {exc.message}") from None
+
+
+async def _excerpt(resp: aiohttp.ClientResponse, limit: int = 4096) -> str:
+    """The start of an error answer (enough for a TLS terminator's error page)."""
+    try:
+        return (await resp.content.read(limit)).decode("utf-8", "replace")
+    except (TimeoutError, aiohttp.ClientError):
+        return ""
 
 
 def _sort_order(strategy: Mapping[str, Any]) -> int:

@@ -178,6 +178,10 @@ class ComparerLink:
                         sk = rec.delta.skipped
                         for route, reason, n in frame[1]:
                             sk[(route, reason)] = sk.get((route, reason), 0) + n
+                    elif frame[0] == "store":
+                        st = rec.delta.store
+                        for event, n in frame[1]:
+                            st[event] = st.get(event, 0) + n
                     elif frame[0] == "flushed":
                         fut = self._flushes.get(frame[1])
                         if fut is not None and not fut.done():

@@ -986,9 +986,14 @@ class Exchange:
         duration = now - self.t0
         pinned = self.override
         if pinned is None:
+            seconds = (self._backend_seconds(now) if self.body_done_at or self.client_wait
+                       or self.conn.write_paused else duration)
             plane.recorder.request(route_name, self.step, self.blame or self.backend, self.status,
-                                   self._backend_seconds(now) if self.body_done_at
-                                   or self.client_wait or self.conn.write_paused else duration)
+                                   seconds)
+            inventory = plane.inventory  # proxy.dataplane.inventory; None when it is off
+            if inventory is not None:
+                inventory.count(self.method, self.path, route_name, self.blame or self.backend,
+                                self.status, seconds)
         else:  # QA traffic: counted apart, never gate or guardrail evidence
             plane.recorder.override_request(route_name, self.backend, self.status)
         log = plane.log_exchange

@@ -49,6 +49,7 @@ from proxy.dataplane.upstream import (
     UpstreamReset,
     UpstreamTimeout,
 )
+from shadow.sqldb import locator as store_locator
 
 log = structlog.get_logger("strangler.shadow")
 
@@ -420,7 +421,7 @@ class Mirror:
             self.budget_rate = rate
             self.budget = TokenBucket(rate) if rate is not None else None
         self.link.configure((
-            "config", str(config.state_dir / "diffs.sqlite3"), MAX_SAMPLES_PER_ROUTE,
+            "config", store_locator(config), MAX_SAMPLES_PER_ROUTE,
             RETENTION_DAYS, {r.name: r.shadow.compare for r in config.routes},
         ))
         ups = config.upstreams

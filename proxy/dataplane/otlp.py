@@ -141,7 +141,10 @@ class OtlpExporter:
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=self.spec.timeout))
         try:
-            async with self._session.post(self.url, data=body, headers=self.headers) as resp:
+            tls = self.spec.tls
+            async with self._session.post(
+                    self.url, data=body, headers=self.headers,
+                    server_hostname=tls.server_name if tls is not None else None) as resp:
                 await resp.read()
                 if 200 <= resp.status < 300:
                     return True, ""

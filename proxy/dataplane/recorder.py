@@ -61,6 +61,8 @@ class Delta:
     overrides: dict[tuple[str, str, int], int] = field(default_factory=dict)
     # override headers not honoured: (route, reason) -> count
     override_ignored: dict[tuple[str, str], int] = field(default_factory=dict)
+    # the comparer's diff store: event (samples_dropped, write_failed) -> count
+    store: dict[str, int] = field(default_factory=dict)
     # spans of sampled requests: (result,) -> count; exported | export_failed | queue_full
     traces: dict[tuple[str], int] = field(default_factory=dict)
 
@@ -68,7 +70,7 @@ class Delta:
         return not (
             self.requests or self.latency or self.upstream_errors or self.shadow or self.skipped
             or self.overrides or self.override_ignored or self.shadow_errors or self.paired
-            or self.fallbacks or self.traces
+            or self.fallbacks or self.store or self.traces
         )
 
     def to_wire(self) -> dict:
@@ -83,6 +85,7 @@ class Delta:
             "fallbacks": [[*k, v] for k, v in self.fallbacks.items()],
             "overrides": [[*k, v] for k, v in self.overrides.items()],
             "override_ignored": [[*k, v] for k, v in self.override_ignored.items()],
+            "store": [[k, v] for k, v in self.store.items()],
             "traces": [[*k, v] for k, v in self.traces.items()],
         }
 
@@ -101,6 +104,7 @@ class Delta:
         d.fallbacks = {(r, s, x): n for r, s, x, n in data.get("fallbacks", ())}
         d.overrides = {(r, b, c): n for r, b, c, n in data.get("overrides", ())}
         d.override_ignored = {(r, x): n for r, x, n in data.get("override_ignored", ())}
+        d.store = {k: n for k, n in data.get("store", ())}
         d.traces = {(r,): n for r, n in data.get("traces", ())}
         return d
 

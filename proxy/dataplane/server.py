@@ -35,6 +35,7 @@ from proxy.dataplane.exchange import (
     error_body,
     new_request_id,
 )
+from proxy.dataplane.inventory import EndpointCounter
 from proxy.dataplane.overrides import OverridePolicy
 from proxy.dataplane.recorder import Recorder
 from proxy.dataplane.table import RouteTable
@@ -80,6 +81,10 @@ class DataPlane:
         self.servers: list[asyncio.AbstractServer] = []
         self.draining = False
         self.shadow: ShadowHook | None = None
+        # The traffic inventory's counters (taken by the flush loop); `inventory` is the same
+        # object while `inventory.enabled` is on, else None (Exchange.finish reads it).
+        self.endpoints = EndpointCounter()
+        self.inventory: EndpointCounter | None = self.endpoints
         self._sweeper: asyncio.Task | None = None
         self.now = time.monotonic
         self.tls = TlsStore()  # client contexts of the upstream pools (the mirror's too)
@@ -123,6 +128,8 @@ class DataPlane:
                         secret_env=policy.missing_secret)
         self.overrides = policy if policy.strip or policy.nets else None
         self.req_special = REQ_SPECIAL | policy.strip
+        self.endpoints.configure(config.inventory)
+        self.inventory = self.endpoints if config.inventory.enabled else None
         self._install_tracing(config.tracing)
         self.config = config
         self.table = table  # one assignment: the new generation is live

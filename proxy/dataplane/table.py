@@ -168,7 +168,7 @@ def _compile(order: int, spec: RouteSpec, state: RouteState) -> CompiledRoute:
         regex=re.compile(m.path_regex.encode()) if m.path_regex else None,
         sticky_header=sticky.header.lower().encode() if sticky and sticky.header else None,
         sticky_cookie=sticky.cookie.encode() if sticky and sticky.cookie else None,
-        hasher=StickyHasher(spec.name),
+        hasher=StickyHasher(spec.group or spec.name),  # a group's members: one assignment
         name_bytes=spec.name.encode(),
         legacy=spec.legacy,
         target=spec.target,

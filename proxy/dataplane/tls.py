@@ -147,21 +147,18 @@ class ServerCredentials(_Watched):
 
 # -- failures --------------------------------------------------------------------------------
 
-_VERIFY_CAUSES = {
-    10: ("expired", "the upstream's certificate has expired"),
-    9: ("not_yet_valid", "the upstream's certificate is not valid yet"),
-    18: ("unknown_ca", "the upstream's certificate is self-signed and not trusted (set tls."
-         "ca_file)"),
-    19: ("unknown_ca", "the upstream's certificate chain ends at a CA that is not trusted (set "
-         "tls.ca_file)"),
-    20: ("unknown_ca", "the upstream's certificate is not signed by a trusted CA (set tls."
-         "ca_file)"),
-    21: ("unknown_ca", "the upstream's certificate is not signed by a trusted CA (set tls."
-         "ca_file)"),
-    62: ("name_mismatch", "the upstream's certificate does not carry the expected name (set "
-         "tls.server_name)"),
-    64: ("name_mismatch", "the upstream's certificate does not carry the expected IP address "
-         "(set tls.server_name)"),
+_VERIFY_CAUSES = {  # {peer}'s: "the upstream's", "Unleash's"; {key}: where the TLS settings are
+    10: ("expired", "{peer}'s certificate has expired"),
+    9: ("not_yet_valid", "{peer}'s certificate is not valid yet"),
+    18: ("unknown_ca", "{peer}'s certificate is self-signed and not trusted (set {key}.ca_file)"),
+    19: ("unknown_ca", "{peer}'s certificate chain ends at a CA that is not trusted (set "
+         "{key}.ca_file)"),
+    20: ("unknown_ca", "{peer}'s certificate is not signed by a trusted CA (set {key}.ca_file)"),
+    21: ("unknown_ca", "{peer}'s certificate is not signed by a trusted CA (set {key}.ca_file)"),
+    62: ("name_mismatch", "{peer}'s certificate does not carry the expected name (set "
+         "{key}.server_name)"),
+    64: ("name_mismatch", "{peer}'s certificate does not carry the expected IP address "
+         "(set {key}.server_name)"),
 }
 _REFUSED = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "ALERT_UNKNOWN_CA", "CERTIFICATE_UNKNOWN",
             "ACCESS_DENIED", "CERTIFICATE_REVOKED", "CERTIFICATE_EXPIRED",
@@ -171,25 +168,26 @@ _PLAIN = ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG",
 _VERSION = ("PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL", "NO_PROTOCOLS_AVAILABLE")
 
 
-def tls_cause(exc: BaseException) -> tuple[str, str]:
-    """(cause, sentence) for a TLS failure towards an upstream."""
+def tls_cause(exc: BaseException, peer: str = "the upstream", key: str = "tls",
+              ) -> tuple[str, str]:
+    """(cause, sentence) for a TLS failure towards `peer`, whose settings are under `key`."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         known = _VERIFY_CAUSES.get(exc.verify_code)
         if known is not None:
-            return known
-        return "verify_failed", f"the upstream's certificate was refused: {exc.verify_message}"
+            return known[0], known[1].format(peer=peer, key=key)
+        return "verify_failed", f"{peer}'s certificate was refused: {exc.verify_message}"
     reason = str(getattr(exc, "reason", None) or exc).upper().replace(" ", "_")
     if any(r in reason for r in _PLAIN):
-        return "plain_http", ("the upstream does not speak TLS (it answered in plain HTTP?): is "
+        return "plain_http", (f"{peer} does not speak TLS (it answered in plain HTTP?): is "
                               "its url https by mistake?")
     if any(r in reason for r in _REFUSED):
-        return "client_cert_refused", ("the upstream refused the TLS handshake over the client "
+        return "client_cert_refused", (f"{peer} refused the TLS handshake over the client "
                                        "certificate (missing, or not signed by a CA it trusts: "
-                                       "set tls.cert_file and key_file)")
+                                       f"set {key}.cert_file and key_file)")
     if any(r in reason for r in _VERSION):
-        return "version", "no TLS version in common with the upstream (tls.min_version)"
+        return "version", f"no TLS version in common with {peer} ({key}.min_version)"
     if isinstance(exc, ConnectionResetError | EOFError | ssl.SSLEOFError):
-        return "closed", "the upstream closed the connection during the TLS handshake"
+        return "closed", f"{peer} closed the connection during the TLS handshake"
     return "handshake", f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
 
 

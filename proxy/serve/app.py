@@ -117,10 +117,14 @@ def run(opts: ServeOptions) -> int:
         raise ServeError(problem)
     warn_config(config)
     from proxy.control.recovery import RefuseToStart, check_audit_log
+    from proxy.control.stores import StoreRefused, check_shared
 
     try:
-        check_audit_log(config.state_dir)
-    except RefuseToStart as exc:
+        if config.store.shared:
+            check_shared(config)  # migrates; unreachable: serve degraded, buffer on disk
+        else:
+            check_audit_log(config.state_dir)
+    except (RefuseToStart, StoreRefused) as exc:
         raise ServeError(str(exc)) from exc
     return run_loop(_serve(opts, config, text))
 
@@ -147,6 +151,7 @@ class Server:
         self.shadow: Any = None
         self.diff_store: Any = None
         self.extras: list[Any] = []  # things with async start()/stop() (controller, flags)
+        self.rollups: Any = None  # proxy.control.rollups.Rollups (the traffic inventory)
 
     def processes(self) -> list[tuple[str, int]]:
         """(name, pid) of every process of this serve, named as in their log lines' `process`
@@ -167,7 +172,26 @@ class Server:
     def degraded(self) -> dict | None:
         """Why routing runs reduced (/readyz reports it, still 200: legacy keeps serving)."""
         flags = self.runtime.flags
-        return getattr(flags, "degraded_reason", None) if flags is not None else None
+        reason = getattr(flags, "degraded_reason", None) if flags is not None else None
+        store = self.store_problem()
+        if store is None:
+            return reason
+        return {**(reason if isinstance(reason, dict) else
+                   {"flags": reason} if reason else {}), "store": store}
+
+    def store_problem(self) -> dict | None:
+        """The shared store (store.backend: postgres) when it is unavailable or audit entries
+        wait on this replica's disk; None when all is well (or the store is local)."""
+        status = getattr(self.runtime.audit, "status", None)
+        if status is None:
+            return None
+        audit = status()
+        # The audit shipper tries the store all the time, so its state is the store's; the
+        # diff store's reader only learns it at its next read, and is shown, not judged.
+        if audit["up"] and not audit.get("buffered") and "slow_seconds" not in audit:
+            return None
+        diffs = getattr(self.diff_store, "status", None)
+        return {"audit": audit, "diffs": diffs() if diffs is not None else None}
 
     async def start(self) -> None:
         rt = self.runtime
@@ -252,6 +276,10 @@ class Server:
         delta = self.recorder.take()
         if not delta.empty():
             self.runtime.agg.merge(delta)
+        if self.plane is not None:
+            rows = self.plane.endpoints.take()
+            if rows and self.rollups is not None:
+                self.rollups.add(rows)
         if self.access is not None:
             self.access.flush()
 
@@ -292,6 +320,7 @@ class Server:
             child.close()
             reader, writer = await asyncio.open_unix_connection(sock=parent, limit=2**24)
             link = WorkerLink(i, reader, writer, rt.agg.merge, proc)
+            link.on_inventory = self.rollups.add if self.rollups is not None else None
             self.workers.append(link)
             rt.planes.append(link)
         for link in self.workers:
@@ -324,6 +353,7 @@ class Server:
             await self.admin_runner.cleanup()
         if self.ready_once:
             self.runtime.serve_stopped("serve stopped (SIGTERM or SIGINT): drained and exited")
+        await asyncio.to_thread(self.runtime.close)  # a shared trail ships what it buffers
         log.info("stopped")
 
 
@@ -410,6 +440,9 @@ async def _worker(index: int, opts: ServeOptions, text: str, generation: int, we
         delta = recorder.take()
         if not delta.empty():
             writer.write(json.dumps({"op": "delta", "data": delta.to_wire()}).encode() + b"\n")
+        rows = plane.endpoints.take()
+        if rows:  # the traffic inventory (proxy.dataplane.inventory)
+            writer.write(json.dumps({"op": "inventory", "rows": rows}).encode() + b"\n")
         if access is not None:
             access.flush()
 

@@ -5,6 +5,8 @@ Kept apart from `proxy.serve.app` so the process lifetimes read the same with or
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import structlog
@@ -19,11 +21,14 @@ log = structlog.get_logger("strangler.serve")
 async def before_planes(server: Any) -> None:
     """Runs before data planes start (in the control process)."""
     config = server.runtime.config
+    from shadow.sqldb import locator
     from shadow.store_check import quarantine_if_corrupt
 
     # Before anything (mirror, workers, comparer) opens the store: a corrupt file is moved aside.
-    server.diff_store_recovered = quarantine_if_corrupt(config.state_dir / "diffs.sqlite3")
+    if not config.store.shared:
+        server.diff_store_recovered = quarantine_if_corrupt(config.state_dir / "diffs.sqlite3")
     await start_notifier(server)
+    start_inventory(server)
     # Before anything listens: an unset credential variable stops the start (exit 2).
     _sync_prometheus(server, config, starting=True)
     if config.tracing is not None:
@@ -42,7 +47,7 @@ async def before_planes(server: Any) -> None:
         # Comparer processes write the store; the control process reads it for the diffs view.
         from shadow.store import DiffStore
 
-        server.diff_store = DiffStore(config.state_dir / "diffs.sqlite3")
+        server.diff_store = DiffStore(locator(config))
 
 
 async def start_notifier(server: Any) -> None:
@@ -58,9 +63,28 @@ async def start_notifier(server: Any) -> None:
     if problems:
         raise ServeError("; ".join(problems))
     await notifier.start()
+    notifier.settle = getattr(rt.audit, "settle", None)
     rt.notifier = notifier
     rt.on_reload.append(notifier.reconfigure)
     server.extras.append(notifier)
+
+
+def start_inventory(server: Any) -> None:
+    """The traffic inventory's rollups (state_dir/inventory.sqlite3), fed by every data plane;
+    read even when `inventory.enabled` is off (what was recorded stays readable)."""
+    from proxy.control.rollup_sqlite import NewerInventory, SqliteRollupStore
+    from proxy.control.rollups import Rollups
+
+    rt = server.runtime
+    config = rt.config
+    try:
+        store = SqliteRollupStore(config.state_dir / "inventory.sqlite3")
+    except NewerInventory as exc:
+        raise ServeError(str(exc)) from exc
+    rollups = Rollups(store, config.inventory, lambda: rt.agg.shadow)
+    rollups.start()
+    server.rollups = rollups
+    rt.on_reload.append(lambda cfg: rollups.configure(cfg.inventory))
 
 
 async def start_flags(server: Any) -> None:
@@ -127,6 +151,12 @@ async def stop(server: Any) -> None:
         await server.shadow.stop()
     if server.diff_store is not None:
         server.diff_store.close()
+    if server.rollups is not None:
+        for link in server.workers:  # a worker's last rows arrive before its channel closes
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(link.task), 2.0)
+        server.flush()  # the in-process data plane's last inventory rows
+        await server.rollups.stop()
 
 
 async def worker_shadow(config: Config, recorder: Recorder, workers: int = 1,

@@ -75,6 +75,13 @@ Use as: $cfg := include "strangler.config" . | fromJson
 {{- $flags.backend | default "file" -}}
 {{- end -}}
 
+{{/* The store of routes.yaml: {"backend": local|postgres, "dsn_env": NAME}. */}}
+{{- define "strangler.store" -}}
+{{- $cfg := include "strangler.config" . | fromJson -}}
+{{- $store := $cfg.store | default dict -}}
+{{- dict "backend" ($store.backend | default "local") "dsn_env" ($store.dsn_env | default "STRANGLER_DATABASE_URL") | toJson -}}
+{{- end -}}
+
 {{/* The Unleash section of routes.yaml, or an empty dict. */}}
 {{- define "strangler.unleashEnv" -}}
 {{- $cfg := include "strangler.config" . | fromJson -}}
@@ -149,6 +156,16 @@ config, so `helm template`, `install` and `upgrade` all stop with the same messa
 {{- end -}}
 {{- if and (eq $backend "file") .Values.autoscaling.enabled -}}
 {{- fail "strangler: autoscaling.enabled needs config.flags.backend: unleash. With the file backend (the default) every replica keeps its own weights and rollbacks, so replicas would split traffic differently and a rollback would reach only one pod. Set config.flags.backend: unleash (and config.gate.metrics: prometheus), or disable autoscaling." -}}
+{{- end -}}
+{{- $store := include "strangler.store" . | fromJson -}}
+{{- $several := "" -}}
+{{- if .Values.autoscaling.enabled -}}{{- $several = "autoscaling.enabled" -}}
+{{- else if gt $replicas 1 -}}{{- $several = printf "replicaCount=%d" $replicas -}}{{- end -}}
+{{- if and $several (ne $store.backend "postgres") -}}
+{{- fail (printf "strangler: %s needs config.store.backend: postgres. With the local store (the default) every replica keeps its own audit trail, approvals and diff store on its own volume: no single trail of who changed what, a request made on one pod is unknown to the others, and diffs show one pod's share. Set config.store: {backend: postgres} and secret.databaseUrl (docs/kubernetes.md), or one replica." $several) -}}
+{{- end -}}
+{{- if and (eq $store.backend "postgres") (not .Values.secret.existingSecret) (not .Values.secret.databaseUrl) -}}
+{{- fail "strangler: config.store.backend: postgres needs the PostgreSQL DSN: set secret.databaseUrl, or secret.existingSecret with that key (secret.keys.databaseUrl)" -}}
 {{- end -}}
 {{- $cfg := include "strangler.config" . | fromJson -}}
 {{- $admin := $cfg.admin | default dict -}}

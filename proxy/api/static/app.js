@@ -1,6 +1,6 @@
 /* strangler dashboard: a small single-page app over the admin JSON API.
  * No framework, no build step: DOM built with h()/svg() (text only, never innerHTML with data),
- * hash routing (#/ and #/routes/NAME), polling every 2 s while the tab is visible.
+ * hash routing (#/, #/routes/NAME and #/migration in migration.js), polling every 2 s while the tab is visible.
  * The token lives in sessionStorage (this tab only) and goes out as a bearer header. */
 "use strict";
 
@@ -135,6 +135,7 @@ function toast(msg, kind) {
 
 /* ---------- routing ---------- */
 function currentView() {
+  if (/^#\/migration\b/.test(location.hash)) return { kind: "migration" }; // migration.js
   const m = location.hash.match(/^#\/routes\/([^/?]+)/);
   return m ? { kind: "route", name: decodeURIComponent(m[1]) } : { kind: "overview" };
 }
@@ -169,6 +170,8 @@ async function navigate() {
     S.gate = S.diffs = S.history = null;
     S.series.delete(v.name);
     await routePage(v.name, true);
+  } else if (v.kind === "migration") {
+    await migrationPage(true);
   } else {
     await overview(true);
   }

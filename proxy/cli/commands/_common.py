@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from proxy.cli import output
-from proxy.cli.client import print_json
+from proxy.cli.client import AdminClient, print_json
 from proxy.cli.exitcodes import USAGE
 from proxy.config.loader import ConfigError, load_config
 
@@ -55,3 +55,16 @@ def print_answer(data: dict, as_json: bool, render: Callable[[dict], str],
     warn = output.warning(data)
     if warn:
         print(warn, file=sys.stderr)
+
+
+# -- several replicas (inventory, retire-check) -----------------------------------------------
+def add_replica_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--replica", action="append", default=[], metavar="URL",
+                   help="another replica's admin API, merged in (repeat for each; --admin is "
+                   "the first)")
+
+
+def replica_clients(args: argparse.Namespace, first: AdminClient) -> list[AdminClient]:
+    """`first` (the --admin one) and a client for each --replica, with the same token."""
+    return [first, *(AdminClient.from_args(argparse.Namespace(**{**vars(args), "admin": url}))
+                     for url in args.replica)]

@@ -93,14 +93,17 @@ def run(args: argparse.Namespace) -> int:
         return _usage(f"route {spec.name!r} has no target to compare legacy with")
     compare = spec.shadow.compare
     redacted = [p[len("header:"):] for p in compare.redact if p.lower().startswith("header:")]
-    store_path = config.state_dir / "diffs.sqlite3"
+    from shadow.sqldb import locator
+
+    store_path = locator(config)  # the SQLite file, or the shared store (store.backend)
+    shown = "(the shared store)" if isinstance(store_path, dict) else str(store_path)
 
     if args.from_store:
         source = "store"
         try:
             requests = _from_store(store_path, spec.name, redacted)
-        except (sqlite3.Error, OSError) as exc:
-            return _usage(f"cannot read the diff store {store_path}: {exc}")
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            return _usage(f"cannot read the diff store {shown}: {exc}")
     else:
         source = f"file:{Path(args.requests).name}"
         try:
@@ -125,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         store = ReconcileStore(store_path)
         run_id = store.begin(spec.name, source, started)
-    except (sqlite3.Error, OSError) as exc:
-        return _usage(f"cannot write the diff store {store_path}: {exc}")
+    except (sqlite3.Error, OSError, ValueError) as exc:
+        return _usage(f"cannot write the diff store {shown}: {exc}")
     with store:
         asyncio.run(replayer.run(requests, tally))
         if progress:
@@ -145,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
     return OK if result.clean else FAILED
 
 
-def _from_store(path: Path, route: str, redacted: list[str]) -> list[ReplayRequest]:
-    if not path.exists():
+def _from_store(path: Path | str | dict, route: str, redacted: list[str]
+                ) -> list[ReplayRequest]:
+    if not isinstance(path, dict) and not Path(path).exists():
         return []
     from shadow.store import DiffStore
 

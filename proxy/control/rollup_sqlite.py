@@ -1,0 +1,190 @@
+"""The inventory's rollups in a SQLite file (state_dir/inventory.sqlite3): `RollupStore` for one
+proxy (one control process writes it; its admin API serves it to other replicas' CLIs).
+
+The file is private (0600, like the diff store: request paths are the monolith's data). A row is
+one endpoint on one route and backend in one bucket; its latency histogram is JSON
+`[[bucket, count], ...]`. `PRAGMA user_version` is the schema version; a newer file is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+from proxy.control.rollups import DAY, Key, Row, Stats, add_stats
+from proxy.dataplane.inventory import OTHER
+from shadow.dbfile import connect, schema_version
+
+SCHEMA_VERSION = 1
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS traffic (
+        grain INTEGER NOT NULL, start INTEGER NOT NULL, method TEXT NOT NULL,
+        template TEXT NOT NULL, route TEXT NOT NULL, backend TEXT NOT NULL,
+        requests INTEGER NOT NULL, errors INTEGER NOT NULL, latency TEXT NOT NULL,
+        PRIMARY KEY (grain, start, method, template, route, backend)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS shadow (
+        grain INTEGER NOT NULL, start INTEGER NOT NULL, route TEXT NOT NULL,
+        compared INTEGER NOT NULL, mismatched INTEGER NOT NULL, errors INTEGER NOT NULL,
+        PRIMARY KEY (grain, start, route)) WITHOUT ROWID""",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+
+
+class NewerInventory(RuntimeError):
+    """inventory.sqlite3 was written by a newer strangler."""
+
+
+def _hist(text: str) -> dict[int, int]:
+    return {int(i): int(n) for i, n in json.loads(text)}
+
+
+def _text(hist: dict[int, int]) -> str:
+    return json.dumps(sorted(hist.items()), separators=(",", ":"))
+
+
+def _merge_latency(old: str, new: str) -> str:
+    """SQL function merge_latency(a, b): two histograms added."""
+    merged = _hist(old)
+    for i, n in json.loads(new):
+        merged[i] = merged.get(i, 0) + n
+    return _text(merged)
+
+
+class SqliteRollupStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._conn = connect(self.path, check_same_thread=False)
+        self._conn.create_function("merge_latency", 2, _merge_latency, deterministic=True)
+        version = schema_version(self._conn)
+        if version > SCHEMA_VERSION:
+            self._conn.close()
+            raise NewerInventory(f"{self.path} was written by a newer strangler (schema "
+                                 f"{version}, this one knows {SCHEMA_VERSION})")
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            for sql in _SCHEMA:
+                self._conn.execute(sql)
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._conn.execute("COMMIT")
+
+    def add(self, grain: int, start: int, rows: dict[Key, Stats],
+            shadow: dict[str, list[int]]) -> None:
+        if not rows and not shadow:
+            return
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.executemany(
+                    "INSERT INTO traffic VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (grain, start, "
+                    "method, template, route, backend) DO UPDATE SET "
+                    "requests = requests + excluded.requests, errors = errors + excluded.errors, "
+                    "latency = merge_latency(latency, excluded.latency)",
+                    [(grain, start, *key, req, err, _text(hist))
+                     for key, (req, err, hist) in rows.items()])
+                c.executemany(
+                    "INSERT INTO shadow VALUES (?,?,?,?,?,?) ON CONFLICT (grain, start, route) "
+                    "DO UPDATE SET compared = compared + excluded.compared, "
+                    "mismatched = mismatched + excluded.mismatched, "
+                    "errors = errors + excluded.errors",
+                    [(grain, start, r, *counts) for r, counts in shadow.items()])
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+    def read(self, grain: int, since: int, until: int | None = None) -> list[Row]:
+        sql = ("SELECT start, method, template, route, backend, requests, errors, latency FROM "
+               "traffic WHERE grain=? AND start>=?")
+        args: tuple = (grain, since)
+        if until is not None:
+            sql += " AND start<?"
+            args += (until,)
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        return [(s, (m, t, r, b), [q, e, _hist(lat)]) for s, m, t, r, b, q, e, lat in rows]
+
+    def read_shadow(self, grain: int, since: int, until: int | None = None
+                    ) -> list[tuple[int, str, list[int]]]:
+        sql = "SELECT start, route, compared, mismatched, errors FROM shadow WHERE grain=? AND " \
+              "start>=?"
+        args: tuple = (grain, since)
+        if until is not None:
+            sql += " AND start<?"
+            args += (until,)
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        return [(s, r, [c, m, e]) for s, r, c, m, e in rows]
+
+    def endpoints(self, grain: int, start: int) -> set[tuple[str, str]]:
+        with self._lock:
+            return {(m, t) for m, t in self._conn.execute(
+                "SELECT DISTINCT method, template FROM traffic WHERE grain=? AND start=?",
+                (grain, start))}
+
+    def compact(self, grain: int, start: int, keep: int) -> int:
+        with self._lock:
+            c = self._conn
+            busiest = c.execute(
+                "SELECT method, template, SUM(requests) AS n FROM traffic WHERE grain=? AND "
+                "start=? AND NOT (method=? AND template=?) GROUP BY method, template "
+                "ORDER BY n DESC, method, template", (grain, start, *OTHER)).fetchall()
+            if len(busiest) <= keep:
+                return 0
+            drop = busiest[keep:]
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                folded: dict[Key, Stats] = {}
+                for method, template, _ in drop:
+                    for route, backend, req, err, lat in c.execute(
+                            "SELECT route, backend, requests, errors, latency FROM traffic "
+                            "WHERE grain=? AND start=? AND method=? AND template=?",
+                            (grain, start, method, template)).fetchall():
+                        add_stats(folded, (*OTHER, route, backend), req, err, _hist(lat))
+                    c.execute("DELETE FROM traffic WHERE grain=? AND start=? AND method=? AND "
+                              "template=?", (grain, start, method, template))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        self.add(grain, start, folded, {})
+        return len(drop)
+
+    def prune(self, grain: int, before: int) -> int:
+        with self._lock:
+            c = self._conn
+            n = c.execute("DELETE FROM traffic WHERE grain=? AND start<?", (grain, before)).rowcount
+            c.execute("DELETE FROM shadow WHERE grain=? AND start<?", (grain, before))
+            if grain == DAY:  # what is left begins no earlier than this
+                c.execute("UPDATE meta SET value=? WHERE key='started' AND CAST(value AS REAL)<?",
+                          (str(before), before))
+        return n
+
+    def first(self) -> float | None:
+        value = self.get_meta("started")
+        return float(value) if value is not None else None
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def size(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.stat(str(self.path) + suffix).st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

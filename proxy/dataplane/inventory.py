@@ -1,0 +1,269 @@
+"""The traffic inventory's data-plane side: which endpoint (method + path template) each request
+was, with its route, backend, status and latency, shipped as rows every ~200 ms.
+
+Per request (`EndpointCounter.count`, from `Exchange.finish`): one latency bucket and one dict
+increment keyed by the raw path; nothing is parsed or allocated beyond the key. Templates are
+resolved when the batch is taken (`take`), once per distinct path of the batch, through a bounded
+cache: a declared template (routes.yaml `inventory.templates`, the OpenAPI document) when one
+matches, else one inferred by replacing id-like segments with `{id}` (all digits, a UUID, or at
+least 16 characters of letters, digits and `_-.~=+%` with a digit among them).
+
+Cardinality is bounded per data plane: declared templates always count by name; inferred ones
+are admitted first come up to `max_templates`, after which new ones count as the endpoint
+(`*`, `other`). Each hour an inferred template with fewer than 2 requests in that hour gives its
+place back, so one-off paths (a scan, random ids the rules missed) do not hold it for good.
+Memory: the batch (bounded by time), the cache (CACHE_SIZE paths) and the admitted set.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from math import log2
+
+from proxy.config.spec import InventorySpec
+from proxy.config.templates import OTHER_TEMPLATE, DeclaredTemplate
+
+# Latency buckets: 50 µs * 2**(i/4), i = 0..LAT_TOP (about 100 s): within 9% of a value when
+# read at the bucket's geometric middle.
+LAT_BASE = 50e-6
+LAT_PER_OCTAVE = 4
+LAT_TOP = 88
+_LOG_BASE = log2(LAT_BASE)
+CACHE_SIZE = 4096  # paths -> template; cleared when full
+MAX_RAW_PATH = 256  # longer paths are resolved at once instead of kept in the batch
+MAX_TEMPLATE = 512  # a longer template counts as `other`
+AGE_INTERVAL = 3600.0
+OTHER = ("*", OTHER_TEMPLATE)
+_OTHER_EP = (b"*", b"other")
+_DIGITS = b"0123456789"
+
+_ID = re.compile(
+    rb"(?<=/)(?:[0-9]+"
+    rb"|[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+    rb"|(?=[^/]*[0-9])[A-Za-z0-9_\-.~=+%]{16,})(?=/|$)")
+_OTHER_T = b"other"  # a template beyond the bounds (not a path: no '/')
+
+
+def infer_template(path: str) -> str:
+    """`/users/42/orders/9f1c...` -> `/users/{id}/orders/{id}`."""
+    return _infer(path.encode()).decode()
+
+
+def _infer(path: bytes) -> bytes:
+    # every id rule needs a digit: a path without one is its own template (a quick test that
+    # spares the regex most of a scan of random words)
+    if len(path.translate(None, _DIGITS)) == len(path):
+        return path
+    return _ID.sub(b"{id}", path)
+
+
+def latency_index(seconds: float) -> int:
+    """Bucket i holds (LAT_BASE * 2**((i-1)/4), LAT_BASE * 2**(i/4)]; 0 holds what is faster."""
+    if seconds <= LAT_BASE:
+        return 0
+    i = int((log2(seconds) - _LOG_BASE) * LAT_PER_OCTAVE) + 1
+    return i if i < LAT_TOP else LAT_TOP
+
+
+def bucket_value(i: int) -> float:
+    """A latency in bucket `i`, estimated at the bucket's geometric middle (seconds)."""
+    return LAT_BASE * 2 ** ((i - 0.5) / LAT_PER_OCTAVE) if i else LAT_BASE
+
+
+def quantile(hist: dict[int, int], q: float) -> float | None:
+    total = sum(hist.values())
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for i in sorted(hist):
+        seen += hist[i]
+        if seen >= rank:
+            return bucket_value(i)
+    return bucket_value(max(hist))
+
+
+class TemplateMatcher:
+    """Declared templates by path segment (bytes): a literal segment beats one with a parameter
+    in it, which beats a whole-segment parameter (as OpenAPI orders them); deeper paths
+    backtrack. `match` gives the declared template (bytes) or None."""
+
+    __slots__ = ("children", "params", "patterns", "template")
+
+    def __init__(self) -> None:
+        self.children: dict[bytes, TemplateMatcher] = {}
+        self.patterns: list[tuple[re.Pattern[bytes], TemplateMatcher]] = []
+        self.params: TemplateMatcher | None = None
+        self.template: bytes | None = None
+
+    @classmethod
+    def build(cls, declared: tuple[DeclaredTemplate, ...]) -> TemplateMatcher:
+        root = cls()
+        for d in declared:
+            path = d.path.encode()
+            node = root
+            for seg in path.split(b"/")[1:]:
+                node = node._child(seg)
+            if node.template is None:
+                node.template = path
+        return root
+
+    def _child(self, seg: bytes) -> TemplateMatcher:
+        if b"{" not in seg:
+            return self.children.setdefault(seg, TemplateMatcher())
+        if seg.startswith(b"{") and seg.endswith(b"}") and seg.count(b"{") == 1:
+            if self.params is None:
+                self.params = TemplateMatcher()
+            return self.params
+        rx = re.compile(b"".join(b"[^/]+" if part.startswith(b"{") else re.escape(part)
+                                 for part in re.split(rb"(\{[^}]*\})", seg) if part))
+        for pattern, node in self.patterns:
+            if pattern.pattern == rx.pattern:
+                return node
+        node = TemplateMatcher()
+        self.patterns.append((rx, node))
+        return node
+
+    def match(self, segments: list[bytes], i: int = 0) -> bytes | None:
+        if i == len(segments):
+            return self.template
+        seg = segments[i]
+        child = self.children.get(seg)
+        if child is not None:
+            found = child.match(segments, i + 1)
+            if found is not None:
+                return found
+        for rx, node in self.patterns:
+            if rx.fullmatch(seg):
+                found = node.match(segments, i + 1)
+                if found is not None:
+                    return found
+        if self.params is not None and seg:
+            return self.params.match(segments, i + 1)
+        return None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.children or self.patterns or self.params or self.template)
+
+
+class EndpointCounter:
+    """One data plane's inventory counters (see the module's docstring). Paths, templates and
+    methods stay bytes until a row leaves (`take`): only named endpoints are ever decoded."""
+
+    __slots__ = ("admitted", "aged_at", "cache", "declared", "hits", "match", "max_templates",
+                 "names", "taken_rows")
+
+    def __init__(self, spec: InventorySpec | None = None, clock=time.monotonic) -> None:
+        # (method, path (or a long path's template), route, backend, status * 128 + latency
+        # bucket) -> [count]
+        self.hits: dict[tuple, list[int]] = {}
+        self.cache: dict[bytes, bytes] = {}  # path -> template
+        # (method, template) -> requests since the last ageing; declared ones are never aged
+        self.admitted: dict[tuple[bytes, bytes], int] = {}
+        self.names: dict[tuple[bytes, bytes], tuple[str, str]] = {}  # decoded, admitted only
+        self.aged_at = clock()
+        self.taken_rows = 0
+        self.configure(spec or InventorySpec())
+
+    def configure(self, spec: InventorySpec) -> None:
+        """A new config's templates and bound (at install; the batch so far is kept)."""
+        matcher = TemplateMatcher.build(spec.declared)
+        self.match = None if matcher.empty else matcher.match
+        self.declared = frozenset(d.path.encode() for d in spec.declared)
+        self.max_templates = spec.max_templates
+        self.cache.clear()
+        self.admitted = {k: n for k, n in self.admitted.items() if k[1] not in self.declared}
+        self.names.clear()
+
+    # -- the request path ----------------------------------------------------------------------
+    def count(self, method: bytes, path: bytes, route: str, backend: str, status: int,
+              seconds: float) -> None:
+        """One request: a count under (method, raw path, route, backend, status and latency
+        bucket); one dict lookup when the key was seen in this batch."""
+        i = int((log2(seconds) - _LOG_BASE) * LAT_PER_OCTAVE) + 1 if seconds > LAT_BASE else 0
+        key = (method, path, route, backend, status * 128 + (i if i < LAT_TOP else LAT_TOP))
+        c = self.hits.get(key)
+        if c is not None:
+            c[0] += 1
+        elif len(path) <= MAX_RAW_PATH:
+            self.hits[key] = [1]
+        else:  # a long path is not kept for 200 ms: its template is
+            key = (method, self.template(path), route, backend, key[4])
+            c = self.hits.get(key)
+            if c is None:
+                self.hits[key] = [1]
+            else:
+                c[0] += 1
+
+    # -- every ~200 ms -------------------------------------------------------------------------
+    def template(self, path: bytes, cached: bool = True) -> bytes:
+        """`path`'s template (`cached`: look in the cache first; `take` already did)."""
+        t = self.cache.get(path) if cached else None
+        if t is None:
+            t = self.match(path.split(b"/")[1:]) if self.match is not None else None
+            if t is None:
+                t = _infer(path)
+                if len(t) > MAX_TEMPLATE:
+                    t = _OTHER_T
+            if len(path) <= MAX_RAW_PATH:
+                cache = self.cache
+                if len(cache) >= CACHE_SIZE:
+                    cache.clear()
+                cache[path] = t
+        return t
+
+    def take(self, now: float | None = None) -> list[list]:
+        """The batch as rows `[method, template, route, backend, requests, errors,
+        [[latency bucket, count], ...]]`, one per endpoint, route and backend."""
+        hits, self.hits = self.hits, {}
+        out: dict[tuple, list] = {}
+        cache, admitted, declared = self.cache, self.admitted, self.declared
+        full = len(admitted) >= self.max_templates
+        template = self.template
+        for (method, path, route, backend, code), (n,) in hits.items():
+            t = cache.get(path)
+            if t is None:
+                t = template(path, False)
+            ep = (method, t)
+            seen = admitted.get(ep)
+            if seen is not None:
+                admitted[ep] = seen + n
+            elif t in declared or not (full or t is _OTHER_T):
+                admitted[ep] = n
+                full = len(admitted) >= self.max_templates
+            else:
+                ep = _OTHER_EP
+            key = (ep, route, backend)
+            row = out.get(key)
+            if row is None:
+                row = out[key] = [0, 0, {}]
+            row[0] += n
+            if code >= 64000:  # status 500 and above
+                row[1] += n
+            lat = row[2]
+            i = code & 127
+            lat[i] = lat.get(i, 0) + n
+        self._age(now)
+        self.taken_rows += len(out)
+        return [[*self._name(ep), route, backend, r[0], r[1], sorted(r[2].items())]
+                for (ep, route, backend), r in out.items()]
+
+    def _name(self, ep: tuple[bytes, bytes]) -> tuple[str, str]:
+        if ep is _OTHER_EP:
+            return OTHER
+        name = self.names.get(ep)
+        if name is None:
+            name = self.names[ep] = (ep[0].decode("latin-1"),
+                                     ep[1].decode("utf-8", "backslashreplace"))
+        return name
+
+    def _age(self, now: float | None) -> None:
+        now = time.monotonic() if now is None else now
+        if now - self.aged_at < AGE_INTERVAL:
+            return
+        self.aged_at = now
+        declared = self.declared
+        self.admitted = {k: 0 for k, n in self.admitted.items() if n >= 2 or k[1] in declared}
+        self.names = {k: v for k, v in self.names.items() if k in self.admitted}
