@@ -5,7 +5,7 @@
 # state_dir (/var/lib/strangler), and runs the root filesystem read-only.
 # Its Python is the one `make test` also runs the fast tier on (make test-image-python), and
 # its dependencies are exactly uv.lock's (uv sync --locked), as for `make test` and CI.
-ARG PYTHON_VERSION=3.12
+ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 # The same uv as the Makefile's UV_VERSION (tests/test_packaging.py checks they agree).
