@@ -5,7 +5,7 @@
 # state_dir (/var/lib/strangler), and runs the root filesystem read-only.
 # Its Python is the one `make test` also runs the fast tier on (make test-image-python), and
 # its dependencies are exactly uv.lock's (uv sync --locked), as for `make test` and CI.
-ARG PYTHON_VERSION=3.12
+ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 # The same uv as the Makefile's UV_VERSION (tests/test_packaging.py checks they agree).
@@ -17,16 +17,23 @@ ENV PIP_NO_CACHE_DIR=1 \
     UV_LINK_MODE=copy \
     UV_NO_CACHE=1 \
     UV_PROJECT_ENVIRONMENT=/opt/strangler
-RUN pip install "uv==${UV_VERSION}"
+# gcc: setup.py compiles the data plane's hot modules with Cython (issue 29); only this stage
+# has it. Without it the build would warn and install the pure-Python data plane.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* \
+    && pip install "uv==${UV_VERSION}"
 WORKDIR /src
 # Dependencies first (a layer that changes only with uv.lock), then strangler itself, not
 # editable: /src stays in this stage. Wheels only (aiohttp, httptools, uvloop are manylinux).
-COPY pyproject.toml uv.lock README.md LICENSE ./
+COPY pyproject.toml uv.lock README.md LICENSE setup.py ./
 RUN uv sync --locked --no-dev --no-install-project --python /usr/local/bin/python
 COPY proxy/ proxy/
 COPY shadow/ shadow/
 RUN uv sync --locked --no-dev --no-editable --python /usr/local/bin/python \
-    && /opt/strangler/bin/strangler --version
+    && /opt/strangler/bin/strangler --version \
+    && /opt/strangler/bin/python -c "import proxy.dataplane as d; assert d.PURE_REASON is None, d.describe()"
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 LABEL org.opencontainers.image.title="strangler" \

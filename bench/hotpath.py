@@ -27,7 +27,7 @@ from proxy.config.loader import load_config
 from proxy.control.planes import build_table
 from proxy.dataplane.access_log import AccessLog
 from proxy.dataplane.recorder import Recorder
-from proxy.dataplane.server import ClientConnection, DataPlane
+from proxy.dataplane.server import GC_GEN0_THRESHOLD, ClientConnection, DataPlane
 from proxy.dataplane.upstream import UpstreamConnection
 
 BODY = b'{"status":"ok","service":"legacy","items":[1,2,3,4,5,6,7,8,9,10],"message":"hello"}'
@@ -109,6 +109,11 @@ def build(n_routes: int, access_log: bool, inventory: bool = True,
                                                                     k=12)))
         for _ in range(20_000)] if random_paths else None
     counter = iter(())
+    # What `strangler serve` does once it listens (DataPlane.listen): start-up objects frozen,
+    # young collections every GC_GEN0_THRESHOLD allocations.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
     def one() -> None:
         nonlocal counter

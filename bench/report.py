@@ -17,8 +17,10 @@ DISTURBED = 30.0  # % of one core used by other work during a run
 LABELS = {
     "direct": "direct to upstream (no proxy)",
     "nginx": "nginx reverse proxy, 1 worker, keepalive",
+    "bare": "bare httptools + uvloop forwarder (bench/bare_forwarder.py, no features)",
     "aiohttp": "naive aiohttp proxy (pooled ClientSession)",
     "strangler": "strangler, 1 worker, 10 routes",
+    "strangler_pure": "strangler, 1 worker, 10 routes, pure-Python data plane",
     "strangler_w2": "strangler, 2 workers (unpinned)",
     "strangler_shadow": "strangler, shadow sample 1.0 (best case: identical answers)",
     "strangler_default_diff": "strangler, default routes.yaml (weight 50, shadow defaults), "
@@ -129,6 +131,24 @@ TARGETS = (
         ("nginx", "p99", "small"),
         "<=",
         2.0,
+    ),
+    # issue 29: CPU per request within 1.4x of the bare forwarder's (both saturate their core:
+    # throughput is the inverse of CPU per request), and the compiled data plane must pay
+    Target(
+        "vs_bare",
+        "1 worker, small body: proxy CPU per request vs the bare forwarder's",
+        ("strangler", "cpu_us", "small"),
+        ("bare", "cpu_us", "small"),
+        "<=",
+        1.4,
+    ),
+    Target(
+        "compiled_vs_pure",
+        "1 worker, small body: compiled data plane vs pure Python (throughput)",
+        ("strangler", "throughput", "small"),
+        ("strangler_pure", "throughput", "small"),
+        ">=",
+        1.10,
     ),
     Target(
         "shadow",
@@ -392,18 +412,21 @@ class Results:
             "## Throughput (requests/s)",
             "",
             "| server | body | min | median | max | x nginx | proxy CPU % | wrk CPU % "
-            "| upstream CPU % | softirq % | other % | busy % per CPU | disturbed runs | errors |",
-            "|---|---|" + "---:|" * 12,
+            "| upstream CPU % | softirq % | other % | busy % per CPU | disturbed runs | errors "
+            "| proxy CPU µs per request |",
+            "|---|---|" + "---:|" * 13,
         ]
         for r in self._rows("throughput"):
             cpu = median_cpu(r)
             errors = sum(d.get("errors", 0) for d in r.details)
+            per = self.rows.get((r.scenario, "cpu_us", r.body))
             lines.append(
                 f"| {LABELS.get(r.scenario, r.scenario)} | {r.body} | {_n(r.stat('min'))} | "
                 f"{_n(r.stat('median'))} | {_n(r.stat('max'))} | {_x(self.ratio(r))} | "
                 f"{_n(cpu.get('proxy'))} | {_n(cpu.get('loadgen'))} | "
                 f"{_n(cpu.get('upstream'))} | {_n(cpu.get('softirq'))} | "
-                f"{_n(cpu.get('other'))} | {_per_cpu(cpu)} | {self.disturbed(r)} | {errors} |"
+                f"{_n(cpu.get('other'))} | {_per_cpu(cpu)} | {self.disturbed(r)} | {errors} | "
+                f"{_span(per) if per else '-'} |"
             )
         for key in (("strangler_shadow", "throughput", "small"),
                     ("strangler_default_diff", "throughput", "small"),

@@ -4,11 +4,11 @@ Starts everything on 127.0.0.1 (free ports, state in a temp dir, processes pinne
 taskset), measures each scenario --repeat times, interleaved so that every figure has an
 nginx figure from moments before, then writes bench/results/latest.{json,md} and prints the
 Markdown. Every process started is stopped by PID at the end, also on Ctrl-C or an error.
-Scenarios (for --only): direct, nginx, aiohttp, strangler, strangler_noinv, strangler_w2,
-strangler_shadow, strangler_default_diff, strangler_default_noinv, strangler_shadow_diff,
-strangler_shadow_diff_pg, strangler_10k, strangler_random, strangler_random_noinv, stream,
-nginx_tls_upstream, strangler_tls_upstream, nginx_tls_listener, strangler_tls_listener,
-strangler_trace_001, strangler_trace_1.
+Scenarios (for --only): direct, nginx, bare, aiohttp, strangler, strangler_pure,
+strangler_noinv, strangler_w2, strangler_shadow, strangler_default_diff,
+strangler_default_noinv, strangler_shadow_diff, strangler_shadow_diff_pg, strangler_10k,
+strangler_random, strangler_random_noinv, stream, nginx_tls_upstream, strangler_tls_upstream,
+nginx_tls_listener, strangler_tls_listener, strangler_trace_001, strangler_trace_1.
 
 The TLS rows put TLS on one side of each proxy: `_tls_upstream` proxies to the same nginx
 upstream over https (nginx: `proxy_pass https://` with keepalive, `proxy_ssl_session_reuse on`
@@ -51,8 +51,10 @@ from bench.servers import REPO, SMALL_BODY, StartError, Upstream
 SCENARIOS = (
     "direct",
     "nginx",
+    "bare",
     "aiohttp",
     "strangler",
+    "strangler_pure",
     "strangler_noinv",
     "strangler_w2",
     "strangler_shadow",
@@ -276,8 +278,15 @@ class Bench:
                     latency=True,
                 )
             )
-        for name in ("strangler", "strangler_noinv", "strangler_w2", "strangler_shadow",
-                     "strangler_10k", *RANDOM_PATHS):
+        if "bare" in want:
+            bare, bare_big = servers.start_bare(self.procs, up, self.cpus.proxy)
+            assert bare.proc is not None and bare.big_url is not None
+            self.add(Target("bare", {"small": bare.small_url + small_path,
+                                     "64KiB": bare.big_url + big_path},
+                            {"small": [bare.proc], "64KiB": [bare_big]}, [up.proc],
+                            latency=True))
+        for name in ("strangler", "strangler_pure", "strangler_noinv", "strangler_w2",
+                     "strangler_shadow", "strangler_10k", *RANDOM_PATHS):
             if name in want:
                 self.start_strangler(name, up)
         if any(name in want for name in DIFF_SCENARIOS):
@@ -390,8 +399,11 @@ class Bench:
             config["inventory"] = {"enabled": False}
         workers = 2 if name == "strangler_w2" else 1
         cpus = None if workers > 1 else self.cpus.proxy
+        # strangler_pure: the same serve on the pure-Python data plane (issue 29)
+        env = {"STRANGLER_NO_EXTENSIONS": "1" if name == "strangler_pure" else ""}
         try:
-            proc = servers.start_strangler(self.procs, self.workdir, name, config, cpus, workers)
+            proc = servers.start_strangler(self.procs, self.workdir, name, config, cpus, workers,
+                                           env=env)
         except StartError as exc:
             if name == "strangler":
                 self.strangler_broken = str(exc).splitlines()[0]
@@ -400,14 +412,14 @@ class Bench:
         small_path, big_path = servers.bench_paths(n_routes)
         base = f"http://127.0.0.1:{port}"
         urls = {"small": base + small_path}
-        if name == "strangler":
+        if name in ("strangler", "strangler_pure"):
             urls["64KiB"] = base + big_path
         script = None
         if name in RANDOM_PATHS:
             urls = {"small": base + "/r/first"}  # unmatched: the default upstream answers
             script = str(servers.random_paths_script(self.workdir))
         procs = {key: [proc] for key in urls}
-        latency = name == "strangler"
+        latency = name in ("strangler", "strangler_pure")
         self.add(Target(name, urls, procs, upstreams, latency=latency, admin_port=admin,
                         script=script))
 
@@ -538,6 +550,9 @@ class Bench:
                 value = None
             self.log(f"{what}: {r['rps']:,.0f} req/s, errors {r['errors']}, CPU % {r['cpu']}")
         self.results.add(t.name, "throughput", body, "req/s", rep, value, r)
+        proxy_cpu = r["cpu"].get("proxy") if r is not None else None
+        if value and proxy_cpu:  # CPU per request: the figure issue 29's goal is about
+            self.results.add(t.name, "cpu_us", body, "µs", rep, proxy_cpu * 1e4 / value, r)
 
     def shadow_detail(self, r: dict, t: Target, before: dict, seconds: float) -> None:
         """Comparisons completed (per second of the run) beside what was shed, from /metrics.

@@ -217,6 +217,27 @@ def start_nginx_tls_proxy(procs: Procs, workdir: Path, up: Upstream, cpus: str |
                   f"{scheme}://127.0.0.1:{ports[1]}")
 
 
+def start_bare(procs: Procs, up: Upstream, cpus: str | None) -> tuple[Server, Proc]:
+    """bench/bare_forwarder.py (the floor: httptools on uvloop, nothing else), one per upstream
+    port, both pinned to `cpus`."""
+    started = []
+    for label, upstream in (("small", up.small_url), ("big", up.big_url)):
+        port = free_port()
+        proc = procs.start(
+            f"bare-{label}",
+            [sys.executable, "-m", "bench.bare_forwarder", "--port", str(port),
+             "--upstream-port", upstream.rsplit(":", 1)[1]],
+            cpus,
+            env={"PYTHONPATH": str(REPO)},
+        )
+        if not wait_port(port, 20, proc.popen):
+            raise StartError(f"bare forwarder did not start:\n{proc.tail()}")
+        started.append((port, proc))
+    (small_port, small), (big_port, big) = started
+    return Server("bare", small, f"http://127.0.0.1:{small_port}",
+                  f"http://127.0.0.1:{big_port}"), big
+
+
 def start_aiohttp(procs: Procs, up: Upstream, cpus: str | None) -> tuple[Server, Proc]:
     """Two naive aiohttp proxies (one per upstream port), both pinned to `cpus`."""
     started = []
@@ -489,7 +510,8 @@ def start_strangler(
     env: dict[str, str] | None = None,
 ) -> Proc:
     """`strangler serve -c FILE [--workers N]`; ready when admin /readyz answers 200 (or, if
-    the admin listener never answers, when the listen port has accepted for 3 s)."""
+    the admin listener never answers, when the listen port has accepted for 3 s). `env`: more
+    environment (STRANGLER_NO_EXTENSIONS=1: the pure-Python data plane)."""
     cfg_path = workdir / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
     cmd = [*strangler_cmd(), "serve", "-c", str(cfg_path)]

@@ -90,3 +90,36 @@ async def test_access_line_fields_and_every_line_names_logger_and_process(
               if r["event"].startswith("overrides.secret_env is not set")]
     assert sorted(r["process"] for r in warned) == sorted(planes)  # each plane says who it is
     assert {r["logger"] for r in warned} == {"strangler.dataplane"}
+
+
+async def test_paths_that_need_json_escaping_and_the_timestamp_of_the_end(upstreams,
+                                                                          proxy_process):
+    """Lines are rendered from the finished exchange (issue 29): a path with a quote or a
+    percent-escape is escaped as JSON, and the timestamp is the wall-clock time the request
+    ended, though the data plane only reads its monotonic clock per request."""
+    import datetime as dt
+
+    from tests.rawhttp import parse_responses, raw_request
+
+    mono = await upstreams("monolith", handler=_slow_answer)
+    port = free_port()
+    text = routes_yaml(ROUTES, port=port, admin=free_port(), mono=mono.port, dead=free_port())
+    proxy = await proxy_process(text)
+    paths = [b'/q/a"b', b"/q/caf%c3%a9", b"/q/%7e/x", b"/q/plain/1"]
+    before = dt.datetime.now(dt.UTC)
+    ids = []
+    for path in paths:
+        data, _ = await raw_request(port, b"GET %s HTTP/1.1\r\nHost: x\r\nX-Request-Id: id-%d\r\n"
+                                    b"Connection: close\r\n\r\n" % (path, len(ids)))
+        (resp,) = parse_responses(data)
+        assert resp.status == 200
+        ids.append(f"id-{len(ids)}")
+    after = dt.datetime.now(dt.UTC)
+    assert await proxy.stop() == 0
+    access = {r["request_id"]: r for r in _records(proxy.stdout_path)}
+    assert [access[i]["path"] for i in ids] == ['/q/a"b', "/q/caf%C3%A9", "/q/~/x", "/q/plain/1"]
+    for i in ids:
+        stamp = dt.datetime.strptime(access[i]["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=dt.UTC)
+        assert before - dt.timedelta(seconds=0.01) <= stamp <= after, (stamp, before, after)
+        assert access[i]["status"] == 200 and access[i]["query"] is None

@@ -8,7 +8,7 @@ import inspect
 import sys
 from types import ModuleType
 
-from proxy import __version__
+from proxy import __version__, dataplane
 from proxy.cli.client import add_client_options
 from proxy.cli.exitcodes import USAGE
 
@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Strangler-fig migration proxy: weighted sticky routing, shadow diffs, "
         "promotion gate.",
     )
-    parser.add_argument("--version", action="version", version=f"strangler {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"strangler {__version__}, data plane {dataplane.describe()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         try:

@@ -28,6 +28,7 @@ import atexit
 import json
 import os
 import random
+import re
 import select
 import stat
 import sys
@@ -37,7 +38,10 @@ from json.encoder import encode_basestring_ascii as _q
 from typing import IO, Any
 
 from proxy.config import logsetup
+from proxy.dataplane.exchange import DEFAULT_ROUTE
 
+# A path that goes into a JSON string as it is (canonical paths usually are).
+_JSON_PLAIN = re.compile(rb'[ !#-\[\]-~]*').fullmatch
 WRITE_BUFFER = 64 * 1024  # bytes of rendered lines held before a write(2)
 PIPE_BUF = getattr(select, "PIPE_BUF", 512)  # a pipe write up to this size is never split
 
@@ -163,6 +167,11 @@ class AccessLog:
         self.stream = stream or sys.stdout
         self.process = process if process is not None else logsetup.process_name()
         self._lines = _request_lines(self.process)
+        # the exchange's lines: the request id is put in quotes by the template
+        self._blines = tuple(line.replace('{"request_id":%s,', '{"request_id":"%s",', 1)
+                             .encode("ascii", "backslashreplace") for line in self._lines)
+        self._quoted_b: dict[tuple, bytes] = {}
+        self._prefix_b = b""
         self.sample = sample
         self.fmt = fmt
         self.buf: list[Any] = []  # rendered lines (str) and data plane tuples, in order
@@ -171,6 +180,7 @@ class AccessLog:
         self._dirty = False  # something written since the last flush
         self._rand = random.random
         self._clock = time.time
+        self._wall = time.time() - time.monotonic()  # wall clock - monotonic, per batch
         self._second = -1
         self._prefix = ""
         self._quoted: dict[tuple, str] = {}
@@ -184,6 +194,7 @@ class AccessLog:
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._prefix_b = self._prefix.encode()
         return f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
 
     def __call__(self, fields: dict) -> None:
@@ -223,14 +234,28 @@ class AccessLog:
         elif not self._render_scheduled:
             self._schedule_render()
 
+    def exchange(self, ex: Any) -> None:
+        """One proxied request: the data plane's exchange itself (proxy.dataplane.exchange), its
+        fields read when the line is rendered, after the response went out (no tuple, no clock
+        read per request: `ex.t_end` is the monotonic time it finished, made wall-clock time
+        at rendering). The exchange is done: nothing changes it any more."""
+        if self.sample < 1.0 and ex.status < 500 and self._rand() >= self.sample:
+            return
+        buf = self.buf
+        buf.append(ex)
+        if len(buf) >= 512:
+            self.flush()
+        elif not self._render_scheduled:
+            self._schedule_render()
+
     def _schedule_render(self) -> None:
+        self._render_scheduled = True  # until the next render (call_soon's, or the flush's)
         call_soon = self._call_soon
         if call_soon is None:
             try:
                 call_soon = self._call_soon = asyncio.get_running_loop().call_soon
             except RuntimeError:  # no loop (tests, tools): rendered at flush
                 return
-        self._render_scheduled = True
         call_soon(self._render_pending)
 
     def _render_pending(self) -> None:
@@ -240,14 +265,20 @@ class AccessLog:
         if not buf:
             return
         self.buf = []
-        render = self._render
-        text = "".join([x if type(x) is str else render(x) for x in buf])
+        # monotonic -> wall clock for the exchanges' end times: two clock reads per batch
+        self._wall = time.time() - time.monotonic()
+        # An exchange's line is rendered as bytes (ASCII: every string in it is JSON-escaped),
+        # the other entries as str, encoded here.
+        render, exchange, enc = self._render, self._render_exchange, self._encoding
+        data = b"".join([exchange(x) if type(x) is not str and type(x) is not tuple
+                         else (x if type(x) is str else render(x)).encode(enc, "backslashreplace")
+                         for x in buf])
         self._dirty = True
         try:
             if self._out is not None:
-                self._out.write(text.encode(self._encoding, "backslashreplace"))
+                self._out.write(data)
             else:
-                self.stream.write(text)
+                self.stream.write(data.decode(enc))
         except (OSError, ValueError):  # a closed or broken stdout must not stop serving
             pass
 
@@ -273,7 +304,56 @@ class AccessLog:
                 self._quoted[key] = part
         return part
 
-    def _render(self, entry: tuple) -> str:
+    def _render_exchange(self, ex: Any) -> bytes:
+        """The line of an exchange (`exchange`), as bytes. Its request id needs no JSON
+        escaping (one of ours, hex, or a client's that matched [A-Za-z0-9_.:-]{1,128}), nor
+        does a path of printable ASCII without `"` or `\\` (the usual one)."""
+        route = ex.route
+        route_name = route.name if route is not None else DEFAULT_ROUTE
+        t0, t_head, t_end = ex.t0, ex.t_head, ex.t_end
+        now = t_end + self._wall
+        up_seconds = t_head - t0 if t_head else -1.0
+        query = ex.query
+        if self.fmt == "console" or query is not None:
+            return self._render((ex.request_id, route_name, ex.backend, ex.pool.name, ex.method,
+                                 ex.path, ex.status, t_end - t0, ex.target_failed, now, query,
+                                 up_seconds, ex.req_body_size, ex.resp_size, ex.conn.peer,
+                                 ex.user_agent), '"' + ex.request_id + '"').encode(
+                                     self._encoding, "backslashreplace")
+        second = int(now)
+        if second != self._second:
+            self._timestamp(now)
+        quoted = self._quoted_b
+        client, agent = ex.conn.peer, ex.user_agent
+        who = quoted.get((client, agent))
+        if who is None:
+            who = self._cache_b((client, agent), self._who(client, agent))
+        backend, upstream, method = ex.backend, ex.pool.name, ex.method
+        names = quoted.get((route_name, backend, upstream, method))
+        if names is None:
+            names = self._cache_b((route_name, backend, upstream, method),
+                                  self._names(route_name, backend, upstream, method))
+        path = ex.path
+        path = b'"%s"' % path if _JSON_PLAIN(path) is not None else _q(
+            path.decode("latin-1")).encode()
+        if up_seconds >= 0:
+            return self._blines[1] % (ex.rid, names, path, ex.status, (t_end - t0) * 1000,
+                                      up_seconds * 1000, ex.req_body_size, ex.resp_size, who,
+                                      b"true" if ex.target_failed else b"false",
+                                      self._prefix_b, (now - second) * 1e6)
+        return self._blines[3] % (ex.rid, names, path, ex.status, (t_end - t0) * 1000,
+                                  ex.req_body_size, ex.resp_size, who,
+                                  b"true" if ex.target_failed else b"false", self._prefix_b,
+                                  (now - second) * 1e6)
+
+    def _cache_b(self, key: tuple, part: str) -> bytes:
+        data = part.encode()
+        if len(self._quoted_b) < 4096:
+            self._quoted_b[key] = data
+        return data
+
+    def _render(self, entry: tuple, rid_q: str | None = None) -> str:
+        """`rid_q`: the request id already quoted."""
         (rid, route, backend, upstream, method, path, status, seconds, fallback, now, query,
          up_seconds, bytes_in, bytes_out, client, user_agent) = entry
         if self.fmt == "console" or type(rid) is not str or type(route) is not str:
@@ -302,18 +382,20 @@ class AccessLog:
         fb = "true" if fallback else "false"
         micro = (now - second) * 1e6
         both, no_query, no_upstream, neither = self._lines
+        if rid_q is None:
+            rid_q = _q(rid)
         if query is None:
             if up_seconds >= 0:
-                return no_query % (_q(rid), names, _q(path.decode("latin-1")), status,
+                return no_query % (rid_q, names, _q(path.decode("latin-1")), status,
                                    seconds * 1000, up_seconds * 1000, bytes_in, bytes_out, who,
                                    fb, self._prefix, micro)
-            return neither % (_q(rid), names, _q(path.decode("latin-1")), status, seconds * 1000,
+            return neither % (rid_q, names, _q(path.decode("latin-1")), status, seconds * 1000,
                               bytes_in, bytes_out, who, fb, self._prefix, micro)
         q = _q(query.decode("latin-1"))
         if up_seconds >= 0:
-            return both % (_q(rid), names, _q(path.decode("latin-1")), q, status, seconds * 1000,
+            return both % (rid_q, names, _q(path.decode("latin-1")), q, status, seconds * 1000,
                            up_seconds * 1000, bytes_in, bytes_out, who, fb, self._prefix, micro)
-        return no_upstream % (_q(rid), names, _q(path.decode("latin-1")), q, status,
+        return no_upstream % (rid_q, names, _q(path.decode("latin-1")), q, status,
                               seconds * 1000, bytes_in, bytes_out, who, fb, self._prefix, micro)
 
     def flush(self) -> None:

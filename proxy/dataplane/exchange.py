@@ -185,6 +185,7 @@ class Exchange:
         "step",
         "sticky_key",
         "t0",
+        "t_end",
         "t_head",
         "target_failed",
         "trace",
@@ -995,16 +996,15 @@ class Exchange:
                                 self.status, seconds)
         else:  # QA traffic: counted apart, never gate or guardrail evidence
             plane.recorder.override_request(route_name, self.backend, self.status)
-        log = plane.log_request
+        log = plane.log_exchange
         trace = self.trace
         if trace is not None:
             trace.tracer.finish(self)
-        upstream_s = self.t_head - self.t0 if self.t_head else -1.0
         if log is not None and pinned is None and trace is None:
-            log(self.request_id, route_name, self.backend, self.pool.name, self.method,
-                self.path, self.status, duration, self.target_failed, self.query, upstream_s,
-                self.req_body_size, self.resp_size, self.conn.peer, self.user_agent)
+            self.t_end = now
+            log(self)  # AccessLog.exchange: the line is rendered from this exchange later
         elif plane.access_log is not None:
+            upstream_s = self.t_head - self.t0 if self.t_head else -1.0
             query, agent = self.query, self.user_agent
             fields = {
                 "request_id": self.request_id,

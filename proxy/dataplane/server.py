@@ -60,9 +60,10 @@ class DataPlane:
     ) -> None:
         self.recorder = recorder
         self.access_log = access_log
-        # AccessLog.request takes the fields as arguments (no dict per request); any other
-        # callable gets the dict.
-        self.log_request: Callable[..., None] | None = getattr(access_log, "request", None)
+        # AccessLog.exchange takes the finished exchange itself (no dict, no tuple per request);
+        # any other callable gets the dict.
+        self.log_exchange: Callable[[Exchange], None] | None = getattr(access_log, "exchange",
+                                                                      None)
         self.rand = rand
         self.table: RouteTable | None = None
         self.config: Config | None = None
@@ -229,7 +230,10 @@ class DataPlane:
         return cut
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection:
+    """An asyncio protocol for one client connection (duck-typed, not an `asyncio.Protocol`
+    subclass, so that it can be compiled to an extension type: server.pxd)."""
+
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
         self.parser = httptools.HttpRequestParser(self)

@@ -91,7 +91,10 @@ class ResponseSink(Protocol):
     def upstream_resume_writing(self) -> None: ...
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
+    """An asyncio protocol for one upstream connection (duck-typed, not an `asyncio.Protocol`
+    subclass, so that it can be compiled to an extension type: upstream.pxd)."""
+
     __slots__ = (
         "_chunked",
         "_head_bytes",

@@ -1,0 +1,121 @@
+"""Instructions per request of the data plane's Python: `python -m bench.icount`.
+
+bench.hotpath's in-memory loop (the real DataPlane, table, Recorder and AccessLog; one GET in,
+one small nginx-like response out), run under `valgrind --tool=callgrind`, which counts the
+instructions the CPU executes. Unlike µs, that count hardly moves when other work shares the
+machine, so it is how each hot-path change is measured here (perf's hardware counters are not
+available in these VMs). The measured requests are framed by two `os.getppid()` calls, at which
+callgrind dumps its counters (`--dump-before=os_getppid`): the count between them, divided by the
+number of requests, includes every 200th request's flush (recorder delta, access log) but no
+start-up or warm-up.
+
+`--bare` runs the same loop on bench/bare_forwarder.py's protocols instead: the floor (parse,
+forward, write, nothing else) measured the same way.
+
+    python -m bench.icount [-n 3000] [--no-access-log] [--bare] [--python PY] [--tree DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+WARMUP = 2_000
+
+
+def bare_loop() -> Any:
+    """bench/bare_forwarder.py's Client and Upstream on in-memory transports."""
+    from bench import bare_forwarder as bare
+    from bench.hotpath import RESPONSE, MemoryTransport
+
+    client = bare.Client()
+    client.connection_made(MemoryTransport())  # type: ignore[arg-type]
+    up = bare.Upstream()
+    up.connection_made(MemoryTransport())  # type: ignore[arg-type]
+    bare.IDLE.append(up)
+    request = b"GET /svc9/items/1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+
+    def loop(n: int) -> None:
+        for i in range(n):
+            client.data_received(request)
+            up.data_received(RESPONSE)
+            if i % 200 == 0:
+                client.transport.out.clear()  # type: ignore[attr-defined]
+                up.transport.out.clear()  # type: ignore[attr-defined]
+
+    return loop
+
+
+def inner(n: int, access_log: bool, bare: bool) -> None:
+    """Runs under valgrind: warm up, then n requests between two dump points."""
+    if bare:
+        loop = bare_loop()
+    else:
+        from bench.hotpath import build
+
+        loop, _ = build(10, access_log)
+    loop(WARMUP)
+    gc.collect()
+    os.getppid()  # callgrind dump: start-up and warm-up
+    loop(n)
+    os.getppid()  # callgrind dump: the n requests
+
+
+def count(python: str, tree: Path, n: int, access_log: bool, bare: bool) -> float:
+    """Instructions per request: one valgrind run of `inner`."""
+    with tempfile.TemporaryDirectory(prefix="icount") as tmp:
+        out = Path(tmp) / "cg.out"
+        cmd = ["valgrind", "--tool=callgrind", "--dump-before=os_getppid",
+               f"--callgrind-out-file={out}", python, str(Path(__file__).resolve()), "--inner",
+               "-n", str(n)]
+        if not access_log:
+            cmd.append("--no-access-log")
+        if bare:
+            cmd.append("--bare")
+        env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
+        done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True,
+                              check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"valgrind failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        dumps = sorted(Path(tmp).glob("cg.out.*"), key=lambda p: int(p.name.rsplit(".", 1)[1]))
+        if len(dumps) < 2:
+            raise SystemExit(f"expected callgrind dumps at os.getppid, got {dumps}")
+        text = dumps[1].read_text()
+        m = re.search(r"^(?:summary|totals):\s*(\d+)", text, re.M)
+        if m is None:
+            raise SystemExit(f"no totals in {dumps[1]}")
+        return int(m.group(1)) / n
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.icount", description=__doc__.splitlines()[0])
+    p.add_argument("-n", type=int, default=3_000, help="measured requests (after 2,000 warm-up)")
+    p.add_argument("--no-access-log", action="store_true")
+    p.add_argument("--bare", action="store_true", help="bench/bare_forwarder.py's protocols")
+    p.add_argument("--python", default=sys.executable, help="interpreter to count")
+    p.add_argument("--tree", type=Path, default=REPO, help="source tree to count (PYTHONPATH)")
+    p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.inner:
+        inner(args.n, not args.no_access_log, args.bare)
+        return 0
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    per = count(args.python, args.tree.resolve(), args.n, not args.no_access_log, args.bare)
+    what = "bare forwarder" if args.bare else (
+        "strangler, access log " + ("off" if args.no_access_log else "on"))
+    print(f"{what}: {per:,.0f} instructions per request ({args.n:,} requests, {args.python})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+# Static types for Cython (issue 29), used only when the data plane is compiled (setup.py);
+# exchange.py is the one source and runs as it is without them. Every attribute stays public:
+# uncompiled modules (mirror, tracing, the tests) read them as before. Numbers and flags are C
+# values (an attribute read is a struct access, not a dictionary or slot lookup); the rest are
+# objects.
+
+cdef class Exchange:
+    cdef public object backend
+    cdef public object blame
+    cdef public double body_done_at
+    cdef public Py_ssize_t body_mode
+    cdef public bint client_done
+    cdef public double client_wait
+    cdef public object conn
+    cdef public object declared_length
+    cdef public bint discarding
+    cdef public bint done
+    cdef public bint expect_continue
+    cdef public object head
+    cdef public double head_deadline
+    cdef public bint head_only
+    cdef public bint is_tunnel
+    cdef public bint keep_alive
+    cdef public double last_body_at
+    cdef public object method
+    cdef public object override
+    cdef public object path
+    cdef public object pending
+    cdef public object plane
+    cdef public object pool
+    cdef public object query
+    cdef public double read_mark
+    cdef public Py_ssize_t read_seen
+    cdef public object replay
+    cdef public Py_ssize_t replay_size
+    cdef public Py_ssize_t req_body_size
+    cdef public object req_headers
+    cdef public object request_id
+    cdef public bint resendable
+    cdef public object resp_body
+    cdef public bint resp_chunked
+    cdef public object resp_headers
+    cdef public Py_ssize_t resp_size
+    cdef public bint response_started
+    cdef public bint retried
+    cdef public object rid
+    cdef public object route
+    cdef public double shadow_sent
+    cdef public bint shadow_wanted
+    cdef public bint stale_retried
+    cdef public Py_ssize_t status
+    cdef public object step
+    cdef public object sticky_key
+    cdef public double t0
+    cdef public double t_end
+    cdef public double t_head
+    cdef public bint target_failed
+    cdef public object trace
+    cdef public object tunnel_pending
+    cdef public object up
+    cdef public double up_paused_at
+    cdef public object user_agent
+    cdef public bint version_10
+    cdef public object wbuf

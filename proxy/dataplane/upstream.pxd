@@ -1,0 +1,20 @@
+# Static types for Cython (issue 29): see exchange.pxd. upstream.py runs as it is without them.
+
+cdef class UpstreamConnection:
+    cdef public bint _chunked
+    cdef public Py_ssize_t _head_bytes
+    cdef public bint _head_keep_alive
+    cdef public list _headers
+    cdef public bint _in_body
+    cdef public object _length
+    cdef public bytes _reason
+    cdef public bint fresh
+    cdef public bint got_bytes
+    cdef public bint head_only
+    cdef public object parser
+    cdef public object pool
+    cdef public bint reused
+    cdef public object sink
+    cdef public object tls_gen
+    cdef public object transport
+    cdef public object tunnel
