@@ -15,7 +15,7 @@ from proxy.config.spec import InventorySpec
 from proxy.config.templates import DeclaredTemplate
 from proxy.control.migration import inventory_view, merge_raw, parse_since, progress
 from proxy.control.rollup_sqlite import SqliteRollupStore
-from proxy.control.rollups import DAY, HOUR, HOURLY_DAYS, Rollups
+from proxy.control.rollups import DAY, HOUR, HOURLY_DAYS, Rollups, RollupsUnavailable
 from proxy.dataplane.inventory import (
     CACHE_SIZE,
     OTHER,
@@ -253,6 +253,57 @@ def test_rollups_survive_a_restart_and_reads_include_what_waits(tmp_path: Path) 
     assert t[("GET", "/users/{id}", "users", "target")][:2] == [30, 0]
     assert again.store.first() == 1_800_000_000.0  # when recording began, kept across restarts
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def _open_files(path: Path) -> list[str]:
+    fds = Path("/proc/self/fd")
+    out = []
+    for fd in fds.iterdir():
+        try:
+            target = str(fd.readlink())
+        except OSError:
+            continue
+        if target.startswith(str(path)):
+            out.append(target)
+    return out
+
+
+def test_an_inventory_file_that_cannot_be_written_waits_in_memory(tmp_path: Path) -> None:
+    """serve starts on a state_dir it cannot write (the saved rollback is what matters): the
+    rollups wait in memory, reads say the file is unavailable, and the first flush that can write
+    stores everything, with when counting began."""
+    clock = Clock(1_800_000_000.0)
+    state = tmp_path / "state"
+    state.write_text("a file where the directory should be")  # ENOTDIR for root too
+    store = SqliteRollupStore(state / "inventory.sqlite3")
+    assert store.error
+    r = Rollups(store, InventorySpec(), clock=clock)
+    r.add([_row("GET", "/users/{id}", "users", "legacy", 7)])
+    with pytest.raises(OSError):
+        r.flush_now()
+    assert r.write_error and r.waiting() == 1
+    with pytest.raises(RollupsUnavailable):
+        r.read_now(clock.t - 600)
+    state.unlink()  # the directory can be made now
+    clock.t += 60
+    r.flush_now()
+    assert r.write_error is None and r.waiting() == 0
+    again = Rollups(SqliteRollupStore(state / "inventory.sqlite3"), InventorySpec(), clock=clock)
+    assert again.read_now(clock.t - 600).totals()[("GET", "/users/{id}", "users", "legacy")][0] == 7
+    assert again.store.first() == 1_800_000_000.0
+
+
+def test_the_inventory_file_is_not_held_open_between_flushes(tmp_path: Path) -> None:
+    """Nothing in state_dir stays open for writing: a state_dir can be remounted read-only under
+    a running proxy (the audit log then reports it)."""
+    clock = Clock(1_800_000_000.0)
+    path = tmp_path / "inventory.sqlite3"
+    r = Rollups(SqliteRollupStore(path), InventorySpec(), clock=clock)
+    r.add([_row("GET", "/users/{id}", "users", "legacy", 3)])
+    r.flush_now()
+    r.read_now(clock.t - 600)
+    assert path.exists()
+    assert _open_files(path) == []
 
 
 def test_closed_buckets_keep_the_top_n_plus_other(tmp_path: Path) -> None:

@@ -8,12 +8,17 @@ one endpoint on one route and backend in one bucket; its latency histogram is JS
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-from proxy.control.rollups import DAY, Bucket, Key, Row, Stats, add_stats
+import structlog
+
+from proxy.control.rollups import DAY, Bucket, Key, RollupsUnavailable, Row, Stats, add_stats
 from proxy.dataplane.inventory import OTHER
 from shadow.dbfile import connect, schema_version
 
@@ -30,6 +35,9 @@ _SCHEMA = (
         PRIMARY KEY (grain, start, route)) WITHOUT ROWID""",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
+
+
+log = structlog.get_logger("strangler.rollups")
 
 
 class NewerInventory(RuntimeError):
@@ -53,29 +61,59 @@ def _merge_latency(old: str, new: str) -> str:
 
 
 class SqliteRollupStore:
+    """One connection per operation, closed after it: nothing in state_dir stays open for
+    writing between flushes (a state_dir remounted read-only, or a full disk, is the audit log's
+    problem to report, not a file this store holds). A file that cannot be opened or written
+    now is not an error at start: the rows wait in memory (`Rollups`) and the next operation
+    tries again. A file written by a newer strangler is refused (NewerInventory)."""
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._conn = connect(self.path, check_same_thread=False)
-        self._conn.create_function("merge_latency", 2, _merge_latency, deterministic=True)
-        version = schema_version(self._conn)
-        if version > SCHEMA_VERSION:
-            self._conn.close()
-            raise NewerInventory(f"{self.path} was written by a newer strangler (schema "
-                                 f"{version}, this one knows {SCHEMA_VERSION})")
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            for sql in _SCHEMA:
-                self._conn.execute(sql)
-            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self._conn.execute("COMMIT")
+        self._ready = False  # the schema is known to be there
+        self.error: str | None = None  # why the file could not be opened at start
+        try:
+            with self._lock, self._session():
+                pass
+        except (sqlite3.Error, OSError) as exc:
+            self.error = str(exc) or type(exc).__name__
+            log.warning("inventory file cannot be written now; rollups wait in memory and are "
+                        "written when it can be", path=str(self.path), error=self.error)
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one operation (the caller holds self._lock)."""
+        conn = connect(self.path, check_same_thread=False)
+        try:
+            conn.create_function("merge_latency", 2, _merge_latency, deterministic=True)
+            if not self._ready:
+                version = schema_version(conn)
+                if version > SCHEMA_VERSION:
+                    raise NewerInventory(f"{self.path} was written by a newer strangler (schema "
+                                         f"{version}, this one knows {SCHEMA_VERSION})")
+                if version < SCHEMA_VERSION:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        for sql in _SCHEMA:
+                            conn.execute(sql)
+                        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                self._ready = True
+            yield conn
+        finally:
+            conn.close()
+
+    def _reading(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return _unavailable_on_error(self.path, self._session())
 
     def write(self, buckets: list[Bucket], batch: int = 0) -> None:
         """Every bucket in one transaction (one writer: a batch is never in doubt here)."""
         if not any(rows or shadow for _, _, rows, shadow in buckets):
             return
-        with self._lock:
-            c = self._conn
+        with self._lock, self._session() as c:
             c.execute("BEGIN IMMEDIATE")
             try:
                 c.executemany(
@@ -105,8 +143,8 @@ class SqliteRollupStore:
         if until is not None:
             sql += " AND start<?"
             args += (until,)
-        with self._lock:
-            rows = self._conn.execute(sql, args).fetchall()
+        with self._lock, self._reading() as c:
+            rows = c.execute(sql, args).fetchall()
         return [(s, (m, t, r, b), [q, e, _hist(lat)]) for s, m, t, r, b, q, e, lat in rows]
 
     def read_shadow(self, grain: int, since: int, until: int | None = None
@@ -117,25 +155,27 @@ class SqliteRollupStore:
         if until is not None:
             sql += " AND start<?"
             args += (until,)
-        with self._lock:
-            rows = self._conn.execute(sql, args).fetchall()
+        with self._lock, self._reading() as c:
+            rows = c.execute(sql, args).fetchall()
         return [(s, r, [c, m, e]) for s, r, c, m, e in rows]
 
     def starts(self, grain: int, since: int, until: int) -> list[int]:
-        with self._lock:
-            return [s for (s,) in self._conn.execute(
+        with self._lock, self._reading() as c:
+            return [s for (s,) in c.execute(
                 "SELECT DISTINCT start FROM traffic WHERE grain=? AND start>=? AND start<? "
                 "ORDER BY start", (grain, since, until))]
 
     def endpoints(self, grain: int, start: int) -> set[tuple[str, str]]:
-        with self._lock:
-            return {(m, t) for m, t in self._conn.execute(
-                "SELECT DISTINCT method, template FROM traffic WHERE grain=? AND start=?",
-                (grain, start))}
+        try:
+            with self._lock, self._session() as c:
+                return {(m, t) for m, t in c.execute(
+                    "SELECT DISTINCT method, template FROM traffic WHERE grain=? AND start=?",
+                    (grain, start))}
+        except (sqlite3.Error, OSError):  # unreadable now: the bound counts from here
+            return set()
 
     def compact(self, grain: int, start: int, keep: int) -> int:
-        with self._lock:
-            c = self._conn
+        with self._lock, self._session() as c:
             busiest = c.execute(
                 "SELECT method, template, SUM(requests) AS n FROM traffic WHERE grain=? AND "
                 "start=? AND NOT (method=? AND template=?) GROUP BY method, template "
@@ -162,8 +202,7 @@ class SqliteRollupStore:
         return len(drop)
 
     def prune(self, grain: int, before: int) -> int:
-        with self._lock:
-            c = self._conn
+        with self._lock, self._session() as c:
             n = c.execute("DELETE FROM traffic WHERE grain=? AND start<?", (grain, before)).rowcount
             c.execute("DELETE FROM shadow WHERE grain=? AND start<?", (grain, before))
             if grain == DAY:  # what is left begins no earlier than this
@@ -183,13 +222,13 @@ class SqliteRollupStore:
         return float(value) if value is not None else None
 
     def get_meta(self, key: str) -> str | None:
-        with self._lock:
-            row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        with self._lock, self._reading() as c:
+            row = c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        with self._lock, self._session() as c:
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def size(self) -> int:
         total = 0
@@ -201,5 +240,18 @@ class SqliteRollupStore:
         return total
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        """Nothing stays open between operations."""
+
+
+@contextlib.contextmanager
+def _unavailable_on_error(path: Path, session: contextlib.AbstractContextManager[
+        sqlite3.Connection]) -> Iterator[sqlite3.Connection]:
+    """A read of a file that cannot be opened now answers RollupsUnavailable (a 503)."""
+    try:
+        with session as conn:
+            yield conn
+    except NewerInventory:
+        raise
+    except (sqlite3.Error, OSError) as exc:
+        raise RollupsUnavailable(f"the inventory file {path} cannot be read now: "
+                                 f"{exc}") from None

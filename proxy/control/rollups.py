@@ -200,7 +200,20 @@ class Rollups:
         self.folded = 0  # rows added to `other` by the open-bucket bound
         self.dropped = {"requests": 0, "comparisons": 0}  # lost past the waiting bound
         self.write_error: str | None = None  # why the last write failed (None: it did not)
-        store.mark_started(clock())
+        self._started: float | None = clock()  # not yet recorded in the store
+        self._mark_started()
+
+    def _mark_started(self) -> None:
+        """Record when counting began; a store that cannot take it now gets it with the next
+        write (serve starts on an unwritable state_dir: the rollback file is what matters)."""
+        if self._started is None:
+            return
+        try:
+            self.store.mark_started(self._started)
+        except Exception as exc:
+            self.write_error = str(exc) or type(exc).__name__
+            return
+        self._started = None
 
     def configure(self, spec: InventorySpec) -> None:
         self.spec = spec
@@ -341,6 +354,7 @@ class Rollups:
     def _send(self, pending: dict[int, dict[Key, Stats]],
               shadow: dict[int, dict[str, list[int]]]) -> list[tuple[int, int]]:
         """Write a batch in doubt (first), then these rows; the buckets written."""
+        self._mark_started()
         if self._in_doubt is not None:
             batch, buckets = self._in_doubt
             try:
