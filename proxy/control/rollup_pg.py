@@ -35,7 +35,7 @@ import uuid
 from typing import Any
 
 from proxy.config.spec import StoreSpec
-from proxy.control.rollups import DAY, Bucket, CommitUnknown, Row
+from proxy.control.rollups import DAY, Bucket, CommitUnknown, Row, window
 from proxy.dataplane.inventory import OTHER
 from shadow.pg import Link, scrub
 
@@ -209,23 +209,15 @@ class PostgresRollupStore:
             return bool(self._transaction(self._conn(), body))
 
     def read(self, grain: int, since: int, until: int | None = None) -> list[Row]:
-        sql = ("SELECT start, method, template, route, backend, requests, errors, latency FROM "
-               "inventory_traffic WHERE grain = %s AND start >= %s")
-        args: tuple = (grain, since)
-        if until is not None:
-            sql += " AND start < %s"
-            args += (until,)
+        sql, args = window("SELECT start, method, template, route, backend, requests, errors, "
+                           "latency FROM inventory_traffic", grain, since, until, "%s")
         return [(int(s), (m, t, r, b), [int(q), int(e), _hist(lat)])
                 for s, m, t, r, b, q, e, lat in self._rows(sql, args)]
 
     def read_shadow(self, grain: int, since: int, until: int | None = None
                     ) -> list[tuple[int, str, list[int]]]:
-        sql = ("SELECT start, route, compared, mismatched, errors FROM inventory_shadow WHERE "
-               "grain = %s AND start >= %s")
-        args: tuple = (grain, since)
-        if until is not None:
-            sql += " AND start < %s"
-            args += (until,)
+        sql, args = window("SELECT start, route, compared, mismatched, errors FROM "
+                           "inventory_shadow", grain, since, until, "%s")
         return [(int(s), r, [int(c), int(m), int(e)]) for s, r, c, m, e in self._rows(sql, args)]
 
     def starts(self, grain: int, since: int, until: int) -> list[int]:

@@ -18,7 +18,16 @@ from pathlib import Path
 
 import structlog
 
-from proxy.control.rollups import DAY, Bucket, Key, RollupsUnavailable, Row, Stats, add_stats
+from proxy.control.rollups import (
+    DAY,
+    Bucket,
+    Key,
+    RollupsUnavailable,
+    Row,
+    Stats,
+    add_stats,
+    window,
+)
 from proxy.dataplane.inventory import OTHER
 from shadow.dbfile import connect, schema_version
 
@@ -137,24 +146,16 @@ class SqliteRollupStore:
                 raise
 
     def read(self, grain: int, since: int, until: int | None = None) -> list[Row]:
-        sql = ("SELECT start, method, template, route, backend, requests, errors, latency FROM "
-               "traffic WHERE grain=? AND start>=?")
-        args: tuple = (grain, since)
-        if until is not None:
-            sql += " AND start<?"
-            args += (until,)
+        sql, args = window("SELECT start, method, template, route, backend, requests, errors, "
+                           "latency FROM traffic", grain, since, until)
         with self._lock, self._reading() as c:
             rows = c.execute(sql, args).fetchall()
         return [(s, (m, t, r, b), [q, e, _hist(lat)]) for s, m, t, r, b, q, e, lat in rows]
 
     def read_shadow(self, grain: int, since: int, until: int | None = None
                     ) -> list[tuple[int, str, list[int]]]:
-        sql = "SELECT start, route, compared, mismatched, errors FROM shadow WHERE grain=? AND " \
-              "start>=?"
-        args: tuple = (grain, since)
-        if until is not None:
-            sql += " AND start<?"
-            args += (until,)
+        sql, args = window("SELECT start, route, compared, mismatched, errors FROM shadow",
+                           grain, since, until)
         with self._lock, self._reading() as c:
             rows = c.execute(sql, args).fetchall()
         return [(s, r, [c, m, e]) for s, r, c, m, e in rows]

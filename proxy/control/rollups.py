@@ -74,6 +74,16 @@ def bucket(t: float, grain: int) -> int:
     return int(t // grain) * grain
 
 
+def window(select: str, grain: int, since: int, until: int | None, mark: str = "?"
+           ) -> tuple[str, tuple[int, ...]]:
+    """`select` limited to the buckets of `grain` with since <= start (< until), and its
+    arguments (`mark`: the driver's placeholder)."""
+    sql = f"{select} WHERE grain = {mark} AND start >= {mark}"
+    if until is None:
+        return sql, (grain, since)
+    return f"{sql} AND start < {mark}", (grain, since, until)
+
+
 def add_stats(dst: dict[Key, Stats], key: Key, requests: int, errors: int,
               latency: Iterable[tuple[int, int]] | dict[int, int]) -> None:
     s = dst.get(key)

@@ -7,10 +7,10 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from proxy.cli import output
-from proxy.cli.client import AdminClient, print_json
+from proxy.cli.client import AdminClient, ClientFailure, print_json
 from proxy.cli.exitcodes import USAGE
 from proxy.config.loader import ConfigError, load_config
 
@@ -64,7 +64,26 @@ def add_replica_option(p: argparse.ArgumentParser) -> None:
                    "the first)")
 
 
+T = TypeVar("T")
+
+
 def replica_clients(args: argparse.Namespace, first: AdminClient) -> list[AdminClient]:
     """`first` (the --admin one) and a client for each --replica, with the same token."""
     return [first, *(AdminClient.from_args(argparse.Namespace(**{**vars(args), "admin": url}))
                      for url in args.replica)]
+
+
+def ask_replicas(args: argparse.Namespace, first: AdminClient,
+                 ask: Callable[[AdminClient], T]) -> list[T]:
+    """`ask` of `first` and of each --replica in turn; a failure names the replica's URL."""
+    out = []
+    for c in replica_clients(args, first):
+        try:
+            out.append(ask(c))
+        except ClientFailure as exc:
+            exc.message = f"{c.url}: {exc.message}"
+            raise
+        finally:
+            if c is not first:
+                c.close()
+    return out

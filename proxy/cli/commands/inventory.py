@@ -16,8 +16,8 @@ import argparse
 import sys
 
 from proxy.cli import migration_output
-from proxy.cli.client import AdminClient, ClientFailure, print_json, run_with_client
-from proxy.cli.commands._common import add_replica_option, replica_clients
+from proxy.cli.client import AdminClient, print_json, run_with_client
+from proxy.cli.commands._common import add_replica_option, ask_replicas
 from proxy.cli.exitcodes import OK, USAGE
 from proxy.control import migration
 
@@ -43,19 +43,14 @@ def run(args: argparse.Namespace) -> int:
         return USAGE
 
     def body(client: AdminClient) -> int:
-        raws, last = [], []
-        for c in replica_clients(args, client):
-            try:
-                raws.append(c.call("GET", "/admin/inventory",
-                                   params={"since": args.since, "raw": "1", "limit": "1"})["raw"])
-                last.append(c.call("GET", "/admin/inventory",
-                                   params={"since": "24h", "raw": "1", "limit": "1"})["raw"])
-            except ClientFailure as exc:
-                exc.message = f"{c.url}: {exc.message}"
-                raise
-            finally:
-                if c is not client:
-                    c.close()
+        def ask(c: AdminClient) -> tuple[dict, dict]:
+            return (c.call("GET", "/admin/inventory",
+                           params={"since": args.since, "raw": "1", "limit": "1"})["raw"],
+                    c.call("GET", "/admin/inventory",
+                           params={"since": "24h", "raw": "1", "limit": "1"})["raw"])
+
+        answers = ask_replicas(args, client, ask)
+        raws, last = [a[0] for a in answers], [a[1] for a in answers]
         raw = migration.merge_raw(raws)
         view = migration.inventory_view(raw, unrouted=args.unrouted, limit=args.limit)
         view["enabled"] = all(r.get("enabled", True) for r in raws)

@@ -13,8 +13,8 @@ import argparse
 import sys
 
 from proxy.cli import migration_output
-from proxy.cli.client import AdminClient, ClientFailure, print_json, run_with_client
-from proxy.cli.commands._common import add_replica_option, replica_clients
+from proxy.cli.client import AdminClient, print_json, run_with_client
+from proxy.cli.commands._common import add_replica_option, ask_replicas
 from proxy.cli.exitcodes import FAILED, OK, USAGE
 from proxy.control import migration
 
@@ -33,17 +33,8 @@ def run(args: argparse.Namespace) -> int:
         return USAGE
 
     def body(client: AdminClient) -> int:
-        results = []
-        for c in replica_clients(args, client):
-            try:
-                results.append(c.call("GET", f"/admin/routes/{args.route}/retire-check",
-                                      params={"days": f"{args.days:g}"}))
-            except ClientFailure as exc:
-                exc.message = f"{c.url}: {exc.message}"
-                raise
-            finally:
-                if c is not client:
-                    c.close()
+        results = ask_replicas(args, client, lambda c: c.call(
+            "GET", f"/admin/routes/{args.route}/retire-check", params={"days": f"{args.days:g}"}))
         result = migration.merge_checks(results)
         if args.json:
             print_json(result)
