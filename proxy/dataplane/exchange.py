@@ -1044,15 +1044,17 @@ class Exchange:
             wait += now - conn.write_paused_at
         return max(0.0, now - start - wait)
 
-    def client_gone(self) -> None:
-        """The client closed its connection first: a 499 counted with backend `proxy`, never
-        as the backend's evidence (a client chooses when to leave)."""
+    def client_gone(self, status: int = 499) -> None:
+        """The client closed its connection first (499), or took nothing of the answer for
+        `limits.send_timeout` (408; the caller aborted its connection): counted with backend
+        `proxy`, never as the backend's evidence (a client chooses when to leave). The upstream
+        connection is closed, never pooled mid-answer."""
         if self.done:
             return
         up, self.up = self.up, None
         if up is not None:
             self.pool.discard(up)
-        self.status = 499
+        self.status = status
         self.blame = "proxy"
         self.shadow_wanted = False
         self.finish(aborted=True)
