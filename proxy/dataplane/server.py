@@ -52,6 +52,8 @@ GC_GEN0_THRESHOLD = 20_000
 TLS_CHECK_EVERY = 10  # sweeps (1 s) between looks at the certificate files
 _XFP_HTTPS = (b"x-forwarded-proto", b"https")
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_UNDERSCORE = ord("_")
+_NUL = 0
 _TIOCOUTQ = getattr(termios, "TIOCOUTQ", None)  # a TCP socket's unacknowledged bytes
 
 _log = structlog.get_logger("strangler.dataplane")
@@ -404,9 +406,11 @@ class ClientConnection:
         limits = self.plane.limits
         if self._hbytes > limits.max_header_bytes or len(self._headers) >= limits.max_headers:
             raise Reject(431, "headers_too_large", "request headers too large")
-        if b"_" in name:
+        # Byte values, not b"_": `bytes in bytes` tries the needle as an integer first and
+        # clears the TypeError, ten times the cost of an integer's memchr (CPython 3.11-3.13).
+        if _UNDERSCORE in name:
             raise Reject(400, "bad_header", "underscore in a header name")
-        if b"\x00" in value:
+        if _NUL in value:
             raise Reject(400, "bad_header", "NUL in a header value")
         self._headers.append((name, value))
 
