@@ -12,7 +12,8 @@ start-up or warm-up.
 `--bare` runs the same loop on bench/bare_forwarder.py's protocols instead: the floor (parse,
 forward, write, nothing else) measured the same way.
 
-    python -m bench.icount [-n 3000] [--no-access-log] [--bare] [--python PY] [--tree DIR]
+    python -m bench.icount [-n 3000] [--no-access-log] [--no-inventory] [--bare] [--python PY]
+                           [--tree DIR]
 """
 
 from __future__ import annotations
@@ -55,14 +56,14 @@ def bare_loop() -> Any:
     return loop
 
 
-def inner(n: int, access_log: bool, bare: bool) -> None:
+def inner(n: int, access_log: bool, bare: bool, inventory: bool = True) -> None:
     """Runs under valgrind: warm up, then n requests between two dump points."""
     if bare:
         loop = bare_loop()
     else:
         from bench.hotpath import build
 
-        loop, _ = build(10, access_log)
+        loop, _ = build(10, access_log, inventory)
     loop(WARMUP)
     gc.collect()
     os.getppid()  # callgrind dump: start-up and warm-up
@@ -70,7 +71,8 @@ def inner(n: int, access_log: bool, bare: bool) -> None:
     os.getppid()  # callgrind dump: the n requests
 
 
-def count(python: str, tree: Path, n: int, access_log: bool, bare: bool) -> float:
+def count(python: str, tree: Path, n: int, access_log: bool, bare: bool,
+          inventory: bool = True) -> float:
     """Instructions per request: one valgrind run of `inner`."""
     with tempfile.TemporaryDirectory(prefix="icount") as tmp:
         out = Path(tmp) / "cg.out"
@@ -81,6 +83,8 @@ def count(python: str, tree: Path, n: int, access_log: bool, bare: bool) -> floa
             cmd.append("--no-access-log")
         if bare:
             cmd.append("--bare")
+        if not inventory:
+            cmd.append("--no-inventory")
         env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
         done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True,
                               check=False)
@@ -100,19 +104,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.icount", description=__doc__.splitlines()[0])
     p.add_argument("-n", type=int, default=3_000, help="measured requests (after 2,000 warm-up)")
     p.add_argument("--no-access-log", action="store_true")
+    p.add_argument("--no-inventory", action="store_true", help="inventory.enabled: false")
     p.add_argument("--bare", action="store_true", help="bench/bare_forwarder.py's protocols")
     p.add_argument("--python", default=sys.executable, help="interpreter to count")
     p.add_argument("--tree", type=Path, default=REPO, help="source tree to count (PYTHONPATH)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.inner:
-        inner(args.n, not args.no_access_log, args.bare)
+        inner(args.n, not args.no_access_log, args.bare, not args.no_inventory)
         return 0
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
-    per = count(args.python, args.tree.resolve(), args.n, not args.no_access_log, args.bare)
+    per = count(args.python, args.tree.resolve(), args.n, not args.no_access_log, args.bare,
+                not args.no_inventory)
     what = "bare forwarder" if args.bare else (
-        "strangler, access log " + ("off" if args.no_access_log else "on"))
+        "strangler, access log " + ("off" if args.no_access_log else "on")
+        + (", inventory off" if args.no_inventory else ""))
     print(f"{what}: {per:,.0f} instructions per request ({args.n:,} requests, {args.python})")
     return 0
 

@@ -327,6 +327,7 @@ class Limits(Block):
     max_body: v.Size() = D(LimitsSpec, "max_body")  # type: ignore[valid-type]
     header_timeout: v.Duration() = D(LimitsSpec, "header_timeout")  # type: ignore[valid-type]
     body_idle_timeout: v.Duration() = D(LimitsSpec, "body_idle_timeout")  # type: ignore
+    send_timeout: v.Duration() = D(LimitsSpec, "send_timeout")  # type: ignore[valid-type]
     drain_timeout: v.Duration(positive=False) = D(LimitsSpec, "drain_timeout")  # type: ignore
     max_request_line: v.Size(64) = D(LimitsSpec, "max_request_line")  # type: ignore[valid-type]
     max_header_bytes: v.Size(256) = D(LimitsSpec, "max_header_bytes")  # type: ignore

@@ -82,6 +82,8 @@ class LimitsSpec:
     max_body: int = 100 * MiB
     header_timeout: float = 10.0
     body_idle_timeout: float = 30.0
+    # a client that takes no byte of its answer this long is cut (nginx's send_timeout)
+    send_timeout: float = 60.0
     drain_timeout: float = 30.0
     max_request_line: int = 8 * 1024
     max_header_bytes: int = 32 * 1024

@@ -28,7 +28,6 @@ import atexit
 import json
 import os
 import random
-import re
 import select
 import stat
 import sys
@@ -40,8 +39,7 @@ from typing import IO, Any
 from proxy.config import logsetup
 from proxy.dataplane.exchange import DEFAULT_ROUTE
 
-# A path that goes into a JSON string as it is (canonical paths usually are).
-_JSON_PLAIN = re.compile(rb'[ !#-\[\]-~]*').fullmatch
+_QUOTE = ord('"')  # a byte value: `bytes in bytes` is ten times slower (server.on_header)
 WRITE_BUFFER = 64 * 1024  # bytes of rendered lines held before a write(2)
 PIPE_BUF = getattr(select, "PIPE_BUF", 512)  # a pipe write up to this size is never split
 
@@ -334,7 +332,9 @@ class AccessLog:
             names = self._cache_b((route_name, backend, upstream, method),
                                   self._names(route_name, backend, upstream, method))
         path = ex.path
-        path = b'"%s"' % path if _JSON_PLAIN(path) is not None else _q(
+        # A canonical path (proxy.config.paths) holds no control character, space or backslash:
+        # ASCII without '"' goes into the JSON string as it is.
+        path = b'"%s"' % path if path.isascii() and _QUOTE not in path else _q(
             path.decode("latin-1")).encode()
         if up_seconds >= 0:
             return self._blines[1] % (ex.rid, names, path, ex.status, (t_end - t0) * 1000,

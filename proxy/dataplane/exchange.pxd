@@ -35,7 +35,6 @@ cdef class Exchange:
     cdef public Py_ssize_t replay_size
     cdef public Py_ssize_t req_body_size
     cdef public object req_headers
-    cdef public object request_id
     cdef public bint resendable
     cdef public object resp_body
     cdef public bint resp_chunked

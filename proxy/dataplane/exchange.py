@@ -19,7 +19,7 @@ from typing import Any
 import httptools
 import structlog
 
-from proxy.config.paths import BadPath, canonical_path
+from proxy.config.paths import BadPath, canonical_path, suspect
 from proxy.dataplane.headers import (
     FORWARDED_HEADERS,
     HOP_BY_HOP,
@@ -99,22 +99,36 @@ def error_body(status: int, code: str, message: str, request_id: str | None) -> 
     ).encode()
 
 
+_HASH = ord("#")
+_LOW_DIGITS = tuple(b"%02x" % i for i in range(256))
+
+
 class _RequestIds:
     """24 hex digits: a random per-process prefix and a counter (one urandom per process, not per
-    request). The prefix is drawn again in a forked child so workers never share ids."""
+    request). The prefix is drawn again in a forked child so workers never share ids.
 
-    __slots__ = ("n", "prefix")
+    `next_b()` is the request path's form (bytes): the first 22 digits are formatted once per
+    256 ids, the last two come from a table (one concatenation per request, no formatting)."""
+
+    __slots__ = ("high", "n", "prefix")
 
     def __init__(self) -> None:
         self.reseed()
 
     def reseed(self) -> None:
-        self.prefix = os.urandom(6).hex()
+        self.prefix = os.urandom(6).hex().encode()
         self.n = int.from_bytes(os.urandom(4), "big")
+        self.high = b"%s%010x" % (self.prefix, self.n >> 8)
+
+    def next_b(self) -> bytes:
+        self.n = n = (self.n + 1) & 0xFFFFFFFFFFFF
+        low = n & 0xFF
+        if low == 0:
+            self.high = b"%s%010x" % (self.prefix, n >> 8)
+        return self.high + _LOW_DIGITS[low]
 
     def __call__(self) -> str:
-        self.n = n = (self.n + 1) & 0xFFFFFFFFFFFF
-        return f"{self.prefix}{n:012x}"
+        return self.next_b().decode()
 
 
 new_request_id = _RequestIds()
@@ -168,7 +182,6 @@ class Exchange:
         "replay_size",
         "req_body_size",
         "req_headers",
-        "request_id",
         "resendable",
         "resp_body",
         "resp_chunked",
@@ -379,24 +392,32 @@ class Exchange:
                 url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
             else:
                 raise Reject(400, "bad_request", "request target must be origin-form")
-        if b"#" in url:
+        if _HASH in url:  # a byte value: see server.on_header
             raise Reject(400, "bad_request", "fragment in request target")
         path, sep, query = url.partition(b"?")
-        try:
-            self.path = canonical_path(path)
-        except BadPath as exc:
-            raise Reject(400, "bad_path", str(exc)) from None
+        if path[:1] == b"/" and suspect(path) is None:  # canonical already (the usual path)
+            self.path = path
+        else:
+            try:
+                self.path = canonical_path(path)
+            except BadPath as exc:
+                raise Reject(400, "bad_path", str(exc)) from None
         self.query = query if sep else None
 
     def _take_request_id(self, hdict: dict[bytes, bytes]) -> None:
         """The client's X-Request-Id when well-formed, else a new one from the counter."""
         rid = hdict.get(b"x-request-id")
         if rid and _VALID_REQUEST_ID(rid) is not None:
-            self.request_id = rid.decode()
             self.rid = rid
         else:
-            self.request_id = request_id = new_request_id()
-            self.rid = request_id.encode()
+            self.rid = new_request_id.next_b()
+
+    @property
+    def request_id(self) -> str:
+        """The request id as text (logs, error bodies, spans); `rid` is the bytes it travels as,
+        the only form the request path needs."""
+        rid = self.rid
+        return rid.decode() if rid is not None else None  # type: ignore[return-value]
 
     def _route(self, method: bytes, hdict: dict[bytes, bytes]) -> CompiledRoute | None:
         """Match on the table generation current at this moment. No route: legacy's default
@@ -710,7 +731,7 @@ class Exchange:
             self.resp_headers = [(lname, value) for lname, _, value in headers
                                  if lname not in drop]
         if not has_rid:
-            out.append(b"x-request-id: %s\r\n" % self.rid)
+            out += (b"x-request-id: ", self.rid, b"\r\n")
         if tunnel101:
             out.append(b"\r\n")
             self.response_started = True
@@ -907,7 +928,7 @@ class Exchange:
                     status,
                     REASONS[status],
                     len(body),
-                    self.request_id.encode(),
+                    self.rid,
                     b"connection: close\r\n" if close else b"",
                     body,
                 )
@@ -1044,15 +1065,17 @@ class Exchange:
             wait += now - conn.write_paused_at
         return max(0.0, now - start - wait)
 
-    def client_gone(self) -> None:
-        """The client closed its connection first: a 499 counted with backend `proxy`, never
-        as the backend's evidence (a client chooses when to leave)."""
+    def client_gone(self, status: int = 499) -> None:
+        """The client closed its connection first (499), or took nothing of the answer for
+        `limits.send_timeout` (408; the caller aborted its connection): counted with backend
+        `proxy`, never as the backend's evidence (a client chooses when to leave). The upstream
+        connection is closed, never pooled mid-answer."""
         if self.done:
             return
         up, self.up = self.up, None
         if up is not None:
             self.pool.discard(up)
-        self.status = 499
+        self.status = status
         self.blame = "proxy"
         self.shadow_wanted = False
         self.finish(aborted=True)

@@ -32,6 +32,27 @@ def has_header_injection(value: bytes) -> bool:
     return HEADER_INJECTION(value) is not None
 
 
+def parser_refuses_injection() -> bool:
+    """Whether httptools' llhttp refuses CR, LF and NUL inside a response header value itself
+    (llhttp 9, httptools >= 0.6.3, does). Where it does, the data plane does not search every
+    upstream header value again (a regex per header per response); where it does not (another
+    build), `proxy.dataplane.upstream` does."""
+    import httptools
+
+    class _Sink:
+        def on_header(self, name: bytes, value: bytes) -> None:
+            pass
+
+    for bad in (b"a\x00b", b"a\rb", b"a\nb"):
+        try:
+            httptools.HttpResponseParser(_Sink()).feed_data(
+                b"HTTP/1.1 200 OK\r\nX-A: " + bad + b"\r\nContent-Length: 0\r\n\r\n")
+        except httptools.HttpParserError:
+            continue
+        return False
+    return True
+
+
 # RFC 9110 §7.2 Host = uri-host [ ":" port ] (RFC 3986): an IP-literal in brackets, or an IPv4
 # address or reg-name (unreserved, sub-delims, pct-encoded), then digits after a colon.
 _HOST = re.compile(

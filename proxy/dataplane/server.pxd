@@ -21,6 +21,8 @@ cdef class ClientConnection:
     cdef public object plane
     cdef public object queue
     cdef public object refusal
+    cdef public double send_mark
+    cdef public Py_ssize_t send_seen
     cdef public object transport
     cdef public object tunnel
     cdef public bint upgraded

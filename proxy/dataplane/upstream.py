@@ -20,10 +20,13 @@ from typing import Any, Protocol
 import httptools
 
 from proxy.config.spec import UpstreamSpec
-from proxy.dataplane.headers import HEADER_INJECTION, connection_tokens
+from proxy.dataplane.headers import HEADER_INJECTION, connection_tokens, parser_refuses_injection
 from proxy.dataplane.tls import ClientCredentials, TlsStore
 
 _FRAMING = frozenset({b"transfer-encoding", b"content-length", b"connection"})
+# CR, LF or NUL in an upstream header value is refused (502) by httptools' own parser; only
+# where it lets them through are values searched here (see parser_refuses_injection).
+_INJECTION = None if parser_refuses_injection() else HEADER_INJECTION
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -243,9 +246,9 @@ class UpstreamConnection:
         chunked = False
         length: int | None = None
         tokens: frozenset[bytes] | None = None
-        injection = HEADER_INJECTION
+        injection = _INJECTION
         for lname, _, value in headers:
-            if injection(value) is not None:
+            if injection is not None and injection(value) is not None:
                 raise UpstreamBadResponse("control character in an upstream header")
             if lname not in _FRAMING:
                 continue
