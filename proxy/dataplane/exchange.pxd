@@ -3,6 +3,12 @@
 # uncompiled modules (mirror, tracing, the tests) read them as before. Numbers and flags are C
 # values (an attribute read is a struct access, not a dictionary or slot lookup); the rest are
 # objects.
+cimport cython
+
+
+@cython.locals(c=cython.uchar, prev=cython.uchar)
+cpdef bint _plain_path(bytes path)
+
 
 cdef class Exchange:
     cdef public object backend
