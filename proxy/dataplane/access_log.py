@@ -164,8 +164,10 @@ class AccessLog:
         self.stream = stream or sys.stdout
         self.process = process if process is not None else logsetup.process_name()
         self._lines = _request_lines(self.process)
-        # the exchange's lines: the request id is put in quotes by the template
+        # the exchange's lines (Exchange.access_line): the request id and the path are put in
+        # quotes by the template
         self._blines = tuple(line.replace('{"request_id":%s,', '{"request_id":"%s",', 1)
+                             .replace(',"path":%s,', ',"path":"%s",', 1)
                              .encode("ascii", "backslashreplace") for line in self._lines)
         self._quoted_b: dict[tuple, bytes] = {}
         self._prefix_b = b""

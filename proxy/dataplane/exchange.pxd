@@ -5,6 +5,8 @@
 # objects.
 cimport cython
 
+from proxy.dataplane.upstream cimport UpstreamPool
+
 
 @cython.locals(c=cython.uchar, prev=cython.uchar)
 cpdef bint _plain_path(bytes path)
@@ -33,7 +35,7 @@ cdef class Exchange:
     cdef public object path
     cdef public object pending
     cdef public object plane
-    cdef public object pool
+    cdef public UpstreamPool pool
     cdef public object query
     cdef public double read_mark
     cdef public Py_ssize_t read_seen

@@ -1113,9 +1113,9 @@ class Exchange:
                                  log._names(route_name, backend, upstream, method))
         path = self.path
         # A canonical path (proxy.config.paths) holds no control character, space or backslash:
-        # ASCII without '"' goes into the JSON string as it is.
-        path = b'"%s"' % path if path.isascii() and _QUOTE not in path else _json_string(
-            path.decode("latin-1")).encode()
+        # ASCII without '"' goes into the JSON string as it is (the template has the quotes).
+        if not path.isascii() or _QUOTE in path:
+            path = _json_string(path.decode("latin-1"))[1:-1].encode()
         fallback = b"true" if self.target_failed else b"false"
         if t_head:
             return log._blines[1] % (self.rid, names, path, self.status, (t_end - t0) * 1000,
