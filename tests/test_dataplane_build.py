@@ -108,7 +108,8 @@ def _attributes(source: str, cls: str) -> set[str]:
 
 @pytest.mark.parametrize(("module", "cls"), [("exchange", "Exchange"),
                                              ("server", "ClientConnection"),
-                                             ("upstream", "UpstreamConnection")])
+                                             ("upstream", "UpstreamConnection"),
+                                             ("upstream", "UpstreamPool")])
 def test_every_attribute_of_a_compiled_class_is_declared_in_its_pxd(module: str,
                                                                       cls: str) -> None:
     """A compiled class has only the attributes its .pxd declares: one added to the .py alone
@@ -118,6 +119,9 @@ def test_every_attribute_of_a_compiled_class_is_declared_in_its_pxd(module: str,
     here = ROOT / "proxy" / "dataplane"
     attrs = _attributes((here / f"{module}.py").read_text(), cls)
     pxd = (here / f"{module}.pxd").read_text()
-    declared = set(re.findall(r"cdef public [\w.]+ (\w+)", pxd[pxd.index(f"cdef class {cls}"):]))
+    block = pxd[pxd.index(f"cdef class {cls}"):]
+    end = block.find("\ncdef class ")
+    block = block[:end] if end > 0 else block  # up to the next class of the same .pxd
+    declared = set(re.findall(r"cdef public [\w.]+ (\w+)", block))
     assert attrs, cls
     assert attrs == declared, (attrs - declared, declared - attrs)

@@ -39,7 +39,6 @@ from typing import IO, Any
 from proxy.config import logsetup
 from proxy.dataplane.exchange import DEFAULT_ROUTE
 
-_QUOTE = ord('"')  # a byte value: `bytes in bytes` is ten times slower (server.on_header)
 WRITE_BUFFER = 64 * 1024  # bytes of rendered lines held before a write(2)
 PIPE_BUF = getattr(select, "PIPE_BUF", 512)  # a pipe write up to this size is never split
 
@@ -165,8 +164,10 @@ class AccessLog:
         self.stream = stream or sys.stdout
         self.process = process if process is not None else logsetup.process_name()
         self._lines = _request_lines(self.process)
-        # the exchange's lines: the request id is put in quotes by the template
+        # the exchange's lines (Exchange.access_line): the request id and the path are put in
+        # quotes by the template
         self._blines = tuple(line.replace('{"request_id":%s,', '{"request_id":"%s",', 1)
+                             .replace(',"path":%s,', ',"path":"%s",', 1)
                              .encode("ascii", "backslashreplace") for line in self._lines)
         self._quoted_b: dict[tuple, bytes] = {}
         self._prefix_b = b""
@@ -267,8 +268,8 @@ class AccessLog:
         self._wall = time.time() - time.monotonic()
         # An exchange's line is rendered as bytes (ASCII: every string in it is JSON-escaped),
         # the other entries as str, encoded here.
-        render, exchange, enc = self._render, self._render_exchange, self._encoding
-        data = b"".join([exchange(x) if type(x) is not str and type(x) is not tuple
+        render, enc = self._render, self._encoding
+        data = b"".join([x.access_line(self) if type(x) is not str and type(x) is not tuple
                          else (x if type(x) is str else render(x)).encode(enc, "backslashreplace")
                          for x in buf])
         self._dirty = True
@@ -302,49 +303,17 @@ class AccessLog:
                 self._quoted[key] = part
         return part
 
-    def _render_exchange(self, ex: Any) -> bytes:
-        """The line of an exchange (`exchange`), as bytes. Its request id needs no JSON
-        escaping (one of ours, hex, or a client's that matched [A-Za-z0-9_.:-]{1,128}), nor
-        does a path of printable ASCII without `"` or `\\` (the usual one)."""
+    def render_exchange(self, ex: Any) -> bytes:
+        """The line of an exchange with a query string, or in the console format; the usual
+        line is rendered by `Exchange.access_line` (compiled with the data plane)."""
         route = ex.route
-        route_name = route.name if route is not None else DEFAULT_ROUTE
         t0, t_head, t_end = ex.t0, ex.t_head, ex.t_end
-        now = t_end + self._wall
-        up_seconds = t_head - t0 if t_head else -1.0
-        query = ex.query
-        if self.fmt == "console" or query is not None:
-            return self._render((ex.request_id, route_name, ex.backend, ex.pool.name, ex.method,
-                                 ex.path, ex.status, t_end - t0, ex.target_failed, now, query,
-                                 up_seconds, ex.req_body_size, ex.resp_size, ex.conn.peer,
-                                 ex.user_agent), '"' + ex.request_id + '"').encode(
-                                     self._encoding, "backslashreplace")
-        second = int(now)
-        if second != self._second:
-            self._timestamp(now)
-        quoted = self._quoted_b
-        client, agent = ex.conn.peer, ex.user_agent
-        who = quoted.get((client, agent))
-        if who is None:
-            who = self._cache_b((client, agent), self._who(client, agent))
-        backend, upstream, method = ex.backend, ex.pool.name, ex.method
-        names = quoted.get((route_name, backend, upstream, method))
-        if names is None:
-            names = self._cache_b((route_name, backend, upstream, method),
-                                  self._names(route_name, backend, upstream, method))
-        path = ex.path
-        # A canonical path (proxy.config.paths) holds no control character, space or backslash:
-        # ASCII without '"' goes into the JSON string as it is.
-        path = b'"%s"' % path if path.isascii() and _QUOTE not in path else _q(
-            path.decode("latin-1")).encode()
-        if up_seconds >= 0:
-            return self._blines[1] % (ex.rid, names, path, ex.status, (t_end - t0) * 1000,
-                                      up_seconds * 1000, ex.req_body_size, ex.resp_size, who,
-                                      b"true" if ex.target_failed else b"false",
-                                      self._prefix_b, (now - second) * 1e6)
-        return self._blines[3] % (ex.rid, names, path, ex.status, (t_end - t0) * 1000,
-                                  ex.req_body_size, ex.resp_size, who,
-                                  b"true" if ex.target_failed else b"false", self._prefix_b,
-                                  (now - second) * 1e6)
+        return self._render((ex.request_id, route.name if route is not None else DEFAULT_ROUTE,
+                             ex.backend, ex.pool.name, ex.method, ex.path, ex.status, t_end - t0,
+                             ex.target_failed, t_end + self._wall, ex.query,
+                             t_head - t0 if t_head else -1.0, ex.req_body_size, ex.resp_size,
+                             ex.conn.peer, ex.user_agent), '"' + ex.request_id + '"').encode(
+                                 self._encoding, "backslashreplace")
 
     def _cache_b(self, key: tuple, part: str) -> bytes:
         data = part.encode()

@@ -3,6 +3,14 @@
 # uncompiled modules (mirror, tracing, the tests) read them as before. Numbers and flags are C
 # values (an attribute read is a struct access, not a dictionary or slot lookup); the rest are
 # objects.
+cimport cython
+
+from proxy.dataplane.upstream cimport UpstreamPool
+
+
+@cython.locals(c=cython.uchar, prev=cython.uchar)
+cpdef bint _plain_path(bytes path)
+
 
 cdef class Exchange:
     cdef public object backend
@@ -27,7 +35,7 @@ cdef class Exchange:
     cdef public object path
     cdef public object pending
     cdef public object plane
-    cdef public object pool
+    cdef public UpstreamPool pool
     cdef public object query
     cdef public double read_mark
     cdef public Py_ssize_t read_seen

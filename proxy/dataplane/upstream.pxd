@@ -18,3 +18,17 @@ cdef class UpstreamConnection:
     cdef public object tls_gen
     cdef public object transport
     cdef public object tunnel
+
+
+cdef class UpstreamPool:
+    cdef public bytes base_path
+    cdef public bint closed
+    cdef public object dial
+    cdef public object host_header
+    cdef public list idle
+    cdef public set live
+    cdef public object name
+    cdef public object spec
+    cdef public Py_ssize_t total
+    cdef public object waiters
+    cdef dict __dict__
