@@ -20,10 +20,15 @@ export UV_COMPILE_BYTECODE := 1
 unexport PYTHONDONTWRITEBYTECODE
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 FAST := -m "not slow and not unleash and not prometheus and not browser and not helm and not postgres"
-# pytest-xdist workers per test run: the tests mostly wait (subprocesses, real servers, sleeps),
-# so more workers than cores pay. `make test TEST_WORKERS=1` runs each tier serially.
+# pytest-xdist workers per test run: a test waits for its subprocesses, servers and sleeps about
+# a third of its time, so more workers than cores pay. In `make test` each extra tier has
+# TEST_EXTRA_WORKERS beside the whole suite's TEST_WORKERS (the suite has most of the work: the
+# two end about together); TEST_WORKERS=1 runs every tier serially.
 TEST_WORKERS ?= 4
-XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),-p xdist -n $(TEST_WORKERS) --dist loadgroup)
+TEST_EXTRA_WORKERS ?= 2
+xdist = $(if $(filter-out 0 1,$(1)),-p xdist -n $(1) --dist loadgroup)
+XDIST = $(call xdist,$(TEST_WORKERS))
+XDIST_EXTRA = $(call xdist,$(or $(EXTRA_WORKERS),$(TEST_WORKERS)))
 # The Docker image's Python (its `ARG PYTHON_VERSION`): the fast tier runs on it too, unless it
 # is the version of $(PY), on which the whole suite has run.
 IMAGE_PY := $(shell sed -n 's/^ARG PYTHON_VERSION=//p' Dockerfile)
@@ -78,7 +83,8 @@ test: deps lint ext
 	@$(if $(filter $(IMAGE_PY),$(PY_VERSION)),echo "The image's Python $(IMAGE_PY) is $(PY)'s version: the whole suite runs on it.")
 	@mkdir -p .cache/test-alone
 	@STRANGLER_TEST_ALONE_DIR=$(CURDIR)/.cache/test-alone $(MAKE) --no-print-directory -k \
-		-j$(words $(TIERS)) --output-sync=target $(TIERS)
+		-j$(words $(TIERS)) --output-sync=target $(TIERS) \
+		EXTRA_WORKERS=$(if $(filter-out 0 1,$(TEST_WORKERS)),$(TEST_EXTRA_WORKERS),1)
 
 test-suite: export STRANGLER_TEST_PORTS := 10000-18999
 test-suite: venv ext
@@ -97,13 +103,13 @@ test-image-python: export STRANGLER_TEST_PORTS := 19000-25999
 test-image-python: $(UV_STAMP)
 	@py="$$(scripts/find-python $(IMAGE_PY))" || { echo "Python $(IMAGE_PY) (the Docker image's) not found: install it (pyenv install $(IMAGE_PY))" >&2; exit 1; }; \
 	UV_PROJECT_ENVIRONMENT=$(IMAGE_VENV) $(UV) sync -q --locked --python "$$py"
-	$(IMAGE_VENV)/bin/python -m pytest -q -p no:cacheprovider $(XDIST) $(FAST)
+	$(IMAGE_VENV)/bin/python -m pytest -q -p no:cacheprovider $(XDIST_EXTRA) $(FAST)
 
 # The fast tier with every direct dependency at the floor pyproject.toml states (uv's
 # lowest-direct resolution; their own dependencies newest), test tools as locked.
 test-lowest: export STRANGLER_TEST_PORTS := 26000-32767
 test-lowest: $(UV_STAMP)
-	STRANGLER_NO_EXTENSIONS=1 scripts/test-lowest $(UV) $(PY) $(LOWEST_VENV) $(XDIST) $(FAST)
+	STRANGLER_NO_EXTENSIONS=1 scripts/test-lowest $(UV) $(PY) $(LOWEST_VENV) $(XDIST_EXTRA) $(FAST)
 
 # Rewrite uv.lock from pyproject.toml: new or changed dependencies resolved, every other pin
 # kept. `make lock-upgrade` moves every pin to the newest release pyproject.toml allows.
