@@ -12,15 +12,32 @@ UV_HOME := .cache/uv-tool
 UV := $(UV_HOME)/bin/uv
 UV_STAMP := $(UV_HOME)/.uv-$(UV_VERSION)
 export UV_PYTHON_DOWNLOADS := never
+# The suite starts a thousand Python processes (`strangler serve`, its workers and comparers,
+# the CLI): each must find its modules compiled, or it compiles every one it imports again
+# (PYTHONDONTWRITEBYTECODE=1, set in some CI images, cost a third of the suite's CPU time).
+# The venvs are compiled when installed; this tree's own modules on first import.
+export UV_COMPILE_BYTECODE := 1
+unexport PYTHONDONTWRITEBYTECODE
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 FAST := -m "not slow and not unleash and not prometheus and not browser and not helm and not postgres"
-# The Docker image's Python (its `ARG PYTHON_VERSION`): the fast tier runs on it too.
+# pytest-xdist workers per test run: a test waits for its subprocesses, servers and sleeps about
+# a third of its time, so more workers than cores pay. In `make test` each extra tier has
+# TEST_EXTRA_WORKERS beside the whole suite's TEST_WORKERS (the suite has most of the work: the
+# two end about together); TEST_WORKERS=1 runs every tier serially.
+TEST_WORKERS ?= 4
+TEST_EXTRA_WORKERS ?= 2
+xdist = $(if $(filter-out 0 1,$(1)),-p xdist -n $(1) --dist loadgroup)
+XDIST = $(call xdist,$(TEST_WORKERS))
+XDIST_EXTRA = $(call xdist,$(or $(EXTRA_WORKERS),$(TEST_WORKERS)))
+# The Docker image's Python (its `ARG PYTHON_VERSION`): the fast tier runs on it too, unless it
+# is the version of $(PY), on which the whole suite has run.
 IMAGE_PY := $(shell sed -n 's/^ARG PYTHON_VERSION=//p' Dockerfile)
+PY_VERSION := $(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 IMAGE_VENV := .cache/venv-py$(IMAGE_PY)
 # The lowest versions pyproject.toml allows for each direct dependency, on $(PY).
 LOWEST_VENV := .cache/venv-lowest
 
-.PHONY: demo test test-fast test-image-python test-lowest lint lock lock-upgrade wheel bench venv deps clean schema ext
+.PHONY: demo test test-suite test-fast test-durations test-image-python test-lowest lint lock lock-upgrade wheel bench venv deps clean schema ext
 
 $(UV_STAMP):
 	@test -x $(UV_HOME)/bin/python || $(PY) -m venv $(UV_HOME)
@@ -53,29 +70,46 @@ demo: venv
 deps: venv
 	scripts/install-test-deps
 
-# Lint, the whole suite on $(PY), then the fast tier on the image's Python and on the lowest
-# versions allowed, side by side (each ~4-5 minutes alone on an idle 2-core machine, mostly on
-# one core; each target's output is printed whole when it ends). `make test EXTRA=` skips them.
-# The data plane: the whole suite and the image's Python run it compiled (when a C compiler is
-# there), the lowest versions run it as pure Python (STRANGLER_NO_EXTENSIONS=1).
-EXTRA ?= test-image-python test-lowest
+# Lint, then side by side: the whole suite on $(PY) and the fast tier on the lowest versions
+# allowed (and on the image's Python when that is another version than $(PY)'s), each with
+# TEST_WORKERS pytest-xdist workers; each tier's output is printed whole when it ends. Tests that
+# measure latency (`alone`) run while no test of any tier runs (tests/alone.py), and each tier
+# hands out its own range of ports (tests/support.py free_port). `make test EXTRA=` runs the
+# whole suite only. The data plane: the whole suite and the image's Python run it compiled (when
+# a C compiler is there), the lowest versions run it as pure Python (STRANGLER_NO_EXTENSIONS=1).
+EXTRA ?= $(if $(filter $(IMAGE_PY),$(PY_VERSION)),,test-image-python) test-lowest
+TIERS = test-suite $(strip $(EXTRA))
 test: deps lint ext
-	$(PYTEST)
-	$(if $(strip $(EXTRA)),$(MAKE) --no-print-directory -j2 --output-sync=target $(EXTRA))
+	@$(if $(filter $(IMAGE_PY),$(PY_VERSION)),echo "The image's Python $(IMAGE_PY) is $(PY)'s version: the whole suite runs on it.")
+	@mkdir -p .cache/test-alone
+	@STRANGLER_TEST_ALONE_DIR=$(CURDIR)/.cache/test-alone $(MAKE) --no-print-directory -k \
+		-j$(words $(TIERS)) --output-sync=target $(TIERS) \
+		EXTRA_WORKERS=$(if $(filter-out 0 1,$(TEST_WORKERS)),$(TEST_EXTRA_WORKERS),1)
+
+test-suite: export STRANGLER_TEST_PORTS := 10000-18999
+test-suite: venv ext
+	$(PYTEST) $(XDIST)
 
 test-fast: venv ext
-	$(PYTEST) $(FAST)
+	$(PYTEST) $(XDIST) $(FAST)
+
+# tests/durations.txt (the order pytest-xdist starts the tests in) from a serial run.
+test-durations: deps ext
+	-$(PYTEST) --junitxml=.cache/durations.xml
+	$(BIN)/python -m tests.durations .cache/durations.xml >tests/durations.txt
 
 # The fast tier on the Docker image's Python, installed from the same lock.
+test-image-python: export STRANGLER_TEST_PORTS := 19000-25999
 test-image-python: $(UV_STAMP)
 	@py="$$(scripts/find-python $(IMAGE_PY))" || { echo "Python $(IMAGE_PY) (the Docker image's) not found: install it (pyenv install $(IMAGE_PY))" >&2; exit 1; }; \
 	UV_PROJECT_ENVIRONMENT=$(IMAGE_VENV) $(UV) sync -q --locked --python "$$py"
-	$(IMAGE_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FAST)
+	$(IMAGE_VENV)/bin/python -m pytest -q -p no:cacheprovider $(XDIST_EXTRA) $(FAST)
 
 # The fast tier with every direct dependency at the floor pyproject.toml states (uv's
 # lowest-direct resolution; their own dependencies newest), test tools as locked.
+test-lowest: export STRANGLER_TEST_PORTS := 26000-32767
 test-lowest: $(UV_STAMP)
-	STRANGLER_NO_EXTENSIONS=1 scripts/test-lowest $(UV) $(PY) $(LOWEST_VENV) $(FAST)
+	STRANGLER_NO_EXTENSIONS=1 scripts/test-lowest $(UV) $(PY) $(LOWEST_VENV) $(XDIST_EXTRA) $(FAST)
 
 # Rewrite uv.lock from pyproject.toml: new or changed dependencies resolved, every other pin
 # kept. `make lock-upgrade` moves every pin to the newest release pyproject.toml allows.

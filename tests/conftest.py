@@ -3,11 +3,46 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests import alone, durations
 from tests.support import InProcessProxy, ProxyProcess, Upstream
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The directory of the `alone` lock (tests/alone.py): one per run unless `make test` gives
+    the tiers it runs side by side one. Set before pytest-xdist starts its workers: they share
+    it through the environment."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and not os.environ.get(alone.ENV):
+        directory = tempfile.mkdtemp(prefix="strangler-alone-")
+        os.environ[alone.ENV] = directory
+        config.add_cleanup(lambda: shutil.rmtree(directory, ignore_errors=True))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist the longest tests first (tests/durations.txt), the rest as collected:
+    a long test that began last would keep one worker busy after the others ran out of work.
+    `alone` tests last: they wait for every running test to end, and then the ones running
+    are short."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return
+    seconds = durations.known()
+    items.sort(key=lambda item: (item.get_closest_marker("alone") is not None,
+                                 -seconds.get(item.nodeid, 0.0)))  # stable: ties as collected
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Every test holds the shared `alone` lock from setup to teardown; `alone` tests hold it
+    alone (tests/alone.py)."""
+    with alone.machine_share(Path(os.environ[alone.ENV]),
+                             item.get_closest_marker("alone") is not None):
+        yield
 
 
 @pytest.fixture

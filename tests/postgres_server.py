@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "postgres-dev"
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -83,7 +85,8 @@ def postgres_server() -> Iterator[PostgresServer]:
     run_dir = Path(tempfile.mkdtemp(prefix="strangler-pg-"))
     server = None
     try:
-        out = subprocess.run([str(SCRIPT), "start", "--dir", str(run_dir)], cwd=ROOT,
+        out = subprocess.run([str(SCRIPT), "start", "--dir", str(run_dir),
+                              "--port", str(free_port())], cwd=ROOT,
                              capture_output=True, text=True, timeout=120, check=False)
         if out.returncode != 0:
             raise RuntimeError(f"scripts/postgres-dev start failed:\n{out.stderr}")

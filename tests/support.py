@@ -8,10 +8,12 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,10 +27,69 @@ REPO = Path(__file__).resolve().parent.parent
 STRANGLER = str(Path(sys.executable).parent / "strangler")
 
 
+def _port_slice() -> range:
+    """This process's share of the ports outside the kernel's ephemeral range.
+
+    Ports handed out here are bound later (often by a subprocess): one from the ephemeral range
+    could meanwhile become the local end of an outgoing connection, or be the kernel's next
+    answer to a bind to port 0. Outside that range only an explicit bind takes a port. Each
+    pytest-xdist worker gets its own slice, so two workers never hand out the same port.
+    STRANGLER_TEST_PORTS=LOW-HIGH narrows the range, to keep test runs side by side apart
+    (the Makefile gives each tier its own).
+    """
+    low, high = 32768, 60999
+    with contextlib.suppress(OSError, ValueError):
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    below, above = range(10000, low), range(high + 1, 65536)
+    ports = below if len(below) >= len(above) else above
+    if len(ports) < 2000:  # the ephemeral range covers (nearly) everything: share it
+        ports = range(10000, 65536)
+    if given := os.environ.get("STRANGLER_TEST_PORTS"):
+        first, _, last = given.partition("-")
+        ports = range(int(first), int(last) + 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker) if worker.isdigit() else 0
+    size = len(ports) // max(count, 1)
+    return ports[index * size:(index + 1) * size]
+
+
+class _PortPool:
+    """Walks this process's slice from a random start, each port checked free by a bind: a port
+    is handed out again only after the whole slice has been (thousands of ports later). The
+    random start keeps two test runs on one machine (other checkouts) apart.
+    """
+
+    def __init__(self) -> None:
+        self.ports = _port_slice()
+        self.next = random.randrange(len(self.ports))
+        self.lock = threading.Lock()
+
+    def take(self) -> int:
+        with self.lock:
+            for _ in range(len(self.ports)):
+                port = self.ports[self.next]
+                self.next = (self.next + 1) % len(self.ports)
+                if _bindable(port):
+                    return port
+        raise RuntimeError(f"no free port in {self.ports}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:  # no SO_REUSEADDR: a port in TIME_WAIT is skipped too
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+_POOL = _PortPool()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A 127.0.0.1 port nobody listens on, never handed out twice in this test run."""
+    return _POOL.take()
 
 
 @dataclass
@@ -86,10 +147,10 @@ class Upstream:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        if not self.port:
-            self.port = free_port()
         site = web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
+        if not self.port:  # bound to a port the kernel chose: no window for anyone to take it
+            self.port = self.runner.addresses[0][1]
         return self
 
     async def stop(self) -> None:

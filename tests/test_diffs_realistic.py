@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from tests.json_server import json_servers  # noqa: F401  (fixture)
-from tests.support import REPO, ProxyProcess, free_port, routes_yaml, run_cli
+from tests.support import REPO, ProxyProcess, free_port, routes_yaml, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -207,7 +207,11 @@ async def test_the_newcomer_loop_on_list_endpoints(json_servers, tmp_path: Path)
         async with aiohttp.ClientSession() as s:
             assert await _numbers(s, proxy, "accounts") == (0, 0, 0)
             await _get(s, proxy.url + "/accounts", 5)
-            await asyncio.sleep(0.3)
+
+            async def compared() -> bool:  # the comparer's answers are on their way
+                return (await _numbers(s, proxy, "accounts"))[0] >= 5
+
+            await wait_for(compared, timeout=20, interval=0.1)
             assert await _numbers(s, proxy, "accounts") == (5, 5, 5)
             everything = await _json(s, f"{proxy.admin}/admin/routes/accounts/diffs?all=1")
             assert everything["compared"] == 25 + 20 + 5

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -31,6 +30,7 @@ from proxy.dataplane.recorder import Recorder
 from shadow.evidence import BackendEvidence, Evidence
 from shadow.gate import decide
 from shadow.promql import MetricsUnavailable, PrometheusSource
+from tests.support import free_port
 
 pytestmark = pytest.mark.prometheus
 
@@ -122,12 +122,6 @@ class Exporter:
         self.server.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _query(url: str, promql: str) -> float | None:
     q = urllib.parse.urlencode({"query": promql})
     with urllib.request.urlopen(f"{url}/api/v1/query?{q}", timeout=5) as resp:
@@ -151,7 +145,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Prometheus holding both replicas' numbers: its base URL."""
     exporters = [Exporter() for _ in REPLICAS]
     workdir = tmp_path_factory.mktemp("prometheus")
-    port = _free_port()
+    port = free_port()
     script = str(ROOT / "scripts" / "prometheus-dev")
     subprocess.run(
         [script, "start", str(workdir), str(port), *(e.address for e in exporters)],

@@ -5,8 +5,6 @@ The source against a real Prometheus is in test_prometheus_source.py.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from aiohttp import web
 
@@ -23,6 +21,7 @@ from shadow.promql import (
     requests_query,
 )
 from shadow.stats import LATENCY
+from tests.support import free_port
 
 
 def test_request_queries_sum_every_replica_over_the_window() -> None:
@@ -83,14 +82,8 @@ def test_parse_result_reads_one_number_and_treats_empty_or_nan_as_no_data() -> N
         parse_result("q", {"status": "error", "errorType": "bad_data", "error": "parse error"})
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_unreachable_prometheus_raises_metrics_unavailable() -> None:
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     async with PrometheusSource(url, timeout=2) as source:
         with pytest.raises(MetricsUnavailable, match="unreachable"):
             await source.query("up")

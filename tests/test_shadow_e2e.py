@@ -43,13 +43,16 @@ def json_handler(payload_for):
     return handler
 
 
-async def make(upstreams, inproc_proxy, svc_payload, svc_delay=0.0):
+async def make(upstreams, inproc_proxy, svc_payload, svc_delay=0.0, svc_handler=None,
+               svc_timeout="10s"):
     mono = await upstreams("monolith", handler=json_handler(lambda r: {
         "balance": 100, "currency": "EUR", "server_time": time.time(),
         "card_number": "4111111111111111"}))
-    svc = await upstreams("svc", delay=svc_delay, handler=json_handler(svc_payload))
+    svc = await upstreams("svc", delay=svc_delay,
+                          handler=svc_handler or json_handler(svc_payload))
     proxy = await inproc_proxy(routes_yaml(ROUTES, port=free_port(), admin=free_port(),
-                                           mono=mono.port, svc=svc.port))
+                                           mono=mono.port, svc=svc.port)
+                               .replace("timeout: 10s", f"timeout: {svc_timeout}"))
     return mono, svc, proxy
 
 
@@ -141,20 +144,30 @@ async def test_shadow_target_down_or_failing_leaves_client_bytes_identical(upstr
 
 
 async def test_queue_overflow_is_dropped_and_counted(upstreams, inproc_proxy):
-    _mono, _svc, proxy = await make(upstreams, inproc_proxy, lambda r: {"balance": 100},
-                                    svc_delay=3.0)
+    released = asyncio.Event()  # no mirror ends while the clients send, however long they take
+
+    async def held(request: web.Request) -> web.Response:
+        await released.wait()
+        return web.json_response({"balance": 100})
+
+    _mono, _svc, proxy = await make(upstreams, inproc_proxy, None, svc_handler=held,
+                                    svc_timeout="120s")
     n = QUEUE_MAX + CONCURRENCY + 200  # more than the backlog plus the mirrors in flight
-    async with aiohttp.ClientSession() as s:
+    try:
+        async with aiohttp.ClientSession() as s:
 
-        async def loop(ids):
-            for _ in ids:
-                async with s.get(proxy.url + "/api/v1/balance/7") as r:
-                    assert r.status == 200
+            async def loop(ids):
+                for _ in ids:
+                    async with s.get(proxy.url + "/api/v1/balance/7") as r:
+                        assert r.status == 200
 
-        it = iter(range(n))
-        await asyncio.gather(*(loop(it) for _ in range(16)))
-    proxy.server.flush()
-    assert proxy.runtime.agg.skipped[("balance", "queue_full")] >= n - QUEUE_MAX - CONCURRENCY
+            it = iter(range(n))
+            await asyncio.gather(*(loop(it) for _ in range(16)))
+        proxy.server.flush()
+        assert proxy.runtime.agg.skipped[("balance", "queue_full")] >= \
+            n - QUEUE_MAX - CONCURRENCY
+    finally:
+        released.set()
 
 
 async def test_redacted_value_never_on_disk_or_in_logs(upstreams, proxy_process):

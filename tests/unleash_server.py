@@ -26,6 +26,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "unleash-dev"
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -131,7 +133,8 @@ def unleash_server() -> Iterator[UnleashServer]:
     # Not under pytest's tmp dir: that is 0700 and the postgres user must reach the cluster.
     run_dir = Path(tempfile.mkdtemp(prefix="strangler-unleash-"))
     try:
-        exports = _parse_exports(_run(["start", "--port", "0", "--dir", str(run_dir)]))
+        exports = _parse_exports(_run(["start", "--port", str(free_port()), "--pg-port",
+                                       str(free_port()), "--dir", str(run_dir)]))
         yield UnleashServer(
             url=exports["UNLEASH_URL"],
             client_token=exports["UNLEASH_API_TOKEN"],
