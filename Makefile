@@ -70,16 +70,19 @@ demo: venv
 deps: venv
 	scripts/install-test-deps
 
-# Lint, then side by side: the whole suite on $(PY) and the fast tier on the lowest versions
-# allowed (and on the image's Python when that is another version than $(PY)'s), each with
-# TEST_WORKERS pytest-xdist workers; each tier's output is printed whole when it ends. Tests that
-# measure latency (`alone`) run while no test of any tier runs (tests/alone.py), and each tier
-# hands out its own range of ports (tests/support.py free_port). `make test EXTRA=` runs the
-# whole suite only. The data plane: the whole suite and the image's Python run it compiled (when
-# a C compiler is there), the lowest versions run it as pure Python (STRANGLER_NO_EXTENSIONS=1).
+# The test servers' installs (deps) beside the compiled data plane's build (ext), lint, then side
+# by side: the whole suite on $(PY) (TEST_WORKERS pytest-xdist workers) and the fast tier on the
+# lowest versions allowed, and on the image's Python when that is another version than $(PY)'s
+# (TEST_EXTRA_WORKERS each); each tier's output is printed whole when it ends. Tests that measure
+# latency (`alone`) run while no test of any tier runs (tests/alone.py); each tier hands out its
+# own range of ports (tests/support.py free_port). `make test EXTRA=` runs the whole suite only.
+# The data plane: the whole suite and the image's Python run it compiled (when a C compiler is
+# there), the lowest versions run it as pure Python (STRANGLER_NO_EXTENSIONS=1).
 EXTRA ?= $(if $(filter $(IMAGE_PY),$(PY_VERSION)),,test-image-python) test-lowest
 TIERS = test-suite $(strip $(EXTRA))
-test: deps lint ext
+test: venv
+	@$(MAKE) --no-print-directory -j2 --output-sync=target deps ext
+	@$(MAKE) --no-print-directory lint
 	@$(if $(filter $(IMAGE_PY),$(PY_VERSION)),echo "The image's Python $(IMAGE_PY) is $(PY)'s version: the whole suite runs on it.")
 	@mkdir -p .cache/test-alone
 	@STRANGLER_TEST_ALONE_DIR=$(CURDIR)/.cache/test-alone $(MAKE) --no-print-directory -k \

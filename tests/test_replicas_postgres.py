@@ -221,23 +221,43 @@ async def _until(s: aiohttp.ClientSession, p: ProxyProcess, mismatched: int, **p
     try:
         return await wait_for(enough, timeout=20, interval=0.2)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}: {p.dir.name} counts {last[0]['mismatched']} mismatched "
-                             f"of {mismatched}; its window {last[0]['window']}") from None
+        got = {k: last[0].get(k) for k in ("compared", "mismatched", "errors")}
+        raise AssertionError(f"{exc}: {p.dir.name} counts {got}, wanted {mismatched} "
+                             f"mismatched; its window {last[0]['window']}") from None
 
 
 # A replica's new step reaches every comparer within a writer cycle (0.2 s) plus the marks'
-# read interval (shadow.store.MARK_EVERY, 1 s); generous for a loaded machine.
+# read interval (shadow.store.MARK_EVERY, 1 s), once the replica has written its mark.
 MARK_SETTLE = 3.0
 
 
-async def test_default_diffs_view_is_the_fleets_evidence_since_the_step_began(fleet) -> None:
+async def _marked(s: aiohttp.ClientSession, dsn: str, *replicas: ProxyProcess) -> None:
+    """Wait until the shared store holds the step mark of the replicas' newest `shop` step (a
+    busy machine can take seconds to write it), then for every comparer to have read it: a
+    comparison recorded before is kept under an older step (shadow.store)."""
+    import psycopg
+
+    newest = 0
+    for p in replicas:
+        async with s.get(f"{p.admin}/admin/routes/shop") as r:
+            newest = max(newest, (await r.json())["step"]["id"])
+
+    def marked() -> bool:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            row = conn.execute("SELECT step FROM step_marks WHERE route = 'shop'").fetchone()
+        return row is not None and row[0] >= newest
+
+    await wait_for(lambda: asyncio.to_thread(marked), timeout=30, interval=0.2)
+    await asyncio.sleep(MARK_SETTLE)
+
+
+async def test_default_diffs_view_is_the_fleets_evidence_since_the_step_began(fleet,
+                                                                              pg_db) -> None:
     """Issue 28b.2: `strangler diffs` (default view) on one replica shows every replica's
     comparisons since that replica's current step began, under its current compare rules."""
     a, b, c = await fleet(3)
-    # Every comparer has read every replica's start mark before the first comparison: one
-    # recorded earlier is kept under its own replica's step (shadow.store, "about MARK_EVERY").
-    await asyncio.sleep(MARK_SETTLE)
     async with aiohttp.ClientSession() as s:
+        await _marked(s, pg_db, a, b, c)  # the fleet's view counts from C's (the newest) step
         await _shop(s, a, 12)
         await _shop(s, b, 8)
         body = await _until(s, c, 20)  # C's step began at its start, before any of them
@@ -256,7 +276,7 @@ async def test_default_diffs_view_is_the_fleets_evidence_since_the_step_began(fl
         async with s.post(f"{c.admin}/admin/routes/shop/reset-evidence",
                           json={"reason": "judge afresh"}, headers=MUTATE) as r:
             assert r.status == 200, await r.text()
-        await asyncio.sleep(MARK_SETTLE)
+        await _marked(s, pg_db, c)
         assert (await _diffs(s, c))["compared"] == 0
         assert (await _diffs(s, c, all="1"))["mismatched"] == 20  # still in the store
         await _shop(s, a, 3)
@@ -274,7 +294,7 @@ async def test_default_diffs_view_is_the_fleets_evidence_since_the_step_began(fl
         async with s.post(f"{c.admin}/admin/reload", json={"reason": "ignore total"},
                           headers=MUTATE) as r:
             assert r.status == 200, await r.text()
-        await asyncio.sleep(MARK_SETTLE)
+        await _marked(s, pg_db, c)
         await _shop(s, a, 5)
         assert (await _until(s, a, 32))["mismatched"] == 32
         assert (await _diffs(s, c))["compared"] == 0
