@@ -665,6 +665,13 @@ class DiffStore:
             raise
         last_retention = 0.0
         last_marks = 0.0
+        if self.shared:  # the fleet's marks before the first comparison is filed, not after it
+            try:
+                self._sync_marks(conn)
+                last_marks = time.monotonic()
+            except self._db_error:
+                conn.rollback()
+                self.write_errors += 1
         try:
             while True:
                 deadline = time.monotonic() + self._interval
