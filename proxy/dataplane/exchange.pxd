@@ -12,6 +12,7 @@ from proxy.dataplane.upstream cimport UpstreamPool
 cpdef bint _plain_path(bytes path)
 
 
+@cython.final
 cdef class Exchange:
     cdef public object backend
     cdef public object blame
@@ -69,3 +70,26 @@ cdef class Exchange:
     cdef public object user_agent
     cdef public bint version_10
     cdef public object wbuf
+
+    # The request path's own calls are C calls (cpdef on a final class); Python callers (the
+    # tests, mirror, tracing) call them as before. The types match the .py's annotations.
+    cpdef void read_head(self, conn, bytes method, bytes url, list raw)
+    cpdef void _request_line(self, conn, bytes method)
+    cpdef frozenset _headers(self, list raw, dict hdict)
+    cpdef void _framing(self, bytes te, bytes cl, bytes host)
+    cpdef void _target(self, bytes url, dict hdict)
+    cpdef void _take_request_id(self, dict hdict)
+    cpdef object _route(self, bytes method, dict hdict)
+    cpdef bint _choose_backend(self, route, bytes method, dict hdict, frozenset conn_tokens)
+    cpdef void _want_shadow(self, route, bytes method, dict hdict, bint to_target)
+    cpdef void _upstream_request(self, route, bytes method, dict hdict)
+    cpdef bytes upstream_head(self)
+    cpdef void dispatch(self)
+    cpdef void attach(self, up)
+    cpdef void _write_body(self, t, bytes chunk)
+    cpdef void on_upstream_body(self, bytes data)
+    cpdef void on_upstream_done(self, bint reusable)
+    cpdef void flush_out(self)
+    cpdef void finish(self, bint aborted=*)
+    cpdef bytes access_line(self, log)
+    cpdef double _backend_seconds(self, double now)

@@ -285,6 +285,13 @@ class Exchange:
         """The exchange for a parsed request head, one phase at a time in the request's order;
         any phase may refuse the request with `Reject`."""
         ex = cls()
+        ex.read_head(conn, method, url, raw)
+        return ex
+
+    def read_head(self, conn: Any, method: bytes, url: bytes,
+                  raw: list) -> None:
+        """`from_head`'s phases on a new exchange (the compiled server calls it directly)."""
+        ex = self
         ex._request_line(conn, method)
         hdict: dict[bytes, bytes] = {}
         conn_tokens = ex._headers(raw, hdict)
@@ -300,7 +307,6 @@ class Exchange:
             to_target = ex._choose_backend(route, method, hdict, conn_tokens)
             ex._want_shadow(route, method, hdict, to_target)  # after the split's random draw
         ex._upstream_request(route, method, hdict)
-        return ex
 
     def _request_line(self, conn: Any, method: bytes) -> None:
         """Method and HTTP version: only 1.0 and 1.1, no CONNECT (or PRI)."""
@@ -321,8 +327,8 @@ class Exchange:
             raise Reject(405, "method_not_allowed", "CONNECT is not supported")
 
     def _headers(
-        self, raw: list[tuple[bytes, bytes]], hdict: dict[bytes, bytes]
-    ) -> frozenset[bytes]:
+        self, raw: list, hdict: dict
+    ) -> frozenset:
         """Header hygiene: fill `hdict` (lower-case name -> last value), set `req_headers` to
         the headers to forward, then the body's framing. Returns the Connection header's tokens.
 
@@ -403,7 +409,7 @@ class Exchange:
         if self.body_mode:
             self.last_body_at = self.t0  # the body-idle clock runs from the head
 
-    def _target(self, url: bytes, hdict: dict[bytes, bytes]) -> None:
+    def _target(self, url: bytes, hdict: dict) -> None:
         """Request target -> canonical `path` and raw `query`: origin-form, or absolute-form
         whose authority must match Host."""
         if url[:1] != b"/":
@@ -429,7 +435,7 @@ class Exchange:
                 raise Reject(400, "bad_path", str(exc)) from None
         self.query = query if sep else None
 
-    def _take_request_id(self, hdict: dict[bytes, bytes]) -> None:
+    def _take_request_id(self, hdict: dict) -> None:
         """The client's X-Request-Id when well-formed, else a new one from the counter."""
         rid = hdict.get(b"x-request-id")
         if rid and _VALID_REQUEST_ID(rid) is not None:
@@ -444,7 +450,7 @@ class Exchange:
         rid = self.rid
         return rid.decode() if rid is not None else None  # type: ignore[return-value]
 
-    def _route(self, method: bytes, hdict: dict[bytes, bytes]) -> CompiledRoute | None:
+    def _route(self, method: bytes, hdict: dict) -> CompiledRoute | None:
         """Match on the table generation current at this moment. No route: legacy's default
         pool, no split and no shadow."""
         plane = self.plane
@@ -459,8 +465,8 @@ class Exchange:
             self.shadow_wanted = False
         return route
 
-    def _choose_backend(self, route: CompiledRoute, method: bytes, hdict: dict[bytes, bytes],
-                        conn_tokens: frozenset[bytes]) -> bool:
+    def _choose_backend(self, route: CompiledRoute, method: bytes, hdict: dict,
+                        conn_tokens: frozenset) -> bool:
         """The split (or a trusted override pin) picks the side, True for target; and whether
         the request opens a WebSocket tunnel."""
         plane = self.plane
@@ -495,7 +501,7 @@ class Exchange:
         )
         return to_target
 
-    def _want_shadow(self, route: CompiledRoute, method: bytes, hdict: dict[bytes, bytes],
+    def _want_shadow(self, route: CompiledRoute, method: bytes, hdict: dict,
                      to_target: bool) -> None:
         """Whether to offer this exchange for shadow comparison once it is done."""
         shadow = self.plane.shadow
@@ -508,7 +514,7 @@ class Exchange:
         )
 
     def _upstream_request(self, route: CompiledRoute | None, method: bytes,
-                          hdict: dict[bytes, bytes]) -> None:
+                          hdict: dict) -> None:
         """What goes upstream besides the client's headers: whether the body is kept for a
         replay, the forwarding headers, the re-stated framing; and a 100 Continue if asked."""
         self.resendable = resendable = method in IDEMPOTENT_METHODS or repeatable(
@@ -720,8 +726,8 @@ class Exchange:
 
     # -- response side -------------------------------------------------------------------
     def on_upstream_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes, bytes]],
-        chunked: bool, length: int | None, connection: frozenset[bytes] | None,
+        self, status: int, reason: bytes, headers: list,
+        chunked: bool, length: int | None, connection: frozenset | None,
     ) -> None:
         self.head_deadline = 0.0
         self.t_head = self.plane.now()

@@ -433,7 +433,8 @@ class ClientConnection:
     def on_headers_complete(self) -> None:
         self.in_headers = False
         self.header_deadline = 0.0
-        ex = Exchange.from_head(self, self.parser.get_method(), self._url, self._headers)
+        ex = Exchange()
+        ex.read_head(self, self.parser.get_method(), self._url, self._headers)
         self.parsing = ex
         if self.cur is None:
             self.cur = ex
