@@ -5,7 +5,8 @@
 # objects.
 cimport cython
 
-from proxy.dataplane.upstream cimport UpstreamPool
+from proxy.dataplane.server cimport ClientConnection, DataPlane
+from proxy.dataplane.upstream cimport UpstreamConnection, UpstreamPool
 
 
 @cython.locals(c=cython.uchar, prev=cython.uchar)
@@ -20,7 +21,7 @@ cdef class Exchange:
     cdef public Py_ssize_t body_mode
     cdef public bint client_done
     cdef public double client_wait
-    cdef public object conn
+    cdef public ClientConnection conn
     cdef public object declared_length
     cdef public bint discarding
     cdef public bint done
@@ -35,7 +36,7 @@ cdef class Exchange:
     cdef public object override
     cdef public object path
     cdef public object pending
-    cdef public object plane
+    cdef public DataPlane plane
     cdef public UpstreamPool pool
     cdef public object query
     cdef public double read_mark
@@ -65,7 +66,7 @@ cdef class Exchange:
     cdef public bint target_failed
     cdef public object trace
     cdef public object tunnel_pending
-    cdef public object up
+    cdef public UpstreamConnection up
     cdef public double up_paused_at
     cdef public object user_agent
     cdef public bint version_10

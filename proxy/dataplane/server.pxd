@@ -1,7 +1,43 @@
 # Static types for Cython (issue 29): see exchange.pxd. server.py runs as it is without them.
+cimport cython
+
 from proxy.dataplane.exchange cimport Exchange
+from proxy.dataplane.upstream cimport UpstreamPool
 
 
+@cython.final
+cdef class DataPlane:
+    cdef public object _exporter
+    cdef public object _sweeper
+    cdef public object access_log
+    cdef public object config
+    cdef public set connections
+    cdef public UpstreamPool default_pool
+    cdef public bint draining
+    cdef public object endpoints
+    cdef public double idle_timeout
+    cdef public object inventory
+    cdef public object limits
+    cdef public object listener_tls
+    cdef public object log_exchange
+    cdef public object now
+    cdef public object overrides
+    cdef public dict pools
+    cdef public object rand
+    cdef public object recorder
+    cdef public object req_special
+    cdef public list servers
+    cdef public object shadow
+    cdef public object table
+    cdef public set tasks
+    cdef public object tls
+    cdef public object tracer
+    cdef public object trusted
+    cdef public object xfp
+    cdef dict __dict__
+
+
+@cython.final
 cdef class ClientConnection:
     cdef public Py_ssize_t _hbytes
     cdef public list _headers
@@ -18,7 +54,7 @@ cdef class ClientConnection:
     cdef public object peer
     cdef public bytes peer_b
     cdef public bint peer_trusted
-    cdef public object plane
+    cdef public DataPlane plane
     cdef public object queue
     cdef public object refusal
     cdef public double send_mark
@@ -30,3 +66,6 @@ cdef class ClientConnection:
     cdef public double write_paused_at
     cdef public object xff
     cdef dict __dict__
+
+    cpdef void exchange_finished(self, Exchange ex, double now)
+    cpdef bint last_answer(self)

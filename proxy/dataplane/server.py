@@ -21,24 +21,23 @@ import termios
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httptools
 import structlog
 
 from proxy.config.spec import Config, LimitsSpec, TracingSpec
-from proxy.dataplane.exchange import (
+from proxy.dataplane.basics import (
     CONTINUE,
     DEFAULT_ROUTE,
     REASONS,
     REQ_SPECIAL,
     XFP_HTTP,
-    Exchange,
     Reject,
-    ShadowHook,
     error_body,
     new_request_id,
 )
+from proxy.dataplane.exchange import Exchange
 from proxy.dataplane.inventory import EndpointCounter
 from proxy.dataplane.overrides import OverridePolicy
 from proxy.dataplane.recorder import Recorder
@@ -47,6 +46,12 @@ from proxy.dataplane.tasks import cancel_tasks
 from proxy.dataplane.tls import ServerCredentials, TlsStore
 from proxy.dataplane.tracing import Tracer
 from proxy.dataplane.upstream import UpstreamPool
+
+# Only the Exchange class comes from proxy.dataplane.exchange: compiled, the two modules cimport
+# each other's types, and that module's body may not have run yet when this one's runs (the
+# names both use are in proxy.dataplane.basics).
+if TYPE_CHECKING:
+    from proxy.dataplane.exchange import ShadowHook
 
 GC_GEN0_THRESHOLD = 20_000
 TLS_CHECK_EVERY = 10  # sweeps (1 s) between looks at the certificate files

@@ -1,5 +1,10 @@
 # Static types for Cython (issue 29): see exchange.pxd. upstream.py runs as it is without them.
+cimport cython
 
+cdef class UpstreamPool
+
+
+@cython.final
 cdef class UpstreamConnection:
     cdef public bint _chunked
     cdef public Py_ssize_t _head_bytes
@@ -12,14 +17,17 @@ cdef class UpstreamConnection:
     cdef public bint got_bytes
     cdef public bint head_only
     cdef public object parser
-    cdef public object pool
+    cdef public UpstreamPool pool
     cdef public bint reused
     cdef public object sink
     cdef public object tls_gen
     cdef public object transport
     cdef public object tunnel
 
+    cpdef void send(self, sink, bytes head, bint head_only)
 
+
+@cython.final
 cdef class UpstreamPool:
     cdef public bytes base_path
     cdef public bint closed
@@ -32,3 +40,7 @@ cdef class UpstreamPool:
     cdef public Py_ssize_t total
     cdef public object waiters
     cdef dict __dict__
+
+    cpdef UpstreamConnection acquire_nowait(self)
+    cpdef void release(self, UpstreamConnection conn)
+    cpdef void discard(self, UpstreamConnection conn)
