@@ -28,6 +28,7 @@ import atexit
 import json
 import os
 import random
+import re
 import select
 import stat
 import sys
@@ -70,6 +71,33 @@ def _request_lines(process: str) -> tuple[str, str, str, str]:
             out.append(f'{head}{query},"status":%d,"duration_ms":%.3f,"upstream_ms":{upstream},'
                        f'"bytes_in":%d,"bytes_out":%d,%s,"fallback":%s{tail}%s.%06dZ"}}\n')
     return out[0], out[2], out[1], out[3]
+
+
+_CONVERSION = re.compile(rb"(%%|%s|%d|%\.3f|%06d)")
+
+
+def _literals(line: bytes) -> tuple[bytes, ...]:
+    """A %-format line as the literal bytes between its fields (the compiled Exchange writes the
+    fields between them itself)."""
+    out, lit = [], b""
+    for i, part in enumerate(_CONVERSION.split(line)):
+        if i % 2 == 0:
+            lit += part
+        elif part == b"%%":
+            lit += b"%"
+        else:
+            out.append(lit)
+            lit = b""
+    out.append(lit)
+    return tuple(out)
+
+
+def _exchange_lines(lines: tuple[str, ...]) -> tuple[bytes, ...]:
+    """The exchange's lines (Exchange.access_line): the request id and the path are put in
+    quotes by the template."""
+    return tuple(line.replace('{"request_id":%s,', '{"request_id":"%s",', 1)
+                 .replace(',"path":%s,', ',"path":"%s",', 1)
+                 .encode("ascii", "backslashreplace") for line in lines)
 
 
 def _json_line(fields: dict) -> str:
@@ -164,11 +192,10 @@ class AccessLog:
         self.stream = stream or sys.stdout
         self.process = process if process is not None else logsetup.process_name()
         self._lines = _request_lines(self.process)
-        # the exchange's lines (Exchange.access_line): the request id and the path are put in
-        # quotes by the template
-        self._blines = tuple(line.replace('{"request_id":%s,', '{"request_id":"%s",', 1)
-                             .replace(',"path":%s,', ',"path":"%s",', 1)
-                             .encode("ascii", "backslashreplace") for line in self._lines)
+        self._blines = _exchange_lines(self._lines)
+        # the same two lines without a query, as literals (Exchange.access_line, compiled)
+        self._literals = (_literals(self._blines[1]), _literals(self._blines[3]))
+        self._literals_len = max(sum(map(len, x)) for x in self._literals)
         self._quoted_b: dict[tuple, bytes] = {}
         self._prefix_b = b""
         self.sample = sample

@@ -11,6 +11,11 @@ from proxy.dataplane.upstream cimport UpstreamConnection, UpstreamPool
 
 @cython.locals(c=cython.uchar, prev=cython.uchar)
 cpdef bint _plain_path(bytes path)
+@cython.locals(n=Py_ssize_t)
+cdef Py_ssize_t _put(char* buf, Py_ssize_t p, bytes literal, bytes value)
+@cython.locals(n=cython.int)
+cdef Py_ssize_t _put_int(char* buf, Py_ssize_t p, long long v, int width)
+cdef Py_ssize_t _put_ms(char* buf, Py_ssize_t p, long long us)
 
 
 @cython.final
@@ -93,4 +98,6 @@ cdef class Exchange:
     cpdef void flush_out(self)
     cpdef void finish(self, bint aborted=*)
     cpdef bytes access_line(self, log)
+    cdef bytes _c_line(self, tuple literals, bytes names, bytes path, bytes who,
+                       bytes fallback, bytes prefix, double fraction, Py_ssize_t fixed)
     cpdef double _backend_seconds(self, double now)

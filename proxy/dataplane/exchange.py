@@ -61,6 +61,43 @@ try:  # compiled (setup.py): `cython.compiled` is True and `_plain_path` a C loo
     _C_LOOP = cython.compiled
 except ImportError:  # the .py file without Cython installed
     _C_LOOP = False
+if _C_LOOP:  # the compiled access line (Exchange._c_line)
+    from cython.cimports.libc.string import memcpy
+_LINE_MAX = 4096  # a longer access line (long path or user agent) is formatted by Python
+
+
+def _put(buf, p, literal, value):  # C types: exchange.pxd
+    """Compiled only: `literal` then `value` at `buf[p:]`; the position after them."""
+    n = len(literal)
+    memcpy(buf + p, cython.cast(cython.p_char, literal), n)
+    p += n
+    n = len(value)
+    memcpy(buf + p, cython.cast(cython.p_char, value), n)
+    return p + n
+
+
+def _put_int(buf, p, v, width):  # C types: exchange.pxd
+    """Compiled only: `v` (>= 0) in decimal, zero-padded to `width` digits, at `buf[p:]`."""
+    digits = cython.declare(cython.char[24])
+    n = 0
+    while True:
+        digits[n] = 48 + v % 10
+        v //= 10
+        n += 1
+        if v == 0 and n >= width:
+            break
+    while n:
+        n -= 1
+        buf[p] = digits[n]
+        p += 1
+    return p
+
+
+def _put_ms(buf, p, us):  # C types: exchange.pxd
+    """Compiled only: microseconds `us` as milliseconds with three decimals (%.3f)."""
+    p = _put_int(buf, p, us // 1000, 1)
+    buf[p] = 46  # "."
+    return _put_int(buf, p + 1, us % 1000, 3)
 
 
 def _plain_path(path: bytes) -> bool:
@@ -1060,6 +1097,11 @@ class Exchange:
         if not path.isascii() or _QUOTE in path:
             path = _json_string(path.decode("latin-1"))[1:-1].encode()
         fallback = b"true" if self.target_failed else b"false"
+        if _C_LOOP:
+            line = self._c_line(log._literals[0 if t_head else 1], names, path, who,
+                                fallback, log._prefix_b, now - second, log._literals_len)
+            if line is not None:
+                return line
         if t_head:
             return log._blines[1] % (self.rid, names, path, self.status, (t_end - t0) * 1000,
                                      (t_head - t0) * 1000, self.req_body_size, self.resp_size,
@@ -1067,6 +1109,41 @@ class Exchange:
         return log._blines[3] % (self.rid, names, path, self.status, (t_end - t0) * 1000,
                                  self.req_body_size, self.resp_size, who, fallback,
                                  log._prefix_b, (now - second) * 1e6)
+
+    def _c_line(self, literals: tuple, names: bytes, path: bytes, who: bytes,
+                fallback: bytes, prefix: bytes, fraction: float,
+                fixed) -> bytes | None:  # fixed: Py_ssize_t (exchange.pxd)
+        """`access_line`'s line written by C into a buffer: the template's `literals` and the
+        fields between them, the numbers by `_put_int` (compiled only; Python's %-format makes
+        an object of each number first, and C's snprintf parses its format each time). None
+        when it would not fit in `_LINE_MAX` bytes (a long path or user agent)."""
+        buf = cython.declare(cython.char[4096])
+        rid: bytes = self.rid
+        if fixed + len(rid) + len(names) + len(path) + len(who) + 256 > _LINE_MAX:
+            return None
+        t0: cython.double = self.t0
+        took: cython.longlong = cython.cast(cython.longlong, (self.t_end - t0) * 1e6 + 0.5)
+        head: cython.longlong = cython.cast(cython.longlong, (self.t_head - t0) * 1e6 + 0.5)
+        if took < 0 or head < 0:
+            return None
+        p: cython.Py_ssize_t = _put(buf, 0, literals[0], rid)
+        p = _put(buf, p, literals[1], names)
+        p = _put(buf, p, literals[2], path)
+        p = _put_int(buf, _put(buf, p, literals[3], b""), self.status, 1)
+        p = _put_ms(buf, _put(buf, p, literals[4], b""), took)
+        i: cython.Py_ssize_t = 5
+        if self.t_head:
+            p = _put_ms(buf, _put(buf, p, literals[5], b""), head)
+            i = 6
+        p = _put_int(buf, _put(buf, p, literals[i], b""), self.req_body_size, 1)
+        p = _put_int(buf, _put(buf, p, literals[i + 1], b""), self.resp_size, 1)
+        p = _put(buf, p, literals[i + 2], who)
+        p = _put(buf, p, literals[i + 3], fallback)
+        p = _put(buf, p, literals[i + 4], prefix)
+        p = _put_int(buf, _put(buf, p, literals[i + 5], b""),
+                     cython.cast(cython.longlong, fraction * 1e6), 6)
+        p = _put(buf, p, literals[i + 6], b"")
+        return buf[:p]
 
     def _backend_seconds(self, now: float) -> float:
         """The backend's share of the exchange, the latency its evidence records: from the
