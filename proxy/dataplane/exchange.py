@@ -561,8 +561,11 @@ class Exchange:
         host = pool.host_header
         trace = self.trace
         if host is None and trace is None:  # the client's Host, as received
-            for name, value in self.req_headers:
-                parts += (name, b": ", value, b"\r\n")
+            for name, value in self.req_headers:  # appends: no tuple per header (`+=`)
+                parts.append(name)
+                parts.append(b": ")
+                parts.append(value)
+                parts.append(b"\r\n")
         else:
             headers = self.req_headers
             if trace is not None:  # this attempt's CLIENT span is the upstream's parent
@@ -731,7 +734,10 @@ class Exchange:
                 continue
             if lname == b"x-request-id":
                 has_rid = True
-            out += (name, b": ", value, b"\r\n")
+            out.append(name)  # appends: no tuple per header (`+=`)
+            out.append(b": ")
+            out.append(value)
+            out.append(b"\r\n")
         if self.shadow_wanted:
             self.resp_headers = [(lname, value) for lname, _, value in headers
                                  if lname not in drop]
