@@ -5,8 +5,12 @@
 # objects.
 cimport cython
 
+from proxy.dataplane.basics cimport _RequestIds
 from proxy.dataplane.server cimport ClientConnection, DataPlane
 from proxy.dataplane.upstream cimport UpstreamConnection, UpstreamPool
+
+
+cdef _RequestIds new_request_id  # proxy.dataplane.basics' (its type: a C call per id)
 
 
 @cython.locals(c=cython.uchar, prev=cython.uchar)

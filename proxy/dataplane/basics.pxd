@@ -1,0 +1,11 @@
+# Static types for Cython (issue 29): see exchange.pxd. basics.py runs as it is without them.
+cimport cython
+
+
+@cython.final
+cdef class _RequestIds:
+    cdef public bytes high
+    cdef public unsigned long long n
+    cdef public bytes prefix
+
+    cpdef bytes next_b(self)
