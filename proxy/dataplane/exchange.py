@@ -52,6 +52,7 @@ _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9_.:-]{1,128}").fullmatch
 # Connection tokens that need no extra filtering: hop-by-hop (dropped anyway) or never dropped.
 _CONN_KEEP = HOP_BY_HOP | NEVER_DROPPED_BY_CONNECTION
 _NO_TOKENS: frozenset[bytes] = frozenset()
+_ZERO = ord("0")
 _QUOTE = ord('"')  # a byte value: `bytes in bytes` is ten times slower (server.on_header)
 _log = structlog.get_logger("strangler.dataplane")
 
@@ -727,9 +728,12 @@ class Exchange:
         out = [line]
         has_rid = False
         tunnel101 = self.is_tunnel and status == 101
+        cl = None  # the upstream's Content-Length digits (equal to `length`), as it sent them
         for lname, name, value in headers:
             if lname in drop:
-                if tunnel101 and (lname == b"upgrade" or lname == b"connection"):
+                if lname == b"content-length":
+                    cl = value
+                elif tunnel101 and (lname == b"upgrade" or lname == b"connection"):
                     out += (name, b": ", value, b"\r\n")
                 continue
             if lname == b"x-request-id":
@@ -748,11 +752,13 @@ class Exchange:
             self.response_started = True
             conn.transport.write(b"".join(out))
             return
-        if self.head_only or status in (204, 304):
-            if length is not None:
+        if length is not None:
+            if cl is not None and (cl[0] != _ZERO or len(cl) == 1):  # no leading zero
+                out += (b"content-length: ", cl, b"\r\n")  # no number formatted per answer
+            else:
                 out.append(b"content-length: %d\r\n" % length)
-        elif length is not None:
-            out.append(b"content-length: %d\r\n" % length)
+        elif self.head_only or status in (204, 304):
+            pass
         elif self.version_10:
             self.keep_alive = False
         else:

@@ -20,7 +20,6 @@ cdef class DataPlane:
     cdef public object limits
     cdef public object listener_tls
     cdef public object log_exchange
-    cdef public object now
     cdef public object overrides
     cdef public dict pools
     cdef public object rand
@@ -35,6 +34,8 @@ cdef class DataPlane:
     cdef public object trusted
     cdef public object xfp
     cdef dict __dict__
+
+    cpdef double now(self)
 
 
 @cython.final
