@@ -126,3 +126,20 @@ def test_every_attribute_of_a_compiled_class_is_declared_in_its_pxd(module: str,
     declared = set(re.findall(r"cdef public [\w.]+ (\w+)", block))
     assert attrs, cls
     assert attrs == declared, (attrs - declared, declared - attrs)
+
+
+@pytest.mark.parametrize("first", dataplane.COMPILED)
+def test_each_compiled_module_can_be_imported_first(first: str) -> None:
+    """Compiled, exchange, server and upstream cimport each other's types, so importing one
+    imports the others before its own body has run: none may import a name from another's
+    body (proxy.dataplane.basics and upstream_errors hold those). Each order is tried in a
+    fresh interpreter, as the pure and the compiled data plane."""
+    code = (f"import proxy.dataplane.{first}; import proxy.dataplane.server as s; "
+            "import proxy.dataplane.exchange as e; import proxy.dataplane.upstream as u; "
+            "from proxy.dataplane.recorder import Recorder; "
+            "c = s.ClientConnection(s.DataPlane(Recorder())); e.Exchange(); print(u.UpstreamBusy)")
+    for pure in ("", "1"):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60, cwd=ROOT, check=False,
+                              env={**os.environ, "STRANGLER_NO_EXTENSIONS": pure})
+        assert done.returncode == 0, (pure, done.stderr[-2000:])

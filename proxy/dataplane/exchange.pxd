@@ -97,6 +97,8 @@ cdef class Exchange:
     cpdef void dispatch(self)
     cpdef void attach(self, up)
     cpdef void _write_body(self, t, bytes chunk)
+    cpdef void on_upstream_head(self, int status, bytes reason, list headers, bint chunked,
+                                length, frozenset connection)
     cpdef void on_upstream_body(self, bytes data)
     cpdef void on_upstream_done(self, bint reusable)
     cpdef void flush_out(self)

@@ -38,10 +38,10 @@ from proxy.dataplane.overrides import INVALID, TARGET
 from proxy.dataplane.resend import IDEMPOTENT_METHODS, Failure, may_resend, repeatable
 from proxy.dataplane.split import BUCKETS
 from proxy.dataplane.table import CompiledRoute, cookie_value
-from proxy.dataplane.upstream import (
+from proxy.dataplane.upstream import UpstreamPool
+from proxy.dataplane.upstream_errors import (
     UpstreamBusy,
     UpstreamError,
-    UpstreamPool,
     UpstreamTimeout,
     UpstreamTlsError,
 )
@@ -614,6 +614,7 @@ class Exchange:
             self.shadow_sent = self.plane.now()  # paired latency: from the write, as mirrors
         self.up_paused_at = 0.0
         up.send(self, head, self.head_only)
+        up.ex = self  # its calls back to this exchange are C calls (compiled)
         pending = self.pending
         self.pending = None
         t = up.transport
@@ -704,9 +705,11 @@ class Exchange:
 
     # -- response side -------------------------------------------------------------------
     def on_upstream_head(
-        self, status: int, reason: bytes, headers: list,
-        chunked: bool, length: int | None, connection: frozenset | None,
+        self, status: cython.int, reason: bytes, headers: list,
+        chunked: bool, length: Any, connection: frozenset | None,
     ) -> None:
+        """The response head (proxy.dataplane.upstream); `length`: its Content-Length, an int,
+        or None."""
         self.head_deadline = 0.0
         self.t_head = self.plane.now()
         if status >= 500 and may_resend(self, "status", status):

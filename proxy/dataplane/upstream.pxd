@@ -1,6 +1,9 @@
 # Static types for Cython (issue 29): see exchange.pxd. upstream.py runs as it is without them.
 cimport cython
 
+from proxy.dataplane.exchange cimport Exchange
+
+
 cdef class UpstreamPool
 
 
@@ -13,6 +16,7 @@ cdef class UpstreamConnection:
     cdef public bint _in_body
     cdef public object _length
     cdef public bytes _reason
+    cdef public Exchange ex
     cdef public bint fresh
     cdef public bint got_bytes
     cdef public bint head_only

@@ -22,6 +22,15 @@ import httptools
 from proxy.config.spec import UpstreamSpec
 from proxy.dataplane.headers import HEADER_INJECTION, connection_tokens, parser_refuses_injection
 from proxy.dataplane.tls import ClientCredentials, TlsStore
+from proxy.dataplane.upstream_errors import (  # noqa: F401 - re-exported
+    UpstreamBadResponse,
+    UpstreamBusy,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamReset,
+    UpstreamTimeout,
+    UpstreamTlsError,
+)
 
 _FRAMING = frozenset({b"transfer-encoding", b"content-length", b"connection"})
 # CR, LF or NUL in an upstream header value is refused (502) by httptools' own parser; only
@@ -37,41 +46,6 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-
-
-class UpstreamError(Exception):
-    """An upstream could not give an answer. `kind` is the metric label."""
-
-    kind = "connect"
-
-
-class UpstreamConnectError(UpstreamError):
-    kind = "connect"
-
-
-class UpstreamTimeout(UpstreamError):
-    kind = "timeout"
-
-
-class UpstreamBusy(UpstreamError):
-    """Every connection of the pool stayed in use (`max_connections`): nothing was sent."""
-
-    kind = "busy"
-
-
-class UpstreamReset(UpstreamError):
-    kind = "reset"
-
-
-class UpstreamBadResponse(UpstreamError):
-    kind = "reset"
-
-
-class UpstreamTlsError(UpstreamError):
-    """The TLS handshake failed, or the upstream ended TLS with an alert (a TLS 1.3 server
-    refuses a client certificate after the client's handshake is done)."""
-
-    kind = "tls"
 
 
 class _HeadDone(Exception):
@@ -106,6 +80,7 @@ class UpstreamConnection:
         "_in_body",
         "_length",
         "_reason",
+        "ex",
         "fresh",
         "got_bytes",
         "head_only",
@@ -123,6 +98,9 @@ class UpstreamConnection:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.sink: Any = None
+        # The sink when it is the data plane's Exchange (set by Exchange.attach; None for a
+        # mirror's leg): compiled, the calls below are C calls to it rather than method lookups.
+        self.ex: Any = None
         self.head_only = False
         self.got_bytes = False
         self.reused = False
@@ -151,6 +129,7 @@ class UpstreamConnection:
             self.transport.close()  # type: ignore[union-attr]
             return
         sink = self.sink
+        ex = self.ex  # read before parsing: the response's end clears it
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -181,7 +160,10 @@ class UpstreamConnection:
                 sink.on_upstream_lost(UpstreamBadResponse(f"invalid response: {exc}"))
         else:
             # What this read produced for the client (head and body) leaves in one write.
-            if sink.wbuf is not None:
+            if ex is sink:
+                if ex.wbuf is not None:
+                    ex.flush_out()
+            elif sink.wbuf is not None:
                 sink.flush_out()
             if self.sink is not None and not self._in_body:
                 self._head_in_progress(len(data))
@@ -271,7 +253,11 @@ class UpstreamConnection:
         sink = self.sink
         if sink is None:
             return
-        sink.on_upstream_head(status, reason, headers, chunked, length, tokens)
+        ex = self.ex
+        if ex is sink:
+            ex.on_upstream_head(status, reason, headers, chunked, length, tokens)
+        else:
+            sink.on_upstream_head(status, reason, headers, chunked, length, tokens)
         if self.head_only and status not in (204, 304):
             # llhttp would wait for a body that never comes after a HEAD; stop it here.
             self._head_keep_alive = self.parser.get_http_version() == "1.1" and not any(
@@ -280,8 +266,13 @@ class UpstreamConnection:
             raise _HeadDone
 
     def on_body(self, body: bytes) -> None:
-        if self.sink is not None:
-            self.sink.on_upstream_body(body)
+        sink = self.sink
+        if sink is not None:
+            ex = self.ex
+            if ex is sink:
+                ex.on_upstream_body(body)
+            else:
+                sink.on_upstream_body(body)
 
     def on_message_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -290,8 +281,12 @@ class UpstreamConnection:
             return  # interim response, or a 101 that turns this connection into a tunnel
         self._in_body = False
         sink, self.sink = self.sink, None
+        ex, self.ex = self.ex, None
         if sink is not None:
-            sink.on_upstream_done(self.parser.should_keep_alive())
+            if ex is sink:
+                ex.on_upstream_done(self.parser.should_keep_alive())
+            else:
+                sink.on_upstream_done(self.parser.should_keep_alive())
 
     # -- helpers ---------------------------------------------------------------------------
     def _awaiting_close_delimited(self) -> bool:
@@ -299,6 +294,7 @@ class UpstreamConnection:
 
     def send(self, sink: Any, head: bytes, head_only: bool) -> None:
         self.sink = sink
+        self.ex = None
         self.head_only = head_only
         self.got_bytes = False
         self._headers = []
