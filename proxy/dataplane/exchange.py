@@ -30,6 +30,7 @@ from proxy.dataplane.basics import (
 from proxy.dataplane.headers import (
     FORWARDED_HEADERS,
     HOP_BY_HOP,
+    HOST_CACHE,
     NEVER_DROPPED_BY_CONNECTION,
     connection_tokens,
     valid_host,
@@ -53,6 +54,7 @@ _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9_.:-]{1,128}").fullmatch
 _CONN_KEEP = HOP_BY_HOP | NEVER_DROPPED_BY_CONNECTION
 _NO_TOKENS: frozenset[bytes] = frozenset()
 _ZERO = ord("0")
+_SLASH = ord("/")
 _QUOTE = ord('"')  # a byte value: `bytes in bytes` is ten times slower (server.on_header)
 _log = structlog.get_logger("strangler.dataplane")
 
@@ -335,7 +337,8 @@ class Exchange:
             elif lname == b"host":
                 if host is not None:
                     raise Reject(400, "bad_request", "repeated Host header")
-                if not valid_host(value):
+                ok = HOST_CACHE.get(value)  # valid_host's cache, read here: no call when cached
+                if not (valid_host(value) if ok is None else ok):
                     raise Reject(400, "bad_host", "Host must be a host name or address and an "
                                  "optional port")
                 host = value
@@ -387,7 +390,7 @@ class Exchange:
     def _target(self, url: bytes, hdict: dict) -> None:
         """Request target -> canonical `path` and raw `query`: origin-form, or absolute-form
         whose authority must match Host."""
-        if url[:1] != b"/":
+        if not url or url[0] != _SLASH:  # a byte value: no one-byte slice made
             if url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
                 parsed = httptools.parse_url(url)
                 authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
@@ -400,7 +403,8 @@ class Exchange:
         if _HASH in url:  # a byte value: see server.on_header
             raise Reject(400, "bad_request", "fragment in request target")
         path, sep, query = url.partition(b"?")
-        if path[:1] == b"/" and (_plain_path(path) if _C_LOOP else suspect(path) is None):
+        if path and path[0] == _SLASH and (
+                _plain_path(path) if _C_LOOP else suspect(path) is None):
             # canonical already (the usual path)
             self.path = path
         else:

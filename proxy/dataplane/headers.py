@@ -59,17 +59,18 @@ _HOST = re.compile(
     rb"(?P<host>\[(?P<ip6>[0-9A-Fa-f:.]+)\]|\[v[0-9A-Fa-f]+\.[A-Za-z0-9._~!$&'()*+,;=:-]+\]"
     rb"|(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)(?::(?P<port>[0-9]{0,5}))?"
 ).fullmatch
-_HOSTS: dict[bytes, bool] = {}
+# Host value -> valid_host verdict (the exchange reads it before calling valid_host)
+HOST_CACHE: dict[bytes, bool] = {}
 
 
 def valid_host(value: bytes) -> bool:
     """Whether a Host value is uri-host[:port] with a port up to 65535 and a name without empty
     labels (`a..b`, `.a`; nginx refuses those too). Cached: a few values are common."""
-    ok = _HOSTS.get(value)
+    ok = HOST_CACHE.get(value)
     if ok is None:
         ok = _check_host(value)
-        if len(_HOSTS) < 256:
-            _HOSTS[value] = ok
+        if len(HOST_CACHE) < 256:
+            HOST_CACHE[value] = ok
     return ok
 
 
