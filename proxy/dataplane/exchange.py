@@ -48,7 +48,7 @@ from proxy.dataplane.upstream_errors import (
 )
 
 _REPLAY_LIMIT = 64 * 1024
-_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+_STATUS_LINES: dict[int, tuple[bytes, bytes]] = {}
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9_.:-]{1,128}").fullmatch
 # Connection tokens that need no extra filtering: hop-by-hop (dropped anyway) or never dropped.
 _CONN_KEEP = HOP_BY_HOP | NEVER_DROPPED_BY_CONNECTION
@@ -727,11 +727,12 @@ class Exchange:
         drop = HOP_BY_HOP
         if connection and not connection <= _CONN_KEEP:
             drop = drop | (connection - NEVER_DROPPED_BY_CONNECTION)
-        line = _STATUS_LINES.get((status, reason))
-        if line is None:
+        known = _STATUS_LINES.get(status)  # (reason, line) last made for this status
+        if known is not None and known[0] == reason:
+            line = known[1]
+        else:
             line = b"HTTP/1.1 %d %s\r\n" % (status, reason.replace(b"\r", b"").replace(b"\n", b""))
-            if len(_STATUS_LINES) < 256:
-                _STATUS_LINES[(status, reason)] = line
+            _STATUS_LINES[status] = (reason, line)  # at most one entry per status code
         out = [line]
         has_rid = False
         tunnel101 = self.is_tunnel and status == 101

@@ -15,11 +15,15 @@ cdef class DataPlane:
     cdef public UpstreamPool default_pool
     cdef public bint draining
     cdef public object endpoints
+    cdef public double header_timeout
     cdef public double idle_timeout
     cdef public object inventory
     cdef public object limits
     cdef public object listener_tls
     cdef public object log_exchange
+    cdef public Py_ssize_t max_header_bytes
+    cdef public Py_ssize_t max_headers
+    cdef public Py_ssize_t max_request_line
     cdef public object overrides
     cdef public dict pools
     cdef public object rand

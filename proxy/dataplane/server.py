@@ -89,8 +89,7 @@ class DataPlane:
         self.rand = rand
         self.table: RouteTable | None = None
         self.config: Config | None = None
-        self.limits = LimitsSpec()
-        self.idle_timeout = max(self.limits.header_timeout, 60.0)
+        self._set_limits(LimitsSpec())
         self.pools: dict[str, UpstreamPool] = {}
         self.default_pool: UpstreamPool | None = None
         self.trusted: tuple[Any, ...] = ()
@@ -124,6 +123,15 @@ class DataPlane:
         return time.monotonic()
 
     # -- configuration -------------------------------------------------------------------
+    def _set_limits(self, limits: LimitsSpec) -> None:
+        """`limits`, and the ones every request reads as plain numbers (compiled: C fields)."""
+        self.limits = limits
+        self.idle_timeout = max(limits.header_timeout, 60.0)  # keep-alive idle
+        self.header_timeout = limits.header_timeout
+        self.max_request_line = limits.max_request_line
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_headers = limits.max_headers
+
     def install(self, table: RouteTable) -> None:
         """Swap in a new table generation; in-flight exchanges keep the routes they matched."""
         config = table.config
@@ -149,8 +157,7 @@ class DataPlane:
                          listen=str(config.listen))
         self.pools = pools
         self.default_pool = pools[config.default_upstream]
-        self.limits = config.limits
-        self.idle_timeout = max(config.limits.header_timeout, 60.0)  # keep-alive idle
+        self._set_limits(config.limits)
         self.trusted = config.trusted_proxies
         policy = OverridePolicy(config)
         if policy.missing_secret:
@@ -340,7 +347,7 @@ class ClientConnection:
                 self.peer_trusted = any(ip in net for net in plane.trusted)
             except ValueError:
                 self.peer_trusted = False
-        self.idle_deadline = plane.now() + plane.limits.header_timeout
+        self.idle_deadline = plane.now() + plane.header_timeout
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -416,17 +423,17 @@ class ClientConnection:
         self.line_run = -1
         self.in_headers = True
         self.idle_deadline = 0.0
-        self.header_deadline = self.plane.now() + self.plane.limits.header_timeout
+        self.header_deadline = self.plane.now() + self.plane.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self.plane.limits.max_request_line:
+        if len(self._url) > self.plane.max_request_line:
             raise Reject(414, "uri_too_long", "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._hbytes += len(name) + len(value) + 4
-        limits = self.plane.limits
-        if self._hbytes > limits.max_header_bytes or len(self._headers) >= limits.max_headers:
+        plane = self.plane
+        if self._hbytes > plane.max_header_bytes or len(self._headers) >= plane.max_headers:
             raise Reject(431, "headers_too_large", "request headers too large")
         # Byte values, not b"_": `bytes in bytes` tries the needle as an integer first and
         # clears the TypeError, ten times the cost of an integer's memchr (CPython 3.11-3.13).
@@ -445,8 +452,8 @@ class ClientConnection:
         if run >= 0:
             nl = data.rfind(b"\n")
             run = run + len(data) if nl < 0 else len(data) - nl - 1
-            limits = self.plane.limits
-            if self._hbytes + run > limits.max_request_line + limits.max_header_bytes:
+            plane = self.plane
+            if self._hbytes + run > plane.max_request_line + plane.max_header_bytes:
                 raise Reject(431, "headers_too_large", "request headers too large")
             self.line_run = run
         else:
