@@ -16,7 +16,8 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-MODULES = ("proxy.dataplane.exchange", "proxy.dataplane.server", "proxy.dataplane.upstream")
+MODULES = ("proxy.dataplane.exchange", "proxy.dataplane.server", "proxy.dataplane.upstream",
+           "proxy.dataplane.recorder")
 
 
 def _warn(why: str) -> None:
