@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-COMPILED = ("exchange", "server", "upstream", "recorder")
+COMPILED = ("exchange", "server", "upstream", "recorder", "inventory")
 _HERE = Path(__file__).resolve().parent
 
 

@@ -3,6 +3,11 @@
 # final class whose per-request method is a C call from a typed caller:
 #     from proxy.dataplane.recorder cimport Recorder
 cimport cython
+from proxy.dataplane cimport libm as math
+
+# C constants (when compiled they are not module attributes; no other module reads them)
+cdef double LAT_BASE, _LOG_BASE
+cdef Py_ssize_t LAT_PER_OCTAVE, LAT_OVERFLOW
 
 
 @cython.final
