@@ -17,7 +17,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 MODULES = ("proxy.dataplane.exchange", "proxy.dataplane.server", "proxy.dataplane.upstream",
-           "proxy.dataplane.recorder", "proxy.dataplane.inventory")
+           "proxy.dataplane.recorder", "proxy.dataplane.inventory", "proxy.dataplane.table")
 
 
 def _warn(why: str) -> None:

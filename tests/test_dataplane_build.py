@@ -123,7 +123,11 @@ def _attributes(source: str, cls: str) -> set[str]:
                                              ("upstream", "UpstreamConnection"),
                                              ("upstream", "UpstreamPool"),
                                              ("recorder", "Recorder"),
-                                             ("inventory", "EndpointCounter")])
+                                             ("inventory", "EndpointCounter"),
+                                             ("table", "RouteState"),
+                                             ("table", "CompiledRoute"),
+                                             ("table", "_Node"),
+                                             ("table", "RouteTable")])
 def test_every_attribute_of_a_compiled_class_is_declared_in_its_pxd(module: str,
                                                                       cls: str) -> None:
     """A compiled class has only the attributes its .pxd declares: one added to the .py alone

@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-COMPILED = ("exchange", "server", "upstream", "recorder", "inventory")
+COMPILED = ("exchange", "server", "upstream", "recorder", "inventory", "table")
 _HERE = Path(__file__).resolve().parent
 
 
