@@ -1,11 +1,12 @@
 """Build hook (the project's metadata is in pyproject.toml).
 
-strangler is pure Python. The data plane's three hottest modules (proxy.dataplane.exchange,
-server, upstream) are also compiled with Cython, with the static types of their .pxd files,
-when Cython and a C compiler are there; their .py files stay the one source and run unchanged
-without it (issue 29; proxy/dataplane/__init__.py chooses at import, STRANGLER_NO_EXTENSIONS=1
-forces the .py files). A build that cannot compile them warns and installs the pure-Python
-package: it never fails because of them. STRANGLER_NO_EXTENSIONS=1 at build time skips them.
+strangler is pure Python. The data plane's request-path modules (proxy.dataplane.exchange,
+server, upstream, and the recorder, inventory and table they call per request: MODULES) are
+also compiled with Cython, with the static types of their .pxd files, when Cython and a C
+compiler are there; their .py files stay the one source and run unchanged without it (issue 29;
+proxy/dataplane/__init__.py chooses at import, STRANGLER_NO_EXTENSIONS=1 forces the .py files).
+A build that cannot compile them warns and installs the pure-Python package: it never fails
+because of them. STRANGLER_NO_EXTENSIONS=1 at build time skips them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _warn(why: str) -> None:
 
 
 class OptionalBuildExt(build_ext):
-    """All three modules or none: one that failed would leave the others unusable."""
+    """All the modules or none: one that failed would leave the others unusable."""
 
     def run(self) -> None:
         try:
