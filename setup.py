@@ -1,12 +1,12 @@
 """Build hook (the project's metadata is in pyproject.toml).
 
-strangler is pure Python. The data plane's hottest modules (MODULES: proxy.dataplane.exchange,
-server, upstream and what they call per request) are also compiled with Cython, with the static
-types of their .pxd files, when Cython and a C compiler are there; their .py files stay the one
-source and run unchanged without it (issue 29; proxy/dataplane/__init__.py chooses at import,
-STRANGLER_NO_EXTENSIONS=1 forces the .py files). A build that cannot compile them warns and
-installs the pure-Python package: it never fails because of them. STRANGLER_NO_EXTENSIONS=1
-at build time skips them.
+strangler is pure Python. The data plane's request-path modules (proxy.dataplane.exchange,
+server, upstream, and the basics, recorder, inventory and table they call per request:
+MODULES) are also compiled with Cython, with the static types of their .pxd files, when Cython
+and a C compiler are there; their .py files stay the one source and run unchanged without it
+(issue 29; proxy/dataplane/__init__.py chooses at import, STRANGLER_NO_EXTENSIONS=1 forces the
+.py files). A build that cannot compile them warns and installs the pure-Python package: it never fails
+because of them. STRANGLER_NO_EXTENSIONS=1 at build time skips them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 MODULES = ("proxy.dataplane.basics", "proxy.dataplane.exchange", "proxy.dataplane.server",
-           "proxy.dataplane.upstream")
+           "proxy.dataplane.upstream", "proxy.dataplane.recorder", "proxy.dataplane.inventory",
+           "proxy.dataplane.table")
 
 
 def _warn(why: str) -> None:

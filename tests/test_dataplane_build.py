@@ -17,19 +17,31 @@ import proxy.dataplane as dataplane
 
 ROOT = Path(__file__).resolve().parent.parent
 STRANGLER = Path(sys.executable).parent / "strangler"
-PROBE = ("import proxy.dataplane as d, proxy.dataplane.exchange as e, "
-         "proxy.dataplane.server as s, proxy.dataplane.upstream as u; "
-         "print(d.ACTIVE); print(e.__file__); print(s.__file__); print(u.__file__)")
+PROBE = ("import importlib, proxy.dataplane as d; print(d.ACTIVE); "
+         "[print(importlib.import_module('proxy.dataplane.' + m).__file__) for m in d.COMPILED]")
 
 
 def _probe(env: dict[str, str], cwd: Path = ROOT) -> list[str]:
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
                          check=True, timeout=60, cwd=cwd, env={**os.environ, **env}).stdout
-    return out.split("\n")
+    return out.split("\n")[:1 + len(dataplane.COMPILED)]
+
+
+def test_every_compiled_module_is_built_and_chosen_together() -> None:
+    """setup.py builds, the Makefile rebuilds on an edit of, and proxy.dataplane chooses the
+    same modules (all or none: a compiled module cimports the others' classes)."""
+    import re
+
+    setup = (ROOT / "setup.py").read_text()
+    built = re.findall(r'"proxy\.dataplane\.(\w+)"', setup[setup.index("MODULES"):])
+    make = (ROOT / "Makefile").read_text()
+    ext_src = re.search(r"proxy/dataplane/%\.py,([\w ]+)\)", make)
+    assert ext_src is not None
+    assert built == list(dataplane.COMPILED) == ext_src.group(1).split()
 
 
 def test_strangler_no_extensions_runs_the_py_files_and_version_says_so() -> None:
-    active, *files = _probe({"STRANGLER_NO_EXTENSIONS": "1", "PYTHONPATH": str(ROOT)})[:4]
+    active, *files = _probe({"STRANGLER_NO_EXTENSIONS": "1", "PYTHONPATH": str(ROOT)})
     assert active == "pure Python"
     assert all(f.endswith(".py") for f in files), files
     out = subprocess.run([str(STRANGLER), "--version"], capture_output=True, text=True,
@@ -41,7 +53,7 @@ def test_strangler_no_extensions_runs_the_py_files_and_version_says_so() -> None
 @pytest.mark.skipif(dataplane.ACTIVE != "compiled with Cython",
                     reason=f"the data plane is not compiled here ({dataplane.PURE_REASON})")
 def test_the_compiled_modules_run_when_built_and_version_says_so() -> None:
-    active, *files = _probe({"STRANGLER_NO_EXTENSIONS": ""})[:4]
+    active, *files = _probe({"STRANGLER_NO_EXTENSIONS": ""})
     assert active == "compiled with Cython"
     assert all(f.endswith(".so") for f in files), files
     out = subprocess.run([str(STRANGLER), "--version"], capture_output=True, text=True,
@@ -60,7 +72,7 @@ def test_an_edit_after_the_build_is_not_hidden_by_the_stale_extension(tmp_path: 
     later = time.time() + 5
     os.utime(edited, (later, later))
     active, *files = _probe({"STRANGLER_NO_EXTENSIONS": "", "PYTHONPATH": str(tmp_path)},
-                            cwd=tmp_path)[:4]
+                            cwd=tmp_path)
     assert active == "pure Python"
     assert all(f.endswith(".py") and f.startswith(str(tmp_path)) for f in files), files
     out = subprocess.run([sys.executable, "-c", "import proxy.dataplane as d; print(d.describe())"],
@@ -110,7 +122,13 @@ def _attributes(source: str, cls: str) -> set[str]:
                                              ("server", "ClientConnection"),
                                              ("server", "DataPlane"),
                                              ("upstream", "UpstreamConnection"),
-                                             ("upstream", "UpstreamPool")])
+                                             ("upstream", "UpstreamPool"),
+                                             ("recorder", "Recorder"),
+                                             ("inventory", "EndpointCounter"),
+                                             ("table", "RouteState"),
+                                             ("table", "CompiledRoute"),
+                                             ("table", "_Node"),
+                                             ("table", "RouteTable")])
 def test_every_attribute_of_a_compiled_class_is_declared_in_its_pxd(module: str,
                                                                       cls: str) -> None:
     """A compiled class has only the attributes its .pxd declares: one added to the .py alone

@@ -7,10 +7,11 @@ the comparer process), `recorder` (counters), `inventory` (each request's endpoi
 traffic inventory), `access_log`. Depends only on `proxy.config`
 (and `shadow`'s frame codec).
 
-Compiled or pure (issue 29): the modules in `COMPILED` are also compiled with Cython when
-strangler is installed where Cython and a C compiler are (setup.py; the static types are in
-their .pxd files, the .py files are the one source). This package decides once, before any
-of them is imported, which runs: the compiled modules when all of them are there (and, in a
+Compiled or pure (issue 29): `exchange`, `server`, `upstream` and the `basics`, `recorder`,
+`inventory` and `table` they call per request (`COMPILED`) are also compiled with Cython
+when strangler is installed where Cython and a C compiler are (setup.py; the static types are
+in their .pxd files, the .py files are the one source). This package decides once, before any
+of them is imported, which runs: the compiled modules when all are there (and, in a
 source checkout, none is older than its .py or .pxd: an edit since the build would not be in
 it); else, or with STRANGLER_NO_EXTENSIONS=1, the .py files. `ACTIVE` says which.
 """
@@ -23,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-COMPILED = ("basics", "exchange", "server", "upstream")
+COMPILED = ("basics", "exchange", "server", "upstream", "recorder", "inventory", "table")
 _HERE = Path(__file__).resolve().parent
 
 

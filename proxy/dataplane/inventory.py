@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The traffic inventory's data-plane side: which endpoint (method + path template) each request
 was, with its route, backend, status and latency, shipped as rows every ~200 ms.
 
@@ -17,9 +18,9 @@ Memory: the batch (bounded by time), the cache (CACHE_SIZE paths) and the admitt
 
 from __future__ import annotations
 
+import math
 import re
 import time
-from math import log2
 
 from proxy.config.spec import InventorySpec
 from proxy.config.templates import OTHER_TEMPLATE, DeclaredTemplate
@@ -29,7 +30,7 @@ from proxy.config.templates import OTHER_TEMPLATE, DeclaredTemplate
 LAT_BASE = 50e-6
 LAT_PER_OCTAVE = 4
 LAT_TOP = 88
-_LOG_BASE = log2(LAT_BASE)
+_LOG_BASE = math.log2(LAT_BASE)
 CACHE_SIZE = 4096  # paths -> template; cleared when full
 MAX_RAW_PATH = 256  # longer paths are resolved at once instead of kept in the batch
 MAX_TEMPLATE = 512  # a longer template counts as `other`
@@ -62,7 +63,7 @@ def latency_index(seconds: float) -> int:
     """Bucket i holds (LAT_BASE * 2**((i-1)/4), LAT_BASE * 2**(i/4)]; 0 holds what is faster."""
     if seconds <= LAT_BASE:
         return 0
-    i = int((log2(seconds) - _LOG_BASE) * LAT_PER_OCTAVE) + 1
+    i = int((math.log2(seconds) - _LOG_BASE) * LAT_PER_OCTAVE) + 1
     return i if i < LAT_TOP else LAT_TOP
 
 
@@ -182,7 +183,7 @@ class EndpointCounter:
               seconds: float) -> None:
         """One request: a count under (method, raw path, route, backend, status and latency
         bucket); one dict lookup when the key was seen in this batch."""
-        i = int((log2(seconds) - _LOG_BASE) * LAT_PER_OCTAVE) + 1 if seconds > LAT_BASE else 0
+        i = int((math.log2(seconds) - _LOG_BASE) * LAT_PER_OCTAVE) + 1 if seconds > LAT_BASE else 0
         key = (method, path, route, backend, status * 128 + (i if i < LAT_TOP else LAT_TOP))
         c = self.hits.get(key)
         if c is not None:

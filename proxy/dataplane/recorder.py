@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """Per-process request statistics, recorded on the hot path and shipped as deltas.
 
 The data plane only increments plain dict counters here (no locks, no label lookups); every

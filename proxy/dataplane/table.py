@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """Compiled, indexed route table: built once per config generation, swapped whole on reload.
 
 Lookup never scans every route: exact paths are a dict, path prefixes live in a trie keyed by
@@ -9,46 +10,76 @@ header condition, results are cached per (method, path) for the life of the tabl
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from proxy.config.spec import Config, RouteSpec
 from proxy.dataplane.split import StickyHasher, weight_to_bp
 
 
-@dataclass(slots=True)
 class RouteState:
     """Mutable runtime state of one route, shared by every table generation that has it.
 
     The data plane reads `weight_bp` per request; the control plane writes it. `step` changes at
     every weight change so statistics can be attributed to the step they were recorded under.
+    (A plain class rather than a dataclass: compiled, it is a C struct (table.pxd).)
     """
 
-    weight_bp: int = 0
-    step: int = 0
-    rolled_back: bool = False  # pushed by the control plane; only `legacy` pins are honoured
+    __slots__ = ("rolled_back", "step", "weight_bp")
+
+    def __init__(self, weight_bp: int = 0, step: int = 0, rolled_back: bool = False) -> None:
+        self.weight_bp = weight_bp
+        self.step = step
+        self.rolled_back = rolled_back  # pushed by the control plane; only `legacy` pins count
+
+    def __repr__(self) -> str:
+        return (f"RouteState(weight_bp={self.weight_bp!r}, step={self.step!r}, "
+                f"rolled_back={self.rolled_back!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return ((self.weight_bp, self.step, self.rolled_back)
+                == (other.weight_bp, other.step, other.rolled_back))  # type: ignore[attr-defined]
 
 
-@dataclass(slots=True, eq=False)
 class CompiledRoute:
-    order: int
-    name: str
-    spec: RouteSpec
-    state: RouteState
-    methods: frozenset[bytes] | None
-    headers: tuple[tuple[bytes, bytes], ...]
-    regex: re.Pattern[bytes] | None
-    sticky_header: bytes | None
-    sticky_cookie: bytes | None
-    hasher: StickyHasher
-    name_bytes: bytes = b""
-    # spec fields the data plane reads per request, copied out of the spec
-    legacy: str = ""
-    target: str = ""
-    websocket: bool = False
-    fallback: bool = False
-    fallback_on: frozenset = frozenset()  # failures that fall back (proxy.dataplane.resend)
-    override: bytes | None = None  # the pin header (lower-case) when `override` is on
-    extra: dict = field(default_factory=dict)  # per-route compiled helpers (comparator, ...)
+    """One route of a table generation, with what the data plane reads per request copied out
+    of its spec. (A plain class rather than a dataclass: compiled, it is a C struct.)"""
+
+    __slots__ = ("extra", "fallback", "fallback_on", "hasher", "headers", "legacy", "methods",
+                 "name", "name_bytes", "order", "override", "regex", "spec", "state",
+                 "sticky_cookie", "sticky_header", "target", "websocket")
+
+    def __init__(self, order: int, name: str, spec: RouteSpec, state: RouteState,
+                 methods: frozenset[bytes] | None, headers: tuple[tuple[bytes, bytes], ...],
+                 regex: re.Pattern[bytes] | None, sticky_header: bytes | None,
+                 sticky_cookie: bytes | None, hasher: StickyHasher, name_bytes: bytes = b"",
+                 legacy: str = "", target: str = "", websocket: bool = False,
+                 fallback: bool = False, fallback_on: frozenset = frozenset(),
+                 override: bytes | None = None, extra: dict | None = None) -> None:
+        self.order = order
+        self.name = name
+        self.spec = spec
+        self.state = state
+        self.methods = methods
+        self.headers = headers
+        self.regex = regex
+        self.sticky_header = sticky_header
+        self.sticky_cookie = sticky_cookie
+        self.hasher = hasher
+        self.name_bytes = name_bytes
+        # spec fields the data plane reads per request, copied out of the spec
+        self.legacy = legacy
+        self.target = target
+        self.websocket = websocket
+        self.fallback = fallback
+        self.fallback_on = fallback_on  # failures that fall back (proxy.dataplane.resend)
+        self.override = override  # the pin header (lower-case) when `override` is on
+        # per-route compiled helpers (comparator, ...)
+        self.extra: dict = {} if extra is None else extra
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in _FIELDS)
+        return f"CompiledRoute({fields})"
 
     def accepts(self, method: bytes, headers: dict[bytes, bytes]) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -58,6 +89,10 @@ class CompiledRoute:
                 return False
         return True
 
+
+_FIELDS = ("order", "name", "spec", "state", "methods", "headers", "regex", "sticky_header",
+           "sticky_cookie", "hasher", "name_bytes", "legacy", "target", "websocket", "fallback",
+           "fallback_on", "override", "extra")  # CompiledRoute's, in the order of its __init__
 
 CACHE_SIZE = 4096
 CACHE_MAX_PATH = 256  # longer paths are looked up every time: the cache stays under ~1.5 MiB
