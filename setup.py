@@ -5,8 +5,8 @@ server, upstream, and the basics, recorder, inventory and table they call per re
 MODULES) are also compiled with Cython, with the static types of their .pxd files, when Cython
 and a C compiler are there; their .py files stay the one source and run unchanged without it
 (issue 29; proxy/dataplane/__init__.py chooses at import, STRANGLER_NO_EXTENSIONS=1 forces the
-.py files). A build that cannot compile them warns and installs the pure-Python package: it never fails
-because of them. STRANGLER_NO_EXTENSIONS=1 at build time skips them.
+.py files). A build that cannot compile them warns and installs the pure-Python package: it
+never fails because of them. STRANGLER_NO_EXTENSIONS=1 at build time skips them.
 """
 
 from __future__ import annotations
