@@ -7,6 +7,7 @@ cimport cython
 
 from proxy.dataplane.basics cimport _RequestIds
 from proxy.dataplane.server cimport ClientConnection, DataPlane
+from proxy.dataplane.table cimport CompiledRoute, RouteState, RouteTable
 from proxy.dataplane.upstream cimport UpstreamConnection, UpstreamPool
 
 
@@ -62,12 +63,12 @@ cdef class Exchange:
     cdef public bint response_started
     cdef public bint retried
     cdef public object rid
-    cdef public object route
+    cdef public CompiledRoute route
     cdef public double shadow_sent
     cdef public bint shadow_wanted
     cdef public bint stale_retried
     cdef public Py_ssize_t status
-    cdef public object step
+    cdef public Py_ssize_t step
     cdef public object sticky_key
     cdef public double t0
     cdef public double t_end
@@ -89,10 +90,13 @@ cdef class Exchange:
     cpdef void _framing(self, bytes te, bytes cl, bytes host)
     cpdef void _target(self, bytes url, dict hdict)
     cpdef void _take_request_id(self, dict hdict)
-    cpdef object _route(self, bytes method, dict hdict)
-    cpdef bint _choose_backend(self, route, bytes method, dict hdict, frozenset conn_tokens)
-    cpdef void _want_shadow(self, route, bytes method, dict hdict, bint to_target)
-    cpdef void _upstream_request(self, route, bytes method, dict hdict)
+    @cython.locals(table=RouteTable)
+    cpdef CompiledRoute _route(self, bytes method, dict hdict)
+    @cython.locals(state=RouteState)
+    cpdef bint _choose_backend(self, CompiledRoute route, bytes method, dict hdict,
+                               frozenset conn_tokens)
+    cpdef void _want_shadow(self, CompiledRoute route, bytes method, dict hdict, bint to_target)
+    cpdef void _upstream_request(self, CompiledRoute route, bytes method, dict hdict)
     cpdef bytes upstream_head(self)
     cpdef void dispatch(self)
     cpdef void attach(self, up)

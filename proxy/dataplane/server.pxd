@@ -2,6 +2,9 @@
 cimport cython
 
 from proxy.dataplane.exchange cimport Exchange
+from proxy.dataplane.inventory cimport EndpointCounter
+from proxy.dataplane.recorder cimport Recorder
+from proxy.dataplane.table cimport RouteTable
 from proxy.dataplane.upstream cimport UpstreamPool
 
 
@@ -14,10 +17,10 @@ cdef class DataPlane:
     cdef public set connections
     cdef public UpstreamPool default_pool
     cdef public bint draining
-    cdef public object endpoints
+    cdef public EndpointCounter endpoints
     cdef public double header_timeout
     cdef public double idle_timeout
-    cdef public object inventory
+    cdef public EndpointCounter inventory
     cdef public object limits
     cdef public object listener_tls
     cdef public object log_exchange
@@ -27,11 +30,11 @@ cdef class DataPlane:
     cdef public object overrides
     cdef public dict pools
     cdef public object rand
-    cdef public object recorder
+    cdef public Recorder recorder
     cdef public object req_special
     cdef public list servers
     cdef public object shadow
-    cdef public object table
+    cdef public RouteTable table
     cdef public set tasks
     cdef public object tls
     cdef public object tracer
