@@ -118,7 +118,7 @@ def _attributes(source: str, cls: str) -> set[str]:
     return set(re.findall(r"self\.(\w+)(?:: [^=\n]+)? = ", body))
 
 
-@pytest.mark.parametrize(("module", "cls"), [("exchange", "Exchange"),
+@pytest.mark.parametrize(("module", "cls"), [("exchange", "Exchange"), ("exchange", "LineState"),
                                              ("server", "ClientConnection"),
                                              ("server", "DataPlane"),
                                              ("upstream", "UpstreamConnection"),

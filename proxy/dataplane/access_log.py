@@ -38,7 +38,7 @@ from json.encoder import encode_basestring_ascii as _q
 from typing import IO, Any
 
 from proxy.config import logsetup
-from proxy.dataplane.exchange import DEFAULT_ROUTE
+from proxy.dataplane.exchange import DEFAULT_ROUTE, LineState
 
 WRITE_BUFFER = 64 * 1024  # bytes of rendered lines held before a write(2)
 PIPE_BUF = getattr(select, "PIPE_BUF", 512)  # a pipe write up to this size is never split
@@ -192,12 +192,12 @@ class AccessLog:
         self.stream = stream or sys.stdout
         self.process = process if process is not None else logsetup.process_name()
         self._lines = _request_lines(self.process)
-        self._blines = _exchange_lines(self._lines)
-        # the same two lines without a query, as literals (Exchange.access_line, compiled)
-        self._literals = (_literals(self._blines[1]), _literals(self._blines[3]))
-        self._literals_len = max(sum(map(len, x)) for x in self._literals)
-        self._quoted_b: dict[tuple, bytes] = {}
-        self._prefix_b = b""
+        blines = _exchange_lines(self._lines)
+        # the same two lines without a query, as literals (the compiled Exchange writes them)
+        literals = (_literals(blines[1]), _literals(blines[3]))
+        # What Exchange.access_line reads: its templates, caches and clock (typed, compiled).
+        self.line = LineState(self, blines, literals, max(sum(map(len, x)) for x in literals),
+                              fmt != "console")
         self.sample = sample
         self.fmt = fmt
         self.buf: list[Any] = []  # rendered lines (str) and data plane tuples, in order
@@ -206,8 +206,7 @@ class AccessLog:
         self._dirty = False  # something written since the last flush
         self._rand = random.random
         self._clock = time.time
-        self._wall = time.time() - time.monotonic()  # wall clock - monotonic, per batch
-        self._second = -1
+        self.line.wall = time.time() - time.monotonic()  # wall clock - monotonic, per batch
         self._prefix = ""
         self._quoted: dict[tuple, str] = {}
         self._render_scheduled = False
@@ -217,10 +216,11 @@ class AccessLog:
     def _timestamp(self, now: float) -> str:
         """ISO 8601 in UTC like structlog's TimeStamper; strftime once a second, not per line."""
         second = int(now)
-        if second != self._second:
-            self._second = second
+        line = self.line
+        if second != line.second:
+            line.second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._prefix_b = self._prefix.encode()
+            line.prefix_b = self._prefix.encode()
         return f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
 
     def __call__(self, fields: dict) -> None:
@@ -292,7 +292,7 @@ class AccessLog:
             return
         self.buf = []
         # monotonic -> wall clock for the exchanges' end times: two clock reads per batch
-        self._wall = time.time() - time.monotonic()
+        self.line.wall = time.time() - time.monotonic()
         # An exchange's line is rendered as bytes (ASCII: every string in it is JSON-escaped),
         # the other entries as str, encoded here.
         render, enc = self._render, self._encoding
@@ -337,15 +337,16 @@ class AccessLog:
         t0, t_head, t_end = ex.t0, ex.t_head, ex.t_end
         return self._render((ex.request_id, route.name if route is not None else DEFAULT_ROUTE,
                              ex.backend, ex.pool.name, ex.method, ex.path, ex.status, t_end - t0,
-                             ex.target_failed, t_end + self._wall, ex.query,
+                             ex.target_failed, t_end + self.line.wall, ex.query,
                              t_head - t0 if t_head else -1.0, ex.req_body_size, ex.resp_size,
                              ex.conn.peer, ex.user_agent), '"' + ex.request_id + '"').encode(
                                  self._encoding, "backslashreplace")
 
     def _cache_b(self, key: tuple, part: str) -> bytes:
         data = part.encode()
-        if len(self._quoted_b) < 4096:
-            self._quoted_b[key] = data
+        quoted = self.line.quoted_b
+        if len(quoted) < 4096:
+            quoted[key] = data
         return data
 
     def _render(self, entry: tuple, rid_q: str | None = None) -> str:
@@ -370,7 +371,7 @@ class AccessLog:
                           timestamp=self._timestamp(now))
             return _json_line(fields)
         second = int(now)
-        if second != self._second:
+        if second != self.line.second:
             self._timestamp(now)
         who = self._quoted.get((client, user_agent)) or self._who(client, user_agent)
         names = self._quoted.get((route, backend, upstream, method)) or \

@@ -24,6 +24,19 @@ cdef Py_ssize_t _put_ms(char* buf, Py_ssize_t p, long long us)
 
 
 @cython.final
+cdef class LineState:
+    cdef public tuple blines
+    cdef public bint json
+    cdef public tuple literals
+    cdef public Py_ssize_t literals_len
+    cdef public object log
+    cdef public bytes prefix_b
+    cdef public dict quoted_b
+    cdef public Py_ssize_t second
+    cdef public double wall
+
+
+@cython.final
 cdef class Exchange:
     cdef public object backend
     cdef public object blame
@@ -107,6 +120,7 @@ cdef class Exchange:
     cpdef void on_upstream_done(self, bint reusable)
     cpdef void flush_out(self)
     cpdef void finish(self, bint aborted=*)
+    @cython.locals(state=LineState)
     cpdef bytes access_line(self, log)
     cdef bytes _c_line(self, tuple literals, bytes names, bytes path, bytes who,
                        bytes fallback, bytes prefix, double fraction, Py_ssize_t fixed)

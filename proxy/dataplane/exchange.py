@@ -136,6 +136,29 @@ _HASH = ord("#")
 
 
 
+class LineState:
+    """What `Exchange.access_line` reads from its access log (proxy.dataplane.access_log, which
+    owns it and keeps `wall`, `second` and `prefix_b` current): typed fields when compiled.
+    `blines`: the exchange's line templates; `literals`: the two without a query as the literal
+    bytes between fields, `literals_len` the longer's length; `quoted_b`: the quoted
+    route/backend/upstream/method and client/agent parts; `json`: not the console format."""
+
+    __slots__ = ("blines", "json", "literals", "literals_len", "log", "prefix_b", "quoted_b",
+                 "second", "wall")
+
+    def __init__(self, log: Any, blines: tuple, literals: tuple, literals_len: int,
+                 json: bool) -> None:
+        self.log = log
+        self.blines = blines
+        self.literals = literals
+        self.literals_len = literals_len
+        self.json = json
+        self.quoted_b: dict[tuple, bytes] = {}
+        self.prefix_b = b""
+        self.second = -1
+        self.wall = 0.0
+
+
 class ShadowHook:
     """What the data plane needs from shadowing; `None` on the plane means no shadowing."""
 
@@ -1086,19 +1109,20 @@ class Exchange:
         values. The request id needs no JSON escaping (one of ours, or a client's that matched
         [A-Za-z0-9_.:-]{1,128}), nor does a path of printable ASCII without `"` or `\\` (the
         usual one)."""
+        state: LineState = log.line
         query = self.query
-        if query is not None or log.fmt == "console":
+        if query is not None or not state.json:
             return log.render_exchange(self)
         route = self.route
         route_name = route.name if route is not None else DEFAULT_ROUTE
         t0 = self.t0
         t_head = self.t_head
         t_end = self.t_end
-        now = t_end + log._wall
+        now = t_end + state.wall
         second = int(now)
-        if second != log._second:
+        if second != state.second:
             log._timestamp(now)
-        quoted = log._quoted_b
+        quoted = state.quoted_b
         client = self.conn.peer
         agent = self.user_agent
         who = quoted.get((client, agent))
@@ -1118,17 +1142,17 @@ class Exchange:
             path = _json_string(path.decode("latin-1"))[1:-1].encode()
         fallback = b"true" if self.target_failed else b"false"
         if _C_LOOP:
-            line = self._c_line(log._literals[0 if t_head else 1], names, path, who,
-                                fallback, log._prefix_b, now - second, log._literals_len)
+            line = self._c_line(state.literals[0 if t_head else 1], names, path, who,
+                                fallback, state.prefix_b, now - second, state.literals_len)
             if line is not None:
                 return line
         if t_head:
-            return log._blines[1] % (self.rid, names, path, self.status, (t_end - t0) * 1000,
-                                     (t_head - t0) * 1000, self.req_body_size, self.resp_size,
-                                     who, fallback, log._prefix_b, (now - second) * 1e6)
-        return log._blines[3] % (self.rid, names, path, self.status, (t_end - t0) * 1000,
-                                 self.req_body_size, self.resp_size, who, fallback,
-                                 log._prefix_b, (now - second) * 1e6)
+            return state.blines[1] % (self.rid, names, path, self.status, (t_end - t0) * 1000,
+                                      (t_head - t0) * 1000, self.req_body_size, self.resp_size,
+                                      who, fallback, state.prefix_b, (now - second) * 1e6)
+        return state.blines[3] % (self.rid, names, path, self.status, (t_end - t0) * 1000,
+                                  self.req_body_size, self.resp_size, who, fallback,
+                                  state.prefix_b, (now - second) * 1e6)
 
     def _c_line(self, literals: tuple, names: bytes, path: bytes, who: bytes,
                 fallback: bytes, prefix: bytes, fraction: float,
