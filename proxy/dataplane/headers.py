@@ -11,16 +11,18 @@ from proxy.config.header_names import (  # noqa: F401 - re-exported for the data
     NEVER_DROPPED_BY_CONNECTION,
 )
 
-_TOKENS: dict[bytes, frozenset[bytes]] = {}
+# Connection header value -> its tokens (the data plane reads it before calling
+# connection_tokens: no call for a cached value)
+TOKEN_CACHE: dict[bytes, frozenset[bytes]] = {}
 
 
 def connection_tokens(value: bytes) -> frozenset[bytes]:
     """The lower-cased tokens of a Connection header value (cached: a few values are common)."""
-    tokens = _TOKENS.get(value)
+    tokens = TOKEN_CACHE.get(value)
     if tokens is None:
         tokens = frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
-        if len(value) <= 64 and len(_TOKENS) < 256:
-            _TOKENS[value] = tokens
+        if len(value) <= 64 and len(TOKEN_CACHE) < 256:
+            TOKEN_CACHE[value] = tokens
     return tokens
 
 

@@ -20,7 +20,12 @@ from typing import Any, Protocol
 import httptools
 
 from proxy.config.spec import UpstreamSpec
-from proxy.dataplane.headers import HEADER_INJECTION, connection_tokens, parser_refuses_injection
+from proxy.dataplane.headers import (
+    HEADER_INJECTION,
+    TOKEN_CACHE,
+    connection_tokens,
+    parser_refuses_injection,
+)
 from proxy.dataplane.tls import ClientCredentials, TlsStore
 from proxy.dataplane.upstream_errors import (  # noqa: F401 - re-exported
     UpstreamBadResponse,
@@ -243,8 +248,10 @@ class UpstreamConnection:
                     raise UpstreamBadResponse("invalid or conflicting Content-Length from upstream")
                 length = int(value)
             else:
-                tokens = connection_tokens(value) if tokens is None else (
-                    tokens | connection_tokens(value))
+                found = TOKEN_CACHE.get(value)  # no call when cached
+                if found is None:
+                    found = connection_tokens(value)
+                tokens = found if tokens is None else tokens | found
         if chunked and length is not None:
             raise UpstreamBadResponse("Content-Length with Transfer-Encoding from upstream")
         self._chunked = chunked
