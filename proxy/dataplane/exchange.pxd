@@ -116,6 +116,7 @@ cdef class Exchange:
     cpdef void dispatch(self)
     cpdef void attach(self, up)
     cpdef void _write_body(self, t, bytes chunk)
+    @cython.locals(drop=frozenset)
     cpdef void on_upstream_head(self, int status, bytes reason, list headers, bint chunked,
                                 length, frozenset connection)
     cpdef void on_upstream_body(self, bytes data)

@@ -31,7 +31,7 @@ cdef class DataPlane:
     cdef public dict pools
     cdef public object rand
     cdef public Recorder recorder
-    cdef public object req_special
+    cdef public frozenset req_special
     cdef public list servers
     cdef public object shadow
     cdef public RouteTable table

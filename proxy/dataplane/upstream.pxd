@@ -6,6 +6,8 @@ from proxy.dataplane.exchange cimport Exchange
 
 cdef class UpstreamPool
 
+cdef frozenset _FRAMING  # a C global: `in` is a set lookup, no protocol dispatch
+
 
 @cython.final
 cdef class UpstreamConnection:
