@@ -196,11 +196,12 @@ class AccessLog:
         # the same two lines without a query, as literals (the compiled Exchange writes them)
         literals = (_literals(blines[1]), _literals(blines[3]))
         # What Exchange.access_line reads: its templates, caches and clock (typed, compiled).
+        # and, for Exchange.finish, `buf` (rendered lines (str), data plane tuples and finished
+        # exchanges, in order), `scheduled` (a render is scheduled) and `sample_all`.
         self.line = LineState(self, blines, literals, max(sum(map(len, x)) for x in literals),
-                              fmt != "console")
+                              fmt != "console", sample >= 1.0)
         self.sample = sample
         self.fmt = fmt
-        self.buf: list[Any] = []  # rendered lines (str) and data plane tuples, in order
         self._out = _line_writer(self.stream, shared)
         self._encoding = getattr(self.stream, "encoding", None) or "utf-8"
         self._dirty = False  # something written since the last flush
@@ -209,7 +210,6 @@ class AccessLog:
         self.line.wall = time.time() - time.monotonic()  # wall clock - monotonic, per batch
         self._prefix = ""
         self._quoted: dict[tuple, str] = {}
-        self._render_scheduled = False
         self._call_soon: Any = None  # the running loop's call_soon, found on first use
         _LOGS.add(self)
 
@@ -233,14 +233,14 @@ class AccessLog:
         fields["timestamp"] = self._timestamp(time.time())
         if self.fmt == "console":
             pinned = fields.get("override")  # a pinned (QA) request: proxy.dataplane.overrides
-            self.buf.append(
+            self.line.buf.append(
                 f"{fields['status']} {fields['method']} {fields['path']} -> {fields['route']}"
                 f"/{fields['backend']} {fields['duration_ms']}ms id={fields['request_id']}"
                 + (f" override={pinned}\n" if pinned else "\n")
             )
         else:
-            self.buf.append(_json_line(fields))
-        if len(self.buf) >= 512:
+            self.line.buf.append(_json_line(fields))
+        if len(self.line.buf) >= 512:
             self.flush()
 
     def request(self, request_id: str, route: str, backend: str, upstream: str, method: bytes,
@@ -251,13 +251,13 @@ class AccessLog:
         `upstream_seconds` < 0: no upstream answered."""
         if self.sample < 1.0 and status < 500 and self._rand() >= self.sample:
             return
-        buf = self.buf
+        buf = self.line.buf
         buf.append((request_id, route, backend, upstream, method, path, status, seconds,
                     fallback, self._clock(), query, upstream_seconds, bytes_in, bytes_out,
                     client, user_agent))
         if len(buf) >= 512:
             self.flush()
-        elif not self._render_scheduled:
+        elif not self.line.scheduled:
             self._schedule_render()
 
     def exchange(self, ex: Any) -> None:
@@ -267,15 +267,15 @@ class AccessLog:
         at rendering). The exchange is done: nothing changes it any more."""
         if self.sample < 1.0 and ex.status < 500 and self._rand() >= self.sample:
             return
-        buf = self.buf
+        buf = self.line.buf
         buf.append(ex)
         if len(buf) >= 512:
             self.flush()
-        elif not self._render_scheduled:
+        elif not self.line.scheduled:
             self._schedule_render()
 
     def _schedule_render(self) -> None:
-        self._render_scheduled = True  # until the next render (call_soon's, or the flush's)
+        self.line.scheduled = True  # until the next render (call_soon's, or the flush's)
         call_soon = self._call_soon
         if call_soon is None:
             try:
@@ -286,11 +286,11 @@ class AccessLog:
 
     def _render_pending(self) -> None:
         """Render what was appended since the last call into the write buffer."""
-        self._render_scheduled = False
-        buf = self.buf
+        self.line.scheduled = False
+        buf = self.line.buf
         if not buf:
             return
-        self.buf = []
+        self.line.buf = []
         # monotonic -> wall clock for the exchanges' end times: two clock reads per batch
         self.line.wall = time.time() - time.monotonic()
         # An exchange's line is rendered as bytes (ASCII: every string in it is JSON-escaped),

@@ -28,12 +28,15 @@ cdef Py_ssize_t _put_ms(char* buf, Py_ssize_t p, long long us)
 @cython.final
 cdef class LineState:
     cdef public tuple blines
+    cdef public list buf
     cdef public bint json
     cdef public tuple literals
     cdef public Py_ssize_t literals_len
     cdef public object log
     cdef public bytes prefix_b
     cdef public dict quoted_b
+    cdef public bint sample_all
+    cdef public bint scheduled
     cdef public Py_ssize_t second
     cdef public double wall
 

@@ -162,14 +162,20 @@ class LineState:
     owns it and keeps `wall`, `second` and `prefix_b` current): typed fields when compiled.
     `blines`: the exchange's line templates; `literals`: the two without a query as the literal
     bytes between fields, `literals_len` the longer's length; `quoted_b`: the quoted
-    route/backend/upstream/method and client/agent parts; `json`: not the console format."""
+    route/backend/upstream/method and client/agent parts; `json`: not the console format.
+    `buf`, `scheduled`, `sample_all`: the log's pending entries, whether their rendering is
+    scheduled, and whether every request is logged (`Exchange.finish` appends to `buf` itself
+    when nothing else is to do, as AccessLog.exchange would)."""
 
-    __slots__ = ("blines", "json", "literals", "literals_len", "log", "prefix_b", "quoted_b",
-                 "second", "wall")
+    __slots__ = ("blines", "buf", "json", "literals", "literals_len", "log", "prefix_b",
+                 "quoted_b", "sample_all", "scheduled", "second", "wall")
 
     def __init__(self, log: Any, blines: tuple, literals: tuple, literals_len: int,
-                 json: bool) -> None:
+                 json: bool, sample_all: bool = True) -> None:
         self.log = log
+        self.buf: list[Any] = []
+        self.scheduled = False
+        self.sample_all = sample_all
         self.blines = blines
         self.literals = literals
         self.literals_len = literals_len
@@ -1094,7 +1100,11 @@ class Exchange:
             trace.tracer.finish(self)
         if log is not None and pinned is None and trace is None:
             self.t_end = now
-            log(self)  # AccessLog.exchange: the line is rendered from this exchange later
+            line = plane.log_line
+            if line is not None and line.scheduled and line.sample_all and len(line.buf) < 511:
+                line.buf.append(self)  # AccessLog.exchange's usual case, without a call
+            else:
+                log(self)  # AccessLog.exchange: the line is rendered from this exchange later
         elif plane.access_log is not None:
             upstream_s = self.t_head - self.t0 if self.t_head else -1.0
             query, agent = self.query, self.user_agent

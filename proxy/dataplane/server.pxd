@@ -1,7 +1,7 @@
 # Static types for Cython (issue 29): see exchange.pxd. server.py runs as it is without them.
 cimport cython
 
-from proxy.dataplane.exchange cimport Exchange
+from proxy.dataplane.exchange cimport Exchange, LineState
 from proxy.dataplane.inventory cimport EndpointCounter
 from proxy.dataplane.recorder cimport Recorder
 from proxy.dataplane.table cimport RouteTable
@@ -24,6 +24,7 @@ cdef class DataPlane:
     cdef public object limits
     cdef public object listener_tls
     cdef public object log_exchange
+    cdef public LineState log_line
     cdef public Py_ssize_t max_header_bytes
     cdef public Py_ssize_t max_headers
     cdef public Py_ssize_t max_request_line

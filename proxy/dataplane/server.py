@@ -37,7 +37,7 @@ from proxy.dataplane.basics import (
     error_body,
     new_request_id,
 )
-from proxy.dataplane.exchange import Exchange
+from proxy.dataplane.exchange import Exchange, LineState
 from proxy.dataplane.inventory import EndpointCounter
 from proxy.dataplane.overrides import OverridePolicy
 from proxy.dataplane.recorder import Recorder
@@ -86,6 +86,10 @@ class DataPlane:
         # any other callable gets the dict.
         self.log_exchange: Callable[[Exchange], None] | None = getattr(access_log, "exchange",
                                                                       None)
+        # The AccessLog's LineState (None for any other callable): Exchange.finish appends to
+        # its buffer itself in the usual case.
+        line = getattr(access_log, "line", None)
+        self.log_line = line if isinstance(line, LineState) else None
         self.rand = rand
         self.table: RouteTable | None = None
         self.config: Config | None = None
