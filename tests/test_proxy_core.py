@@ -321,6 +321,32 @@ async def test_http10_client_gets_close_delimited_or_sized_response(inproc_proxy
     await up.stop()
 
 
+async def test_the_request_version_is_right_in_every_read_shape(inproc_proxy):
+    """The compiled data plane reads the version off the request line when the head starts a
+    read (no httptools call); pipelined heads, a request line split over two reads, leading
+    CRLFs and a 1.1 head that mentions HTTP/1.0 further on must all get their own version's
+    framing: an HTTP/1.0 client never gets chunked, an HTTP/1.1 one does."""
+    def respond(seen):
+        return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n0\r\n\r\n")
+
+    port, up = await _raw_proxy(inproc_proxy, respond)
+    http10 = b"GET /api/v HTTP/1.0\r\n\r\n"
+    for send in ([http10], [b"GET /api/v HT", b"TP/1.0\r\n\r\n"], [b"\r\n" + http10],
+                 [b"GET /api/a HTTP/1.1\r\nHost: a\r\n\r\n" + http10]):
+        data, closed = await raw_request(port, send, pause=0.05)
+        last = parse_responses(data)[-1]
+        assert closed and last.status == 200, send
+        assert last.header("transfer-encoding") is None and data.endswith(b"\r\n\r\nhello"), send
+    data, _ = await raw_request(port, b"GET /api/v HTTP/1.1\r\nHost: a\r\nX-A: b HTTP/1.0\r\n"
+                                      b"Connection: close\r\n\r\n")
+    (resp,) = parse_responses(data)
+    assert resp.header("transfer-encoding") == "chunked"
+    data, _ = await raw_request(port, b"GET /api/v HTTP/2.0\r\nHost: a\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 505")
+    await up.stop()
+
+
 async def test_chunked_response_is_rechunked(inproc_proxy):
     def respond(seen):
         return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"

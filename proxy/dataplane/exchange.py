@@ -67,7 +67,7 @@ except ImportError:  # the .py file without Cython installed
     _C_LOOP = False
 if _C_LOOP:  # the compiled access line (Exchange._c_line) and heads (_join)
     from cython.cimports.cpython.bytes import PyBytes_AS_STRING, PyBytes_FromStringAndSize
-    from cython.cimports.libc.string import memcpy
+    from cython.cimports.libc.string import memchr, memcmp, memcpy
 _LINE_MAX = 4096  # a longer access line (long path or user agent) is formatted by Python
 
 
@@ -137,6 +137,33 @@ def _plain_path(path: bytes) -> bool:
             return False
         prev = c
     return True
+
+
+def _line_version(start: bytes | None) -> str | None:
+    """The version of a request whose head starts at `start`'s first byte (None: not known
+    so), "1.1" or "1.0" read off its request line, which llhttp has accepted: it ends at the
+    first CRLF (llhttp wants CRLF right after the version, and refuses CR or LF before it), the
+    version right before. Anything else (0.9, 2.0, a line not in this read): None, and
+    httptools says."""
+    if start is None:
+        return None
+    if _C_LOOP:  # memchr for the first LF, then the 9 bytes before its CR
+        buf = cython.cast(cython.p_char, start)
+        lf = cython.cast(cython.p_char, memchr(buf, 10, len(start)))
+        if lf == cython.NULL or lf - buf < 10 or lf[-1] != 13:
+            return None
+        if memcmp(lf - 10, cython.cast(cython.p_char, b" HTTP/1."), 8) != 0:
+            return None
+        minor = lf[-2]
+        return "1.1" if minor == 49 else "1.0" if minor == 48 else None
+    end = start.find(b"\r\n")
+    if end < 0 or start.find(b"\n", 0, end) >= 0:
+        return None
+    if start.endswith(b" HTTP/1.1", 0, end):
+        return "1.1"
+    if start.endswith(b" HTTP/1.0", 0, end):
+        return "1.0"
+    return None
 
 
 def with_host(parts: list[bytes], headers: list[tuple[bytes, bytes]], host: bytes) -> None:
@@ -344,7 +371,10 @@ class Exchange:
         self.method = method
         self.head_only = method == b"HEAD"
         parser = conn.parser
-        version = parser.get_http_version()
+        version = _line_version(conn.head_start)
+        conn.head_start = None
+        if version is None:
+            version = parser.get_http_version()  # formats a str: ~2,300 instructions
         self.version_10 = version == "1.0"
         self.keep_alive = parser.should_keep_alive()
         if version != "1.1" and version != "1.0":

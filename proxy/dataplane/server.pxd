@@ -48,11 +48,14 @@ cdef class DataPlane:
 
 @cython.final
 cdef class ClientConnection:
+    cdef public bytes _data
+    cdef public bint _fresh
     cdef public Py_ssize_t _hbytes
     cdef public list _headers
     cdef public bytes _url
     cdef public bint closing
     cdef public Exchange cur
+    cdef public bytes head_start
     cdef public double header_deadline
     cdef public double idle_deadline
     cdef public bint in_headers

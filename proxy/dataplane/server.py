@@ -309,6 +309,12 @@ class ClientConnection:
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._hbytes = 0
+        # The read being parsed, and `_fresh` until a message ends in it: a message that
+        # begins while it holds is at the read's first byte, and `head_start` is that read
+        # (Exchange._request_line finds the request line's version there, not by a call).
+        self._data = b""
+        self._fresh = False
+        self.head_start: bytes | None = None
         # Bytes of the header line httptools holds unfinished (-1: the head began in the
         # current read), so that a line without end is refused at the limit, not buffered.
         self.line_run = 0
@@ -359,8 +365,11 @@ class ClientConnection:
             return
         if self.closing and (self.cur is None or self.refusal is not None):
             return
+        self._data = data
+        self._fresh = True
         try:
             self.parser.feed_data(data)
+            self._data = b""
             if self.in_headers:
                 self._head_in_progress(data)
         except httptools.HttpParserUpgrade as exc:
@@ -421,6 +430,8 @@ class ClientConnection:
 
     # -- httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self.head_start = self._data if self._fresh else None
+        self._fresh = False
         self._url = b""
         self._headers = []
         self._hbytes = 0
@@ -483,6 +494,7 @@ class ClientConnection:
             ex.on_client_body(body)
 
     def on_message_complete(self) -> None:
+        self._fresh = False  # a next message in this read does not begin at its first byte
         ex = self.parsing
         self.parsing = None
         if ex is not None:
