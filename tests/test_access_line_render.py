@@ -19,10 +19,12 @@ from proxy.dataplane.server import ClientConnection, DataPlane
 from proxy.dataplane.upstream import UpstreamPool
 
 
-def _exchange(rng: random.Random, agent: bytes | None, path: bytes) -> Exchange:
-    plane = DataPlane(Recorder())
-    conn = ClientConnection(plane)
-    conn.peer = "203.0.113.9"
+def _exchange(rng: random.Random, agent: bytes | None, path: bytes,
+              conn: ClientConnection | None = None) -> Exchange:
+    plane = DataPlane(Recorder()) if conn is None else conn.plane
+    if conn is None:
+        conn = ClientConnection(plane)
+        conn.peer = "203.0.113.9"
     ex = Exchange()
     ex.conn = conn
     ex.plane = plane
@@ -57,8 +59,12 @@ def test_the_exchange_line_is_the_general_renderers_line(process: str) -> None:
     log = AccessLog(stream=io.StringIO(), process=process)
     rng = random.Random(7)
     seen = 0
+    shared = ClientConnection(DataPlane(Recorder()))  # one connection, its agent changing
+    shared.peer = "198.51.100.7"
     for i in range(3000):
-        ex = _exchange(rng, AGENTS[i % len(AGENTS)], PATHS[i // len(AGENTS) % len(PATHS)])
+        agent = AGENTS[i % len(AGENTS)] if i % 3 else bytes(AGENTS[i % len(AGENTS)] or b"x")
+        ex = _exchange(rng, agent, PATHS[i // len(AGENTS) % len(PATHS)],
+                       shared if i % 2 else None)
         line = ex.access_line(log)
         assert line == log.render_exchange(ex), (ex.t_end - ex.t0, ex.t_head - ex.t0)
         fields = json.loads(line)

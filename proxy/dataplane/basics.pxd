@@ -8,4 +8,5 @@ cdef class _RequestIds:
     cdef public unsigned long long n
     cdef public bytes prefix
 
+    @cython.locals(n="unsigned long long", low=Py_ssize_t)
     cpdef bytes next_b(self)

@@ -12,6 +12,8 @@ from proxy.dataplane.upstream cimport UpstreamConnection, UpstreamPool
 
 
 cdef _RequestIds new_request_id  # proxy.dataplane.basics' (its type: a C call per id)
+cdef dict HOST_CACHE  # proxy.dataplane.headers' caches: `.get` is a C dict lookup
+cdef dict TOKEN_CACHE
 
 
 @cython.locals(c=cython.uchar, prev=cython.uchar)

@@ -835,7 +835,9 @@ class Exchange:
             self.resp_headers = [(lname, value) for lname, _, value in headers
                                  if lname not in drop]
         if not has_rid:
-            out += (b"x-request-id: ", self.rid, b"\r\n")
+            out.append(b"x-request-id: ")
+            out.append(self.rid)
+            out.append(b"\r\n")
         if tunnel101:
             out.append(b"\r\n")
             self.response_started = True
@@ -843,7 +845,9 @@ class Exchange:
             return
         if length is not None:
             if cl is not None and (cl[0] != _ZERO or len(cl) == 1):  # no leading zero
-                out += (b"content-length: ", cl, b"\r\n")  # no number formatted per answer
+                out.append(b"content-length: ")  # the digits as sent: no number formatted
+                out.append(cl)
+                out.append(b"\r\n")
             else:
                 out.append(b"content-length: %d\r\n" % length)
         elif self.head_only or status in (204, 304):
@@ -925,7 +929,8 @@ class Exchange:
             if len(buf) == 1:
                 t.write(buf[0])
             elif len(buf) == 2 and len(buf[1]) <= 4096:
-                t.write(buf[0] + buf[1])  # cheaper than writev's per-call set-up when small
+                # one buffer: cheaper than writev's per-call set-up when small
+                t.write(_join(buf) if _C_LOOP else buf[0] + buf[1])
             else:
                 t.writelines(buf)
 
@@ -1186,11 +1191,18 @@ class Exchange:
         if second != state.second:
             log._timestamp(now)
         quoted = state.quoted_b
-        client = self.conn.peer
+        conn = self.conn
         agent = self.user_agent
-        who = quoted.get((client, agent))
-        if who is None:
-            who = log._cache_b((client, agent), log._who(client, agent))
+        who = conn.log_who  # the connection's last client/agent part: agents repeat
+        last = conn.log_agent
+        if who is None or not (agent is last or (agent is not None and last is not None
+                                                  and agent == last)):
+            client = conn.peer
+            who = quoted.get((client, agent))
+            if who is None:
+                who = log._cache_b((client, agent), log._who(client, agent))
+            conn.log_who = who
+            conn.log_agent = agent
         backend = self.backend
         upstream = self.pool.name
         method = self.method

@@ -60,6 +60,8 @@ cdef class ClientConnection:
     cdef public double idle_deadline
     cdef public bint in_headers
     cdef public Py_ssize_t line_run
+    cdef public object log_agent
+    cdef public bytes log_who
     cdef public object override_peer
     cdef public object parser
     cdef public Exchange parsing

@@ -315,6 +315,10 @@ class ClientConnection:
         self._data = b""
         self._fresh = False
         self.head_start: bytes | None = None
+        # The access line's quoted client and user agent for the agent last seen here
+        # (Exchange.access_line): one comparison instead of a cache lookup per line.
+        self.log_agent: bytes | None = None
+        self.log_who: bytes | None = None
         # Bytes of the header line httptools holds unfinished (-1: the head began in the
         # current read), so that a line without end is refused at the limit, not buffered.
         self.line_run = 0
