@@ -89,12 +89,12 @@ def _join(parts: list) -> bytes:
     for item in parts:
         if type(item) is not bytes:
             return b"".join(parts)
-        n += len(item)
+        n += len(cython.cast(bytes, item))
     out = PyBytes_FromStringAndSize(cython.NULL, n)
     buf = PyBytes_AS_STRING(out)
     p = 0
     for item in parts:
-        k = len(item)
+        k = len(cython.cast(bytes, item))
         memcpy(buf + p, PyBytes_AS_STRING(item), k)
         p += k
     return out
