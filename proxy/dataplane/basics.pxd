@@ -10,3 +10,7 @@ cdef class _RequestIds:
 
     @cython.locals(n="unsigned long long", low=Py_ssize_t)
     cpdef bytes next_b(self)
+
+
+@cython.locals(n=Py_ssize_t, total="long long", c="unsigned char")
+cpdef long long digits_value(bytes value)

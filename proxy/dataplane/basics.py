@@ -52,6 +52,20 @@ def error_body(status: int, code: str, message: str, request_id: str | None) -> 
     ).encode()
 
 
+def digits_value(value: bytes) -> int:
+    """The number a Content-Length value of ASCII digits says; -1 when it is not one (empty,
+    another character, or more than 18 digits: then `int` says, the caller's slower path)."""
+    n = len(value)
+    if n == 0 or n > 18:
+        return -1
+    total = 0
+    for c in value:
+        if c < 48 or c > 57:
+            return -1
+        total = total * 10 + (c - 48)
+    return total
+
+
 _LOW_DIGITS = tuple(b"%02x" % i for i in range(256))
 
 

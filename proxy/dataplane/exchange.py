@@ -640,7 +640,8 @@ class Exchange:
 
     def upstream_head(self) -> bytes:
         pool = self.pool
-        target = pool.base_path + self.path
+        base = pool.base_path
+        target = base + self.path if base else self.path
         if self.query is not None:
             target += b"?" + self.query
         parts = [self.method, b" ", target, b" HTTP/1.1\r\n"]

@@ -1,6 +1,7 @@
 # Static types for Cython (issue 29): see exchange.pxd. upstream.py runs as it is without them.
 cimport cython
 
+from proxy.dataplane cimport basics
 from proxy.dataplane.exchange cimport Exchange
 
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import httptools
 
 from proxy.config.spec import UpstreamSpec
+from proxy.dataplane import basics
 from proxy.dataplane.headers import (
     HEADER_INJECTION,
     TOKEN_CACHE,
@@ -37,6 +38,12 @@ from proxy.dataplane.upstream_errors import (  # noqa: F401 - re-exported
     UpstreamTlsError,
 )
 
+try:  # compiled (setup.py): basics.digits_value is a C loop
+    import cython
+
+    _COMPILED = cython.compiled
+except ImportError:  # the .py file without Cython installed
+    _COMPILED = False
 _FRAMING = frozenset({b"transfer-encoding", b"content-length", b"connection"})
 # CR, LF or NUL in an upstream header value is refused (502) by httptools' own parser; only
 # where it lets them through are values searched here (see parser_refuses_injection).
@@ -244,9 +251,14 @@ class UpstreamConnection:
                     raise UpstreamBadResponse("unsupported Transfer-Encoding from upstream")
                 chunked = True
             elif lname == b"content-length":
-                if not value.isdigit() or (length is not None and length != int(value)):
-                    raise UpstreamBadResponse("invalid or conflicting Content-Length from upstream")
-                length = int(value)
+                n = basics.digits_value(value) if _COMPILED else -1  # C: no int() call
+                if n < 0:
+                    if not value.isdigit():
+                        raise UpstreamBadResponse("invalid Content-Length from upstream")
+                    n = int(value)
+                if length is not None and length != n:
+                    raise UpstreamBadResponse("conflicting Content-Length from upstream")
+                length = n
             else:
                 found = TOKEN_CACHE.get(value)  # no call when cached
                 if found is None:
