@@ -14,6 +14,7 @@ from proxy.dataplane.upstream cimport UpstreamConnection, UpstreamPool
 cdef _RequestIds new_request_id  # proxy.dataplane.basics' (its type: a C call per id)
 cdef dict HOST_CACHE  # proxy.dataplane.headers' caches: `.get` is a C dict lookup
 cdef dict TOKEN_CACHE
+cdef dict _STATUS_LINES
 
 
 @cython.locals(c=cython.uchar, prev=cython.uchar)
@@ -106,8 +107,8 @@ cdef class Exchange:
 
     # The request path's own calls are C calls (cpdef on a final class); Python callers (the
     # tests, mirror, tracing) call them as before. The types match the .py's annotations.
-    cpdef void read_head(self, conn, bytes method, bytes url, list raw)
-    cpdef void _request_line(self, conn, bytes method)
+    cpdef void read_head(self, ClientConnection conn, bytes method, bytes url, list raw)
+    cpdef void _request_line(self, ClientConnection conn, bytes method)
     cpdef frozenset _headers(self, list raw, dict hdict)
     cpdef void _framing(self, bytes te, bytes cl, bytes host)
     cpdef void _target(self, bytes url, dict hdict)

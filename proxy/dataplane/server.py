@@ -533,8 +533,7 @@ class ClientConnection:
         if self.closing and (self.parsing is None or self.parsing is ex):
             t.close()
             return
-        if not t.is_reading():
-            t.resume_reading()  # paused by this exchange's upstream back-pressure
+        t.resume_reading()  # if paused by this exchange's back-pressure (else a no-op)
         self.idle_deadline = now + self.plane.idle_timeout
 
     def last_answer(self) -> bool:

@@ -8,6 +8,7 @@ from proxy.dataplane.exchange cimport Exchange
 cdef class UpstreamPool
 
 cdef frozenset _FRAMING  # a C global: `in` is a set lookup, no protocol dispatch
+cdef dict TOKEN_CACHE  # proxy.dataplane.headers': `.get` is a C dict lookup
 
 
 @cython.final
@@ -19,6 +20,7 @@ cdef class UpstreamConnection:
     cdef public bint _in_body
     cdef public object _length
     cdef public bytes _reason
+    cdef public Py_ssize_t _status
     cdef public Exchange ex
     cdef public bint fresh
     cdef public bint got_bytes

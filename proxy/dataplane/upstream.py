@@ -92,6 +92,7 @@ class UpstreamConnection:
         "_in_body",
         "_length",
         "_reason",
+        "_status",
         "ex",
         "fresh",
         "got_bytes",
@@ -118,6 +119,7 @@ class UpstreamConnection:
         self.reused = False
         self._headers: list[tuple[bytes, bytes, bytes]] = []
         self._reason = b""
+        self._status = 0
         self._chunked = False
         self._length: int | None = None
         self._in_body = False
@@ -229,7 +231,7 @@ class UpstreamConnection:
         self._headers.append((name.lower(), name, value))
 
     def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
+        self._status = status = self.parser.get_status_code()
         headers, reason = self._headers, self._reason
         self._headers = []
         self._reason = b""
@@ -294,7 +296,7 @@ class UpstreamConnection:
                 sink.on_upstream_body(body)
 
     def on_message_complete(self) -> None:
-        status = self.parser.get_status_code()
+        status = self._status  # this message's, from on_headers_complete
         if 100 <= status < 200 and (status != 101 or (self.sink is not None
                                                        and self.sink.is_tunnel)):
             return  # interim response, or a 101 that turns this connection into a tunnel
