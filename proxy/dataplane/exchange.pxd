@@ -122,7 +122,7 @@ cdef class Exchange:
     cpdef void _upstream_request(self, CompiledRoute route, bytes method, dict hdict)
     cpdef bytes upstream_head(self)
     cpdef void dispatch(self)
-    cpdef void attach(self, up)
+    cpdef void attach(self, UpstreamConnection up)
     cpdef void _write_body(self, t, bytes chunk)
     @cython.locals(drop=frozenset)
     cpdef void on_upstream_head(self, int status, bytes reason, list headers, bint chunked,
