@@ -19,7 +19,7 @@ cdef dict _STATUS_LINES
 
 @cython.locals(c=cython.uchar, prev=cython.uchar)
 cpdef bint _plain_path(bytes path)
-@cython.locals(end=Py_ssize_t, buf="char*", lf="char*", minor=char)
+@cython.locals(buf="char*", lf="char*", minor=char)
 cdef str _line_version(bytes start)
 @cython.locals(n=Py_ssize_t, p=Py_ssize_t, k=Py_ssize_t, out=bytes, buf="char*")
 cdef bytes _join(list parts)

@@ -140,30 +140,21 @@ def _plain_path(path: bytes) -> bool:
 
 
 def _line_version(start: bytes | None) -> str | None:
-    """The version of a request whose head starts at `start`'s first byte (None: not known
-    so), "1.1" or "1.0" read off its request line, which llhttp has accepted: it ends at the
-    first CRLF (llhttp wants CRLF right after the version, and refuses CR or LF before it), the
-    version right before. Anything else (0.9, 2.0, a line not in this read): None, and
-    httptools says."""
+    """Compiled only: the version of a request whose head starts at `start`'s first byte
+    (None: not known so), "1.1" or "1.0" read off its request line, which llhttp has accepted:
+    it ends at the first LF, which llhttp wants right after a CR right after the version (it
+    refuses CR or LF before). Anything else (0.9, 2.0, a line not in this read): None, and
+    httptools says (its get_http_version formats a str: ~2,300 instructions)."""
     if start is None:
         return None
-    if _C_LOOP:  # memchr for the first LF, then the 9 bytes before its CR
-        buf = cython.cast(cython.p_char, start)
-        lf = cython.cast(cython.p_char, memchr(buf, 10, len(start)))
-        if lf == cython.NULL or lf - buf < 10 or lf[-1] != 13:
-            return None
-        if memcmp(lf - 10, cython.cast(cython.p_char, b" HTTP/1."), 8) != 0:
-            return None
-        minor = lf[-2]
-        return "1.1" if minor == 49 else "1.0" if minor == 48 else None
-    end = start.find(b"\r\n")
-    if end < 0 or start.find(b"\n", 0, end) >= 0:
+    buf = cython.cast(cython.p_char, start)
+    lf = cython.cast(cython.p_char, memchr(buf, 10, len(start)))
+    if lf == cython.NULL or lf - buf < 10 or lf[-1] != 13:
         return None
-    if start.endswith(b" HTTP/1.1", 0, end):
-        return "1.1"
-    if start.endswith(b" HTTP/1.0", 0, end):
-        return "1.0"
-    return None
+    if memcmp(lf - 10, cython.cast(cython.p_char, b" HTTP/1."), 8) != 0:
+        return None
+    minor = lf[-2]
+    return "1.1" if minor == 49 else "1.0" if minor == 48 else None
 
 
 def with_host(parts: list[bytes], headers: list[tuple[bytes, bytes]], host: bytes) -> None:
@@ -371,7 +362,7 @@ class Exchange:
         self.method = method
         self.head_only = method == b"HEAD"
         parser = conn.parser
-        version = _line_version(conn.head_start)
+        version = _line_version(conn.head_start) if _C_LOOP else None
         conn.head_start = None
         if version is None:
             version = parser.get_http_version()  # formats a str: ~2,300 instructions
