@@ -1,6 +1,9 @@
 # Static types for Cython (issue 29): see exchange.pxd. basics.py runs as it is without them.
 cimport cython
 
+cdef unsigned long long _ID_MASK
+cdef tuple _LOW_DIGITS
+
 
 @cython.final
 cdef class _RequestIds:

@@ -67,6 +67,7 @@ def digits_value(value: bytes) -> int:
 
 
 _LOW_DIGITS = tuple(b"%02x" % i for i in range(256))
+_ID_MASK = 0xFFFFFFFFFFFF  # 48-bit counter (compiled: a C constant, basics.pxd)
 
 
 class _RequestIds:
@@ -87,7 +88,7 @@ class _RequestIds:
         self.high = b"%s%010x" % (self.prefix, self.n >> 8)
 
     def next_b(self) -> bytes:
-        self.n = n = (self.n + 1) & 0xFFFFFFFFFFFF
+        self.n = n = (self.n + 1) & _ID_MASK
         low = n & 0xFF
         if low == 0:
             self.high = b"%s%010x" % (self.prefix, n >> 8)

@@ -15,6 +15,7 @@ cdef _RequestIds new_request_id  # proxy.dataplane.basics' (its type: a C call p
 cdef dict HOST_CACHE  # proxy.dataplane.headers' caches: `.get` is a C dict lookup
 cdef dict TOKEN_CACHE
 cdef dict _STATUS_LINES
+cdef Py_ssize_t BUCKETS  # proxy.dataplane.split's: a C number
 
 
 @cython.locals(c=cython.uchar, prev=cython.uchar)
@@ -124,7 +125,7 @@ cdef class Exchange:
     cpdef void dispatch(self)
     cpdef void attach(self, UpstreamConnection up)
     cpdef void _write_body(self, t, bytes chunk)
-    @cython.locals(drop=frozenset)
+    @cython.locals(drop=frozenset, known=tuple)
     cpdef void on_upstream_head(self, int status, bytes reason, list headers, bint chunked,
                                 length, frozenset connection)
     cpdef void on_upstream_body(self, bytes data)

@@ -294,7 +294,7 @@ class Exchange:
         # watched yet)
         self.read_seen = 0
         self.read_mark = 0.0
-        self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.resp_headers: list[tuple[bytes, bytes]] | tuple = ()  # a list when shadowed
         self.status = 0
         self.retried = False  # fallback to legacy used
         self.stale_retried = False  # resent once after a dead pooled connection
