@@ -494,6 +494,11 @@ class DiffStore:
         `ignored(path)`: the route's current ignore rules cover the path; such a row is marked
         `ignored` and listed after the live ones."""
         where, args = self._where(route, step, rules, fleet)
+        # The counts first, then the fields: each read sees what was written before it (another
+        # replica's comparer writes to a shared store meanwhile), so the fields read second
+        # include those of every comparison counted; counted the other way round, a view could
+        # show mismatches whose fields it had not seen.
+        counts = self.counts(route, step, rules, fleet=fleet)
         fields: dict[tuple[str, str], list[int]] = {}
         renames: Counter[tuple[str, str]] = Counter()
         with self._read_lock:
@@ -526,12 +531,11 @@ class DiffStore:
             window = self._read.execute(
                 f"SELECT MIN(started), MAX(updated) FROM comparisons WHERE {where}",
                 args).fetchone()
-        counts = self.counts(route, step, rules, fleet=fleet)
         compared = counts.compared  # rates are over the pairs that were really compared
         hints = _rename_hints(renames, fields)
         out_fields = []
         for (p, k), (n, elements, of) in fields.items():
-            rate = n / compared if compared else 0.0
+            rate = min(1.0, n / compared) if compared else 0.0  # fields may be a write ahead
             noisy = (heuristic and k == "value" and p in varies
                      and compared >= LIKELY_NOISE_MIN and rate >= LIKELY_NOISE_RATE)
             if likely_noise is not None and likely_noise(p):
