@@ -195,10 +195,10 @@ class AccessLog:
         blines = _exchange_lines(self._lines)
         # the same two lines without a query, as literals (the compiled Exchange writes them)
         literals = (_literals(blines[1]), _literals(blines[3]))
-        # What Exchange.access_line reads: its templates, caches and clock (typed, compiled).
-        # and, for Exchange.finish, `buf` (rendered lines (str), data plane tuples and finished
+        # What Exchange.access_line reads (templates, caches, clock; typed when compiled) and,
+        # for Exchange.finish, `buf` (rendered lines (str), data plane tuples and finished
         # exchanges, in order), `scheduled` (a render is scheduled) and `sample_all`.
-        self.line = LineState(self, blines, literals, max(sum(map(len, x)) for x in literals),
+        self.line = LineState(blines, literals, max(sum(map(len, x)) for x in literals),
                               fmt != "console", sample >= 1.0)
         self.sample = sample
         self.fmt = fmt

@@ -38,7 +38,6 @@ cdef class LineState:
     cdef public bint json
     cdef public tuple literals
     cdef public Py_ssize_t literals_len
-    cdef public object log
     cdef public bytes prefix_b
     cdef public dict quoted_b
     cdef public bint sample_all

@@ -1,6 +1,6 @@
 """One request/response on a client connection (`Exchange`), from its parsed head to the log line.
 
-Flow, `Exchange.from_head`'s phases first: the request line is vetted -> the headers are sorted
+Flow, `Exchange.read_head`'s phases first: the request line is vetted -> the headers are sorted
 in one pass and the body's framing read -> canonical path -> request id -> route lookup on the
 current table generation -> split or override pin -> shadow decision -> the upstream request's
 headers; then the head is re-serialised to a pooled upstream connection, the body streamed with
@@ -101,14 +101,15 @@ def _join(parts: list) -> bytes:
 
 
 def _put_int(buf, p, v, width):  # C types: exchange.pxd
-    """Compiled only: `v` (>= 0) in decimal, zero-padded to `width` digits, at `buf[p:]`."""
+    """Compiled only: `v` (>= 0) in decimal, zero-padded to `width` digits, at `buf[p:]`
+    (at most 20 digits whatever `v` is: the buffer is never overrun)."""
     digits = cython.declare(cython.char[24])
     n = 0
     while True:
         digits[n] = 48 + v % 10
         v //= 10
         n += 1
-        if v == 0 and n >= width:
+        if (v == 0 and n >= width) or n >= 20:
             break
     while n:
         n -= 1
@@ -173,8 +174,6 @@ def with_host(parts: list[bytes], headers: list[tuple[bytes, bytes]], host: byte
 _HASH = ord("#")
 
 
-
-
 class LineState:
     """What `Exchange.access_line` reads from its access log (proxy.dataplane.access_log, which
     owns it and keeps `wall`, `second` and `prefix_b` current): typed fields when compiled.
@@ -185,12 +184,11 @@ class LineState:
     scheduled, and whether every request is logged (`Exchange.finish` appends to `buf` itself
     when nothing else is to do, as AccessLog.exchange would)."""
 
-    __slots__ = ("blines", "buf", "json", "literals", "literals_len", "log", "prefix_b",
-                 "quoted_b", "sample_all", "scheduled", "second", "wall")
+    __slots__ = ("blines", "buf", "json", "literals", "literals_len", "prefix_b", "quoted_b",
+                 "sample_all", "scheduled", "second", "wall")
 
-    def __init__(self, log: Any, blines: tuple, literals: tuple, literals_len: int,
-                 json: bool, sample_all: bool = True) -> None:
-        self.log = log
+    def __init__(self, blines: tuple, literals: tuple, literals_len: int, json: bool,
+                 sample_all: bool = True) -> None:
         self.buf: list[Any] = []
         self.scheduled = False
         self.sample_all = sample_all
@@ -323,19 +321,9 @@ class Exchange:
         self.wbuf: list[bytes] | None = None
 
     # -- head ----------------------------------------------------------------------------
-    @classmethod
-    def from_head(
-        cls, conn: Any, method: bytes, url: bytes, raw: list[tuple[bytes, bytes]]
-    ) -> Exchange:
-        """The exchange for a parsed request head, one phase at a time in the request's order;
-        any phase may refuse the request with `Reject`."""
-        ex = cls()
-        ex.read_head(conn, method, url, raw)
-        return ex
-
-    def read_head(self, conn: Any, method: bytes, url: bytes,
-                  raw: list) -> None:
-        """`from_head`'s phases on a new exchange (the compiled server calls it directly)."""
+    def read_head(self, conn: Any, method: bytes, url: bytes, raw: list) -> None:
+        """This new exchange from a parsed request head, one phase at a time in the request's
+        order; any phase may refuse the request with `Reject`."""
         ex = self
         ex._request_line(conn, method)
         hdict: dict[bytes, bytes] = {}
@@ -374,9 +362,7 @@ class Exchange:
             # A reverse proxy opens no tunnels on request; llhttp would treat CONNECT as one.
             raise Reject(405, "method_not_allowed", "CONNECT is not supported")
 
-    def _headers(
-        self, raw: list, hdict: dict
-    ) -> frozenset:
+    def _headers(self, raw: list, hdict: dict) -> frozenset:
         """Header hygiene: fill `hdict` (lower-case name -> last value), set `req_headers` to
         the headers to forward, then the body's framing. Returns the Connection header's tokens.
 
@@ -1235,8 +1221,9 @@ class Exchange:
         t0: cython.double = self.t0
         took: cython.longlong = cython.cast(cython.longlong, (self.t_end - t0) * 1e6 + 0.5)
         head: cython.longlong = cython.cast(cython.longlong, (self.t_head - t0) * 1e6 + 0.5)
-        if took < 0 or head < 0:
-            return None
+        if took < 0 or head < 0 or self.status < 0 or self.req_body_size < 0 or (
+                self.resp_size < 0 or not 0.0 <= fraction < 1.0):
+            return None  # never so; Python's format says it rather than a digit loop
         p: cython.Py_ssize_t = _put(buf, 0, literals[0], rid)
         p = _put(buf, p, literals[1], names)
         p = _put(buf, p, literals[2], path)

@@ -98,7 +98,7 @@ class DataPlane:
         self.default_pool: UpstreamPool | None = None
         self.trusted: tuple[Any, ...] = ()
         self.overrides: OverridePolicy | None = None
-        # Request headers `from_head` does not forward as they came: REQ_SPECIAL plus the
+        # Request headers `Exchange.read_head` does not forward as they came: REQ_SPECIAL plus the
         # override (pin and secret) headers of the current config, which are never forwarded.
         self.req_special: frozenset[bytes] = REQ_SPECIAL
         self.connections: set[ClientConnection] = set()

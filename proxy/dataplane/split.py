@@ -49,7 +49,7 @@ def choose_target(
     rand: Callable[[], float] = random.random,
 ) -> bool:
     """True when the request goes to target. One random draw only without a sticky key.
-    (Inlined in `Exchange._choose_backend`, a step of `from_head`: keep the two in step.)"""
+    (Inlined in `Exchange._choose_backend`, a step of `Exchange.read_head`: keep both in step.)"""
     if weight_bp <= 0:
         return False
     if weight_bp >= BUCKETS:
