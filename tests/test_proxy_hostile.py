@@ -354,6 +354,32 @@ async def test_upstream_hop_by_hop_response_headers_removed(hostile):
     assert first.header("x-request-id")
 
 
+async def test_each_response_drops_what_its_own_connection_header_names(hostile):
+    """Responses on one upstream connection naming different headers in Connection: each drops
+    its own (the data plane remembers the last Connection value it read; it must not reuse it
+    for another). Upper case names and order of headers as the upstream sent them."""
+    def answer(seen: SeenRaw) -> bytes:
+        named = {b"/api/a": b"X-One", b"/api/b": b"x-two, Keep-Alive", b"/api/c": b"keep-alive"}
+        return (b"HTTP/1.1 200 OK\r\nX-Two: 2\r\nConnection: " + named[seen.target] +
+                b"\r\nX-One: 1\r\nX-REQUEST-ID: up-" + seen.target[-1:] +
+                b"\r\nContent-Length: 2\r\nX-Three: 3\r\n\r\nok")
+
+    port, _, _ = await hostile(legacy_respond=answer)
+    data, _ = await raw_request(port, b"GET /api/a HTTP/1.1\r\nHost: a\r\n\r\n"
+                                      b"GET /api/b HTTP/1.1\r\nHost: a\r\n\r\n"
+                                      b"GET /api/a HTTP/1.1\r\nHost: a\r\n\r\n"
+                                      b"GET /api/c HTTP/1.1\r\nHost: a\r\n"
+                                      b"Connection: close\r\n\r\n")
+    resps = parse_responses(data)
+    assert [r.status for r in resps] == [200] * 4
+    names = [[k for k, _ in r.headers] for r in resps]
+    assert [[n for n in ns if n.startswith("x-")] for ns in names] == [
+        ["x-two", "x-request-id", "x-three"], ["x-one", "x-request-id", "x-three"],
+        ["x-two", "x-request-id", "x-three"], ["x-two", "x-one", "x-request-id", "x-three"]]
+    assert [r.header("x-request-id") for r in resps] == ["up-a", "up-b", "up-a", "up-c"]
+    assert all(r.body == b"ok" and r.header("content-length") == "2" for r in resps)
+
+
 async def test_upstream_dying_mid_body_truncates_client_response(hostile):
     def answer(seen: SeenRaw) -> list[bytes]:
         return [b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", b"x" * 100, b"<ABORT>"]

@@ -1,6 +1,9 @@
 # Static types for Cython (issue 29): see exchange.pxd. basics.py runs as it is without them.
 cimport cython
 
+cdef bint _COMPILED
+cdef Py_ssize_t _MAX_CODED
+cdef tuple _NAMES_BY_LEN, _CODES_BY_LEN
 cdef unsigned long long _ID_MASK
 cdef tuple _LOW_DIGITS
 
@@ -17,3 +20,6 @@ cdef class _RequestIds:
 
 @cython.locals(n=Py_ssize_t, total="long long", c="unsigned char")
 cpdef long long digits_value(bytes value)
+@cython.locals(n=Py_ssize_t, k=Py_ssize_t, i=Py_ssize_t, c=char, p="char*", q="char*",
+               end="char*", names=bytes, codes=bytes)
+cpdef int header_code(bytes name)

@@ -12,6 +12,15 @@ import os
 
 from proxy.dataplane.headers import FORWARDED_HEADERS, HOP_BY_HOP
 
+try:  # compiled (setup.py): `header_code` compares bytes in C
+    import cython
+
+    _COMPILED = cython.compiled
+except ImportError:  # the .py file without Cython installed
+    _COMPILED = False
+if _COMPILED:
+    from cython.cimports.cpython.bytes import PyBytes_AS_STRING
+
 REASONS = {
     400: b"Bad Request",
     404: b"Not Found",
@@ -64,6 +73,60 @@ def digits_value(value: bytes) -> int:
             return -1
         total = total * 10 + (c - 48)
     return total
+
+
+# Response header names the data plane acts on, as small numbers (`header_code`); 0 is any other
+# name, forwarded as it came.
+H_CONTENT_LENGTH = 1
+H_TRANSFER_ENCODING = 2
+H_CONNECTION = 3
+H_UPGRADE = 4
+H_HOP_BY_HOP = 5  # every other hop-by-hop name: never forwarded
+H_REQUEST_ID = 6
+HEADER_CODES: dict[bytes, int] = {name: H_HOP_BY_HOP for name in HOP_BY_HOP} | {
+    b"content-length": H_CONTENT_LENGTH,
+    b"transfer-encoding": H_TRANSFER_ENCODING,
+    b"connection": H_CONNECTION,
+    b"upgrade": H_UPGRADE,
+    b"x-request-id": H_REQUEST_ID,
+}
+_MAX_CODED = max(len(name) for name in HEADER_CODES)
+# By length: the coded names of that length end to end, and their codes (the C loop's tables).
+_NAMES_BY_LEN = tuple(b"".join(n for n in HEADER_CODES if len(n) == k)
+                      for k in range(_MAX_CODED + 1))
+_CODES_BY_LEN = tuple(bytes(c for n, c in HEADER_CODES.items() if len(n) == k)
+                      for k in range(_MAX_CODED + 1))
+
+
+def header_code(name: bytes) -> int:
+    """`HEADER_CODES.get(name.lower(), 0)`. Compiled, without the lower-cased copy and its hash:
+    `name` is compared, ignoring ASCII case, with the few coded names of its length (a response
+    head's names are new bytes objects each time, so a set or dict lookup hashes each one)."""
+    if not _COMPILED:
+        return HEADER_CODES.get(name.lower(), 0)
+    n = len(name)
+    if n > _MAX_CODED:
+        return 0
+    names = _NAMES_BY_LEN[n]
+    q = PyBytes_AS_STRING(names)
+    end = q + len(names)
+    p = PyBytes_AS_STRING(name)
+    k = 0
+    while q < end:
+        i = 0
+        while i < n:
+            c = p[i]
+            if 65 <= c <= 90:
+                c += 32
+            if c != q[i]:
+                break
+            i += 1
+        if i == n:
+            codes = _CODES_BY_LEN[n]
+            return PyBytes_AS_STRING(codes)[k]
+        q += n
+        k += 1
+    return 0
 
 
 _LOW_DIGITS = tuple(b"%02x" % i for i in range(256))

@@ -16,6 +16,7 @@ cdef dict HOST_CACHE  # proxy.dataplane.headers' caches: `.get` is a C dict look
 cdef dict TOKEN_CACHE
 cdef dict _STATUS_LINES
 cdef Py_ssize_t BUCKETS  # proxy.dataplane.split's: a C number
+cdef Py_ssize_t H_CONNECTION, H_CONTENT_LENGTH, H_REQUEST_ID, H_UPGRADE  # basics' header codes
 
 
 @cython.locals(c=cython.uchar, prev=cython.uchar)
@@ -124,9 +125,9 @@ cdef class Exchange:
     cpdef void dispatch(self)
     cpdef void attach(self, UpstreamConnection up)
     cpdef void _write_body(self, t, bytes chunk)
-    @cython.locals(drop=frozenset, known=tuple)
-    cpdef void on_upstream_head(self, int status, bytes reason, list headers, bint chunked,
-                                length, frozenset connection)
+    @cython.locals(known=tuple, out=list, i=Py_ssize_t)
+    cpdef void on_upstream_head(self, int status, bytes reason, list lines, list special,
+                                bint chunked, length, frozenset named)
     cpdef void on_upstream_body(self, bytes data)
     cpdef void on_upstream_done(self, bint reusable)
     cpdef void flush_out(self)

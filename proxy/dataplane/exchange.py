@@ -22,6 +22,10 @@ from proxy.config.paths import BadPath, canonical_path, suspect
 from proxy.dataplane.basics import (
     CONTINUE,
     DEFAULT_ROUTE,
+    H_CONNECTION,
+    H_CONTENT_LENGTH,
+    H_REQUEST_ID,
+    H_UPGRADE,
     REASONS,
     Reject,
     error_body,
@@ -768,11 +772,11 @@ class Exchange:
 
     # -- response side -------------------------------------------------------------------
     def on_upstream_head(
-        self, status: cython.int, reason: bytes, headers: list,
-        chunked: bool, length: Any, connection: frozenset | None,
+        self, status: cython.int, reason: bytes, lines: list, special: list,
+        chunked: bool, length: Any, named: frozenset | None,
     ) -> None:
-        """The response head (proxy.dataplane.upstream); `length`: its Content-Length, an int,
-        or None."""
+        """The response head (proxy.dataplane.upstream.ResponseSink): the header lines to forward
+        as they came, and the others; `length`: its Content-Length, an int, or None."""
         self.head_deadline = 0.0
         self.t_head = self.plane.now()
         if status >= 500 and may_resend(self, "status", status):
@@ -783,9 +787,6 @@ class Exchange:
         conn = self.conn
         if conn.transport is None or conn.transport.is_closing():
             return
-        drop = HOP_BY_HOP
-        if connection and not connection <= _CONN_KEEP:
-            drop = drop | (connection - NEVER_DROPPED_BY_CONNECTION)
         known = _STATUS_LINES.get(status)  # (reason, line) last made for this status
         if known is not None and known[0] == reason:
             line = known[1]
@@ -793,30 +794,31 @@ class Exchange:
             line = b"HTTP/1.1 %d %s\r\n" % (status, reason.replace(b"\r", b"").replace(b"\n", b""))
             _STATUS_LINES[status] = (reason, line)  # at most one entry per status code
         out = [line]
+        if named is not None:  # rare: headers a Connection header names are dropped too
+            for i in range(0, len(lines), 4):
+                if lines[i].lower() not in named:
+                    out += lines[i:i + 4]
+        else:
+            out += lines  # every header line, as it came: no loop here
         has_rid = False
-        tunnel101 = self.is_tunnel and status == 101
         cl = None  # the upstream's Content-Length digits (equal to `length`), as it sent them
-        for lname, name, value in headers:
-            if lname in drop:
-                if lname == b"content-length":
-                    cl = value
-                elif tunnel101 and (lname == b"upgrade" or lname == b"connection"):
-                    out += (name, b": ", value, b"\r\n")
-                continue
-            if lname == b"x-request-id":
+        code: cython.Py_ssize_t
+        for code, _, value in special:
+            if code == H_REQUEST_ID:  # forwarded among `lines`
                 has_rid = True
-            out.append(name)  # appends: no tuple per header (`+=`)
-            out.append(b": ")
-            out.append(value)
-            out.append(b"\r\n")
-        if self.shadow_wanted:
-            self.resp_headers = [(lname, value) for lname, _, value in headers
-                                 if lname not in drop]
+            elif code == H_CONTENT_LENGTH:
+                cl = value
+        if self.shadow_wanted:  # (lower-cased name, value) of each header forwarded
+            self.resp_headers = [(n.lower(), v) for n, v in zip(out[1::4], out[3::4], strict=True)]
         if not has_rid:
             out.append(b"x-request-id: ")
             out.append(self.rid)
             out.append(b"\r\n")
+        tunnel101 = self.is_tunnel and status == 101
         if tunnel101:
+            for code, name, value in special:
+                if code == H_UPGRADE or code == H_CONNECTION:
+                    out += (name, b": ", value, b"\r\n")
             out.append(b"\r\n")
             self.response_started = True
             conn.transport.write(b"".join(out))

@@ -36,6 +36,7 @@ from typing import Any
 import structlog
 
 from proxy.config.spec import SAFE_METHODS, Config, RouteSpec, UpstreamSpec
+from proxy.dataplane.basics import H_REQUEST_ID
 from proxy.dataplane.comparer_link import ComparerLink
 from proxy.dataplane.pipeline import PipelinePool
 from proxy.dataplane.recorder import Recorder
@@ -154,7 +155,7 @@ class _Leg:
         self.done = False
         self.error: BaseException | None = None
         self.status = 0
-        self.headers: list[tuple[bytes, bytes, bytes]] = []
+        self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.size = 0
         self.truncated = False
@@ -212,11 +213,14 @@ class _Leg:
             conn.transport.write(job.body)  # type: ignore[union-attr]
 
     # -- the sink interface (called by UpstreamConnection) -----------------------------------
-    def on_upstream_head(self, status: int, reason: bytes, headers: list, chunked: bool,
-                         length: int | None, tokens: object) -> None:
+    def on_upstream_head(self, status: int, reason: bytes, lines: list, special: list,
+                         chunked: bool, length: int | None, named: object) -> None:
         self.got_bytes = True
         self.status = status
-        self.headers = headers
+        # (lower-cased name, value) of every header: those forwarded as they came, then the
+        # others (upstream.ResponseSink: x-request-id is in both)
+        self.headers = [(n.lower(), v) for n, v in zip(lines[0::4], lines[2::4], strict=True)]
+        self.headers += [(n.lower(), v) for code, n, v in special if code != H_REQUEST_ID]
 
     def on_upstream_body(self, data: bytes) -> None:
         if self.truncated or self.done:
@@ -313,7 +317,7 @@ class _Leg:
     def raw(self) -> tuple:
         """The answer as the comparer takes it: (status, headers, body, truncated)."""
         body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-        return (self.status, [(ln, v) for ln, _, v in self.headers], body, self.truncated)
+        return (self.status, self.headers, body, self.truncated)
 
 
 class Mirror:
@@ -689,4 +693,4 @@ class Mirror:
         names = job.compiled.header_names
         # Same names in another order only sends the pair to the full comparison.
         return [(n, v.strip()) for n, v in job.primary_headers if n in names] == [
-            (n, v.strip()) for n, _, v in leg.headers if n in names]
+            (n, v.strip()) for n, v in leg.headers if n in names]

@@ -27,6 +27,12 @@ from typing import Any
 import httptools
 
 from proxy.config.spec import UpstreamSpec
+from proxy.dataplane.basics import (
+    H_CONTENT_LENGTH,
+    H_REQUEST_ID,
+    H_TRANSFER_ENCODING,
+    header_code,
+)
 from proxy.dataplane.tls import TlsStore
 from proxy.dataplane.upstream import (
     TlsDial,
@@ -61,7 +67,8 @@ class PipelinedConnection(asyncio.Protocol):
         self.last_done = 0.0
         self.tls_gen = 0  # TLS: the credentials' generation it was made with
         self.fresh = False  # TLS: its session not yet offered to the next connections
-        self._headers: list[tuple[bytes, bytes, bytes]] = []
+        self._lines: list[bytes] = []  # the head being read (upstream.ResponseSink)
+        self._special: list[tuple[int, bytes, bytes]] = []
         self._reason = b""
         self._close_delimited = False
         self._framed = False  # the current response has Content-Length or Transfer-Encoding
@@ -115,15 +122,20 @@ class PipelinedConnection(asyncio.Protocol):
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lname = name.lower()
-        if lname == b"content-length" or lname == b"transfer-encoding":
+        code = header_code(name)
+        if code == 0 or code == H_REQUEST_ID:  # the head's two parts (upstream.ResponseSink)
+            self._lines += (name, b": ", value, b"\r\n")
+            if code == 0:
+                return
+        elif code == H_CONTENT_LENGTH or code == H_TRANSFER_ENCODING:
             self._framed = True
-        self._headers.append((lname, name, value))
+        self._special.append((code, name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        headers, reason = self._headers, self._reason
-        self._headers = []
+        lines, special, reason = self._lines, self._special, self._reason
+        self._lines = []
+        self._special = []
         self._reason = b""
         if 100 <= status < 200:
             if status == 101:
@@ -131,7 +143,7 @@ class PipelinedConnection(asyncio.Protocol):
             return
         self._close_delimited = not self._framed and status not in (204, 304)
         self._framed = False
-        self.waiting[0].on_upstream_head(status, reason, headers, False, None, None)
+        self.waiting[0].on_upstream_head(status, reason, lines, special, False, None, None)
 
     def on_body(self, body: bytes) -> None:
         self.waiting[0].on_upstream_body(body)

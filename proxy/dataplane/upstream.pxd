@@ -7,8 +7,11 @@ from proxy.dataplane.exchange cimport Exchange
 
 cdef class UpstreamPool
 
-cdef frozenset _FRAMING  # a C global: `in` is a set lookup, no protocol dispatch
-cdef dict TOKEN_CACHE  # proxy.dataplane.headers': `.get` is a C dict lookup
+cdef Py_ssize_t H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_CONNECTION, H_REQUEST_ID, _FRAMING
+cdef bytes _CONN_VALUE
+cdef frozenset _CONN_DROPS, _CONN_KEEP
+
+cpdef frozenset connection_drops(bytes value)
 
 
 @cython.final
@@ -16,10 +19,11 @@ cdef class UpstreamConnection:
     cdef public bint _chunked
     cdef public Py_ssize_t _head_bytes
     cdef public bint _head_keep_alive
-    cdef public list _headers
+    cdef public list _lines
     cdef public bint _in_body
     cdef public object _length
     cdef public bytes _reason
+    cdef public list _special
     cdef public Py_ssize_t _status
     cdef public Exchange ex
     cdef public bint fresh

@@ -23,7 +23,8 @@ from proxy.config.spec import UpstreamSpec
 from proxy.dataplane import basics
 from proxy.dataplane.headers import (
     HEADER_INJECTION,
-    TOKEN_CACHE,
+    HOP_BY_HOP,
+    NEVER_DROPPED_BY_CONNECTION,
     connection_tokens,
     parser_refuses_injection,
 )
@@ -44,10 +45,38 @@ try:  # compiled (setup.py): basics.digits_value is a C loop
     _COMPILED = cython.compiled
 except ImportError:  # the .py file without Cython installed
     _COMPILED = False
-_FRAMING = frozenset({b"transfer-encoding", b"content-length", b"connection"})
+# The header codes read for framing: 1 to 3 (basics.header_code); the others are hop-by-hop or
+# x-request-id
+H_CONTENT_LENGTH = basics.H_CONTENT_LENGTH
+H_TRANSFER_ENCODING = basics.H_TRANSFER_ENCODING
+H_CONNECTION = basics.H_CONNECTION
+H_REQUEST_ID = basics.H_REQUEST_ID
+_FRAMING = 3
+_HEADER_CODES_GET = basics.HEADER_CODES.get
+assert (H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_CONNECTION) == (1, 2, 3)
 # CR, LF or NUL in an upstream header value is refused (502) by httptools' own parser; only
 # where it lets them through are values searched here (see parser_refuses_injection).
 _INJECTION = None if parser_refuses_injection() else HEADER_INJECTION
+
+
+# The last Connection value read, and what it names to drop: upstreams send the same one (most
+# often "keep-alive") on every response, and a bytes comparison is cheaper than hashing it anew.
+_CONN_VALUE = b""
+_CONN_DROPS: frozenset[bytes] | None = None
+_CONN_KEEP = HOP_BY_HOP | NEVER_DROPPED_BY_CONNECTION  # never to drop again
+
+
+def connection_drops(value: bytes) -> frozenset[bytes] | None:
+    """The names a response's Connection header value lists that are not dropped anyway (not
+    hop-by-hop) and may be (not framing or x-request-id): lower-cased, or None when there are
+    none."""
+    global _CONN_VALUE, _CONN_DROPS
+    if value == _CONN_VALUE:
+        return _CONN_DROPS
+    drops = connection_tokens(value) - _CONN_KEEP
+    _CONN_VALUE = value
+    _CONN_DROPS = drops = drops if drops else None
+    return drops
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -68,10 +97,15 @@ class ResponseSink(Protocol):
     wbuf: list[bytes] | None  # response bytes held until the end of the current read
 
     def on_upstream_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes, bytes]],
-        chunked: bool, length: int | None, connection: frozenset[bytes] | None,
+        self, status: int, reason: bytes, lines: list, special: list,
+        chunked: bool, length: int | None, named: frozenset[bytes] | None,
     ) -> None:
-        """`headers`: (lower-cased name, name, value); `connection`: the Connection tokens."""
+        """The head, in two parts. `lines`: the headers forwarded as they came (those
+        `basics.header_code` gives 0, and x-request-id), in order, as the pieces of each header
+        line: name, b": ", value, b"\r\n". `special`: (code, name, value) of the others
+        (framing and hop-by-hop), and of x-request-id (also in `lines`). `named`: what a
+        Connection header names besides the hop-by-hop headers and those it may not drop
+        (lower-cased; dropped too), or None."""
     def on_upstream_body(self, data: bytes) -> None: ...
     def on_upstream_done(self, reusable: bool) -> None: ...
     def on_upstream_lost(self, exc: UpstreamError) -> None: ...
@@ -88,10 +122,11 @@ class UpstreamConnection:
         "_chunked",
         "_head_bytes",
         "_head_keep_alive",
-        "_headers",
         "_in_body",
         "_length",
+        "_lines",
         "_reason",
+        "_special",
         "_status",
         "ex",
         "fresh",
@@ -117,7 +152,10 @@ class UpstreamConnection:
         self.head_only = False
         self.got_bytes = False
         self.reused = False
-        self._headers: list[tuple[bytes, bytes, bytes]] = []
+        # The head being read (ResponseSink.on_upstream_head): header lines to forward, and the
+        # headers the data plane acts on
+        self._lines: list[bytes] = []
+        self._special: list[tuple[int, bytes, bytes]] = []
         self._reason = b""
         self._status = 0
         self._chunked = False
@@ -228,12 +266,24 @@ class UpstreamConnection:
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), name, value))
+        # compiled, a C call (no lower-cased copy, no hash); pure, header_code's own form
+        code: cython.Py_ssize_t
+        code = basics.header_code(name) if _COMPILED else _HEADER_CODES_GET(name.lower(), 0)
+        if code == 0 or code == H_REQUEST_ID:  # forwarded as it came, in its place
+            lines = self._lines  # the header line's pieces: joined once, with the whole head
+            lines.append(name)
+            lines.append(b": ")
+            lines.append(value)
+            lines.append(b"\r\n")
+            if code == 0:
+                return
+        self._special.append((code, name, value))
 
     def on_headers_complete(self) -> None:
         self._status = status = self.parser.get_status_code()
-        headers, reason = self._headers, self._reason
-        self._headers = []
+        lines, special, reason = self._lines, self._special, self._reason
+        self._lines = []
+        self._special = []
         self._reason = b""
         if 100 <= status < 200 and status != 101:
             return  # interim responses are not forwarded
@@ -241,18 +291,20 @@ class UpstreamConnection:
             raise UpstreamBadResponse("101 Switching Protocols to a request that did not upgrade")
         chunked = False
         length: int | None = None
-        tokens: frozenset[bytes] | None = None
-        injection = _INJECTION
-        for lname, _, value in headers:
-            if injection is not None and injection(value) is not None:
-                raise UpstreamBadResponse("control character in an upstream header")
-            if lname not in _FRAMING:
+        named: frozenset[bytes] | None = None
+        if _INJECTION is not None:
+            for value in lines[2::4] + [v for _, _, v in special]:
+                if _INJECTION(value) is not None:
+                    raise UpstreamBadResponse("control character in an upstream header")
+        code: cython.Py_ssize_t
+        for code, _, value in special:
+            if code > _FRAMING:
                 continue
-            if lname == b"transfer-encoding":
+            if code == H_TRANSFER_ENCODING:
                 if chunked or value.strip().lower() != b"chunked":
                     raise UpstreamBadResponse("unsupported Transfer-Encoding from upstream")
                 chunked = True
-            elif lname == b"content-length":
+            elif code == H_CONTENT_LENGTH:
                 n = basics.digits_value(value) if _COMPILED else -1  # C: no int() call
                 if n < 0:
                     if not value.isdigit():
@@ -262,10 +314,9 @@ class UpstreamConnection:
                     raise UpstreamBadResponse("conflicting Content-Length from upstream")
                 length = n
             else:
-                found = TOKEN_CACHE.get(value)  # no call when cached
-                if found is None:
-                    found = connection_tokens(value)
-                tokens = found if tokens is None else tokens | found
+                drops = connection_drops(value)
+                if drops is not None:
+                    named = drops if named is None else named | drops
         if chunked and length is not None:
             raise UpstreamBadResponse("Content-Length with Transfer-Encoding from upstream")
         self._chunked = chunked
@@ -276,13 +327,13 @@ class UpstreamConnection:
             return
         ex = self.ex
         if ex is sink:
-            ex.on_upstream_head(status, reason, headers, chunked, length, tokens)
+            ex.on_upstream_head(status, reason, lines, special, chunked, length, named)
         else:
-            sink.on_upstream_head(status, reason, headers, chunked, length, tokens)
+            sink.on_upstream_head(status, reason, lines, special, chunked, length, named)
         if self.head_only and status not in (204, 304):
             # llhttp would wait for a body that never comes after a HEAD; stop it here.
             self._head_keep_alive = self.parser.get_http_version() == "1.1" and not any(
-                n == b"connection" and b"close" in v.lower() for n, _, v in headers
+                code == H_CONNECTION and b"close" in v.lower() for code, _, v in special
             )
             raise _HeadDone
 
@@ -318,7 +369,8 @@ class UpstreamConnection:
         self.ex = None
         self.head_only = head_only
         self.got_bytes = False
-        self._headers = []
+        self._lines = []
+        self._special = []
         self._reason = b""
         self._length = None
         self._chunked = False
