@@ -129,6 +129,7 @@ cdef class Exchange:
     cpdef void on_upstream_head(self, int status, bytes reason, list lines, list special,
                                 bint chunked, length, frozenset named)
     cpdef void on_upstream_body(self, bytes data)
+    cpdef void on_client_done(self)
     cpdef void on_upstream_done(self, bint reusable)
     cpdef void flush_out(self)
     cpdef void finish(self, bint aborted=*)

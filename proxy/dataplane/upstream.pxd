@@ -54,6 +54,7 @@ cdef class UpstreamPool:
     cdef public object waiters
     cdef dict __dict__
 
+    @cython.locals(conn=UpstreamConnection)
     cpdef UpstreamConnection acquire_nowait(self)
     cpdef void release(self, UpstreamConnection conn)
     cpdef void discard(self, UpstreamConnection conn)
