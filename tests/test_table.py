@@ -86,6 +86,22 @@ def test_earlier_broad_route_beats_later_narrow_one():
     assert name(t, "/api/x", "POST") == "exact"
 
 
+def test_cache_keys_by_method_only_when_a_route_names_methods():
+    """Repeated lookups come from the cache: keyed by (method, path) when some route has a
+    method condition, else by the path alone. Either way the answer is the uncached one."""
+    t = table(_route("get", "{path_prefix: /api, methods: [GET]}")
+              + _route("any", "{path: /api/x}"))
+    for _ in range(2):
+        assert [name(t, "/api/x", m) for m in ("GET", "POST", "GET", "DELETE")] == [
+            "get", "any", "get", "any"]
+    assert set(t._cache) == {(b"GET", b"/api/x"), (b"POST", b"/api/x"), (b"DELETE", b"/api/x")}
+    t = table(_route("p", "{path_prefix: /api}") + _route("q", "{path: /x}"))
+    for _ in range(2):
+        assert [name(t, p, m) for p, m in (("/api/x", "GET"), ("/api/x", "POST"), ("/x", "PUT"),
+                                           ("/y", "GET"))] == ["p", "p", "q", None]
+    assert set(t._cache) == {b"/api/x", b"/x", b"/y"}
+
+
 def test_regex_is_anchored_to_the_whole_path():
     t = table(_route("r", "{path_regex: '/items/[0-9]+'}"))
     assert name(t, "/items/42") == "r"

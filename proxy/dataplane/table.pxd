@@ -44,6 +44,7 @@ cdef class _Node:
 
 @cython.final
 cdef class RouteTable:
+    cdef public bint _by_method
     cdef public dict _cache
     cdef public dict _exact
     cdef public list _general
@@ -53,7 +54,7 @@ cdef class RouteTable:
     cdef public object generation
     cdef public list routes
 
-    @cython.locals(key=tuple, route=CompiledRoute)
+    @cython.locals(route=CompiledRoute)
     cpdef CompiledRoute match(self, bytes method, bytes path, dict headers)
     @cython.locals(best=CompiledRoute, route=CompiledRoute, node=_Node)
     cpdef CompiledRoute _match(self, bytes method, bytes path, dict headers)

@@ -4,12 +4,14 @@
 Lookup never scans every route: exact paths are a dict, path prefixes live in a trie keyed by
 whole segments, and only routes with a regex or no path condition are checked on every request.
 First match wins, so the candidate with the lowest file order is chosen. When no route has a
-header condition, results are cached per (method, path) for the life of the table generation.
+header condition, results are cached per (method, path) for the life of the table generation
+(per path when no route has a method condition either).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from proxy.config.spec import Config, RouteSpec
 from proxy.dataplane.split import StickyHasher, weight_to_bp
@@ -130,11 +132,11 @@ class RouteTable:
                 node.routes.append(route)
             else:
                 self._general.append(route)
-        # Without header conditions the answer depends on (method, path) only: remember it.
+        # Without header conditions the answer depends on (method, path) only: remember it,
+        # by the path alone when no route names methods (one hash, no key tuple per request).
         cacheable = not any(r.headers for r in self.routes)
-        self._cache: dict[tuple[bytes, bytes], CompiledRoute | None] | None = (
-            {} if cacheable else None
-        )
+        self._by_method = any(r.methods is not None for r in self.routes)
+        self._cache: dict[Any, CompiledRoute | None] | None = {} if cacheable else None
 
     def match(
         self, method: bytes, path: bytes, headers: dict[bytes, bytes]
@@ -142,7 +144,7 @@ class RouteTable:
         cache = self._cache
         if cache is None or len(path) > CACHE_MAX_PATH:
             return self._match(method, path, headers)
-        key = (method, path)
+        key = (method, path) if self._by_method else path
         try:
             return cache[key]
         except KeyError:
