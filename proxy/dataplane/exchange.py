@@ -108,7 +108,7 @@ def _join_head(method: bytes, target: bytes, headers: list) -> bytes:
     """Compiled only: the request head `method target HTTP/1.1`, then a line `name: value` for
     each (name, value) of `headers`, then the blank line; written by memcpy into the one bytes
     object (no list of pieces built first). Any other kind of item: Python's join."""
-    n = len(method) + len(target) + 13
+    n = len(method) + len(target) + 12  # the space, and " HTTP/1.1\r\n"
     for item in headers:
         if type(item) is not tuple or len(cython.cast(tuple, item)) != 2:
             return _python_head(method, target, headers)
