@@ -77,3 +77,35 @@ def test_the_exchange_line_is_the_general_renderers_line(process: str) -> None:
         assert fields["process"] == process
         seen += 1
     assert seen == 3000
+
+
+def test_a_batch_of_exchanges_tuples_and_lines_is_written_in_order() -> None:
+    """The log's own batch (`render_lines`, compiled with the data plane): exchanges, data plane
+    tuples and rendered lines, mixed, come out in the order they were logged, each as its
+    renderer makes it (here into a stream without a file descriptor, written as str)."""
+    stream = io.StringIO()
+    log = AccessLog(stream=stream)
+    rng = random.Random(11)
+    expected = []
+    for i in range(300):
+        kind = i % 3
+        if kind == 0:
+            ex = _exchange(rng, AGENTS[i % len(AGENTS)], PATHS[i % len(PATHS)])
+            log.exchange(ex)
+            expected.append(("exchange", ex))
+        elif kind == 1:
+            log.request(f"id-{i}", "balance", "legacy", "monolith", b"GET", b"/b/%d" % i, 200,
+                        0.002, False)
+            expected.append(("tuple", f"id-{i}"))
+        else:
+            log({"request_id": f"dict-{i}", "status": 201})
+            expected.append(("dict", f"dict-{i}"))
+    log.flush()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 300
+    for line, (kind, what) in zip(lines, expected, strict=True):
+        fields = json.loads(line)
+        if kind == "exchange":
+            assert line.encode() + b"\n" == what.access_line(log)
+        else:
+            assert fields["request_id"] == what

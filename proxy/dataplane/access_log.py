@@ -38,7 +38,7 @@ from json.encoder import encode_basestring_ascii as _q
 from typing import IO, Any
 
 from proxy.config import logsetup
-from proxy.dataplane.exchange import DEFAULT_ROUTE, LineState
+from proxy.dataplane.exchange import DEFAULT_ROUTE, LineState, render_lines
 
 WRITE_BUFFER = 64 * 1024  # bytes of rendered lines held before a write(2)
 PIPE_BUF = getattr(select, "PIPE_BUF", 512)  # a pipe write up to this size is never split
@@ -294,17 +294,14 @@ class AccessLog:
         # monotonic -> wall clock for the exchanges' end times: two clock reads per batch
         self.line.wall = time.time() - time.monotonic()
         # An exchange's line is rendered as bytes (ASCII: every string in it is JSON-escaped),
-        # the other entries as str, encoded here.
-        render, enc = self._render, self._encoding
-        data = b"".join([x.access_line(self) if type(x) is not str and type(x) is not tuple
-                         else (x if type(x) is str else render(x)).encode(enc, "backslashreplace")
-                         for x in buf])
+        # the other entries as str, then encoded (exchange.render_lines: compiled)
+        data = render_lines(self, buf, self._encoding)
         self._dirty = True
         try:
             if self._out is not None:
                 self._out.write(data)
             else:
-                self.stream.write(data.decode(enc))
+                self.stream.write(data.decode(self._encoding))
         except (OSError, ValueError):  # a closed or broken stdout must not stop serving
             pass
 

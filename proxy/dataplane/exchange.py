@@ -226,6 +226,23 @@ def with_host(parts: list[bytes], headers: list[tuple[bytes, bytes]], host: byte
 _HASH = ord("#")
 
 
+def render_lines(log: Any, buf: list, enc: str) -> bytes:
+    """An access log batch (proxy.dataplane.access_log.AccessLog._render_pending) as bytes:
+    a finished exchange's line by `Exchange.access_line` (compiled, a C call: no method lookup
+    per line), a rendered line (str) encoded, a data plane tuple rendered by the log."""
+    out = []
+    for x in buf:
+        if type(x) is Exchange:
+            out.append(cython.cast(Exchange, x).access_line(log) if _C_LOOP else x.access_line(log))
+        elif type(x) is str:
+            out.append(x.encode(enc, "backslashreplace"))
+        elif type(x) is tuple:
+            out.append(log._render(x).encode(enc, "backslashreplace"))
+        else:
+            out.append(x.access_line(log))
+    return _join(out) if _C_LOOP else b"".join(out)
+
+
 class LineState:
     """What `Exchange.access_line` reads from its access log (proxy.dataplane.access_log, which
     owns it and keeps `wall`, `second` and `prefix_b` current): typed fields when compiled.
