@@ -845,7 +845,7 @@ class Exchange:
             return
         self.status = status
         conn = self.conn
-        if conn.transport is None or conn.transport.is_closing():
+        if conn.transport is None or conn.t_is_closing():
             return
         known = _STATUS_LINES.get(status)  # (reason, line) last made for this status
         if known is not None and known[0] == reason:
@@ -964,13 +964,14 @@ class Exchange:
         if buf is None:
             return
         self.wbuf = None
-        t = self.conn.transport
-        if t is not None and not t.is_closing():
+        conn = self.conn
+        t = conn.transport
+        if t is not None and not conn.t_is_closing():
             if len(buf) == 1:
-                t.write(buf[0])
+                conn.t_write(buf[0])
             elif len(buf) == 2 and len(buf[1]) <= 4096:
                 # one buffer: cheaper than writev's per-call set-up when small
-                t.write(_join(buf) if _C_LOOP else buf[0] + buf[1])
+                conn.t_write(_join(buf) if _C_LOOP else buf[0] + buf[1])
             else:
                 t.writelines(buf)
 

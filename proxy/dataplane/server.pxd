@@ -73,6 +73,9 @@ cdef class ClientConnection:
     cdef public object refusal
     cdef public double send_mark
     cdef public Py_ssize_t send_seen
+    cdef public object t_is_closing
+    cdef public object t_resume_reading
+    cdef public object t_write
     cdef public object transport
     cdef public object tunnel
     cdef public bint upgraded

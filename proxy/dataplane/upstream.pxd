@@ -33,6 +33,8 @@ cdef class UpstreamConnection:
     cdef public UpstreamPool pool
     cdef public bint reused
     cdef public object sink
+    cdef public object t_is_closing
+    cdef public object t_write
     cdef public object tls_gen
     cdef public object transport
     cdef public object tunnel

@@ -136,6 +136,8 @@ class UpstreamConnection:
         "pool",
         "reused",
         "sink",
+        "t_is_closing",
+        "t_write",
         "tls_gen",
         "transport",
         "tunnel",
@@ -164,12 +166,19 @@ class UpstreamConnection:
         self._head_bytes = 0  # bytes read while the response head is unfinished
         self._head_keep_alive = False
         self.tunnel: Any = None  # the exchange after a 101: bytes pass through unparsed
+        # The transport's methods the request path calls, bound once (connection_made): compiled
+        # code looks a method up by name at each call (Python's bytecode caches it; Cython's
+        # calls do not), which costs about as much as the call itself
+        self.t_write: Any = None
+        self.t_is_closing: Any = None
         self.tls_gen = 0  # the generation of the TLS credentials it was made with
         self.fresh = False  # TLS: its session is not yet offered to the next connections
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.t_write = transport.write  # type: ignore[attr-defined]
+        self.t_is_closing = transport.is_closing
         set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -376,7 +385,7 @@ class UpstreamConnection:
         self._chunked = False
         self._in_body = False
         self._head_bytes = 0
-        self.transport.write(head)  # type: ignore[union-attr]
+        self.t_write(head)
 
 
 def host_header_value(spec: UpstreamSpec) -> bytes | None:
@@ -454,8 +463,7 @@ class UpstreamPool:
         idle = self.idle
         while idle:
             conn = idle.pop()
-            t = conn.transport
-            if t is not None and not t.is_closing():
+            if conn.transport is not None and not conn.t_is_closing():
                 if self.dial is not None and self._retired(conn):
                     continue
                 conn.reused = True
@@ -531,7 +539,7 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection) -> None:
         t = conn.transport
-        if self.closed or t is None or t.is_closing():
+        if self.closed or t is None or conn.t_is_closing():
             self.discard(conn)
             return
         if self.dial is not None:
