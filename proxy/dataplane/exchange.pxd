@@ -21,6 +21,8 @@ cdef Py_ssize_t H_CONNECTION, H_CONTENT_LENGTH, H_REQUEST_ID, H_UPGRADE  # basic
 
 @cython.locals(c=cython.uchar, prev=cython.uchar)
 cpdef bint _plain_path(bytes path)
+@cython.locals(c=cython.uchar)
+cdef bint _json_plain(bytes path)
 @cython.locals(buf="char*", lf="char*", minor=char)
 cdef str _line_version(bytes start)
 @cython.locals(n=Py_ssize_t, p=Py_ssize_t, k=Py_ssize_t, out=bytes, buf="char*")
@@ -139,7 +141,8 @@ cdef class Exchange:
     cpdef void on_upstream_done(self, bint reusable)
     cpdef void flush_out(self)
     cpdef void finish(self, bint aborted=*)
-    @cython.locals(state=LineState)
+    @cython.locals(state=LineState, t0=double, t_head=double, t_end=double, now=double,
+                   second=Py_ssize_t)
     cpdef bytes access_line(self, log)
     cdef bytes _c_line(self, tuple literals, bytes names, bytes path, bytes who,
                        bytes fallback, bytes prefix, double fraction, Py_ssize_t fixed)

@@ -192,6 +192,15 @@ def _plain_path(path: bytes) -> bool:
     return True
 
 
+def _json_plain(path: bytes) -> bool:
+    """Compiled only: `path.isascii() and b'"' not in path` (a C loop; those are two method
+    calls): whether a canonical path goes into a JSON string as it is."""
+    for c in path:
+        if c > 0x7F or c == 0x22:
+            return False
+    return True
+
+
 def _line_version(start: bytes | None) -> str | None:
     """Compiled only: the version of a request whose head starts at `start`'s first byte
     (None: not known so), "1.1" or "1.0" read off its request line, which llhttp has accepted:
@@ -1254,7 +1263,7 @@ class Exchange:
         path = self.path
         # A canonical path (proxy.config.paths) holds no control character, space or backslash:
         # ASCII without '"' goes into the JSON string as it is (the template has the quotes).
-        if not path.isascii() or _QUOTE in path:
+        if not (_json_plain(path) if _C_LOOP else path.isascii() and _QUOTE not in path):
             path = _json_string(path.decode("latin-1"))[1:-1].encode()
         fallback = b"true" if self.target_failed else b"false"
         if _C_LOOP:
