@@ -1256,10 +1256,18 @@ class Exchange:
         backend = self.backend
         upstream = self.pool.name
         method = self.method
-        names = quoted.get((route_name, backend, upstream, method))
-        if names is None:
-            names = log._cache_b((route_name, backend, upstream, method),
-                                 log._names(route_name, backend, upstream, method))
+        names = conn.log_names  # the connection's last route/backend/upstream/method part
+        if names is None or not (route_name is conn.log_route and backend is conn.log_backend
+                                 and upstream is conn.log_upstream and method == conn.log_method):
+            names = quoted.get((route_name, backend, upstream, method))
+            if names is None:
+                names = log._cache_b((route_name, backend, upstream, method),
+                                     log._names(route_name, backend, upstream, method))
+            conn.log_names = names
+            conn.log_route = route_name
+            conn.log_backend = backend
+            conn.log_upstream = upstream
+            conn.log_method = method
         path = self.path
         # A canonical path (proxy.config.paths) holds no control character, space or backslash:
         # ASCII without '"' goes into the JSON string as it is (the template has the quotes).

@@ -62,6 +62,11 @@ cdef class ClientConnection:
     cdef public Py_ssize_t line_run
     cdef public object log_agent
     cdef public bytes log_who
+    cdef public object log_backend
+    cdef public object log_method
+    cdef public bytes log_names
+    cdef public object log_route
+    cdef public object log_upstream
     cdef public object override_peer
     cdef public object parser
     cdef public Exchange parsing

@@ -327,6 +327,12 @@ class ClientConnection:
         # (Exchange.access_line): one comparison instead of a cache lookup per line.
         self.log_agent: bytes | None = None
         self.log_who: bytes | None = None
+        # and its last route/backend/upstream/method part, and what it was made of
+        self.log_names: bytes | None = None
+        self.log_route: str | None = None
+        self.log_backend: str | None = None
+        self.log_upstream: str | None = None
+        self.log_method: bytes | None = None
         # Bytes of the header line httptools holds unfinished (-1: the head began in the
         # current read), so that a line without end is refused at the limit, not buffered.
         self.line_run = 0
