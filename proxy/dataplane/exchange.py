@@ -104,6 +104,21 @@ def _join(parts: list) -> bytes:
     return out
 
 
+def _join_after(first: bytes, parts: list) -> bytes:
+    """Compiled only: `first + b"".join(parts)`, written by memcpy into the one bytes object."""
+    n = len(first)
+    for item in parts:
+        if type(item) is not bytes:
+            return first + b"".join(parts)
+        n += len(cython.cast(bytes, item))
+    out = PyBytes_FromStringAndSize(cython.NULL, n)
+    buf = PyBytes_AS_STRING(out)
+    p = _copy(buf, 0, first)
+    for item in parts:
+        p = _copy(buf, p, cython.cast(bytes, item))
+    return out
+
+
 def _join_head(method: bytes, target: bytes, headers: list) -> bytes:
     """Compiled only: the request head `method target HTTP/1.1`, then a line `name: value` for
     each (name, value) of `headers`, then the blank line; written by memcpy into the one bytes
@@ -862,13 +877,13 @@ class Exchange:
         else:
             line = b"HTTP/1.1 %d %s\r\n" % (status, reason.replace(b"\r", b"").replace(b"\n", b""))
             _STATUS_LINES[status] = (reason, line)  # at most one entry per status code
-        out = [line]
-        if named is not None:  # rare: headers a Connection header names are dropped too
+        if named is None:
+            out = lines  # every header line as it came: the upstream's list, handed over
+        else:  # rare: headers a Connection header names are dropped too
+            out = []
             for i in range(0, len(lines), 4):
                 if lines[i].lower() not in named:
                     out += lines[i:i + 4]
-        else:
-            out += lines  # every header line, as it came: no loop here
         has_rid = False
         cl = None  # the upstream's Content-Length digits (equal to `length`), as it sent them
         code: cython.Py_ssize_t
@@ -878,7 +893,7 @@ class Exchange:
             elif code == H_CONTENT_LENGTH:
                 cl = value
         if self.shadow_wanted:  # (lower-cased name, value) of each header forwarded
-            self.resp_headers = [(n.lower(), v) for n, v in zip(out[1::4], out[3::4], strict=True)]
+            self.resp_headers = [(n.lower(), v) for n, v in zip(out[0::4], out[2::4], strict=True)]
         if not has_rid:
             out.append(b"x-request-id: ")
             out.append(self.rid)
@@ -890,7 +905,7 @@ class Exchange:
                     out += (name, b": ", value, b"\r\n")
             out.append(b"\r\n")
             self.response_started = True
-            conn.transport.write(b"".join(out))
+            conn.transport.write(line + b"".join(out))
             return
         if length is not None:
             if cl is not None and (cl[0] != _ZERO or len(cl) == 1):  # no leading zero
@@ -916,7 +931,7 @@ class Exchange:
         if self.shadow_wanted:
             self.resp_body = []
         # flushed by flush_out() at the end of this upstream read
-        self.wbuf = [_join(out) if _C_LOOP else b"".join(out)]
+        self.wbuf = [_join_after(line, out) if _C_LOOP else line + b"".join(out)]
 
     def on_upstream_body(self, data: bytes) -> None:
         self.resp_size += len(data)
