@@ -122,6 +122,20 @@ async def _diffs(proxy, *args: str) -> dict:
     return json.loads(out)
 
 
+async def _settled(proxy, n: int, *args: str) -> dict:
+    """`_diffs` once `n` comparisons are in: the mirrors of the last requests may still be on
+    their way when the view is read (it waits for the comparer, not for mirrors in flight)."""
+    view: dict = {}
+
+    async def enough() -> bool:
+        nonlocal view
+        view = await _diffs(proxy, *args)
+        return view["compared"] >= n
+
+    await wait_for(enough, timeout=20, interval=0.1)
+    return view
+
+
 def _rows(view: dict) -> dict[tuple[str, str], dict]:
     return {(f["path"], f["kind"]): f for f in view["fields"]}
 
@@ -141,7 +155,7 @@ async def test_the_newcomer_loop_on_list_endpoints(json_servers, tmp_path: Path)
     try:
         async with aiohttp.ClientSession() as s:
             await _get(s, proxy.url + "/accounts", 25)
-            first = await _diffs(proxy, "accounts")
+            first = await _settled(proxy, 25, "accounts")
             assert (first["compared"], first["mismatched"]) == (25, 25)
             rows = _rows(first)
             # 24.1: one row per field of the elements, never one per index
@@ -183,13 +197,13 @@ async def test_the_newcomer_loop_on_list_endpoints(json_servers, tmp_path: Path)
             async with s.post(proxy.admin + "/admin/reload") as r:
                 assert r.status == 200, await r.text()
             await _get(s, proxy.url + "/accounts", 20)
-            after = await _diffs(proxy, "accounts")
+            after = await _settled(proxy, 20, "accounts")
             assert (after["compared"], after["mismatched"]) == (20, 20)
             rows = _rows(after)
             assert not [p for p, _ in rows if "updated_at" in p or "lines" in p], sorted(rows)
             assert ("$[*].owner", "missing") in rows
             assert after["window"]["rules"] != first["window"]["rules"]
-            everything = await _diffs(proxy, "accounts", "--all")
+            everything = await _settled(proxy, 45, "accounts", "--all")
             assert everything["compared"] == 45
             old = _rows(everything)[("$[*].updated_at", "value")]
             assert old["ignored"] and old["count"] == 25  # marked, never live
@@ -242,7 +256,7 @@ async def test_exports_pass_against_the_new_service_where_shadowing_passes(
             await _get(s, proxy.url + "/transactions", 3)
             for i in range(1, 41):
                 await _get(s, f"{proxy.url}/transactions/{i}")
-            assert (await _diffs(proxy, "transactions"))["mismatched"] == 43
+            assert (await _settled(proxy, 43, "transactions"))["mismatched"] == 43
             # the fix: match lines by id; the route now shadows clean
             proxy.config.write_text(_config(
                 legacy, new, port, admin,
@@ -253,7 +267,7 @@ async def test_exports_pass_against_the_new_service_where_shadowing_passes(
             await _get(s, proxy.url + "/transactions", 3)
             for i in range(1, 41):
                 await _get(s, f"{proxy.url}/transactions/{i}")
-            clean = await _diffs(proxy, "transactions")
+            clean = await _settled(proxy, 43, "transactions")
             assert (clean["compared"], clean["mismatched"]) == (43, 0)
         module = tmp_path / "test_transactions_export.py"
         code, out, err = await run_cli("diffs", "transactions", "--export", "pytest",
