@@ -15,6 +15,7 @@ cdef _RequestIds new_request_id  # proxy.dataplane.basics' (its type: a C call p
 cdef dict HOST_CACHE  # proxy.dataplane.headers' caches: `.get` is a C dict lookup
 cdef dict TOKEN_CACHE
 cdef dict _STATUS_LINES
+cdef frozenset IDEMPOTENT_METHODS, _CONN_KEEP, HOP_BY_HOP, FORWARDED_HEADERS  # typed: C lookups
 cdef Py_ssize_t BUCKETS  # proxy.dataplane.split's: a C number
 cdef Py_ssize_t H_CONNECTION, H_CONTENT_LENGTH, H_REQUEST_ID, H_UPGRADE  # basics' header codes
 
@@ -120,6 +121,8 @@ cdef class Exchange:
     # tests, mirror, tracing) call them as before. The types match the .py's annotations.
     cpdef void read_head(self, ClientConnection conn, bytes method, bytes url, list raw)
     cpdef void _request_line(self, ClientConnection conn, bytes method)
+    @cython.locals(name=bytes, value=bytes, lname=bytes, header=tuple, out=list,
+                   special=frozenset, conn_tokens=frozenset)
     cpdef frozenset _headers(self, list raw, dict hdict)
     cpdef void _framing(self, bytes te, bytes cl, bytes host)
     cpdef void _target(self, bytes url, dict hdict)
@@ -130,6 +133,7 @@ cdef class Exchange:
     cpdef bint _choose_backend(self, CompiledRoute route, bytes method, dict hdict,
                                frozenset conn_tokens)
     cpdef void _want_shadow(self, CompiledRoute route, bytes method, dict hdict, bint to_target)
+    @cython.locals(out=list)
     cpdef void _upstream_request(self, CompiledRoute route, bytes method, dict hdict)
     cpdef bytes upstream_head(self)
     cpdef void dispatch(self)
