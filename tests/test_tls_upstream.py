@@ -180,7 +180,14 @@ async def test_mtls_client_certificate_required_refused_then_accepted(tmp_path, 
         base = f'tls: {{ca_file: "{pki.ca_file}"'
         without = await start(inproc_proxy, upstreams, server.url, base + "}")
         assert [s for s, _ in await get(without.url, 2)] == [502, 502]
-        assert tls_errors(without) == 2
+        # TLS 1.3: the server refuses the certificate after the proxy's side of the handshake is
+        # done, so its alert can race with the close it sends after it; a failure whose alert
+        # lost that race is counted as a reset (seen twice under load on 2026-12-06). Each counts.
+        tls = tls_errors(without)  # flushes the counters first
+        kinds = {kind: n for (up, kind), n in without.runtime.agg.upstream_errors.items()
+                 if up == "ledger"}
+        assert tls >= 1 and sum(kinds.values()) == 2, kinds
+        assert set(kinds) <= {"tls", "reset"}, kinds
         foreign = await start(inproc_proxy, upstreams, server.url,
                               base + f', cert_file: "{foreign_cert}", key_file: "{foreign_key}"}}')
         status, body = (await get(foreign.url))[0]
