@@ -89,19 +89,7 @@ def _join(parts: list) -> bytes:
     """Compiled only: `b"".join(parts)` for a list of bytes, each copied by memcpy into the one
     bytes object made for them (bytes.join takes a buffer of each part: ~100 instructions a
     part, a head has 20 to 30)."""
-    n = 0
-    for item in parts:
-        if type(item) is not bytes:
-            return b"".join(parts)
-        n += len(cython.cast(bytes, item))
-    out = PyBytes_FromStringAndSize(cython.NULL, n)
-    buf = PyBytes_AS_STRING(out)
-    p = 0
-    for item in parts:
-        k = len(cython.cast(bytes, item))
-        memcpy(buf + p, PyBytes_AS_STRING(item), k)
-        p += k
-    return out
+    return _join_after(b"", parts)
 
 
 def _join_after(first: bytes, parts: list) -> bytes:
@@ -119,18 +107,19 @@ def _join_after(first: bytes, parts: list) -> bytes:
     return out
 
 
-def _join_head(method: bytes, target: bytes, headers: list) -> bytes:
+def _join_head(method: bytes, target: bytes, headers: list) -> bytes | None:
     """Compiled only: the request head `method target HTTP/1.1`, then a line `name: value` for
     each (name, value) of `headers`, then the blank line; written by memcpy into the one bytes
-    object (no list of pieces built first). Any other kind of item: Python's join."""
+    object (no list of pieces built first). None for any other kind of item (the caller's
+    general path then joins the pieces)."""
     n = len(method) + len(target) + 12  # the space, and " HTTP/1.1\r\n"
     for item in headers:
         if type(item) is not tuple or len(cython.cast(tuple, item)) != 2:
-            return _python_head(method, target, headers)
+            return None
         name = cython.cast(tuple, item)[0]
         value = cython.cast(tuple, item)[1]
         if type(name) is not bytes or type(value) is not bytes:
-            return _python_head(method, target, headers)
+            return None
         n += len(cython.cast(bytes, name)) + len(cython.cast(bytes, value)) + 4
     out = PyBytes_FromStringAndSize(cython.NULL, n + 2)
     buf = PyBytes_AS_STRING(out)
@@ -157,14 +146,6 @@ def _copy(buf, p, value):  # C types: exchange.pxd
     n = len(value)
     memcpy(buf + p, PyBytes_AS_STRING(value), n)
     return p + n
-
-
-def _python_head(method: bytes, target: bytes, headers: list) -> bytes:
-    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
 
 
 def _put_int(buf, p, v, width):  # C types: exchange.pxd
@@ -717,7 +698,9 @@ class Exchange:
         host = pool.host_header
         trace = self.trace
         if _C_LOOP and host is None and trace is None:  # the client's Host, as received
-            return _join_head(self.method, target, self.req_headers)
+            head = _join_head(self.method, target, self.req_headers)
+            if head is not None:
+                return head
         parts = [self.method, b" ", target, b" HTTP/1.1\r\n"]
         headers = self.req_headers
         if trace is not None:  # this attempt's CLIENT span is the upstream's parent
