@@ -14,7 +14,7 @@ cdef class _RequestIds:
     cdef public unsigned long long n
     cdef public bytes prefix
 
-    @cython.locals(n="unsigned long long", low=Py_ssize_t)
+    @cython.locals(n="unsigned long long", low=Py_ssize_t, out=bytes, p="char*")
     cpdef bytes next_b(self)
 
 

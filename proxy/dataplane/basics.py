@@ -19,7 +19,8 @@ try:  # compiled (setup.py): `header_code` compares bytes in C
 except ImportError:  # the .py file without Cython installed
     _COMPILED = False
 if _COMPILED:
-    from cython.cimports.cpython.bytes import PyBytes_AS_STRING
+    from cython.cimports.cpython.bytes import PyBytes_AS_STRING, PyBytes_FromStringAndSize
+    from cython.cimports.libc.string import memcpy
 
 REASONS = {
     400: b"Bad Request",
@@ -155,6 +156,12 @@ class _RequestIds:
         low = n & 0xFF
         if low == 0:
             self.high = b"%s%010x" % (self.prefix, n >> 8)
+        if _COMPILED:  # memcpy into the new object (bytes + bytes takes a buffer of each)
+            out = PyBytes_FromStringAndSize(cython.NULL, 24)
+            p = PyBytes_AS_STRING(out)
+            memcpy(p, PyBytes_AS_STRING(self.high), 22)
+            memcpy(p + 22, PyBytes_AS_STRING(_LOW_DIGITS[low]), 2)
+            return out
         return self.high + _LOW_DIGITS[low]
 
     def __call__(self) -> str:

@@ -462,8 +462,9 @@ class ClientConnection:
         self.header_deadline = self.plane.now() + self.plane.header_timeout
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self.plane.max_request_line:
+        have = self._url  # mostly one piece: no concatenation
+        self._url = url = have + url if have else url
+        if len(url) > self.plane.max_request_line:
             raise Reject(414, "uri_too_long", "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -499,7 +500,10 @@ class ClientConnection:
         self.in_headers = False
         self.header_deadline = 0.0
         ex = Exchange()
-        ex.read_head(self, self.parser.get_method(), self._url, self._headers)
+        method = self.parser.get_method()  # a new bytes object each time
+        if method == b"GET":
+            method = b"GET"  # one object for the usual method: hashed once, then by identity
+        ex.read_head(self, method, self._url, self._headers)
         self.parsing = ex
         if self.cur is None:
             self.cur = ex

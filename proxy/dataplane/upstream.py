@@ -272,7 +272,8 @@ class UpstreamConnection:
     # next message's header list and reason.
 
     def on_status(self, status: bytes) -> None:
-        self._reason += status
+        reason = self._reason  # mostly one piece: no concatenation
+        self._reason = reason + status if reason else status
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # compiled, a C call (no lower-cased copy, no hash); pure, header_code's own form
@@ -378,8 +379,11 @@ class UpstreamConnection:
         self.ex = None
         self.head_only = head_only
         self.got_bytes = False
-        self._lines = []
-        self._special = []
+        # Fresh since the last head (on_headers_complete took them): new only if one was cut off
+        if self._lines:
+            self._lines = []
+        if self._special:
+            self._special = []
         self._reason = b""
         self._length = None
         self._chunked = False

@@ -1,0 +1,90 @@
+"""Recorder.request and EndpointCounter.count keep their counts in nested dicts (issue 29):
+what `take` returns must be what one flat tuple-keyed dict gave, for any step id, status and
+latency, including those that do not pack into one integer key."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from proxy.dataplane.inventory import EndpointCounter
+from proxy.dataplane.recorder import Recorder
+from shadow.stats import LATENCY
+
+
+def _reference(calls: list[tuple]) -> tuple[dict, dict]:
+    """The flat form: (route, step, backend, code) -> count; (route, step, backend) ->
+    ({bucket: count}, sum of seconds)."""
+    requests: dict = {}
+    latency: dict = {}
+    for route, step, backend, code, seconds in calls:
+        key = (route, step, backend, code)
+        requests[key] = requests.get(key, 0) + 1
+        i = LATENCY.index(seconds)
+        h = latency.setdefault((route, step, backend), [{}, 0.0])
+        h[0][i] = h[0].get(i, 0) + 1
+        h[1] += seconds
+    return requests, latency
+
+
+def test_recorder_take_matches_the_flat_tuple_keys() -> None:
+    rng = random.Random(7)
+    steps = [0, 1, 1_765_000_000, (1 << 42) - 1, 1 << 42, 1 << 60, -3]
+    codes = [200, 204, 404, 499, 502, 599, 999, 1023, 1024, 4096]
+    calls = [(rng.choice(["checkout", "balances", "_default"]), rng.choice(steps),
+              rng.choice(["legacy", "target", "proxy"]), rng.choice(codes),
+              rng.choice([0.0, 1e-6, 5e-5, 0.0123, 3.5, 61.0, 1e4]))
+             for _ in range(3_000)]
+    rec = Recorder()
+    for c in calls:
+        rec.request(*c)
+    delta = rec.take()
+    requests, latency = _reference(calls)
+    assert delta.requests == requests
+    assert delta.latency.keys() == latency.keys()
+    for key, (buckets, total) in latency.items():
+        got = delta.latency[key]
+        assert got[0] == buckets, key
+        assert math.isclose(got[1], total, rel_tol=1e-9), key
+    assert rec.hits == {} and rec.take().empty()
+
+
+def test_recorder_a_step_that_does_not_pack_is_kept_apart_from_one_that_does() -> None:
+    # (1 << 42) + x must not alias any packed key: counted under its own step
+    rec = Recorder()
+    rec.request("r", 1 << 42, "target", 200, 0.01)
+    rec.request("r", 0, "target", 200, 0.01)
+    rec.request("r", 1, "target", 200, 0.01)
+    assert rec.take().requests == {("r", 1 << 42, "target", 200): 1,
+                                   ("r", 0, "target", 200): 1, ("r", 1, "target", 200): 1}
+
+
+def test_inventory_take_counts_each_route_backend_and_status() -> None:
+    """Rows per (endpoint, route, backend): their counts and errors add up to what was
+    counted, long paths (kept by template) and paths folded into `* other` included."""
+    rng = random.Random(3)
+    inv = EndpointCounter()
+    expected: dict = {}
+    methods: dict = {}
+    for _ in range(2_000):
+        method = rng.choice([b"GET", b"POST", b"DELETE"])
+        path = b"/accounts/%d/balance" % rng.randrange(5) if rng.random() < 0.5 else \
+            rng.choice([b"/health", b"/x/" + b"a" * 3000])
+        route, backend = rng.choice(["accounts", "_default"]), rng.choice(["legacy", "target"])
+        status = rng.choice([200, 404, 503])
+        inv.count(method, path, route, backend, status, rng.choice([1e-5, 0.02, 2.0]))
+        n, errors = expected.get((route, backend), (0, 0))
+        expected[(route, backend)] = (n + 1, errors + (status >= 500))
+        methods[method.decode()] = methods.get(method.decode(), 0) + 1
+    got: dict = {}
+    got_methods: dict = {}
+    for method, _template, route, backend, n, errors, buckets in inv.take():
+        m, e = got.get((route, backend), (0, 0))
+        got[(route, backend)] = (m + n, e + errors)
+        got_methods[method] = got_methods.get(method, 0) + n
+        assert sum(c for _, c in buckets) == n
+    assert got == expected
+    other = got_methods.pop("*", 0)
+    assert all(got_methods[m] <= methods[m] for m in got_methods)
+    assert sum(got_methods.values()) + other == 2_000
+    assert inv.hits == {}
