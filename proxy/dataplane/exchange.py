@@ -60,6 +60,7 @@ _CONN_KEEP = HOP_BY_HOP | NEVER_DROPPED_BY_CONNECTION
 _NO_TOKENS: frozenset[bytes] = frozenset()
 _ZERO = ord("0")
 _SLASH = ord("/")
+_QMARK = ord("?")
 _QUOTE = ord('"')  # a byte value: `bytes in bytes` is ten times slower (server.on_header)
 _log = structlog.get_logger("strangler.dataplane")
 
@@ -94,11 +95,32 @@ def _join(parts: list) -> bytes:
 
 def _join_after(first: bytes, parts: list) -> bytes:
     """Compiled only: `first + b"".join(parts)`, written by memcpy into the one bytes object."""
+    n = _size(first, parts)
+    if n < 0:
+        return first + b"".join(parts)
+    return _fill(first, parts, n)
+
+
+def _join_upto(parts: list, limit) -> bytes | None:  # limit: Py_ssize_t (exchange.pxd)
+    """Compiled only: `b"".join(parts)` if that is at most `limit` bytes, else None."""
+    n = _size(b"", parts)
+    if n < 0 or n > limit:
+        return None
+    return _fill(b"", parts, n)
+
+
+def _size(first: bytes, parts: list):  # -> Py_ssize_t (exchange.pxd)
+    """Compiled only: the length of `first` and `parts` joined; -1 if a part is not bytes."""
     n = len(first)
     for item in parts:
         if type(item) is not bytes:
-            return first + b"".join(parts)
+            return -1
         n += len(cython.cast(bytes, item))
+    return n
+
+
+def _fill(first: bytes, parts: list, n) -> bytes:  # n: Py_ssize_t (exchange.pxd)
+    """Compiled only: `first` and `parts` (all bytes, `n` bytes in all) in one new object."""
     out = PyBytes_FromStringAndSize(cython.NULL, n)
     buf = PyBytes_AS_STRING(out)
     p = _copy(buf, 0, first)
@@ -139,6 +161,13 @@ def _join_head(method: bytes, target: bytes, headers: list) -> bytes | None:
     buf[p] = 13
     buf[p + 1] = 10
     return out
+
+
+def _find_byte(data: bytes, byte):  # C types: exchange.pxd
+    """Compiled only: the index of `byte`'s first occurrence in `data`, or -1 (memchr)."""
+    start = PyBytes_AS_STRING(data)
+    at = memchr(start, byte, len(data))
+    return -1 if at == cython.NULL else cython.cast(cython.p_char, at) - start
 
 
 def _copy(buf, p, value):  # C types: exchange.pxd
@@ -534,7 +563,16 @@ class Exchange:
                 raise Reject(400, "bad_request", "request target must be origin-form")
         if _HASH in url:  # a byte value: see server.on_header
             raise Reject(400, "bad_request", "fragment in request target")
-        path, sep, query = url.partition(b"?")
+        if _C_LOOP:  # memchr: no tuple, no empty parts
+            q = _find_byte(url, _QMARK)
+            if q < 0:
+                path, query = url, None
+            else:
+                path, query = url[:q], url[q + 1:]
+        else:
+            path, sep, query = url.partition(b"?")
+            if not sep:
+                query = None
         if path and path[0] == _SLASH and (
                 _plain_path(path) if _C_LOOP else suspect(path) is None):
             # canonical already (the usual path)
@@ -544,7 +582,7 @@ class Exchange:
                 self.path = canonical_path(path)
             except BadPath as exc:
                 raise Reject(400, "bad_path", str(exc)) from None
-        self.query = query if sep else None
+        self.query = query
 
     def _take_request_id(self, hdict: dict) -> None:
         """The client's X-Request-Id when well-formed, else a new one from the counter."""
@@ -914,7 +952,11 @@ class Exchange:
         if self.shadow_wanted:
             self.resp_body = []
         # flushed by flush_out() at the end of this upstream read
-        self.wbuf = [_join_after(line, out) if _C_LOOP else line + b"".join(out)]
+        if _C_LOOP and length is not None and length <= 4096:
+            out.insert(0, line)  # the head's pieces: a small body joins them in one copy
+            self.wbuf = out
+        else:
+            self.wbuf = [_join_after(line, out) if _C_LOOP else line + b"".join(out)]
 
     def on_upstream_body(self, data: bytes) -> None:
         self.resp_size += len(data)
@@ -976,9 +1018,14 @@ class Exchange:
         if t is not None and not conn.t_is_closing():
             if len(buf) == 1:
                 conn.t_write(buf[0])
-            elif len(buf) == 2 and len(buf[1]) <= 4096:
-                # one buffer: cheaper than writev's per-call set-up when small
-                conn.t_write(_join(buf) if _C_LOOP else buf[0] + buf[1])
+                return
+            # one buffer: cheaper than writev's per-call set-up when small
+            if _C_LOOP:
+                joined = _join_upto(buf, 8192)
+            else:
+                joined = buf[0] + buf[1] if len(buf) == 2 and len(buf[1]) <= 4096 else None
+            if joined is not None:
+                conn.t_write(joined)
             else:
                 t.writelines(buf)
 
