@@ -380,6 +380,27 @@ async def test_each_response_drops_what_its_own_connection_header_names(hostile)
     assert all(r.body == b"ok" and r.header("content-length") == "2" for r in resps)
 
 
+async def test_an_interim_response_leaves_nothing_to_the_final_one(hostile):
+    """An upstream's 103 Early Hints (not forwarded) names its own Content-Length and
+    Connection: none of that is held against the final response on the same connection (the
+    data plane reuses the list of the headers it acts on), and the next request's response is
+    read clean too."""
+    def answer(seen: SeenRaw) -> bytes:
+        return (b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\nContent-Length: 7\r\n"
+                b"Connection: x-hint\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nX-Hint: kept\r\nContent-Length: 2\r\n\r\nok")
+
+    port, _, _ = await hostile(legacy_respond=answer)
+    data, _ = await raw_request(port, b"GET /api/a HTTP/1.1\r\nHost: a\r\n\r\n"
+                                      b"GET /api/b HTTP/1.1\r\nHost: a\r\n"
+                                      b"Connection: close\r\n\r\n")
+    resps = parse_responses(data)
+    assert [r.status for r in resps] == [200, 200]
+    for r in resps:
+        assert r.body == b"ok" and r.header("content-length") == "2"
+        assert r.header("x-hint") == "kept" and r.header("link") is None
+
+
 async def test_upstream_dying_mid_body_truncates_client_response(hostile):
     def answer(seen: SeenRaw) -> list[bytes]:
         return [b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", b"x" * 100, b"<ABORT>"]

@@ -382,8 +382,10 @@ class Exchange:
 
     def __init__(self) -> None:
         self.up = None
-        self.pending: list[bytes] | None = []
-        self.replay: list[bytes] | None = []
+        # Body chunks not yet sent upstream (None once attached), and those kept for a resend or
+        # a mirror (None: not kept). `()` until a first chunk: most requests have no body.
+        self.pending: list[bytes] | tuple | None = ()
+        self.replay: list[bytes] | tuple | None = ()
         self.replay_size = 0
         self.req_body_size = 0
         self.client_done = False
@@ -822,12 +824,17 @@ class Exchange:
             if self.replay_size <= _REPLAY_LIMIT or (
                 self.shadow_wanted and self.replay_size <= self.route.spec.shadow.max_body
             ):
+                if not replay:
+                    self.replay = replay = []
                 replay.append(chunk)
             else:
                 self.replay = None
-        if self.pending is not None:
-            self.pending.append(chunk)
-            if len(self.pending) > 16 and self.conn.transport is not None:
+        pending = self.pending
+        if pending is not None:
+            if not pending:
+                self.pending = pending = []
+            pending.append(chunk)
+            if len(pending) > 16 and self.conn.transport is not None:
                 self.conn.transport.pause_reading()  # resumed by attach via flow control
         elif self.up is not None and self.up.transport is not None and not self.done:
             self._write_body(self.up.transport, chunk)
