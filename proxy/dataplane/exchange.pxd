@@ -18,7 +18,7 @@ cdef dict _STATUS_LINES
 cdef frozenset IDEMPOTENT_METHODS, _CONN_KEEP, HOP_BY_HOP, FORWARDED_HEADERS  # typed: C lookups
 cdef Py_ssize_t BUCKETS  # proxy.dataplane.split's: a C number
 cdef Py_ssize_t H_CONNECTION, H_CONTENT_LENGTH, H_REQUEST_ID, H_UPGRADE  # basics' header codes
-cdef Py_ssize_t BUCKETS  # proxy.dataplane.split's
+cdef int _ZERO, _SLASH, _QMARK, _QUOTE  # byte values
 
 
 @cython.locals(c=cython.uchar, prev=cython.uchar)
@@ -138,7 +138,7 @@ cdef class Exchange:
     cpdef void _take_request_id(self, dict hdict)
     @cython.locals(table=RouteTable)
     cpdef CompiledRoute _route(self, bytes method, dict hdict)
-    @cython.locals(state=RouteState, bp=Py_ssize_t)
+    @cython.locals(state=RouteState, bp=Py_ssize_t, draw=double)
     cpdef bint _choose_backend(self, CompiledRoute route, bytes method, dict hdict,
                                frozenset conn_tokens)
     cpdef void _want_shadow(self, CompiledRoute route, bytes method, dict hdict, bint to_target)

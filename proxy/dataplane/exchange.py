@@ -638,7 +638,8 @@ class Exchange:
         elif key:  # split.choose_target, inlined: a call less per request
             to_target = route.hasher.bucket(key) < bp
         else:
-            to_target = plane.rand() * BUCKETS < bp
+            draw: cython.double = plane.rand()
+            to_target = draw * BUCKETS < bp
         pin = route.override
         if pin is not None and pin in hdict:
             to_target = self._pin(route, hdict[pin], hdict, to_target)

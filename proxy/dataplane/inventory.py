@@ -195,7 +195,9 @@ class EndpointCounter:
               seconds: float) -> None:
         """One request: a count under route, backend, method, raw path, status and latency
         bucket."""
-        i = int((math.log2(seconds) - _LOG_BASE) * LAT_PER_OCTAVE) + 1 if seconds > LAT_BASE else 0
+        # floor, not int(): the same for this positive value, and a C call when compiled
+        i = math.floor((math.log2(seconds) - _LOG_BASE) * LAT_PER_OCTAVE) + 1 \
+            if seconds > LAT_BASE else 0
         code = status * 128 + (i if i < LAT_TOP else LAT_TOP)
         if len(path) > MAX_RAW_PATH:  # a long path is not kept for 200 ms: its template is
             path = self.template(path)

@@ -13,3 +13,12 @@ cdef extern from *:
     }
     """
     Py_ssize_t ceil "strangler_ceil"(double x) nogil
+
+# `floor` likewise, for x >= 0 (as its callers give it).
+cdef extern from *:
+    """
+    static inline Py_ssize_t strangler_floor(double x) {
+        return x < 4503599627370496.0 ? (Py_ssize_t)floor(x) : (Py_ssize_t)4503599627370496LL;
+    }
+    """
+    Py_ssize_t floor "strangler_floor"(double x) nogil
