@@ -85,3 +85,15 @@ def test_connection_drops_follow_each_value_not_the_last_one() -> None:
            (b"", None), (b"keep-alive", None)]
     for value, drops in seq:
         assert connection_drops(value) == (frozenset(drops) if drops else None), value
+
+
+def test_find_byte_is_bytes_find() -> None:
+    """basics.find_byte (compiled: memchr) gives what bytes.find gives, at every position and
+    for bytes not there, NUL and high bytes included."""
+    from proxy.dataplane.basics import find_byte
+
+    rng = random.Random(11)
+    for _ in range(3_000):
+        data = bytes(rng.choices(b"ab_#?\x00\xff", k=rng.randrange(0, 40)))
+        for byte in (ord("_"), ord("#"), ord("?"), 0, 0xFF, ord("z")):
+            assert find_byte(data, byte) == data.find(byte), (data, byte)

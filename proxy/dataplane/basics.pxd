@@ -18,6 +18,8 @@ cdef class _RequestIds:
     cpdef bytes next_b(self)
 
 
+@cython.locals(start="char*", at="const void*")
+cpdef Py_ssize_t find_byte(bytes data, int byte)
 @cython.locals(n=Py_ssize_t, total="long long", c="unsigned char")
 cpdef long long digits_value(bytes value)
 @cython.locals(n=Py_ssize_t, k=Py_ssize_t, i=Py_ssize_t, c=char, p="char*", q="char*",

@@ -20,7 +20,7 @@ except ImportError:  # the .py file without Cython installed
     _COMPILED = False
 if _COMPILED:
     from cython.cimports.cpython.bytes import PyBytes_AS_STRING, PyBytes_FromStringAndSize
-    from cython.cimports.libc.string import memcpy
+    from cython.cimports.libc.string import memchr, memcpy
 
 REASONS = {
     400: b"Bad Request",
@@ -166,6 +166,16 @@ class _RequestIds:
 
     def __call__(self) -> str:
         return self.next_b().decode()
+
+
+def find_byte(data: bytes, byte) -> int:  # byte: a C int (basics.pxd)
+    """The index of the first `byte` (a byte value) in `data`, or -1. Compiled, a memchr:
+    `byte in data` with an integer goes through the sequence protocol (~115 instructions)."""
+    if _COMPILED:
+        start = PyBytes_AS_STRING(data)
+        at = memchr(start, byte, len(data))
+        return -1 if at == cython.NULL else cython.cast(cython.p_char, at) - start
+    return data.find(byte)
 
 
 new_request_id = _RequestIds()

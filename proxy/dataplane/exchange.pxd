@@ -5,6 +5,7 @@
 # objects.
 cimport cython
 
+from proxy.dataplane cimport basics
 from proxy.dataplane.basics cimport _RequestIds
 from proxy.dataplane.server cimport ClientConnection, DataPlane
 from proxy.dataplane.table cimport CompiledRoute, RouteState, RouteTable
@@ -18,7 +19,7 @@ cdef dict _STATUS_LINES
 cdef frozenset IDEMPOTENT_METHODS, _CONN_KEEP, HOP_BY_HOP, FORWARDED_HEADERS  # typed: C lookups
 cdef Py_ssize_t BUCKETS  # proxy.dataplane.split's: a C number
 cdef Py_ssize_t H_CONNECTION, H_CONTENT_LENGTH, H_REQUEST_ID, H_UPGRADE  # basics' header codes
-cdef int _ZERO, _SLASH, _QMARK, _QUOTE  # byte values
+cdef int _ZERO, _SLASH, _QMARK, _QUOTE, _HASH  # byte values
 
 
 @cython.locals(c=cython.uchar, prev=cython.uchar)
@@ -40,8 +41,6 @@ cdef Py_ssize_t _size(bytes first, list parts)
 cdef bytes _fill(bytes first, list parts, Py_ssize_t n)
 @cython.locals(n=Py_ssize_t, p=Py_ssize_t, out=bytes, buf="char*")
 cdef bytes _join_head(bytes method, bytes target, list headers)
-@cython.locals(start="char*", at="const void*")
-cdef Py_ssize_t _find_byte(bytes data, int byte)
 @cython.locals(n=Py_ssize_t)
 cdef Py_ssize_t _copy(char* buf, Py_ssize_t p, bytes value)
 @cython.locals(n=Py_ssize_t)

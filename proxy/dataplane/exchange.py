@@ -19,6 +19,7 @@ import httptools
 import structlog
 
 from proxy.config.paths import BadPath, canonical_path, suspect
+from proxy.dataplane import basics
 from proxy.dataplane.basics import (
     CONTINUE,
     DEFAULT_ROUTE,
@@ -161,13 +162,6 @@ def _join_head(method: bytes, target: bytes, headers: list) -> bytes | None:
     buf[p] = 13
     buf[p + 1] = 10
     return out
-
-
-def _find_byte(data: bytes, byte):  # C types: exchange.pxd
-    """Compiled only: the index of `byte`'s first occurrence in `data`, or -1 (memchr)."""
-    start = PyBytes_AS_STRING(data)
-    at = memchr(start, byte, len(data))
-    return -1 if at == cython.NULL else cython.cast(cython.p_char, at) - start
 
 
 def _copy(buf, p, value):  # C types: exchange.pxd
@@ -454,13 +448,12 @@ class Exchange:
         self.t0 = plane.now()
         self.method = method
         self.head_only = method == b"HEAD"
-        parser = conn.parser
         version = _line_version(conn.head_start) if _C_LOOP else None
         conn.head_start = None
         if version is None:
-            version = parser.get_http_version()  # formats a str: ~2,300 instructions
+            version = conn.parser.get_http_version()  # formats a str: ~2,300 instructions
         self.version_10 = version == "1.0"
-        self.keep_alive = parser.should_keep_alive()
+        self.keep_alive = conn.p_keep_alive()
         if version != "1.1" and version != "1.0":
             raise Reject(505, "http_version", "only HTTP/1.0 and HTTP/1.1 are supported")
         if method == b"CONNECT" or method == b"PRI":
@@ -563,10 +556,10 @@ class Exchange:
                 url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
             else:
                 raise Reject(400, "bad_request", "request target must be origin-form")
-        if _HASH in url:  # a byte value: see server.on_header
+        if (basics.find_byte(url, _HASH) >= 0) if _C_LOOP else _HASH in url:
             raise Reject(400, "bad_request", "fragment in request target")
         if _C_LOOP:  # memchr: no tuple, no empty parts
-            q = _find_byte(url, _QMARK)
+            q = basics.find_byte(url, _QMARK)
             if q < 0:
                 path, query = url, None
             else:

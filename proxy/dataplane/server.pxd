@@ -1,11 +1,15 @@
 # Static types for Cython (issue 29): see exchange.pxd. server.py runs as it is without them.
 cimport cython
 
+from proxy.dataplane cimport basics
 from proxy.dataplane.exchange cimport Exchange, LineState
 from proxy.dataplane.inventory cimport EndpointCounter
 from proxy.dataplane.recorder cimport Recorder
 from proxy.dataplane.table cimport RouteTable
 from proxy.dataplane.upstream cimport UpstreamPool
+
+cdef bint _COMPILED
+cdef int _UNDERSCORE, _NUL  # byte values
 
 
 @cython.final
@@ -69,6 +73,7 @@ cdef class ClientConnection:
     cdef public object log_upstream
     cdef public object override_peer
     cdef public object parser
+    cdef public object p_feed, p_method, p_keep_alive
     cdef public Exchange parsing
     cdef public object peer
     cdef public bytes peer_b

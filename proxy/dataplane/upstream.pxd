@@ -30,6 +30,7 @@ cdef class UpstreamConnection:
     cdef public bint got_bytes
     cdef public bint head_only
     cdef public object parser
+    cdef public object p_feed, p_status, p_keep_alive
     cdef public UpstreamPool pool
     cdef public bint reused
     cdef public object sink

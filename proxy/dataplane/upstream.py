@@ -132,6 +132,9 @@ class UpstreamConnection:
         "fresh",
         "got_bytes",
         "head_only",
+        "p_feed",
+        "p_keep_alive",
+        "p_status",
         "parser",
         "pool",
         "reused",
@@ -147,6 +150,7 @@ class UpstreamConnection:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        self._bind_parser()
         self.sink: Any = None
         # The sink when it is the data plane's Exchange (set by Exchange.attach; None for a
         # mirror's leg): compiled, the calls below are C calls to it rather than method lookups.
@@ -192,7 +196,7 @@ class UpstreamConnection:
         sink = self.sink
         ex = self.ex  # read before parsing: the response's end clears it
         try:
-            self.parser.feed_data(data)
+            self.p_feed(data)
         except httptools.HttpParserUpgrade as exc:
             sink = self.sink
             if sink is not None and sink.is_tunnel and self.parser.get_status_code() == 101:
@@ -210,6 +214,7 @@ class UpstreamConnection:
                 # A HEAD response ends with its head whatever its Content-Length says; llhttp
                 # cannot be told, so parsing was stopped there. A fresh parser reads the next one.
                 self.parser = httptools.HttpResponseParser(self)
+                self._bind_parser()
                 self._in_body = False
                 sink, self.sink = self.sink, None
                 if sink is not None:
@@ -228,6 +233,14 @@ class UpstreamConnection:
                 sink.flush_out()
             if self.sink is not None and not self._in_body:
                 self._head_in_progress(len(data))
+
+    def _bind_parser(self) -> None:
+        """The parser's methods each response calls, bound once per parser (as the transport's
+        are per connection)."""
+        parser = self.parser
+        self.p_feed = parser.feed_data
+        self.p_status = parser.get_status_code
+        self.p_keep_alive = parser.should_keep_alive
 
     def _head_in_progress(self, n: int) -> None:
         """A read ended inside the response head (httptools keeps an unfinished header line
@@ -290,7 +303,7 @@ class UpstreamConnection:
         self._special.append((code, name, value))
 
     def on_headers_complete(self) -> None:
-        self._status = status = self.parser.get_status_code()
+        self._status = status = self.p_status()
         lines, special, reason = self._lines, self._special, self._reason
         self._lines = []  # handed over: the exchange writes the head from it
         self._reason = b""
@@ -369,9 +382,9 @@ class UpstreamConnection:
         ex, self.ex = self.ex, None
         if sink is not None:
             if ex is sink:
-                ex.on_upstream_done(self.parser.should_keep_alive())
+                ex.on_upstream_done(self.p_keep_alive())
             else:
-                sink.on_upstream_done(self.parser.should_keep_alive())
+                sink.on_upstream_done(self.p_keep_alive())
 
     # -- helpers ---------------------------------------------------------------------------
     def _awaiting_close_delimited(self) -> bool:
