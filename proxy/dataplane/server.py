@@ -465,9 +465,7 @@ class ClientConnection:
         self.head_start = self._data if self._fresh else None
         self._fresh = False
         self._url = b""
-        headers = self._headers  # read_head took the last one's pairs, not the list
-        if headers:
-            del headers[:]
+        self._headers = []
         self._hbytes = 0
         self.line_run = -1
         self.in_headers = True

@@ -306,9 +306,9 @@ class UpstreamConnection:
         self._status = status = self.p_status()
         lines, special, reason = self._lines, self._special, self._reason
         self._lines = []  # handed over: the exchange writes the head from it
+        self._special = []
         self._reason = b""
         if 100 <= status < 200 and status != 101:
-            del special[:]
             return  # interim responses are not forwarded
         if status == 101 and (self.sink is None or not self.sink.is_tunnel):
             raise UpstreamBadResponse("101 Switching Protocols to a request that did not upgrade")
@@ -347,7 +347,6 @@ class UpstreamConnection:
         self._in_body = True
         sink = self.sink
         if sink is None:
-            del special[:]
             return
         ex = self.ex
         if ex is sink:
@@ -359,9 +358,7 @@ class UpstreamConnection:
             self._head_keep_alive = self.parser.get_http_version() == "1.1" and not any(
                 code == H_CONNECTION and b"close" in v.lower() for code, _, v in special
             )
-            del special[:]
             raise _HeadDone
-        del special[:]  # read by the sink during its call (mirror legs copy it): used again
 
     def on_body(self, body: bytes) -> None:
         sink = self.sink
