@@ -29,7 +29,7 @@ cdef bint _json_plain(bytes path)
 @cython.locals(buf="char*", lf="char*", minor=char)
 cdef str _line_version(bytes start)
 cdef bytes _join(list parts)
-@cython.locals(out=list)
+@cython.locals(out=list, state=LineState)
 cpdef bytes render_lines(log, list buf, str enc)
 @cython.locals(n=Py_ssize_t)
 cdef bytes _join_after(bytes first, list parts)
@@ -157,7 +157,7 @@ cdef class Exchange:
     cpdef void finish(self, bint aborted=*)
     @cython.locals(state=LineState, t0=double, t_head=double, t_end=double, now=double,
                    second=Py_ssize_t)
-    cpdef bytes access_line(self, log)
+    cpdef bytes access_line(self, log, LineState state=*)
     cdef bytes _c_line(self, tuple literals, bytes names, bytes path, bytes who,
                        bytes fallback, bytes prefix, double fraction, Py_ssize_t fixed)
     cpdef double _backend_seconds(self, double now)

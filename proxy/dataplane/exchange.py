@@ -259,9 +259,11 @@ def render_lines(log: Any, buf: list, enc: str) -> bytes:
     a finished exchange's line by `Exchange.access_line` (compiled, a C call: no method lookup
     per line), a rendered line (str) encoded, a data plane tuple rendered by the log."""
     out = []
+    state = log.line  # read once per batch, not per line
     for x in buf:
         if type(x) is Exchange:
-            out.append(cython.cast(Exchange, x).access_line(log) if _C_LOOP else x.access_line(log))
+            out.append(cython.cast(Exchange, x).access_line(log, state) if _C_LOOP
+                       else x.access_line(log, state))
         elif type(x) is str:
             out.append(x.encode(enc, "backslashreplace"))
         elif type(x) is tuple:
@@ -775,7 +777,7 @@ class Exchange:
     def attach(self, up: Any) -> None:
         self.up = up
         if self.client_done:  # else from on_client_done, once the request is whole upstream
-            self.head_deadline = self.plane.now() + self.pool.spec.timeout
+            self.head_deadline = self.plane.now() + self.pool.timeout
         head = self.upstream_head()
         if self.shadow_wanted:
             self.head = head  # the mirror sends the same bytes (plus its marker header)
@@ -846,8 +848,8 @@ class Exchange:
             if self.body_mode == 2:
                 self.up.transport.write(b"0\r\n\r\n")
             if self.status == 0:  # no response head yet
-                sent = self.body_done_at or self.plane.now()
-                self.head_deadline = sent + self.pool.spec.timeout
+                sent: cython.double = self.body_done_at if self.body_done_at else self.plane.now()
+                self.head_deadline = sent + self.pool.timeout
 
     # -- WebSocket tunnel (after a 101 the connection carries opaque bytes both ways) -------
     def tunnel_from_client(self, data: bytes) -> None:
@@ -1266,14 +1268,15 @@ class Exchange:
         self.resp_body = None
         self.conn.exchange_finished(self, now)
 
-    def access_line(self, log: Any) -> bytes:
+    def access_line(self, log: Any, state: LineState | None = None) -> bytes:
         """This exchange's access-log line, as bytes, rendered by `log`'s templates and caches
         (proxy.dataplane.access_log.AccessLog, which calls it for each finished exchange of a
         batch). It lives here so that the compiled data plane reads the exchange's fields as C
         values. The request id needs no JSON escaping (one of ours, or a client's that matched
         [A-Za-z0-9_.:-]{1,128}), nor does a path of printable ASCII without `"` or `\\` (the
-        usual one)."""
-        state: LineState = log.line
+        usual one). `state`: `log.line`, when the caller has it."""
+        if state is None:
+            state = log.line
         query = self.query
         if query is not None or not state.json:
             return log.render_exchange(self)

@@ -53,6 +53,7 @@ cdef class UpstreamPool:
     cdef public set live
     cdef public object name
     cdef public object spec
+    cdef public double timeout
     cdef public Py_ssize_t total
     cdef public object waiters
     cdef dict __dict__

@@ -467,6 +467,7 @@ class UpstreamPool:
     def __init__(self, spec: UpstreamSpec, tls: TlsStore | None = None) -> None:
         self.spec = spec
         self.name = spec.name
+        self.timeout = spec.timeout  # the request path reads it as a C double (upstream.pxd)
         self.base_path = spec.base_path.encode()  # prefixed to every forwarded path
         self.host_header = host_header_value(spec)
         self.idle: list[UpstreamConnection] = []
