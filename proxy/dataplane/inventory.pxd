@@ -22,8 +22,7 @@ cdef class EndpointCounter:
     cdef public dict names
     cdef public Py_ssize_t taken_rows
 
-    @cython.locals(i=Py_ssize_t, code=Py_ssize_t, level=dict, by_method=dict, by_path=dict,
-                   codes=dict, c=list)
+    @cython.locals(i=Py_ssize_t, key=tuple, c=list)
     cpdef void count(self, bytes method, bytes path, str route, str backend, Py_ssize_t status,
                      double seconds)
     cpdef bytes template(self, bytes path, bint cached=*)

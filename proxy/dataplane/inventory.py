@@ -149,16 +149,6 @@ class TemplateMatcher:
         return not (self.children or self.patterns or self.params or self.template)
 
 
-def _flat(hits: dict) -> list[tuple[bytes, bytes, str, str, int, int]]:
-    """`EndpointCounter.hits` as (method, path, route, backend, status * 128 + bucket, count)."""
-    return [(method, path, route, backend, code, c[0])
-            for route, level in hits.items()
-            for backend, by_method in level.items()
-            for method, by_path in by_method.items()
-            for path, codes in by_path.items()
-            for code, c in codes.items()]
-
-
 class EndpointCounter:
     """One data plane's inventory counters (see the module's docstring). Paths, templates and
     methods stay bytes until a row leaves (`take`): only named endpoints are ever decoded."""
@@ -167,11 +157,9 @@ class EndpointCounter:
                  "names", "taken_rows")
 
     def __init__(self, spec: InventorySpec | None = None, clock=time.monotonic) -> None:
-        # route -> backend -> method -> path (or a long path's template) -> status * 128 +
-        # latency bucket -> [count]. Nested rather than one tuple key: a name is found by
-        # identity and a path by its cached hash, where a tuple was hashed and compared item
-        # by item on every request; a new path costs one dict, as a tuple key cost one tuple.
-        self.hits: dict[str, dict[str, dict[bytes, dict[bytes, dict[int, list[int]]]]]] = {}
+        # (method, path (or a long path's template), route, backend, status * 128 + latency
+        # bucket) -> [count]
+        self.hits: dict[tuple, list[int]] = {}
         self.cache: dict[bytes, bytes] = {}  # path -> template
         # (method, template) -> requests since the last ageing; declared ones are never aged
         self.admitted: dict[tuple[bytes, bytes], int] = {}
@@ -193,32 +181,24 @@ class EndpointCounter:
     # -- the request path ----------------------------------------------------------------------
     def count(self, method: bytes, path: bytes, route: str, backend: str, status: int,
               seconds: float) -> None:
-        """One request: a count under route, backend, method, raw path, status and latency
-        bucket."""
+        """One request: a count under (method, raw path, route, backend, status and latency
+        bucket); one dict lookup when the key was seen in this batch."""
         # floor, not int(): the same for this positive value, and a C call when compiled
         i = math.floor((math.log2(seconds) - _LOG_BASE) * LAT_PER_OCTAVE) + 1 \
             if seconds > LAT_BASE else 0
-        code = status * 128 + (i if i < LAT_TOP else LAT_TOP)
-        if len(path) > MAX_RAW_PATH:  # a long path is not kept for 200 ms: its template is
-            path = self.template(path)
-        level = self.hits.get(route)
-        if level is None:
-            level = self.hits[route] = {}
-        by_method = level.get(backend)
-        if by_method is None:
-            by_method = level[backend] = {}
-        by_path = by_method.get(method)
-        if by_path is None:
-            by_path = by_method[method] = {}
-        codes = by_path.get(path)
-        if codes is None:
-            by_path[path] = {code: [1]}
-            return
-        c = codes.get(code)
-        if c is None:
-            codes[code] = [1]
-        else:
+        key = (method, path, route, backend, status * 128 + (i if i < LAT_TOP else LAT_TOP))
+        c = self.hits.get(key)
+        if c is not None:
             c[0] += 1
+        elif len(path) <= MAX_RAW_PATH:
+            self.hits[key] = [1]
+        else:  # a long path is not kept for 200 ms: its template is
+            key = (method, self.template(path), route, backend, key[4])
+            c = self.hits.get(key)
+            if c is None:
+                self.hits[key] = [1]
+            else:
+                c[0] += 1
 
     # -- every ~200 ms -------------------------------------------------------------------------
     def template(self, path: bytes, cached: bool = True) -> bytes:
@@ -245,7 +225,7 @@ class EndpointCounter:
         cache, admitted, declared = self.cache, self.admitted, self.declared
         full = len(admitted) >= self.max_templates
         template = self.template
-        for method, path, route, backend, code, n in _flat(hits):
+        for (method, path, route, backend, code), (n,) in hits.items():
             t = cache.get(path)
             if t is None:
                 t = template(path, False)

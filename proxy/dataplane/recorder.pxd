@@ -7,7 +7,7 @@ from proxy.dataplane cimport libm as math
 
 # C constants (when compiled they are not module attributes; no other module reads them)
 cdef double LAT_BASE, _LOG_BASE
-cdef Py_ssize_t LAT_PER_OCTAVE, LAT_OVERFLOW, _STEP_LIMIT
+cdef Py_ssize_t LAT_PER_OCTAVE, LAT_OVERFLOW
 
 
 @cython.final
@@ -15,6 +15,6 @@ cdef class Recorder:
     cdef public object delta
     cdef public dict hits
 
-    @cython.locals(i=Py_ssize_t, per=dict, cells=dict, h=list)
+    @cython.locals(i=Py_ssize_t, key=tuple, h=list)
     cpdef void request(self, str route, Py_ssize_t step, str backend, Py_ssize_t code,
                        double seconds)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from shadow.stats import DIFFERENCE, LATENCY
 
@@ -24,8 +23,6 @@ LAT_BASE = LATENCY.base
 LAT_PER_OCTAVE = LATENCY.per_octave
 LAT_OVERFLOW = LATENCY.size - 1  # the last bucket: above the top bound
 _LOG_BASE = math.log2(LAT_BASE)
-_STEP_LIMIT = 1 << 42  # a step id below it packs into a hit's key with status and bucket
-assert LATENCY.size <= 1024
 
 # A sparse histogram: [{bucket index: count}, sum of the values]
 Sparse = list
@@ -126,10 +123,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.delta = Delta()
-        # route -> backend -> packed (step, status, latency bucket) -> [count, sum of seconds]:
-        # keys whose lookups compare by identity (names) or as one integer, where a tuple key
-        # was hashed and compared item by item on every request
-        self.hits: dict[str, dict[str, dict[Any, list]]] = {}
+        self.hits: dict[tuple[str, int, str, int, int], list] = {}
 
     def request(self, route: str, step: int, backend: str, code: int, seconds: float) -> None:
         # LATENCY.index, inlined: this runs for every request
@@ -139,19 +133,10 @@ class Recorder:
             i = math.ceil((math.log2(seconds) - _LOG_BASE) * LAT_PER_OCTAVE - 1e-9)
             if i > LAT_OVERFLOW:
                 i = LAT_OVERFLOW
-        per = self.hits.get(route)
-        if per is None:
-            per = self.hits[route] = {}
-        cells = per.get(backend)
-        if cells is None:
-            cells = per[backend] = {}
-        if 0 <= step < _STEP_LIMIT and 0 <= code < 1024:
-            key = (step << 20) | (code << 10) | i
-        else:  # never so for a step id (a Unix time or a counter) and an HTTP status
-            key = (step, code, i)
-        h = cells.get(key)
+        key = (route, step, backend, code, i)
+        h = self.hits.get(key)
         if h is None:
-            cells[key] = [1, seconds]
+            self.hits[key] = [1, seconds]
         else:
             h[0] += 1
             h[1] += seconds
@@ -203,14 +188,8 @@ class Recorder:
         delta, self.delta = self.delta, Delta()
         hits, self.hits = self.hits, {}
         requests, latency = delta.requests, delta.latency
-        for route, per in hits.items():
-            for backend, cells in per.items():
-                for packed, (n, seconds) in cells.items():
-                    if type(packed) is tuple:
-                        step, code, i = packed
-                    else:
-                        step, code, i = packed >> 20, (packed >> 10) & 1023, packed & 1023
-                    key = (route, step, backend, code)
-                    requests[key] = requests.get(key, 0) + n
-                    _sparse_add(latency, (route, step, backend), i, n, seconds)
+        for (route, step, backend, code, i), (n, seconds) in hits.items():
+            key = (route, step, backend, code)
+            requests[key] = requests.get(key, 0) + n
+            _sparse_add(latency, (route, step, backend), i, n, seconds)
         return delta
