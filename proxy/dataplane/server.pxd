@@ -73,7 +73,9 @@ cdef class ClientConnection:
     cdef public object log_upstream
     cdef public object override_peer
     cdef public object parser
-    cdef public object p_feed, p_method, p_keep_alive
+    cdef public object p_feed
+    cdef public object p_keep_alive
+    cdef public object p_method
     cdef public Exchange parsing
     cdef public object peer
     cdef public bytes peer_b

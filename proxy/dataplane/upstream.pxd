@@ -30,7 +30,9 @@ cdef class UpstreamConnection:
     cdef public bint got_bytes
     cdef public bint head_only
     cdef public object parser
-    cdef public object p_feed, p_status, p_keep_alive
+    cdef public object p_feed
+    cdef public object p_keep_alive
+    cdef public object p_status
     cdef public UpstreamPool pool
     cdef public bint reused
     cdef public object sink
