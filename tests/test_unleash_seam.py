@@ -174,6 +174,30 @@ async def test_cache_file_is_the_last_body_and_serves_a_restart_while_unleash_fa
     assert "unleash.cache_other_server" in [e["event"] for e in logs]
 
 
+async def test_stop_waits_for_the_cache_write_of_the_last_state_polled(
+    fake_unleash: FakeUnleash, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop while the cache file is being written (a slow disk) waits for that write: a
+    restart during an outage finds the state this replica last saw, not the one before it
+    (the real-Unleash test of a restart in an outage failed once on this race under load)."""
+    import time
+
+    write = UnleashFlags._write_cache
+
+    def slow_write(self: UnleashFlags, body: str, etag: str) -> None:
+        time.sleep(0.3)  # in the write's thread, as a slow fsync would
+        write(self, body, etag)
+
+    async with _client(fake_unleash, tmp_path) as flags:
+        monkeypatch.setattr(UnleashFlags, "_write_cache", slow_write)
+        fake_unleash.change("60")
+        await _until(lambda: flags.snapshot()["checkout"] == FlagState(True, 60.0))
+    # the context's stop has returned: the file holds the new body, whole
+    cached = json.loads((tmp_path / CACHE_FILE).read_text())
+    assert cached["features"] == fake_unleash.body and cached["etag"] == fake_unleash.etag
+    assert os.listdir(tmp_path) == [CACHE_FILE]
+
+
 def _private_uses(path: Path) -> list[str]:
     """`import x._y`, `from x._y import ...` and `from x import _y` of third-party packages."""
     found = []

@@ -338,6 +338,7 @@ class UnleashFlags:
         self._session: aiohttp.ClientSession | None = None
         self._creds: ClientCredentials | None = None  # https: the context, following its files
         self._inflight: dict[aiohttp.ClientSession, int] = {}  # requests on each session
+        self._cache_writing: asyncio.Future[None] | None = None  # the cache file being written
         self._tls_down: tuple[str, str] | None = None  # (cause, sentence) of the last poll
         self._outage_logged = ""  # what this outage was logged as: "unreachable" or a TLS cause
         self._new_context = False  # use_tls() was called: the next request makes a new session
@@ -428,6 +429,10 @@ class UnleashFlags:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+        writing, self._cache_writing = self._cache_writing, None
+        if writing is not None:  # the last state polled reaches the cache file before we stop
+            with contextlib.suppress(Exception):  # `_write_cache` reports its own failures
+                await writing
         for other in [session, *self._inflight]:
             if other is not None and not other.closed:
                 await other.close()
@@ -562,7 +567,11 @@ class UnleashFlags:
             if not self._apply_server_state(body, source="unleash"):
                 return  # reported; the next poll asks again without If-None-Match
             if etag != self._etag or not etag:
-                await asyncio.to_thread(self._write_cache, body, etag)
+                # Its own task, shielded: a poll cancelled by `stop` does not abandon the write,
+                # and `stop` waits for it (a restart during an outage must find this state).
+                writing = asyncio.ensure_future(asyncio.to_thread(self._write_cache, body, etag))
+                self._cache_writing = writing
+                await asyncio.shield(writing)
             self._etag = etag
         self._poll_reached()
 
