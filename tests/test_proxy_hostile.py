@@ -382,9 +382,8 @@ async def test_each_response_drops_what_its_own_connection_header_names(hostile)
 
 async def test_an_interim_response_leaves_nothing_to_the_final_one(hostile):
     """An upstream's 103 Early Hints (not forwarded) names its own Content-Length and
-    Connection: none of that is held against the final response on the same connection (the
-    data plane reuses the list of the headers it acts on), and the next request's response is
-    read clean too."""
+    Connection: none of that is held against the final response on the same connection, and
+    the next request's response is read clean too."""
     def answer(seen: SeenRaw) -> bytes:
         return (b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\nContent-Length: 7\r\n"
                 b"Connection: x-hint\r\n\r\n"
@@ -399,6 +398,25 @@ async def test_an_interim_response_leaves_nothing_to_the_final_one(hostile):
     for r in resps:
         assert r.body == b"ok" and r.header("content-length") == "2"
         assert r.header("x-hint") == "kept" and r.header("link") is None
+
+
+@pytest.mark.parametrize("count", [3, 40, 2_000])
+async def test_a_small_body_after_many_headers_arrives_whole(hostile, count):
+    """A small response's head waits for its body to leave in one copy, unless the head has
+    many pieces (an upstream's thousands of short headers are joined at once): either way every
+    header arrives once, in order, with the body after them."""
+    def answer(seen: SeenRaw) -> bytes:
+        lines = b"".join(b"X-H%d: v%d\r\n" % (i, i) for i in range(count))
+        return b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 5\r\n\r\nhello"
+
+    port, _, _ = await hostile(legacy_respond=answer)
+    data, _ = await raw_request(port, b"GET /api HTTP/1.1\r\nHost: a\r\n\r\n"
+                                      b"GET /api HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    resps = parse_responses(data)
+    assert [r.status for r in resps] == [200, 200]
+    for r in resps:
+        assert r.body == b"hello" and r.header("content-length") == "5"
+        assert [k for k, _ in r.headers if k.startswith("x-h")] == [f"x-h{i}" for i in range(count)]
 
 
 async def test_upstream_dying_mid_body_truncates_client_response(hostile):

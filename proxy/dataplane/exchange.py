@@ -74,6 +74,10 @@ except ImportError:  # the .py file without Cython installed
 if _C_LOOP:  # the compiled access line (Exchange._c_line) and heads (_join)
     from cython.cimports.cpython.bytes import PyBytes_AS_STRING, PyBytes_FromStringAndSize
     from cython.cimports.libc.string import memchr, memcmp, memcpy
+# A head of at most this many pieces (~30 header lines) waits at the end of the read for a small
+# body to join it in one copy; a longer one is joined at once (never thousands of buffers for
+# writev when an upstream sends thousands of short headers)
+_HEAD_PIECES = 128
 _LINE_MAX = 4096  # a longer access line (long path or user agent) is formatted by Python
 
 
@@ -955,7 +959,7 @@ class Exchange:
         if self.shadow_wanted:
             self.resp_body = []
         # flushed by flush_out() at the end of this upstream read
-        if _C_LOOP and length is not None and length <= 4096:
+        if _C_LOOP and length is not None and length <= 4096 and len(out) <= _HEAD_PIECES:
             out.insert(0, line)  # the head's pieces: a small body joins them in one copy
             self.wbuf = out
         else:
