@@ -400,6 +400,62 @@ async def test_an_interim_response_leaves_nothing_to_the_final_one(hostile):
         assert r.header("x-hint") == "kept" and r.header("link") is None
 
 
+@pytest.mark.parametrize("after", [
+    pytest.param(b"HTTP/1.1 200 OK\r\nX-Evil: ", id="part_of_a_head"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nX-Evil: yes\r\nContent-Length: 4\r\n\r\nevil", id="response"),
+])
+async def test_bytes_after_a_response_never_answer_the_next_request(hostile, after):
+    """An upstream writes more after its response, in the same write: a whole response nobody
+    asked for, or the start of one. None of it is read as the answer to the next request, asked
+    on another client connection or pipelined behind the first (llhttp alone would take the start
+    of a head, then the next response's status line as a header value). The connection is not
+    used again; a GET that was already sent on it goes again on a fresh one."""
+    def answer(seen: SeenRaw) -> bytes:
+        if seen.target.startswith(b"/api/a"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + after
+        return b"HTTP/1.1 200 OK\r\nX-Own: b\r\nContent-Length: 5\r\n\r\nfresh"
+
+    port, legacy, _ = await hostile(legacy_respond=answer)
+    close = b"Connection: close\r\n\r\n"
+    data, _ = await raw_request(port, b"GET /api/a HTTP/1.1\r\nHost: a\r\n" + close)
+    assert _only(data).body == b"ok"
+    data, _ = await raw_request(port, b"GET /api/b HTTP/1.1\r\nHost: a\r\n" + close)
+    resp = _only(data)
+    assert resp.status == 200 and resp.body == b"fresh"
+    assert resp.header("x-own") == "b" and resp.header("x-evil") is None
+    assert legacy.connections == 2
+    data, _ = await raw_request(port, b"GET /api/a HTTP/1.1\r\nHost: a\r\n\r\n"
+                                      b"GET /api/b HTTP/1.1\r\nHost: a\r\n" + close)
+    resps = parse_responses(data)
+    assert [r.body for r in resps] == [b"ok", b"fresh"]
+    assert resps[1].header("x-own") == "b" and resps[1].header("x-evil") is None
+
+
+@pytest.mark.parametrize("cut", [5, 20, 27, 33, 52])
+async def test_a_head_split_across_reads_is_read_whole(hostile, cut):
+    """A response head that arrives in two reads (cut inside the status line, a name, a value,
+    a line end, the blank line), after an interim 103 in the first: read header by header, every
+    header once, in order, with no space added or lost."""
+    final = (b"HTTP/1.1 200 OK\r\nX-One:1\r\nX-Two:  2 \r\nContent-Length: 2\r\n"
+             b"Connection: keep-alive\r\n\r\nok")
+
+    def answer(seen: SeenRaw) -> list[bytes]:
+        early = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+        if seen.target.endswith(b"early"):
+            return [early + final[:cut], final[cut:]]
+        return [final[:cut], final[cut:]]
+
+    port, _, _ = await hostile(legacy_respond=answer)
+    for target in (b"/api/x", b"/api/early"):
+        data, _ = await raw_request(
+            port, b"GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % target)
+        resp = _only(data)
+        assert resp.status == 200 and resp.body == b"ok", data
+        assert [(k, v) for k, v in resp.headers if k.startswith("x-")][:2] == [
+            ("x-one", "1"), ("x-two", "2 ")], data
+        assert resp.header("link") is None
+
+
 @pytest.mark.parametrize("count", [3, 40, 2_000])
 async def test_a_small_body_after_many_headers_arrives_whole(hostile, count):
     """A small response's head waits for its body to leave in one copy, unless the head has

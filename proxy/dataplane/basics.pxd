@@ -22,6 +22,7 @@ cdef class _RequestIds:
 cpdef Py_ssize_t find_byte(bytes data, int byte)
 @cython.locals(n=Py_ssize_t, total="long long", c="unsigned char")
 cpdef long long digits_value(bytes value)
-@cython.locals(n=Py_ssize_t, k=Py_ssize_t, i=Py_ssize_t, c=char, p="char*", q="char*",
-               end="char*", names=bytes, codes=bytes)
 cpdef int header_code(bytes name)
+@cython.locals(k=Py_ssize_t, i=Py_ssize_t, c=char, q="const char*", end="const char*",
+               names=bytes, codes=bytes)
+cdef int code_at(const char* p, Py_ssize_t n) noexcept

@@ -105,13 +105,16 @@ def header_code(name: bytes) -> int:
     head's names are new bytes objects each time, so a set or dict lookup hashes each one)."""
     if not _COMPILED:
         return HEADER_CODES.get(name.lower(), 0)
-    n = len(name)
+    return code_at(PyBytes_AS_STRING(name), len(name))
+
+
+def code_at(p, n):  # compiled only (basics.pxd): p is a `const char *` to n bytes of a name
+    """`header_code` of the n bytes at p: no bytes object needed (the raw response head's scan)."""
     if n > _MAX_CODED:
         return 0
     names = _NAMES_BY_LEN[n]
     q = PyBytes_AS_STRING(names)
     end = q + len(names)
-    p = PyBytes_AS_STRING(name)
     k = 0
     while q < end:
         i = 0

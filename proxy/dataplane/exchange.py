@@ -39,6 +39,7 @@ from proxy.dataplane.headers import (
     NEVER_DROPPED_BY_CONNECTION,
     TOKEN_CACHE,
     connection_tokens,
+    header_pairs,
     valid_host,
 )
 from proxy.dataplane.overrides import INVALID, TARGET
@@ -921,7 +922,7 @@ class Exchange:
             elif code == H_CONTENT_LENGTH:
                 cl = value
         if self.shadow_wanted:  # (lower-cased name, value) of each header forwarded
-            self.resp_headers = [(n.lower(), v) for n, v in zip(out[0::4], out[2::4], strict=True)]
+            self.resp_headers = header_pairs(out)
         if not has_rid:
             out.append(b"x-request-id: ")
             out.append(self.rid)

@@ -38,6 +38,7 @@ import structlog
 from proxy.config.spec import SAFE_METHODS, Config, RouteSpec, UpstreamSpec
 from proxy.dataplane.basics import H_REQUEST_ID
 from proxy.dataplane.comparer_link import ComparerLink
+from proxy.dataplane.headers import header_pairs
 from proxy.dataplane.pipeline import PipelinePool
 from proxy.dataplane.recorder import Recorder
 from proxy.dataplane.table import CompiledRoute, RouteTable
@@ -219,7 +220,7 @@ class _Leg:
         self.status = status
         # (lower-cased name, value) of every header: those forwarded as they came, then the
         # others (upstream.ResponseSink: x-request-id is in both)
-        self.headers = [(n.lower(), v) for n, v in zip(lines[0::4], lines[2::4], strict=True)]
+        self.headers = header_pairs(lines)
         self.headers += [(n.lower(), v) for code, n, v in special if code != H_REQUEST_ID]
 
     def on_upstream_body(self, data: bytes) -> None:

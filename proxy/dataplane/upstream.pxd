@@ -12,18 +12,22 @@ cdef bytes _CONN_VALUE
 cdef frozenset _CONN_DROPS, _CONN_KEEP
 
 cpdef frozenset connection_drops(bytes value)
+@cython.locals(n=Py_ssize_t, p="const char*", at="const void*", i=Py_ssize_t, run=Py_ssize_t,
+               c=char, cr=Py_ssize_t, colon=Py_ssize_t, v=Py_ssize_t, code=int,
+               reason=bytes)
+cpdef object scan_head(bytes data, list lines, list special)
 
 
 @cython.final
 cdef class UpstreamConnection:
     cdef public bint _chunked
+    cdef public object _first
     cdef public Py_ssize_t _head_bytes
     cdef public bint _head_keep_alive
-    cdef public list _lines
     cdef public bint _in_body
+    cdef public bint _interim
     cdef public object _length
-    cdef public bytes _reason
-    cdef public list _special
+    cdef public object _more
     cdef public Py_ssize_t _status
     cdef public Exchange ex
     cdef public bint fresh

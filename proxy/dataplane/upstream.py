@@ -45,6 +45,9 @@ try:  # compiled (setup.py): basics.digits_value is a C loop
     _COMPILED = cython.compiled
 except ImportError:  # the .py file without Cython installed
     _COMPILED = False
+if _COMPILED:
+    from cython.cimports.cpython.bytes import PyBytes_AS_STRING, PyBytes_FromStringAndSize
+    from cython.cimports.libc.string import memchr, memcmp
 # The header codes read for framing: 1 to 3 (basics.header_code); the others are hop-by-hop or
 # x-request-id
 H_CONTENT_LENGTH = basics.H_CONTENT_LENGTH
@@ -89,6 +92,175 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             pass
 
 
+def scan_head(data: bytes, lines: list, special: list) -> bytes | None:
+    """Read a response head from the raw bytes it came in, when it starts `data` and is in the
+    strict form (every line ends with CRLF, no bare CR or LF, no folded line, no blank in a
+    name, a status line `HTTP/1.x ddd[ reason]`): the reason phrase, with the header lines to
+    forward appended to `lines` as slices of `data` (a run of consecutive lines is one slice),
+    and (code, name, value) of the others and of x-request-id to `special` (value without its
+    leading blanks, as llhttp gives it). None when the head is in any other form: then the
+    caller reads it with `read_head` (header by header, as llhttp's callbacks give it).
+
+    Only called once llhttp has accepted the head: this finds where its lines are, it does not
+    validate them. Every check below sends the unusual head to `read_head` rather than reading
+    it in a second way."""
+    if not _COMPILED:
+        return _scan_head_py(data, lines, special)
+    n = len(data)
+    p = PyBytes_AS_STRING(data)
+    if n < 16 or memcmp(p, b"HTTP/1.", 7) != 0 or p[8] != 32:
+        return None
+    if not (48 <= p[9] <= 57 and 48 <= p[10] <= 57 and 48 <= p[11] <= 57):
+        return None
+    if p[12] == 13:
+        reason = b""
+        i = 12
+    elif p[12] == 32 and p[13] != 32 and p[13] != 9:
+        at = memchr(p + 13, 13, n - 13)
+        if at == cython.NULL:
+            return None
+        i = cython.cast(cython.p_char, at) - p
+        if memchr(p + 13, 10, i - 13) != cython.NULL:
+            return None
+        reason = PyBytes_FromStringAndSize(p + 13, i - 13)
+    else:
+        return None
+    if i + 1 >= n or p[i + 1] != 10:
+        return None
+    i += 2  # the first header line
+    run = -1  # where the current run of forwarded lines starts
+    while True:
+        if i + 1 >= n:
+            return None  # no blank line: llhttp read this head differently
+        c = p[i]
+        if c == 13:
+            if p[i + 1] != 10:
+                return None
+            break
+        if c == 32 or c == 9:
+            return None  # a folded line
+        at = memchr(p + i, 10, n - i)
+        if at == cython.NULL:
+            return None
+        cr = cython.cast(cython.p_char, at) - p - 1
+        if p[cr] != 13 or memchr(p + i, 13, cr - i) != cython.NULL:
+            return None
+        at = memchr(p + i, 58, cr - i)
+        if at == cython.NULL:
+            return None
+        colon = cython.cast(cython.p_char, at) - p
+        if colon == i or p[colon - 1] == 32 or p[colon - 1] == 9:
+            return None  # (llhttp refuses any other blank in a name: not a token character)
+        code = basics.code_at(p + i, colon - i)
+        if code == 0 or code == H_REQUEST_ID:
+            if run < 0:
+                run = i
+        elif run >= 0:
+            lines.append(PyBytes_FromStringAndSize(p + run, i - run))
+            run = -1
+        if code != 0:
+            v = colon + 1
+            while v < cr and (p[v] == 32 or p[v] == 9):
+                v += 1
+            special.append((code, PyBytes_FromStringAndSize(p + i, colon - i),
+                            PyBytes_FromStringAndSize(p + v, cr - v)))
+        i = cr + 2
+    if run >= 0:
+        lines.append(PyBytes_FromStringAndSize(p + run, i - run))
+    return reason
+
+
+def _scan_head_py(data: bytes, lines: list, special: list) -> bytes | None:
+    """`scan_head` without the compiler: the same rules, by bytes methods."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    rows = data[:end + 2].split(b"\r\n")  # the status line, each header line, b""
+    status = rows[0]
+    if (len(status) < 12 or not status.startswith(b"HTTP/1.") or status[8] != 32
+            or not status[9:12].isdigit()):
+        return None
+    if len(status) == 12:
+        reason = b""
+    elif status[12] == 32 and status[13:14] not in (b" ", b"\t"):
+        reason = status[13:]
+    else:
+        return None
+    if b"\n" in status or b"\r" in status:
+        return None
+    i = len(status) + 2
+    run = -1
+    for row in rows[1:-1]:
+        if b"\n" in row or b"\r" in row or row[:1] in (b" ", b"\t"):
+            return None
+        name, colon, value = row.partition(b":")
+        if not colon or not name or name[-1] in (32, 9):
+            return None
+        code = _HEADER_CODES_GET(name.lower(), 0)
+        if code == 0 or code == H_REQUEST_ID:
+            if run < 0:
+                run = i
+        elif run >= 0:
+            lines.append(data[run:i])
+            run = -1
+        if code != 0:
+            special.append((code, name, value.lstrip(b" \t")))
+        i += len(row) + 2
+    if run >= 0:
+        lines.append(data[run:i])
+    return reason
+
+
+class _HeadRead(Exception):
+    """Raised from `_HeadReader`'s callback: the final response head is read."""
+
+
+class _HeadReader:
+    """`read_head`'s parser callbacks: llhttp's own reading of a head, header by header."""
+
+    __slots__ = ("lines", "parser", "reason", "special")
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.lines: list[bytes] = []
+        self.special: list[tuple[int, bytes, bytes]] = []
+        self.reason = b""
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        code = basics.header_code(name)
+        if code == 0 or code == H_REQUEST_ID:  # forwarded as it came, in its place
+            self.lines += (name, b": ", value, b"\r\n")
+            if code == 0:
+                return
+        self.special.append((code, name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # interim: not forwarded
+            self.lines = []
+            self.special = []
+            self.reason = b""
+            return
+        raise _HeadRead
+
+
+def read_head(raw: bytes) -> tuple[bytes, list, list]:
+    """The final response head in `raw` (a response's bytes from its first, interim responses
+    included), read header by header: (reason, lines, special) as `scan_head` gives them, with
+    each forwarded header line in four pieces: name, b": ", value, b"\r\n"."""
+    reader = _HeadReader()
+    try:
+        reader.parser.feed_data(raw)
+    except httptools.HttpParserError as exc:
+        if isinstance(exc.__context__, _HeadRead):
+            return reader.reason, reader.lines, reader.special
+        raise UpstreamBadResponse(f"invalid response: {exc}") from None
+    raise UpstreamBadResponse("response head not read again")  # cannot happen: llhttp read it
+
+
 class _HeadDone(Exception):
     """Raised from the parser callback to end a HEAD response at its head."""
 
@@ -101,11 +273,12 @@ class ResponseSink(Protocol):
         chunked: bool, length: int | None, named: frozenset[bytes] | None,
     ) -> None:
         """The head, in two parts. `lines`: the headers forwarded as they came (those
-        `basics.header_code` gives 0, and x-request-id), in order, as the pieces of each header
-        line: name, b": ", value, b"\r\n". `special`: (code, name, value) of the others
-        (framing and hop-by-hop), and of x-request-id (also in `lines`). `named`: what a
-        Connection header names besides the hop-by-hop headers and those it may not drop
-        (lower-cased; dropped too), or None."""
+        `basics.header_code` gives 0, and x-request-id), in order, as pieces whose concatenation
+        is their header lines: slices of the upstream's bytes (`scan_head`), or four pieces per
+        line, name, b": ", value, b"\r\n" (`read_head`; always so when `named` is not None).
+        `special`: (code, name, value) of the others (framing and hop-by-hop), and of
+        x-request-id (also in `lines`). `named`: what a Connection header names besides the
+        hop-by-hop headers and those it may not drop (lower-cased; dropped too), or None."""
     def on_upstream_body(self, data: bytes) -> None: ...
     def on_upstream_done(self, reusable: bool) -> None: ...
     def on_upstream_lost(self, exc: UpstreamError) -> None: ...
@@ -120,13 +293,13 @@ class UpstreamConnection:
 
     __slots__ = (
         "_chunked",
+        "_first",
         "_head_bytes",
         "_head_keep_alive",
         "_in_body",
+        "_interim",
         "_length",
-        "_lines",
-        "_reason",
-        "_special",
+        "_more",
         "_status",
         "ex",
         "fresh",
@@ -158,11 +331,13 @@ class UpstreamConnection:
         self.head_only = False
         self.got_bytes = False
         self.reused = False
-        # The head being read (ResponseSink.on_upstream_head): header lines to forward, and the
-        # headers the data plane acts on
-        self._lines: list[bytes] = []
-        self._special: list[tuple[int, bytes, bytes]] = []
-        self._reason = b""
+        # The reads of the current response until its final head ends: `_first`, then `_more`
+        # (None until a second read). The head is read from them: `scan_head`, or `read_head`.
+        # `_first` is None between responses: a message that begins then is bytes the upstream
+        # sent after its response (on_message_begin).
+        self._first: bytes | None = None
+        self._more: list[bytes] | None = None
+        self._interim = False  # an interim (1xx) response ended in the current response's reads
         self._status = 0
         self._chunked = False
         self._length: int | None = None
@@ -195,6 +370,13 @@ class UpstreamConnection:
             return
         sink = self.sink
         ex = self.ex  # read before parsing: the response's end clears it
+        if not self._in_body:  # (part of) the response's head: kept until it is read
+            if self._first is None:
+                self._first = data
+            elif self._more is None:
+                self._more = [data]
+            else:
+                self._more.append(data)
         try:
             self.p_feed(data)
         except httptools.HttpParserUpgrade as exc:
@@ -281,37 +463,39 @@ class UpstreamConnection:
             self.sink.upstream_resume_writing()
 
     # -- httptools callbacks ---------------------------------------------------------------
-    # No on_message_begin (one callback less per response): `on_headers_complete` starts the
-    # next message's header list and reason.
+    # No on_status and no on_header (a Python call and two bytes objects per header): the head
+    # is read from the bytes it came in once llhttp has accepted it (on_headers_complete).
 
-    def on_status(self, status: bytes) -> None:
-        reason = self._reason  # mostly one piece: no concatenation
-        self._reason = reason + status if reason else status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # compiled, a C call (no lower-cased copy, no hash); pure, header_code's own form
-        code: cython.Py_ssize_t
-        code = basics.header_code(name) if _COMPILED else _HEADER_CODES_GET(name.lower(), 0)
-        if code == 0 or code == H_REQUEST_ID:  # forwarded as it came, in its place
-            lines = self._lines  # the header line's pieces: joined once, with the whole head
-            lines.append(name)
-            lines.append(b": ")
-            lines.append(value)
-            lines.append(b"\r\n")
-            if code == 0:
-                return
-        self._special.append((code, name, value))
+    def on_message_begin(self) -> None:
+        if self._first is None:
+            # A message in the bytes after the last response (the same read, or one that began
+            # before the current request was sent): never taken as the next request's answer.
+            raise UpstreamBadResponse("bytes after the end of a response")
 
     def on_headers_complete(self) -> None:
         self._status = status = self.p_status()
-        lines, special, reason = self._lines, self._special, self._reason
-        self._lines = []  # handed over: the exchange writes the head from it
-        self._special = []
-        self._reason = b""
         if 100 <= status < 200 and status != 101:
+            self._interim = True
             return  # interim responses are not forwarded
         if status == 101 and (self.sink is None or not self.sink.is_tunnel):
             raise UpstreamBadResponse("101 Switching Protocols to a request that did not upgrade")
+        first, more = self._first, self._more
+        self._first = None
+        self._more = None
+        lines: list = []
+        special: list = []
+        # The head from its bytes when it is all in the response's first read and starts it
+        # (no interim response before it); else, or when a Connection header names others to
+        # drop, header by header (read_head).
+        scanned = False
+        if more is None and not self._interim and _INJECTION is None:
+            reason = scan_head(first, lines, special)
+            scanned = reason is not None
+            if not scanned:
+                reason, lines, special = read_head(first)
+        else:
+            reason, lines, special = read_head(first + b"".join(more) if more else first)
+        self._interim = False
         chunked = False
         length: int | None = None
         named: frozenset[bytes] | None = None
@@ -342,6 +526,9 @@ class UpstreamConnection:
                     named = drops if named is None else named | drops
         if chunked and length is not None:
             raise UpstreamBadResponse("Content-Length with Transfer-Encoding from upstream")
+        if named is not None and scanned:
+            # the sink drops the named headers line by line: not from runs of lines
+            reason, lines, special = read_head(first)
         self._chunked = chunked
         self._length = length
         self._in_body = True
@@ -392,12 +579,9 @@ class UpstreamConnection:
         self.ex = None
         self.head_only = head_only
         self.got_bytes = False
-        # Fresh since the last head (on_headers_complete took them): new only if one was cut off
-        if self._lines:
-            self._lines = []
-        if self._special:
-            self._special = []
-        self._reason = b""
+        self._first = None
+        self._more = None
+        self._interim = False
         self._length = None
         self._chunked = False
         self._in_body = False
