@@ -7,6 +7,7 @@ from proxy.dataplane.exchange cimport Exchange
 
 cdef class UpstreamPool
 
+cdef bint _COMPILED
 cdef Py_ssize_t H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_CONNECTION, H_REQUEST_ID, _FRAMING
 cdef bytes _CONN_VALUE
 cdef frozenset _CONN_DROPS, _CONN_KEEP
@@ -27,7 +28,10 @@ cdef class UpstreamConnection:
     cdef public bint _in_body
     cdef public bint _interim
     cdef public object _length
+    cdef public list _lines
     cdef public object _more
+    cdef public bytes _reason
+    cdef public list _special
     cdef public Py_ssize_t _status
     cdef public Exchange ex
     cdef public bint fresh

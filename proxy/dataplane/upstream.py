@@ -265,6 +265,19 @@ class _HeadDone(Exception):
     """Raised from the parser callback to end a HEAD response at its head."""
 
 
+class _WholeHead:
+    """The compiled connection's parser callbacks: all but on_status and on_header (no Python
+    call and no two bytes objects per header; `scan_head` reads the head from its bytes)."""
+
+    __slots__ = ("on_body", "on_headers_complete", "on_message_begin", "on_message_complete")
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.on_message_begin = conn.on_message_begin
+        self.on_headers_complete = conn.on_headers_complete
+        self.on_body = conn.on_body
+        self.on_message_complete = conn.on_message_complete
+
+
 class ResponseSink(Protocol):
     wbuf: list[bytes] | None  # response bytes held until the end of the current read
 
@@ -299,7 +312,10 @@ class UpstreamConnection:
         "_in_body",
         "_interim",
         "_length",
+        "_lines",
         "_more",
+        "_reason",
+        "_special",
         "_status",
         "ex",
         "fresh",
@@ -322,7 +338,6 @@ class UpstreamConnection:
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
         self._bind_parser()
         self.sink: Any = None
         # The sink when it is the data plane's Exchange (set by Exchange.attach; None for a
@@ -338,6 +353,11 @@ class UpstreamConnection:
         self._first: bytes | None = None
         self._more: list[bytes] | None = None
         self._interim = False  # an interim (1xx) response ended in the current response's reads
+        # Without the compiler, the head comes header by header (on_status, on_header): a
+        # Python loop over its bytes costs more than llhttp's callbacks
+        self._lines: list[bytes] = []
+        self._special: list[tuple[int, bytes, bytes]] = []
+        self._reason = b""
         self._status = 0
         self._chunked = False
         self._length: int | None = None
@@ -395,7 +415,6 @@ class UpstreamConnection:
             if isinstance(exc.__context__, _HeadDone):
                 # A HEAD response ends with its head whatever its Content-Length says; llhttp
                 # cannot be told, so parsing was stopped there. A fresh parser reads the next one.
-                self.parser = httptools.HttpResponseParser(self)
                 self._bind_parser()
                 self._in_body = False
                 sink, self.sink = self.sink, None
@@ -417,9 +436,10 @@ class UpstreamConnection:
                 self._head_in_progress(len(data))
 
     def _bind_parser(self) -> None:
-        """The parser's methods each response calls, bound once per parser (as the transport's
-        are per connection)."""
-        parser = self.parser
+        """A new parser, and its methods each response calls bound once (as the transport's are
+        per connection)."""
+        self.parser = parser = httptools.HttpResponseParser(_WholeHead(self) if _COMPILED
+                                                            else self)
         self.p_feed = parser.feed_data
         self.p_status = parser.get_status_code
         self.p_keep_alive = parser.should_keep_alive
@@ -463,8 +483,24 @@ class UpstreamConnection:
             self.sink.upstream_resume_writing()
 
     # -- httptools callbacks ---------------------------------------------------------------
-    # No on_status and no on_header (a Python call and two bytes objects per header): the head
-    # is read from the bytes it came in once llhttp has accepted it (on_headers_complete).
+    # Compiled, no on_status and no on_header (a Python call and two bytes objects per header):
+    # the head is read from the bytes it came in once llhttp has accepted it (on_headers_complete).
+
+    def on_status(self, status: bytes) -> None:  # without the compiler only
+        reason = self._reason  # mostly one piece: no concatenation
+        self._reason = reason + status if reason else status
+
+    def on_header(self, name: bytes, value: bytes) -> None:  # without the compiler only
+        code = _HEADER_CODES_GET(name.lower(), 0)
+        if code == 0 or code == H_REQUEST_ID:  # forwarded as it came, in its place
+            lines = self._lines  # the header line's pieces: joined once, with the whole head
+            lines.append(name)
+            lines.append(b": ")
+            lines.append(value)
+            lines.append(b"\r\n")
+            if code == 0:
+                return
+        self._special.append((code, name, value))
 
     def on_message_begin(self) -> None:
         if self._first is None:
@@ -474,6 +510,11 @@ class UpstreamConnection:
 
     def on_headers_complete(self) -> None:
         self._status = status = self.p_status()
+        if not _COMPILED:  # the head came header by header
+            lines, special, reason = self._lines, self._special, self._reason
+            self._lines = []  # handed over: the exchange writes the head from it
+            self._special = []
+            self._reason = b""
         if 100 <= status < 200 and status != 101:
             self._interim = True
             return  # interim responses are not forwarded
@@ -482,13 +523,15 @@ class UpstreamConnection:
         first, more = self._first, self._more
         self._first = None
         self._more = None
-        lines: list = []
-        special: list = []
-        # The head from its bytes when it is all in the response's first read and starts it
-        # (no interim response before it); else, or when a Connection header names others to
-        # drop, header by header (read_head).
+        # Compiled, the head from its bytes when it is all in the response's first read and
+        # starts it (no interim response before it); else, or when a Connection header names
+        # others to drop, header by header (read_head).
         scanned = False
-        if more is None and not self._interim and _INJECTION is None:
+        if not _COMPILED:
+            pass
+        elif more is None and not self._interim and _INJECTION is None:
+            lines = []
+            special = []
             reason = scan_head(first, lines, special)
             scanned = reason is not None
             if not scanned:
@@ -582,6 +625,11 @@ class UpstreamConnection:
         self._first = None
         self._more = None
         self._interim = False
+        if self._lines:  # fresh since the last head, unless one was cut off
+            self._lines = []
+        if self._special:
+            self._special = []
+        self._reason = b""
         self._length = None
         self._chunked = False
         self._in_body = False
