@@ -456,6 +456,46 @@ async def test_a_head_split_across_reads_is_read_whole(hostile, cut):
         assert resp.header("link") is None
 
 
+@pytest.mark.parametrize("early, filler, status", [
+    pytest.param(b"", 70_000, 502, id="over_the_cap"),
+    pytest.param(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", 70_000, 502,
+                 id="over_after_a_103"),
+    pytest.param(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", 65_460, 502,
+                 id="the_103_counts"),
+    pytest.param(b"", 65_460, 200, id="just_under"),  # 65,507 bytes: alone, under 64 KiB
+])
+async def test_a_response_head_over_its_cap_in_one_write_is_502(hostile, early, filler, status):
+    """The response head's cap (`max_header_bytes`, 64 KiB by default; interim responses before
+    it count) holds when the whole head arrives in one read, as when it trickles in (before,
+    only a read that ended inside the head was counted: a 70 KB head in one write was served)."""
+    def answer(seen: SeenRaw) -> bytes:
+        return early + (b"HTTP/1.1 200 OK\r\nX-Big: %s\r\nContent-Length: 2\r\n\r\nok"
+                        % (b"b" * filler))
+
+    port, _, _ = await hostile(legacy_respond=answer)
+    data, _ = await raw_request(port, b"GET /api HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    resp = _only(data)
+    assert resp.status == status
+    if status == 502:
+        assert b"bbbb" not in data
+    else:
+        assert resp.body == b"ok" and len(resp.header("x-big")) == filler
+
+
+async def test_a_small_head_before_a_large_body_in_one_write_is_served(hostile):
+    """The cap is the head's, not the read's: a small head with 300 KB of body behind it, in one
+    write (one read past the cap), is served whole."""
+    body = bytes(range(256)) * 1200
+
+    def answer(seen: SeenRaw) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+    port, _, _ = await hostile(legacy_respond=answer)
+    data, _ = await raw_request(port, b"GET /api HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    resp = _only(data)
+    assert resp.status == 200 and resp.body == body
+
+
 @pytest.mark.parametrize("count", [3, 40, 2_000])
 async def test_a_small_body_after_many_headers_arrives_whole(hostile, count):
     """A small response's head waits for its body to leave in one copy, unless the head has

@@ -26,7 +26,7 @@ cdef class UpstreamConnection:
     cdef public Py_ssize_t _head_bytes
     cdef public bint _head_keep_alive
     cdef public bint _in_body
-    cdef public bint _interim
+    cdef public Py_ssize_t _interims
     cdef public object _length
     cdef public list _lines
     cdef public object _more
@@ -60,6 +60,7 @@ cdef class UpstreamPool:
     cdef public object dial
     cdef public object host_header
     cdef public list idle
+    cdef public Py_ssize_t max_head
     cdef public set live
     cdef public object name
     cdef public object spec

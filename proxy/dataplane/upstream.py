@@ -310,7 +310,7 @@ class UpstreamConnection:
         "_head_bytes",
         "_head_keep_alive",
         "_in_body",
-        "_interim",
+        "_interims",
         "_length",
         "_lines",
         "_more",
@@ -352,7 +352,7 @@ class UpstreamConnection:
         # sent after its response (on_message_begin).
         self._first: bytes | None = None
         self._more: list[bytes] | None = None
-        self._interim = False  # an interim (1xx) response ended in the current response's reads
+        self._interims = 0  # interim (1xx) responses ended in the current response's reads
         # Without the compiler, the head comes header by header (on_status, on_header): a
         # Python loop over its bytes costs more than llhttp's callbacks
         self._lines: list[bytes] = []
@@ -454,6 +454,21 @@ class UpstreamConnection:
             sink.on_upstream_lost(UpstreamBadResponse(
                 f"response head larger than {self.pool.spec.max_header_bytes} bytes"))
 
+    def _head_cap(self, raw: bytes) -> None:
+        """Refuse (502) a response whose head, from its first byte (interim responses included)
+        to the final head's blank line, is over the upstream's `max_header_bytes`."""
+        size = len(raw)  # when the head is not in the strict form: all of it counts
+        end = -4
+        for _ in range(self._interims + 1):  # 1xx responses have no body: heads end to end
+            end = raw.find(b"\r\n\r\n", end + 4)
+            if end < 0:
+                break
+        else:
+            size = end + 4
+        if size > self.pool.max_head:
+            raise UpstreamBadResponse(
+                f"response head larger than {self.pool.spec.max_header_bytes} bytes")
+
     def eof_received(self) -> bool | None:
         return None  # close the transport
 
@@ -516,20 +531,24 @@ class UpstreamConnection:
             self._special = []
             self._reason = b""
         if 100 <= status < 200 and status != 101:
-            self._interim = True
+            self._interims += 1
             return  # interim responses are not forwarded
         if status == 101 and (self.sink is None or not self.sink.is_tunnel):
             raise UpstreamBadResponse("101 Switching Protocols to a request that did not upgrade")
         first, more = self._first, self._more
         self._first = None
         self._more = None
+        if self._head_bytes + len(first if more is None else more[-1]) > self.pool.max_head:
+            # the reads so far pass the cap: does the head itself? (a read that ends inside
+            # the head is counted by _head_in_progress; one that holds all of it, here)
+            self._head_cap(first + b"".join(more) if more else first)
         # Compiled, the head from its bytes when it is all in the response's first read and
         # starts it (no interim response before it); else, or when a Connection header names
         # others to drop, header by header (read_head).
         scanned = False
         if not _COMPILED:
             pass
-        elif more is None and not self._interim and _INJECTION is None:
+        elif more is None and not self._interims and _INJECTION is None:
             lines = []
             special = []
             reason = scan_head(first, lines, special)
@@ -538,7 +557,7 @@ class UpstreamConnection:
                 reason, lines, special = read_head(first)
         else:
             reason, lines, special = read_head(first + b"".join(more) if more else first)
-        self._interim = False
+        self._interims = 0
         chunked = False
         length: int | None = None
         named: frozenset[bytes] | None = None
@@ -624,7 +643,7 @@ class UpstreamConnection:
         self.got_bytes = False
         self._first = None
         self._more = None
-        self._interim = False
+        self._interims = 0
         if self._lines:  # fresh since the last head, unless one was cut off
             self._lines = []
         if self._special:
@@ -700,6 +719,7 @@ class UpstreamPool:
         self.spec = spec
         self.name = spec.name
         self.timeout = spec.timeout  # the request path reads it as a C double (upstream.pxd)
+        self.max_head = spec.max_header_bytes  # a C integer too
         self.base_path = spec.base_path.encode()  # prefixed to every forwarded path
         self.host_header = host_header_value(spec)
         self.idle: list[UpstreamConnection] = []
