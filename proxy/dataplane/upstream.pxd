@@ -23,15 +23,13 @@ cpdef object scan_head(bytes data, list lines, list special)
 cdef class UpstreamConnection:
     cdef public bint _chunked
     cdef public object _first
+    cdef public object _head
     cdef public Py_ssize_t _head_bytes
     cdef public bint _head_keep_alive
     cdef public bint _in_body
     cdef public Py_ssize_t _interims
     cdef public object _length
-    cdef public list _lines
     cdef public object _more
-    cdef public bytes _reason
-    cdef public list _special
     cdef public Py_ssize_t _status
     cdef public Exchange ex
     cdef public bint fresh

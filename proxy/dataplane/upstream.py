@@ -215,34 +215,57 @@ class _HeadRead(Exception):
     """Raised from `_HeadReader`'s callback: the final response head is read."""
 
 
-class _HeadReader:
-    """`read_head`'s parser callbacks: llhttp's own reading of a head, header by header."""
+class _HeadLines:
+    """A head read header by header, as llhttp's callbacks give it (`read_head`; and, without
+    the compiler, every head): the reason, the lines to forward in four pieces each, and the
+    special headers (ResponseSink.on_upstream_head)."""
 
-    __slots__ = ("lines", "parser", "reason", "special")
+    __slots__ = ("lines", "reason", "special")
 
     def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
         self.lines: list[bytes] = []
         self.special: list[tuple[int, bytes, bytes]] = []
         self.reason = b""
 
     def on_status(self, status: bytes) -> None:
-        self.reason += status
+        reason = self.reason  # mostly one piece: no concatenation
+        self.reason = reason + status if reason else status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        code = basics.header_code(name)
+        # compiled, a C call (no lower-cased copy, no hash); pure, header_code's own form
+        code = basics.header_code(name) if _COMPILED else _HEADER_CODES_GET(name.lower(), 0)
         if code == 0 or code == H_REQUEST_ID:  # forwarded as it came, in its place
-            self.lines += (name, b": ", value, b"\r\n")
+            lines = self.lines  # the header line's pieces: joined once, with the whole head
+            lines.append(name)
+            lines.append(b": ")
+            lines.append(value)
+            lines.append(b"\r\n")
             if code == 0:
                 return
         self.special.append((code, name, value))
 
+    def take(self) -> tuple[bytes, list, list]:
+        """(reason, lines, special), handed over; empty again for the next head."""
+        got = self.reason, self.lines, self.special
+        self.lines = []
+        self.special = []
+        self.reason = b""
+        return got
+
+
+class _HeadReader(_HeadLines):
+    """`read_head`'s parser: stops at the final head."""
+
+    __slots__ = ("parser",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parser = httptools.HttpResponseParser(self)
+
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:  # interim: not forwarded
-            self.lines = []
-            self.special = []
-            self.reason = b""
+            self.take()
             return
         raise _HeadRead
 
@@ -265,17 +288,22 @@ class _HeadDone(Exception):
     """Raised from the parser callback to end a HEAD response at its head."""
 
 
-class _WholeHead:
-    """The compiled connection's parser callbacks: all but on_status and on_header (no Python
-    call and no two bytes objects per header; `scan_head` reads the head from its bytes)."""
+class _Callbacks:
+    """An upstream connection's parser callbacks. Compiled, no on_status and no on_header (no
+    Python call and no two bytes objects per header: `scan_head` reads the head from its
+    bytes); without the compiler, those two go to the connection's `_HeadLines`."""
 
-    __slots__ = ("on_body", "on_headers_complete", "on_message_begin", "on_message_complete")
+    __slots__ = ("on_body", "on_header", "on_headers_complete", "on_message_begin",
+                 "on_message_complete", "on_status")
 
     def __init__(self, conn: UpstreamConnection) -> None:
         self.on_message_begin = conn.on_message_begin
         self.on_headers_complete = conn.on_headers_complete
         self.on_body = conn.on_body
         self.on_message_complete = conn.on_message_complete
+        if not _COMPILED:
+            self.on_status = conn._head.on_status
+            self.on_header = conn._head.on_header
 
 
 class ResponseSink(Protocol):
@@ -307,15 +335,13 @@ class UpstreamConnection:
     __slots__ = (
         "_chunked",
         "_first",
+        "_head",
         "_head_bytes",
         "_head_keep_alive",
         "_in_body",
         "_interims",
         "_length",
-        "_lines",
         "_more",
-        "_reason",
-        "_special",
         "_status",
         "ex",
         "fresh",
@@ -338,6 +364,9 @@ class UpstreamConnection:
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        # Without the compiler, the head comes header by header (on_status, on_header): a
+        # Python loop over its bytes costs more than llhttp's callbacks
+        self._head = _HeadLines()
         self._bind_parser()
         self.sink: Any = None
         # The sink when it is the data plane's Exchange (set by Exchange.attach; None for a
@@ -353,11 +382,6 @@ class UpstreamConnection:
         self._first: bytes | None = None
         self._more: list[bytes] | None = None
         self._interims = 0  # interim (1xx) responses ended in the current response's reads
-        # Without the compiler, the head comes header by header (on_status, on_header): a
-        # Python loop over its bytes costs more than llhttp's callbacks
-        self._lines: list[bytes] = []
-        self._special: list[tuple[int, bytes, bytes]] = []
-        self._reason = b""
         self._status = 0
         self._chunked = False
         self._length: int | None = None
@@ -438,8 +462,7 @@ class UpstreamConnection:
     def _bind_parser(self) -> None:
         """A new parser, and its methods each response calls bound once (as the transport's are
         per connection)."""
-        self.parser = parser = httptools.HttpResponseParser(_WholeHead(self) if _COMPILED
-                                                            else self)
+        self.parser = parser = httptools.HttpResponseParser(_Callbacks(self))
         self.p_feed = parser.feed_data
         self.p_status = parser.get_status_code
         self.p_keep_alive = parser.should_keep_alive
@@ -448,11 +471,11 @@ class UpstreamConnection:
         """A read ended inside the response head (httptools keeps an unfinished header line
         whole): past the upstream's `max_header_bytes` the response is refused (502)."""
         self._head_bytes += n
-        if self._head_bytes > self.pool.spec.max_header_bytes:
+        if self._head_bytes > self.pool.max_head:
             sink, self.sink = self.sink, None
             self.transport.close()  # type: ignore[union-attr]
             sink.on_upstream_lost(UpstreamBadResponse(
-                f"response head larger than {self.pool.spec.max_header_bytes} bytes"))
+                f"response head larger than {self.pool.max_head} bytes"))
 
     def _head_cap(self, raw: bytes) -> None:
         """Refuse (502) a response whose head, from its first byte (interim responses included)
@@ -466,8 +489,7 @@ class UpstreamConnection:
         else:
             size = end + 4
         if size > self.pool.max_head:
-            raise UpstreamBadResponse(
-                f"response head larger than {self.pool.spec.max_header_bytes} bytes")
+            raise UpstreamBadResponse(f"response head larger than {self.pool.max_head} bytes")
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
@@ -497,25 +519,9 @@ class UpstreamConnection:
         if self.sink is not None:
             self.sink.upstream_resume_writing()
 
-    # -- httptools callbacks ---------------------------------------------------------------
+    # -- httptools callbacks (through _Callbacks) -------------------------------------------
     # Compiled, no on_status and no on_header (a Python call and two bytes objects per header):
     # the head is read from the bytes it came in once llhttp has accepted it (on_headers_complete).
-
-    def on_status(self, status: bytes) -> None:  # without the compiler only
-        reason = self._reason  # mostly one piece: no concatenation
-        self._reason = reason + status if reason else status
-
-    def on_header(self, name: bytes, value: bytes) -> None:  # without the compiler only
-        code = _HEADER_CODES_GET(name.lower(), 0)
-        if code == 0 or code == H_REQUEST_ID:  # forwarded as it came, in its place
-            lines = self._lines  # the header line's pieces: joined once, with the whole head
-            lines.append(name)
-            lines.append(b": ")
-            lines.append(value)
-            lines.append(b"\r\n")
-            if code == 0:
-                return
-        self._special.append((code, name, value))
 
     def on_message_begin(self) -> None:
         if self._first is None:
@@ -525,11 +531,8 @@ class UpstreamConnection:
 
     def on_headers_complete(self) -> None:
         self._status = status = self.p_status()
-        if not _COMPILED:  # the head came header by header
-            lines, special, reason = self._lines, self._special, self._reason
-            self._lines = []  # handed over: the exchange writes the head from it
-            self._special = []
-            self._reason = b""
+        if not _COMPILED:  # the head came header by header; handed over (interim: dropped)
+            reason, lines, special = self._head.take()
         if 100 <= status < 200 and status != 101:
             self._interims += 1
             return  # interim responses are not forwarded
@@ -538,10 +541,11 @@ class UpstreamConnection:
         first, more = self._first, self._more
         self._first = None
         self._more = None
+        raw = first if more is None else first + b"".join(more)  # the response's bytes so far
         if self._head_bytes + len(first if more is None else more[-1]) > self.pool.max_head:
             # the reads so far pass the cap: does the head itself? (a read that ends inside
             # the head is counted by _head_in_progress; one that holds all of it, here)
-            self._head_cap(first + b"".join(more) if more else first)
+            self._head_cap(raw)
         # Compiled, the head from its bytes when it is all in the response's first read and
         # starts it (no interim response before it); else, or when a Connection header names
         # others to drop, header by header (read_head).
@@ -551,12 +555,12 @@ class UpstreamConnection:
         elif more is None and not self._interims and _INJECTION is None:
             lines = []
             special = []
-            reason = scan_head(first, lines, special)
+            reason = scan_head(raw, lines, special)
             scanned = reason is not None
             if not scanned:
-                reason, lines, special = read_head(first)
+                reason, lines, special = read_head(raw)
         else:
-            reason, lines, special = read_head(first + b"".join(more) if more else first)
+            reason, lines, special = read_head(raw)
         self._interims = 0
         chunked = False
         length: int | None = None
@@ -590,7 +594,7 @@ class UpstreamConnection:
             raise UpstreamBadResponse("Content-Length with Transfer-Encoding from upstream")
         if named is not None and scanned:
             # the sink drops the named headers line by line: not from runs of lines
-            reason, lines, special = read_head(first)
+            reason, lines, special = read_head(raw)
         self._chunked = chunked
         self._length = length
         self._in_body = True
@@ -644,11 +648,10 @@ class UpstreamConnection:
         self._first = None
         self._more = None
         self._interims = 0
-        if self._lines:  # fresh since the last head, unless one was cut off
-            self._lines = []
-        if self._special:
-            self._special = []
-        self._reason = b""
+        if not _COMPILED:
+            lines = self._head  # fresh since the last head, unless one was cut off
+            if lines.lines or lines.special or lines.reason:
+                lines.take()
         self._length = None
         self._chunked = False
         self._in_body = False
