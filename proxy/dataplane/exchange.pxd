@@ -43,12 +43,12 @@ cdef bytes _fill(bytes first, list parts, Py_ssize_t n)
 @cython.locals(n=Py_ssize_t, p=Py_ssize_t, out=bytes, buf="char*")
 cdef bytes _join_head(bytes method, bytes target, list headers)
 @cython.locals(n=Py_ssize_t)
-cdef Py_ssize_t _copy(char* buf, Py_ssize_t p, bytes value)
+cdef inline Py_ssize_t _copy(char* buf, Py_ssize_t p, bytes value) noexcept
 @cython.locals(n=Py_ssize_t)
-cdef Py_ssize_t _put(char* buf, Py_ssize_t p, bytes literal, bytes value)
+cdef inline Py_ssize_t _put(char* buf, Py_ssize_t p, bytes literal, bytes value) noexcept
 @cython.locals(n=cython.int)
-cdef Py_ssize_t _put_int(char* buf, Py_ssize_t p, long long v, int width)
-cdef Py_ssize_t _put_ms(char* buf, Py_ssize_t p, long long us)
+cdef inline Py_ssize_t _put_int(char* buf, Py_ssize_t p, long long v, int width) noexcept
+cdef inline Py_ssize_t _put_ms(char* buf, Py_ssize_t p, long long us) noexcept
 
 
 @cython.final
