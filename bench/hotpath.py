@@ -75,11 +75,30 @@ class _Url:
     small_url = big_url = "http://127.0.0.1:9/"
 
 
+# A browser's request head after the request line (Firefox's, with a session cookie): what a
+# request carries besides wrk's lone Host header (`--browser-headers`).
+BROWSER_HEADERS = (
+    b"Host: 127.0.0.1:8080\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0\r\n"
+    b"Accept: application/json, text/plain, */*\r\n"
+    b"Accept-Language: en-GB,en;q=0.5\r\n"
+    b"Accept-Encoding: gzip, deflate, br, zstd\r\n"
+    b"Referer: https://shop.example.com/account\r\n"
+    b"Connection: keep-alive\r\n"
+    b"Cookie: session=6f1c0e4a9b2d4f7e8a3c5b1d0e9f2a7c; theme=dark\r\n"
+    b"Sec-Fetch-Dest: empty\r\n"
+    b"Sec-Fetch-Mode: cors\r\n"
+    b"Sec-Fetch-Site: same-origin\r\n"
+    b"Priority: u=0\r\n"
+)
+
+
 def build(n_routes: int, access_log: bool, inventory: bool = True,
-          random_paths: bool = False) -> tuple[Any, Any]:
+          random_paths: bool = False, browser: bool = False) -> tuple[Any, Any]:
     """A data plane with one client connection and one pooled connection per upstream.
     `random_paths`: every request a new unmatched path of letters, which no id rule folds (the
-    inventory's cardinality attack; 20,000 distinct paths, repeating)."""
+    inventory's cardinality attack; 20,000 distinct paths, repeating). `browser`: the request
+    carries BROWSER_HEADERS (twelve headers) rather than a Host header alone."""
     state = Path(tempfile.mkdtemp(prefix="hotpath"))
     cfg = servers.strangler_config(port=1, admin_port=2, state_dir=state, up=_Url,  # type: ignore[arg-type]
                                    n_routes=n_routes)
@@ -100,8 +119,9 @@ def build(n_routes: int, access_log: bool, inventory: bool = True,
         pool.total += 1
         pool.idle.append(up)
         ups.append(up)
-    request = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n" % servers.bench_paths(
-        n_routes)[0].encode()
+    request = b"GET %s HTTP/1.1\r\n%s\r\n" % (
+        servers.bench_paths(n_routes)[0].encode(),
+        BROWSER_HEADERS if browser else b"Host: 127.0.0.1:8080\r\n")
     rng = random.Random(1)
     # The random paths are made before the clock starts: only the proxy's cost is measured.
     randoms = [b"GET /%s/%s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n" % (
@@ -153,10 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-inventory", action="store_true", help="inventory.enabled: false")
     p.add_argument("--random-paths", action="store_true",
                    help="every request a new unmatched path (inventory cardinality attack)")
+    p.add_argument("--browser-headers", action="store_true",
+                   help="a browser's twelve request headers, not a Host header alone")
     p.add_argument("--profile", action="store_true", help="print cProfile's top 25 instead")
     args = p.parse_args(argv)
     loop, _ = build(args.routes, not args.no_access_log, not args.no_inventory,
-                    args.random_paths)
+                    args.random_paths, args.browser_headers)
     loop(2_000)  # warm up: pools, caches
     gc.collect()
     if args.profile:

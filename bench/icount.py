@@ -13,7 +13,7 @@ start-up or warm-up.
 forward, write, nothing else) measured the same way.
 
     python -m bench.icount [-n 3000] [--no-access-log] [--no-inventory] [--bare] [--python PY]
-                           [--tree DIR]
+                           [--tree DIR] [--browser-headers]
 """
 
 from __future__ import annotations
@@ -33,17 +33,18 @@ REPO = Path(__file__).resolve().parent.parent
 WARMUP = 2_000
 
 
-def bare_loop() -> Any:
+def bare_loop(browser: bool = False) -> Any:
     """bench/bare_forwarder.py's Client and Upstream on in-memory transports."""
     from bench import bare_forwarder as bare
-    from bench.hotpath import RESPONSE, MemoryTransport
+    from bench.hotpath import BROWSER_HEADERS, RESPONSE, MemoryTransport
 
     client = bare.Client()
     client.connection_made(MemoryTransport())  # type: ignore[arg-type]
     up = bare.Upstream()
     up.connection_made(MemoryTransport())  # type: ignore[arg-type]
     bare.IDLE.append(up)
-    request = b"GET /svc9/items/1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+    request = b"GET /svc9/items/1 HTTP/1.1\r\n%s\r\n" % (
+        BROWSER_HEADERS if browser else b"Host: 127.0.0.1:8080\r\n")
 
     def loop(n: int) -> None:
         for i in range(n):
@@ -56,14 +57,15 @@ def bare_loop() -> Any:
     return loop
 
 
-def inner(n: int, access_log: bool, bare: bool, inventory: bool = True) -> None:
+def inner(n: int, access_log: bool, bare: bool, inventory: bool = True,
+          browser: bool = False) -> None:
     """Runs under valgrind: warm up, then n requests between two dump points."""
     if bare:
-        loop = bare_loop()
+        loop = bare_loop(browser)
     else:
         from bench.hotpath import build
 
-        loop, _ = build(10, access_log, inventory)
+        loop, _ = build(10, access_log, inventory, browser=browser)
     loop(WARMUP)
     gc.collect()
     os.getppid()  # callgrind dump: start-up and warm-up
@@ -72,7 +74,7 @@ def inner(n: int, access_log: bool, bare: bool, inventory: bool = True) -> None:
 
 
 def count(python: str, tree: Path, n: int, access_log: bool, bare: bool,
-          inventory: bool = True) -> float:
+          inventory: bool = True, browser: bool = False) -> float:
     """Instructions per request: one valgrind run of `inner`."""
     with tempfile.TemporaryDirectory(prefix="icount") as tmp:
         out = Path(tmp) / "cg.out"
@@ -85,6 +87,8 @@ def count(python: str, tree: Path, n: int, access_log: bool, bare: bool,
             cmd.append("--bare")
         if not inventory:
             cmd.append("--no-inventory")
+        if browser:
+            cmd.append("--browser-headers")
         env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
         done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True,
                               check=False)
@@ -106,20 +110,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-access-log", action="store_true")
     p.add_argument("--no-inventory", action="store_true", help="inventory.enabled: false")
     p.add_argument("--bare", action="store_true", help="bench/bare_forwarder.py's protocols")
+    p.add_argument("--browser-headers", action="store_true",
+                   help="a browser's twelve request headers (bench.hotpath), not Host alone")
     p.add_argument("--python", default=sys.executable, help="interpreter to count")
     p.add_argument("--tree", type=Path, default=REPO, help="source tree to count (PYTHONPATH)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.inner:
-        inner(args.n, not args.no_access_log, args.bare, not args.no_inventory)
+        inner(args.n, not args.no_access_log, args.bare, not args.no_inventory,
+              args.browser_headers)
         return 0
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     per = count(args.python, args.tree.resolve(), args.n, not args.no_access_log, args.bare,
-                not args.no_inventory)
+                not args.no_inventory, args.browser_headers)
     what = "bare forwarder" if args.bare else (
         "strangler, access log " + ("off" if args.no_access_log else "on")
-        + (", inventory off" if args.no_inventory else ""))
+        + (", inventory off" if args.no_inventory else "")) + (
+        ", a browser's twelve request headers" if args.browser_headers else "")
     print(f"{what}: {per:,.0f} instructions per request ({args.n:,} requests, {args.python})")
     return 0
 
