@@ -301,6 +301,7 @@ class Results:
             row = self.rows.get(t.row)
             ref = self.rows.get(t.ref) if t.ref else None
             value: float | None = None
+            pairs: list[float] = []
             if row is not None and row.values:
                 if t.ref is None:
                     value = max(row.values)
@@ -324,6 +325,7 @@ class Results:
                     "goal": goal,
                     "value": value,
                     "status": status,
+                    "runs": pairs,  # the ratio in each run (the value is their median)
                     "limited_by": self.limit(t),
                 }
             )
@@ -482,14 +484,15 @@ class Results:
             "",
             "## Targets (issue 9)",
             "",
-            "| target | measured | goal | status | what limited it |",
-            "|---|---:|---:|---|---|",
+            "| target | measured | each run | goal | status | what limited it |",
+            "|---|---:|---:|---:|---|---|",
         ]
         for c in self.checks():
             value = "-" if c["value"] is None else f"{c['value']:.2f}"
+            runs = " / ".join(f"{r:.2f}" for r in sorted(c["runs"])) or "-"
             goal = "-" if c["goal"] is None else f"{c['op']} {c['goal']:.2f}"
             lines.append(
-                f"| {c['target']} | {value} | {goal} | {c['status']} "
+                f"| {c['target']} | {value} | {runs} | {goal} | {c['status']} "
                 f"| {c['limited_by']} |"
             )
         if self.notes:

@@ -1,0 +1,41 @@
+"""bench.report: a target's figure is the median of its per-run ratios, and every run's ratio is
+shown beside it (the host's noise is visible, not hidden behind one number)."""
+
+from __future__ import annotations
+
+from bench.report import Results
+
+META = {"date": "2026-12-06", "cpu_model": "test", "nproc": 2, "kernel": "6", "python": "3.11",
+        "nginx": "nginx", "wrk": "wrk", "command": "python -m bench.run", "repeat": 3,
+        "duration": 5.0, "latency_rate": 1000.0, "latency_connections": 16,
+        "latency_duration": 5.0, "pinning": "none"}
+
+
+def _results() -> Results:
+    res = Results(dict(META))
+    for rep, (bare, strangler) in enumerate([(17.0, 21.0), (18.0, 30.0), (20.0, 25.0)]):
+        res.add("bare", "cpu_us", "small", "µs", rep, bare)
+        res.add("strangler", "cpu_us", "small", "µs", rep, strangler)
+    res.finish()
+    return res
+
+
+def test_the_cpu_target_is_the_median_of_the_per_run_ratios_and_lists_them() -> None:
+    check = next(c for c in _results().checks() if c["key"] == "vs_bare")
+    assert check["runs"] == [21 / 17, 30 / 18, 25 / 20]
+    assert check["value"] == 25 / 20  # the median run, not the ratio of the medians (25/18)
+    assert check["status"] == "PASS"
+    row = next(line for line in _results().markdown().splitlines()
+               if line.startswith("| 1 worker, small body: proxy CPU per request vs the bare"))
+    assert "| 1.25 | 1.24 / 1.25 / 1.67 | <= 1.40 | PASS |" in row
+
+
+def test_a_run_missing_on_one_side_is_left_out_of_the_pairs() -> None:
+    res = Results(dict(META, repeat=2))
+    res.add("bare", "cpu_us", "small", "µs", 0, 17.0)
+    res.add("strangler", "cpu_us", "small", "µs", 0, None)
+    res.add("bare", "cpu_us", "small", "µs", 1, 20.0)
+    res.add("strangler", "cpu_us", "small", "µs", 1, 24.0)
+    res.finish()
+    check = next(c for c in res.checks() if c["key"] == "vs_bare")
+    assert check["runs"] == [1.2] and check["value"] == 1.2
