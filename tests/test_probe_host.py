@@ -84,3 +84,19 @@ async def test_http09_request_line_is_505(raw_proxy):
     (resp,) = parse_responses(data)
     assert resp.status == 505 and closed
     assert up.raw == b""
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.2], ids=["pipelined", "one_read_each"])
+async def test_a_host_valid_earlier_on_the_connection_does_not_pass_a_bad_one(raw_proxy, pause):
+    """The data plane remembers the last valid Host of a connection (one comparison instead of
+    a cache lookup per request): a different Host on the same connection is checked again."""
+    port, up = await raw_proxy()
+    get = b"GET /api/x HTTP/1.1\r\nHost: %s\r\n\r\n"
+    pieces = [get % b"shop.example", get % b"shop.example", get % b"other.example",
+              get % b"a..b", get % b"shop.example"]
+    data, closed = await raw_request(port, pieces, pause=pause)
+    responses = parse_responses(data)
+    assert [r.status for r in responses] == [200, 200, 200, 400] and closed
+    assert json.loads(responses[-1].body)["error"] == "bad_host"
+    assert [s.header("host") for s in up.seen] == [b"shop.example", b"shop.example",
+                                                    b"other.example"]

@@ -98,6 +98,7 @@ cdef class Exchange:
     cdef public Py_ssize_t replay_size
     cdef public Py_ssize_t req_body_size
     cdef public object req_headers
+    cdef public bytes req_host
     cdef public bint resendable
     cdef public object resp_body
     cdef public bint resp_chunked
@@ -130,7 +131,7 @@ cdef class Exchange:
     cpdef void read_head(self, ClientConnection conn, bytes method, bytes url, list raw)
     cpdef void _request_line(self, ClientConnection conn, bytes method)
     @cython.locals(name=bytes, value=bytes, lname=bytes, header=tuple, out=list,
-                   special=frozenset, conn_tokens=frozenset)
+                   special=frozenset, conn_tokens=frozenset, conn=ClientConnection)
     cpdef frozenset _headers(self, list raw, dict hdict)
     cpdef void _framing(self, bytes te, bytes cl, bytes host)
     @cython.locals(q=Py_ssize_t, path=bytes, query=bytes)

@@ -359,6 +359,7 @@ class Exchange:
         "replay_size",
         "req_body_size",
         "req_headers",
+        "req_host",
         "resendable",
         "resp_body",
         "resp_chunked",
@@ -395,6 +396,7 @@ class Exchange:
         self.replay: list[bytes] | tuple | None = ()
         self.replay_size = 0
         self.req_body_size = 0
+        self.req_host: bytes | None = None  # the Host header's value (`_headers`), if any
         self.client_done = False
         self.response_started = False
         self.resp_chunked = False
@@ -482,7 +484,8 @@ class Exchange:
         the rare headers a Connection list names are dropped after the loop)."""
         out: list[tuple[bytes, bytes]] = []
         conn_tokens: frozenset[bytes] = _NO_TOKENS
-        trusted = self.conn.peer_trusted
+        conn = self.conn
+        trusted = conn.peer_trusted
         special = self.plane.req_special
         te = cl = host = xff = None
         for header in raw:
@@ -506,10 +509,12 @@ class Exchange:
             elif lname == b"host":
                 if host is not None:
                     raise Reject(400, "bad_request", "repeated Host header")
-                ok = HOST_CACHE.get(value)  # valid_host's cache, read here: no call when cached
-                if not (valid_host(value) if ok is None else ok):
-                    raise Reject(400, "bad_host", "Host must be a host name or address and an "
-                                 "optional port")
+                if value != conn.host_ok:  # else this connection's last valid Host, again
+                    ok = HOST_CACHE.get(value)  # valid_host's cache: no call when cached
+                    if not (valid_host(value) if ok is None else ok):
+                        raise Reject(400, "bad_host", "Host must be a host name or address "
+                                     "and an optional port")
+                    conn.host_ok = value
                 host = value
                 out.append(header)
             elif lname == b"te":
@@ -553,6 +558,7 @@ class Exchange:
             self.body_mode = 0
         if host is None and not self.version_10:
             raise Reject(400, "bad_request", "missing Host header")
+        self.req_host = host
         if self.body_mode:
             self.last_body_at = self.t0  # the body-idle clock runs from the head
 
@@ -675,13 +681,15 @@ class Exchange:
                           hdict: dict) -> None:
         """What goes upstream besides the client's headers: whether the body is kept for a
         replay, the forwarding headers, the re-stated framing; and a 100 Continue if asked."""
-        self.resendable = resendable = method in IDEMPOTENT_METHODS or repeatable(
-            route, method, hdict)
+        # GET first: one bytes comparison, where the set's lookup compares the method with an
+        # equal object of another module (~250 instructions)
+        self.resendable = resendable = method == b"GET" or method in IDEMPOTENT_METHODS or (
+            repeatable(route, method, hdict))
         if self.body_mode and not (resendable or self.shadow_wanted):
             self.replay = None  # never sent again (proxy.dataplane.resend), never mirrored
         conn = self.conn
         out = self.req_headers
-        host = hdict.get(b"host")  # at most one: `_headers` refuses a repeated Host
+        host = self.req_host  # at most one: `_headers` refuses a repeated Host
         if conn.peer_trusted:
             xff = conn.peer_b
             if b"x-forwarded-for" in hdict:

@@ -60,6 +60,7 @@ cdef class ClientConnection:
     cdef public bint closing
     cdef public Exchange cur
     cdef public bytes head_start
+    cdef public bytes host_ok
     cdef public double header_deadline
     cdef public double idle_deadline
     cdef public bint in_headers

@@ -334,6 +334,9 @@ class ClientConnection:
         self._data = b""
         self._fresh = False
         self.head_start: bytes | None = None
+        # The last Host value found valid on this connection (Exchange._headers): a client
+        # sends the same one on every request, and one comparison replaces a cache lookup.
+        self.host_ok: bytes | None = None
         # The access line's quoted client and user agent for the agent last seen here
         # (Exchange.access_line): one comparison instead of a cache lookup per line.
         self.log_agent: bytes | None = None
