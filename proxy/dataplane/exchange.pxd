@@ -15,7 +15,7 @@ from proxy.dataplane.upstream cimport UpstreamConnection, UpstreamPool
 cdef _RequestIds new_request_id  # proxy.dataplane.basics' (its type: a C call per id)
 cdef dict HOST_CACHE  # proxy.dataplane.headers' caches: `.get` is a C dict lookup
 cdef dict TOKEN_CACHE
-cdef dict _STATUS_LINES
+cdef list _STATUS_LINES
 cdef frozenset IDEMPOTENT_METHODS, _CONN_KEEP, HOP_BY_HOP, FORWARDED_HEADERS  # typed: C lookups
 cdef Py_ssize_t BUCKETS  # proxy.dataplane.split's: a C number
 cdef Py_ssize_t H_CONNECTION, H_CONTENT_LENGTH, H_REQUEST_ID, H_UPGRADE  # basics' header codes

@@ -55,7 +55,9 @@ from proxy.dataplane.upstream_errors import (
 )
 
 _REPLAY_LIMIT = 64 * 1024
-_STATUS_LINES: dict[int, tuple[bytes, bytes]] = {}
+# (reason, status line) last made for each status code (llhttp reads three digits): a list
+# indexed by the code, not a dict lookup per response
+_STATUS_LINES: list[tuple[bytes, bytes] | None] = [None] * 1000
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9_.:-]{1,128}").fullmatch
 # Connection tokens that need no extra filtering: hop-by-hop (dropped anyway) or never dropped.
 _CONN_KEEP = HOP_BY_HOP | NEVER_DROPPED_BY_CONNECTION
@@ -914,12 +916,13 @@ class Exchange:
         conn = self.conn
         if conn.transport is None or conn.t_is_closing():
             return
-        known = _STATUS_LINES.get(status)  # (reason, line) last made for this status
+        known = _STATUS_LINES[status] if 0 <= status < 1000 else None
         if known is not None and known[0] == reason:
             line = known[1]
         else:
             line = b"HTTP/1.1 %d %s\r\n" % (status, reason.replace(b"\r", b"").replace(b"\n", b""))
-            _STATUS_LINES[status] = (reason, line)  # at most one entry per status code
+            if 0 <= status < 1000:
+                _STATUS_LINES[status] = (reason, line)  # at most one entry per status code
         if named is None:
             out = lines  # every header line as it came: the upstream's list, handed over
         else:  # rare: headers a Connection header names are dropped too
