@@ -14,6 +14,7 @@ import pytest
 
 from tests.probe import probe_config
 from tests.rawhttp import RawUpstream, parse_responses, raw_request
+from tests.support import free_port, routes_yaml, wait_for
 
 BAD_HOSTS = [b"a b", b"evil.example/../x", b"a..b", b".a", b"a\\b", b"user@a", b"a:b",
              b"a:123456", b"a:65536", b"[::1", b"[::1]x", b"a?b", b"a#b", b"%zz", b"a:80:80"]
@@ -100,3 +101,42 @@ async def test_a_host_valid_earlier_on_the_connection_does_not_pass_a_bad_one(ra
     assert json.loads(responses[-1].body)["error"] == "bad_host"
     assert [s.header("host") for s in up.seen] == [b"shop.example", b"shop.example",
                                                     b"other.example"]
+
+
+async def test_a_mirrored_request_carries_the_clients_host(proxy_process):
+    """The mirror sends the Host the client sent (the exchange's `req_host`), as the primary:
+    also when it writes the head again (a GET with a body: not the primary's bytes)."""
+    legacy, target = await RawUpstream().start(), await RawUpstream().start()
+    try:
+        config = routes_yaml("""
+            version: 1
+            listen: 127.0.0.1:{port}
+            admin: {{listen: "127.0.0.1:{admin}"}}
+            state_dir: state
+            upstreams:
+              legacy: {{url: "http://127.0.0.1:{legacy}"}}
+              target: {{url: "http://127.0.0.1:{target}"}}
+            default_upstream: legacy
+            shadow_budget: {{max_rate: unlimited}}
+            routes:
+              - name: api
+                match: {{path_prefix: /api}}
+                legacy: legacy
+                target: target
+                weight: 0
+                shadow: {{sample: 1.0, max_rate: unlimited}}
+            """, port=free_port(), admin=free_port(), legacy=legacy.port, target=target.port)
+        p = await proxy_process(config)
+        for host in (b"shop.example:8080", b"other.example"):
+            data, _ = await raw_request(p.port, b"GET /api/x HTTP/1.1\r\nHost: %s\r\n"
+                                                b"Content-Length: 2\r\n"
+                                                b"Connection: close\r\n\r\n{}" % host)
+            assert [r.status for r in parse_responses(data)] == [200]
+            await wait_for(lambda h=host: any(s.header("host") == h for s in target.seen))
+        assert [s.header("host") for s in legacy.seen] == [b"shop.example:8080",
+                                                           b"other.example"]
+        assert [s.header("host") for s in target.seen] == [b"shop.example:8080",
+                                                           b"other.example"]
+    finally:
+        await legacy.stop()
+        await target.stop()

@@ -20,7 +20,7 @@ cdef frozenset IDEMPOTENT_METHODS, _CONN_KEEP, HOP_BY_HOP, FORWARDED_HEADERS  # 
 cdef Py_ssize_t BUCKETS  # proxy.dataplane.split's: a C number
 cdef Py_ssize_t H_CONNECTION, H_CONTENT_LENGTH, H_REQUEST_ID, H_UPGRADE  # basics' header codes
 cdef int _ZERO, _SLASH, _QMARK, _QUOTE, _HASH  # byte values
-cdef Py_ssize_t _HEAD_PIECES
+cdef Py_ssize_t _HEAD_PIECES, _REASON_CACHED
 
 
 @cython.locals(c=cython.uchar, prev=cython.uchar)

@@ -58,6 +58,9 @@ _REPLAY_LIMIT = 64 * 1024
 # (reason, status line) last made for each status code (llhttp reads three digits): a list
 # indexed by the code, not a dict lookup per response
 _STATUS_LINES: list[tuple[bytes, bytes] | None] = [None] * 1000
+# A longer reason is not kept: an upstream's 60 KB reasons, one per status code, would hold
+# ~60 MB here for the process's life
+_REASON_CACHED = 64
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9_.:-]{1,128}").fullmatch
 # Connection tokens that need no extra filtering: hop-by-hop (dropped anyway) or never dropped.
 _CONN_KEEP = HOP_BY_HOP | NEVER_DROPPED_BY_CONNECTION
@@ -398,7 +401,7 @@ class Exchange:
         self.replay: list[bytes] | tuple | None = ()
         self.replay_size = 0
         self.req_body_size = 0
-        self.req_host: bytes | None = None  # the Host header's value (`_headers`), if any
+        self.req_host: bytes | None = None  # the Host the client sent (`_framing`), if any
         self.client_done = False
         self.response_started = False
         self.resp_chunked = False
@@ -571,7 +574,7 @@ class Exchange:
             if url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
                 parsed = httptools.parse_url(url)
                 authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
-                host = hdict.get(b"host")  # at most one: `_headers` refuses a repeated Host
+                host = self.req_host  # at most one: `_headers` refuses a repeated Host
                 if host is not None and authority.lower() != host.lower():
                     raise Reject(400, "bad_request", "absolute-form target disagrees with Host")
                 url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
@@ -738,13 +741,6 @@ class Exchange:
             raise Reject(400, "bad_override", f"{name} must be legacy or target")
         self.override = pin
         return pin is TARGET
-
-    def host_value(self) -> bytes | None:
-        """The Host the client sent (None: none, HTTP/1.0)."""
-        for name, value in self.req_headers:
-            if len(name) == 4 and name.lower() == b"host":
-                return value
-        return None
 
     def upstream_head(self) -> bytes:
         pool = self.pool
@@ -921,7 +917,7 @@ class Exchange:
             line = known[1]
         else:
             line = b"HTTP/1.1 %d %s\r\n" % (status, reason.replace(b"\r", b"").replace(b"\n", b""))
-            if 0 <= status < 1000:
+            if 0 <= status < 1000 and len(reason) <= _REASON_CACHED:
                 _STATUS_LINES[status] = (reason, line)  # at most one entry per status code
         if named is None:
             out = lines  # every header line as it came: the upstream's list, handed over

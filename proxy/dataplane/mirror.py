@@ -538,7 +538,7 @@ class Mirror:
         same_head = ex.head if not ex.body_mode and ex.method in _NO_BODY_METHODS and \
             trace is None and not _traced(ex.req_headers) else None
         primary = ex.pool
-        job.host = ex.host_value()
+        job.host = ex.req_host
         job.trace = trace
         other = spec.legacy if served_by_target else spec.target
         legs = [self._leg(job, other, target, c.max_body, same_head, primary)]
