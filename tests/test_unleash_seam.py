@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import sys
+import textwrap
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -230,3 +231,74 @@ def test_no_module_uses_a_private_module_or_name_of_a_dependency() -> None:
         assert _private_uses(probe)
     finally:
         probe.unlink()
+
+
+class HeldPlane:
+    """A stand-in for a data plane (a fake, named so) whose weight updates wait for `release`:
+    a slow worker, seen from the control plane."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.weights: dict = {}
+
+    async def apply_weights(self, updates: dict) -> None:
+        self.entered.set()
+        await self.release.wait()
+        self.weights.update(updates)
+
+
+async def test_readyz_stays_degraded_until_the_data_planes_have_the_weights_unleash_sent(
+    fake_unleash: FakeUnleash, tmp_path: Path
+) -> None:
+    """A replica started with Unleash down and no cache routes everything to legacy and says so
+    on /readyz. When Unleash answers, /readyz may stop saying so only once the data planes route
+    by what it sent: a pipeline that waits for /readyz and then sends traffic must find the
+    rollout in force (the real-Unleash test of this failed once in CI on that window)."""
+    from proxy.config.loader import load_config
+    from proxy.control.flags_link import FlagsLink
+    from proxy.control.runtime import Runtime
+
+    text = textwrap.dedent(f"""
+        version: 1
+        listen: 127.0.0.1:1
+        state_dir: {tmp_path / "state"}
+        upstreams:
+          monolith: {{url: "http://127.0.0.1:2"}}
+          balance-svc: {{url: "http://127.0.0.1:3"}}
+        default_upstream: monolith
+        flags:
+          backend: unleash
+          unleash: {{url: "{fake_unleash.url}", refresh_interval: 0.1}}
+        routes:
+          - name: balance
+            match: {{path_prefix: /api/v1/balance}}
+            legacy: monolith
+            target: balance-svc
+            weight: 0
+            flag: checkout
+            shadow: false
+        """)
+    config = load_config(tmp_path / "routes.yaml", text)
+    rt = Runtime(str(tmp_path / "routes.yaml"), config, text)
+    plane = HeldPlane()
+    rt.planes.append(plane)  # type: ignore[arg-type]
+    fake_unleash.status = 503
+    link = FlagsLink(rt, client=_client(fake_unleash, tmp_path / "cache"))
+    rt.flags = link
+    await link.start()
+    try:
+        assert link.degraded_reason is not None and link.weight(config.route("balance")) == 0
+
+        fake_unleash.status = 200
+        await asyncio.wait_for(plane.entered.wait(), 5)  # the new weight is on its way
+        assert link.client.snapshot()["checkout"] == FlagState(True, 25.0)
+        reason = link.degraded_reason
+        assert reason is not None and "no cached flag state" in reason["flags"]
+
+        plane.release.set()
+        await _until(lambda: link.degraded_reason is None)
+        assert plane.weights["balance"][0] == 2500  # basis points: 25%
+    finally:
+        plane.release.set()
+        await link.stop()

@@ -88,6 +88,10 @@ class FlagsLink:
         self._retry: set[str] = set()  # routes whose rollback Unleash has not taken yet
         self._frozen: dict[str, bool] = {}  # route -> rolled back, as last pushed from here
         self._missing_reported: set[str] = set()
+        # What the data planes route by: no flag data (all legacy) until the weights computed
+        # from Unleash's first answer are pushed. /readyz reads this, not the client's state,
+        # so it never says "recovered" while the planes still send everyone to legacy.
+        self._planes_degraded = True
         # Rollback, its retries and resume write the on/off state one at a time, in order: a
         # retried rollback still on its way must not land after (and undo) a resume.
         self._onoff = asyncio.Lock()
@@ -125,6 +129,7 @@ class FlagsLink:
             raise
         self._snap = self._client.snapshot()
         self._sync()  # before any data plane exists: nothing to push
+        self._planes_degraded = self._client.degraded
         self.runtime._persist()
         self._unsubscribe = self._client.on_change(self._on_change)
         self.runtime.on_reload.append(self._on_reload)
@@ -169,11 +174,11 @@ class FlagsLink:
         tls = self._client.tls_failure
         if tls is not None:  # a set-up problem, not an outage that passes: said as degraded
             routing = ("no cached flag state: every route at weight 0 (all legacy)"
-                       if self._client.degraded else "routing on the last known flag state; "
+                       if self._planes_degraded else "routing on the last known flag state; "
                        "weight changes are refused and rollbacks hold here until it works")
             return {"flags": f"TLS to Unleash at {self.spec.url} fails: {tls[1]}; {routing}",
                     "tls_cause": tls[0]}
-        if self._client.degraded:
+        if self._planes_degraded:  # until the planes have the weights of Unleash's answer
             return {"flags": f"Unleash at {self.spec.url} unreachable and no cached flag "
                     "state: every route at weight 0 (all legacy)"}
         missing = self._missing_routes()
@@ -326,15 +331,18 @@ class FlagsLink:
         if self._client is not None and self._client.connected:
             await self._check_missing(startup=False)
         before = {name: bp_to_weight(bp) for name, bp in self._applied.items()}
+        degraded = self._client is None or self._client.degraded
         changed = self._sync()
         frozen = [n for n in self._freeze_changes() if n not in changed]
         if frozen:  # rolled back or resumed without a weight change (a route at 0%): the data
             await rt._push(frozen)  # planes refuse `target` pins while a route is rolled back
         if not changed:
+            self._planes_degraded = degraded
             return
         for name in changed:
             rt._new_step(name)
         await rt._push(changed)  # traffic first, bookkeeping after (as a rollback does)
+        self._planes_degraded = degraded
         after = {name: bp_to_weight(self._applied[name]) for name in changed}
         async with rt.lock:
             rt._persist()
