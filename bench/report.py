@@ -143,6 +143,15 @@ TARGETS = (
         1.4,
     ),
     Target(
+        "vs_bare_pairs",
+        "the same, from back-to-back pairs of short runs (--cpu-pairs; the ratio within "
+        "each pair)",
+        ("strangler", "cpu_pair_us", "small"),
+        ("bare", "cpu_pair_us", "small"),
+        "<=",
+        1.4,
+    ),
+    Target(
         "compiled_vs_pure",
         "1 worker, small body: compiled data plane vs pure Python (throughput)",
         ("strangler", "throughput", "small"),
@@ -403,6 +412,10 @@ class Results:
             "warm-up (bench/fixedrate.py)",
             f"- pinning: {m['pinning']}",
             "- ratios are medians of per-run ratios to nginx measured in the same run",
+            f"- CPU pairs (issue 29's ratio to the bare forwarder, measured again): "
+            f"{m.get('cpu_pairs', 0)} pairs of `wrk -d{m.get('pair_duration', 0):g}s` runs, "
+            "bare forwarder then strangler back to back (the order alternating), the ratio "
+            "taken within each pair",
             f"- each measurement waited up to {m.get('quiet_wait', 0):g} s for other work on the "
             f"machine to drop below a third of a core; a run is counted as disturbed when other "
             f"work used more than {DISTURBED:.0f}% of a core during it",

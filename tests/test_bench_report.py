@@ -39,3 +39,51 @@ def test_a_run_missing_on_one_side_is_left_out_of_the_pairs() -> None:
     res.finish()
     check = next(c for c in res.checks() if c["key"] == "vs_bare")
     assert check["runs"] == [1.2] and check["value"] == 1.2
+
+
+def test_the_pairs_target_takes_the_ratio_within_each_pair() -> None:
+    res = Results(dict(META, cpu_pairs=3, pair_duration=2.0))
+    for k, (bare, strangler) in enumerate([(16.0, 20.0), (22.0, 28.6), (17.0, 20.4)]):
+        res.add("bare", "cpu_pair_us", "small", "µs", k, bare)
+        res.add("strangler", "cpu_pair_us", "small", "µs", k, strangler)
+    res.finish()
+    check = next(c for c in res.checks() if c["key"] == "vs_bare_pairs")
+    assert check["runs"] == [20 / 16, 28.6 / 22, 20.4 / 17]
+    assert check["value"] == 20 / 16 and check["status"] == "PASS"
+    assert "- CPU pairs (issue 29's ratio to the bare forwarder, measured again): 3 pairs of " \
+        "`wrk -d2s` runs" in res.markdown()
+
+
+def test_cpu_pairs_run_back_to_back_in_alternating_order(monkeypatch) -> None:
+    """bench.run's pairs: bare then strangler, then strangler then bare, each pair's figures
+    under one index; a failed run leaves its pair out rather than shifting the others."""
+    import argparse
+
+    from bench import load
+    from bench.run import Bench, Target
+
+    calls: list[str] = []
+    answers = iter([(16.0, 1000), (20.0, 1000), (30.0, 1000), None, (17.0, 1000), (20.4, 1000)])
+
+    def wrk(url: str, seconds: float, cpus: str, watched: dict, script=None) -> dict:
+        calls.append(url)
+        got = next(answers)
+        if got is None:
+            raise load.LoadError("wrk failed")
+        cpu, rps = got
+        return {"rps": rps, "errors": 0, "requests": rps * 2, "cpu": {"proxy": cpu / 10}}
+
+    monkeypatch.setattr(load, "wrk", wrk)
+    res = Results(dict(META))
+    args = argparse.Namespace(cpu_pairs=3, pair_duration=2.0, quiet_wait=0)
+    bench = Bench.__new__(Bench)
+    bench.args, bench.results, bench.cpus = args, res, argparse.Namespace(gen="1")
+    bench.targets = [Target("bare", {"small": "B"}), Target("strangler", {"small": "S"})]
+    bench.log = lambda text: None  # type: ignore[method-assign]
+    bench.cpu_pairs()
+    assert calls == ["B", "S", "S", "B", "B", "S"]
+    assert res.rows[("bare", "cpu_pair_us", "small")].runs == [16.0, None, 17.0]
+    assert res.rows[("strangler", "cpu_pair_us", "small")].runs == [20.0, 30.0, 20.4]
+    res.finish()
+    check = next(c for c in res.checks() if c["key"] == "vs_bare_pairs")
+    assert check["runs"] == [20 / 16, 20.4 / 17]
