@@ -364,6 +364,22 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+def disk_usage(directory: Path) -> str:
+    """`df` and every file's size under `directory`, for a failure message."""
+    lines = [f"{f.stat().st_size:>10} {f.relative_to(directory)}"
+             for f in sorted(directory.rglob("*")) if f.is_file()]
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):  # files held open there, deleted ones too
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(str(directory)):
+            lines.append(f"open: pid {fd.parts[2]} {target}")
+    st = os.statvfs(directory)
+    return f"free {st.f_bavail * st.f_frsize} of {st.f_blocks * st.f_frsize} bytes:\n" + \
+        "\n".join(lines)
+
+
 async def rollback_cli(p, reason: str) -> tuple[int, dict, str]:
     code, out, err = await run_cli("rollback", "balance", "--reason", reason, "--json",
                                    env={"STRANGLER_ADMIN_URL": p.admin})
@@ -420,7 +436,9 @@ async def test_rollback_holds_on_a_full_disk_and_is_saved_once_space_returns(
     # the rollback.
     filler.unlink()
     code, body, err = await rollback_cli(p, "disk freed")
-    assert code == 0 and body["durable"] is True, (body, err)
+    # (failed once in CI, lowest tier, not reproduced since: the disk was full again; the
+    # listing says what took the space back)
+    assert code == 0 and body["durable"] is True, (body, err, disk_usage(disk))
     code, out, err = await run_cli("history", "--verify", env={"STRANGLER_ADMIN_URL": p.admin})
     assert code == 0, out + err
     assert await p.stop() == 0
