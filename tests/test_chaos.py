@@ -481,3 +481,35 @@ async def test_rollback_holds_on_a_read_only_state_dir(upstreams, proxy_process,
     await p.start()
     assert await served(p.url) == {"monolith": 40}
     assert await p.stop() == 0
+
+
+def test_inventory_rollups_leave_the_last_mib_to_state_and_audit(tmpfs) -> None:
+    """The full-disk rollback above failed in CI because the inventory's SQLite WAL took the
+    space the freed disk gave back (160 KiB of it) before the rollback was saved. The inventory
+    is telemetry: below DISK_RESERVE free it writes nothing (its rows wait in memory) and says
+    why; with the space back it writes again."""
+    from proxy.control.rollup_sqlite import DISK_RESERVE, SqliteRollupStore
+
+    disk = tmpfs("invfs", "4m")
+    store = SqliteRollupStore(disk / "state" / "inventory.sqlite3")
+    assert store.error is None
+    key = ("GET", "/v1/balance/{id}", "balance", "monolith")
+    store.write([(3600, 0, {key: (5, 0, {3: 5})}, {})])
+    files = {f.name: f.stat().st_size for f in (disk / "state").iterdir()}
+
+    # Leave half the reserve free: a filler of the rest.
+    st = os.statvfs(disk)
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - DISK_RESERVE // 2))
+    with pytest.raises(OSError) as refused:
+        store.write([(3600, 0, {key: (7, 1, {4: 7})}, {})])
+    assert refused.value.errno == errno.ENOSPC
+    assert "the inventory leaves to state.json and the audit log" in str(refused.value)
+    with pytest.raises(OSError):
+        store.prune(3600, 10_000)
+    assert {f.name: f.stat().st_size for f in (disk / "state").iterdir()} == files  # no growth
+
+    filler.unlink()
+    store.write([(3600, 0, {key: (7, 1, {4: 7})}, {})])
+    (row,) = store.read(3600, 0)
+    assert row[1] == key and tuple(row[2][:2]) == (12, 1)  # both batches, once each

@@ -9,6 +9,7 @@ one endpoint on one route and backend in one bucket; its latency histogram is JS
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sqlite3
@@ -47,6 +48,8 @@ _SCHEMA = (
 
 
 log = structlog.get_logger("strangler.rollups")
+# Free bytes the inventory leaves on state_dir's filesystem for state.json and the audit log.
+DISK_RESERVE = 1 << 20
 
 
 class NewerInventory(RuntimeError):
@@ -115,6 +118,23 @@ class SqliteRollupStore:
         finally:
             conn.close()
 
+    def _writing(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A session for a write, refused (ENOSPC) while the state_dir's filesystem has less
+        than DISK_RESERVE free: the rows wait in memory (bounded, see `Rollups`) and /readyz says
+        why. The inventory is telemetry; it must not take the last space from state.json and
+        the audit log, which a rollback on a nearly full disk needs (its WAL took the space a
+        freed disk had given back before the rollback could be saved)."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except FileNotFoundError:  # not made yet: the session makes it (or says why not)
+            return self._session()
+        free = st.f_bavail * st.f_frsize
+        if free < DISK_RESERVE:
+            raise OSError(errno.ENOSPC, f"{free} bytes free on the filesystem of "
+                          f"{self.path.parent}, under the {DISK_RESERVE} the inventory leaves to "
+                          "state.json and the audit log: rollups wait in memory")
+        return self._session()
+
     def _reading(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return _unavailable_on_error(self.path, self._session())
 
@@ -122,7 +142,7 @@ class SqliteRollupStore:
         """Every bucket in one transaction (one writer: a batch is never in doubt here)."""
         if not any(rows or shadow for _, _, rows, shadow in buckets):
             return
-        with self._lock, self._session() as c:
+        with self._lock, self._writing() as c:
             c.execute("BEGIN IMMEDIATE")
             try:
                 c.executemany(
@@ -176,7 +196,7 @@ class SqliteRollupStore:
             return set()
 
     def compact(self, grain: int, start: int, keep: int) -> int:
-        with self._lock, self._session() as c:
+        with self._lock, self._writing() as c:
             busiest = c.execute(
                 "SELECT method, template, SUM(requests) AS n FROM traffic WHERE grain=? AND "
                 "start=? AND NOT (method=? AND template=?) GROUP BY method, template "
@@ -203,7 +223,7 @@ class SqliteRollupStore:
         return len(drop)
 
     def prune(self, grain: int, before: int) -> int:
-        with self._lock, self._session() as c:
+        with self._lock, self._writing() as c:
             n = c.execute("DELETE FROM traffic WHERE grain=? AND start<?", (grain, before)).rowcount
             c.execute("DELETE FROM shadow WHERE grain=? AND start<?", (grain, before))
             if grain == DAY:  # what is left begins no earlier than this
@@ -228,7 +248,7 @@ class SqliteRollupStore:
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._lock, self._session() as c:
+        with self._lock, self._writing() as c:
             c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def size(self) -> int:
