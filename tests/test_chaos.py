@@ -485,7 +485,7 @@ async def test_rollback_holds_on_a_read_only_state_dir(upstreams, proxy_process,
 
 def test_inventory_rollups_leave_the_last_mib_to_state_and_audit(tmpfs) -> None:
     """The full-disk rollback above failed in CI because the inventory's SQLite WAL took the
-    space the freed disk gave back (160 KiB of it) before the rollback was saved. The inventory
+    space the freed disk gave back (152-156 KiB of it) before the rollback was saved. The inventory
     is telemetry: below DISK_RESERVE free it writes nothing (its rows wait in memory) and says
     why; with the space back it writes again."""
     from proxy.control.rollup_sqlite import DISK_RESERVE, SqliteRollupStore
