@@ -324,6 +324,39 @@ def test_closed_buckets_keep_the_top_n_plus_other(tmp_path: Path) -> None:
     assert t[("*", "other", "_default", "legacy")][0] == sum(range(1, 11)) + sum(range(21, 31))
 
 
+def test_a_compaction_whose_write_is_refused_loses_no_count(tmp_path: Path) -> None:
+    """Folding a closed bucket into `other` is one transaction: when the folded row cannot be
+    written (a full disk refuses it; here a trigger in the real SQLite file does), the
+    endpoints stay as they were and the next flush compacts them. It used to delete them in one
+    transaction and write `other` in a second: a refusal between the two lost their counts."""
+    import sqlite3
+
+    clock = Clock(1_800_000_000.0 // HOUR * HOUR + 10)
+    path = tmp_path / "i.sqlite3"
+    r = Rollups(SqliteRollupStore(path), InventorySpec(max_templates=10), clock=clock)
+    r.add([_row("GET", f"/e{i}", "_default", "legacy", i + 1) for i in range(15)])
+    r.flush_now()
+    hour = int(clock.t // HOUR * HOUR)
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TRIGGER refuse_other BEFORE INSERT ON traffic WHEN NEW.template = "
+                  "'other' BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+    clock.t += HOUR
+    r.flush_now()  # the hour closed: its compaction is refused, and tried again later
+
+    def totals() -> dict[str, int]:
+        with sqlite3.connect(path) as c:
+            return dict(c.execute("SELECT template, SUM(requests) FROM traffic WHERE grain=? "
+                                  "AND start=? GROUP BY template", (HOUR, hour)).fetchall())
+
+    assert totals() == {f"/e{i}": i + 1 for i in range(15)}  # all there, none folded
+    with sqlite3.connect(path) as c:
+        c.execute("DROP TRIGGER refuse_other")
+    clock.t += 60
+    r.flush_now()
+    after = totals()
+    assert after == {**{f"/e{i}": i + 1 for i in range(5, 15)}, "other": sum(range(1, 6))}
+
+
 def test_retention_drops_old_buckets(tmp_path: Path) -> None:
     """40 simulated days of 50 endpoints on 2 backends, a flush every 4 hours: hourly buckets
     beyond 15 days and daily ones beyond retention_days are gone, and the start of the kept

@@ -145,21 +145,7 @@ class SqliteRollupStore:
         with self._lock, self._writing() as c:
             c.execute("BEGIN IMMEDIATE")
             try:
-                c.executemany(
-                    "INSERT INTO traffic VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (grain, start, "
-                    "method, template, route, backend) DO UPDATE SET "
-                    "requests = requests + excluded.requests, errors = errors + excluded.errors, "
-                    "latency = merge_latency(latency, excluded.latency)",
-                    [(grain, start, *key, req, err, _text(hist))
-                     for grain, start, rows, _ in buckets
-                     for key, (req, err, hist) in rows.items()])
-                c.executemany(
-                    "INSERT INTO shadow VALUES (?,?,?,?,?,?) ON CONFLICT (grain, start, route) "
-                    "DO UPDATE SET compared = compared + excluded.compared, "
-                    "mismatched = mismatched + excluded.mismatched, "
-                    "errors = errors + excluded.errors",
-                    [(grain, start, r, *counts) for grain, start, _, shadow in buckets
-                     for r, counts in shadow.items()])
+                _upsert(c, buckets)
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
@@ -215,11 +201,13 @@ class SqliteRollupStore:
                         add_stats(folded, (*OTHER, route, backend), req, err, _hist(lat))
                     c.execute("DELETE FROM traffic WHERE grain=? AND start=? AND method=? AND "
                               "template=?", (grain, start, method, template))
+                # the folded row in the same transaction: a refused write (a full disk)
+                # leaves the endpoints as they were instead of losing their counts
+                _upsert(c, [(grain, start, folded, {})])
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
-        self.write([(grain, start, folded, {})])
         return len(drop)
 
     def prune(self, grain: int, before: int) -> int:
@@ -276,3 +264,22 @@ def _unavailable_on_error(path: Path, session: contextlib.AbstractContextManager
     except (sqlite3.Error, OSError) as exc:
         raise RollupsUnavailable(f"the inventory file {path} cannot be read now: "
                                  f"{exc}") from None
+
+
+def _upsert(c: sqlite3.Connection, buckets: list[Bucket]) -> None:
+    """Add the buckets' counts to what is stored, inside the caller's transaction."""
+    c.executemany(
+        "INSERT INTO traffic VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (grain, start, "
+        "method, template, route, backend) DO UPDATE SET "
+        "requests = requests + excluded.requests, errors = errors + excluded.errors, "
+        "latency = merge_latency(latency, excluded.latency)",
+        [(grain, start, *key, req, err, _text(hist))
+         for grain, start, rows, _ in buckets
+         for key, (req, err, hist) in rows.items()])
+    c.executemany(
+        "INSERT INTO shadow VALUES (?,?,?,?,?,?) ON CONFLICT (grain, start, route) "
+        "DO UPDATE SET compared = compared + excluded.compared, "
+        "mismatched = mismatched + excluded.mismatched, "
+        "errors = errors + excluded.errors",
+        [(grain, start, r, *counts) for grain, start, _, shadow in buckets
+         for r, counts in shadow.items()])
