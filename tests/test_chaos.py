@@ -4,6 +4,8 @@
   fails as the client sees it, and the guardrail rolls the route back (audited, counted);
 - 100 reloads and 100 weight changes under load: no failed request, every change audited once;
 - SIGTERM with 20 slow requests in flight and `--workers 2`: all complete, exit 0;
+- a rollback while one of two workers is frozen (SIGSTOP): saved, audited, the worker named, and
+  applied by it when it runs again;
 - state_dir on a full or read-only filesystem (a real tmpfs): the rollback still routes to legacy,
   says it is not durable, holds through reloads, and is saved once the disk recovers.
 
@@ -314,6 +316,53 @@ async def test_sigterm_with_two_workers_drains_20_slow_requests(upstreams, proxy
     assert results == [200] * 20
     assert code == 0
     assert time.monotonic() - t0 < 10
+
+
+# -- a worker that does not answer ---------------------------------------------------------------
+def worker_pids(pid: int) -> list[int]:
+    """The `--workers` processes of a `strangler serve` (spawned: `spawn_main` in their command)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children
+            if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+async def test_a_rollback_with_a_frozen_worker_is_saved_audited_and_names_the_worker(
+        upstreams, proxy_process):
+    """One of two workers does not read its control socket (SIGSTOP: as if its CPU were taken
+    for seconds). The rollback still answers within seconds, saved and audited; the answer and
+    the audit entry name the worker that has not confirmed, and that worker routes to legacy as
+    soon as it runs again (the change waits in its socket). It used to fail with a 500 after 5 s
+    and leave neither a saved state nor an audit entry, though the other worker had switched."""
+    mono = await upstreams("monolith")
+    svc = await upstreams("svc")
+    p = await proxy_process(config(mono.port, svc.port, 100),
+                            args=("--workers", "2", "--no-access-log", "--no-watch"))
+    assert await served(p.url, 10) == {"svc": 10}
+    pids = worker_pids(p.proc.pid)
+    assert len(pids) == 2
+    frozen = pids[0]
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        code, body, err = await rollback_cli(p, "target broken, a worker frozen")
+        took = time.monotonic() - t0
+        assert code == 0, err
+        assert (body["state"], body["weight"]) == ("rolled_back", 0)
+        assert f"pid {frozen}" in body["warning"] and "NOT CONFIRMED" in body["warning"], body
+        assert "NOT CONFIRMED" in err  # the CLI prints the warning for the SRE
+        assert took < 10
+        _, history = await admin_json(p.admin, "GET", "/admin/history?limit=5")
+        [entry] = [e for e in history["entries"] if e["action"] == "rollback"]
+        assert [u["pid"] for u in entry["unconfirmed_planes"]] == [frozen]
+        state = json.loads((p.dir / "state" / "state.json").read_text())
+        assert state["routes"]["balance"]["rolled_back"] is True
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    await asyncio.sleep(0.5)  # the woken worker reads the change waiting in its socket
+    assert await served(p.url) == {"monolith": 40}
+    code, out, err = await run_cli("history", "--verify", env={"STRANGLER_ADMIN_URL": p.admin})
+    assert code == 0, out + err
+    assert await p.stop() == 0
 
 
 # -- state_dir on a full or read-only filesystem --------------------------------------------------

@@ -341,7 +341,9 @@ class FlagsLink:
             return
         for name in changed:
             rt._new_step(name)
-        await rt._push(changed)  # traffic first, bookkeeping after (as a rollback does)
+        # traffic first, bookkeeping after (as a rollback does); a worker that did not
+        # acknowledge has the change waiting in its socket: the audit entry names it
+        unconfirmed = await rt._push(changed)
         self._planes_degraded = degraded
         after = {name: bp_to_weight(self._applied[name]) for name in changed}
         async with rt.lock:
@@ -358,6 +360,7 @@ class FlagsLink:
                               "enabled": state.enabled if state else None,
                               "rollout": state.rollout if state else None,
                               "rolled_back": rt.rolled_back(name)},
+                    **({"unconfirmed_planes": unconfirmed} if unconfirmed else {}),
                 )
         log.info("flags.weights_changed", weights=after)
 

@@ -6,7 +6,9 @@ Wire protocol with a worker (JSON lines over a socketpair):
   worker -> control: {"op": "ack", "id"[, "tasks"]} | {"op": "delta", "data"}
                      | {"op": "inventory", "rows"} | {"op": "ready", "pid"}
 A change is acknowledged only after the worker applied it, so when `apply_weights` returns every
-request accepted afterwards, in every worker, sees the new weight.
+request accepted afterwards, in every worker, sees the new weight. A worker that does not
+acknowledge in time (its loop held for seconds) has the change waiting in its socket: it applies
+it before anything else it reads from there; the runtime says which worker has not confirmed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from proxy.dataplane.server import DataPlane
 from proxy.dataplane.table import RouteState, RouteTable
 
 log = structlog.get_logger("strangler.planes")
+
+ACK_TIMEOUT = 5.0  # seconds a worker has to acknowledge a weight change
 
 
 def apply_updates(states: dict[str, RouteState], updates: dict[str, Any]) -> None:
@@ -63,6 +67,9 @@ class LocalPlane:
 
     async def apply_weights(self, updates: dict[str, Any]) -> None:
         apply_updates(self.states, updates)
+
+    def describe(self) -> dict:
+        return {"plane": "in-process"}
 
     async def install(self, config: Config, text: str, generation: int,
                       weights: dict[str, Any]) -> None:
@@ -113,7 +120,7 @@ class WorkerLink:
             if not self.ready.done():
                 self.ready.set_exception(RuntimeError(f"worker {self.index} exited"))
 
-    async def _call(self, msg: dict, timeout: float = 5.0) -> dict | None:
+    async def _call(self, msg: dict, timeout: float = ACK_TIMEOUT) -> dict | None:
         """Send `msg`; the worker's ack (None if the worker is gone)."""
         if self.task.done():
             return None
@@ -131,6 +138,9 @@ class WorkerLink:
 
     async def apply_weights(self, updates: dict[str, Any]) -> None:
         await self._call({"op": "weights", "updates": updates})
+
+    def describe(self) -> dict:
+        return {"worker": self.index, "pid": self.process.pid}
 
     async def install(self, config: Config, text: str, generation: int,
                       weights: dict[str, Any]) -> None:

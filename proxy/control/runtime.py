@@ -33,6 +33,7 @@ from proxy.control.aggregate import Aggregator
 from proxy.control.audit import entry_hash
 from proxy.control.foureyes import FourEyes, approval_view, stamp
 from proxy.control.groups import Groups
+from proxy.control.planes import ACK_TIMEOUT
 from proxy.control.recovery import load_state
 from proxy.control.results import GateResult, MutationResult, RuntimeError_
 from proxy.control.state import StateStore, StateWriteError
@@ -54,6 +55,9 @@ class PlaneLink(Protocol):
 
     async def install(self, config: Config, text: str, generation: int,
                       weights: dict[str, tuple[int, int, bool]]) -> None: ...
+
+    def describe(self) -> dict:
+        """Which plane this is, for an answer or an audit entry (worker index and pid)."""
 
 
 def default_actor() -> str:
@@ -245,10 +249,27 @@ class Runtime(FourEyes, Groups):
         return [self.route_view(r.name) for r in self.config.routes]
 
     # -- bookkeeping ---------------------------------------------------------------------
-    async def _push(self, names: list[str]) -> None:
+    async def _push(self, names: list[str]) -> list[dict]:
+        """Send `names`' weights to every data plane; the planes that did not confirm (each
+        with the error). A worker that does not acknowledge in time still has the change
+        waiting in its socket; the change is saved and audited all the same, and says so: an
+        SRE's rollback must not fail, unsaved and unaudited, because one worker is slow."""
         weights = self.weights_bp()
         updates = {n: weights[n] for n in names if n in weights}
-        await asyncio.gather(*(p.apply_weights(updates) for p in self.planes))
+        outcomes = await asyncio.gather(*(p.apply_weights(updates) for p in self.planes),
+                                        return_exceptions=True)
+        unconfirmed = []
+        for plane, outcome in zip(self.planes, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):
+                    raise outcome  # cancelled: not a plane's answer
+                why = (f"no acknowledgement in {ACK_TIMEOUT:g} s"
+                       if isinstance(outcome, TimeoutError)
+                       else str(outcome) or type(outcome).__name__)
+                unconfirmed.append({**plane.describe(), "error": why})
+                log.error("data plane did not confirm a weight change", routes=list(updates),
+                          **unconfirmed[-1])
+        return unconfirmed
 
     def _new_step(self, name: str, reason: str = "weight changed",
                   identity: dict[str, str] | None = None) -> None:
@@ -286,8 +307,14 @@ class Runtime(FourEyes, Groups):
             log.error("audit log write failed", error=str(exc))
             return None, f"audit log not written: {exc}"
 
-    def _finish(self, result: MutationResult, **audit: Any) -> MutationResult:
+    def _finish(self, result: MutationResult, unconfirmed: list[dict] | None = None,
+                **audit: Any) -> MutationResult:
+        """Save, audit, and say in the answer what did not hold (`unconfirmed`: data planes
+        that did not acknowledge the push, from `_push`)."""
         warnings = []
+        if unconfirmed:
+            audit["unconfirmed_planes"] = unconfirmed
+            warnings.append(unconfirmed_warning(unconfirmed))
         err = self._persist()
         if err:
             result.durable = False
@@ -365,12 +392,12 @@ class Runtime(FourEyes, Groups):
                 self.state.route(n).weight = weight
                 if before != weight:
                     self._new_step(n, f"weight {before:g}% -> {weight:g}% ({action} by {actor})")
-            await self._push(names)
+            unconfirmed = await self._push(names)
             if unit != name:
                 audit["routes"] = names
             result = self._finish(
                 MutationResult(unit, before, weight, extra=self.group_extra(name)),
-                action=action, actor=actor, reason=reason, route=unit,
+                unconfirmed=unconfirmed, action=action, actor=actor, reason=reason, route=unit,
                 before=before, after=weight, evidence=evidence, **audit,
             )
             if before != weight:
@@ -402,7 +429,7 @@ class Runtime(FourEyes, Groups):
                 rt.rolled_back = True
                 self._new_step(n, f"rollback ({trigger}) by {actor}")
                 changed.append(n)
-        await self._push(targets)
+        unconfirmed_planes = await self._push(targets)
         unconfirmed: set[str] = set()
         if self.flags is not None:
             for n in targets:
@@ -416,6 +443,8 @@ class Runtime(FourEyes, Groups):
                     self._count("rollbacks", n, trigger)
             for n, members in units.items():  # one entry per route, or per group
                 group = {"routes": members} if members != [n] else {}
+                if unconfirmed_planes:
+                    group["unconfirmed_planes"] = unconfirmed_planes
                 entry, aerr = self._audit(
                     action="rollback", actor=actor, reason=reason, route=n,
                     before=befores[members[0]], after=0.0, evidence=evidence, trigger=trigger,
@@ -434,6 +463,8 @@ class Runtime(FourEyes, Groups):
                 if aerr:
                     res.durable = False
                     warns.append(aerr)
+                if unconfirmed_planes:
+                    warns.append(unconfirmed_warning(unconfirmed_planes))
                 if unconfirmed.intersection(members):
                     res.durable = False
                     warns.append("NOT IN UNLEASH YET: rolled back on this replica; Unleash did "
@@ -462,10 +493,10 @@ class Runtime(FourEyes, Groups):
                     await self.flags.resume(self.spec(n))
                 rt.rolled_back = False
                 self._new_step(n, f"resume by {actor}")
-            await self._push(names)
+            unconfirmed = await self._push(names)
             result = self._finish(
                 MutationResult(unit, "rolled_back", "active", extra=self.group_extra(name)),
-                action="resume", actor=actor, reason=reason, route=unit,
+                unconfirmed=unconfirmed, action="resume", actor=actor, reason=reason, route=unit,
                 before="rolled_back", after="active",
                 **({"routes": names} if unit != name else {}),
             )
@@ -486,11 +517,12 @@ class Runtime(FourEyes, Groups):
             unit, names = self.unit(name)  # a group is judged afresh whole
             for n in names:
                 self._new_step(n, f"reset-evidence by {actor}: {reason}")
-            await self._push(names)
+            unconfirmed = await self._push(names)
             weight = self.effective(name)
             return self._finish(
                 MutationResult(name, old, views.step_view(rt), extra=self.group_extra(name)),
-                action="reset_evidence", actor=actor, reason=reason, route=unit,
+                unconfirmed=unconfirmed, action="reset_evidence", actor=actor, reason=reason,
+                route=unit,
                 before=weight, after=weight,
                 evidence={"previous_step": old, "step": views.step_view(rt)},
                 **({"routes": names} if unit != name else {}),
@@ -543,7 +575,7 @@ class Runtime(FourEyes, Groups):
             )
             # A rollback may have landed while the new tables were being installed (rollback
             # does not wait for this lock): push the weights again so it cannot be undone.
-            await self._push([r.name for r in config.routes])
+            unconfirmed = await self._push([r.name for r in config.routes])
             for hook in self.on_reload:
                 res = hook(config)
                 if asyncio.iscoroutine(res):
@@ -552,7 +584,7 @@ class Runtime(FourEyes, Groups):
             summary = config_changes.summary(old_config, config)
             result = self._finish(
                 MutationResult(None, before, after),
-                action="reload", actor=actor, reason=reason, route=None,
+                unconfirmed=unconfirmed, action="reload", actor=actor, reason=reason, route=None,
                 before=before, after=after,
                 evidence={"config_hash": {"from": old_hash, "to": self.config_hash},
                           "summary": config_changes.sentence(summary),
@@ -727,3 +759,13 @@ class Runtime(FourEyes, Groups):
 
 __all__ = ["GateResult", "MutationResult", "PlaneLink", "Runtime", "RuntimeError_",
            "bp_to_weight", "default_actor"]
+
+
+def unconfirmed_warning(unconfirmed: list[dict]) -> str:
+    """The answer's warning for data planes that did not acknowledge a push."""
+    which = "; ".join(
+        (f"worker {u['worker']} (pid {u['pid']})" if "worker" in u else "the data plane")
+        + f": {u['error']}" for u in unconfirmed)
+    return (f"NOT CONFIRMED by every data plane: {which}. The change is saved and audited; a "
+            "worker that is alive applies it as soon as it reads its control socket, before "
+            "anything else it reads there")
