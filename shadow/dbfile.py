@@ -14,14 +14,20 @@ Every connection that may create or write the file comes through `connect`:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["NewerSchema", "connect", "make_private", "migrate", "schema_version"]
+__all__ = ["DISK_RESERVE", "NewerSchema", "check_reserve", "connect", "make_private", "migrate",
+           "schema_version"]
 
 BUSY_TIMEOUT = 30.0
+# What telemetry files in state_dir (the inventory's, the diff store's) leave free on its
+# filesystem: the last space belongs to state.json and the audit log, which a rollback on a
+# nearly full disk needs (the inventory's WAL once took the space a freed disk gave back).
+DISK_RESERVE = 1 << 20
 
 
 class NewerSchema(RuntimeError):
@@ -40,6 +46,21 @@ def make_private(path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             if side.stat().st_mode & 0o077:
                 os.chmod(side, 0o600)
+
+
+def check_reserve(path: Path, who: str, meanwhile: str) -> None:
+    """Raise ENOSPC (naming the reserve, `who` keeps it and what happens `meanwhile`) when
+    `path`'s filesystem has less than DISK_RESERVE free; a directory that does not exist yet is
+    not checked (its first write makes it)."""
+    try:
+        st = os.statvfs(path)
+    except FileNotFoundError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < DISK_RESERVE:
+        raise OSError(errno.ENOSPC, f"{free} bytes free on the filesystem of {path}, under the "
+                      f"{DISK_RESERVE} {who} leaves to state.json and the audit log: "
+                      f"{meanwhile}")
 
 
 def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:

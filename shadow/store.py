@@ -54,10 +54,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import structlog
+
 from proxy.config.spec import SAFE_METHODS
+from shadow.dbfile import check_reserve
 from shadow.model import Comparison, Exchange, RequestRecord
 from shadow.redact import Redactor
 from shadow.sqldb import NO_LIMIT, PostgresDb, SqliteDb, connector
+
+log = structlog.get_logger("strangler.shadow.store")
 
 __all__ = ["ALL", "DEFAULT_MAX_FIELDS", "OTHER", "SAMPLE_BODY_LIMIT", "TOTAL", "Counts",
            "DiffStore"]
@@ -187,6 +192,10 @@ def _merge_fields(dst: dict, src: dict) -> None:
             row[2] += o
 
 
+class _BelowReserve(Exception):
+    """The state_dir filesystem is under the disk reserve: this writer cycle writes nothing."""
+
+
 class DiffStore:
     """Shadow evidence of every route. Thread-safe; see the module docstring for the guarantees."""
 
@@ -226,6 +235,7 @@ class DiffStore:
         self._queued_bytes = 0
         self.dropped_samples = 0
         self.write_errors = 0  # writer cycles that failed (their counters wait for the next)
+        self.reserve_error: str | None = None  # the disk reserve holds writes back (SQLite)
         self._marks: dict[str, int] = {}  # route -> the fleet's newest step id (shared store)
         self._pending_marks: dict[str, tuple[int, str]] = {}  # route -> (step id, replica)
         self._closed = False
@@ -703,6 +713,8 @@ class DiffStore:
                         stop = True
                     break
                 try:
+                    if self.path is not None:
+                        self._check_reserve()
                     self._write(conn, samples)
                     now = self._clock()
                     if self.shared and (self._pending_marks or
@@ -715,12 +727,31 @@ class DiffStore:
                 except self._db_error:
                     conn.rollback()
                     self.write_errors += 1
+                except _BelowReserve:  # nothing written: counters wait, samples are not kept
+                    self.dropped_samples += len(samples)
+                    self.write_errors += 1
                 for w in waiters:
                     w.set()
                 if stop:
                     return
         finally:
             conn.close()
+
+    def _check_reserve(self) -> None:
+        """The diff store's file sits in state_dir: below the disk reserve it writes nothing
+        (the last space is for state.json and the audit log a rollback needs)."""
+        assert self.path is not None
+        try:
+            check_reserve(self.path.parent, "the diff store",
+                          "comparison counts wait in memory, samples are dropped")
+        except OSError as exc:
+            if self.reserve_error is None:
+                log.warning("diff store: below the disk reserve, writing nothing", error=str(exc))
+            self.reserve_error = str(exc)
+            raise _BelowReserve(str(exc)) from None
+        if self.reserve_error is not None:
+            log.info("diff store: space is back above the disk reserve; writing again")
+            self.reserve_error = None
 
     def _sync_marks(self, conn: SqliteDb | PostgresDb) -> None:
         """Write the step marks of this process's replica; read the fleet's."""

@@ -7,7 +7,8 @@
 - a rollback while one of two workers is frozen (SIGSTOP): saved, audited, the worker named, and
   applied by it when it runs again;
 - state_dir on a full or read-only filesystem (a real tmpfs): the rollback still routes to legacy,
-  says it is not durable, holds through reloads, and is saved once the disk recovers.
+  says it is not durable, holds through reloads, and is saved once the disk recovers; the
+  inventory and the diff store leave the last MiB of it to state.json and the audit log.
 
 The upstream dying mid-body is `tests/test_proxy_hostile.py::
 test_upstream_dying_mid_body_truncates_client_response` (and its chunked twin).
@@ -537,7 +538,8 @@ def test_inventory_rollups_leave_the_last_mib_to_state_and_audit(tmpfs) -> None:
     space the freed disk gave back (152-156 KiB of it) before the rollback was saved. The inventory
     is telemetry: below DISK_RESERVE free it writes nothing (its rows wait in memory) and says
     why; with the space back it writes again."""
-    from proxy.control.rollup_sqlite import DISK_RESERVE, SqliteRollupStore
+    from proxy.control.rollup_sqlite import SqliteRollupStore
+    from shadow.dbfile import DISK_RESERVE
 
     disk = tmpfs("invfs", "4m")
     store = SqliteRollupStore(disk / "state" / "inventory.sqlite3")
@@ -562,3 +564,56 @@ def test_inventory_rollups_leave_the_last_mib_to_state_and_audit(tmpfs) -> None:
     store.write([(3600, 0, {key: (7, 1, {4: 7})}, {})])
     (row,) = store.read(3600, 0)
     assert row[1] == key and tuple(row[2][:2]) == (12, 1)  # both batches, once each
+
+
+def test_the_diff_store_leaves_the_last_mib_to_state_and_audit(tmpfs) -> None:
+    """The diff store's file (diffs.sqlite3) sits in state_dir too: below DISK_RESERVE free its
+    writer writes nothing (comparison counts wait in memory and stay exact, samples are dropped
+    and counted) and its files do not grow; with the space back the counts are written once."""
+    import sqlite3
+
+    from shadow.dbfile import DISK_RESERVE
+    from shadow.model import Comparison, Difference, Exchange, RequestRecord
+    from shadow.redact import Redactor
+    from shadow.store import DiffStore
+
+    def record(store: DiffStore, n: int, field: str) -> None:
+        for i in range(n):  # a new field each time: each mismatch gets its sample
+            store.record("balance", 1, RequestRecord("GET", f"/api/v1/balance/{i}", (), b""),
+                         Exchange(200, (), b'{"a": 1}'), Exchange(200, (), b'{"a": 2}'),
+                         Comparison((Difference(f"$.{field}{i}", "value", 1, 2),)), Redactor())
+
+    def stored(path: Path) -> tuple[int, int]:
+        with contextlib.closing(sqlite3.connect(path)) as c:
+            compared = c.execute("SELECT COALESCE(SUM(compared), 0) FROM comparisons WHERE "
+                                 "route='balance' AND step=1").fetchone()[0]
+            samples = c.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        return compared, samples
+
+    disk = tmpfs("difffs", "4m")
+    path = disk / "state" / "diffs.sqlite3"
+    with DiffStore(path) as store:
+        record(store, 5, "a")
+        assert store.flush()
+        compared, samples = stored(path)
+        assert compared == 5 and samples >= 1
+        files = {f.name: f.stat().st_size for f in (disk / "state").iterdir()}
+
+        st = os.statvfs(disk)
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - DISK_RESERVE // 2))
+        record(store, 7, "b")
+        assert store.flush()
+        assert store.counts("balance", step=1)[:2] == (12, 12)  # exact: the 7 wait in memory
+        status = store.status()
+        assert status["write_errors"] >= 1 and status["dropped_samples"] == 7
+        assert status["rows_waiting"] > 0
+        assert "the diff store leaves to state.json and the audit log" in str(store.reserve_error)
+        assert {f.name: f.stat().st_size for f in (disk / "state").iterdir()} == files
+
+        filler.unlink()
+        record(store, 1, "c")
+        assert store.flush()
+        assert store.reserve_error is None
+        assert stored(path)[0] == 13  # every count once (the 7 refused samples were not kept)
+        assert store.counts("balance", step=1)[:2] == (13, 13)

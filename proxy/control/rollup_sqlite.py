@@ -9,7 +9,6 @@ one endpoint on one route and backend in one bucket; its latency histogram is JS
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import sqlite3
@@ -30,7 +29,7 @@ from proxy.control.rollups import (
     window,
 )
 from proxy.dataplane.inventory import OTHER
-from shadow.dbfile import connect, schema_version
+from shadow.dbfile import check_reserve, connect, schema_version
 
 SCHEMA_VERSION = 1
 _SCHEMA = (
@@ -48,8 +47,6 @@ _SCHEMA = (
 
 
 log = structlog.get_logger("strangler.rollups")
-# Free bytes the inventory leaves on state_dir's filesystem for state.json and the audit log.
-DISK_RESERVE = 1 << 20
 
 
 class NewerInventory(RuntimeError):
@@ -124,15 +121,7 @@ class SqliteRollupStore:
         why. The inventory is telemetry; it must not take the last space from state.json and
         the audit log, which a rollback on a nearly full disk needs (its WAL took the space a
         freed disk had given back before the rollback could be saved)."""
-        try:
-            st = os.statvfs(self.path.parent)
-        except FileNotFoundError:  # not made yet: the session makes it (or says why not)
-            return self._session()
-        free = st.f_bavail * st.f_frsize
-        if free < DISK_RESERVE:
-            raise OSError(errno.ENOSPC, f"{free} bytes free on the filesystem of "
-                          f"{self.path.parent}, under the {DISK_RESERVE} the inventory leaves to "
-                          "state.json and the audit log: rollups wait in memory")
+        check_reserve(self.path.parent, "the inventory", "rollups wait in memory")
         return self._session()
 
     def _reading(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
