@@ -134,7 +134,7 @@ class WorkerLink:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             log.error("worker did not acknowledge", worker=self.index, op=msg["op"])
-            raise
+            raise TimeoutError(f"no acknowledgement of {msg['op']} in {timeout:g} s") from None
 
     async def apply_weights(self, updates: dict[str, Any]) -> None:
         await self._call({"op": "weights", "updates": updates})

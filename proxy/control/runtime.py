@@ -33,7 +33,6 @@ from proxy.control.aggregate import Aggregator
 from proxy.control.audit import entry_hash
 from proxy.control.foureyes import FourEyes, approval_view, stamp
 from proxy.control.groups import Groups
-from proxy.control.planes import ACK_TIMEOUT
 from proxy.control.recovery import load_state
 from proxy.control.results import GateResult, MutationResult, RuntimeError_
 from proxy.control.state import StateStore, StateWriteError
@@ -258,17 +257,19 @@ class Runtime(FourEyes, Groups):
         updates = {n: weights[n] for n in names if n in weights}
         outcomes = await asyncio.gather(*(p.apply_weights(updates) for p in self.planes),
                                         return_exceptions=True)
+        return self._unconfirmed(outcomes, "weights", list(updates))
+
+    def _unconfirmed(self, outcomes: list[Any], op: str, routes: list[str]) -> list[dict]:
+        """The planes whose outcome (as `gather(..., return_exceptions=True)` gives it, in
+        `self.planes`' order) is an error: each described, with the error."""
         unconfirmed = []
         for plane, outcome in zip(self.planes, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 if not isinstance(outcome, Exception):
                     raise outcome  # cancelled: not a plane's answer
-                why = (f"no acknowledgement in {ACK_TIMEOUT:g} s"
-                       if isinstance(outcome, TimeoutError)
-                       else str(outcome) or type(outcome).__name__)
-                unconfirmed.append({**plane.describe(), "error": why})
-                log.error("data plane did not confirm a weight change", routes=list(updates),
-                          **unconfirmed[-1])
+                unconfirmed.append({**plane.describe(),
+                                    "error": str(outcome) or type(outcome).__name__})
+                log.error("data plane did not confirm", op=op, routes=routes, **unconfirmed[-1])
         return unconfirmed
 
     def _new_step(self, name: str, reason: str = "weight changed",
@@ -570,12 +571,18 @@ class Runtime(FourEyes, Groups):
             self._align_groups("reload")  # proxy.control.groups
             self.generation += 1
             weights = self.weights_bp()
-            await asyncio.gather(
-                *(p.install(config, text, self.generation, weights) for p in self.planes)
+            installed = await asyncio.gather(
+                *(p.install(config, text, self.generation, weights) for p in self.planes),
+                return_exceptions=True,
             )
+            # A worker that did not acknowledge has the new config waiting in its socket: the
+            # reload is saved and audited all the same, naming it (as for a weight change).
+            unconfirmed = self._unconfirmed(installed, "install", [r.name for r in config.routes])
             # A rollback may have landed while the new tables were being installed (rollback
             # does not wait for this lock): push the weights again so it cannot be undone.
-            unconfirmed = await self._push([r.name for r in config.routes])
+            pushed = await self._push([r.name for r in config.routes])
+            named = {(u.get("worker"), u.get("pid")) for u in unconfirmed}
+            unconfirmed += [u for u in pushed if (u.get("worker"), u.get("pid")) not in named]
             for hook in self.on_reload:
                 res = hook(config)
                 if asyncio.iscoroutine(res):

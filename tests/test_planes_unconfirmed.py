@@ -1,0 +1,126 @@
+"""A data plane that does not acknowledge (a worker whose event loop is held for seconds) never
+makes a change fail half-done: rollback, weight and reload are saved and audited, and the
+answer and the audit entry name the plane. The control plane talks to a stand-in plane here (a
+fake, named so) that fails like `WorkerLink` after its timeout; tests/test_chaos.py has the real
+thing (a SIGSTOPped worker process) for rollback."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+from proxy.config.loader import load_config
+from proxy.control.runtime import Runtime
+
+
+class SilentPlane:
+    """A stand-in for a worker that never acknowledges (a fake, named so): it raises what
+    `WorkerLink._call` raises when its wait for the ack runs out."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def apply_weights(self, updates: dict) -> None:
+        self.sent.append("weights")
+        raise TimeoutError("no acknowledgement of weights in 5 s")
+
+    async def install(self, config, text, generation, weights) -> None:
+        self.sent.append("install")
+        raise TimeoutError("no acknowledgement of install in 30 s")
+
+    def describe(self) -> dict:
+        return {"worker": 1, "pid": 4242}
+
+
+class AnsweringPlane:
+    """A stand-in for a worker that acknowledges at once (a fake, named so)."""
+
+    def __init__(self) -> None:
+        self.weights: dict = {}
+        self.generation = 0
+
+    async def apply_weights(self, updates: dict) -> None:
+        self.weights.update(updates)
+
+    async def install(self, config, text, generation, weights) -> None:
+        self.generation = generation
+        self.weights.update(weights)
+
+    def describe(self) -> dict:
+        return {"worker": 0, "pid": 4241}
+
+
+def routes(tmp_path: Path, weight: float) -> str:
+    return textwrap.dedent(f"""
+        version: 1
+        listen: 127.0.0.1:1
+        state_dir: {tmp_path / "state"}
+        upstreams:
+          monolith: {{url: "http://127.0.0.1:2"}}
+          svc: {{url: "http://127.0.0.1:3"}}
+        default_upstream: monolith
+        routes:
+          - name: balance
+            match: {{path_prefix: /api/v1/balance}}
+            legacy: monolith
+            target: svc
+            weight: {weight}
+            shadow: false
+        """)
+
+
+def write_routes(tmp_path: Path, weight: float) -> Path:
+    path = tmp_path / "routes.yaml"
+    path.write_text(routes(tmp_path, weight))
+    return path
+
+
+def runtime(tmp_path: Path) -> tuple[Runtime, AnsweringPlane, SilentPlane]:
+    path = write_routes(tmp_path, 10)
+    rt = Runtime(str(path), load_config(str(path)))
+    good, silent = AnsweringPlane(), SilentPlane()
+    rt.planes += [good, silent]  # type: ignore[list-item]
+    return rt, good, silent
+
+
+def audit_entries(tmp_path: Path) -> list[dict]:
+    lines = (tmp_path / "state" / "audit.log").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+UNCONFIRMED_WEIGHTS = [{"worker": 1, "pid": 4242, "error": "no acknowledgement of weights in 5 s"}]
+
+
+async def test_rollback_and_weight_are_saved_and_audited_naming_the_silent_plane(
+        tmp_path: Path) -> None:
+    rt, good, silent = runtime(tmp_path)
+    [res] = await rt.rollback(["balance"], actor="sre", reason="target broken")
+    assert good.weights["balance"][0] == 0 and silent.sent == ["weights"]
+    assert res.durable is True
+    assert "NOT CONFIRMED by every data plane: worker 1 (pid 4242)" in res.warning
+    assert res.audit["unconfirmed_planes"] == UNCONFIRMED_WEIGHTS
+    assert json.loads((tmp_path / "state" / "state.json").read_text())["routes"]["balance"][
+        "rolled_back"] is True
+
+    await rt.resume("balance", actor="sre", reason="fixed")
+    res = await rt.set_weight("balance", 5, actor="ci", reason="canary")
+    assert good.weights["balance"][0] == 500
+    assert res.audit["unconfirmed_planes"] == UNCONFIRMED_WEIGHTS and "pid 4242" in res.warning
+    assert [e["action"] for e in audit_entries(tmp_path)][-3:] == ["rollback", "resume",
+                                                                   "set_weight"]
+
+
+async def test_a_reload_a_plane_did_not_acknowledge_is_saved_and_audited(tmp_path: Path) -> None:
+    """It used to raise out of the reload after the new config was in force on the other
+    planes: no audit entry, nothing saved, a 500 to the caller."""
+    rt, good, silent = runtime(tmp_path)
+    write_routes(tmp_path, 25)
+    generation = await rt.reload(actor="gitops", reason="file change")
+    assert good.generation == generation and good.weights["balance"][0] == 2500
+    assert silent.sent == ["install", "weights"]
+    [entry] = [e for e in audit_entries(tmp_path) if e["action"] == "reload"]
+    # one line per plane: the install's error, not the weights' after it
+    assert entry["unconfirmed_planes"] == [
+        {"worker": 1, "pid": 4242, "error": "no acknowledgement of install in 30 s"}]
+    assert (entry["from"], entry["to"]) == ({"balance": 10.0}, {"balance": 25.0})
