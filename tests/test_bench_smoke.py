@@ -77,3 +77,22 @@ def test_soak_smoke_samples_every_process_and_audits_every_change(tmp_path: Path
     assert data["shadow"].get("compared_mismatch", 0) > 0
     md = next(tmp_path.glob("soak-*.md")).read_text()
     assert "| RSS growth <= 32 MiB" in md and "| sample | requests |" in md
+
+
+@pytest.mark.skipif(
+    not (shutil.which("nginx") and shutil.which("wrk")), reason="needs nginx and wrk (make deps)"
+)
+def test_cpusplit_prints_user_and_system_cpu_and_wakeups_per_request() -> None:
+    """`bench.cpusplit` (where the CPU ratio to the bare forwarder comes from) runs end to end
+    and prints a figure for each server and the within-pair ratio (values are not judged)."""
+    done = subprocess.run([sys.executable, "-m", "bench.cpusplit", "--pairs", "1",
+                           "--duration", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    for name in ("strangler", "bare"):
+        line = next(s for s in out.splitlines() if s.strip().startswith(f"{name} ") and
+                    "user" in s)
+        assert float(line.split("user ")[1].split()[0]) > 0, line
+        assert "wrk sleeps" in line and "upstream sleeps" in line
+    assert "strangler / bare within each pair: median" in out
