@@ -10,6 +10,8 @@ import json
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from proxy.config.loader import load_config
 from proxy.control.runtime import Runtime
 
@@ -124,3 +126,18 @@ async def test_a_reload_a_plane_did_not_acknowledge_is_saved_and_audited(tmp_pat
     assert entry["unconfirmed_planes"] == [
         {"worker": 1, "pid": 4242, "error": "no acknowledgement of install in 30 s"}]
     assert (entry["from"], entry["to"]) == ({"balance": 10.0}, {"balance": 25.0})
+
+
+async def test_a_plane_that_fails_for_another_reason_still_fails_the_change(
+        tmp_path: Path) -> None:
+    """Only a missing acknowledgement is reported and carried on: a plane that raises anything
+    else (a fault in applying the change) fails the call, as before."""
+    rt, _, _ = runtime(tmp_path)
+
+    class BrokenPlane(AnsweringPlane):
+        async def apply_weights(self, updates: dict) -> None:
+            raise ValueError("route table refused the update")
+
+    rt.planes[1] = BrokenPlane()  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="route table refused"):
+        await rt.set_weight("balance", 5, actor="ci", reason="canary")

@@ -261,12 +261,14 @@ class Runtime(FourEyes, Groups):
 
     def _unconfirmed(self, outcomes: list[Any], op: str, routes: list[str]) -> list[dict]:
         """The planes whose outcome (as `gather(..., return_exceptions=True)` gives it, in
-        `self.planes`' order) is an error: each described, with the error."""
+        `self.planes`' order) is no acknowledgement (a timeout, or the link broken: a worker
+        that died serves nothing): each described, with the error. Any other error is raised,
+        as before: it is a fault, not a slow plane."""
         unconfirmed = []
         for plane, outcome in zip(self.planes, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                if not isinstance(outcome, Exception):
-                    raise outcome  # cancelled: not a plane's answer
+                if not isinstance(outcome, TimeoutError | OSError):
+                    raise outcome
                 unconfirmed.append({**plane.describe(),
                                     "error": str(outcome) or type(outcome).__name__})
                 log.error("data plane did not confirm", op=op, routes=routes, **unconfirmed[-1])
