@@ -1,9 +1,9 @@
 """The floor for a Python proxy: forward GETs with httptools on uvloop and nothing else.
 
 No routing, no header hygiene, no request ids, no logs, no error handling; keep-alive to one
-upstream. Not a proxy anyone should run: it is the reference that told how much of strangler's
-latency at 1,000 req/s is the event loop and how much is strangler's own request handling
-(bench/README.md, round 3).
+upstream (a connection the upstream closes leaves the pool, as in any proxy). Not a proxy
+anyone should run: it is the reference that told how much of strangler's latency at 1,000 req/s
+is the event loop and how much is strangler's own request handling (bench/README.md, round 3).
 
     python -m bench.bare_forwarder --port 8082 --upstream-port 8001
 """
@@ -38,6 +38,13 @@ class Upstream(asyncio.Protocol):
         if client is not None:
             client.transport.write(data)
         IDLE.append(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The upstream closed an idle keep-alive connection (nginx's keepalive_timeout, while
+        # bench.run measures the other servers): it must not be handed the next request, or
+        # that request's client connection fails (wrk counted one error per connection then).
+        if self in IDLE:
+            IDLE.remove(self)
 
 
 class Client(asyncio.Protocol):
