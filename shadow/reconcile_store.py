@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shadow.dbfile import check_reserve
 from shadow.reconcile import RunResult
 from shadow.sqldb import NO_LIMIT, SqliteDb, connector
 
@@ -40,9 +41,18 @@ class ReconcileStore:
 
     def __init__(self, where: Path | str | dict) -> None:
         # SQLite: created 0600 and at the current schema version, like the diff store
+        self._dir = None if isinstance(where, dict) else Path(where).parent
+        self._check_reserve()
         self._conn = connector(where, "strangler-reconcile")()
 
+    def _check_reserve(self) -> None:
+        """The SQLite file sits in state_dir: below the disk reserve nothing is written (the
+        last space is for the proxy's state.json and audit log, which a rollback needs)."""
+        if self._dir is not None:
+            check_reserve(self._dir, "strangler reconcile", "the run is not recorded")
+
     def begin(self, route: str, source: str, started: float | None = None) -> int:
+        self._check_reserve()
         return self._conn.insert_id(
             "INSERT INTO reconcile_runs (route, source, started) VALUES (?, ?, ?)",
             (route, source, time.time() if started is None else started))
@@ -50,6 +60,7 @@ class ReconcileStore:
     def finish(self, run_id: int, r: RunResult) -> None:
         detail = {"skipped_by_reason": r.skipped, "error_kinds": r.error_kinds,
                   "fields_dropped": r.fields_dropped}
+        self._check_reserve()
         c = self._conn
         c.begin()
         try:

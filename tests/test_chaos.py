@@ -30,6 +30,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import REPO, free_port, routes_yaml, run_cli, wait_for
@@ -617,3 +618,65 @@ def test_the_diff_store_leaves_the_last_mib_to_state_and_audit(tmpfs) -> None:
         assert store.reserve_error is None
         assert stored(path)[0] == 13  # every count once (the 7 refused samples were not kept)
         assert store.counts("balance", step=1)[:2] == (13, 13)
+
+
+async def test_reconcile_leaves_the_last_mib_and_never_reads_as_drift_when_unrecorded(
+        upstreams, tmpfs, tmp_path: Path) -> None:
+    """`strangler reconcile` records its run in state_dir/diffs.sqlite3. Below DISK_RESERVE it
+    refuses before replaying anything (exit 2, naming the reserve). A disk that fills during
+    the replay (here the legacy upstream fills it when asked) leaves the result printed but
+    unrecorded: exit 2 with the reason. It used to end in a traceback and exit 1, which a
+    pipeline reads as drift."""
+    from shadow.dbfile import DISK_RESERVE
+    from shadow.reconcile_store import latest_runs
+
+    disk = tmpfs("reconfs", "4m")
+    filler = disk / "filler"
+
+    def fill_to_half_the_reserve() -> None:
+        st = os.statvfs(disk)
+        filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - DISK_RESERVE // 2))
+
+    async def legacy_that_fills(request: web.Request) -> web.Response:
+        if fill_when_asked and not filler.exists():
+            fill_to_half_the_reserve()
+        return web.json_response({"amount": 1})
+
+    fill_when_asked = False
+    mono = await upstreams("monolith", handler=legacy_that_fills)
+    svc = await upstreams("svc")
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(config(mono.port, svc.port, 0, state=str(disk / "state")))
+    reqs = tmp_path / "requests.txt"
+    reqs.write_text("GET /api/v1/balance/1\nGET /api/v1/balance/2\n")
+
+    async def reconcile() -> tuple[int, str, str]:
+        return await run_cli("reconcile", "balance", "-c", str(cfg), "--requests", str(reqs))
+
+    def latest() -> dict:
+        return latest_runs(disk / "state" / "diffs.sqlite3", "balance")["balance"]
+
+    code, out, err = await reconcile()  # a first run makes the file
+    assert code == 1, err  # the answers differ: drift
+    first = latest()
+    assert first["finished"] is not None
+
+    fill_to_half_the_reserve()
+    asked = len(mono.seen)
+    code, out, err = await reconcile()
+    assert code == 2, (out, err)
+    assert "strangler reconcile leaves to state.json and the audit log" in err
+    assert len(mono.seen) == asked  # refused before replaying anything
+    filler.unlink()
+
+    fill_when_asked = True  # the disk fills during the replay
+    code, out, err = await reconcile()
+    assert code == 2, (out, err)
+    assert "the run's result was not recorded" in err and "Traceback" not in err
+    assert "balance" in out  # the result is printed all the same
+    filler.unlink()
+    fill_when_asked = False
+    code, out, err = await reconcile()
+    assert code == 1, err
+    last = latest()  # recorded again once there is space
+    assert last["run_id"] > first["run_id"] and last["finished"] is not None

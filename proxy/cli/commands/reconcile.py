@@ -135,12 +135,20 @@ def run(args: argparse.Namespace) -> int:
         if progress:
             progress.end()
         result = tally.result(time.time())
-        store.finish(run_id, result)
+        try:
+            store.finish(run_id, result)
+        except (sqlite3.Error, OSError) as exc:
+            unrecorded = exc
+        else:
+            unrecorded = None
 
     if args.json:
         print(json.dumps(_json(result, run_id, args.rate), ensure_ascii=False, default=str))
     else:
         print(_text(result, run_id))
+    if unrecorded is not None:  # the result above stands; the exit code says it is not kept
+        return _usage(f"the run's result was not recorded in the diff store {shown}: "
+                      f"{unrecorded}")
     if result.requests == 0 and source != "store":
         print(f"strangler reconcile: nothing replayed from {args.requests}: every request was "
               "skipped", file=sys.stderr)
