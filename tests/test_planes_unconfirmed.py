@@ -141,3 +141,30 @@ async def test_a_plane_that_fails_for_another_reason_still_fails_the_change(
     rt.planes[1] = BrokenPlane()  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="route table refused"):
         await rt.set_weight("balance", 5, actor="ci", reason="canary")
+
+
+async def test_a_worker_link_whose_worker_never_answers_keeps_nothing_per_push() -> None:
+    """`WorkerLink` on a real socket pair whose far end reads and never acknowledges: each
+    push times out with the op named, and leaves no waiting entry behind (a worker stuck for
+    hours must not grow the control process by one future per push); a late ack is ignored."""
+    import asyncio
+    import json as json_
+    import socket
+
+    from proxy.control.planes import WorkerLink
+
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    link = WorkerLink(3, reader, writer, on_delta=lambda _: None, process=None)
+    try:
+        for _ in range(3):
+            with pytest.raises(TimeoutError, match=r"no acknowledgement of weights in 0\.05 s"):
+                await link._call({"op": "weights", "updates": {}}, timeout=0.05)
+        assert link.waiting == {}
+        theirs.sendall(json_.dumps({"op": "ack", "id": 1}).encode() + b"\n")  # late
+        await asyncio.sleep(0.05)
+        assert link.waiting == {} and not link.task.done()
+    finally:
+        writer.close()
+        theirs.close()
+        link.task.cancel()

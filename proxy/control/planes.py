@@ -133,6 +133,7 @@ class WorkerLink:
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
+            self.waiting.pop(mid, None)  # a late ack finds nothing to answer: nothing piles up
             log.error("worker did not acknowledge", worker=self.index, op=msg["op"])
             raise TimeoutError(f"no acknowledgement of {msg['op']} in {timeout:g} s") from None
 
