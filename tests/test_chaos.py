@@ -333,7 +333,8 @@ async def test_a_rollback_with_a_frozen_worker_is_saved_audited_and_names_the_wo
     """One of two workers does not read its control socket (SIGSTOP: as if its CPU were taken
     for seconds). The rollback still answers within seconds, saved and audited; the answer and
     the audit entry name the worker that has not confirmed, and that worker routes to legacy as
-    soon as it runs again (the change waits in its socket). It used to fail with a 500 after 5 s
+    soon as it runs again (the change waits in its socket); /readyz says `degraded` with the
+    worker until its late acknowledgement arrives. It used to fail with a 500 after 5 s
     and leave neither a saved state nor an audit entry, though the other worker had switched."""
     mono = await upstreams("monolith")
     svc = await upstreams("svc")
@@ -358,9 +359,17 @@ async def test_a_rollback_with_a_frozen_worker_is_saved_audited_and_names_the_wo
         assert [u["pid"] for u in entry["unconfirmed_planes"]] == [frozen]
         state = json.loads((p.dir / "state" / "state.json").read_text())
         assert state["routes"]["balance"]["rolled_back"] is True
+        status, ready = await admin_json(p.admin, "GET", "/readyz")  # still 200: degraded
+        assert status == 200 and ready["status"] == "degraded", ready
+        assert [(w["pid"], w["op"]) for w in ready["degraded"]["planes"]] == [(frozen, "weights")]
     finally:
         os.kill(frozen, signal.SIGCONT)
-    await asyncio.sleep(0.5)  # the woken worker reads the change waiting in its socket
+
+    async def caught_up() -> bool:  # its late acknowledgement clears it
+        _, ready = await admin_json(p.admin, "GET", "/readyz")
+        return ready["status"] == "ready"
+
+    await wait_for(caught_up, timeout=10)
     assert await served(p.url) == {"monolith": 40}
     code, out, err = await run_cli("history", "--verify", env={"STRANGLER_ADMIN_URL": p.admin})
     assert code == 0, out + err

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from typing import Any
 
 import structlog
@@ -89,6 +90,9 @@ class WorkerLink:
         self.on_inventory: Any = None  # callable(rows): the worker's inventory rows
         self.ids = itertools.count(1)
         self.waiting: dict[int, asyncio.Future[dict | None]] = {}
+        # a change this worker did not acknowledge in time: {"op", "since"} until any later
+        # ack (acks come in order, so that one was applied too); /readyz reports it
+        self.unacked: dict | None = None
         self.ready = asyncio.get_running_loop().create_future()
         self.task = asyncio.get_running_loop().create_task(self._read())
 
@@ -106,6 +110,7 @@ class WorkerLink:
                     if self.on_inventory is not None:
                         self.on_inventory(msg["rows"])
                 elif op == "ack":
+                    self.unacked = None
                     fut = self.waiting.pop(msg["id"], None)
                     if fut is not None and not fut.done():
                         fut.set_result(msg)
@@ -134,6 +139,8 @@ class WorkerLink:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             self.waiting.pop(mid, None)  # a late ack finds nothing to answer: nothing piles up
+            if self.unacked is None:
+                self.unacked = {"op": msg["op"], "since": time.time()}
             log.error("worker did not acknowledge", worker=self.index, op=msg["op"])
             raise TimeoutError(f"no acknowledgement of {msg['op']} in {timeout:g} s") from None
 

@@ -174,10 +174,16 @@ class Server:
         flags = self.runtime.flags
         reason = getattr(flags, "degraded_reason", None) if flags is not None else None
         store = self.store_problem()
-        if store is None:
+        behind = [{"worker": link.index, "pid": link.process.pid, **link.unacked}
+                  for link in self.workers if link.unacked is not None]
+        if store is None and not behind:
             return reason
-        return {**(reason if isinstance(reason, dict) else
-                   {"flags": reason} if reason else {}), "store": store}
+        out = dict(reason) if isinstance(reason, dict) else {"flags": reason} if reason else {}
+        if store is not None:
+            out["store"] = store
+        if behind:  # a worker that has not applied a change yet (its loop held): it will
+            out["planes"] = behind
+        return out
 
     def store_problem(self) -> dict | None:
         """The shared store (store.backend: postgres) when it is unavailable, audit entries
