@@ -362,6 +362,9 @@ async def test_a_rollback_with_a_frozen_worker_is_saved_audited_and_names_the_wo
         status, ready = await admin_json(p.admin, "GET", "/readyz")  # still 200: degraded
         assert status == 200 and ready["status"] == "degraded", ready
         assert [(w["pid"], w["op"]) for w in ready["degraded"]["planes"]] == [(frozen, "weights")]
+        process = f"worker-{ready['degraded']['planes'][0]['worker']}"
+        assert await metric(p.admin, "strangler_worker_unacknowledged_seconds",
+                            process=process) > 0
     finally:
         os.kill(frozen, signal.SIGCONT)
 
@@ -370,6 +373,8 @@ async def test_a_rollback_with_a_frozen_worker_is_saved_audited_and_names_the_wo
         return ready["status"] == "ready"
 
     await wait_for(caught_up, timeout=10)
+    assert await metric(p.admin, "strangler_worker_unacknowledged_seconds",
+                        process=process) == 0
     assert await served(p.url) == {"monolith": 40}
     code, out, err = await run_cli("history", "--verify", env={"STRANGLER_ADMIN_URL": p.admin})
     assert code == 0, out + err

@@ -23,7 +23,13 @@ from aiohttp import web
 
 from proxy.api import browser_guard
 from proxy.api.auth import ACTOR_HEADER, AuthError, Caller, Tokens, actor_name
-from proxy.api.metrics import ProcessesCollector, StranglerCollector, make_registry, render
+from proxy.api.metrics import (
+    ProcessesCollector,
+    StranglerCollector,
+    WorkersCollector,
+    make_registry,
+    render,
+)
 from proxy.config.loader import ConfigError
 from proxy.control.runtime import MutationResult, RuntimeError_
 from shadow.pg import StoreUnavailable
@@ -266,6 +272,7 @@ class Admin:
             StranglerCollector(rt.agg, rt.weights_for_metrics, lambda: rt.counters,
                                store=lambda: _store_status(self.rt)),
             ProcessesCollector(getattr(server, "processes", lambda: [("main", os.getpid())])),
+            WorkersCollector(lambda: getattr(self.server, "workers", ())),
         )
 
     @property

@@ -21,6 +21,7 @@ renders in ~20 ms instead of ~70 ms, on the loop that serves requests with `--wo
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -252,6 +253,32 @@ class ProcessesCollector:
                     family.add_metric([name], sample.value)
         self._readers = live
         yield from families.values()
+
+
+class WorkersCollector:
+    """`strangler_worker_unacknowledged_seconds`, per worker process (`--workers N`): how long
+    the oldest change it was sent has waited for its acknowledgement, 0 once it acknowledged
+    everything. A worker whose event loop is held (stopped, starved of CPU) serves nothing and
+    applies nothing; this shows it before its clients' timeouts do (/readyz: degraded.planes).
+    No series without worker processes."""
+
+    def __init__(self, links: Callable[[], Iterable[Any]]) -> None:
+        self.links = links  # WorkerLink objects: `index`, `unacked` ({"op", "since"} or None)
+
+    def collect(self) -> Iterator[Any]:
+        links = list(self.links())
+        if not links:
+            return
+        now = time.time()
+        family = GaugeMetricFamily(
+            "strangler_worker_unacknowledged_seconds",
+            "Seconds the oldest change sent to this worker process has waited for its "
+            "acknowledgement (0: it has acknowledged everything)", labels=["process"])
+        for link in links:
+            unacked = link.unacked
+            family.add_metric([f"worker-{link.index}"],
+                              max(0.0, now - unacked["since"]) if unacked else 0.0)
+        yield family
 
 
 def comparer_children(pid: int) -> list[int]:
