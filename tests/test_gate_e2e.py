@@ -237,9 +237,12 @@ async def test_min_latency_samples_in_routes_yaml_decides_whether_a_p99_is_judge
         upstreams, inproc_proxy):
     """Same evidence (about 450 latency samples per backend, target 150 ms slower), judged
     twice: held under the default floor of 1,000 samples (with early_fail_samples at 1,000 too:
-    by default a clear fail is judged from 50), failed after a reload sets it to 400."""
+    by default a clear fail is judged from 50), failed after a reload sets it to 400. The
+    limit is 1.25x: with 2x, a CI machine loaded enough to stretch legacy's p99 to ~120 ms
+    (the pure-Python tier did) made the 95% bounds straddle the limit, and the gate rightly
+    held."""
     async def slow(request: web.Request) -> web.Response:
-        # far beyond 2x legacy's p99 even when a loaded machine stretches legacy's tail
+        # far beyond 1.25x legacy's p99 even when a loaded machine stretches legacy's tail
         await asyncio.sleep(0.15)
         return web.json_response({"balance": 100})
 
@@ -247,7 +250,8 @@ async def test_min_latency_samples_in_routes_yaml_decides_whether_a_p99_is_judge
     svc = await upstreams("svc", handler=slow)
     text = routes_yaml(ROUTES, port=free_port(), admin=free_port(), mono=mono.port,
                        svc=svc.port, weight=50, shadow="false", guardrail="false")
-    text = text.replace("max_p99_ratio: null", "max_p99_ratio: 2\n      early_fail_samples: 1000")
+    text = text.replace("max_p99_ratio: null",
+                        "max_p99_ratio: 1.25\n      early_fail_samples: 1000")
     proxy = await inproc_proxy(text)
     await send(proxy, 900, concurrency=32)  # weight 50: each side 450 +- 45, from 400 and 1000
     code, body = await gate(proxy, "gate", "balance")
@@ -262,8 +266,8 @@ async def test_min_latency_samples_in_routes_yaml_decides_whether_a_p99_is_judge
         1000, 1000, 3)
 
     proxy.path.write_text(text.replace(
-        "max_p99_ratio: 2",
-        "max_p99_ratio: 2\n      min_latency_samples: 400\n      min_fail_events: 4"))
+        "max_p99_ratio: 1.25",
+        "max_p99_ratio: 1.25\n      min_latency_samples: 400\n      min_fail_events: 4"))
     code, _out, err = await run_cli("validate", "-c", str(proxy.path))
     assert code == 0, err
     # Only the policy changed: the evidence (and its step) stays.
@@ -272,7 +276,7 @@ async def test_min_latency_samples_in_routes_yaml_decides_whether_a_p99_is_judge
     assert proxy.runtime.state.route("balance").step == step
     code, body = await gate(proxy, "gate", "balance")
     assert (code, body["decision"]) == (1, "fail"), body["reasons"]
-    assert any("target p99" in r and "above the limit 2.00x" in r for r in body["reasons"])
+    assert any("target p99" in r and "above the limit 1.25x" in r for r in body["reasons"])
     th = body["evidence"]["thresholds"]
     assert (th["min_latency_samples"], th["early_fail_samples"], th["min_fail_events"]) == (
         400, 1000, 4)
