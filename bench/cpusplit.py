@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -24,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import servers
+from bench import load, servers
 from bench.procs import Procs, free_port, tree
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -54,16 +53,8 @@ def _sleeps(pids: list[int]) -> int:
 
 
 def _wrk(url: str, seconds: float, cpus: str | None) -> int:
-    """Run wrk; the requests it completed."""
-    cmd = ["wrk", "-t1", "-c64", f"-d{max(1, round(seconds))}s", "--timeout", "5s", url]
-    if cpus is not None:
-        cmd = ["taskset", "-c", cpus, *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60,
-                         check=True).stdout
-    m = re.search(r"(\d+) requests in", out)
-    if not m:
-        raise SystemExit(f"no request count in wrk's output:\n{out[-800:]}")
-    return int(m.group(1))
+    """`bench.load.wrk` (`wrk -t1 -c64`, as bench.run runs it); the requests it completed."""
+    return int(load.wrk(url, seconds, cpus, {})["requests"])
 
 
 def measure(url: str, pid: int, upstream: list[int], seconds: float, cpus: str | None) -> dict:

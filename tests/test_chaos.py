@@ -375,6 +375,9 @@ async def test_a_rollback_with_a_frozen_worker_is_saved_audited_and_names_the_wo
     await wait_for(caught_up, timeout=10)
     assert await metric(p.admin, "strangler_worker_unacknowledged_seconds",
                         process=process) == 0
+    async with aiohttp.ClientSession() as s, s.get(p.admin + "/metrics") as r:
+        scraped = await r.text()  # 0 because the series says so, not because it is gone
+    assert f'strangler_worker_unacknowledged_seconds{{process="{process}"}} 0.0' in scraped
     assert await served(p.url) == {"monolith": 40}
     code, out, err = await run_cli("history", "--verify", env={"STRANGLER_ADMIN_URL": p.admin})
     assert code == 0, out + err

@@ -445,13 +445,13 @@ class Runtime(FourEyes, Groups):
                 if n in changed:
                     self._count("rollbacks", n, trigger)
             for n, members in units.items():  # one entry per route, or per group
-                group = {"routes": members} if members != [n] else {}
+                fields: dict[str, Any] = {"routes": members} if members != [n] else {}
                 if unconfirmed_planes:
-                    group["unconfirmed_planes"] = unconfirmed_planes
+                    fields["unconfirmed_planes"] = unconfirmed_planes
                 entry, aerr = self._audit(
                     action="rollback", actor=actor, reason=reason, route=n,
                     before=befores[members[0]], after=0.0, evidence=evidence, trigger=trigger,
-                    all=names is None, **group,
+                    all=names is None, **fields,
                 )
                 moved = any(m in changed for m in members)
                 res = MutationResult(n, befores[members[0]], 0.0, audit=entry,
