@@ -69,6 +69,30 @@ async def test_a_later_head_that_times_out_is_answered_after_the_one_in_flight(s
     assert [r.status for r in resps] == [200, 408] and closed
 
 
+async def test_a_later_head_held_back_for_its_turn_is_not_a_timeout(slow_proxy):
+    """CI's flake of `too_large`, made deterministic: a head that began in the read holding a
+    queued request stays in the socket while reading is paused for that queue. Its time there
+    (the request before it takes 1 s, header_timeout is 500 ms) was counted as the client's and
+    answered 408; the head's clock now starts again when reading resumes."""
+    p, up = slow_proxy
+    data, closed = await raw_request(
+        p.port, [SLOW + FAST + b"GET /api/third HTTP/1.1\r\nHo",
+                 b"st: shop\r\nConnection: close\r\n\r\n"], pause=0.2, timeout=5)
+    resps = parse_responses(data)
+    assert [r.status for r in resps] == [200, 200, 200], data[-300:]
+    assert closed and [s.path for s in up.seen] == ["/api/slow", "/api/fast", "/api/third"]
+
+
+async def test_a_later_head_too_large_split_across_reads_is_a_431_in_its_turn(slow_proxy):
+    p, up = slow_proxy
+    head = b"GET /api/x HTTP/1.1\r\nHost: shop\r\nX-Big: " + b"b" * 60_000 + b"\r\n\r\n"
+    data, closed = await raw_request(p.port, [SLOW + FAST + head[:100], head[100:]],
+                                     pause=0.2, timeout=5)
+    resps = parse_responses(data)
+    assert [r.status for r in resps] == [200, 200, 431], data[-300:]
+    assert closed and [s.path for s in up.seen] == ["/api/slow", "/api/fast"]
+
+
 async def test_a_later_request_whose_body_is_too_large_is_answered_in_its_turn(upstreams,
                                                                               proxy_process):
     async def handler(request: web.Request) -> web.Response:

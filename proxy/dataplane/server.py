@@ -556,6 +556,8 @@ class ClientConnection:
             self.cur = nxt
             if not self.queue and self.refusal is None:
                 t.resume_reading()
+                if self.in_headers:  # a head held in the socket: its clock starts now
+                    self.header_deadline = now + self.plane.header_timeout
             if nxt.expect_continue:
                 t.write(CONTINUE)  # its turn has come
             if nxt.last_body_at:
@@ -623,7 +625,10 @@ class ClientConnection:
     def check_deadlines(self, now: float) -> None:
         if self.write_paused and self._send_stalled(now):
             return
-        if self.header_deadline and now > self.header_deadline and self.in_headers:
+        # While a queued request waits its turn, reading is paused: a head begun meanwhile
+        # is held in the socket by us, not by the client (its clock restarts on resume).
+        if self.header_deadline and now > self.header_deadline and self.in_headers \
+                and not self.queue:
             self.reject(408, "request_timeout", "request headers not received in time")
             return
         if self.idle_deadline and now > self.idle_deadline and self.cur is None:
