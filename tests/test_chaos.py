@@ -384,6 +384,57 @@ async def test_a_rollback_with_a_frozen_worker_is_saved_audited_and_names_the_wo
     assert await p.stop() == 0
 
 
+async def test_a_reload_and_a_rollback_with_a_frozen_worker_answer_in_seconds(
+        upstreams, proxy_process):
+    """A frozen worker (SIGSTOP) and a reload whose routes.yaml is bigger than the worker's
+    control socket can hold (a long comment: 1 MiB): the write of the new config to that worker
+    waited for room, with no time limit, inside the reload (holding the lock every change takes)
+    and the reload never answered; a rollback during it flipped traffic but its answer and audit
+    waited behind the reload, and its CLI said `unreachable` after 30 s. Now both answer within
+    seconds, NOT CONFIRMED naming the worker, and the worker applies both once it runs."""
+    mono = await upstreams("monolith")
+    svc = await upstreams("svc")
+    p = await proxy_process(config(mono.port, svc.port, 100),
+                            args=("--workers", "2", "--no-access-log", "--no-watch"))
+    assert await served(p.url, 10) == {"svc": 10}
+    pids = worker_pids(p.proc.pid)
+    assert len(pids) == 2
+    frozen = pids[0]
+    text = p.config.read_text()
+    p.config.write_text(text + "# " + "x" * (1 << 20) + "\n")
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        reload = asyncio.create_task(
+            admin_json(p.admin, "POST", "/admin/reload", {"reason": "big comment"}))
+        await asyncio.sleep(1.0)  # the reload is waiting for the frozen worker
+        code, body, err = await rollback_cli(p, "target broken during a reload")
+        rollback_took = time.monotonic() - t0
+        assert code == 0, err
+        assert (body["state"], body["weight"]) == ("rolled_back", 0)
+        assert "NOT CONFIRMED" in err and f"pid {frozen}" in err
+        status, answer = await reload
+        reload_took = time.monotonic() - t0
+        assert status == 200 and answer["generation"] == 2, answer
+        assert "NOT CONFIRMED" in answer["warning"] and f"pid {frozen}" in answer["warning"]
+        print(f"\nrollback answered in {rollback_took:.1f} s, reload in {reload_took:.1f} s")
+        assert rollback_took < 20 and reload_took < 20, (rollback_took, reload_took)
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+
+    async def caught_up() -> bool:
+        _, ready = await admin_json(p.admin, "GET", "/readyz")
+        return ready["status"] == "ready" and ready["generation"] == 2
+
+    await wait_for(caught_up, timeout=15)
+    assert await served(p.url) == {"monolith": 40}
+    _, history = await admin_json(p.admin, "GET", "/admin/history?limit=10")
+    done = {e["action"]: e for e in history["entries"]}
+    assert [u["pid"] for u in done["reload"]["unconfirmed_planes"]] == [frozen]
+    assert [u["pid"] for u in done["rollback"]["unconfirmed_planes"]] == [frozen]
+    assert await p.stop() == 0
+
+
 # -- state_dir on a full or read-only filesystem --------------------------------------------------
 @pytest.fixture
 def tmpfs(tmp_path: Path):

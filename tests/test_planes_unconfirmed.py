@@ -29,7 +29,7 @@ class SilentPlane:
 
     async def install(self, config, text, generation, weights) -> None:
         self.sent.append("install")
-        raise TimeoutError("no acknowledgement of install in 30 s")
+        raise TimeoutError("no acknowledgement of install in 10 s")
 
     def describe(self) -> dict:
         return {"worker": 1, "pid": 4242}
@@ -120,11 +120,12 @@ async def test_a_reload_a_plane_did_not_acknowledge_is_saved_and_audited(tmp_pat
     write_routes(tmp_path, 25)
     generation = await rt.reload(actor="gitops", reason="file change")
     assert good.generation == generation and good.weights["balance"][0] == 2500
-    assert silent.sent == ["install", "weights"]
+    # not waited for twice: its socket holds the install, and any weights after it, in order
+    assert silent.sent == ["install"]
     [entry] = [e for e in audit_entries(tmp_path) if e["action"] == "reload"]
     # one line per plane: the install's error, not the weights' after it
     assert entry["unconfirmed_planes"] == [
-        {"worker": 1, "pid": 4242, "error": "no acknowledgement of install in 30 s"}]
+        {"worker": 1, "pid": 4242, "error": "no acknowledgement of install in 10 s"}]
     assert (entry["from"], entry["to"]) == ({"balance": 10.0}, {"balance": 25.0})
 
 
@@ -164,6 +165,37 @@ async def test_a_worker_link_whose_worker_never_answers_keeps_nothing_per_push()
         theirs.sendall(json_.dumps({"op": "ack", "id": 1}).encode() + b"\n")  # late
         await asyncio.sleep(0.05)
         assert link.waiting == {} and not link.task.done()
+    finally:
+        writer.close()
+        theirs.close()
+        link.task.cancel()
+
+
+async def test_a_message_bigger_than_a_frozen_workers_socket_still_times_out() -> None:
+    """The far end reads nothing (a frozen worker) and the message (a reload's routes.yaml) is
+    bigger than the socket holds: the wait for room to write it used to have no time limit, so
+    the reload hung holding the lock. Now it is part of the ack's wait; the message stays whole
+    in the transport's buffer and arrives when the worker reads."""
+    import asyncio
+    import json as json_
+    import socket
+
+    from proxy.control.planes import WorkerLink
+
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    link = WorkerLink(0, reader, writer, on_delta=lambda _: None, process=None)
+    big = {"op": "install", "text": "#" + "x" * (4 << 20), "generation": 2, "weights": {}}
+    try:
+        with pytest.raises(TimeoutError, match=r"no acknowledgement of install in 0\.2 s"):
+            await asyncio.wait_for(link._call(big, timeout=0.2), 5)
+        assert link.waiting == {} and link.unacked["op"] == "install"
+        theirs.setblocking(False)
+        got = bytearray()
+        loop = asyncio.get_running_loop()
+        while not got.endswith(b"\n"):  # the worker wakes: the message arrives whole
+            got += await asyncio.wait_for(loop.sock_recv(theirs, 1 << 20), 5)
+        assert json_.loads(got)["text"] == big["text"]
     finally:
         writer.close()
         theirs.close()

@@ -500,7 +500,7 @@ class Admin:
         body = await _body(request)
         reason = _reason(body, required=False, default="admin API reload")
         try:
-            generation = await self.rt.reload(actor=_actor(request), reason=reason)
+            result = await self.rt.reload_result(actor=_actor(request), reason=reason)
         except ConfigError as exc:
             problems = [str(p) for p in exc.problems]
             return web.json_response(
@@ -509,7 +509,10 @@ class Admin:
         except OSError as exc:
             raise ApiError(400, f"cannot read the config file: {exc.strerror or exc}",
                            {"path": self.rt.config_path}) from None
-        return web.json_response({"generation": generation, "durable": self.rt.durable})
+        await self.rt.settle(result)  # a shared trail: the entry's place in the chain
+        return web.json_response({"generation": result.extra["generation"],
+                                  "durable": self.rt.durable and result.durable,
+                                  "warning": result.warning})
 
     async def _mutation(self, result: MutationResult) -> dict:
         """The route object after the change, plus what changed and whether it is on disk."""

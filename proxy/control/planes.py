@@ -29,6 +29,10 @@ from proxy.dataplane.table import RouteState, RouteTable
 log = structlog.get_logger("strangler.planes")
 
 ACK_TIMEOUT = 5.0  # seconds a worker has to acknowledge a weight change
+# ... and a reload's new config (it loads and compiles it first). A reload holds the lock every
+# change takes, a rollback's bookkeeping too: this plus ACK_TIMEOUT (the reload's weights push
+# after it) is how long a frozen worker can delay a rollback's answer; well under the CLI's 30 s.
+INSTALL_ACK_TIMEOUT = 10.0
 
 
 def apply_updates(states: dict[str, RouteState], updates: dict[str, Any]) -> None:
@@ -133,16 +137,22 @@ class WorkerLink:
         msg["id"] = mid
         fut = asyncio.get_running_loop().create_future()
         self.waiting[mid] = fut
+        # The whole message goes into the transport's buffer now; waiting for the worker to
+        # make room (a frozen worker, a message bigger than its socket holds) is part of the
+        # wait for its ack, never unbounded: the message is delivered whole when it reads.
         self.writer.write(json.dumps(msg).encode() + b"\n")
-        await self.writer.drain()
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return await asyncio.wait_for(self._drained(fut), timeout)
         except TimeoutError:
             self.waiting.pop(mid, None)  # a late ack finds nothing to answer: nothing piles up
             if self.unacked is None:
                 self.unacked = {"op": msg["op"], "since": time.time()}
             log.error("worker did not acknowledge", worker=self.index, op=msg["op"])
             raise TimeoutError(f"no acknowledgement of {msg['op']} in {timeout:g} s") from None
+
+    async def _drained(self, fut: asyncio.Future) -> dict | None:
+        await self.writer.drain()
+        return await fut
 
     async def apply_weights(self, updates: dict[str, Any]) -> None:
         await self._call({"op": "weights", "updates": updates})
@@ -153,7 +163,7 @@ class WorkerLink:
     async def install(self, config: Config, text: str, generation: int,
                       weights: dict[str, Any]) -> None:
         await self._call({"op": "install", "text": text, "generation": generation,
-                          "weights": weights}, timeout=30.0)
+                          "weights": weights}, timeout=INSTALL_ACK_TIMEOUT)
 
     async def task_count(self, timeout: float = 1.0) -> int | None:
         """The worker's asyncio task count (read-only; for `GET /admin/debug/tasks`)."""

@@ -248,24 +248,27 @@ class Runtime(FourEyes, Groups):
         return [self.route_view(r.name) for r in self.config.routes]
 
     # -- bookkeeping ---------------------------------------------------------------------
-    async def _push(self, names: list[str]) -> list[dict]:
+    async def _push(self, names: list[str], planes: list | None = None) -> list[dict]:
         """Send `names`' weights to every data plane; the planes that did not confirm (each
         with the error). A worker that does not acknowledge in time still has the change
         waiting in its socket; the change is saved and audited all the same, and says so: an
         SRE's rollback must not fail, unsaved and unaudited, because one worker is slow."""
+        planes = self.planes if planes is None else planes
         weights = self.weights_bp()
         updates = {n: weights[n] for n in names if n in weights}
-        outcomes = await asyncio.gather(*(p.apply_weights(updates) for p in self.planes),
+        outcomes = await asyncio.gather(*(p.apply_weights(updates) for p in planes),
                                         return_exceptions=True)
-        return self._unconfirmed(outcomes, "weights", list(updates))
+        return self._unconfirmed(outcomes, "weights", list(updates), planes)
 
-    def _unconfirmed(self, outcomes: list[Any], op: str, routes: list[str]) -> list[dict]:
+    def _unconfirmed(self, outcomes: list[Any], op: str, routes: list[str],
+                     planes: list | None = None) -> list[dict]:
         """The planes whose outcome (as `gather(..., return_exceptions=True)` gives it, in
-        `self.planes`' order) is no acknowledgement (a timeout, or the link broken: a worker
-        that died serves nothing): each described, with the error. Any other error is raised,
-        as before: it is a fault, not a slow plane."""
+        `planes`' order, by default `self.planes`) is no acknowledgement (a timeout, or the link
+        broken: a worker that died serves nothing): each described, with the error. Any other
+        error is raised, as before: it is a fault, not a slow plane."""
         unconfirmed = []
-        for plane, outcome in zip(self.planes, outcomes, strict=True):
+        for plane, outcome in zip(self.planes if planes is None else planes, outcomes,
+                                  strict=True):
             if isinstance(outcome, BaseException):
                 if not isinstance(outcome, TimeoutError | OSError):
                     raise outcome
@@ -532,7 +535,13 @@ class Runtime(FourEyes, Groups):
             )
 
     async def reload(self, actor: str, reason: str = "reload") -> int:
-        """Load the file again; raises ConfigError (the running config stays) when invalid."""
+        """Load the file again; raises ConfigError (the running config stays) when invalid.
+        The new generation."""
+        return (await self.reload_result(actor, reason)).extra["generation"]
+
+    async def reload_result(self, actor: str, reason: str = "reload") -> MutationResult:
+        """`reload`, answering with what it did: `extra["generation"]`, and the warning (a
+        worker that did not confirm, a state or audit write that failed)."""
         async with self.lock:
             path = self.config_path
             text = await asyncio.to_thread(Path(path).read_text)
@@ -581,10 +590,13 @@ class Runtime(FourEyes, Groups):
             # reload is saved and audited all the same, naming it (as for a weight change).
             unconfirmed = self._unconfirmed(installed, "install", [r.name for r in config.routes])
             # A rollback may have landed while the new tables were being installed (rollback
-            # does not wait for this lock): push the weights again so it cannot be undone.
-            pushed = await self._push([r.name for r in config.routes])
-            named = {(u.get("worker"), u.get("pid")) for u in unconfirmed}
-            unconfirmed += [u for u in pushed if (u.get("worker"), u.get("pid")) not in named]
+            # does not wait for this lock): push the weights again so it cannot be undone. Not
+            # to a plane that has not confirmed the install: it reads its socket in order, so
+            # any rollback's weights reach it after the new tables, and waiting for it again
+            # would hold this lock (and a rollback's answer) another ACK_TIMEOUT.
+            confirmed = [p for p, outcome in zip(self.planes, installed, strict=True)
+                         if not isinstance(outcome, BaseException)]
+            unconfirmed += await self._push([r.name for r in config.routes], confirmed)
             for hook in self.on_reload:
                 res = hook(config)
                 if asyncio.iscoroutine(res):
@@ -592,7 +604,7 @@ class Runtime(FourEyes, Groups):
             after = {r.name: self.effective(r.name) for r in config.routes}
             summary = config_changes.summary(old_config, config)
             result = self._finish(
-                MutationResult(None, before, after),
+                MutationResult(None, before, after, extra={"generation": self.generation}),
                 unconfirmed=unconfirmed, action="reload", actor=actor, reason=reason, route=None,
                 before=before, after=after,
                 evidence={"config_hash": {"from": old_hash, "to": self.config_hash},
@@ -607,7 +619,7 @@ class Runtime(FourEyes, Groups):
                                  route=name, weights=(old, new))
             log.info("config reloaded", generation=self.generation, replaced=replaced,
                      changes=config_changes.sentence(summary))
-            return self.generation
+            return result
 
     # -- notifications -------------------------------------------------------------------
     def _notify(self, event: str, result: MutationResult, trigger: str, actor: str,
