@@ -135,6 +135,45 @@ async def test_a_head_just_inside_the_limits_is_served(proxy_process):
         await up.stop()
 
 
+@pytest.mark.parametrize("end", [b"", b"\r\n"], ids=["open_line", "whole_line"])
+@pytest.mark.parametrize("size", [50_000, 140_000])
+async def test_a_head_past_the_limit_in_its_first_read_is_431_at_once(proxy_process, size, end):
+    """The whole head so far in one write, past 8 KiB + 32 KiB, nothing more sent: the read in
+    which a head began was not counted (it may end a previous request), nor a line ending the
+    read (llhttp reports it when the next one starts), so this waited for header_timeout and
+    was a 408. A head that begins the read is counted from its first byte, to its last."""
+    up = await RawUpstream().start()
+    try:
+        p = await proxy_process(probe_config(up.port, up.port, limits="header_timeout: 5s"))
+        t0 = time.monotonic()
+        data, closed = await raw_request(
+            p.port, b"GET /api HTTP/1.1\r\nHost: shop\r\nX-Big: " + b"a" * size + end,
+            timeout=4)
+        took = time.monotonic() - t0
+        assert [r.status for r in parse_responses(data)] == [431], data[:300]
+        assert closed and took < 2.0, took
+        assert up.seen == []
+    finally:
+        await up.stop()
+
+
+async def test_a_pipelined_head_inside_the_limits_after_a_long_body_is_served(proxy_process):
+    """Counting a read from its first byte applies only to a head that begins the read: a
+    40 KiB body without a newline, then a small head in the same write, is two requests."""
+    up = await RawUpstream().start()
+    try:
+        p = await proxy_process(probe_config(up.port, up.port, limits="max_body: 1MiB"))
+        body = b"b" * 40_000
+        raw = (b"POST /api/one HTTP/1.1\r\nHost: shop\r\nContent-Length: %d\r\n\r\n%s"
+               b"GET /api/two HTTP/1.1\r\nHost: shop\r\nX-H: " % (len(body), body))
+        data, _ = await raw_request(p.port, [raw, b"v\r\nConnection: close\r\n\r\n"],
+                                    pause=0.1)
+        assert [r.status for r in parse_responses(data)] == [200, 200], data[-300:]
+        assert [s.target for s in up.seen] == [b"/api/one", b"/api/two"]
+    finally:
+        await up.stop()
+
+
 def _huge_header(seen: SeenRaw) -> list[bytes] | bytes:
     if seen.target != b"/api/huge":
         return ok_json(seen)

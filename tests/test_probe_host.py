@@ -87,6 +87,18 @@ async def test_http09_request_line_is_505(raw_proxy):
     assert up.raw == b""
 
 
+@pytest.mark.parametrize("version", [b"HTTP/1.2", b"HTTP/3.0", b"HTTP/9.9", b"HTTP/2"])
+async def test_any_other_http_version_is_505(raw_proxy, version):
+    """llhttp itself refuses a version it does not know (not 0.9, 1.x or 2.0): that was
+    answered 400 `malformed request: Invalid HTTP version`; the contract says 505."""
+    port, up = await raw_proxy()
+    data, closed = await raw_request(port, b"GET /api/x %s\r\nHost: shop\r\n\r\n" % version)
+    (resp,) = parse_responses(data)
+    assert resp.status == 505 and closed, data
+    assert json.loads(resp.body)["error"] == "http_version"
+    assert up.raw == b""
+
+
 @pytest.mark.parametrize("pause", [0.0, 0.2], ids=["pipelined", "one_read_each"])
 async def test_a_host_valid_earlier_on_the_connection_does_not_pass_a_bad_one(raw_proxy, pause):
     """The data plane remembers the last valid Host of a connection (one comparison instead of

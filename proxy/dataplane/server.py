@@ -65,6 +65,8 @@ try:  # compiled (setup.py): byte searches are memchr calls (basics.find_byte)
 except ImportError:  # the .py file without Cython installed
     _COMPILED = False
 _UNDERSCORE = ord("_")
+# llhttp's errors for a version that is not 0.9, 1.x or 2.0 (those reach Exchange's 505)
+_OTHER_VERSION = frozenset({"Invalid HTTP version", "Expected dot"})
 _NUL = 0
 _TIOCOUTQ = getattr(termios, "TIOCOUTQ", None)  # a TCP socket's unacknowledged bytes
 
@@ -425,6 +427,8 @@ class ClientConnection:
             msg = str(exc)
             if "Content-Length" in msg and "Transfer-Encoding" in msg:
                 self.reject(400, "ambiguous_framing", "Content-Length with Transfer-Encoding")
+            elif msg in _OTHER_VERSION:  # llhttp knows 0.9, 1.x and 2.0 only (HTTP/1.2, /3.0)
+                self.reject(505, "http_version", "only HTTP/1.0 and HTTP/1.1 are supported")
             else:
                 self.reject(400, "bad_request", f"malformed request: {msg}")
 
@@ -497,11 +501,16 @@ class ClientConnection:
     def _head_in_progress(self, data: bytes) -> None:
         """A read ended inside a request head: count the unfinished line httptools keeps (it
         reports a header only once its line is complete), and refuse the head once it passes
-        `max_request_line + max_header_bytes`. The read in which a head begins is not counted
-        (it may hold the end of the previous request), so at most one read more is held."""
+        `max_request_line + max_header_bytes`. A read in which a head begins after the end of
+        the previous request is not counted (its bytes are not all the head's), so at most one
+        read more is held; a head that begins the read is counted from its first byte."""
         run = self.line_run
+        if run < 0 and self.head_start is data:
+            run = 0
         if run >= 0:
-            nl = data.rfind(b"\n")
+            # A line that ends this read is not reported yet either (llhttp waits for the
+            # next line's first byte): only a newline before the last byte ends what is counted.
+            nl = data.rfind(b"\n", 0, len(data) - 1)
             run = run + len(data) if nl < 0 else len(data) - nl - 1
             plane = self.plane
             if self._hbytes + run > plane.max_request_line + plane.max_header_bytes:
