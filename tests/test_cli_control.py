@@ -129,6 +129,32 @@ async def test_usage_errors_exit_2(proxy):
     assert proxy.runtime.effective("balance") == 5
 
 
+@pytest.mark.parametrize("name", ["nosuch/../../../admin/rollback#", "..", "x?y=1",
+                                  "x#frag", "balance/../orders"])
+async def test_a_route_name_that_would_change_the_url_is_refused_unsent(proxy, name):
+    """The route went into the admin URL as typed: `rollback 'nosuch/../../../admin/rollback#'`
+    was `POST /admin/rollback`, every route rolled back, exit 0 (found by a contract audit).
+    A name no route can have is refused before anything is sent: exit 2, nothing changed."""
+    _, out, _ = await run_cli("history", "--json", env=env(proxy, READ))
+    before = len(json.loads(out)["entries"])
+    for args in (("rollback", name, "--reason", "x"), ("set-weight", name, "5", "--reason", "x"),
+                 ("resume", name, "--reason", "x"), ("reset-evidence", name, "--reason", "x"),
+                 ("gate", name), ("promote", name), ("approve", name, "--reason", "x")):
+        code, _, err = await run_cli(*args, env=env(proxy))
+        assert code == 2 and f"no route or group named {name!r}" in err, (args, code, err)
+    assert not any(proxy.runtime.rolled_back(n) for n in ("balance", "orders", "cart"))
+    assert proxy.runtime.effective("balance") == 5
+    code, out, _ = await run_cli("history", "--json", env=env(proxy, READ))
+    assert code == 0 and len(json.loads(out)["entries"]) == before
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "notaurl", "ftp://127.0.0.1/"])
+async def test_a_malformed_admin_url_is_a_usage_error(url):
+    """`--admin 'http://[::1'` was a traceback and exit 1; `notaurl` was exit 3 (unreachable)."""
+    code, out, err = await run_cli("status", "--admin", url)
+    assert code == 2 and f"--admin {url!r}" in err and "Traceback" not in out + err, err
+
+
 async def test_unreachable_or_refused_admin_exits_3(proxy):
     closed = f"http://127.0.0.1:{free_port()}"
     code, _, err = await run_cli("status", "--admin", closed)

@@ -21,6 +21,7 @@ import httpx
 
 from proxy.api.auth import ACTOR_HEADER, ADMIN_ENV
 from proxy.cli.exitcodes import FAILED, UNREACHABLE, USAGE
+from proxy.config.checks import NAME_RE
 
 DEFAULT_ADMIN = "http://127.0.0.1:9901"
 ADMIN_URL_ENV = "STRANGLER_ADMIN_URL"
@@ -75,6 +76,16 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
                    help="who you are, for the audit log (default: your OS user name)")
 
 
+def route_path(route: str, action: str = "") -> str:
+    """`/admin/routes/ROUTE[/action]` for a name as typed: one that cannot be a route's (or a
+    group's) name is refused here, never sent (`..`, `/`, `?`, `#` would make the URL another
+    endpoint: `x/../../rollback#` was a rollback of every route)."""
+    if not NAME_RE.match(route):
+        raise ClientFailure(USAGE, f"no route or group named {route!r}: a name is letters, "
+                            "digits, '_', '.' and '-', starting with a letter or digit")
+    return f"/admin/routes/{route}/{action}" if action else f"/admin/routes/{route}"
+
+
 class AdminClient:
     def __init__(self, url: str, token: str | None, actor: str | None,
                  timeout: float = TIMEOUT) -> None:
@@ -82,6 +93,13 @@ class AdminClient:
         headers = {ACTOR_HEADER: actor or default_actor(), "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        try:
+            base = httpx.URL(self.url)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise ClientFailure(USAGE, f"--admin {url!r} is not a URL: {exc}") from None
+        if base.scheme not in ("http", "https") or not base.host:
+            raise ClientFailure(USAGE, f"--admin {url!r} is not an http:// or https:// URL "
+                                "with a host (e.g. http://127.0.0.1:9901)")
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
                                   trust_env=False, verify=_admin_trust())
 
@@ -184,5 +202,5 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-__all__ = ["AdminClient", "ClientFailure", "add_client_options", "print_json",
+__all__ = ["AdminClient", "ClientFailure", "add_client_options", "print_json", "route_path",
            "run_with_client"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from proxy.cli import output
-from proxy.cli.client import AdminClient, run_with_client
+from proxy.cli.client import AdminClient, route_path, run_with_client
 from proxy.cli.commands._common import print_answer
 from proxy.cli.exitcodes import OK
 
@@ -24,7 +24,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     def body(client: AdminClient) -> int:
-        data = client.call("POST", f"/admin/routes/{args.route}/approve",
+        data = client.call("POST", route_path(args.route, "approve"),
                            {"reason": args.reason})
         print_answer(data, args.json, output.decision)
         return OK

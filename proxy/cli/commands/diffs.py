@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from proxy.cli import output
-from proxy.cli.client import AdminClient, print_json, run_with_client
+from proxy.cli.client import AdminClient, print_json, route_path, run_with_client
 from proxy.cli.exitcodes import OK, USAGE
 
 FORMATS = ("hurl", "pytest", "jsonl")
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     def body(client: AdminClient) -> int:
         if args.export:
             fmt, dest = args.export
-            resp = client.text(f"/admin/routes/{args.route}/diffs/export", {"format": fmt})
+            resp = client.text(route_path(args.route, "diffs/export"), {"format": fmt})
             try:
                 Path(dest).write_text(resp.text, encoding="utf-8")
             except OSError as exc:
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{args.route}: wrote {cases} case(s) as {fmt} to {dest}")
             return OK
         params = {"limit": args.limit, **({"all": "1"} if args.all else {})}
-        data = client.call("GET", f"/admin/routes/{args.route}/diffs", params=params)
+        data = client.call("GET", route_path(args.route, "diffs"), params=params)
         if args.json:
             print_json(data)
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from proxy.cli import output
-from proxy.cli.client import AdminClient, print_json, run_with_client
+from proxy.cli.client import AdminClient, print_json, route_path, run_with_client
 from proxy.cli.exitcodes import AWAITING_APPROVAL, FAILED, HOLD, INCONCLUSIVE, OK
 
 # Besides the decision's codes: 2 usage, 3 admin API unreachable (see proxy.cli.exitcodes).
@@ -30,7 +30,7 @@ def exit_code(data: dict) -> int:
 
 def run(args: argparse.Namespace) -> int:
     def body(client: AdminClient) -> int:
-        data = client.call("GET", f"/admin/routes/{args.route}/gate")
+        data = client.call("GET", route_path(args.route, "gate"))
         if args.json:
             print_json(data)
         else:

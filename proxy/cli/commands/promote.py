@@ -13,7 +13,7 @@ import sys
 import time
 
 from proxy.cli import output
-from proxy.cli.client import AdminClient, run_with_client
+from proxy.cli.client import AdminClient, route_path, run_with_client
 from proxy.cli.commands._common import print_answer
 from proxy.cli.commands.gate import exit_code
 from proxy.cli.exitcodes import USAGE
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     def body(client: AdminClient) -> int:
         deadline = time.monotonic() + wait
         while True:
-            data = client.call("POST", f"/admin/routes/{args.route}/promote", {})
+            data = client.call("POST", route_path(args.route, "promote"), {})
             left = deadline - time.monotonic()
             if data.get("decision") != "hold" or left <= 0:
                 break

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from proxy.cli import migration_output
-from proxy.cli.client import AdminClient, ClientFailure, print_json, run_with_client
+from proxy.cli.client import AdminClient, ClientFailure, print_json, route_path, run_with_client
 from proxy.cli.commands._common import add_replica_option, replica_clients
 from proxy.cli.exitcodes import FAILED, OK, USAGE
 from proxy.control import migration
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     def body(client: AdminClient) -> int:
         clients = replica_clients(args, client)
         try:
-            checks = [_call(c, "GET", f"/admin/routes/{args.route}/retire-check", None,
+            checks = [_call(c, "GET", route_path(args.route, "retire-check"), None,
                             {"days": f"{args.days:g}"}) for c in clients]
             check = migration.merge_checks(checks)
             if not check["ready"] and not args.force:
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
                 return FAILED
             # once per audit trail: replicas sharing a store share its one chain
             writers = [clients[i] for i in migration.distinct_stores(checks)]
-            answers = [_call(c, "POST", f"/admin/routes/{args.route}/retire",
+            answers = [_call(c, "POST", route_path(args.route, "retire"),
                              {"reason": args.reason, "force": args.force, "days": args.days},
                              None) for c in writers]
         finally:

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from proxy.cli import migration_output
-from proxy.cli.client import AdminClient, print_json, run_with_client
+from proxy.cli.client import AdminClient, print_json, route_path, run_with_client
 from proxy.cli.commands._common import add_replica_option, ask_replicas
 from proxy.cli.exitcodes import FAILED, OK, USAGE
 from proxy.control import migration
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     def body(client: AdminClient) -> int:
         results = ask_replicas(args, client, lambda c: c.call(
-            "GET", f"/admin/routes/{args.route}/retire-check", params={"days": f"{args.days:g}"}))
+            "GET", route_path(args.route, "retire-check"), params={"days": f"{args.days:g}"}))
         result = migration.merge_checks(results)
         if args.json:
             print_json(result)

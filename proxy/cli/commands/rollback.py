@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from proxy.cli import output
-from proxy.cli.client import AdminClient, run_with_client
+from proxy.cli.client import AdminClient, route_path, run_with_client
 from proxy.cli.commands._common import print_answer
 from proxy.cli.exitcodes import OK, USAGE
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
             data = client.call("POST", "/admin/rollback", {"reason": args.reason})
             items = data.get("routes") or []
         else:
-            data = client.call("POST", f"/admin/routes/{args.route}/rollback",
+            data = client.call("POST", route_path(args.route, "rollback"),
                                {"reason": args.reason})
             items = [data]
         print_answer(data, args.json,

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from proxy.cli import output
-from proxy.cli.client import AdminClient, run_with_client
+from proxy.cli.client import AdminClient, route_path, run_with_client
 from proxy.cli.commands._common import print_answer
 from proxy.cli.exitcodes import AWAITING_APPROVAL, OK, USAGE
 
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         return USAGE
 
     def body(client: AdminClient) -> int:
-        data = client.call("PUT", f"/admin/routes/{args.route}/weight",
+        data = client.call("PUT", route_path(args.route, "weight"),
                            {"weight": args.percent, "reason": args.reason})
         if data.get("approval"):
             print_answer(data, args.json, output.awaiting_approval)
