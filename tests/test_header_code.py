@@ -13,6 +13,7 @@ from proxy.config.header_names import HOP_BY_HOP
 from proxy.dataplane.basics import (
     H_CONNECTION,
     H_CONTENT_LENGTH,
+    H_HOP_BY_HOP,
     H_REQUEST_ID,
     H_TRANSFER_ENCODING,
     H_UPGRADE,
@@ -22,7 +23,10 @@ from proxy.dataplane.basics import (
 
 
 def expected(name: bytes) -> int:
-    return HEADER_CODES.get(name.lower(), 0)
+    """The lower-cased name's code; any other `proxy*` name is hop-by-hop (the contract's
+    `Proxy-*`, and httpoxy's `Proxy`)."""
+    lname = name.lower()
+    return HEADER_CODES.get(lname, 0) or (H_HOP_BY_HOP if lname.startswith(b"proxy") else 0)
 
 
 def test_every_hop_by_hop_name_is_coded_and_never_forwarded_as_it_came() -> None:
@@ -50,8 +54,14 @@ def test_coded_names_in_any_case(name: bytes) -> None:
 NEAR = [b"", b"t", b"tE\x00", b"content-lengthx", b"content-lengt", b"xcontent-length",
         b"content_length", b"content\rlength", b"content\x0dlength", b"CONTENT-LENGT\xc8",
         b"x-request-ie", b"x-request-i\xe4", b"te ", b" te", b"\x14e", b"t\xc5", b"upgrad\x05",
-        b"connection" * 3, b"keep-alive\x00", b"proxy-authorizatio", b"http2-settingz",
+        b"connection" * 3, b"keep-alive\x00", b"proxx-authorization", b"prox", b"http2-settingz",
         b"content-type", b"date", b"server", b"x-requestid", b"set-cookie"]
+
+
+@pytest.mark.parametrize("name", [b"Proxy", b"PROXY-FOO", b"proxy-status", b"Proxy-Authorizatio",
+                                  b"proxyx"])
+def test_every_proxy_name_is_hop_by_hop(name: bytes) -> None:
+    assert header_code(name) == expected(name) == H_HOP_BY_HOP
 
 
 @pytest.mark.parametrize("name", NEAR)

@@ -84,6 +84,7 @@ H_CONNECTION = 3
 H_UPGRADE = 4
 H_HOP_BY_HOP = 5  # every other hop-by-hop name: never forwarded
 H_REQUEST_ID = 6
+assert H_HOP_BY_HOP == 5  # code_at returns it as a C literal
 HEADER_CODES: dict[bytes, int] = {name: H_HOP_BY_HOP for name in HOP_BY_HOP} | {
     b"content-length": H_CONTENT_LENGTH,
     b"transfer-encoding": H_TRANSFER_ENCODING,
@@ -99,17 +100,29 @@ _CODES_BY_LEN = tuple(bytes(c for n, c in HEADER_CODES.items() if len(n) == k)
                       for k in range(_MAX_CODED + 1))
 
 
+def code_of_lower(lname: bytes) -> int:
+    """`HEADER_CODES.get(lname, 0)`, and H_HOP_BY_HOP for any other `proxy*` name (Proxy-*, and
+    httpoxy's `Proxy`): the pure form of `header_code` for a lower-cased name."""
+    code = HEADER_CODES.get(lname, 0)
+    if code == 0 and lname.startswith(b"proxy"):
+        return H_HOP_BY_HOP
+    return code
+
+
 def header_code(name: bytes) -> int:
-    """`HEADER_CODES.get(name.lower(), 0)`. Compiled, without the lower-cased copy and its hash:
+    """`code_of_lower(name.lower())`. Compiled, without the lower-cased copy and its hash:
     `name` is compared, ignoring ASCII case, with the few coded names of its length (a response
     head's names are new bytes objects each time, so a set or dict lookup hashes each one)."""
     if not _COMPILED:
-        return HEADER_CODES.get(name.lower(), 0)
+        return code_of_lower(name.lower())
     return code_at(PyBytes_AS_STRING(name), len(name))
 
 
 def code_at(p, n):  # compiled only (basics.pxd): p is a `const char *` to n bytes of a name
     """`header_code` of the n bytes at p: no bytes object needed (the raw response head's scan)."""
+    if n >= 5 and (p[0] | 32) == 112 and (p[1] | 32) == 114 and (p[2] | 32) == 111 and (
+            p[3] | 32) == 120 and (p[4] | 32) == 121:
+        return 5  # H_HOP_BY_HOP: Proxy-*, httpoxy's Proxy (only P/p give these bytes when |32)
     if n > _MAX_CODED:
         return 0
     names = _NAMES_BY_LEN[n]

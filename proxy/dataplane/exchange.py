@@ -25,7 +25,6 @@ from proxy.dataplane.basics import (
     DEFAULT_ROUTE,
     H_CONNECTION,
     H_CONTENT_LENGTH,
-    H_REQUEST_ID,
     H_UPGRADE,
     REASONS,
     Reject,
@@ -498,6 +497,8 @@ class Exchange:
             lname = name.lower()
             hdict[lname] = value
             if lname not in special:
+                if lname.startswith(b"proxy"):  # Proxy-* (and httpoxy's Proxy): hop-by-hop
+                    continue
                 out.append(header)
                 continue
             if lname == b"connection":
@@ -522,9 +523,6 @@ class Exchange:
                     conn.host_ok = value
                 host = value
                 out.append(header)
-            elif lname == b"te":
-                if value.strip().lower() == b"trailers":
-                    out.append(header)
             elif lname == b"x-forwarded-for":
                 if xff is not None:  # repeated: one list, in order (RFC 9110 §5.3)
                     hdict[lname] = value = xff + b", " + value
@@ -926,20 +924,17 @@ class Exchange:
             for i in range(0, len(lines), 4):
                 if lines[i].lower() not in named:
                     out += lines[i:i + 4]
-        has_rid = False
         cl = None  # the upstream's Content-Length digits (equal to `length`), as it sent them
         code: cython.Py_ssize_t
         for code, _, value in special:
-            if code == H_REQUEST_ID:  # forwarded among `lines`
-                has_rid = True
-            elif code == H_CONTENT_LENGTH:
+            if code == H_CONTENT_LENGTH:
                 cl = value
         if self.shadow_wanted:  # (lower-cased name, value) of each header forwarded
             self.resp_headers = header_pairs(out)
-        if not has_rid:
-            out.append(b"x-request-id: ")
-            out.append(self.rid)
-            out.append(b"\r\n")
+        # The request's id, the one passed upstream and logged, never the upstream's own
+        out.append(b"x-request-id: ")
+        out.append(self.rid)
+        out.append(b"\r\n")
         tunnel101 = self.is_tunnel and status == 101
         if tunnel101:
             for code, name, value in special:

@@ -29,7 +29,6 @@ import httptools
 from proxy.config.spec import UpstreamSpec
 from proxy.dataplane.basics import (
     H_CONTENT_LENGTH,
-    H_REQUEST_ID,
     H_TRANSFER_ENCODING,
     header_code,
 )
@@ -123,11 +122,10 @@ class PipelinedConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         code = header_code(name)
-        if code == 0 or code == H_REQUEST_ID:  # the head's two parts (upstream.ResponseSink)
+        if code == 0:  # the head's two parts (upstream.ResponseSink)
             self._lines += (name, b": ", value, b"\r\n")
-            if code == 0:
-                return
-        elif code == H_CONTENT_LENGTH or code == H_TRANSFER_ENCODING:
+            return
+        if code == H_CONTENT_LENGTH or code == H_TRANSFER_ENCODING:
             self._framed = True
         self._special.append((code, name, value))
 

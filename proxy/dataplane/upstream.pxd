@@ -8,7 +8,7 @@ from proxy.dataplane.exchange cimport Exchange
 cdef class UpstreamPool
 
 cdef bint _COMPILED
-cdef Py_ssize_t H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_CONNECTION, H_REQUEST_ID, _FRAMING
+cdef Py_ssize_t H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_CONNECTION, _FRAMING
 cdef bytes _CONN_VALUE
 cdef frozenset _CONN_DROPS, _CONN_KEEP
 

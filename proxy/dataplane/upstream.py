@@ -49,13 +49,12 @@ if _COMPILED:
     from cython.cimports.cpython.bytes import PyBytes_AS_STRING, PyBytes_FromStringAndSize
     from cython.cimports.libc.string import memchr, memcmp
 # The header codes read for framing: 1 to 3 (basics.header_code); the others are hop-by-hop or
-# x-request-id
+# x-request-id (never forwarded: the answer carries the request's own id)
 H_CONTENT_LENGTH = basics.H_CONTENT_LENGTH
 H_TRANSFER_ENCODING = basics.H_TRANSFER_ENCODING
 H_CONNECTION = basics.H_CONNECTION
-H_REQUEST_ID = basics.H_REQUEST_ID
 _FRAMING = 3
-_HEADER_CODES_GET = basics.HEADER_CODES.get
+_code_of_lower = basics.code_of_lower
 assert (H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_CONNECTION) == (1, 2, 3)
 # CR, LF or NUL in an upstream header value is refused (502) by httptools' own parser; only
 # where it lets them through are values searched here (see parser_refuses_injection).
@@ -97,7 +96,7 @@ def scan_head(data: bytes, lines: list, special: list) -> bytes | None:
     strict form (every line ends with CRLF, no bare CR or LF, no folded line, no blank in a
     name, a status line `HTTP/1.x ddd[ reason]`): the reason phrase, with the header lines to
     forward appended to `lines` as slices of `data` (a run of consecutive lines is one slice),
-    and (code, name, value) of the others and of x-request-id to `special` (value without its
+    and (code, name, value) of the others (x-request-id among them) to `special` (value without its
     leading blanks, as llhttp gives it). None when the head is in any other form: then the
     caller reads it with `read_head` (header by header, as llhttp's callbacks give it).
 
@@ -152,7 +151,7 @@ def scan_head(data: bytes, lines: list, special: list) -> bytes | None:
         if colon == i or p[colon - 1] == 32 or p[colon - 1] == 9:
             return None  # (llhttp refuses any other blank in a name: not a token character)
         code = basics.code_at(p + i, colon - i)
-        if code == 0 or code == H_REQUEST_ID:
+        if code == 0:
             if run < 0:
                 run = i
         elif run >= 0:
@@ -196,8 +195,8 @@ def _scan_head_py(data: bytes, lines: list, special: list) -> bytes | None:
         name, colon, value = row.partition(b":")
         if not colon or not name or name[-1] in (32, 9):
             return None
-        code = _HEADER_CODES_GET(name.lower(), 0)
-        if code == 0 or code == H_REQUEST_ID:
+        code = _code_of_lower(name.lower())
+        if code == 0:
             if run < 0:
                 run = i
         elif run >= 0:
@@ -233,15 +232,14 @@ class _HeadLines:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # compiled, a C call (no lower-cased copy, no hash); pure, header_code's own form
-        code = basics.header_code(name) if _COMPILED else _HEADER_CODES_GET(name.lower(), 0)
-        if code == 0 or code == H_REQUEST_ID:  # forwarded as it came, in its place
+        code = basics.header_code(name) if _COMPILED else _code_of_lower(name.lower())
+        if code == 0:  # forwarded as it came, in its place
             lines = self.lines  # the header line's pieces: joined once, with the whole head
             lines.append(name)
             lines.append(b": ")
             lines.append(value)
             lines.append(b"\r\n")
-            if code == 0:
-                return
+            return
         self.special.append((code, name, value))
 
     def take(self) -> tuple[bytes, list, list]:
@@ -314,7 +312,7 @@ class ResponseSink(Protocol):
         chunked: bool, length: int | None, named: frozenset[bytes] | None,
     ) -> None:
         """The head, in two parts. `lines`: the headers forwarded as they came (those
-        `basics.header_code` gives 0, and x-request-id), in order, as pieces whose concatenation
+        `basics.header_code` gives 0), in order, as pieces whose concatenation
         is their header lines: slices of the upstream's bytes (`scan_head`), or four pieces per
         line, name, b": ", value, b"\r\n" (`read_head`; always so when `named` is not None).
         `special`: (code, name, value) of the others (framing and hop-by-hop), and of
