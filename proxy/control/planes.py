@@ -59,10 +59,14 @@ def build_table(config: Config, states: dict[str, RouteState], generation: int,
 class LocalPlane:
     """The data plane in this process: changes are plain assignments, effective at once."""
 
-    def __init__(self, plane: DataPlane, prepare: Any = None) -> None:
+    def __init__(self, plane: DataPlane, prepare: Any = None,
+                 before_install: Any = None) -> None:
         self.plane = plane
         self.states: dict[str, RouteState] = {}
         self.prepare = prepare  # callable(table) run before a table goes live (shadow compile)
+        # async callable(config) run before a reload's table is built (a mirror started when
+        # the first route begins to shadow); it may set `prepare`
+        self.before_install = before_install
 
     def install_now(self, config: Config, generation: int, weights: dict[str, Any]) -> None:
         table = build_table(config, self.states, generation, weights)
@@ -78,6 +82,8 @@ class LocalPlane:
 
     async def install(self, config: Config, text: str, generation: int,
                       weights: dict[str, Any]) -> None:
+        if self.before_install is not None:
+            await self.before_install(config)
         self.install_now(config, generation, weights)
 
 

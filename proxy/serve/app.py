@@ -204,6 +204,20 @@ class Server:
         return {"audit": audit, "diffs": diffs() if diffs is not None else None,
                 "inventory": inventory}
 
+    async def _shadow_for(self, config: Config) -> None:
+        """A reload that makes the first route shadow: the mirror (and its comparer) of the
+        in-process plane, started before the new table is built, which it prepares."""
+        if self.shadow is not None or self.plane is None:
+            return
+        self.shadow = await extensions.worker_shadow(config, self.recorder, 1,
+                                                     self.opts.log_format, self.opts.log_level)
+        if self.shadow is not None:
+            self.plane.shadow = self.shadow
+            self.shadow.tls = self.plane.tls
+            for p in self.runtime.planes:
+                if isinstance(p, LocalPlane):
+                    p.prepare = self.shadow.prepare
+
     async def start(self) -> None:
         rt = self.runtime
         config = rt.config
@@ -215,7 +229,8 @@ class Server:
             if self.shadow is not None:
                 self.plane.shadow = self.shadow
                 self.shadow.tls = self.plane.tls  # one set of TLS contexts and sessions
-            local = LocalPlane(self.plane, prepare=self.shadow.prepare if self.shadow else None)
+            local = LocalPlane(self.plane, prepare=self.shadow.prepare if self.shadow else None,
+                               before_install=self._shadow_for)
             local.install_now(config, rt.generation, rt.weights_bp())
             rt.planes.append(local)
             await self.plane.listen(config.listen.host, config.listen.port)
@@ -430,6 +445,16 @@ async def _worker(index: int, opts: ServeOptions, text: str, generation: int, we
             shadow.prepare(table)
         plane.install(table)
 
+    async def shadow_for(cfg: Config) -> None:
+        """A reload that makes the first route shadow: this worker's mirror, before its table."""
+        nonlocal shadow
+        if shadow is None:
+            shadow = await extensions.worker_shadow(cfg, recorder, opts.workers,
+                                                    opts.log_format, opts.log_level)
+            if shadow is not None:
+                plane.shadow = shadow
+                shadow.tls = plane.tls
+
     install(config, generation, weights)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -472,6 +497,7 @@ async def _worker(index: int, opts: ServeOptions, text: str, generation: int, we
                 _send_delta()
                 try:
                     cfg = load_config(opts.config_path, msg["text"])
+                    await shadow_for(cfg)
                     install(cfg, msg["generation"], msg["weights"])
                 except ConfigError as exc:
                     log.error("worker could not install config", error=str(exc))

@@ -43,17 +43,28 @@ async def before_planes(server: Any) -> None:
     if server.opts.workers <= 1:
         server.shadow = await worker_shadow(config, server.recorder, 1, server.opts.log_format,
                                             server.opts.log_level)
-    if _shadows(config):
-        # Comparer processes write the store; the control process reads it for the diffs view.
-        from shadow.store import DiffStore
+    _open_diff_store(server, config)
+    # Shadowing turned on by a reload (no route shadowed at start): the data planes start their
+    # mirrors as they install the new table; the control process opens the store to read.
+    server.runtime.on_reload.append(lambda cfg: _open_diff_store(server, cfg))
 
-        server.diff_store = DiffStore(locator(config))
-        if config.store.shared:  # the fleet's windows follow every replica's steps
-            rt = server.runtime
-            mark = server.diff_store.mark_step
-            rt.on_new_step.append(lambda name, step: mark(name, step, rt.replica))
-            for r in config.routes:  # this start began a step for every route
-                mark(r.name, rt.state.route(r.name).step, rt.replica)
+
+def _open_diff_store(server: Any, config: Config) -> None:
+    """The control process's reader of the diff store, once a route shadows (at start or at
+    the first reload that makes one shadow; `store` itself is read at start only)."""
+    if server.diff_store is not None or not _shadows(config):
+        return
+    from shadow.sqldb import locator
+    from shadow.store import DiffStore
+
+    # Comparer processes write the store; the control process reads it for the diffs view.
+    server.diff_store = DiffStore(locator(config))
+    if config.store.shared:  # the fleet's windows follow every replica's steps
+        rt = server.runtime
+        mark = server.diff_store.mark_step
+        rt.on_new_step.append(lambda name, step: mark(name, step, rt.replica))
+        for r in config.routes:  # a step for every route: this start's, or the one it is in
+            mark(r.name, rt.state.route(r.name).step, rt.replica)
 
 
 async def start_notifier(server: Any) -> None:
