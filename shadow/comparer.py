@@ -20,7 +20,7 @@ between one data plane and the child it spawned):
     ("flush", token)
   comparer -> data plane
     ("results", [(route, step, result, n), ...])  # result: match|mismatch|error
-    ("skipped", [(route, reason, n), ...])  # pairs not compared (decoded_too_large)
+    ("skipped", [(route, reason, n), ...])  # pairs not compared (a reason in SKIP_REASONS)
     ("store", [(event, n), ...])  # the diff store: samples_dropped, write_failed (increments)
     ("flushed", token)  # every frame before the flush is compared and on disk
 
@@ -53,13 +53,18 @@ from shadow.model import Comparison, Exchange, RequestRecord
 from shadow.noise import NoiseModel
 from shadow.store import DiffStore
 
-__all__ = ["FrameReader", "encode", "main"]
+__all__ = ["DECODED_TOO_LARGE", "SKIP_REASONS", "FrameReader", "encode", "main"]
 
 log = structlog.get_logger("strangler.comparer")
 
 RESULTS_INTERVAL = 0.05  # how often counted results go back to the data plane
 DRAIN_SECONDS = 2.0  # on SIGTERM: longest spent on frames already in the pipe
 _LEN = struct.Struct("!I")
+
+# Why the comparer skips a pair (`strangler_shadow_skipped_total{reason}`, sent back in
+# "skipped" frames): every reason it can send, so /metrics pre-creates their series.
+DECODED_TOO_LARGE = "decoded_too_large"  # a body past max_decoded once decoded: not expanded
+SKIP_REASONS: tuple[str, ...] = (DECODED_TOO_LARGE,)
 
 
 def encode(obj: object) -> tuple[bytes, bytes]:
@@ -164,7 +169,7 @@ class Comparer:
             noise_ex = decoded(_exchange(noise), limit) if noise else None
             if any(ex is not None and ex.problem == "too_large"
                    for ex in (primary_ex, other_ex, noise_ex)):
-                self.skipped[(route, "decoded_too_large")] += 1  # a bomb is not expanded
+                self.skipped[(route, DECODED_TOO_LARGE)] += 1  # a bomb is not expanded
                 return
             legacy, tgt = (other_ex, primary_ex) if served_by_target else (primary_ex, other_ex)
             cmp = comparator.compare(legacy, tgt)

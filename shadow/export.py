@@ -416,10 +416,12 @@ def render_pytest(route: str, cases: list[_Case], tolerance: float = 0.0) -> str
 
 
 def render_jsonl(route: str, cases: list[_Case], tolerance: float = 0.0) -> str:
-    """One JSON object per line; bodies are left out (reconcile replays GET and HEAD only)."""
+    """One `{"method", "path", "headers", "status"}` object per line, as the contract has it;
+    bodies are left out (reconcile replays GET and HEAD only). `route` is not written: the set
+    is replayed for the route `strangler reconcile ROUTE` names."""
     return "".join(
         json.dumps({"method": c.method, "path": c.path, "headers": [list(h) for h in c.headers],
-                    "status": c.status, "route": route}, ensure_ascii=False) + "\n"
+                    "status": c.status}, ensure_ascii=False) + "\n"
         for c in cases
     )
 

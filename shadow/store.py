@@ -58,6 +58,7 @@ import structlog
 
 from proxy.config.spec import SAFE_METHODS
 from shadow.dbfile import check_reserve
+from shadow.jsonpath import PathSyntaxError, parse_canonical
 from shadow.model import Comparison, Exchange, RequestRecord
 from shadow.redact import Redactor
 from shadow.sqldb import NO_LIMIT, PostgresDb, SqliteDb, connector
@@ -190,6 +191,29 @@ def _merge_fields(dst: dict, src: dict) -> None:
             row[0] += c
             row[1] += e
             row[2] += o
+
+
+def _per_element(path: str, kind: str, elements: int, of: int) -> dict[str, object]:
+    """A field row's `elements` / `of` / `share`: for a path in a list (`[*]`), in how many
+    elements of its outermost list it differed, out of how many. Null for a path without a list
+    (a difference there is one whole comparison: `count` says it all), except the `other` row's
+    `elements`, the number of differences past `max_fields`. `of` is null too where the list's
+    length was never counted (rows migrated from a version-0 file: `shadow.store_schema`)."""
+    if _in_list(path):
+        return {"elements": elements, "of": of or None, "share": elements / of if of else None}
+    if path == OTHER and kind == OTHER:
+        return {"elements": elements, "of": None, "share": None}
+    return {"elements": None, "of": None, "share": None}
+
+
+def _in_list(path: str) -> bool:
+    """A canonical JSON path with a `[*]` segment (not a key that merely contains `[*]`)."""
+    if not path.startswith("$") or "[*]" not in path:
+        return False
+    try:
+        return -1 in parse_canonical(path)
+    except PathSyntaxError:
+        return False
 
 
 class _BelowReserve(Exception):
@@ -552,8 +576,7 @@ class DiffStore:
                 noisy = True
             row: dict[str, object] = {
                 "path": p, "kind": k, "count": n, "rate": rate, "likely_noise": noisy,
-                "elements": elements, "of": of,
-                "share": (elements / of) if of else None,
+                **_per_element(p, k, elements, of),
                 "ignored": bool(ignored is not None and p != OTHER and ignored(p)),
                 "sample_ids": refs.get((p, k), {"first": [], "latest": []}),
             }

@@ -70,12 +70,13 @@ def test_counts_and_summary_exact_before_and_after_flush(make_store) -> None:
     assert s["window"]["all"] and s["window"]["first"] <= s["window"]["last"]
     # Counters are exact; samples are the first three per field and one "latest" per field
     # per LATEST_EVERY second: 6 rows for 30 mismatches (each mismatch is 1 or 2 fields).
-    plain = {"elements": None, "of": 0, "share": None, "ignored": False}
+    # no list on these paths: elements / of / share are null (docs/contract.md, diffs)
+    plain = {"elements": None, "of": None, "share": None, "ignored": False}
     assert s["fields"] == [
         {"path": "$.ts", "kind": "value", "count": 30, "rate": 0.75, "likely_noise": False,
-         **plain, "elements": 30, "sample_ids": {"first": [1, 2, 3], "latest": [4]}},
+         **plain, "sample_ids": {"first": [1, 2, 3], "latest": [4]}},
         {"path": "$.amount", "kind": "value", "count": 10, "rate": 0.25, "likely_noise": False,
-         **plain, "elements": 10, "sample_ids": {"first": [1, 4, 5], "latest": [6]}},
+         **plain, "sample_ids": {"first": [1, 4, 5], "latest": [6]}},
     ]
     assert [x["id"] for x in s["samples"]] == [6, 5, 4, 3, 2, 1]
     sample = s["samples"][1]

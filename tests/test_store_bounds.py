@@ -48,9 +48,11 @@ def test_field_rows_are_bounded_per_window_and_the_rest_counted_as_other(tmp_pat
         s = store.summary("m", limit=1000, step=step, rules=rules)
         rows = {f["path"]: f for f in s["fields"]}
         assert len(rows) == 51 and s["fields_total"] == 51  # 50 paths and `other`
-        itemised = sum(f["elements"] for p, f in rows.items() if p != OTHER)
+        itemised = sum(f["count"] for p, f in rows.items() if p != OTHER)
         assert itemised == 50
+        assert all(f["elements"] is None for p, f in rows.items() if p != OTHER)  # no list
         assert rows[OTHER]["elements"] == total + 20 * 5 - 50  # every difference counted
+        assert (rows[OTHER]["of"], rows[OTHER]["share"]) == (None, None)
         assert rows[OTHER]["count"] == 20 and s["fields"][-1]["path"] == OTHER
         assert s["compared"] == s["mismatched"] == 20
     with sqlite3.connect(store.path) as db:

@@ -85,6 +85,7 @@ def test_a_file_from_before_versioning_is_migrated_in_place(tmp_path: Path) -> N
         # per-index rows collapse into one canonical row: at least 6 comparisons, 11 elements
         owner = rows[("$[*].owner", "missing")]
         assert (owner["count"], owner["elements"]) == (6, 11)
+        assert (owner["of"], owner["share"]) == (None, None)  # the list's length: never counted
         assert owner["sample_ids"] == {"first": [1], "latest": []}
         assert rows[("$.total", "value")]["count"] == 3
         assert [x["id"] for x in s["samples"]] == [1]

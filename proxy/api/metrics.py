@@ -30,14 +30,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 
 from proxy.control.aggregate import Aggregator
+from shadow.comparer import SKIP_REASONS as COMPARER_SKIP_REASONS
 from shadow.stats import DIFFERENCE, LATENCY, PAIRED, Grid
 
 BACKENDS = ("legacy", "target")
 CODES = (200, 500, 502, 503, 504)
 RESULTS = ("match", "mismatch", "error")
+# the data plane's reasons (proxy.dataplane.mirror), then the comparer's (shadow.comparer)
 SKIP_REASONS = ("queue_full", "body_too_large", "unsafe_method", "sampled_out", "rate_limited",
-                "budget", "comparer_busy")
-ERROR_KINDS = ("connect", "timeout", "reset", "tls")
+                "budget", "comparer_busy", *COMPARER_SKIP_REASONS)
+ERROR_KINDS = ("connect", "timeout", "reset", "tls", "busy")  # proxy.dataplane.upstream_errors
 SIDES = ("legacy", "target")  # the mirrored side that did not answer
 FALLBACK_REASONS = ("connect", "timeout", "reset", "tls", "busy", "5xx")
 DIRECTIONS = ("target_slower", "target_faster")  # paired differences: d > 0, d <= 0

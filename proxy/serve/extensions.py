@@ -21,7 +21,6 @@ log = structlog.get_logger("strangler.serve")
 async def before_planes(server: Any) -> None:
     """Runs before data planes start (in the control process)."""
     config = server.runtime.config
-    from shadow.sqldb import locator
     from shadow.store_check import quarantine_if_corrupt
 
     # Before anything (mirror, workers, comparer) opens the store: a corrupt file is moved aside.
