@@ -103,7 +103,7 @@ def decide(evidence: Evidence, policy: PromotionSpec, acting: bool = False) -> D
     ev = evidence
     w = ev.weight
     numbers = ev.to_dict(policy)
-    head = [_since(ev)] if ev.since is not None else []
+    head = [evidence_since(ev)] if ev.since is not None else []
 
     def out(kind: DecisionKind, to: float, reasons: list[str],
             pending: tuple[dict[str, Any], ...] = ()) -> Decision:
@@ -411,7 +411,7 @@ def _held_too_long(ev: Evidence, p: PromotionSpec) -> str | None:
 # --- wording --------------------------------------------------------------------------------
 
 
-def _since(ev: Evidence) -> str:
+def evidence_since(ev: Evidence) -> str:
     assert ev.since is not None
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ev.since))
     reason = f": {ev.since_reason}" if ev.since_reason else ""

@@ -64,6 +64,19 @@ class FourEyes:
         log.info("approval requested", route=name, to=weight, actor=actor, id=request.id)
         return request
 
+    def _awaited_request(self, name: str, decision: Decision,
+                         now: float) -> ApprovalRequest | None:
+        """The pending request `decision`'s promotion waits for: the route's unexpired
+        promotion request to the weight the gate says promote to (the one `promote` would keep
+        rather than ask again). A read: an expired request is left for a change to drop."""
+        if decision.decision != "promote" or not self._needs_approval(name, decision.to_weight):
+            return None
+        request = self.approvals.pending(name)
+        if (request is None or request.kind != "promote"
+                or request.to_weight != decision.to_weight or now > request.expires_at):
+            return None
+        return request
+
     def _live_request(self, name: str, now: float) -> ApprovalRequest | None:
         """The route's pending request; an expired one is dropped (and audited)."""
         request = self.approvals.pending(name)

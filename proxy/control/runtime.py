@@ -40,7 +40,7 @@ from proxy.control.stores import open_trail
 from proxy.control.trail import ApprovalStore, AuditTrail
 from proxy.dataplane.split import bp_to_weight, weight_to_bp
 from shadow.evidence import CheckResult, Evidence
-from shadow.gate import Decision, decide
+from shadow.gate import Decision, decide, evidence_since
 from shadow.promql import MetricsUnavailable
 
 log = structlog.get_logger("strangler.runtime")
@@ -525,8 +525,9 @@ class Runtime(FourEyes, Groups):
                 self._new_step(n, f"reset-evidence by {actor}: {reason}")
             unconfirmed = await self._push(names)
             weight = self.effective(name)
+            # a group answers as the group (its members' route objects), as resume does
             return self._finish(
-                MutationResult(name, old, views.step_view(rt), extra=self.group_extra(name)),
+                MutationResult(unit, old, views.step_view(rt), extra=self.group_extra(name)),
                 unconfirmed=unconfirmed, action="reset_evidence", actor=actor, reason=reason,
                 route=unit,
                 before=weight, after=weight,
@@ -698,10 +699,12 @@ class Runtime(FourEyes, Groups):
             ev = await self.evidence(name)
             self._metrics_outage(None)
             if self.rolled_back(name):
-                # A frozen route is not promoted whatever the evidence says.
+                # A frozen route is not promoted whatever the evidence says; the first reason
+                # still says since when and why the evidence counts, as in every decision.
                 decision = Decision(name, "hold", 0.0, 0.0, (
+                    *([evidence_since(ev)] if ev.since is not None else []),
                     f"route '{name}' is rolled back; `strangler resume {name}` before "
-                    "promoting it",), ev.to_dict(spec.promotion))
+                    "promoting it"), ev.to_dict(spec.promotion))
             else:
                 decision = decide(ev, spec.promotion, acting=acting)
         except MetricsUnavailable as exc:
@@ -726,6 +729,11 @@ class Runtime(FourEyes, Groups):
                                 {"route": name, "state": "rolled_back"})
         result = await self._evaluate(name, acting=act)
         if not act:
+            # a promotion that waits for a second person shows the request it waits for
+            now = time.time()
+            request = self._awaited_request(name, result.decision, now)
+            if request is not None:
+                result.view["approval"] = approval_view(request, now)
             return result
         decision, view = result.decision, result.view
         self._count("gate_decisions", name, decision.decision)

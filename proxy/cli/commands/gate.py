@@ -22,10 +22,17 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("route", metavar="ROUTE")
 
 
+def decision_exit(data: dict) -> int:
+    """`gate`'s exit code: the decision's alone. A read asks nobody for an approval, so a
+    promotion that waits for one (its `approval` shown) is still a promote: 0."""
+    return DECISION_EXIT.get(str(data.get("decision")), FAILED)
+
+
 def exit_code(data: dict) -> int:
+    """`promote`'s exit code: the decision's, or 6 when it asked for an approval."""
     if data.get("approval") and not data.get("acted"):
         return AWAITING_APPROVAL  # the gate said promote; a second person must approve it
-    return DECISION_EXIT.get(str(data.get("decision")), FAILED)
+    return decision_exit(data)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
             print_json(data)
         else:
             print(output.decision(data))
-        return exit_code(data)
+        return decision_exit(data)
 
     return run_with_client(args, body)

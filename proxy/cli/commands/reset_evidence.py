@@ -25,8 +25,17 @@ def run(args: argparse.Namespace) -> int:
     def body(client: AdminClient) -> int:
         data = client.call("POST", route_path(args.route, "reset-evidence"),
                            {"reason": args.reason})
-        print_answer(data, args.json, lambda d: output.mutation(
-            d, f"evidence reset: step {(d.get('step') or {}).get('id')} begins now"))
+        print_answer(data, args.json, lambda d: output.mutation(d, _verb(d)))
         return OK
 
     return run_with_client(args, body)
+
+
+def _verb(d: dict) -> str:
+    """The new step: the route's, or every member's for a group (each route has its own)."""
+    members = d.get("members")
+    if members:
+        steps = ", ".join(f"{m.get('name')} step {(m.get('step') or {}).get('id')}"
+                          for m in members)
+        return f"evidence reset: new steps begin now ({steps})"
+    return f"evidence reset: step {(d.get('step') or {}).get('id')} begins now"
