@@ -115,6 +115,30 @@ def test_cardinality_is_bounded_and_nothing_is_lost() -> None:
     assert other > 90_000
 
 
+def test_declared_endpoints_take_none_of_the_inferred_places() -> None:
+    """Contract: `max_templates` inferred endpoints by name, declared ones always. Declared
+    endpoints seen first used up the places: with 5 of them and max_templates 10, only 5
+    inferred endpoints got a name (found by a contract audit)."""
+    declared = tuple(DeclaredTemplate("GET", f"/d{i}/{{x}}", "t") for i in range(5))
+    c = EndpointCounter(InventorySpec(max_templates=10, declared=declared))
+    for i in range(5):
+        c.count(b"GET", b"/d%d/a" % i, "_default", "legacy", 200, 0.001)
+    c.take(now=0.0)
+    for i in range(12):
+        c.count(b"GET", b"/scan%d/a" % i, "_default", "legacy", 404, 0.001)
+    rows = {r[1]: r[4] for r in c.take(now=1.0)}
+    assert sorted(t for t in rows if t.startswith("/scan")) == sorted(
+        f"/scan{i}/a" for i in range(10))
+    assert rows["other"] == 2
+    c.take(now=c.aged_at + 3601)  # an hour on: the one-offs give their places back
+    for i in range(5):  # declared ones still named, and still no place taken
+        c.count(b"GET", b"/d%d/b" % i, "_default", "legacy", 200, 0.001)
+    for i in range(10):
+        c.count(b"GET", b"/new%d/a" % i, "_default", "legacy", 200, 0.001)
+    rows = {r[1]: r[4] for r in c.take(now=c.aged_at + 1)}
+    assert "other" not in rows and len([t for t in rows if t.startswith("/new")]) == 10
+
+
 def test_one_off_templates_give_their_place_back_every_hour() -> None:
     c = EndpointCounter(InventorySpec(max_templates=10))
     for i in range(10):

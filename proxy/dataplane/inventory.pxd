@@ -17,6 +17,7 @@ cdef class EndpointCounter:
     cdef public dict cache
     cdef public frozenset declared
     cdef public dict hits
+    cdef public Py_ssize_t inferred
     cdef public object match
     cdef public object max_templates
     cdef public dict names

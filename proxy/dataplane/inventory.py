@@ -153,8 +153,8 @@ class EndpointCounter:
     """One data plane's inventory counters (see the module's docstring). Paths, templates and
     methods stay bytes until a row leaves (`take`): only named endpoints are ever decoded."""
 
-    __slots__ = ("admitted", "aged_at", "cache", "declared", "hits", "match", "max_templates",
-                 "names", "taken_rows")
+    __slots__ = ("admitted", "aged_at", "cache", "declared", "hits", "inferred", "match",
+                 "max_templates", "names", "taken_rows")
 
     def __init__(self, spec: InventorySpec | None = None, clock=time.monotonic) -> None:
         # (method, path (or a long path's template), route, backend, status * 128 + latency
@@ -163,6 +163,7 @@ class EndpointCounter:
         self.cache: dict[bytes, bytes] = {}  # path -> template
         # (method, template) -> requests since the last ageing; declared ones are never aged
         self.admitted: dict[tuple[bytes, bytes], int] = {}
+        self.inferred = 0  # how many of `admitted` are not declared: max_templates bounds these
         self.names: dict[tuple[bytes, bytes], tuple[str, str]] = {}  # decoded, admitted only
         self.aged_at = clock()
         self.taken_rows = 0
@@ -176,6 +177,7 @@ class EndpointCounter:
         self.max_templates = spec.max_templates
         self.cache.clear()
         self.admitted = {k: n for k, n in self.admitted.items() if k[1] not in self.declared}
+        self.inferred = len(self.admitted)
         self.names.clear()
 
     # -- the request path ----------------------------------------------------------------------
@@ -223,7 +225,9 @@ class EndpointCounter:
         hits, self.hits = self.hits, {}
         out: dict[tuple, list] = {}
         cache, admitted, declared = self.cache, self.admitted, self.declared
-        full = len(admitted) >= self.max_templates
+        # declared endpoints are always named and take none of max_templates' places
+        inferred = self.inferred
+        full = inferred >= self.max_templates
         template = self.template
         for (method, path, route, backend, code), (n,) in hits.items():
             t = cache.get(path)
@@ -233,9 +237,12 @@ class EndpointCounter:
             seen = admitted.get(ep)
             if seen is not None:
                 admitted[ep] = seen + n
-            elif t in declared or not (full or t is _OTHER_T):
+            elif t in declared:
                 admitted[ep] = n
-                full = len(admitted) >= self.max_templates
+            elif not (full or t is _OTHER_T):
+                admitted[ep] = n
+                inferred += 1
+                full = inferred >= self.max_templates
             else:
                 ep = _OTHER_EP
             key = (ep, route, backend)
@@ -248,6 +255,7 @@ class EndpointCounter:
             lat = row[2]
             i = code & 127
             lat[i] = lat.get(i, 0) + n
+        self.inferred = inferred
         self._age(now)
         self.taken_rows += len(out)
         return [[*self._name(ep), route, backend, r[0], r[1], sorted(r[2].items())]
@@ -269,4 +277,5 @@ class EndpointCounter:
         self.aged_at = now
         declared = self.declared
         self.admitted = {k: 0 for k, n in self.admitted.items() if n >= 2 or k[1] in declared}
+        self.inferred = sum(1 for k in self.admitted if k[1] not in declared)
         self.names = {k: v for k, v in self.names.items() if k in self.admitted}
