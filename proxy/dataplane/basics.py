@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from proxy.dataplane.headers import FORWARDED_HEADERS, HOP_BY_HOP
 
@@ -43,6 +44,11 @@ _REQ_FRAMING = frozenset({b"connection", b"content-length", b"transfer-encoding"
 REQ_SPECIAL = HOP_BY_HOP | FORWARDED_HEADERS | _REQ_FRAMING | {b"x-request-id"}
 XFP_HTTP = (b"x-forwarded-proto", b"http")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+# A client's X-Request-Id that is kept (else one is generated): safe in a header, a log line
+# and a JSON string as it is
+VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9_.:-]{1,128}").fullmatch
 
 
 class Reject(Exception):

@@ -11,7 +11,6 @@ that at load.
 
 from __future__ import annotations
 
-import re
 from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any
 
@@ -60,7 +59,7 @@ _STATUS_LINES: list[tuple[bytes, bytes] | None] = [None] * 1000
 # A longer reason is not kept: an upstream's 60 KB reasons, one per status code, would hold
 # ~60 MB here for the process's life
 _REASON_CACHED = 64
-_VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9_.:-]{1,128}").fullmatch
+_VALID_REQUEST_ID = basics.VALID_REQUEST_ID
 # Connection tokens that need no extra filtering: hop-by-hop (dropped anyway) or never dropped.
 _CONN_KEEP = HOP_BY_HOP | NEVER_DROPPED_BY_CONNECTION
 _NO_TOKENS: frozenset[bytes] = frozenset()

@@ -357,7 +357,7 @@ class ClientConnection:
         self.queue: deque[Exchange] = deque()
         # A refusal of a request pipelined behind the one in flight, answered in its turn:
         # (status, code, message, request id, route name).
-        self.refusal: tuple[int, str, str, str | None, str] | None = None
+        self.refusal: tuple[int, str, str, str | None, str, tuple] | None = None
         self.closing = False
         self.upgraded = False  # parser stopped at an Upgrade; close after this exchange
         self.tunnel: Any = None
@@ -598,26 +598,33 @@ class ClientConnection:
         cur = self.cur
         refused = self.parsing  # the exchange whose body was being read, if any
         route = refused.route.name if refused is not None and refused.route else DEFAULT_ROUTE
-        if refused is not None and request_id is None:
-            request_id = refused.request_id
+        if refused is not None:
+            if request_id is None:
+                request_id = refused.request_id
+            what = (refused.method, refused.path, refused.user_agent)
+        else:
+            if request_id is None:  # the client's own id, if the head got that far
+                request_id = self._client_request_id()
+            what = self._head_so_far()
         if cur is not None and refused is not cur:
             if refused is not None and refused in self.queue:  # a queued body: never sent
                 self.queue.remove(refused)
                 self.parsing = None
                 refused.abandon()
-            self.refusal = (status, code, message, request_id, route)
+            self.refusal = (status, code, message, request_id, route, what)
             self.header_deadline = 0.0
             t.pause_reading()
             return
         if cur is not None and cur.response_started:
             t.close()
             return
-        self._refuse(status, code, message, request_id, route)
+        self._refuse(status, code, message, request_id, route, what)
         if cur is not None:
             cur.abandon()
 
     def _refuse(self, status: int, code: str, message: str, request_id: str | None,
-                route: str) -> None:
+                route: str, what: tuple = (b"", b"", None)) -> None:
+        """Answer a refusal and close: counted, and logged (backend `proxy`) as any request."""
         t = self.transport
         if t is None or t.is_closing():
             return
@@ -629,7 +636,38 @@ class ClientConnection:
             % (status, REASONS.get(status, b"Error"), len(body), rid.encode(), body)
         )
         t.close()
-        self.plane.recorder.request(route, 0, "proxy", status, 0.0)
+        plane = self.plane
+        plane.recorder.request(route, 0, "proxy", status, 0.0)
+        log = plane.access_log
+        if log is not None and hasattr(log, "request"):
+            method, path, agent = what
+            log.request(rid, route, "proxy", "", method, path, status, 0.0, False,
+                        client=self.peer, user_agent=agent)
+
+    def _client_request_id(self) -> str | None:
+        """The X-Request-Id of the head being read, when it got that far and is well-formed
+        (as `Exchange` takes it): a refusal answers with the client's id."""
+        for name, value in self._headers:
+            if len(name) == 12 and name.lower() == b"x-request-id":
+                return value.decode() if basics.VALID_REQUEST_ID(value) is not None else None
+        return None
+
+    def _head_so_far(self) -> tuple[bytes, bytes, bytes | None]:
+        """(method, path, user agent) of a head refused while being read, as far as it was
+        read: the path without its query, cut at 256 bytes (a 414's target is not logged
+        whole)."""
+        try:
+            method = self.p_method() or b""
+        except Exception:  # httptools: no request line read yet
+            method = b""
+        url = self._url
+        q = url.find(b"?")
+        path = (url if q < 0 else url[:q])[:256]
+        agent = None
+        for name, value in self._headers:
+            if len(name) == 10 and name.lower() == b"user-agent":
+                agent = value
+        return method, path, agent
 
     def check_deadlines(self, now: float) -> None:
         if self.write_paused and self._send_stalled(now):
