@@ -413,10 +413,15 @@ def _held_too_long(ev: Evidence, p: PromotionSpec) -> str | None:
 
 def evidence_since(ev: Evidence) -> str:
     assert ev.since is not None
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ev.since))
-    reason = f": {ev.since_reason}" if ev.since_reason else ""
-    return (f"Evidence since {stamp} ({_duration(ev.window_seconds)} at step {ev.step}"
-            f"{reason}).")
+    return since_sentence(ev.since, ev.window_seconds, ev.step, ev.since_reason)
+
+
+def since_sentence(since: float, seconds: float, step: Any, reason: str | None) -> str:
+    """`Evidence since <time> (<duration> at step <id>: <reason>).`: every decision's first
+    reason (also when no evidence could be read: the step's own record says it)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
+    why = f": {reason}" if reason else ""
+    return f"Evidence since {stamp} ({_duration(seconds)} at step {step}{why})."
 
 
 def _pct(weight: float) -> str:

@@ -173,7 +173,7 @@ async def test_a_mirror_to_an_https_target_whose_certificate_fails_is_kind_tls(
         samples = await wait_for(counted, timeout=15)
         others = {dict(ls)["kind"]: v for (n, ls), v in samples.items()
                   if n == errors and dict(ls)["route"] == "ledger" and dict(ls)["side"] == "target"}
-        assert others == {"connect": 0, "timeout": 0, "reset": 0, "tls": 3}
+        assert others == {"connect": 0, "timeout": 0, "reset": 0, "tls": 3, "busy": 0}
         assert not ledger.seen  # the handshake failed: no request reached it
     finally:
         await ledger.stop()

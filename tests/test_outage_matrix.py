@@ -252,6 +252,7 @@ async def test_prometheus_down_the_gate_holds_and_rollback_still_works(upstreams
         code, body = await gate_cli(p)
         assert code == 4 and body["decision"] == "hold", body
         assert any("metrics unavailable" in r for r in body["reasons"])
+        assert body["reasons"][0].startswith("Evidence since ")  # first, as in every decision
         code, _, err = await run_cli("promote", "balance", env=env)
         assert code == 4, err
         assert await weight(p) == 5.0

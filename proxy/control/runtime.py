@@ -40,7 +40,7 @@ from proxy.control.stores import open_trail
 from proxy.control.trail import ApprovalStore, AuditTrail
 from proxy.dataplane.split import bp_to_weight, weight_to_bp
 from shadow.evidence import CheckResult, Evidence
-from shadow.gate import Decision, decide, evidence_since
+from shadow.gate import Decision, decide, evidence_since, since_sentence
 from shadow.promql import MetricsUnavailable
 
 log = structlog.get_logger("strangler.runtime")
@@ -710,8 +710,11 @@ class Runtime(FourEyes, Groups):
         except MetricsUnavailable as exc:
             # No evidence is not bad evidence: hold, never fail, and say why.
             weight = self.effective(name)
+            rt = self.state.route(name)
+            since = since_sentence(rt.step_started, max(0.0, time.time() - rt.step_started),
+                                   rt.step, rt.step_reason)
             decision = Decision(name, "hold", weight, weight,
-                                (f"metrics unavailable: {exc}",), {"error": str(exc)})
+                                (since, f"metrics unavailable: {exc}"), {"error": str(exc)})
             self._metrics_outage(str(exc))
         self._count("gate_evaluations", name, decision.decision)
         view = decision.to_dict()
