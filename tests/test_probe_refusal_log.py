@@ -30,6 +30,8 @@ CASES = {
     "http_version": (b"GET /api/x HTTP/1.2\r\nHost: shop\r\n\r\n", 505, None, "GET", "/api/x"),
     "too_large": (b"GET /api/x HTTP/1.1\r\nHost: shop\r\nX-Request-Id: c-431\r\nX-Big: "
                   + b"b" * 60_000 + b"\r\n\r\n", 431, "c-431", "GET", "/api/x"),
+    "uri_too_long": (b"GET /api/" + b"u" * 9_000 + b"?secret=s HTTP/1.1\r\nHost: shop\r\n\r\n",
+                     414, None, "GET", "/api/" + "u" * 251),  # the path cut at 256 bytes
     "bad_id_replaced": (b"POST /api/x HTTP/1.1\r\nHost: shop\r\nX-Request-Id: no spaces\r\n"
                         b"Content-Length: 5000\r\n\r\n", 413, None, "POST", "/api/x"),
 }

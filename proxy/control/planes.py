@@ -30,8 +30,9 @@ log = structlog.get_logger("strangler.planes")
 
 ACK_TIMEOUT = 5.0  # seconds a worker has to acknowledge a weight change
 # ... and a reload's new config (it loads and compiles it first). A reload holds the lock every
-# change takes, a rollback's bookkeeping too: this plus ACK_TIMEOUT (the reload's weights push
-# after it) is how long a frozen worker can delay a rollback's answer; well under the CLI's 30 s.
+# change takes, a rollback's bookkeeping too: this is how long a frozen worker can delay a
+# rollback's answer (the reload's weights push after it skips a plane that did not confirm),
+# well under the CLI's 30 s.
 INSTALL_ACK_TIMEOUT = 10.0
 
 

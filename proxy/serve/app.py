@@ -209,11 +209,9 @@ class Server:
         in-process plane, started before the new table is built, which it prepares."""
         if self.shadow is not None or self.plane is None:
             return
-        self.shadow = await extensions.worker_shadow(config, self.recorder, 1,
+        self.shadow = await extensions.attach_shadow(self.plane, config, self.recorder, 1,
                                                      self.opts.log_format, self.opts.log_level)
         if self.shadow is not None:
-            self.plane.shadow = self.shadow
-            self.shadow.tls = self.plane.tls
             for p in self.runtime.planes:
                 if isinstance(p, LocalPlane):
                     p.prepare = self.shadow.prepare
@@ -432,11 +430,8 @@ async def _worker(index: int, opts: ServeOptions, text: str, generation: int, we
     plane = DataPlane(recorder, access)
 
 
-    shadow = await extensions.worker_shadow(config, recorder, opts.workers, opts.log_format,
-                                            opts.log_level)
-    if shadow is not None:
-        plane.shadow = shadow
-        shadow.tls = plane.tls  # one set of TLS contexts and sessions
+    shadow = await extensions.attach_shadow(plane, config, recorder, opts.workers,
+                                            opts.log_format, opts.log_level)
     states: dict = {}
 
     def install(cfg: Config, gen: int, w: dict) -> None:
@@ -449,11 +444,8 @@ async def _worker(index: int, opts: ServeOptions, text: str, generation: int, we
         """A reload that makes the first route shadow: this worker's mirror, before its table."""
         nonlocal shadow
         if shadow is None:
-            shadow = await extensions.worker_shadow(cfg, recorder, opts.workers,
+            shadow = await extensions.attach_shadow(plane, cfg, recorder, opts.workers,
                                                     opts.log_format, opts.log_level)
-            if shadow is not None:
-                plane.shadow = shadow
-                shadow.tls = plane.tls
 
     install(config, generation, weights)
     stop = asyncio.Event()

@@ -193,5 +193,16 @@ async def worker_shadow(config: Config, recorder: Recorder, workers: int = 1,
     return mirror
 
 
+async def attach_shadow(plane: Any, config: Config, recorder: Recorder, workers: int,
+                        log_format: str, log_level: str) -> Any:
+    """`worker_shadow`, attached to `plane` (a DataPlane): at a worker's start, or at the
+    first reload that makes a route shadow. None when no route shadows."""
+    mirror = await worker_shadow(config, recorder, workers, log_format, log_level)
+    if mirror is not None:
+        plane.shadow = mirror
+        mirror.tls = plane.tls  # one set of TLS contexts and sessions
+    return mirror
+
+
 def _shadows(config: Config) -> bool:
     return any(r.shadow.enabled and r.shadow.sample > 0 for r in config.routes)
