@@ -47,7 +47,7 @@ def test_recorder_take_matches_the_flat_tuple_keys() -> None:
         got = delta.latency[key]
         assert got[0] == buckets, key
         assert math.isclose(got[1], total, rel_tol=1e-9), key
-    assert rec.hits == {} and rec.take().empty()
+    assert rec.active == [] and rec.take().empty()
 
 
 def test_recorder_steps_far_apart_are_kept_apart() -> None:
@@ -58,6 +58,27 @@ def test_recorder_steps_far_apart_are_kept_apart() -> None:
     rec.request("r", 1, "target", 200, 0.01)
     assert rec.take().requests == {("r", 1 << 42, "target", 200): 1,
                                    ("r", 0, "target", 200): 1, ("r", 1, "target", 200): 1}
+
+
+def test_a_slot_kept_past_a_take_or_a_step_change_counts_under_its_own_key() -> None:
+    """What Exchange.finish does: a route keeps its backend's slot between batches, the
+    recorder forgets the slots of a batch that counted nothing, and a step change takes a new
+    slot. Nothing is counted twice, nothing under the wrong step; two slots of one key (the
+    route's and a new one from `request`) add up."""
+    rec = Recorder()
+    kept = rec.slot("r", 1, "target")
+    kept.add(200, 0.01)
+    first = rec.take()
+    assert first.requests == {("r", 1, "target", 200): 1}
+    assert rec.take().empty() and rec.slots == {}  # let go after an empty batch
+    kept.add(200, 0.02)  # the route's slot, no longer the recorder's
+    rec.request("r", 1, "target", 200, 0.03)  # a new slot of the same key
+    rec.slot("r", 2, "target").add(503, 0.5)  # the next step
+    delta = rec.take()
+    assert delta.requests == {("r", 1, "target", 200): 2, ("r", 2, "target", 503): 1}
+    buckets, total = delta.latency[("r", 1, "target")]
+    assert sum(buckets.values()) == 2 and math.isclose(total, 0.05)
+    assert rec.take().empty()
 
 
 def test_inventory_take_counts_each_route_backend_and_status() -> None:
@@ -89,3 +110,27 @@ def test_inventory_take_counts_each_route_backend_and_status() -> None:
     assert all(got_methods[m] <= methods[m] for m in got_methods)
     assert sum(got_methods.values()) + other == 2_000
     assert inv.hits == {}
+
+
+def test_inventory_slots_count_each_method_status_and_latency_of_a_path() -> None:
+    """What Exchange.finish does with the inventory: a route keeps its backend's slot past a
+    take; a path's first (method, status) is counted per latency bucket, any other apart; a
+    long path by its template. Each row's counts are exact."""
+    inv = EndpointCounter()
+    kept = inv.slot("accounts", "target")
+    kept.count(b"GET", b"/accounts/1", 200, 1e-5)  # bucket 0
+    kept.count(b"GET", b"/accounts/1", 200, 0.02)
+    kept.count(b"GET", b"/accounts/1", 200, 0.02)
+    kept.count(b"POST", b"/accounts/1", 200, 0.02)  # another method: apart
+    kept.count(b"GET", b"/accounts/1", 503, 2.0)  # another status: apart
+    kept.count(b"GET", b"/x/" + b"7" * 3000, 200, 0.02)  # by its template
+    rows = {(m, t, r, b): (n, e, dict(buckets)) for m, t, r, b, n, e, buckets in inv.take()}
+    assert rows[("GET", "/accounts/{id}", "accounts", "target")][:2] == (4, 1)
+    assert sum(rows[("GET", "/accounts/{id}", "accounts", "target")][2].values()) == 4
+    assert rows[("POST", "/accounts/{id}", "accounts", "target")][:2] == (1, 0)
+    assert rows[("GET", "/x/{id}", "accounts", "target")][:2] == (1, 0)
+    assert inv.take() == [] and inv.slots == {}  # let go after an empty batch
+    kept.count(b"GET", b"/accounts/2", 200, 0.02)  # the route's slot, no longer the counter's
+    inv.count(b"GET", b"/accounts/3", "accounts", "target", 200, 0.02)  # a new one, same key
+    (row,) = inv.take()
+    assert row[:6] == ["GET", "/accounts/{id}", "accounts", "target", 2, 0]

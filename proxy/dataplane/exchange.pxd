@@ -8,6 +8,8 @@ cimport cython
 from proxy.dataplane cimport basics
 from proxy.dataplane.basics cimport _RequestIds
 from proxy.dataplane.server cimport ClientConnection, DataPlane
+from proxy.dataplane.inventory cimport EndpointCounter, InventorySlot
+from proxy.dataplane.recorder cimport Recorder, RecorderSlot
 from proxy.dataplane.table cimport CompiledRoute, RouteState, RouteTable
 from proxy.dataplane.upstream cimport UpstreamConnection, UpstreamPool
 
@@ -30,6 +32,10 @@ cdef bint _json_plain(bytes path)
 @cython.locals(buf="char*", lf="char*", minor=char)
 cdef str _line_version(bytes start)
 cdef bytes _join(list parts)
+@cython.locals(slot=RecorderSlot)
+cdef RecorderSlot _route_slot(CompiledRoute route, Recorder recorder, Py_ssize_t step, str backend)
+@cython.locals(slot=InventorySlot)
+cdef InventorySlot _inventory_slot(CompiledRoute route, EndpointCounter inventory, str backend)
 @cython.locals(out=list, state=LineState)
 cpdef bytes render_lines(log, list buf, str enc)
 @cython.locals(n=Py_ssize_t)

@@ -40,7 +40,9 @@ from proxy.dataplane.headers import (
     header_pairs,
     valid_host,
 )
+from proxy.dataplane.inventory import EndpointCounter, InventorySlot
 from proxy.dataplane.overrides import INVALID, TARGET
+from proxy.dataplane.recorder import Recorder, RecorderSlot
 from proxy.dataplane.resend import IDEMPOTENT_METHODS, Failure, may_resend, repeatable
 from proxy.dataplane.split import BUCKETS
 from proxy.dataplane.table import CompiledRoute, cookie_value
@@ -325,6 +327,41 @@ class ShadowHook:
         raise NotImplementedError
 
 
+def _route_slot(route: CompiledRoute, recorder: Recorder, step, backend: str) -> RecorderSlot:
+    """The recorder's slot for a request of `route` at `step`: the one the route keeps for the
+    backend, or a new one from the recorder when the step changed since (issue 29: no key built
+    and looked up per request). `step` has no annotation: compiled, it is a C integer."""
+    if backend == "target":
+        slot = route.rec_target
+        if slot is None or slot.step != step or slot.recorder is not recorder:
+            slot = route.rec_target = recorder.slot(route.name, step, backend)
+        return slot
+    if backend == "legacy":
+        slot = route.rec_legacy
+        if slot is None or slot.step != step or slot.recorder is not recorder:
+            slot = route.rec_legacy = recorder.slot(route.name, step, backend)
+        return slot
+    return recorder.slot(route.name, step, backend)
+
+
+
+def _inventory_slot(route: CompiledRoute, inventory: EndpointCounter,
+                    backend: str) -> InventorySlot:
+    """The inventory's slot for a request of `route`: the one the route keeps for the backend,
+    or the counter's (issue 29: no key built and looked up per request)."""
+    if backend == "target":
+        slot = route.inv_target
+        if slot is None or slot.counter is not inventory:
+            slot = route.inv_target = inventory.slot(route.name, backend)
+        return slot
+    if backend == "legacy":
+        slot = route.inv_legacy
+        if slot is None or slot.counter is not inventory:
+            slot = route.inv_legacy = inventory.slot(route.name, backend)
+        return slot
+    return inventory.slot(route.name, backend)
+
+
 class Exchange:
     """One request/response on a client connection.
 
@@ -463,7 +500,7 @@ class Exchange:
         plane = conn.plane
         self.conn = conn
         self.plane = plane
-        self.t0 = plane.now()
+        self.t0 = plane.clock()
         self.method = method
         self.head_only = method == b"HEAD"
         version = _line_version(conn.head_start) if _C_LOOP else None
@@ -791,7 +828,7 @@ class Exchange:
     def attach(self, up: Any) -> None:
         self.up = up
         if self.client_done:  # else from on_client_done, once the request is whole upstream
-            self.head_deadline = self.plane.now() + self.pool.timeout
+            self.head_deadline = self.plane.clock() + self.pool.timeout
         head = self.upstream_head()
         if self.shadow_wanted:
             self.head = head  # the mirror sends the same bytes (plus its marker header)
@@ -825,7 +862,7 @@ class Exchange:
 
     def on_client_body(self, chunk: bytes) -> None:
         self.req_body_size += len(chunk)
-        self.last_body_at = self.plane.now()
+        self.last_body_at = self.plane.clock()
         if self.req_body_size > self.plane.limits.max_body:
             raise Reject(413, "body_too_large", "request body exceeds the configured limit")
         replay = self.replay
@@ -900,7 +937,7 @@ class Exchange:
         """The response head (proxy.dataplane.upstream.ResponseSink): the header lines to forward
         as they came, and the others; `length`: its Content-Length, an int, or None."""
         self.head_deadline = 0.0
-        self.t_head = self.plane.now()
+        self.t_head = self.plane.clock()
         if status >= 500 and may_resend(self, "status", status):
             self.discarding = True
             self.status = status
@@ -1225,18 +1262,25 @@ class Exchange:
         plane = self.plane
         route = self.route
         route_name = route.name if route is not None else DEFAULT_ROUTE
-        now = plane.now()
+        now = plane.clock()
         duration = now - self.t0
         pinned = self.override
         if pinned is None:
             seconds = (self._backend_seconds(now) if self.body_done_at or self.client_wait
                        or self.conn.write_paused else duration)
-            plane.recorder.request(route_name, self.step, self.blame or self.backend, self.status,
-                                   seconds)
+            backend = self.blame or self.backend
+            if route is not None:
+                _route_slot(route, plane.recorder, self.step, backend).add(self.status, seconds)
+            else:
+                plane.recorder.request(route_name, self.step, backend, self.status, seconds)
             inventory = plane.inventory  # proxy.dataplane.inventory; None when it is off
             if inventory is not None:
-                inventory.count(self.method, self.path, route_name, self.blame or self.backend,
-                                self.status, seconds)
+                if route is not None:
+                    _inventory_slot(route, inventory, backend).count(self.method, self.path,
+                                                                     self.status, seconds)
+                else:
+                    inventory.count(self.method, self.path, route_name, backend, self.status,
+                                    seconds)
         else:  # QA traffic: counted apart, never gate or guardrail evidence
             plane.recorder.override_request(route_name, self.backend, self.status)
         log = plane.log_exchange

@@ -25,6 +25,13 @@ import time
 from proxy.config.spec import InventorySpec
 from proxy.config.templates import OTHER_TEMPLATE, DeclaredTemplate
 
+try:  # compiled (setup.py): a path's latency counts are a C array (inventory.pxd)
+    import cython
+
+    _COMPILED = cython.compiled
+except ImportError:  # the .py file without Cython installed
+    _COMPILED = False
+
 # Latency buckets: 50 µs * 2**(i/4), i = 0..LAT_TOP (about 100 s): within 9% of a value when
 # read at the bucket's geometric middle.
 LAT_BASE = 50e-6
@@ -44,6 +51,7 @@ _ID = re.compile(
     rb"|[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
     rb"|(?=[^/]*[0-9])[A-Za-z0-9_\-.~=+%]{16,})(?=/|$)")
 _OTHER_T = b"other"  # a template beyond the bounds (not a path: no '/')
+assert LAT_TOP == 88, "inventory.pxd sizes PathCell.lat to LAT_TOP + 1"
 
 
 def infer_template(path: str) -> str:
@@ -149,17 +157,114 @@ class TemplateMatcher:
         return not (self.children or self.patterns or self.params or self.template)
 
 
+class PathCell:
+    """One path's counts in an `InventorySlot` since the last take: the requests of its first
+    method and status per latency bucket (the usual case: a few increments, nothing allocated),
+    any other (method, status * 128 + bucket) in `other`."""
+
+    __slots__ = ("hi", "lat", "lo", "method", "other", "status")
+
+    def __init__(self, method: bytes, status: int) -> None:
+        self.method = method
+        self.status = status
+        self.lo = LAT_TOP + 1  # the buckets counted are within lo..hi
+        self.hi = -1
+        self.other: dict[tuple[bytes, int], int] | None = None
+        if not _COMPILED:  # compiled, a C array zeroed with the object
+            setattr(self, "lat", [0] * (LAT_TOP + 1))  # noqa: B010
+
+    def add(self, method: bytes, status: int, i: int) -> None:
+        if status == self.status and (method is self.method or method == self.method):
+            self.lat[i] += 1
+            if i < self.lo:
+                self.lo = i
+            if i > self.hi:
+                self.hi = i
+            return
+        other = self.other
+        if other is None:
+            other = self.other = {}
+        key = (method, status * 128 + i)
+        other[key] = other.get(key, 0) + 1
+
+    def drain(self, path: bytes, route: str, backend: str, hits: dict) -> None:
+        """Adds the counts to `hits` in EndpointCounter.take's flat form."""
+        method, base = self.method, self.status * 128
+        for i in range(self.lo, self.hi + 1):
+            n = self.lat[i]
+            if n:
+                key = (method, path, route, backend, base + i)
+                c = hits.get(key)
+                if c is None:
+                    hits[key] = [n]
+                else:
+                    c[0] += n
+        if self.other is not None:
+            for (m, code), n in self.other.items():
+                key = (m, path, route, backend, code)
+                c = hits.get(key)
+                if c is None:
+                    hits[key] = [n]
+                else:
+                    c[0] += n
+
+
+class InventorySlot:
+    """The inventory's counts of one (route, backend) since the last take, by path (a long
+    path by its template). `Exchange.finish` keeps its route's slot on the route
+    (`CompiledRoute.inv_legacy`/`inv_target`): a request is one dict lookup by its path (whose
+    hash the route lookup already computed) and a C call, no key tuple built (issue 29)."""
+
+    __slots__ = ("backend", "counter", "paths", "route", "touched")
+
+    def __init__(self, counter: EndpointCounter, route: str, backend: str) -> None:
+        self.counter = counter
+        self.route = route
+        self.backend = backend
+        self.paths: dict[bytes, PathCell] = {}
+        self.touched = False
+
+    def count(self, method: bytes, path: bytes, status: int, seconds: float) -> None:
+        # floor, not int(): the same for this positive value, and a C call when compiled
+        i = math.floor((math.log2(seconds) - _LOG_BASE) * LAT_PER_OCTAVE) + 1 \
+            if seconds > LAT_BASE else 0
+        if i > LAT_TOP:
+            i = LAT_TOP
+        cell = self.paths.get(path)
+        if cell is None:
+            if len(path) > MAX_RAW_PATH:  # a long path is not kept for 200 ms: its template is
+                path = self.counter.template(path)
+                cell = self.paths.get(path)
+            if cell is None:
+                cell = self.paths[path] = PathCell(method, status)
+            if not self.touched:
+                self.touched = True
+                self.counter.active.append(self)
+        cell.add(method, status, i)
+
+    def drain(self, hits: dict) -> None:
+        self.touched = False
+        paths, self.paths = self.paths, {}
+        route, backend = self.route, self.backend
+        for path, cell in paths.items():
+            cell.drain(path, route, backend, hits)
+
+
 class EndpointCounter:
     """One data plane's inventory counters (see the module's docstring). Paths, templates and
     methods stay bytes until a row leaves (`take`): only named endpoints are ever decoded."""
 
-    __slots__ = ("admitted", "aged_at", "cache", "declared", "hits", "inferred", "match",
-                 "max_templates", "names", "taken_rows")
+    __slots__ = ("active", "admitted", "aged_at", "cache", "declared", "hits", "inferred",
+                 "match", "max_templates", "names", "slots", "taken_rows")
 
     def __init__(self, spec: InventorySpec | None = None, clock=time.monotonic) -> None:
         # (method, path (or a long path's template), route, backend, status * 128 + latency
         # bucket) -> [count]
         self.hits: dict[tuple, list[int]] = {}
+        # the request path's counts: a slot per (route, backend), the ones counted in since the
+        # last take in `active`; `take` adds them to `hits`
+        self.slots: dict[tuple[str, str], InventorySlot] = {}
+        self.active: list[InventorySlot] = []
         self.cache: dict[bytes, bytes] = {}  # path -> template
         # (method, template) -> requests since the last ageing; declared ones are never aged
         self.admitted: dict[tuple[bytes, bytes], int] = {}
@@ -183,24 +288,15 @@ class EndpointCounter:
     # -- the request path ----------------------------------------------------------------------
     def count(self, method: bytes, path: bytes, route: str, backend: str, status: int,
               seconds: float) -> None:
-        """One request: a count under (method, raw path, route, backend, status and latency
-        bucket); one dict lookup when the key was seen in this batch."""
-        # floor, not int(): the same for this positive value, and a C call when compiled
-        i = math.floor((math.log2(seconds) - _LOG_BASE) * LAT_PER_OCTAVE) + 1 \
-            if seconds > LAT_BASE else 0
-        key = (method, path, route, backend, status * 128 + (i if i < LAT_TOP else LAT_TOP))
-        c = self.hits.get(key)
-        if c is not None:
-            c[0] += 1
-        elif len(path) <= MAX_RAW_PATH:
-            self.hits[key] = [1]
-        else:  # a long path is not kept for 200 ms: its template is
-            key = (method, self.template(path), route, backend, key[4])
-            c = self.hits.get(key)
-            if c is None:
-                self.hits[key] = [1]
-            else:
-                c[0] += 1
+        """One request, counted in its (route, backend)'s slot."""
+        self.slot(route, backend).count(method, path, status, seconds)
+
+    def slot(self, route: str, backend: str) -> InventorySlot:
+        key = (route, backend)
+        s = self.slots.get(key)
+        if s is None:
+            s = self.slots[key] = InventorySlot(self, route, backend)
+        return s
 
     # -- every ~200 ms -------------------------------------------------------------------------
     def template(self, path: bytes, cached: bool = True) -> bytes:
@@ -223,6 +319,12 @@ class EndpointCounter:
         """The batch as rows `[method, template, route, backend, requests, errors,
         [[latency bucket, count], ...]]`, one per endpoint, route and backend."""
         hits, self.hits = self.hits, {}
+        active, self.active = self.active, []
+        for slot in active:
+            slot.drain(hits)
+        # only the slots counted in this batch stay findable (a route may still hold an older
+        # one: counted again, it puts itself on `active`; two slots of one key add up in hits)
+        self.slots = {(s.route, s.backend): s for s in active}
         out: dict[tuple, list] = {}
         cache, admitted, declared = self.cache, self.admitted, self.declared
         # declared endpoints are always named and take none of max_templates' places

@@ -1,20 +1,41 @@
 # Static types for Cython (issue 29): see exchange.pxd. recorder.py runs as it is without them.
-# `Delta` stays a Python dataclass (the control plane builds and merges it); `Recorder` is a
-# final class whose per-request method is a C call from a typed caller:
-#     from proxy.dataplane.recorder cimport Recorder
+# `Delta` stays a Python dataclass (the control plane builds and merges it); `Recorder` and
+# `RecorderSlot` are final classes whose per-request methods are C calls from a typed caller:
+#     from proxy.dataplane.recorder cimport Recorder, RecorderSlot
 cimport cython
 from proxy.dataplane cimport libm as math
 
 # C constants (when compiled they are not module attributes; no other module reads them)
 cdef double LAT_BASE, _LOG_BASE
-cdef Py_ssize_t LAT_PER_OCTAVE, LAT_OVERFLOW
+cdef Py_ssize_t LAT_PER_OCTAVE, LAT_OVERFLOW, CODES, LAT_SIZE
+
+
+@cython.final
+cdef class RecorderSlot:
+    cdef public str backend
+    cdef long long codes[1000]  # CODES
+    cdef long long lat[326]  # LAT_SIZE: LATENCY.size (recorder.py checks it at import)
+    cdef public dict other_codes
+    cdef public Recorder recorder
+    cdef public str route
+    cdef public Py_ssize_t step
+    cdef public double total
+    cdef public bint touched
+
+    @cython.locals(i=Py_ssize_t)
+    cpdef void add(self, Py_ssize_t code, double seconds)
+    @cython.locals(code=Py_ssize_t, i=Py_ssize_t, c="long long", key=tuple, key3=tuple, h=list,
+                   counts=dict)
+    cpdef void drain(self, dict requests, dict latency)
 
 
 @cython.final
 cdef class Recorder:
+    cdef public list active
     cdef public object delta
-    cdef public dict hits
+    cdef public dict slots
 
-    @cython.locals(i=Py_ssize_t, key=tuple, h=list)
+    @cython.locals(s=RecorderSlot, key=tuple)
+    cpdef RecorderSlot slot(self, str route, Py_ssize_t step, str backend)
     cpdef void request(self, str route, Py_ssize_t step, str backend, Py_ssize_t code,
                        double seconds)

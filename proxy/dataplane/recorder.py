@@ -1,10 +1,12 @@
 # cython: annotation_typing=False
 """Per-process request statistics, recorded on the hot path and shipped as deltas.
 
-The data plane only increments plain dict counters here (no locks, no label lookups); every
-~200 ms the delta is taken and merged into the control plane's `Aggregator` (in-process, or over
-the worker channel with `--workers N`). Keys carry the route's *step id*, so the gate judges each
-step on the requests recorded under it.
+The data plane only increments counters here (no locks, no label lookups): a request is counted
+in its (route, step, backend)'s `RecorderSlot`, arrays of counts by status code and latency
+bucket (~10 KB each; the slots counted in during the last batch, and the one each route keeps
+per backend, stay alive). Every ~200 ms the delta is taken and merged into the control plane's
+`Aggregator` (in-process, or over the worker channel with `--workers N`). Keys carry the route's
+*step id*, so the gate judges each step on the requests recorded under it.
 
 Latencies are counted in the buckets of `shadow.stats.LATENCY` (16 per octave, 50 µs to 62 s)
 with their exact sum; paired latency differences (target minus legacy on one mirrored request)
@@ -114,18 +116,42 @@ def _bump(counts: dict, key: tuple) -> None:
     counts[key] = counts.get(key, 0) + 1
 
 
-class Recorder:
-    """Hot-path counters. `request` is one dict update per request: a count and a sum of
-    seconds per (route, step, backend, status, latency bucket), expanded into a `Delta` by
-    `take` (every ~200 ms)."""
+try:  # compiled (setup.py): a slot's counts are C arrays (recorder.pxd)
+    import cython
 
-    __slots__ = ("delta", "hits")
+    _COMPILED = cython.compiled
+except ImportError:  # the .py file without Cython installed
+    _COMPILED = False
 
-    def __init__(self) -> None:
-        self.delta = Delta()
-        self.hits: dict[tuple[str, int, str, int, int], list] = {}
+CODES = 1000  # status codes 0..999 are counted in a slot's array; any other in its dict
+LAT_SIZE = LATENCY.size
+assert LAT_SIZE == 326, "recorder.pxd sizes RecorderSlot.lat to LATENCY.size"
 
-    def request(self, route: str, step: int, backend: str, code: int, seconds: float) -> None:
+
+class RecorderSlot:
+    """The counts of one (route, step, backend) since the last `take`: requests per status
+    code, latencies per LATENCY bucket and their sum. Counting a request is a few increments,
+    no key built, nothing allocated (issue 29: the recorder's 5-tuple key and its dict lookup
+    were ~1,200 instructions a request). The exchange keeps its route's slot on the route
+    (`CompiledRoute.rec_legacy`/`rec_target`) and asks the recorder only when the step changed.
+    A slot puts itself on the recorder's `active` list at its first count after a take."""
+
+    __slots__ = ("backend", "codes", "lat", "other_codes", "recorder", "route", "step",
+                 "total", "touched")
+
+    def __init__(self, recorder: Recorder, route: str, step: int, backend: str) -> None:
+        self.recorder = recorder
+        self.route = route
+        self.step = step
+        self.backend = backend
+        self.touched = False
+        self.total = 0.0
+        self.other_codes: dict[int, int] = {}
+        if not _COMPILED:  # compiled, they are C arrays, zeroed with the object
+            setattr(self, "lat", [0] * LAT_SIZE)  # noqa: B010 (not an attribute when compiled)
+            setattr(self, "codes", [0] * CODES)  # noqa: B010
+
+    def add(self, code: int, seconds: float) -> None:
         # LATENCY.index, inlined: this runs for every request
         if seconds <= LAT_BASE:
             i = 0
@@ -133,13 +159,64 @@ class Recorder:
             i = math.ceil((math.log2(seconds) - _LOG_BASE) * LAT_PER_OCTAVE - 1e-9)
             if i > LAT_OVERFLOW:
                 i = LAT_OVERFLOW
-        key = (route, step, backend, code, i)
-        h = self.hits.get(key)
-        if h is None:
-            self.hits[key] = [1, seconds]
+        self.lat[i] += 1
+        self.total += seconds
+        if 0 <= code < CODES:
+            self.codes[code] += 1
         else:
-            h[0] += 1
-            h[1] += seconds
+            self.other_codes[code] = self.other_codes.get(code, 0) + 1
+        if not self.touched:
+            self.touched = True
+            self.recorder.active.append(self)
+
+    def drain(self, requests: dict, latency: dict) -> None:
+        """Adds the counts to a Delta's `requests` and `latency`, and zeroes them."""
+        self.touched = False
+        route, step, backend = self.route, self.step, self.backend
+        for code in range(CODES):
+            c = self.codes[code]
+            if c:
+                self.codes[code] = 0
+                key = (route, step, backend, code)
+                requests[key] = requests.get(key, 0) + c
+        for code, c in self.other_codes.items():
+            key = (route, step, backend, code)
+            requests[key] = requests.get(key, 0) + c
+        self.other_codes.clear()
+        key3 = (route, step, backend)
+        h = latency.get(key3)
+        if h is None:
+            h = latency[key3] = [{}, 0.0]
+        counts = h[0]
+        for i in range(LAT_SIZE):
+            c = self.lat[i]
+            if c:
+                self.lat[i] = 0
+                counts[i] = counts.get(i, 0) + c
+        h[1] += self.total
+        self.total = 0.0
+
+
+class Recorder:
+    """Hot-path counters. A request is counted in its (route, step, backend)'s `RecorderSlot`;
+    `take` (every ~200 ms) turns the slots counted since into a `Delta`."""
+
+    __slots__ = ("active", "delta", "slots")
+
+    def __init__(self) -> None:
+        self.delta = Delta()
+        self.slots: dict[tuple[str, int, str], RecorderSlot] = {}
+        self.active: list[RecorderSlot] = []  # slots counted in since the last take
+
+    def slot(self, route: str, step: int, backend: str) -> RecorderSlot:
+        key = (route, step, backend)
+        s = self.slots.get(key)
+        if s is None:
+            s = self.slots[key] = RecorderSlot(self, route, step, backend)
+        return s
+
+    def request(self, route: str, step: int, backend: str, code: int, seconds: float) -> None:
+        self.slot(route, step, backend).add(code, seconds)
 
     def upstream_error(self, upstream: str, kind: str) -> None:
         _bump(self.delta.upstream_errors, (upstream, kind))
@@ -186,10 +263,12 @@ class Recorder:
 
     def take(self) -> Delta:
         delta, self.delta = self.delta, Delta()
-        hits, self.hits = self.hits, {}
+        active, self.active = self.active, []
         requests, latency = delta.requests, delta.latency
-        for (route, step, backend, code, i), (n, seconds) in hits.items():
-            key = (route, step, backend, code)
-            requests[key] = requests.get(key, 0) + n
-            _sparse_add(latency, (route, step, backend), i, n, seconds)
+        for s in active:
+            s.drain(requests, latency)
+        # only the slots counted in this batch stay findable: old steps' slots are let go (a
+        # route may still hold one; counted again, it puts itself on `active`, and two slots of
+        # one key add up here)
+        self.slots = {(s.route, s.step, s.backend): s for s in active}
         return delta

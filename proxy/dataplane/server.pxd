@@ -47,7 +47,10 @@ cdef class DataPlane:
     cdef public object xfp
     cdef dict __dict__
 
+    cdef public double tick
+
     cpdef double now(self)
+    cpdef double clock(self)
 
 
 @cython.final

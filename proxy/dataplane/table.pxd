@@ -3,6 +3,8 @@
 # `route.state.weight_bp` or `route.sticky_header` as struct fields and calls `table.match` in C:
 #     from proxy.dataplane.table cimport CompiledRoute, RouteState, RouteTable
 cimport cython
+from proxy.dataplane.inventory cimport InventorySlot
+from proxy.dataplane.recorder cimport RecorderSlot
 
 
 @cython.final
@@ -25,6 +27,10 @@ cdef class CompiledRoute:
     cdef public bytes name_bytes
     cdef public Py_ssize_t order
     cdef public bytes override
+    cdef public InventorySlot inv_legacy
+    cdef public InventorySlot inv_target
+    cdef public RecorderSlot rec_legacy
+    cdef public RecorderSlot rec_target
     cdef public object regex
     cdef public object spec
     cdef public RouteState state

@@ -47,9 +47,10 @@ class CompiledRoute:
     """One route of a table generation, with what the data plane reads per request copied out
     of its spec. (A plain class rather than a dataclass: compiled, it is a C struct.)"""
 
-    __slots__ = ("extra", "fallback", "fallback_on", "hasher", "headers", "legacy", "methods",
-                 "name", "name_bytes", "order", "override", "regex", "spec", "state",
-                 "sticky_cookie", "sticky_header", "target", "websocket")
+    __slots__ = ("extra", "fallback", "fallback_on", "hasher", "headers", "inv_legacy",
+                 "inv_target", "legacy", "methods", "name", "name_bytes", "order", "override",
+                 "rec_legacy", "rec_target", "regex", "spec", "state", "sticky_cookie",
+                 "sticky_header", "target", "websocket")
 
     def __init__(self, order: int, name: str, spec: RouteSpec, state: RouteState,
                  methods: frozenset[bytes] | None, headers: tuple[tuple[bytes, bytes], ...],
@@ -78,6 +79,12 @@ class CompiledRoute:
         self.override = override  # the pin header (lower-case) when `override` is on
         # per-route compiled helpers (comparator, ...)
         self.extra: dict = {} if extra is None else extra
+        # the recorder's slot of each backend at the step last counted, and the inventory's
+        # (Exchange.finish)
+        self.rec_legacy = None
+        self.rec_target = None
+        self.inv_legacy = None
+        self.inv_target = None
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in _FIELDS)

@@ -419,6 +419,8 @@ class UpstreamConnection:
                 self._more = [data]
             else:
                 self._more.append(data)
+        if ex is not None:  # this read's time stamps: one clock read (DataPlane.clock)
+            ex.plane.tick = ex.plane.now()
         try:
             self.p_feed(data)
         except httptools.HttpParserUpgrade as exc:
@@ -456,6 +458,9 @@ class UpstreamConnection:
                 sink.flush_out()
             if self.sink is not None and not self._in_body:
                 self._head_in_progress(len(data))
+        finally:
+            if ex is not None:
+                ex.plane.tick = 0.0
 
     def _bind_parser(self) -> None:
         """A new parser, and its methods each response calls bound once (as the transport's are
