@@ -61,7 +61,7 @@ DEFAULT_OVERRIDE_HEADER = "x-strangler-backend"
 # Headers the proxy frames, re-adds or interprets itself: never a pin or secret header.
 _RESERVED = (HOP_BY_HOP | FORWARDED_HEADERS | {
     b"host", b"content-length", b"transfer-encoding", b"connection", b"x-request-id",
-    b"x-strangler-shadow", b"cookie", b"authorization", b"expect",
+    b"x-strangler-shadow", b"x-strangler-reconcile", b"cookie", b"authorization", b"expect",
 })
 
 

@@ -41,7 +41,10 @@ DEFAULT_ROUTE = "_default"
 _REQ_FRAMING = frozenset({b"connection", b"content-length", b"transfer-encoding", b"host"})
 # Request headers handled one by one in `Exchange._headers`: framing, and those never forwarded as
 # received (some are re-added by the proxy); every other header is forwarded as it came.
-REQ_SPECIAL = HOP_BY_HOP | FORWARDED_HEADERS | _REQ_FRAMING | {b"x-request-id"}
+# strangler's marks of a mirror and of a reconciliation replay: kept from `trusted_proxies`
+# only (a strangler in front), dropped from any other client (SECURITY.md)
+MARKS = frozenset({b"x-strangler-shadow", b"x-strangler-reconcile"})
+REQ_SPECIAL = HOP_BY_HOP | FORWARDED_HEADERS | _REQ_FRAMING | MARKS | {b"x-request-id"}
 XFP_HTTP = (b"x-forwarded-proto", b"http")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 

@@ -18,7 +18,7 @@ cdef _RequestIds new_request_id  # proxy.dataplane.basics' (its type: a C call p
 cdef dict HOST_CACHE  # proxy.dataplane.headers' caches: `.get` is a C dict lookup
 cdef dict TOKEN_CACHE
 cdef list _STATUS_LINES
-cdef frozenset IDEMPOTENT_METHODS, _CONN_KEEP, HOP_BY_HOP, FORWARDED_HEADERS  # typed: C lookups
+cdef frozenset IDEMPOTENT_METHODS, _CONN_KEEP, HOP_BY_HOP, FORWARDED_HEADERS, MARKS  # typed: C lookups
 cdef Py_ssize_t BUCKETS  # proxy.dataplane.split's: a C number
 cdef Py_ssize_t H_CONNECTION, H_CONTENT_LENGTH, H_UPGRADE  # basics' header codes
 cdef int _ZERO, _SLASH, _QMARK, _QUOTE, _HASH  # byte values

@@ -25,6 +25,7 @@ from proxy.dataplane.basics import (
     H_CONNECTION,
     H_CONTENT_LENGTH,
     H_UPGRADE,
+    MARKS,
     REASONS,
     Reject,
     error_body,
@@ -565,6 +566,11 @@ class Exchange:
                 xff = value
             elif lname in HOP_BY_HOP or lname == b"x-request-id":
                 pass
+            elif lname in MARKS:  # X-Strangler-Shadow, -Reconcile
+                if trusted:  # a strangler in front of this one: its mirror, forwarded as one
+                    out.append(header)
+                else:  # a client's own: not forwarded, and the request is mirrored as any other
+                    del hdict[lname]
             elif trusted and lname in FORWARDED_HEADERS:
                 out.append(header)  # x-forwarded-proto, -host, forwarded from a trusted peer
             # else: an override pin or secret header, consumed here and never forwarded
