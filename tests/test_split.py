@@ -196,3 +196,27 @@ async def test_ramp_across_reloads_never_moves_keys_backwards(upstreams, inproc_
     assert legacy25 and all(back[k] == "monolith" for k in legacy25)  # and the reverse
     assert back == at5
     assert sum(v == "svc" for v in at25.values()) > sum(v == "svc" for v in at5.values())
+
+
+async def test_a_sticky_cookie_in_any_of_several_cookie_headers_keeps_its_side(upstreams,
+                                                                              inproc_proxy):
+    """An HTTP/2 front end may pass a browser's cookies on as several Cookie headers (RFC 9113
+    8.2.3); the session cookie in the first of them still decides the side (it was read from
+    the last header only: those users got a random draw per request). Both headers are
+    forwarded as they came."""
+    mono = await upstreams("monolith")
+    svc = await upstreams("svc")
+    proxy = await inproc_proxy(_config(free_port(), free_port(), mono.port, svc.port, 30))
+    keys = [f"user-{i}" for i in range(120)]
+    async with aiohttp.ClientSession() as s:
+        one_header = await _sides(s, proxy.url, keys, "cookie")
+        for split in (lambda k: [("Cookie", f"session={k}"), ("Cookie", "theme=dark")],
+                      lambda k: [("Cookie", "theme=dark"), ("Cookie", f"x=1; session={k}")]):
+            sides = {}
+            for k in keys:
+                async with s.get(proxy.url + "/cart/items", headers=split(k)) as r:
+                    sides[k] = (await r.json())["served_by"]
+            assert sides == one_header
+    cookies = [x.headers["cookie"] for x in mono.seen + svc.seen]
+    assert "x=1; session=user-119" in cookies  # the last header as sent: not merged into one
+    assert not [c for c in cookies if "theme=dark; x=1" in c]

@@ -44,7 +44,8 @@ _REQ_FRAMING = frozenset({b"connection", b"content-length", b"transfer-encoding"
 # strangler's marks of a mirror and of a reconciliation replay: kept from `trusted_proxies`
 # only (a strangler in front), dropped from any other client (SECURITY.md)
 MARKS = frozenset({b"x-strangler-shadow", b"x-strangler-reconcile"})
-REQ_SPECIAL = HOP_BY_HOP | FORWARDED_HEADERS | _REQ_FRAMING | MARKS | {b"x-request-id"}
+# Cookie: forwarded as it came, but repeated Cookie headers are read as one (the sticky key)
+REQ_SPECIAL = HOP_BY_HOP | FORWARDED_HEADERS | _REQ_FRAMING | MARKS | {b"x-request-id", b"cookie"}
 XFP_HTTP = (b"x-forwarded-proto", b"http")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 

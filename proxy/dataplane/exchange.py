@@ -528,7 +528,7 @@ class Exchange:
         conn = self.conn
         trusted = conn.peer_trusted
         special = self.plane.req_special
-        te = cl = host = xff = None
+        te = cl = host = xff = cookie = None
         for header in raw:
             name, value = header
             lname = name.lower()
@@ -538,7 +538,12 @@ class Exchange:
                     continue
                 out.append(header)
                 continue
-            if lname == b"connection":
+            if lname == b"cookie":  # forwarded as it came; repeated ones read as one list
+                if cookie is not None:  # (an HTTP/2 front end's cookie crumbs, RFC 9113 8.2.3)
+                    hdict[lname] = value = cookie + b"; " + value
+                cookie = value
+                out.append(header)
+            elif lname == b"connection":
                 found = TOKEN_CACHE.get(value)  # no call when cached
                 conn_tokens = conn_tokens | (connection_tokens(value) if found is None else found)
             elif lname == b"content-length":
