@@ -38,10 +38,14 @@ def test_a_request_answered_after_a_pause_is_recorded_with_the_pause() -> None:
 
 
 def test_outside_a_read_the_clock_is_read_afresh() -> None:
-    plane, _, _ = _plane_and_request()
+    plane, conn, request = _plane_and_request()
     before = time.monotonic()
     got = plane.clock()
     assert before <= got <= time.monotonic()
+    conn.data_received(request)  # a read: its time must not outlive it
+    time.sleep(0.02)
+    before = time.monotonic()
+    assert before <= plane.clock() <= time.monotonic()
 
 
 def test_a_refused_request_leaves_no_read_time_behind() -> None:

@@ -345,7 +345,6 @@ def _route_slot(route: CompiledRoute, recorder: Recorder, step, backend: str) ->
     return recorder.slot(route.name, step, backend)
 
 
-
 def _inventory_slot(route: CompiledRoute, inventory: EndpointCounter,
                     backend: str) -> InventorySlot:
     """The inventory's slot for a request of `route`: the one the route keeps for the backend,

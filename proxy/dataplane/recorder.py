@@ -30,16 +30,6 @@ _LOG_BASE = math.log2(LAT_BASE)
 Sparse = list
 
 
-def _sparse_add(store: dict, key: tuple, i: int, n: int, total: float) -> None:
-    h = store.get(key)
-    if h is None:
-        store[key] = [{i: n}, total]
-        return
-    counts = h[0]
-    counts[i] = counts.get(i, 0) + n
-    h[1] += total
-
-
 @dataclass(slots=True)
 class Delta:
     # (route, step, backend, code) -> count
