@@ -34,7 +34,13 @@ from proxy.control.unleash import (
 )
 from tests.unleash_server import UnleashServer, feature_path
 
-FOLLOW_TIMEOUT = 4.0  # refresh 1 s + Unleash's revision tick 1 s, with slack for 2 busy cores
+REFRESH = 1.0  # the clients' refresh_interval in these tests
+# A change normally reaches the other replica in one or two seconds: its next poll (every
+# REFRESH) after Unleash's revision tick (every 1 s). FOLLOW_TIMEOUT only says "it arrives": a
+# CI host running three test tiers at once has stalled Unleash or PostgreSQL for over 4 s. How
+# fast it arrives is asserted on the quickest of several changes (one stall cannot fail that).
+FOLLOW_TIMEOUT = 10.0
+TWO_INTERVALS = 2 * REFRESH + 0.5  # two refresh intervals, with slack for the poll itself
 
 Factory = Callable[..., Awaitable[UnleashFlags]]
 
@@ -60,7 +66,7 @@ async def make_flags(unleash_server: UnleashServer, tmp_path: Path) -> AsyncIter
         url: str | None = None,
         env: dict[str, str] | None = None,
     ) -> UnleashFlags:
-        spec = UnleashSpec(url=url or unleash_server.url, refresh_interval=1.0)
+        spec = UnleashSpec(url=url or unleash_server.url, refresh_interval=REFRESH)
         client = UnleashFlags(spec, tmp_path / cache, flags=flags, env=env or unleash_server.env())
         started.append(client)
         await client.start()
@@ -94,15 +100,16 @@ async def test_writes_reach_another_replica_within_two_refresh_intervals(
 
     assert await writer.ensure_flag(flag, 10) is True
     assert writer.snapshot()[flag] == FlagState(enabled=True, rollout=10.0)  # local at once
-    await wait_for(lambda: reader.snapshot()[flag] == FlagState(True, 10.0))
+    took = [await wait_for(lambda: reader.snapshot()[flag] == FlagState(True, 10.0))]
 
     await writer.set_rollout(flag, 25)
     assert writer.snapshot()[flag].weight == 25.0
-    took = await wait_for(lambda: reader.snapshot()[flag].rollout == 25.0)
-    print(f"rollout 10 -> 25 reached the other replica in {took:.2f}s")
+    took.append(await wait_for(lambda: reader.snapshot()[flag].rollout == 25.0))
 
     await writer.set_rollout(flag, 33.33)
-    await wait_for(lambda: reader.snapshot()[flag].rollout == 33.33)
+    took.append(await wait_for(lambda: reader.snapshot()[flag].rollout == 33.33))
+    print("changes reached the other replica in", ", ".join(f"{t:.2f}s" for t in took))
+    assert min(took) <= TWO_INTERVALS
     assert seen[-3:] == [FlagState(True, 10.0), FlagState(True, 25.0), FlagState(True, 33.33)]
     assert reader.degraded is False and reader.connected is True
 
