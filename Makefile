@@ -54,7 +54,7 @@ venv: $(STAMP)
 # the last build (an extension older than its .py is not used: proxy/dataplane/__init__.py).
 # Without a C compiler the build warns and the pure-Python data plane runs.
 EXT_SRC := setup.py $(wildcard proxy/dataplane/*.pxd) \
-	$(patsubst %,proxy/dataplane/%.py,basics exchange server upstream recorder inventory table)
+	$(patsubst %,proxy/dataplane/%.py,basics exchange server upstream recorder inventory table pipeline mirror)
 EXT_STAMP := $(VENV)/.ext-stamp
 $(EXT_STAMP): $(STAMP) $(EXT_SRC)
 	$(UV) pip install -q --python $(BIN)/python --no-deps --reinstall-package strangler -e .

@@ -1,12 +1,13 @@
 """Build hook (the project's metadata is in pyproject.toml).
 
 strangler is pure Python. The data plane's request-path modules (proxy.dataplane.exchange,
-server, upstream, and the basics, recorder, inventory and table they call per request:
-MODULES) are also compiled with Cython, with the static types of their .pxd files, when Cython
-and a C compiler are there; their .py files stay the one source and run unchanged without it
-(issue 29; proxy/dataplane/__init__.py chooses at import, STRANGLER_NO_EXTENSIONS=1 forces the
-.py files). A build that cannot compile them warns and installs the pure-Python package: it
-never fails because of them. STRANGLER_NO_EXTENSIONS=1 at build time skips them.
+server, upstream, the basics, recorder, inventory and table they call per request, and the
+shadow mirror's mirror and pipeline: MODULES) are also compiled with Cython, with the static
+types of their .pxd files, when Cython and a C compiler are there; their .py files stay the one
+source and run unchanged without it (issue 29; proxy/dataplane/__init__.py chooses at import,
+STRANGLER_NO_EXTENSIONS=1 forces the .py files). A build that cannot compile them warns and
+installs the pure-Python package: it never fails because of them. STRANGLER_NO_EXTENSIONS=1 at
+build time skips them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from setuptools.command.build_ext import build_ext
 
 MODULES = ("proxy.dataplane.basics", "proxy.dataplane.exchange", "proxy.dataplane.server",
            "proxy.dataplane.upstream", "proxy.dataplane.recorder", "proxy.dataplane.inventory",
-           "proxy.dataplane.table")
+           "proxy.dataplane.table", "proxy.dataplane.pipeline", "proxy.dataplane.mirror")
 
 
 def _warn(why: str) -> None:

@@ -7,8 +7,9 @@ the comparer process), `recorder` (counters), `inventory` (each request's endpoi
 traffic inventory), `access_log`. Depends only on `proxy.config`
 (and `shadow`'s frame codec).
 
-Compiled or pure (issue 29): `exchange`, `server`, `upstream` and the `basics`, `recorder`,
-`inventory` and `table` they call per request (`COMPILED`) are also compiled with Cython
+Compiled or pure (issue 29): `exchange`, `server`, `upstream`, the `basics`, `recorder`,
+`inventory` and `table` they call per request, and the shadow mirror's `mirror` and `pipeline`
+(a mirrored request's second upstream exchange) (`COMPILED`) are also compiled with Cython
 when strangler is installed where Cython and a C compiler are (setup.py; the static types are
 in their .pxd files, the .py files are the one source). This package decides once, before any
 of them is imported, which runs: the compiled modules when all are there (and, in a
@@ -24,7 +25,8 @@ import os
 import sys
 from pathlib import Path
 
-COMPILED = ("basics", "exchange", "server", "upstream", "recorder", "inventory", "table")
+COMPILED = ("basics", "exchange", "server", "upstream", "recorder", "inventory", "table",
+            "pipeline", "mirror")
 _HERE = Path(__file__).resolve().parent
 
 

@@ -552,7 +552,7 @@ class Mirror:
         else:
             self.backlog.append(job)
 
-    def _leg(self, job: _Job, upstream: str, target: bytes, limit: int, same_head: bytes | None,
+    def _leg(self, job: _Job, upstream: str, target: bytes, limit, same_head: bytes | None,
              primary: UpstreamPool) -> _Leg:
         pool, pipe = self._pools_for(upstream)
         if job.method != b"GET" or job.body or not job.compiled.pipeline:
@@ -623,7 +623,7 @@ class Mirror:
             mine = mirrored.seconds - job.primary_seconds
             self.recorder.paired_latency(job.route, job.step,
                                          -mine if job.served_by_target else mine)
-        if len(job.legs) == 1 and self._identical(job, mirrored):
+        if len(job.legs) == 1 and _identical(job, mirrored):
             self.recorder.shadow_result(job.route, job.step, "match")
             self.link.count(job.route, job.step, "match")
             return
@@ -682,16 +682,16 @@ class Mirror:
             self.noise_down.discard(route)
             log.info("noise upstream answering again", route=route, upstream=leg.pool.name)
 
-    @staticmethod
-    def _identical(job: _Job, leg: _Leg) -> bool:
-        """Status, compared headers and body byte for byte the same: a match, whatever the
-        comparison rules (they can only forgive differences)."""
-        if leg.truncated or leg.status != job.primary_status:
-            return False
-        body = leg.chunks[0] if len(leg.chunks) == 1 else b"".join(leg.chunks)
-        if body != job.primary_body:
-            return False
-        names = job.compiled.header_names
-        # Same names in another order only sends the pair to the full comparison.
-        return [(n, v.strip()) for n, v in job.primary_headers if n in names] == [
-            (n, v.strip()) for n, v in leg.headers if n in names]
+
+def _identical(job: _Job, leg: _Leg) -> bool:
+    """Status, compared headers and body byte for byte the same: a match, whatever the
+    comparison rules (they can only forgive differences)."""
+    if leg.truncated or leg.status != job.primary_status:
+        return False
+    body = leg.chunks[0] if len(leg.chunks) == 1 else b"".join(leg.chunks)
+    if body != job.primary_body:
+        return False
+    names = job.compiled.header_names
+    # Same names in another order only sends the pair to the full comparison.
+    return [(n, v.strip()) for n, v in job.primary_headers if n in names] == [
+        (n, v.strip()) for n, v in leg.headers if n in names]
