@@ -5,7 +5,9 @@ per tree (all on CPU 0, only one under load at a time), then runs `wrk -t1 -c64`
 nginx, old and new in turn, `--rounds` times, and prints each figure and the medians. The old
 tree is e.g. `git archive HEAD | tar -x -C /tmp/old`. Used for the hot-path log in README.md;
 `bench.run` is the benchmark of record. `--hold` keeps everything up (pids and URLs printed) for
-py-spy or perf until Ctrl-C.
+py-spy or perf until Ctrl-C. `--shadow` runs `bench.run`'s strangler_shadow instead: the small-body
+route mirrors every request to a second upstream nginx (CPU 1) that answers the same, and each
+figure comes with the proxy's CPU per request (the mirror's cost without nginx's share of CPU 0).
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _start(procs: Procs, work: Path, name: str, tree: Path, up: servers.Upstream,
-           big: bool, env: dict[str, str]) -> tuple[str, int]:
+           big: bool, env: dict[str, str], shadow_url: str | None = None) -> tuple[str, int]:
     port, admin = free_port(), free_port()
     cfg = servers.strangler_config(port=port, admin_port=admin, state_dir=work / f"st-{name}",
-                                   up=up)
+                                   up=up, shadow_url=shadow_url)
     cfg_path = work / f"{name}.yaml"
     import yaml
 
@@ -56,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-nginx", action="store_true")
     p.add_argument("--hold", action="store_true")
     p.add_argument("--env", action="append", default=[], help="NAME=VALUE for the new tree")
+    p.add_argument("--shadow", action="store_true",
+                   help="every request of the small-body route mirrored (bench.run's "
+                   "strangler_shadow)")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
     servers.chmod_for_nginx_workers(work)
@@ -71,9 +76,12 @@ def main(argv: list[str] | None = None) -> int:
             urls["nginx"] = (ng.big_url if args.big else ng.small_url) + path  # type: ignore[operator]
             pids["nginx"] = [ng.proc.pid]  # type: ignore[union-attr]
         env = dict(kv.split("=", 1) for kv in args.env)
+        shadow_url = None
+        if args.shadow:
+            shadow_url = servers.start_upstream(procs, work, "shadow-upstream", "1").small_url
         for name, tree in (("old", args.old), ("new", args.new)):
             urls[name], pid = _start(procs, work, name, tree.resolve(), up, args.big,
-                                     env if name == "new" else {})
+                                     env if name == "new" else {}, shadow_url)
             pids[name] = [pid]
         if args.hold:
             for name in urls:
@@ -81,23 +89,30 @@ def main(argv: list[str] | None = None) -> int:
             while True:
                 time.sleep(3600)
         got: dict[str, list[float]] = {name: [] for name in urls}
+        cost: dict[str, list[float]] = {name: [] for name in urls}  # proxy CPU µs per request
         for r in range(args.rounds):
             order = list(urls) if r % 2 == 0 else list(reversed(urls))
             for name in order:
                 load.wrk(urls[name], 1, "1", {})  # warm-up
                 res = load.wrk(urls[name], args.duration, "1", {name: pids[name]})
                 got[name].append(res["rps"])
+                us = res["cpu"].get(name, 0.0) / 100 * 1e6 / res["rps"] if res["rps"] else 0.0
+                cost[name].append(us)
                 print(f"round {r + 1} {name}: {res['rps']:,.0f} req/s errors {res['errors']} "
-                      f"cpu {res['cpu']}", flush=True)
+                      f"cpu {res['cpu']} ({us:.1f} µs/request)", flush=True)
         for name, xs in got.items():
             print(f"{name}: median {statistics.median(xs):,.0f} "
-                  f"({', '.join(f'{x:,.0f}' for x in xs)})")
+                  f"({', '.join(f'{x:,.0f}' for x in xs)}); CPU µs per request median "
+                  f"{statistics.median(cost[name]):.1f}")
         if "nginx" in got:
             for name in ("old", "new"):
                 ratios = [a / b for a, b in zip(got[name], got["nginx"], strict=True)]
                 print(f"{name} / nginx: median {statistics.median(ratios):.3f}")
         ratios = [a / b for a, b in zip(got["new"], got["old"], strict=True)]
         print(f"new / old: median {statistics.median(ratios):.3f}")
+        if all(cost["old"]):
+            ratios = [a / b for a, b in zip(cost["new"], cost["old"], strict=True)]
+            print(f"new / old CPU per request: median {statistics.median(ratios):.3f}")
     except KeyboardInterrupt:
         pass
     finally:

@@ -135,6 +135,7 @@ def _attributes(source: str, cls: str) -> set[str]:
                                              ("pipeline", "PipelinedConnection"),
                                              ("pipeline", "PipelinePool"),
                                              ("mirror", "TokenBucket"),
+                                             ("mirror", "_Compiled"),
                                              ("mirror", "_Job"),
                                              ("mirror", "_Leg"),
                                              ("mirror", "Mirror")])

@@ -112,3 +112,22 @@ async def test_a_reload_that_turns_shadowing_on_mirrors_in_every_worker(upstream
     diffs = await _diffs(p.admin)
     assert diffs["compared"] == 40 and diffs["mismatched"] == 40
     assert await p.stop() == 0
+
+
+async def test_a_reload_that_moves_the_target_sends_the_mirrors_to_its_new_address(
+        upstreams, inproc_proxy):
+    """The mirror keeps its pools per upstream between requests: a reload that changes the
+    target's url must close them, so that the next mirrors go to the new address."""
+    mono = await upstreams("monolith", handler=answer("EUR"))
+    old = await upstreams("svc-old", handler=answer("USD"))
+    new = await upstreams("svc-new", handler=answer("GBP"))
+    text = routes_yaml(ROUTES, port=free_port(), admin=free_port(), mono=mono.port,
+                       svc=old.port).replace("shadow: false", SHADOW_ON)
+    proxy = await inproc_proxy(text)
+    await _traffic(proxy.url, 10)
+    await wait_for(lambda: old.count(shadow=True) == 10, timeout=15)
+    proxy.path.write_text(text.replace(f"127.0.0.1:{old.port}", f"127.0.0.1:{new.port}"))
+    assert (await _reload(proxy.admin))["generation"] == 2
+    await _traffic(proxy.url, 10)
+    await wait_for(lambda: new.count(shadow=True) == 10, timeout=15)
+    assert old.count(shadow=True) == 10

@@ -108,7 +108,7 @@ cdef class Exchange:
     cdef public bint resendable
     cdef public object resp_body
     cdef public bint resp_chunked
-    cdef public object resp_headers
+    cdef public object resp_lines
     cdef public Py_ssize_t resp_size
     cdef public bint response_started
     cdef public bint retried

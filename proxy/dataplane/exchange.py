@@ -38,7 +38,6 @@ from proxy.dataplane.headers import (
     NEVER_DROPPED_BY_CONNECTION,
     TOKEN_CACHE,
     connection_tokens,
-    header_pairs,
     valid_host,
 )
 from proxy.dataplane.inventory import EndpointCounter, InventorySlot
@@ -403,7 +402,7 @@ class Exchange:
         "resendable",
         "resp_body",
         "resp_chunked",
-        "resp_headers",
+        "resp_lines",
         "resp_size",
         "response_started",
         "retried",
@@ -446,7 +445,8 @@ class Exchange:
         # watched yet)
         self.read_seen = 0
         self.read_mark = 0.0
-        self.resp_headers: list[tuple[bytes, bytes]] | tuple = ()  # a list when shadowed
+        # shadowed: the forwarded header lines as pieces (headers.header_pairs reads them)
+        self.resp_lines: list[bytes] | None = None
         self.status = 0
         self.retried = False  # fallback to legacy used
         self.stale_retried = False  # resent once after a dead pooled connection
@@ -975,8 +975,8 @@ class Exchange:
         for code, _, value in special:
             if code == H_CONTENT_LENGTH:
                 cl = value
-        if self.shadow_wanted:  # (lower-cased name, value) of each header forwarded
-            self.resp_headers = header_pairs(out)
+        if self.shadow_wanted:  # the header lines forwarded: read only if the mirror needs
+            self.resp_lines = out[:]  # them (a byte-identical answer compares two of them)
         # The request's id, the one passed upstream and logged, never the upstream's own
         out.append(b"x-request-id: ")
         out.append(self.rid)

@@ -21,15 +21,31 @@ cdef class TokenBucket:
 
 
 @cython.final
+cdef class _Compiled:
+    cdef public TokenBucket bucket
+    cdef public tuple header_list
+    cdef public frozenset header_names
+    cdef public str legacy
+    cdef public Py_ssize_t max_body
+    cdef public frozenset methods
+    cdef public object noise
+    cdef public bint pipeline
+    cdef public bint reverse
+    cdef public double sample
+    cdef public str target
+    cdef public bint unsafe_allowed
+
+
+@cython.final
 cdef class _Job:
     cdef public bytes body
-    cdef public object compiled
+    cdef public _Compiled compiled
     cdef public object host
     cdef public list legs
     cdef public bytes method
     cdef public Py_ssize_t pending
     cdef public bytes primary_body
-    cdef public object primary_headers
+    cdef public list primary_lines
     cdef public double primary_seconds
     cdef public int primary_status
     cdef public object req_headers
@@ -93,6 +109,7 @@ cdef class Mirror:
     cdef public dict pools
     cdef public dict pipes
     cdef public dict _specs
+    cdef public dict _live
     cdef public object tls
     cdef public set tasks
     cdef public dict _compiled
@@ -101,9 +118,10 @@ cdef class Mirror:
     cdef public object now
     cdef dict __dict__
 
-    @cython.locals(now=double, bucket=TokenBucket, budget=TokenBucket)
+    @cython.locals(now=double, bucket=TokenBucket, budget=TokenBucket, c=_Compiled)
     cpdef bint wants(self, CompiledRoute route, bytes method, bint served_by_target)
-    @cython.locals(job=_Job, served_by_target=bint, legs=list, body=bytes, route=CompiledRoute)
+    @cython.locals(job=_Job, served_by_target=bint, legs=list, body=bytes, route=CompiledRoute,
+                   c=_Compiled)
     cpdef void _offer(self, Exchange ex)
     @cython.locals(pool=UpstreamPool, pipe=PipelinePool, parts=list, leg=_Leg)
     cpdef _Leg _leg(self, _Job job, str upstream, bytes target, Py_ssize_t limit, bytes same_head,
@@ -112,9 +130,20 @@ cdef class Mirror:
     cpdef void _run(self, _Job job)
     cpdef void job_done(self, _Job job)
     cpdef void _next(self)
+    @cython.locals(live=tuple)
+    cpdef tuple _pools_for(self, str name)
     @cython.locals(mirrored=_Leg)
     cpdef void _result(self, _Job job)
 
 
-@cython.locals(body=bytes)
+cdef bint _COMPILED
+
+@cython.locals(body=bytes, c=_Compiled)
 cpdef bint _identical(_Job job, _Leg leg)
+@cython.locals(data=bytes, out=list, n=Py_ssize_t, p="const char*", i=Py_ssize_t,
+               at="const void*", end=Py_ssize_t, colon=Py_ssize_t, name=bytes, k=Py_ssize_t,
+               v=Py_ssize_t, e=Py_ssize_t)
+cpdef list _picked(list lines, tuple names)
+@cython.locals(q="const char*", j=Py_ssize_t, c="unsigned char")
+cdef inline bint _same_lower(const char* p, bytes name, Py_ssize_t k) noexcept
+cdef inline bint _blank(unsigned char c) noexcept

@@ -30,7 +30,7 @@ import contextlib
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -53,6 +53,16 @@ from proxy.dataplane.upstream import (
 )
 from shadow.sqldb import locator as store_locator
 
+try:  # compiled (setup.py): _picked is a C scan
+    import cython
+
+    _COMPILED = cython.compiled
+except ImportError:  # the .py file without Cython installed
+    _COMPILED = False
+if _COMPILED:
+    from cython.cimports.cpython.bytes import PyBytes_AS_STRING, PyBytes_FromStringAndSize
+    from cython.cimports.libc.string import memchr
+
 log = structlog.get_logger("strangler.shadow")
 
 QUEUE_MAX = 1024  # mirrors waiting for one of the CONCURRENCY slots
@@ -71,18 +81,6 @@ _SKIP_REQUEST_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"x-
 _SHADOW_HEADER = b"x-strangler-shadow: 1\r\n"
 _SHADOW_HEADER_END = _SHADOW_HEADER + b"\r\n"
 _NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
-
-
-@dataclass(slots=True)
-class _Compiled:
-    methods: frozenset[bytes]
-    unsafe_allowed: bool
-    sample: float
-    reverse: bool
-    max_body: int
-    header_names: frozenset[bytes]  # the compared headers, for the byte-identical check
-    pipeline: bool  # GET mirrors may go over pipelined connections
-    bucket: TokenBucket | None  # shadow.max_rate; None: no per-route limit
 
 
 def _traced(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -116,11 +114,36 @@ class TokenBucket:
         return True
 
 
+class _Compiled:
+    """A route's shadow settings as the hot path reads them (made at table build)."""
+
+    __slots__ = ("bucket", "header_list", "header_names", "legacy", "max_body", "methods",
+                 "noise", "pipeline", "reverse", "sample", "target", "unsafe_allowed")
+
+    def __init__(self, spec: RouteSpec) -> None:
+        sh = spec.shadow
+        names = {h.lower().encode("latin-1") for h in sh.compare.headers}
+        names.add(b"content-encoding")
+        self.methods = frozenset(m.encode() for m in sh.methods)
+        self.unsafe_allowed = sh.allow_unsafe
+        self.sample = sh.sample if sh.enabled else 0.0
+        self.reverse = sh.reverse
+        self.max_body = sh.max_body
+        self.header_names = frozenset(names)  # the compared headers: the byte-identical check
+        self.header_list = tuple(sorted(names))  # the same, for the primary's header lines
+        self.pipeline = sh.pipeline  # GET mirrors may go over pipelined connections
+        # shadow.max_rate; None: no per-route limit
+        self.bucket = TokenBucket(sh.max_rate) if sh.max_rate is not None else None
+        self.legacy = spec.legacy  # the upstreams a mirror goes to
+        self.target = spec.target
+        self.noise = sh.compare.noise_upstream or None
+
+
 class _Job:
     """One mirrored request: what the client got, and its legs (other side, noise copy)."""
 
     __slots__ = ("body", "compiled", "host", "legs", "method", "pending", "primary_body",
-                 "primary_headers", "primary_seconds", "primary_status", "req_headers",
+                 "primary_lines", "primary_seconds", "primary_status", "req_headers",
                  "request_id", "route", "served_by_target", "step", "target", "trace")
 
     def __init__(self) -> None:
@@ -206,7 +229,7 @@ class _Leg:
         self.started = time.monotonic()
         self.behind = False
         mirror = self.mirror
-        self.deadline = mirror.now() + self.pool.spec.timeout
+        self.deadline = mirror.now() + self.pool.timeout
         mirror.in_flight.add(self)
         job = self.job
         conn.send(self, self.head, job.method == b"HEAD")
@@ -222,6 +245,12 @@ class _Leg:
         # others (upstream.ResponseSink: x-request-id is in both)
         self.headers = header_pairs(lines)
         self.headers += [(n.lower(), v) for code, n, v in special if code != H_REQUEST_ID]
+
+    def on_pipelined_head(self, status: int, headers: list) -> None:
+        """The head of an answer on a pipelined connection, as (lower-cased name, value)."""
+        self.got_bytes = True
+        self.status = status
+        self.headers = headers
 
     def on_upstream_body(self, data: bytes) -> None:
         if self.truncated or self.done:
@@ -341,6 +370,7 @@ class Mirror:
         self.pools: dict[str, UpstreamPool] = {}
         self.pipes: dict[str, PipelinePool] = {}
         self._specs: dict[str, UpstreamSpec] = {}  # as configured, before the CONNECTIONS cap
+        self._live: dict[str, tuple[UpstreamPool, PipelinePool]] = {}  # _pools_for's answers
         # TLS contexts (https upstreams, noise twins): the data plane's, so that mirrors share
         # its credentials, rotation and sessions (proxy.serve.app hands it over)
         self.tls = TlsStore()
@@ -403,20 +433,7 @@ class Mirror:
             key = (spec.name, spec)
             compiled = self._compiled.get(key)
             if compiled is None:
-                sh = spec.shadow
-                compiled = _Compiled(
-                    methods=frozenset(m.encode() for m in sh.methods),
-                    unsafe_allowed=sh.allow_unsafe,
-                    sample=sh.sample if sh.enabled else 0.0,
-                    reverse=sh.reverse,
-                    max_body=sh.max_body,
-                    header_names=frozenset(
-                        {h.lower().encode("latin-1") for h in sh.compare.headers}
-                        | {b"content-encoding"}
-                    ),
-                    pipeline=sh.pipeline,
-                    bucket=TokenBucket(sh.max_rate) if sh.max_rate is not None else None,
-                )
+                compiled = _Compiled(spec)
             fresh[key] = compiled
             route.extra["shadow"] = compiled
         self._compiled = fresh
@@ -434,9 +451,13 @@ class Mirror:
             self._close_pools(name)
 
     def _pools_for(self, name: str) -> tuple[UpstreamPool, PipelinePool]:
-        """The plain and the pipelined pool of an upstream (made on first use; remade when its
-        spec changed). Both hold at most CONNECTIONS connections: mirrors never take more of
-        the upstream than that, whatever its max_connections."""
+        """The plain and the pipelined pool of an upstream (made on first use; `prepare` closes
+        them when its spec changed, and the next mirror makes new ones). Both hold at most
+        CONNECTIONS connections: mirrors never take more of the upstream than that, whatever
+        its max_connections."""
+        live = self._live.get(name)
+        if live is not None:
+            return live
         spec = self.config.upstreams[name]
         old = self._specs.get(name)
         if old is not spec:
@@ -448,9 +469,11 @@ class Mirror:
                 self.pools[name] = UpstreamPool(capped, self.tls)
                 self.pipes[name] = PipelinePool(capped, CONNECTIONS, tls=self.tls)
                 self._specs[name] = spec
-        return self.pools[name], self.pipes[name]
+        live = self._live[name] = (self.pools[name], self.pipes[name])
+        return live
 
     def _close_pools(self, name: str) -> None:
+        self._live.pop(name, None)
         self._specs.pop(name, None)
         pool = self.pools.pop(name, None)
         if pool is not None:
@@ -512,7 +535,6 @@ class Mirror:
         if len(body) > c.max_body:
             self.recorder.shadow_skipped(route.name, "body_too_large")
             return
-        spec = route.spec
         served_by_target = ex.backend == "target"
         job = _Job()
         job.route = route.name
@@ -525,7 +547,7 @@ class Mirror:
         job.req_headers = ex.req_headers
         job.request_id = ex.request_id
         job.primary_status = ex.status
-        job.primary_headers = ex.resp_headers
+        job.primary_lines = ex.resp_lines or []
         # Paired latency: each side from the write of its request upstream to the last byte of
         # its answer (a fallback's primary from the write of the legacy retry).
         job.primary_seconds = time.monotonic() - ex.shadow_sent
@@ -540,9 +562,9 @@ class Mirror:
         primary = ex.pool
         job.host = ex.req_host
         job.trace = trace
-        other = spec.legacy if served_by_target else spec.target
+        other = c.legacy if served_by_target else c.target
         legs = [self._leg(job, other, target, c.max_body, same_head, primary)]
-        noise_name = spec.shadow.compare.noise_upstream
+        noise_name = c.noise
         if noise_name:
             legs.append(self._leg(job, noise_name, target, c.max_body, same_head, primary))
         job.legs = legs
@@ -635,7 +657,7 @@ class Mirror:
                 self._noise_changed(job.route, job.legs[1])
         frame = ("pair", job.route, job.step, job.served_by_target, job.method, job.target,
                  job.req_headers, job.body,
-                 (job.primary_status, job.primary_headers, job.primary_body, False),
+                 (job.primary_status, header_pairs(job.primary_lines), job.primary_body, False),
                  mirrored.raw(), noise)
         if not self.link.submit(frame):
             self.recorder.shadow_skipped(job.route, "comparer_busy")
@@ -691,7 +713,58 @@ def _identical(job: _Job, leg: _Leg) -> bool:
     body = leg.chunks[0] if len(leg.chunks) == 1 else b"".join(leg.chunks)
     if body != job.primary_body:
         return False
-    names = job.compiled.header_names
+    c: _Compiled = job.compiled
+    names = c.header_names
     # Same names in another order only sends the pair to the full comparison.
-    return [(n, v.strip()) for n, v in job.primary_headers if n in names] == [
+    return _picked(job.primary_lines, c.header_list) == [
         (n, v.strip()) for n, v in leg.headers if n in names]
+
+
+def _picked(lines: list, names: tuple) -> list:
+    """(name, value without the blanks around it) of each header line in `lines` whose name,
+    lower-cased, is one of `names` (lower-case), in order. `lines`: pieces whose concatenation
+    is whole header lines, each ending with CRLF (the forwarded head, accepted by llhttp).
+    Compiled, one C scan of the lines: no bytes object made for a line it does not pick."""
+    if not _COMPILED:
+        return [(n, v.strip()) for n, v in header_pairs(lines) if n in names]
+    data = lines[0] if len(lines) == 1 else b"".join(lines)
+    out = []
+    n = len(data)
+    p = PyBytes_AS_STRING(data)
+    i = 0
+    while i < n:
+        at = memchr(p + i, 10, n - i)
+        end = n if at == cython.NULL else cython.cast(cython.p_char, at) - p - 1  # its CR
+        at = memchr(p + i, 58, end - i) if end > i else cython.NULL
+        if at != cython.NULL:
+            colon = cython.cast(cython.p_char, at) - p
+            for name in names:
+                k = len(name)
+                if k == colon - i and _same_lower(p + i, name, k):
+                    v = colon + 1
+                    e = end
+                    while v < e and _blank(p[v]):
+                        v += 1
+                    while e > v and _blank(p[e - 1]):
+                        e -= 1
+                    out.append((name, PyBytes_FromStringAndSize(p + v, e - v)))
+                    break
+        i = end + 2
+    return out
+
+
+def _same_lower(p, name, k):  # C types: mirror.pxd
+    """Compiled only: the `k` bytes at `p`, ASCII letters lower-cased, are `name`."""
+    q = PyBytes_AS_STRING(name)
+    for j in range(k):
+        c = p[j]
+        if 65 <= c <= 90:
+            c += 32
+        if c != q[j]:
+            return False
+    return True
+
+
+def _blank(c):  # C types: mirror.pxd
+    """What bytes.strip() strips: space, tab, LF, VT, FF, CR."""
+    return c == 32 or 9 <= c <= 13

@@ -16,9 +16,7 @@ cdef class PipelinedConnection:
     cdef public double last_done
     cdef public object tls_gen
     cdef public bint fresh
-    cdef public list _lines
-    cdef public list _special
-    cdef public bytes _reason
+    cdef public list _headers
     cdef public bint _close_delimited
     cdef public bint _framed
 

@@ -54,12 +54,13 @@ COOL_OFF = 30.0  # seconds without pipelining after a pipelined connection faile
 
 class PipelinedConnection:
     """One keep-alive connection carrying requests back to back; `waiting` is the legs whose
-    responses are due, oldest first. A leg is a response sink (see proxy.dataplane.upstream).
-    An asyncio protocol by its methods (no base class: compiled, it is a C type)."""
+    responses are due, oldest first. A leg is a response sink (see proxy.dataplane.upstream)
+    whose head comes to `on_pipelined_head` as (lower-cased name, value) pairs: what the
+    comparison takes, built as llhttp reads each header. An asyncio protocol by its methods
+    (no base class: compiled, it is a C type)."""
 
-    __slots__ = ("_close_delimited", "_framed", "_lines", "_reason", "_special", "closed",
-                 "fresh", "last_done", "parser", "pool", "tls_gen", "transport", "unsent",
-                 "waiting")
+    __slots__ = ("_close_delimited", "_framed", "_headers", "closed", "fresh", "last_done",
+                 "parser", "pool", "tls_gen", "transport", "unsent", "waiting")
 
     def __init__(self, pool: PipelinePool) -> None:
         self.pool = pool
@@ -71,9 +72,8 @@ class PipelinedConnection:
         self.last_done = 0.0
         self.tls_gen = 0  # TLS: the credentials' generation it was made with
         self.fresh = False  # TLS: its session not yet offered to the next connections
-        self._lines: list[bytes] = []  # the head being read (upstream.ResponseSink)
-        self._special: list[tuple[int, bytes, bytes]] = []
-        self._reason = b""
+        # the head being read: (lower-cased name, value) of each header, as llhttp gives them
+        self._headers: list[tuple[bytes, bytes]] = []
         self._close_delimited = False
         self._framed = False  # the current response has Content-Length or Transfer-Encoding
 
@@ -128,31 +128,24 @@ class PipelinedConnection:
             leg.on_upstream_lost(error)
 
     # -- httptools callbacks ----------------------------------------------------------------
-    def on_status(self, status: bytes) -> None:
-        self._reason += status
-
+    # No on_status: a mirror's answer is compared without its reason phrase.
     def on_header(self, name: bytes, value: bytes) -> None:
         code = header_code(name)
-        if code == 0:  # the head's two parts (upstream.ResponseSink)
-            self._lines += (name, b": ", value, b"\r\n")
-            return
         if code == H_CONTENT_LENGTH or code == H_TRANSFER_ENCODING:
             self._framed = True
-        self._special.append((code, name, value))
+        self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        lines, special, reason = self._lines, self._special, self._reason
-        self._lines = []
-        self._special = []
-        self._reason = b""
+        headers = self._headers
+        self._headers = []
         if 100 <= status < 200:
             if status == 101:
                 raise UpstreamBadResponse("101 Switching Protocols to a mirror")
             return
         self._close_delimited = not self._framed and status not in (204, 304)
         self._framed = False
-        self.waiting[0].on_upstream_head(status, reason, lines, special, False, None, None)
+        self.waiting[0].on_pipelined_head(status, headers)
 
     def on_body(self, body: bytes) -> None:
         self.waiting[0].on_upstream_body(body)
