@@ -19,6 +19,10 @@ cdef class PipelinedConnection:
     cdef public list _headers
     cdef public bint _close_delimited
     cdef public bint _framed
+    cdef public Py_ssize_t _head_lines
+    cdef public Py_ssize_t _head_span
+    cdef public bint _in_head
+    cdef public Py_ssize_t _heads_read
 
     @cython.locals(heads=list)
     cpdef void send(self, list legs, double now)
@@ -31,6 +35,7 @@ cdef class PipelinePool:
     cdef public object name
     cdef public Py_ssize_t max_connections
     cdef public Py_ssize_t max_depth
+    cdef public Py_ssize_t max_head
     cdef public list conns
     cdef public list queue
     cdef public bint scheduled

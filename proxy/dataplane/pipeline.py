@@ -59,8 +59,9 @@ class PipelinedConnection:
     comparison takes, built as llhttp reads each header. An asyncio protocol by its methods
     (no base class: compiled, it is a C type)."""
 
-    __slots__ = ("_close_delimited", "_framed", "_headers", "closed", "fresh", "last_done",
-                 "parser", "pool", "tls_gen", "transport", "unsent", "waiting")
+    __slots__ = ("_close_delimited", "_framed", "_head_lines", "_head_span", "_headers",
+                 "_heads_read", "_in_head", "closed", "fresh", "last_done", "parser", "pool",
+                 "tls_gen", "transport", "unsent", "waiting")
 
     def __init__(self, pool: PipelinePool) -> None:
         self.pool = pool
@@ -76,6 +77,15 @@ class PipelinedConnection:
         self._headers: list[tuple[bytes, bytes]] = []
         self._close_delimited = False
         self._framed = False  # the current response has Content-Length or Transfer-Encoding
+        # The upstream's `max_header_bytes` holds here as for the primary (a hostile target
+        # could otherwise grow a head until the mirror's timeout). Counted two ways, each at
+        # most the head's size: its complete header lines, and the reads that fell wholly
+        # inside it (httptools keeps an unfinished line whole). `_in_head`: the next bytes
+        # are a head; `_heads_read`: heads completed so far, to tell a read that a head spans.
+        self._head_lines = 0
+        self._head_span = 0
+        self._in_head = True
+        self._heads_read = 0
 
     def send(self, legs: list[Any], now: float) -> None:
         heads = []
@@ -100,10 +110,25 @@ class PipelinedConnection:
         if not self.waiting:  # bytes nobody asked for: the upstream is confused
             self.abort()
             return
+        inside = self._in_head
+        heads = self._heads_read
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self.fail(cause if isinstance(cause, UpstreamError)
+                      else UpstreamBadResponse(f"invalid response: {exc}"))
+            return
         except httptools.HttpParserError as exc:
             self.fail(UpstreamBadResponse(f"invalid response: {exc}"))
+            return
+        if inside and self._in_head and heads == self._heads_read:  # all of it in one head
+            self._head_span += len(data)
+            if self._head_span > self.pool.max_head:
+                self.fail(self._too_large())
+
+    def _too_large(self) -> UpstreamBadResponse:
+        return UpstreamBadResponse(f"response head larger than {self.pool.max_head} bytes")
 
     def eof_received(self) -> bool | None:
         return None
@@ -130,6 +155,9 @@ class PipelinedConnection:
     # -- httptools callbacks ----------------------------------------------------------------
     # No on_status: a mirror's answer is compared without its reason phrase.
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_lines += len(name) + len(value) + 4
+        if self._head_lines > self.pool.max_head:
+            raise self._too_large()
         code = header_code(name)
         if code == H_CONTENT_LENGTH or code == H_TRANSFER_ENCODING:
             self._framed = True
@@ -139,12 +167,16 @@ class PipelinedConnection:
         status = self.parser.get_status_code()
         headers = self._headers
         self._headers = []
+        self._heads_read += 1
         if 100 <= status < 200:
             if status == 101:
                 raise UpstreamBadResponse("101 Switching Protocols to a mirror")
             return
         self._close_delimited = not self._framed and status not in (204, 304)
         self._framed = False
+        self._in_head = False  # an interim head counts towards the final one's cap, as upstream
+        self._head_lines = 0
+        self._head_span = 0
         self.waiting[0].on_pipelined_head(status, headers)
 
     def on_body(self, body: bytes) -> None:
@@ -153,6 +185,7 @@ class PipelinedConnection:
     def on_message_complete(self) -> None:
         if 100 <= self.parser.get_status_code() < 200:
             return
+        self._in_head = True
         leg = self.waiting.popleft()
         if self.fresh:
             self.fresh = False
@@ -182,14 +215,15 @@ class PipelinePool:
     """Connections to one upstream for pipelined mirrors (at most `max_connections`)."""
 
     __slots__ = ("_call_soon", "closed", "conns", "dial", "max_connections", "max_depth",
-                 "name", "no_pipelining_until", "now", "queue", "scheduled", "service", "spec",
-                 "tasks")
+                 "max_head", "name", "no_pipelining_until", "now", "queue", "scheduled",
+                 "service", "spec", "tasks")
 
     def __init__(self, spec: UpstreamSpec, max_connections: int, depth: int = DEPTH,
                  tls: TlsStore | None = None) -> None:
         self.spec = spec
         self.dial = TlsDial(spec, tls or TlsStore()) if spec.tls is not None else None
         self.name = spec.name
+        self.max_head = spec.max_header_bytes
         self.max_connections = min(max_connections, spec.max_connections)
         self.max_depth = depth
         self.conns: list[PipelinedConnection] = []
