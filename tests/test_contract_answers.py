@@ -2,7 +2,8 @@
 real CLI:
 
 - `reset-evidence` on a group (its name or a member's) answers as the group, like `rollback` and
-  `resume`: `name` and `route` the group's, `group`, `routes`, `weight`, `state`, `members`.
+  `resume`: `name` and `route` the group's, `group`, `routes`, `weight`, `state`, `members`;
+  its audit entry has each member's previous and new step.
 - `gate` on a rolled-back route: the first reason still says since when and why the evidence
   counts, then that the route is rolled back.
 - `gate` while a promotion waits for a second person: `approval` is the pending request (and
@@ -113,6 +114,12 @@ async def test_reset_evidence_on_a_group_answers_as_the_group(grouped, named):
         assert m["step"]["reason"] == "reset-evidence by " + body["audit"]["actor"] + ": g"
     assert body["audit"]["route"] == "cart"
     assert body["audit"]["routes"] == ["cart-read", "cart-write"]
+    # the audit trail has every member's previous and new step, not one member's
+    members = body["audit"]["evidence"]["members"]
+    assert sorted(members) == ["cart-read", "cart-write"]
+    for m, steps in members.items():
+        assert steps["previous_step"]["step"] == before[m]["step"]["id"]
+        assert steps["step"]["id"] == after[m]["step"]["id"]
     assert after["accounts"]["step"] == before["accounts"]["step"]  # not in the group
 
     code, out, err = await run_cli("reset-evidence", named, "--reason", "again", env=env)

@@ -519,19 +519,27 @@ class Runtime(FourEyes, Groups):
                                     "starts new evidence itself)",
                                     {"route": name, "state": "rolled_back"})
             rt = self.state.route(name)
-            old = {"step": rt.step, "since": rt.step_started, "reason": rt.step_reason}
             unit, names = self.unit(name)  # a group is judged afresh whole
+            olds = {}
+            for n in names:
+                m = self.state.route(n)
+                olds[n] = {"step": m.step, "since": m.step_started, "reason": m.step_reason}
+            old = olds[name]
             for n in names:
                 self._new_step(n, f"reset-evidence by {actor}: {reason}")
             unconfirmed = await self._push(names)
             weight = self.effective(name)
+            evidence: dict[str, Any] = {"previous_step": old, "step": views.step_view(rt)}
+            if len(names) > 1:  # a group: the audit shows every member's steps
+                evidence["members"] = {
+                    n: {"previous_step": olds[n], "step": views.step_view(self.state.route(n))}
+                    for n in names}
             # a group answers as the group (its members' route objects), as resume does
             return self._finish(
                 MutationResult(unit, old, views.step_view(rt), extra=self.group_extra(name)),
                 unconfirmed=unconfirmed, action="reset_evidence", actor=actor, reason=reason,
                 route=unit,
-                before=weight, after=weight,
-                evidence={"previous_step": old, "step": views.step_view(rt)},
+                before=weight, after=weight, evidence=evidence,
                 **({"routes": names} if unit != name else {}),
             )
 
