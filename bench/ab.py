@@ -8,6 +8,7 @@ tree is e.g. `git archive HEAD | tar -x -C /tmp/old`. Used for the hot-path log 
 py-spy or perf until Ctrl-C. `--shadow` runs `bench.run`'s strangler_shadow instead: the small-body
 route mirrors every request to a second upstream nginx (CPU 1) that answers the same, and each
 figure comes with the proxy's CPU per request (the mirror's cost without nginx's share of CPU 0).
+`--tracing RATIO` gives the new tree `tracing:` at that sample_ratio (spans to bench/otlp_sink.py).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _start(procs: Procs, work: Path, name: str, tree: Path, up: servers.Upstream,
-           big: bool, env: dict[str, str], shadow_url: str | None = None) -> tuple[str, int]:
+           big: bool, env: dict[str, str], shadow_url: str | None = None,
+           extra: dict | None = None) -> tuple[str, int]:
     port, admin = free_port(), free_port()
     cfg = servers.strangler_config(port=port, admin_port=admin, state_dir=work / f"st-{name}",
                                    up=up, shadow_url=shadow_url)
+    cfg.update(extra or {})
     cfg_path = work / f"{name}.yaml"
     import yaml
 
@@ -61,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shadow", action="store_true",
                    help="every request of the small-body route mirrored (bench.run's "
                    "strangler_shadow)")
+    p.add_argument("--tracing", type=float, metavar="RATIO",
+                   help="the new tree with `tracing:` at this sample_ratio, exporting to "
+                   "bench/otlp_sink.py (CPU 1): what tracing costs, when --new is --old")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
     servers.chmod_for_nginx_workers(work)
@@ -79,9 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         shadow_url = None
         if args.shadow:
             shadow_url = servers.start_upstream(procs, work, "shadow-upstream", "1").small_url
+        traced: dict = {}
+        if args.tracing is not None:
+            sink_port = free_port()
+            procs.start("otlp-sink", [sys.executable, "-m", "bench.otlp_sink", str(sink_port)],
+                        "1", env={"PYTHONPATH": str(REPO)})
+            traced = {"tracing": {"otlp_endpoint": f"http://127.0.0.1:{sink_port}",
+                                  "sample_ratio": args.tracing}}
         for name, tree in (("old", args.old), ("new", args.new)):
             urls[name], pid = _start(procs, work, name, tree.resolve(), up, args.big,
-                                     env if name == "new" else {}, shadow_url)
+                                     env if name == "new" else {}, shadow_url,
+                                     traced if name == "new" else None)
             pids[name] = [pid]
         if args.hold:
             for name in urls:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import aiohttp
@@ -256,3 +257,33 @@ async def test_diffs_show_field_counts_and_export_regression_tests(proxy, tmp_pa
                                    env=env(proxy, READ))
     assert code == 0, err
     assert "wrote" in out and "GET " in dest.read_text()
+
+
+async def test_history_text_shows_what_each_change_stood_on(proxy):
+    # The gate rolls cart back on its evidence (target answers 500); an operator resets
+    # balance's evidence. The text table must show both, not only --json.
+    async with aiohttp.ClientSession() as s:
+        for _ in range(200):
+            async with s.get(proxy.url + "/api/v1/cart") as r:
+                await r.read()
+    proxy.server.flush()
+    code, _, _ = await run_cli("promote", "cart", env=env(proxy))
+    assert code == 1 and proxy.runtime.rolled_back("cart")
+    before = proxy.runtime.state.route("balance").step
+    code, _, err = await run_cli("reset-evidence", "balance", "--reason", "fixed",
+                                 env=env(proxy))
+    assert code == 0, err
+    after = proxy.runtime.state.route("balance").step
+    code, out, err = await run_cli("history", env=env(proxy, READ))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[-1] == "EVIDENCE"
+    rollback = next(ln for ln in lines if " rollback " in ln and " cart " in ln)
+    m = re.search(r"fail: target (\d+) req 100\.00% err p99 [\d.]+ms; legacy (\d+) req "
+                  r"0\.00% err p99 [\d.]+ms; (\d+) fell back to legacy; p99 x[\d.]+$", rollback)
+    assert m is not None, rollback
+    target, legacy, fell_back = map(int, m.groups())
+    # every request target failed was answered by legacy instead
+    assert target == fell_back > 0 and legacy == 200
+    reset = next(ln for ln in lines if " reset_evidence " in ln)
+    assert reset.endswith(f"step {before} -> {after}"), reset

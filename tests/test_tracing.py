@@ -247,9 +247,20 @@ async def test_access_log_carries_the_trace_id(proxy_process, upstreams, collect
     mono = await upstreams("monolith")
     svc = await upstreams("svc")
     proxy = await proxy_process(config(mono, svc, f"http://127.0.0.1:{collector.port}"))
+    unsampled = CLIENT_TP[:-2] + "00"  # the caller decided: not traced
+    assert await get(proxy.url + "/balance/0", {"traceparent": unsampled}) == 200
     assert await get(proxy.url + "/balance/1", {"traceparent": CLIENT_TP}) == 200
+    assert await get(proxy.url + "/balance/2?x=1", {"traceparent": CLIENT_TP}) == 200
     await proxy.stop()
-    lines = [json.loads(x) for x in proxy.stdout_path.read_text().splitlines()
-             if '"access"' in x]
-    assert lines[-1]["trace_id"] == CLIENT_TP[3:35]
+    text = proxy.stdout_path.read_text()
+    lines = [json.loads(x) for x in text.splitlines() if '"access"' in x]
+    plain, traced, queried = lines[-3:]
+    assert "trace_id" not in plain
+    assert traced["trace_id"] == queried["trace_id"] == CLIENT_TP[3:35]
+    # A sampled request's line is the same line with its trace id: the same keys in the same
+    # order (the usual renderer and the general one, for a query string, agree)
+    keys = list(plain)
+    assert list(traced) == list(queried) == [
+        *keys[:keys.index("fallback") + 1], "trace_id", *keys[keys.index("fallback") + 1:]]
+    assert (traced["path"], queried["query"]) == ("/balance/1", "x=1")
     assert collector.named("GET balance")  # flushed at SIGTERM

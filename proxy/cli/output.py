@@ -351,8 +351,67 @@ def history(entries: list[dict]) -> str:
             actor = f"{actor} @{e['replica']}"
         seq = "pending" if e.get("pending") else e.get("seq")
         rows.append([seq, e.get("time"), actor, e.get("action"),
-                     e.get("route") or "*", change, _short(reason, 70)])
-    return table(["#", "TIME (UTC)", "ACTOR", "ACTION", "ROUTE", "CHANGE", "REASON"], rows)
+                     e.get("route") or "*", change, _short(reason, 70),
+                     _cut(evidence_brief(ev), 120)])
+    return table(["#", "TIME (UTC)", "ACTOR", "ACTION", "ROUTE", "CHANGE", "REASON",
+                  "EVIDENCE"], rows)
+
+
+def _cut(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def evidence_brief(ev: Any) -> str:
+    """An audit entry's evidence in one line: what the decision stood on (requests, error
+    rates, p99, shadow differences), the steps a reset moved between, the toggle or approval
+    it concerns; anything else as compact JSON. `--json` has all of it."""
+    if not ev:
+        return ""
+    if not isinstance(ev, dict):
+        return json.dumps(ev, ensure_ascii=False, default=str)
+    if isinstance(ev.get("evidence"), dict):  # a gate decision: its verdict and its numbers
+        inner = _numbers(ev["evidence"])
+        return f"{ev.get('decision', '?')}: {inner}" if inner else str(ev.get("decision", ""))
+    if "legacy" in ev or "target" in ev:  # numbers themselves (the guardrail's window)
+        return _numbers(ev)
+    if "previous_step" in ev:  # reset-evidence: from which step to which
+        members = ev.get("members")
+        pairs = members.items() if isinstance(members, dict) else [(None, ev)]
+        return "; ".join(
+            (f"{name}: " if name else "")
+            + f"step {(m.get('previous_step') or {}).get('step')} -> "
+            f"{(m.get('step') or {}).get('id')}" for name, m in pairs)
+    if "toggle" in ev:
+        return f"toggle {ev['toggle']}"
+    if isinstance(ev.get("request"), dict):
+        r = ev["request"]
+        return (f"approval {r.get('id')}: {weight(r.get('from_weight'))} -> "
+                f"{weight(r.get('to_weight'))} asked by {r.get('requested_by')}")
+    if isinstance(ev.get("config_hash"), dict):
+        h = ev["config_hash"]
+        return f"config {str(h.get('from'))[:12]} -> {str(h.get('to'))[:12]}"
+    return json.dumps(ev, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+def _numbers(ev: dict) -> str:
+    """Requests, error rate and p99 of each side, the p99 ratio and shadow differences."""
+    parts = []
+    for side in ("target", "legacy"):
+        b = ev.get(side)
+        if isinstance(b, dict) and b.get("requests") is not None:
+            p99 = b.get("p99_seconds")
+            parts.append(f"{side} {b['requests']} req {pct(b.get('error_rate'))} err"
+                         + (f" p99 {ms(p99 * 1000)}" if isinstance(p99, int | float) else ""))
+    if ev.get("fallbacks"):
+        parts.append(f"{ev['fallbacks']} fell back to legacy")
+    ratio = ev.get("p99_ratio")
+    if isinstance(ratio, int | float):
+        parts.append(f"p99 x{ratio:.2f}")
+    sh = ev.get("shadow")
+    if isinstance(sh, dict) and sh.get("enabled"):
+        parts.append(f"shadow {sh.get('mismatched', 0)}/{sh.get('compared', 0)} differ"
+                     + (f", {sh['errors']} errors" if sh.get("errors") else ""))
+    return "; ".join(parts)
 
 
 def _val(v: Any) -> str:
@@ -363,5 +422,5 @@ def _val(v: Any) -> str:
     return str(v)
 
 
-__all__ = ["age", "age_of", "awaiting_approval", "decision", "diffs", "history", "mutation",
-           "status_table", "table", "warning"]
+__all__ = ["age", "age_of", "awaiting_approval", "decision", "diffs", "evidence_brief",
+           "history", "mutation", "status_table", "table", "warning"]

@@ -1297,9 +1297,12 @@ class Exchange:
         trace = self.trace
         if trace is not None:
             trace.tracer.finish(self)
-        if log is not None and pinned is None and trace is None:
+        line = plane.log_line
+        # A sampled request's line is rendered like any other (access_line appends its trace
+        # id), unless it takes the general renderer (a query string, the console format)
+        if log is not None and pinned is None and (trace is None or (
+                self.query is None and line is not None and line.json)):
             self.t_end = now
-            line = plane.log_line
             if line is not None and line.scheduled and line.sample_all and len(line.buf) < 511:
                 line.buf.append(self)  # AccessLog.exchange's usual case, without a call
             else:
@@ -1389,6 +1392,9 @@ class Exchange:
         if not (_json_plain(path) if _C_LOOP else path.isascii() and _QUOTE not in path):
             path = _json_string(path.decode("latin-1"))[1:-1].encode()
         fallback = b"true" if self.target_failed else b"false"
+        trace = self.trace
+        if trace is not None:  # the key the general renderer puts after "fallback"
+            fallback = fallback + b',"trace_id":"' + trace.trace_hex + b'"'
         if _C_LOOP:
             line = self._c_line(state.literals[0 if t_head else 1], names, path, who,
                                 fallback, state.prefix_b, now - second, state.literals_len)
@@ -1411,7 +1417,8 @@ class Exchange:
         when it would not fit in `_LINE_MAX` bytes (a long path or user agent)."""
         buf = cython.declare(cython.char[4096])
         rid: bytes = self.rid
-        if fixed + len(rid) + len(names) + len(path) + len(who) + 256 > _LINE_MAX:
+        if fixed + len(rid) + len(names) + len(path) + len(who) + len(fallback) + 256 > \
+                _LINE_MAX:
             return None
         t0: cython.double = self.t0
         took: cython.longlong = cython.cast(cython.longlong, (self.t_end - t0) * 1e6 + 0.5)
