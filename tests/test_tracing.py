@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import time
 
@@ -17,6 +18,8 @@ import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from bench import servers
+from bench.hotpath import RESPONSE, build
 from proxy.config.spec import TracingSpec
 from proxy.dataplane.tracing import Tracer, parse_traceparent
 from tests.support import free_port, routes_yaml, wait_for
@@ -264,3 +267,31 @@ async def test_access_log_carries_the_trace_id(proxy_process, upstreams, collect
         *keys[:keys.index("fallback") + 1], "trace_id", *keys[keys.index("fallback") + 1:]]
     assert (traced["path"], queried["query"]) == ("/balance/1", "x=1")
     assert collector.named("GET balance")  # flushed at SIGTERM
+
+
+def test_the_data_plane_samples_each_root_request_on_one_draw():
+    """The data plane draws against sample_ratio once per request without `traceparent` and
+    calls the tracer only for those that came out sampled (no call per unsampled request);
+    which requests are traced is exactly the draws under the ratio, as Tracer.sample decides
+    alone. A request carrying `traceparent` is decided by its flag, with no draw."""
+    _, plane = build(10, access_log=True)
+    conn = next(iter(plane.connections))
+    path = servers.bench_paths(10)[0].encode()
+    root = b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % path
+    child = b"GET %s HTTP/1.1\r\nHost: h\r\ntraceparent: %s\r\n\r\n" % (
+        path, CLIENT_TP.encode())
+    spans: list = []
+    plane.use_tracer(Tracer(TracingSpec(otlp_endpoint="http://127.0.0.1:1", sample_ratio=0.25),
+                            spans.append, rand=random.Random(7).random))
+    reference = random.Random(7)  # the same draws, one per root request
+    expected, traced = [], []
+    for i in range(2000):
+        with_parent = i % 10 == 0  # its sampled flag decides
+        conn.data_received(child if with_parent else root)
+        traced.append(conn.cur.trace is not None)
+        expected.append(True if with_parent else reference.random() < 0.25)
+        next(up for pool in plane.pools.values() for up in pool.live
+             if up.sink is not None).data_received(RESPONSE)
+    assert traced == expected
+    assert 600 < sum(traced) < 800  # the 200 children, and ~25% of the 1,800 others
+    assert len(spans) == 2 * sum(traced)  # a SERVER and a CLIENT span each

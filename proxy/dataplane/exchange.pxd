@@ -134,6 +134,7 @@ cdef class Exchange:
 
     # The request path's own calls are C calls (cpdef on a final class); Python callers (the
     # tests, mirror, tracing) call them as before. The types match the .py's annotations.
+    @cython.locals(plane=DataPlane)
     cpdef void read_head(self, ClientConnection conn, bytes method, bytes url, list raw)
     cpdef void _request_line(self, ClientConnection conn, bytes method)
     @cython.locals(name=bytes, value=bytes, lname=bytes, header=tuple, out=list,

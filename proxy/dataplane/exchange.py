@@ -486,9 +486,13 @@ class Exchange:
         ex._target(url, hdict)
         # Before routing: a request refused further on (a bad override pin) has used up its id.
         ex._take_request_id(hdict)
-        tracer = ex.plane.tracer
-        if tracer is not None:
-            ex.trace = tracer.sample(hdict)  # None (no span work at all) unless sampled
+        plane = ex.plane
+        tracer = plane.tracer
+        if tracer is not None:  # None (no span work at all) unless sampled
+            if b"traceparent" in hdict:
+                ex.trace = tracer.sample(hdict)  # the caller's flag decides
+            elif plane.trace_ratio >= 1.0 or plane.trace_rand() < plane.trace_ratio:
+                ex.trace = tracer.sample(hdict, True)  # drawn here: no call for the others
         route = ex._route(method, hdict)
         if route is not None:
             to_target = ex._choose_backend(route, method, hdict, conn_tokens)

@@ -43,6 +43,8 @@ cdef class DataPlane:
     cdef public set tasks
     cdef public object tls
     cdef public object tracer
+    cdef public double trace_ratio
+    cdef public object trace_rand
     cdef public object trusted
     cdef public object xfp
     cdef dict __dict__

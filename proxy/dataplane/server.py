@@ -129,6 +129,9 @@ class DataPlane:
             setattr(self, "now", time.monotonic)  # noqa: B010 (compiled: `now` is a C method)
             setattr(self, "clock", time.monotonic)  # noqa: B010
         self.tracer: Tracer | None = None  # `tracing:`; None: no span work at all
+        # its sample_ratio and draw, read by every request without traceparent (C fields)
+        self.trace_ratio = 0.0
+        self.trace_rand: Any = None
         self._exporter: Any = None  # proxy.dataplane.otlp.OtlpExporter of `tracer`
 
     def now(self) -> float:
@@ -203,7 +206,7 @@ class DataPlane:
         if old is not None and old.spec == spec:
             return
         exporter, self._exporter = self._exporter, None
-        self.tracer = None
+        self.use_tracer(None)
         if exporter is not None:
             self.spawn(exporter.stop())  # what the old one holds is still sent
         if spec is None:
@@ -212,8 +215,13 @@ class DataPlane:
 
         self._exporter = OtlpExporter(spec, self.recorder.trace_spans)
         self._exporter.start()
-        self.tracer = Tracer(spec, self._exporter.add, rand=self.rand)
+        self.use_tracer(Tracer(spec, self._exporter.add, rand=self.rand))
         _log.info("tracing on", endpoint=spec.otlp_endpoint, sample_ratio=spec.sample_ratio)
+
+    def use_tracer(self, tracer: Tracer | None) -> None:
+        self.tracer = tracer
+        self.trace_ratio = tracer.ratio if tracer is not None else 0.0
+        self.trace_rand = tracer.rand if tracer is not None else None
 
     # -- lifetime ------------------------------------------------------------------------
     async def listen(self, host: str, port: int, reuse_port: bool = False) -> None:

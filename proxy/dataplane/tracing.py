@@ -89,7 +89,10 @@ class Tracer:
         self.clock = clock
 
     # -- at the request's head (hot path) ------------------------------------------------
-    def sample(self, hdict: dict[bytes, bytes]) -> Trace | None:
+    def sample(self, hdict: dict[bytes, bytes], drawn: bool = False) -> Trace | None:
+        """`drawn`: the caller has drawn against `ratio` for a request without `traceparent`,
+        and it came out sampled (the data plane does, so that an unsampled request costs no
+        call)."""
         tp = hdict.get(b"traceparent")
         if tp is not None:
             parsed = parse_traceparent(tp)
@@ -98,7 +101,7 @@ class Tracer:
                 if not sampled:
                     return None  # the caller decided: forwarded untouched, no span work
                 return Trace(self, trace_id, self._span_id(), parent, self.clock())
-        if self.ratio < 1.0 and self.rand() >= self.ratio:
+        if not drawn and self.ratio < 1.0 and self.rand() >= self.ratio:
             return None
         return Trace(self, self._trace_id(), self._span_id(), b"", self.clock())
 
