@@ -12,8 +12,12 @@ start-up or warm-up.
 `--bare` runs the same loop on bench/bare_forwarder.py's protocols instead: the floor (parse,
 forward, write, nothing else) measured the same way.
 
+`--tracing RATIO` turns on `tracing:` at that sample_ratio: the count then includes the sampled
+requests' spans and their OTLP encoding (what the exporter does with them off the request path,
+on the same core), so that what tracing costs is a difference of two steady counts.
+
     python -m bench.icount [-n 3000] [--no-access-log] [--no-inventory] [--bare] [--python PY]
-                           [--tree DIR] [--browser-headers]
+                           [--tree DIR] [--browser-headers] [--tracing RATIO]
 """
 
 from __future__ import annotations
@@ -57,15 +61,40 @@ def bare_loop(browser: bool = False) -> Any:
     return loop
 
 
+def traced(loop: Any, plane: Any, ratio: float) -> Any:
+    """`loop` with a tracer at `ratio` on `plane`, its spans OTLP-encoded as they would be
+    exported."""
+    from proxy.config.spec import TracingSpec
+    from proxy.dataplane.otlp import encode
+    from proxy.dataplane.tracing import Tracer
+
+    spans: list = []
+    tracer = Tracer(TracingSpec(otlp_endpoint="http://127.0.0.1:9", sample_ratio=ratio),
+                    spans.append)
+    if hasattr(plane, "use_tracer"):
+        plane.use_tracer(tracer)
+    else:  # a tree from before use_tracer (--tree)
+        plane.tracer = tracer
+
+    def run(n: int) -> None:
+        loop(n)
+        encode(spans, "strangler")
+        spans.clear()
+
+    return run
+
+
 def inner(n: int, access_log: bool, bare: bool, inventory: bool = True,
-          browser: bool = False) -> None:
+          browser: bool = False, tracing: float | None = None) -> None:
     """Runs under valgrind: warm up, then n requests between two dump points."""
     if bare:
         loop = bare_loop(browser)
     else:
         from bench.hotpath import build
 
-        loop, _ = build(10, access_log, inventory, browser=browser)
+        loop, plane = build(10, access_log, inventory, browser=browser)
+        if tracing is not None:
+            loop = traced(loop, plane, tracing)
     loop(WARMUP)
     gc.collect()
     os.getppid()  # callgrind dump: start-up and warm-up
@@ -74,7 +103,7 @@ def inner(n: int, access_log: bool, bare: bool, inventory: bool = True,
 
 
 def count(python: str, tree: Path, n: int, access_log: bool, bare: bool,
-          inventory: bool = True, browser: bool = False) -> float:
+          inventory: bool = True, browser: bool = False, tracing: float | None = None) -> float:
     """Instructions per request: one valgrind run of `inner`."""
     with tempfile.TemporaryDirectory(prefix="icount") as tmp:
         out = Path(tmp) / "cg.out"
@@ -89,6 +118,8 @@ def count(python: str, tree: Path, n: int, access_log: bool, bare: bool,
             cmd.append("--no-inventory")
         if browser:
             cmd.append("--browser-headers")
+        if tracing is not None:
+            cmd += ["--tracing", str(tracing)]
         env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
         done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True,
                               check=False)
@@ -112,22 +143,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bare", action="store_true", help="bench/bare_forwarder.py's protocols")
     p.add_argument("--browser-headers", action="store_true",
                    help="a browser's twelve request headers (bench.hotpath), not Host alone")
+    p.add_argument("--tracing", type=float, metavar="RATIO",
+                   help="tracing on at this sample_ratio, spans OTLP-encoded")
     p.add_argument("--python", default=sys.executable, help="interpreter to count")
     p.add_argument("--tree", type=Path, default=REPO, help="source tree to count (PYTHONPATH)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.inner:
         inner(args.n, not args.no_access_log, args.bare, not args.no_inventory,
-              args.browser_headers)
+              args.browser_headers, args.tracing)
         return 0
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     per = count(args.python, args.tree.resolve(), args.n, not args.no_access_log, args.bare,
-                not args.no_inventory, args.browser_headers)
+                not args.no_inventory, args.browser_headers, args.tracing)
     what = "bare forwarder" if args.bare else (
         "strangler, access log " + ("off" if args.no_access_log else "on")
         + (", inventory off" if args.no_inventory else "")) + (
-        ", a browser's twelve request headers" if args.browser_headers else "")
+        ", a browser's twelve request headers" if args.browser_headers else "") + (
+        f", tracing at {args.tracing:g}" if args.tracing is not None else "")
     print(f"{what}: {per:,.0f} instructions per request ({args.n:,} requests, {args.python})")
     return 0
 

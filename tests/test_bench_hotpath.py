@@ -23,3 +23,23 @@ def test_the_loop_forwards_its_request_heads_and_answers_each(browser: bool) -> 
     for name in forwarded:
         assert b"\r\n" + name + b": " in head, name
     assert (b"\r\nuser-agent: " in head) is browser
+
+
+def test_icount_tracing_traces_and_encodes_what_the_loop_serves(monkeypatch) -> None:
+    """`bench.icount --tracing RATIO` counts tracing's whole cost: every request of the loop
+    sampled at 1.0 sends a traceparent upstream, and its spans are OTLP-encoded, not kept."""
+    from bench import icount
+    from proxy.dataplane import otlp
+
+    encoded: list[int] = []
+    real = otlp.encode
+    monkeypatch.setattr(otlp, "encode", lambda spans, service: encoded.append(len(spans))
+                        or real(spans, service))
+    loop, plane = build(10, access_log=True)
+    run = icount.traced(loop, plane, 1.0)
+    run(3)
+    assert plane.tracer is not None and plane.trace_ratio == 1.0
+    assert encoded == [6]  # a SERVER and a CLIENT span for each of the 3 requests
+    upstream_out = b"".join(b"".join(up.transport.out) for pool in plane.pools.values()
+                            for up in pool.live)
+    assert upstream_out.count(b"\r\ntraceparent: 00-") == 2  # the first was cleared (flush)
