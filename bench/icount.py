@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -69,8 +70,9 @@ def traced(loop: Any, plane: Any, ratio: float) -> Any:
     from proxy.dataplane.tracing import Tracer
 
     spans: list = []
+    rng = random.Random(1)  # the same requests sampled in every count
     tracer = Tracer(TracingSpec(otlp_endpoint="http://127.0.0.1:9", sample_ratio=ratio),
-                    spans.append)
+                    spans.append, rand=rng.random, ids=rng.getrandbits)
     if hasattr(plane, "use_tracer"):
         plane.use_tracer(tracer)
     else:  # a tree from before use_tracer (--tree)

@@ -30,6 +30,15 @@ INTERVAL = 1.0
 _log = structlog.get_logger("strangler.tracing")
 
 
+# Attributes whose value is new in almost every span: added to the span as they are. Any other
+# (route, backend, method, status, upstream, step...) repeats, and its encoded bytes are kept
+# (up to _CACHE_MAX of them, by key, type and value: True and 1 are equal) and appended to the
+# span in one merge: building a KeyValue from Python costs more than the rest of the span.
+_UNIQUE = frozenset({"url.path", "strangler.request_id"})
+_CACHE_MAX = 4096
+_encoded: dict[tuple, bytes] = {}
+
+
 def encode(spans: list[Span], service: str) -> bytes:
     """An ExportTraceServiceRequest with `spans` under one resource (service.name)."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -48,14 +57,39 @@ def encode(spans: list[Span], service: str) -> bytes:
         span = out.add(trace_id=trace_id, span_id=span_id, parent_span_id=parent, name=name,
                        kind=kind, start_time_unix_nano=start, end_time_unix_nano=end)
         add = span.attributes
+        known = []
         for key, value in attrs:
-            _attr(add, key, value)
+            if key in _UNIQUE:
+                _attr(add, key, value)
+                continue
+            cached = _encoded.get((key, type(value), value))
+            if cached is None:
+                cached = _attribute_field(key, value)
+                if cached is None:  # the cache is full: this one as it is
+                    _attr(add, key, value)
+                    continue
+            known.append(cached)
+        if known:
+            span.MergeFromString(b"".join(known))
         for link_trace, link_span in links:
             span.links.add(trace_id=link_trace, span_id=link_span)
         if error is not None:
             span.status.code = 2  # STATUS_CODE_ERROR
             span.status.message = error
     return request.SerializeToString()
+
+
+def _attribute_field(key: str, value: Any) -> bytes | None:
+    """The attribute as a Span's encoded `attributes` field, kept for the next span; None
+    when the cache is full."""
+    if len(_encoded) >= _CACHE_MAX:
+        return None
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanMessage
+
+    one = SpanMessage()
+    _attr(one.attributes, key, value)
+    data = _encoded[(key, type(value), value)] = one.SerializeToString()
+    return data
 
 
 def _attr(attributes: Any, key: str, value: Any) -> None:
