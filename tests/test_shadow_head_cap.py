@@ -10,34 +10,21 @@ proxy reads at most the cap and one read past it.
 from __future__ import annotations
 
 import asyncio
-import json
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from tests.support import free_port, routes_yaml, wait_for
+from tests.test_shadow_pipeline import ROUTES as PIPELINE_ROUTES
+from tests.test_shadow_pipeline import legacy_echo
 
 CAP = 16 * 1024
 CHUNK = 2048
-ROUTES = """
-    version: 1
-    listen: 127.0.0.1:{port}
-    admin: {{listen: "127.0.0.1:{admin}"}}
-    state_dir: state
-    upstreams:
-      monolith: {{url: "http://127.0.0.1:{mono}"}}
-      svc: {{url: "http://127.0.0.1:{svc}", timeout: 30s, max_header_bytes: {cap}}}
-    default_upstream: monolith
-    routes:
-      - name: items
-        match: {{path_prefix: /items}}
-        legacy: monolith
-        target: svc
-        weight: 0
-        shadow: {{sample: 1.0, max_rate: unlimited}}
-    shadow_budget: {{max_rate: unlimited}}
-"""
+# test_shadow_pipeline's routes (every GET on /items mirrored to svc), with svc's head capped
+SVC = 'svc: {{url: "http://127.0.0.1:{svc}"}}'
+assert SVC in PIPELINE_ROUTES
+ROUTES = PIPELINE_ROUTES.replace(
+    SVC, 'svc: {{url: "http://127.0.0.1:{svc}", timeout: 30s, max_header_bytes: {cap}}}')
 
 
 class EndlessHead(asyncio.Protocol):
@@ -110,11 +97,6 @@ class SlowHeadUnderCap(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.task is not None:
             self.task.cancel()
-
-
-async def legacy_echo(request: web.Request) -> web.Response:
-    return web.Response(body=json.dumps({"path": request.raw_path}).encode(),
-                        content_type="application/json")
 
 
 @pytest.mark.parametrize("one_line", [False, True], ids=["many-lines", "one-endless-line"])
