@@ -2,9 +2,9 @@
 
 The primary refuses an answer whose head passes the upstream's `max_header_bytes` (502). The
 pipelined mirror connection must hold the same line: a target that streams header lines
-forever, or one header line that never ends, loses its mirror (an error) and its connection as
-soon as the head passes the cap, not when the mirror's timeout (30 s here) runs out, and the
-proxy reads at most the cap and one read past it.
+forever, one header line that never ends, or interim responses without end loses its mirror
+(an error) and its connection as soon as the head passes the cap, not when the mirror's
+timeout (30 s here) runs out, and the proxy reads at most the cap and one read past it.
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ ROUTES = PIPELINE_ROUTES.replace(
 
 
 class EndlessHead(asyncio.Protocol):
-    """Answers a request with a status line, then header bytes every few milliseconds until
-    the proxy closes the connection (or 20 s pass). `one_line`: a single header line that
-    never ends; otherwise many short, complete header lines."""
+    """Answers a request with head bytes every few milliseconds until the proxy closes the
+    connection (or 20 s pass). `how`: "one-endless-line", a status line then a single header
+    line that never ends; "many-lines", a status line then many short, complete header lines;
+    "interims", bare `100 Continue` interim responses, one after another, and no final one."""
 
-    def __init__(self, sent: list[int], closed: list[float], one_line: bool) -> None:
+    def __init__(self, sent: list[int], closed: list[float], how: str) -> None:
         self.sent = sent
         self.closed = closed
-        self.one_line = one_line
+        self.how = how
         self.task: asyncio.Task | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -47,8 +48,12 @@ class EndlessHead(asyncio.Protocol):
 
     async def stream(self) -> None:
         loop = asyncio.get_running_loop()
-        self.transport.write(b"HTTP/1.1 200 OK\r\nX-Long: ")  # type: ignore[attr-defined]
-        piece = b"a" * CHUNK if self.one_line else b"a" * (CHUNK - 2) + b"\r\n" + b"X-More: "
+        if self.how == "interims":
+            piece = b"HTTP/1.1 100 Continue\r\n\r\n" * (CHUNK // 25)
+        else:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nX-Long: ")  # type: ignore[attr-defined]
+            piece = (b"a" * CHUNK if self.how == "one-endless-line"
+                     else b"a" * (CHUNK - 2) + b"\r\n" + b"X-More: ")
         end = loop.time() + 20
         while not self.transport.is_closing() and loop.time() < end:
             self.transport.write(piece)  # type: ignore[attr-defined]
@@ -99,14 +104,14 @@ class SlowHeadUnderCap(asyncio.Protocol):
             self.task.cancel()
 
 
-@pytest.mark.parametrize("one_line", [False, True], ids=["many-lines", "one-endless-line"])
+@pytest.mark.parametrize("how", ["many-lines", "one-endless-line", "interims"])
 async def test_mirror_answer_head_past_the_cap_is_an_error_not_a_wait(upstreams, inproc_proxy,
-                                                                      one_line):
+                                                                      how):
     sent = [0]
     closed: list[float] = []
     port = free_port()
     server = await asyncio.get_running_loop().create_server(
-        lambda: EndlessHead(sent, closed, one_line), "127.0.0.1", port)
+        lambda: EndlessHead(sent, closed, how), "127.0.0.1", port)
     try:
         mono = await upstreams("monolith", handler=legacy_echo)
         proxy = await inproc_proxy(routes_yaml(ROUTES, cap=CAP, port=free_port(),

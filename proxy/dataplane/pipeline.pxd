@@ -3,6 +3,7 @@
 cimport cython
 
 cdef Py_ssize_t H_CONTENT_LENGTH, H_TRANSFER_ENCODING  # basics' header codes
+cdef Py_ssize_t INTERIM_MIN
 
 
 @cython.final

@@ -50,6 +50,7 @@ FAST_SERVICE = 0.005  # seconds per response under which the upstream counts as 
 START_SERVICE = 1.0  # the estimate before any response: not fast
 ALPHA = 0.2  # weight of the newest response in the smoothed service time
 COOL_OFF = 30.0  # seconds without pipelining after a pipelined connection failed
+INTERIM_MIN = len(b"HTTP/1.1 100\r\n\r\n")  # the fewest bytes of an interim head llhttp takes
 
 
 class PipelinedConnection:
@@ -171,6 +172,11 @@ class PipelinedConnection:
         if 100 <= status < 200:
             if status == 101:
                 raise UpstreamBadResponse("101 Switching Protocols to a mirror")
+            # an interim head has no header lines to count, but its status line and blank
+            # line count too: endless bare `100 Continue`s would otherwise never reach the cap
+            self._head_lines += INTERIM_MIN
+            if self._head_lines > self.pool.max_head:
+                raise self._too_large()
             return
         self._close_delimited = not self._framed and status not in (204, 304)
         self._framed = False
