@@ -10,7 +10,7 @@ import random
 
 from proxy.dataplane.inventory import EndpointCounter
 from proxy.dataplane.recorder import Recorder
-from shadow.stats import LATENCY
+from shadow.stats import DIFFERENCE, LATENCY
 
 
 def _reference(calls: list[tuple]) -> tuple[dict, dict]:
@@ -134,3 +134,27 @@ def test_inventory_slots_count_each_method_status_and_latency_of_a_path() -> Non
     inv.count(b"GET", b"/accounts/3", "accounts", "target", 200, 0.02)  # a new one, same key
     (row,) = inv.take()
     assert row[:6] == ["GET", "/accounts/{id}", "accounts", "target", 2, 0]
+
+
+def test_paired_latency_is_counted_in_the_difference_grid_bucket() -> None:
+    """A mirror's paired latency (target minus legacy, signed seconds) lands in
+    `DIFFERENCE.index`'s bucket, which the gate and /metrics read, for any difference: on and
+    around every bucket edge, both signs, zero, and past the grid's ends. The recorder computes
+    the index itself (compiled, in C): a bucket off by one would shift every paired quantile."""
+    values = [0.0, 1e-9, 60.0, 1e3, 1e9]
+    for edge in DIFFERENCE.bounds:
+        values += [edge, math.nextafter(edge, 0.0), math.nextafter(edge, math.inf), edge * 1.5]
+    rng = random.Random(11)
+    values += [10 ** rng.uniform(-7, 2) for _ in range(2_000)]
+    values += [-v for v in values]
+    rec = Recorder()
+    expected: dict = {}
+    for v in values:
+        rec.paired_latency("payments", 7, v)
+        i = DIFFERENCE.index(v)
+        expected[i] = expected.get(i, 0) + 1
+    counts, up, down = rec.take().paired[("payments", 7)]
+    assert counts == expected
+    assert math.isclose(up, sum(v for v in values if v > 0))
+    assert math.isclose(down, -sum(v for v in values if v <= 0))
+

@@ -4,7 +4,8 @@
 cimport cython
 
 from proxy.dataplane.exchange cimport Exchange
-from proxy.dataplane.pipeline cimport PipelinePool, PipelinedConnection
+from proxy.dataplane.pipeline cimport PipelinedConnection, PipelineLeg, PipelinePool
+from proxy.dataplane.recorder cimport Recorder
 from proxy.dataplane.table cimport CompiledRoute
 from proxy.dataplane.upstream cimport UpstreamPool
 
@@ -57,17 +58,14 @@ cdef class _Job:
     cdef public object trace
 
 
-@cython.final
-cdef class _Leg:
-    cdef public int attempt
+# not final: Cython takes a final subclass's overrides of its base's cpdef methods for errors
+cdef class _Leg(PipelineLeg):  # attempt, done, head, sent_at: PipelineLeg's
     cdef public bint behind
     cdef public list chunks
     cdef public object conn
     cdef public double deadline
-    cdef public bint done
     cdef public object error
     cdef public bint got_bytes
-    cdef public bytes head
     cdef public list headers
     cdef public _Job job
     cdef public Py_ssize_t limit
@@ -75,7 +73,6 @@ cdef class _Leg:
     cdef public PipelinePool pipe
     cdef public UpstreamPool pool
     cdef public double seconds
-    cdef public double sent_at
     cdef public Py_ssize_t size
     cdef public object span
     cdef public double started
@@ -83,7 +80,9 @@ cdef class _Leg:
     cdef public bint truncated
 
     cpdef void start(self)
-    cpdef void on_written(self, conn, double now)
+    cpdef void on_written(self, PipelinedConnection conn, double now)
+    cpdef void on_pipelined_head(self, int status, list headers)
+    cpdef void on_upstream_lost(self, exc)
     cpdef void send(self, conn)
     @cython.locals(room=Py_ssize_t)
     cpdef void on_upstream_body(self, bytes data)
@@ -95,7 +94,7 @@ cdef class _Leg:
 
 cdef class Mirror:
     cdef public object config
-    cdef public object recorder
+    cdef public Recorder recorder
     cdef public object rand
     cdef public Py_ssize_t workers
     cdef public object link
@@ -138,6 +137,8 @@ cdef class Mirror:
 
 cdef bint _COMPILED
 
+@cython.locals(name=bytes)
+cpdef bint _traced(headers)
 @cython.locals(body=bytes, c=_Compiled)
 cpdef bint _identical(_Job job, _Leg leg)
 @cython.locals(data=bytes, out=list, n=Py_ssize_t, p="const char*", i=Py_ssize_t,

@@ -39,7 +39,7 @@ from proxy.config.spec import SAFE_METHODS, Config, RouteSpec, UpstreamSpec
 from proxy.dataplane.basics import H_REQUEST_ID
 from proxy.dataplane.comparer_link import ComparerLink
 from proxy.dataplane.headers import header_pairs
-from proxy.dataplane.pipeline import PipelinePool
+from proxy.dataplane.pipeline import PipelinedConnection, PipelineLeg, PipelinePool
 from proxy.dataplane.recorder import Recorder
 from proxy.dataplane.table import CompiledRoute, RouteTable
 from proxy.dataplane.tasks import cancel_tasks
@@ -83,7 +83,7 @@ _SHADOW_HEADER_END = _SHADOW_HEADER + b"\r\n"
 _NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
-def _traced(headers: list[tuple[bytes, bytes]]) -> bool:
+def _traced(headers) -> bool:  # (name, value) pairs
     """The request carries W3C trace context (which a mirror must not copy)."""
     for name, _ in headers:
         if len(name) in (10, 11) and name.lower() in _TRACE_HEADERS:
@@ -151,17 +151,18 @@ class _Job:
         self.pending = 0
 
 
-class _Leg:
+class _Leg(PipelineLeg):
     """One mirrored request on one upstream, and the sink of the connection carrying it:
     keeps status, headers and up to `limit` bytes of body (then stops: the connection is
-    dropped rather than read to the end)."""
+    dropped rather than read to the end). `attempt`, `done`, `head` and `sent_at` are
+    PipelineLeg's."""
 
     is_tunnel = False
     wbuf = None
 
-    __slots__ = ("attempt", "behind", "chunks", "conn", "deadline", "done", "error",
-                 "got_bytes", "head", "headers", "job", "limit", "mirror", "pipe", "pool",
-                 "seconds", "sent_at", "size", "span", "started", "status", "truncated")
+    __slots__ = ("behind", "chunks", "conn", "deadline", "error", "got_bytes", "headers", "job",
+                 "limit", "mirror", "pipe", "pool", "seconds", "size", "span", "started",
+                 "status", "truncated")
 
     def __init__(self, mirror: Mirror, job: _Job, pool: UpstreamPool, head: bytes,
                  limit: int, pipe: PipelinePool | None = None) -> None:
@@ -215,13 +216,14 @@ class _Leg:
             return
         self.send(conn)
 
-    def on_written(self, conn: Any, now: float) -> None:
+    # (C-typed parameters unannotated: mirror.pxd and pipeline.pxd type them)
+    def on_written(self, conn: PipelinedConnection, now) -> None:
         """Written on a pipelined connection: the deadline starts now."""
         self.conn = conn
         self.sent_at = now
         self.started = time.monotonic()
         self.behind = bool(conn.waiting)
-        self.deadline = now + self.pipe.spec.timeout  # type: ignore[union-attr]
+        self.deadline = now + self.pipe.timeout  # type: ignore[union-attr]
         self.mirror.in_flight.add(self)
 
     def send(self, conn: UpstreamConnection) -> None:
@@ -246,7 +248,7 @@ class _Leg:
         self.headers = header_pairs(lines)
         self.headers += [(n.lower(), v) for code, n, v in special if code != H_REQUEST_ID]
 
-    def on_pipelined_head(self, status: int, headers: list) -> None:
+    def on_pipelined_head(self, status, headers: list) -> None:
         """The head of an answer on a pipelined connection, as (lower-cased name, value)."""
         self.got_bytes = True
         self.status = status
@@ -274,7 +276,7 @@ class _Leg:
         self._release(reusable)
         self.finish(None)
 
-    def on_upstream_lost(self, exc: UpstreamError) -> None:
+    def on_upstream_lost(self, exc) -> None:  # an UpstreamError
         if self.done:
             return
         conn, self.conn = self.conn, None

@@ -2,8 +2,11 @@
 # Every attribute stays public: the tests and mirror.py read them as before.
 cimport cython
 
+from proxy.dataplane cimport basics
+
 cdef Py_ssize_t H_CONTENT_LENGTH, H_TRANSFER_ENCODING  # basics' header codes
 cdef Py_ssize_t INTERIM_MIN
+cdef bint _COMPILED
 
 
 @cython.final
@@ -25,8 +28,22 @@ cdef class PipelinedConnection:
     cdef public bint _in_head
     cdef public Py_ssize_t _heads_read
 
-    @cython.locals(heads=list)
+    @cython.locals(heads=list, leg=PipelineLeg)
     cpdef void send(self, list legs, double now)
+
+
+# A request on a pipelined connection: mirror's _Leg extends it (its calls here are C calls).
+cdef class PipelineLeg:
+    cdef public int attempt
+    cdef public bint done
+    cdef public bytes head
+    cdef public double sent_at
+
+    cpdef void on_written(self, PipelinedConnection conn, double now)
+    cpdef void on_pipelined_head(self, int status, list headers)
+    cpdef void on_upstream_body(self, bytes data)
+    cpdef void on_upstream_done(self, bint reusable)
+    cpdef void on_upstream_lost(self, exc)
 
 
 @cython.final
@@ -37,6 +54,7 @@ cdef class PipelinePool:
     cdef public Py_ssize_t max_connections
     cdef public Py_ssize_t max_depth
     cdef public Py_ssize_t max_head
+    cdef public double timeout
     cdef public list conns
     cdef public list queue
     cdef public bint scheduled
@@ -49,10 +67,15 @@ cdef class PipelinePool:
 
     cpdef Py_ssize_t depth(self)
     cpdef void served(self, double seconds)
-    cpdef void submit(self, leg)
+    cpdef void submit(self, PipelineLeg leg)
     cpdef void wake(self)
-    @cython.locals(depth=Py_ssize_t, out=list, batch=list)
+    @cython.locals(depth=Py_ssize_t, out=list, batch=list, leg=PipelineLeg)
     cpdef list _batches(self, list legs)
     @cython.locals(legs=list, batches=list, now=double, i=Py_ssize_t, n=Py_ssize_t,
-                   conn=PipelinedConnection)
+                   conn=PipelinedConnection, leg=PipelineLeg)
     cpdef void _dispatch(self)
+
+
+@cython.locals(n=Py_ssize_t, p="const char*", i=Py_ssize_t, out=bytes, q="char*", j=Py_ssize_t,
+               c="unsigned char")
+cdef bytes _lower(bytes name)

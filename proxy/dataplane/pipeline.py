@@ -27,11 +27,8 @@ from typing import Any
 import httptools
 
 from proxy.config.spec import UpstreamSpec
-from proxy.dataplane.basics import (
-    H_CONTENT_LENGTH,
-    H_TRANSFER_ENCODING,
-    header_code,
-)
+from proxy.dataplane import basics
+from proxy.dataplane.basics import H_CONTENT_LENGTH, H_TRANSFER_ENCODING
 from proxy.dataplane.tls import TlsStore
 from proxy.dataplane.upstream import (
     TlsDial,
@@ -50,7 +47,46 @@ FAST_SERVICE = 0.005  # seconds per response under which the upstream counts as 
 START_SERVICE = 1.0  # the estimate before any response: not fast
 ALPHA = 0.2  # weight of the newest response in the smoothed service time
 COOL_OFF = 30.0  # seconds without pipelining after a pipelined connection failed
+
+try:  # compiled (setup.py): a header name is lower-cased by a C loop
+    import cython
+
+    _COMPILED = cython.compiled
+except ImportError:  # the .py file without Cython installed
+    _COMPILED = False
+if _COMPILED:
+    from cython.cimports.cpython.bytes import PyBytes_AS_STRING, PyBytes_FromStringAndSize
 INTERIM_MIN = len(b"HTTP/1.1 100\r\n\r\n")  # the fewest bytes of an interim head llhttp takes
+
+
+class PipelineLeg:
+    """What a pipelined connection reads and calls on each request it carries (mirror's `_Leg`
+    is one). Compiled, a C base type: those reads and calls are C, not Python attribute
+    lookups (pipeline.pxd)."""
+
+    __slots__ = ("attempt", "done", "head", "sent_at")
+
+    def __init__(self, head: bytes) -> None:
+        self.head = head  # the request as written
+        self.attempt = 0  # 1: a retry, which goes alone on its connection
+        self.done = False  # answered, failed or timed out: not (re)sent
+        self.sent_at = 0.0  # the loop's time when written
+
+    # (C-typed parameters unannotated: pipeline.pxd types them)
+    def on_written(self, conn: PipelinedConnection, now) -> None:
+        raise NotImplementedError
+
+    def on_pipelined_head(self, status, headers: list) -> None:
+        raise NotImplementedError
+
+    def on_upstream_body(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def on_upstream_done(self, reusable) -> None:
+        raise NotImplementedError
+
+    def on_upstream_lost(self, exc) -> None:
+        raise NotImplementedError
 
 
 class PipelinedConnection:
@@ -68,7 +104,7 @@ class PipelinedConnection:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.waiting: deque[Any] = deque()
+        self.waiting: deque[PipelineLeg] = deque()
         self.unsent: list[bytes] = []  # heads written once connected
         self.closed = False
         self.last_done = 0.0
@@ -88,7 +124,7 @@ class PipelinedConnection:
         self._in_head = True
         self._heads_read = 0
 
-    def send(self, legs: list[Any], now: float) -> None:
+    def send(self, legs: list, now: float) -> None:
         heads = []
         for leg in legs:
             leg.on_written(self, now)
@@ -146,7 +182,8 @@ class PipelinedConnection:
         self.pool.forget(self)
         waiting, self.waiting = self.waiting, deque()
         if waiting and self._close_delimited:
-            waiting.popleft().on_upstream_done(False)  # its body ended with the connection
+            leg: PipelineLeg = waiting.popleft()
+            leg.on_upstream_done(False)  # its body ended with the connection
         error: UpstreamError = UpstreamReset("upstream closed a pipelined connection")
         if waiting and isinstance(exc, ssl.SSLError) and self.pool.dial is not None:
             error = UpstreamTlsError(self.pool.dial.failed(exc))
@@ -159,10 +196,10 @@ class PipelinedConnection:
         self._head_lines += len(name) + len(value) + 4
         if self._head_lines > self.pool.max_head:
             raise self._too_large()
-        code = header_code(name)
+        code = basics.header_code(name)
         if code == H_CONTENT_LENGTH or code == H_TRANSFER_ENCODING:
             self._framed = True
-        self._headers.append((name.lower(), value))
+        self._headers.append((_lower(name), value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -183,16 +220,18 @@ class PipelinedConnection:
         self._in_head = False  # an interim head counts towards the final one's cap, as upstream
         self._head_lines = 0
         self._head_span = 0
-        self.waiting[0].on_pipelined_head(status, headers)
+        leg: PipelineLeg = self.waiting[0]
+        leg.on_pipelined_head(status, headers)
 
     def on_body(self, body: bytes) -> None:
-        self.waiting[0].on_upstream_body(body)
+        leg: PipelineLeg = self.waiting[0]
+        leg.on_upstream_body(body)
 
     def on_message_complete(self) -> None:
         if 100 <= self.parser.get_status_code() < 200:
             return
         self._in_head = True
-        leg = self.waiting.popleft()
+        leg: PipelineLeg = self.waiting.popleft()
         if self.fresh:
             self.fresh = False
             self.pool.keep_session(self)
@@ -209,7 +248,8 @@ class PipelinedConnection:
     def fail(self, exc: Exception) -> None:
         """A broken response: its leg fails, the connection goes (the rest retry)."""
         if self.waiting:
-            self.waiting.popleft().on_upstream_lost(exc)
+            leg: PipelineLeg = self.waiting.popleft()
+            leg.on_upstream_lost(exc)
         self.abort()
 
     def abort(self) -> None:
@@ -222,7 +262,7 @@ class PipelinePool:
 
     __slots__ = ("_call_soon", "closed", "conns", "dial", "max_connections", "max_depth",
                  "max_head", "name", "no_pipelining_until", "now", "queue", "scheduled",
-                 "service", "spec", "tasks")
+                 "service", "spec", "tasks", "timeout")
 
     def __init__(self, spec: UpstreamSpec, max_connections: int, depth: int = DEPTH,
                  tls: TlsStore | None = None) -> None:
@@ -230,10 +270,11 @@ class PipelinePool:
         self.dial = TlsDial(spec, tls or TlsStore()) if spec.tls is not None else None
         self.name = spec.name
         self.max_head = spec.max_header_bytes
+        self.timeout = spec.timeout  # a leg's deadline after its write (seconds)
         self.max_connections = min(max_connections, spec.max_connections)
         self.max_depth = depth
         self.conns: list[PipelinedConnection] = []
-        self.queue: list[Any] = []
+        self.queue: list[PipelineLeg] = []
         self.scheduled = False
         self.service = START_SERVICE
         self.no_pipelining_until = 0.0
@@ -251,7 +292,7 @@ class PipelinePool:
     def served(self, seconds: float) -> None:
         self.service += ALPHA * (seconds - self.service)
 
-    def submit(self, leg: Any) -> None:
+    def submit(self, leg: PipelineLeg) -> None:
         self.queue.append(leg)
         self.wake()
 
@@ -261,11 +302,11 @@ class PipelinePool:
             self.scheduled = True
             self._call_soon(self._dispatch)
 
-    def _batches(self, legs: list[Any]) -> list[list[Any]]:
+    def _batches(self, legs: list) -> list:
         """Consecutive legs, `depth()` to a batch; a retried leg goes alone."""
         depth = self.depth()
-        out: list[list[Any]] = []
-        batch: list[Any] = []
+        out: list[list[PipelineLeg]] = []
+        batch: list[PipelineLeg] = []
         for leg in legs:
             if leg.done:
                 continue
@@ -368,3 +409,22 @@ class PipelinePool:
                 conn.transport.close()
         for task in list(self.tasks):
             task.cancel()
+
+
+def _lower(name: bytes) -> bytes:
+    """`name.lower()` (ASCII). Compiled, a C loop: no method lookup and call per header."""
+    if not _COMPILED:
+        return name.lower()
+    n = len(name)
+    p = PyBytes_AS_STRING(name)
+    i = 0
+    while i < n and not (65 <= p[i] <= 90):
+        i += 1
+    if i == n:
+        return name  # already lower-case: the same object
+    out = PyBytes_FromStringAndSize(cython.NULL, n)
+    q = PyBytes_AS_STRING(out)
+    for j in range(n):
+        c = p[j]
+        q[j] = c + 32 if 65 <= c <= 90 else c
+    return out

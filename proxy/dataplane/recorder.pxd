@@ -6,8 +6,12 @@ cimport cython
 from proxy.dataplane cimport libm as math
 
 # C constants (when compiled they are not module attributes; no other module reads them)
-cdef double LAT_BASE, _LOG_BASE
-cdef Py_ssize_t LAT_PER_OCTAVE, LAT_OVERFLOW, CODES, LAT_SIZE
+cdef double LAT_BASE, _LOG_BASE, DIFF_BASE
+cdef Py_ssize_t LAT_PER_OCTAVE, LAT_OVERFLOW, CODES, LAT_SIZE, DIFF_PER_OCTAVE, DIFF_TOP, DIFF_HALF
+
+cdef inline void _bump(dict counts, tuple key)
+@cython.locals(x=double, k=Py_ssize_t)
+cpdef Py_ssize_t _difference_index(double d)
 
 
 @cython.final
@@ -39,3 +43,9 @@ cdef class Recorder:
     cpdef RecorderSlot slot(self, str route, Py_ssize_t step, str backend)
     cpdef void request(self, str route, Py_ssize_t step, str backend, Py_ssize_t code,
                        double seconds)
+    # a mirror's counts (C calls from mirror.py; step stays the caller's int object)
+    cpdef void shadow_result(self, str route, step, str result)
+    cpdef void shadow_error(self, str route, step, str side, str kind)
+    @cython.locals(key=tuple, h=list, i=Py_ssize_t, counts=dict)
+    cpdef void paired_latency(self, str route, step, double difference)
+    cpdef void shadow_skipped(self, str route, str reason)

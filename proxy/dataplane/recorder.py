@@ -25,6 +25,13 @@ LAT_BASE = LATENCY.base
 LAT_PER_OCTAVE = LATENCY.per_octave
 LAT_OVERFLOW = LATENCY.size - 1  # the last bucket: above the top bound
 _LOG_BASE = math.log2(LAT_BASE)
+# DIFFERENCE, a signed grid: bucket HALF + k for a difference d > 0 in magnitude bucket k, and
+# HALF - 1 - k for d <= 0 with -d in bucket k
+DIFF_BASE = DIFFERENCE.base
+DIFF_PER_OCTAVE = DIFFERENCE.per_octave
+DIFF_TOP = DIFFERENCE.top
+DIFF_HALF = DIFFERENCE.half
+assert DIFFERENCE.signed
 
 # A sparse histogram: [{bucket index: count}, sum of the values]
 Sparse = list
@@ -104,6 +111,18 @@ class Delta:
 
 def _bump(counts: dict, key: tuple) -> None:
     counts[key] = counts.get(key, 0) + 1
+
+
+def _difference_index(d: float) -> int:
+    """`DIFFERENCE.index(d)`, the same arithmetic; compiled, C's (a mirror's paired latency)."""
+    x = d if d > 0 else -d
+    if x <= DIFF_BASE:
+        k = 0
+    else:
+        k = math.ceil(math.log2(x / DIFF_BASE) * DIFF_PER_OCTAVE - 1e-9)
+        if k > DIFF_TOP:
+            k = DIFF_TOP + 1
+    return DIFF_HALF + k if d > 0 else DIFF_HALF - 1 - k
 
 
 try:  # compiled (setup.py): a slot's counts are C arrays (recorder.pxd)
@@ -225,8 +244,9 @@ class Recorder:
         h = self.delta.paired.get(key)
         if h is None:
             h = self.delta.paired[key] = [{}, 0.0, 0.0]
-        i = DIFFERENCE.index(difference)
-        h[0][i] = h[0].get(i, 0) + 1
+        i = _difference_index(difference)
+        counts = h[0]
+        counts[i] = counts.get(i, 0) + 1
         if difference > 0:
             h[1] += difference
         else:
