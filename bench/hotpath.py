@@ -10,6 +10,7 @@ not include syscalls, the event loop or the kernel (see the README's log for wrk
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import gc
 import io
@@ -70,6 +71,12 @@ class MemoryTransport:
     def close(self) -> None:
         self.closing = True
 
+    def abort(self) -> None:
+        self.closing = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
 
 class _Url:
     small_url = big_url = "http://127.0.0.1:9/"
@@ -94,21 +101,27 @@ BROWSER_HEADERS = (
 
 
 def build(n_routes: int, access_log: bool, inventory: bool = True,
-          random_paths: bool = False, browser: bool = False) -> tuple[Any, Any]:
+          random_paths: bool = False, browser: bool = False,
+          shadow: bool = False) -> tuple[Any, Any]:
     """A data plane with one client connection and one pooled connection per upstream.
     `random_paths`: every request a new unmatched path of letters, which no id rule folds (the
     inventory's cardinality attack; 20,000 distinct paths, repeating). `browser`: the request
-    carries BROWSER_HEADERS (twelve headers) rather than a Host header alone."""
+    carries BROWSER_HEADERS (twelve headers) rather than a Host header alone. `shadow`: the
+    route mirrors every request (bench.run's strangler_shadow), see `_shadowed`; then `build`
+    and the loop must run inside a running event loop."""
     state = Path(tempfile.mkdtemp(prefix="hotpath"))
     cfg = servers.strangler_config(port=1, admin_port=2, state_dir=state, up=_Url,  # type: ignore[arg-type]
-                                   n_routes=n_routes)
+                                   n_routes=n_routes,
+                                   shadow_url=_Url.small_url if shadow else None)
     if not inventory:
         cfg["inventory"] = {"enabled": False}
     config = load_config(str(state / "routes.yaml"), yaml.safe_dump(cfg))
     recorder = Recorder()
     log = AccessLog(stream=io.StringIO()) if access_log else None
     plane = DataPlane(recorder, log)
-    plane.install(build_table(config, {}, 1, {}))
+    table = build_table(config, {}, 1, {})
+    plane.install(table)
+    mirrored = _shadowed(plane, config, recorder, table) if shadow else None
     conn = ClientConnection(plane)
     conn.connection_made(MemoryTransport())  # type: ignore[arg-type]
     ups = []
@@ -146,6 +159,8 @@ def build(n_routes: int, access_log: bool, inventory: bool = True,
                 req = next(counter)
             conn.data_received(req)
         conn.cur.up.data_received(RESPONSE)  # type: ignore[union-attr]
+        if mirrored is not None:
+            mirrored()
 
     def loop(n: int) -> None:
         for i in range(n):
@@ -154,6 +169,8 @@ def build(n_routes: int, access_log: bool, inventory: bool = True,
                 conn.transport.out.clear()  # type: ignore[union-attr]
                 for up in ups:
                     up.transport.out.clear()  # type: ignore[union-attr]
+                if shadow:
+                    plane.shadow.link.transport.out.clear()  # type: ignore[union-attr]
                 recorder.take()
                 plane.endpoints.take()
                 if log is not None:
@@ -162,6 +179,39 @@ def build(n_routes: int, access_log: bool, inventory: bool = True,
                     log.stream.truncate()
 
     return loop, plane
+
+
+def _shadowed(plane: DataPlane, config: Any, recorder: Recorder, table: Any) -> Any:
+    """The shadow mirror on `plane`, as `strangler serve` attaches it, with in-memory ends: its
+    comparer link writes to a MemoryTransport (no comparer process: identical answers are
+    counted in the data plane and never sent to it), and its pipelined connection to the
+    shadow target is a connected one on a MemoryTransport. Returns what follows each primary
+    answer: the mirror's queued requests written (the end of the event loop's iteration, whose
+    `call_soon` the pool's is replaced by), then the target's answer, the same bytes as the
+    primary's (bench.run's strangler_shadow: identical answers)."""
+    from proxy.dataplane.mirror import Mirror
+    from proxy.dataplane.pipeline import PipelinedConnection
+
+    mirror = Mirror(config, recorder)
+    mirror.now = asyncio.get_running_loop().time
+    mirror.link.transport = MemoryTransport()
+    plane.shadow = mirror
+    mirror.prepare(table)
+    _, pipe = mirror._pools_for("shadow-target")
+    soon: list = []
+    pipe._call_soon = soon.append
+    target = PipelinedConnection(pipe)
+    target.connection_made(MemoryTransport())
+    pipe.conns.append(target)
+
+    def mirrored() -> None:
+        while soon:
+            soon.pop()()
+        if target.waiting:
+            target.data_received(RESPONSE)
+            target.transport.out.clear()  # type: ignore[union-attr]
+
+    return mirrored
 
 
 def main(argv: list[str] | None = None) -> int:

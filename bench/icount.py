@@ -16,8 +16,14 @@ forward, write, nothing else) measured the same way.
 requests' spans and their OTLP encoding (what the exporter does with them off the request path,
 on the same core), so that what tracing costs is a difference of two steady counts.
 
+`--shadow` mirrors every request (bench.run's strangler_shadow; bench.hotpath's `_shadowed`):
+the count then includes the mirror's request written on its pipelined connection, the target's
+answer read and found identical, and its counts, all in memory, inside a uvloop event loop that
+is not let run (so its own iterations are not counted; the pool's end-of-iteration dispatch is
+called after each request).
+
     python -m bench.icount [-n 3000] [--no-access-log] [--no-inventory] [--bare] [--python PY]
-                           [--tree DIR] [--browser-headers] [--tracing RATIO]
+                           [--tree DIR] [--browser-headers] [--tracing RATIO] [--shadow]
 """
 
 from __future__ import annotations
@@ -87,14 +93,23 @@ def traced(loop: Any, plane: Any, ratio: float) -> Any:
 
 
 def inner(n: int, access_log: bool, bare: bool, inventory: bool = True,
-          browser: bool = False, tracing: float | None = None) -> None:
+          browser: bool = False, tracing: float | None = None, shadow: bool = False) -> None:
     """Runs under valgrind: warm up, then n requests between two dump points."""
+    if shadow:
+        import uvloop
+
+        async def in_loop() -> None:
+            inner(n, access_log, bare, inventory, browser, tracing)
+
+        uvloop.run(in_loop())
+        return
     if bare:
         loop = bare_loop(browser)
     else:
         from bench.hotpath import build
 
-        loop, plane = build(10, access_log, inventory, browser=browser)
+        loop, plane = build(10, access_log, inventory, browser=browser,
+                            shadow=_in_a_loop())
         if tracing is not None:
             loop = traced(loop, plane, tracing)
     loop(WARMUP)
@@ -104,8 +119,20 @@ def inner(n: int, access_log: bool, bare: bool, inventory: bool = True,
     os.getppid()  # callgrind dump: the n requests
 
 
+def _in_a_loop() -> bool:
+    """`inner` runs inside the event loop it started for --shadow."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def count(python: str, tree: Path, n: int, access_log: bool, bare: bool,
-          inventory: bool = True, browser: bool = False, tracing: float | None = None) -> float:
+          inventory: bool = True, browser: bool = False, tracing: float | None = None,
+          shadow: bool = False) -> float:
     """Instructions per request: one valgrind run of `inner`."""
     with tempfile.TemporaryDirectory(prefix="icount") as tmp:
         out = Path(tmp) / "cg.out"
@@ -122,6 +149,8 @@ def count(python: str, tree: Path, n: int, access_log: bool, bare: bool,
             cmd.append("--browser-headers")
         if tracing is not None:
             cmd += ["--tracing", str(tracing)]
+        if shadow:
+            cmd.append("--shadow")
         env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
         done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True,
                               check=False)
@@ -147,23 +176,28 @@ def main(argv: list[str] | None = None) -> int:
                    help="a browser's twelve request headers (bench.hotpath), not Host alone")
     p.add_argument("--tracing", type=float, metavar="RATIO",
                    help="tracing on at this sample_ratio, spans OTLP-encoded")
+    p.add_argument("--shadow", action="store_true",
+                   help="every request mirrored, the target answering the same (in memory)")
     p.add_argument("--python", default=sys.executable, help="interpreter to count")
     p.add_argument("--tree", type=Path, default=REPO, help="source tree to count (PYTHONPATH)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.inner:
         inner(args.n, not args.no_access_log, args.bare, not args.no_inventory,
-              args.browser_headers, args.tracing)
+              args.browser_headers, args.tracing, args.shadow)
         return 0
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    if args.shadow and args.bare:
+        p.error("--shadow is strangler's mirror: not with --bare")
     per = count(args.python, args.tree.resolve(), args.n, not args.no_access_log, args.bare,
-                not args.no_inventory, args.browser_headers, args.tracing)
+                not args.no_inventory, args.browser_headers, args.tracing, args.shadow)
     what = "bare forwarder" if args.bare else (
         "strangler, access log " + ("off" if args.no_access_log else "on")
         + (", inventory off" if args.no_inventory else "")) + (
         ", a browser's twelve request headers" if args.browser_headers else "") + (
-        f", tracing at {args.tracing:g}" if args.tracing is not None else "")
+        f", tracing at {args.tracing:g}" if args.tracing is not None else "") + (
+        ", every request mirrored" if args.shadow else "")
     print(f"{what}: {per:,.0f} instructions per request ({args.n:,} requests, {args.python})")
     return 0
 

@@ -125,6 +125,7 @@ def _attributes(source: str, cls: str) -> set[str]:
                                              ("upstream", "UpstreamPool"),
                                              ("recorder", "Recorder"),
                                              ("recorder", "RecorderSlot"),
+                                             ("recorder", "ShadowSlot"),
                                              ("inventory", "EndpointCounter"),
                                              ("inventory", "InventorySlot"),
                                              ("inventory", "PathCell"),
@@ -132,6 +133,7 @@ def _attributes(source: str, cls: str) -> set[str]:
                                              ("table", "CompiledRoute"),
                                              ("table", "_Node"),
                                              ("table", "RouteTable"),
+                                             ("pipeline", "PipelineLeg"),
                                              ("pipeline", "PipelinedConnection"),
                                              ("pipeline", "PipelinePool"),
                                              ("mirror", "TokenBucket"),
@@ -148,7 +150,8 @@ def test_every_attribute_of_a_compiled_class_is_declared_in_its_pxd(module: str,
     here = ROOT / "proxy" / "dataplane"
     attrs = _attributes((here / f"{module}.py").read_text(), cls)
     pxd = (here / f"{module}.pxd").read_text()
-    block = pxd[pxd.index(f"cdef class {cls}:"):]  # not a forward declaration
+    # not a forward declaration; a subclass's own attributes (its base's are the base's)
+    block = pxd[re.search(rf"^cdef class {cls}\b(\(\w+\))?:", pxd, re.M).start():]  # type: ignore[union-attr]
     end = block.find("\ncdef class ")
     block = block[:end] if end > 0 else block  # up to the next class of the same .pxd
     # public attributes, and C arrays (a slot's counts: the .py sets them only without Cython)

@@ -11,7 +11,7 @@ import random
 import pytest
 
 from proxy.dataplane.headers import header_pairs
-from proxy.dataplane.mirror import _picked
+from proxy.dataplane.mirror import _picked, _same_picked
 
 NAMES = (b"content-encoding", b"content-type")
 
@@ -50,3 +50,36 @@ def test_the_scan_agrees_with_header_pairs_on_heads_cut_into_pieces(seed: int) -
     pieces = [p for p in pieces if p] or [head]
     assert _picked(pieces, NAMES) == _reference(pieces, NAMES)
     assert _picked(lines, (b"etag",)) == _reference(lines, (b"etag",))
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_a_mirrored_answer_matches_only_with_the_same_compared_headers(seed: int) -> None:
+    """The mirrored answer's side of the check (its (lower-cased name, value) pairs against the
+    primary's picked headers; compiled, compared in place): the same as building its picked
+    list and comparing the two lists, for the same headers, one more or one fewer, another
+    order, another value, other blanks around a value, a duplicate, a longer or shorter name."""
+    rng = random.Random(seed)
+    words = [b"content-type", b"content-encoding", b"content-typ", b"content-types", b"etag",
+             b"server", b"date"]
+    values = [b"", b"a", b"application/json", b"application/jsoN", b"gzip", b"gzip "]
+    blanks = [b"", b" ", b"\t", b" \t ", b"\x0b"]
+    primary = [(rng.choice(words), rng.choice(values)) for _ in range(rng.randint(0, 5))]
+    lines = [n.title() + b":" + rng.choice([b"", b" "]) + v + rng.choice(blanks) + b"\r\n"
+             for n, v in primary]
+    picked = _picked(lines, NAMES)
+    for _ in range(20):
+        mirrored = [(n, rng.choice(blanks[:4]) + v + rng.choice(blanks)) for n, v in primary]
+        change = rng.randrange(6)
+        if change == 0 and mirrored:
+            mirrored.pop(rng.randrange(len(mirrored)))
+        elif change == 1:
+            mirrored.insert(rng.randint(0, len(mirrored)), (rng.choice(words), rng.choice(values)))
+        elif change == 2 and len(mirrored) > 1:
+            i, j = rng.sample(range(len(mirrored)), 2)
+            mirrored[i], mirrored[j] = mirrored[j], mirrored[i]
+        elif change == 3 and mirrored:
+            i = rng.randrange(len(mirrored))
+            mirrored[i] = (mirrored[i][0], rng.choice(values))
+        expected = picked == [(n, v.strip()) for n, v in mirrored if n in NAMES]
+        assert _same_picked(mirrored, NAMES, frozenset(NAMES), picked) is expected
+

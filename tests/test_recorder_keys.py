@@ -158,3 +158,34 @@ def test_paired_latency_is_counted_in_the_difference_grid_bucket() -> None:
     assert math.isclose(up, sum(v for v in values if v > 0))
     assert math.isclose(down, -sum(v for v in values if v <= 0))
 
+
+def test_shadow_slots_count_what_the_keyed_calls_count() -> None:
+    """A mirror counts its matches and paired latencies in the recorder's ShadowSlot of its
+    route and step (held on the route between takes). Each take must hold exactly what
+    `shadow_result(.., "match")` and `paired_latency` would have put in the delta: for a slot
+    held past a take in which it counted nothing, and for two slots of one key."""
+    rng = random.Random(5)
+    keyed, slotted = Recorder(), Recorder()
+    held: dict = {}
+    for batch in range(4):
+        for _ in range(500):
+            route, step = rng.choice(["pay", "kyc"]), rng.choice([1, 1_765_000_000])
+            if batch == 2 and route == "kyc":
+                continue  # kyc's slots idle for a batch: let go by the recorder, still held
+            slot = held.get((route, step))
+            if slot is None or rng.random() < 0.01:  # now and then a fresh one, same key
+                slot = held[(route, step)] = slotted.shadow_slot(route, step)
+            if rng.random() < 0.7:
+                keyed.shadow_result(route, step, "match")
+                slot.match()
+            d = rng.choice([0.0, -1e-7, 3e-4, -0.02, 1.5, 1e4])
+            keyed.paired_latency(route, step, d)
+            slot.pair(d)
+        want, got = keyed.take(), slotted.take()
+        assert got.shadow == want.shadow
+        assert got.paired.keys() == want.paired.keys()
+        for key, (counts, up, down) in want.paired.items():
+            assert got.paired[key][0] == counts
+            assert math.isclose(got.paired[key][1], up) and math.isclose(got.paired[key][2], down)
+    assert slotted.take().empty()
+

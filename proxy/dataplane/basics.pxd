@@ -26,3 +26,4 @@ cpdef int header_code(bytes name)
 @cython.locals(k=Py_ssize_t, i=Py_ssize_t, c=char, q="const char*", end="const char*",
                names=bytes, codes=bytes)
 cdef int code_at(const char* p, Py_ssize_t n) noexcept
+cpdef double monotonic()

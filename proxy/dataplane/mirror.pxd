@@ -4,8 +4,9 @@
 cimport cython
 
 from proxy.dataplane.exchange cimport Exchange
+from proxy.dataplane cimport basics
 from proxy.dataplane.pipeline cimport PipelinedConnection, PipelineLeg, PipelinePool
-from proxy.dataplane.recorder cimport Recorder
+from proxy.dataplane.recorder cimport Recorder, ShadowSlot
 from proxy.dataplane.table cimport CompiledRoute
 from proxy.dataplane.upstream cimport UpstreamPool
 
@@ -33,6 +34,7 @@ cdef class _Compiled:
     cdef public bint pipeline
     cdef public bint reverse
     cdef public double sample
+    cdef public ShadowSlot slot
     cdef public str target
     cdef public bint unsafe_allowed
 
@@ -113,7 +115,7 @@ cdef class Mirror:
     cdef public set tasks
     cdef public dict _compiled
     cdef public object _sweeper
-    cdef public object _idle
+    cdef public object _drained
     cdef public object now
     cdef dict __dict__
 
@@ -137,10 +139,16 @@ cdef class Mirror:
 
 cdef bint _COMPILED
 
+@cython.locals(c=_Compiled, s=ShadowSlot)
+cpdef ShadowSlot _slot(Recorder recorder, _Job job)
 @cython.locals(name=bytes)
 cpdef bint _traced(headers)
 @cython.locals(body=bytes, c=_Compiled)
 cpdef bint _identical(_Job job, _Leg leg)
+@cython.locals(k=Py_ssize_t, m=Py_ssize_t, pair=tuple, n=bytes, size=Py_ssize_t, p="const char*",
+               name=bytes, want=tuple, value=bytes, v="const char*", b=Py_ssize_t,
+               e=Py_ssize_t, other=bytes)
+cpdef bint _same_picked(list headers, tuple names, frozenset name_set, list picked)
 @cython.locals(data=bytes, out=list, n=Py_ssize_t, p="const char*", i=Py_ssize_t,
                at="const void*", end=Py_ssize_t, colon=Py_ssize_t, name=bytes, k=Py_ssize_t,
                v=Py_ssize_t, e=Py_ssize_t)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections import deque
 from dataclasses import replace
 from typing import Any
@@ -36,11 +35,12 @@ from typing import Any
 import structlog
 
 from proxy.config.spec import SAFE_METHODS, Config, RouteSpec, UpstreamSpec
+from proxy.dataplane import basics
 from proxy.dataplane.basics import H_REQUEST_ID
 from proxy.dataplane.comparer_link import ComparerLink
 from proxy.dataplane.headers import header_pairs
 from proxy.dataplane.pipeline import PipelinedConnection, PipelineLeg, PipelinePool
-from proxy.dataplane.recorder import Recorder
+from proxy.dataplane.recorder import Recorder, ShadowSlot
 from proxy.dataplane.table import CompiledRoute, RouteTable
 from proxy.dataplane.tasks import cancel_tasks
 from proxy.dataplane.tls import TlsStore
@@ -61,7 +61,7 @@ except ImportError:  # the .py file without Cython installed
     _COMPILED = False
 if _COMPILED:
     from cython.cimports.cpython.bytes import PyBytes_AS_STRING, PyBytes_FromStringAndSize
-    from cython.cimports.libc.string import memchr
+    from cython.cimports.libc.string import memchr, memcmp
 
 log = structlog.get_logger("strangler.shadow")
 
@@ -85,8 +85,9 @@ _NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 def _traced(headers) -> bool:  # (name, value) pairs
     """The request carries W3C trace context (which a mirror must not copy)."""
-    for name, _ in headers:
-        if len(name) in (10, 11) and name.lower() in _TRACE_HEADERS:
+    for pair in headers:
+        name = pair[0]
+        if (len(name) == 10 or len(name) == 11) and name.lower() in _TRACE_HEADERS:
             return True
     return False
 
@@ -118,7 +119,7 @@ class _Compiled:
     """A route's shadow settings as the hot path reads them (made at table build)."""
 
     __slots__ = ("bucket", "header_list", "header_names", "legacy", "max_body", "methods",
-                 "noise", "pipeline", "reverse", "sample", "target", "unsafe_allowed")
+                 "noise", "pipeline", "reverse", "sample", "slot", "target", "unsafe_allowed")
 
     def __init__(self, spec: RouteSpec) -> None:
         sh = spec.shadow
@@ -137,6 +138,16 @@ class _Compiled:
         self.legacy = spec.legacy  # the upstreams a mirror goes to
         self.target = spec.target
         self.noise = sh.compare.noise_upstream or None
+        self.slot: ShadowSlot | None = None  # the recorder's counts of the route's last step
+
+
+def _slot(recorder: Recorder, job: _Job) -> ShadowSlot:
+    """The recorder's ShadowSlot of `job`'s route and step, kept on the route's _Compiled."""
+    c: _Compiled = job.compiled
+    s = c.slot
+    if s is None or s.step != job.step:
+        s = c.slot = recorder.shadow_slot(job.route, job.step)
+    return s
 
 
 class _Job:
@@ -221,14 +232,14 @@ class _Leg(PipelineLeg):
         """Written on a pipelined connection: the deadline starts now."""
         self.conn = conn
         self.sent_at = now
-        self.started = time.monotonic()
+        self.started = basics.monotonic()
         self.behind = bool(conn.waiting)
         self.deadline = now + self.pipe.timeout  # type: ignore[union-attr]
         self.mirror.in_flight.add(self)
 
     def send(self, conn: UpstreamConnection) -> None:
         self.conn = conn
-        self.started = time.monotonic()
+        self.started = basics.monotonic()
         self.behind = False
         mirror = self.mirror
         self.deadline = mirror.now() + self.pool.timeout
@@ -335,7 +346,7 @@ class _Leg(PipelineLeg):
             return
         self.done = True
         self.error = error
-        self.seconds = time.monotonic() - self.started
+        self.seconds = basics.monotonic() - self.started
         if self.span is not None:
             tracer, span, primary = self.span
             job = self.job
@@ -379,14 +390,14 @@ class Mirror:
         self.tasks: set[asyncio.Task] = set()
         self._compiled: dict[tuple[str, RouteSpec], _Compiled] = {}
         self._sweeper: asyncio.Task | None = None
-        self._idle: asyncio.Event | None = None
+        # stop() waiting for the mirrors running and queued to end (a future only then: an
+        # Event cleared and set per mirror cost two Python calls each)
+        self._drained: asyncio.Future | None = None
         self.now: Any = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.now = loop.time
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._sweeper = loop.create_task(self._sweep())
         await self.link.start()
 
@@ -397,9 +408,11 @@ class Mirror:
     async def stop(self, timeout: float = 5.0) -> None:
         """Finish queued mirrors for up to `timeout`, then drop the rest (logged); then let the
         comparer finish and store what it was given."""
-        if self._idle is not None:
+        if self.running or self.backlog:
+            self._drained = asyncio.get_running_loop().create_future()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout)
+                await asyncio.wait_for(self._drained, timeout)
+            self._drained = None
         left = len(self.backlog) + self.running
         if left:
             log.warning("shadow mirrors dropped at shutdown", count=left)
@@ -552,7 +565,7 @@ class Mirror:
         job.primary_lines = ex.resp_lines or []
         # Paired latency: each side from the write of its request upstream to the last byte of
         # its answer (a fallback's primary from the write of the legacy retry).
-        job.primary_seconds = time.monotonic() - ex.shadow_sent
+        job.primary_seconds = basics.monotonic() - ex.shadow_sent
         chunks = ex.resp_body
         job.primary_body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         # The primary's request head as sent, when it can serve as the mirror's: no body
@@ -608,8 +621,6 @@ class Mirror:
 
     def _run(self, job: _Job) -> None:
         self.running += 1
-        if self._idle is not None:
-            self._idle.clear()
         for leg in job.legs:
             leg.start()
 
@@ -630,8 +641,9 @@ class Mirror:
         backlog = self.backlog
         while backlog and self.running < CONCURRENCY:
             self._run(backlog.popleft())
-        if not self.running and not backlog and self._idle is not None:
-            self._idle.set()
+        drained = self._drained
+        if not self.running and not backlog and drained is not None and not drained.done():
+            drained.set_result(None)
 
     def _result(self, job: _Job) -> None:
         """Count a byte-identical pair here; hand any other to the comparer process."""
@@ -645,10 +657,9 @@ class Mirror:
             self._mirror_back(job.route, mirrored)
         if not mirrored.truncated and not mirrored.behind:  # timed on its own, to its end
             mine = mirrored.seconds - job.primary_seconds
-            self.recorder.paired_latency(job.route, job.step,
-                                         -mine if job.served_by_target else mine)
+            _slot(self.recorder, job).pair(-mine if job.served_by_target else mine)
         if len(job.legs) == 1 and _identical(job, mirrored):
-            self.recorder.shadow_result(job.route, job.step, "match")
+            _slot(self.recorder, job).match()
             self.link.count(job.route, job.step, "match")
             return
         noise = None
@@ -716,10 +727,47 @@ def _identical(job: _Job, leg: _Leg) -> bool:
     if body != job.primary_body:
         return False
     c: _Compiled = job.compiled
-    names = c.header_names
     # Same names in another order only sends the pair to the full comparison.
-    return _picked(job.primary_lines, c.header_list) == [
-        (n, v.strip()) for n, v in leg.headers if n in names]
+    return _same_picked(leg.headers, c.header_list, c.header_names,
+                        _picked(job.primary_lines, c.header_list))
+
+
+def _same_picked(headers: list, names: tuple, name_set: frozenset, picked: list) -> bool:
+    """`picked` (what `_picked` gives: (name, stripped value), `name` the object of `names`) is
+    the (name, stripped value) of each pair of `headers` (lower-cased names) whose name is one
+    of `names` (`name_set`: the same), in order. Compiled, compared in place: no tuple, no
+    stripped copy and no hash per header."""
+    if not _COMPILED:
+        return picked == [(n, v.strip()) for n, v in headers if n in name_set]
+    k = 0
+    m = len(picked)
+    for pair in headers:
+        n = pair[0]
+        size = len(n)
+        p = PyBytes_AS_STRING(n)
+        for name in names:
+            if len(name) == size and memcmp(p, PyBytes_AS_STRING(name), size) == 0:
+                break
+        else:
+            continue
+        if k == m:
+            return False  # more compared headers than the primary's
+        want = picked[k]
+        if want[0] is not name:
+            return False
+        value = pair[1]
+        v = PyBytes_AS_STRING(value)
+        b = 0
+        e = len(value)
+        while b < e and _blank(v[b]):
+            b += 1
+        while e > b and _blank(v[e - 1]):
+            e -= 1
+        other = want[1]
+        if len(other) != e - b or memcmp(v + b, PyBytes_AS_STRING(other), e - b) != 0:
+            return False
+        k += 1
+    return k == m
 
 
 def _picked(lines: list, names: tuple) -> list:

@@ -8,6 +8,7 @@ from proxy.dataplane cimport libm as math
 # C constants (when compiled they are not module attributes; no other module reads them)
 cdef double LAT_BASE, _LOG_BASE, DIFF_BASE
 cdef Py_ssize_t LAT_PER_OCTAVE, LAT_OVERFLOW, CODES, LAT_SIZE, DIFF_PER_OCTAVE, DIFF_TOP, DIFF_HALF
+cdef Py_ssize_t DIFF_SIZE
 
 cdef inline void _bump(dict counts, tuple key)
 @cython.locals(x=double, k=Py_ssize_t)
@@ -34,13 +35,35 @@ cdef class RecorderSlot:
 
 
 @cython.final
+cdef class ShadowSlot:
+    cdef public double down
+    cdef public Py_ssize_t matches
+    cdef long long paired[328]  # DIFF_SIZE: DIFFERENCE.size (recorder.py checks it at import)
+    cdef public Recorder recorder
+    cdef public object route
+    cdef public object step
+    cdef public bint touched
+    cdef public double up
+
+    cpdef void match(self)
+    cpdef void pair(self, double difference)
+    cpdef void _touch(self)
+    @cython.locals(i=Py_ssize_t, c="long long", key=tuple, key2=tuple, h=list, counts=dict)
+    cpdef void drain(self, dict shadow, dict paired)
+
+
+@cython.final
 cdef class Recorder:
     cdef public list active
     cdef public object delta
+    cdef public list shadow_active
+    cdef public dict shadow_slots
     cdef public dict slots
 
     @cython.locals(s=RecorderSlot, key=tuple)
     cpdef RecorderSlot slot(self, str route, Py_ssize_t step, str backend)
+    @cython.locals(s=ShadowSlot, key=tuple)
+    cpdef ShadowSlot shadow_slot(self, str route, step)
     cpdef void request(self, str route, Py_ssize_t step, str backend, Py_ssize_t code,
                        double seconds)
     # a mirror's counts (C calls from mirror.py; step stays the caller's int object)

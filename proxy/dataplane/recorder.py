@@ -135,6 +135,8 @@ except ImportError:  # the .py file without Cython installed
 CODES = 1000  # status codes 0..999 are counted in a slot's array; any other in its dict
 LAT_SIZE = LATENCY.size
 assert LAT_SIZE == 326, "recorder.pxd sizes RecorderSlot.lat to LATENCY.size"
+DIFF_SIZE = DIFFERENCE.size
+assert DIFF_SIZE == 328, "recorder.pxd sizes ShadowSlot.paired to DIFFERENCE.size"
 
 
 class RecorderSlot:
@@ -206,22 +208,99 @@ class RecorderSlot:
         self.total = 0.0
 
 
+class ShadowSlot:
+    """A shadow mirror's counts of one (route, step) since the last `take`: its byte-identical
+    matches, and its paired latency differences (per DIFFERENCE bucket, and the sums of the
+    positive ones and of the others' magnitudes). As for RecorderSlot, counting is a few
+    increments, no key built (the match and paired-latency keys and their dict updates were
+    ~3,000 instructions a mirror); the mirror keeps its route's slot (mirror._Compiled.slot).
+    `take` adds them to the delta's `shadow` (result "match") and `paired`."""
+
+    __slots__ = ("down", "matches", "paired", "recorder", "route", "step", "touched", "up")
+
+    def __init__(self, recorder: Recorder, route: str, step: int) -> None:
+        self.recorder = recorder
+        self.route = route
+        self.step = step
+        self.matches = 0
+        self.up = 0.0
+        self.down = 0.0
+        self.touched = False
+        if not _COMPILED:  # compiled, a C array, zeroed with the object
+            setattr(self, "paired", [0] * DIFF_SIZE)  # noqa: B010
+
+    def match(self) -> None:
+        """One mirrored answer byte-identical to the primary's."""
+        self.matches += 1
+        if not self.touched:
+            self._touch()
+
+    def pair(self, difference: float) -> None:
+        """Target's time minus legacy's on one mirrored request (seconds, signed)."""
+        self.paired[_difference_index(difference)] += 1
+        if difference > 0:
+            self.up += difference
+        else:
+            self.down -= difference
+        if not self.touched:
+            self._touch()
+
+    def _touch(self) -> None:
+        self.touched = True
+        self.recorder.shadow_active.append(self)
+
+    def drain(self, shadow: dict, paired: dict) -> None:
+        """Adds the counts to a Delta's `shadow` and `paired`, and zeroes them."""
+        self.touched = False
+        route, step = self.route, self.step
+        if self.matches:
+            key = (route, step, "match")
+            shadow[key] = shadow.get(key, 0) + self.matches
+            self.matches = 0
+        key2 = (route, step)
+        h = None
+        for i in range(DIFF_SIZE):
+            c = self.paired[i]
+            if c:
+                self.paired[i] = 0
+                if h is None:
+                    h = paired.get(key2)
+                    if h is None:
+                        h = paired[key2] = [{}, 0.0, 0.0]
+                counts = h[0]
+                counts[i] = counts.get(i, 0) + c
+        if h is not None:
+            h[1] += self.up
+            h[2] += self.down
+        self.up = 0.0
+        self.down = 0.0
+
+
 class Recorder:
     """Hot-path counters. A request is counted in its (route, step, backend)'s `RecorderSlot`;
     `take` (every ~200 ms) turns the slots counted since into a `Delta`."""
 
-    __slots__ = ("active", "delta", "slots")
+    __slots__ = ("active", "delta", "shadow_active", "shadow_slots", "slots")
 
     def __init__(self) -> None:
         self.delta = Delta()
         self.slots: dict[tuple[str, int, str], RecorderSlot] = {}
         self.active: list[RecorderSlot] = []  # slots counted in since the last take
+        self.shadow_slots: dict[tuple[str, int], ShadowSlot] = {}
+        self.shadow_active: list[ShadowSlot] = []  # the same, of a shadow mirror
 
     def slot(self, route: str, step: int, backend: str) -> RecorderSlot:
         key = (route, step, backend)
         s = self.slots.get(key)
         if s is None:
             s = self.slots[key] = RecorderSlot(self, route, step, backend)
+        return s
+
+    def shadow_slot(self, route: str, step: int) -> ShadowSlot:
+        key = (route, step)
+        s = self.shadow_slots.get(key)
+        if s is None:
+            s = self.shadow_slots[key] = ShadowSlot(self, route, step)
         return s
 
     def request(self, route: str, step: int, backend: str, code: int, seconds: float) -> None:
@@ -281,4 +360,8 @@ class Recorder:
         # route may still hold one; counted again, it puts itself on `active`, and two slots of
         # one key add up here)
         self.slots = {(s.route, s.step, s.backend): s for s in active}
+        shadow_active, self.shadow_active = self.shadow_active, []
+        for t in shadow_active:
+            t.drain(delta.shadow, delta.paired)
+        self.shadow_slots = {(t.route, t.step): t for t in shadow_active}
         return delta
