@@ -43,3 +43,24 @@ def test_icount_tracing_traces_and_encodes_what_the_loop_serves(monkeypatch) -> 
     upstream_out = b"".join(b"".join(up.transport.out) for pool in plane.pools.values()
                             for up in pool.live)
     assert upstream_out.count(b"\r\ntraceparent: 00-") == 2  # the first was cleared (flush)
+
+
+async def test_icount_shadow_mirrors_each_request_and_counts_it_a_match() -> None:
+    """`bench.icount --shadow` counts a mirror's whole path: every request of the loop is
+    written to the shadow target's pipelined connection, its answer read and found
+    byte-identical (counted for the gate and for the diff store), nothing left in flight."""
+    loop, plane = build(10, access_log=True, shadow=True)
+    mirror = plane.shadow
+    (pipe,) = [p for name, p in mirror.pipes.items() if name == "shadow-target"]
+    (target,) = pipe.conns
+    written: list[bytes] = []
+    write = target.transport.write
+    target.transport.write = lambda data: written.append(data) or write(data)
+    loop(5)
+    assert b"".join(written).count(b"GET /svc/") == 5
+    assert b"".join(written).count(b"\r\nx-strangler-shadow: 1\r\n") == 5
+    assert sum(n for (_, _, result), n in mirror.link.counts.items() if result == "match") == 5
+    delta = plane.recorder.take()  # the loop's flush took the first request's counts
+    assert sum(delta.shadow.values()) == 4 and set(delta.shadow) == {("r00008", 0, "match")}
+    assert sum(delta.paired[("r00008", 0)][0].values()) == 4
+    assert mirror.running == 0 and not mirror.in_flight and not target.waiting
