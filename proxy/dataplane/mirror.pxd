@@ -94,6 +94,7 @@ cdef class _Leg(PipelineLeg):  # attempt, done, head, sent_at: PipelineLeg's
     cpdef void finish(self, BaseException error)
 
 
+@cython.final  # no subclass: its cpdef calls need no look-up for a Python override
 cdef class Mirror:
     cdef public object config
     cdef public Recorder recorder
@@ -119,7 +120,8 @@ cdef class Mirror:
     cdef public object now
     cdef dict __dict__
 
-    @cython.locals(now=double, bucket=TokenBucket, budget=TokenBucket, c=_Compiled)
+    @cython.locals(now=double, bucket=TokenBucket, budget=TokenBucket, c=_Compiled, link=object,
+                   t=object)
     cpdef bint wants(self, CompiledRoute route, bytes method, bint served_by_target)
     @cython.locals(job=_Job, served_by_target=bint, legs=list, body=bytes, route=CompiledRoute,
                    c=_Compiled)
@@ -139,6 +141,11 @@ cdef class Mirror:
 
 cdef bint _COMPILED
 
+@cython.locals(end=bytes, n=Py_ssize_t, k=Py_ssize_t, out=bytes, p="char*")
+cpdef bytes _shadow_head(bytes head)
+@cython.locals(leg=_Leg)
+cpdef _Leg _new_leg(Mirror mirror, _Job job, UpstreamPool pool, bytes head, Py_ssize_t limit,
+                    PipelinePool pipe)
 @cython.locals(c=_Compiled, s=ShadowSlot)
 cpdef ShadowSlot _slot(Recorder recorder, _Job job)
 @cython.locals(name=bytes)

@@ -61,7 +61,7 @@ except ImportError:  # the .py file without Cython installed
     _COMPILED = False
 if _COMPILED:
     from cython.cimports.cpython.bytes import PyBytes_AS_STRING, PyBytes_FromStringAndSize
-    from cython.cimports.libc.string import memchr, memcmp
+    from cython.cimports.libc.string import memchr, memcmp, memcpy
 
 log = structlog.get_logger("strangler.shadow")
 
@@ -363,6 +363,41 @@ class _Leg(PipelineLeg):
         return (self.status, self.headers, body, self.truncated)
 
 
+def _shadow_head(head: bytes) -> bytes:
+    """`head[:-2] + _SHADOW_HEADER_END`: a request head with the shadow header as its last
+    line. Compiled, one new object and two copies (a slice and a sum make two objects)."""
+    if not _COMPILED:
+        return head[:-2] + _SHADOW_HEADER_END
+    end = _SHADOW_HEADER_END
+    n = len(head) - 2
+    k = len(end)
+    out = PyBytes_FromStringAndSize(cython.NULL, n + k)
+    p = PyBytes_AS_STRING(out)
+    memcpy(p, PyBytes_AS_STRING(head), n)
+    memcpy(p + n, PyBytes_AS_STRING(end), k)
+    return out
+
+
+def _new_leg(mirror: Mirror, job: _Job, pool: UpstreamPool, head: bytes, limit,
+             pipe: PipelinePool | None) -> _Leg:
+    """`_Leg(mirror, job, pool, head, limit, pipe)`. Compiled, without the call protocol and
+    its argument parsing: the type's tp_new zeroes the C fields and sets the others to None,
+    then the ones whose start is neither are set here (tests/test_mirror_identical.py checks
+    that both give the same leg)."""
+    if not _COMPILED:
+        return _Leg(mirror, job, pool, head, limit, pipe)
+    leg = _Leg.__new__(_Leg)
+    leg.mirror = mirror
+    leg.job = job
+    leg.pool = pool
+    leg.pipe = pipe
+    leg.head = head
+    leg.limit = limit
+    leg.headers = []
+    leg.chunks = []
+    return leg
+
+
 class Mirror:
     def __init__(self, config: Config, recorder: Recorder, rand: Any = random.random, *,
                  workers: int = 1, log_format: str = "json", log_level: str = "info") -> None:
@@ -523,7 +558,9 @@ class Mirror:
         if budget is not None and not budget.take(now):
             self.recorder.shadow_skipped(route.name, "budget")
             return False
-        if self.link.busy():
+        link = self.link
+        t = link.transport  # link.busy(), without a Python frame per request
+        if t is None or t.is_closing() or t.get_write_buffer_size() >= link.max_pending:
             self.recorder.shadow_skipped(route.name, "comparer_busy")
             return False
         return True
@@ -551,7 +588,7 @@ class Mirror:
             self.recorder.shadow_skipped(route.name, "body_too_large")
             return
         served_by_target = ex.backend == "target"
-        job = _Job()
+        job = _Job.__new__(_Job)  # compiled: no __init__ call; every field is set below
         job.route = route.name
         job.step = ex.step
         job.served_by_target = served_by_target
@@ -560,7 +597,7 @@ class Mirror:
         job.target = target = ex.path if ex.query is None else ex.path + b"?" + ex.query
         job.body = body
         job.req_headers = ex.req_headers
-        job.request_id = ex.request_id
+        job.request_id = ex.rid  # bytes: decoded only for a log line (a property call)
         job.primary_status = ex.status
         job.primary_lines = ex.resp_lines or []
         # Paired latency: each side from the write of its request upstream to the last byte of
@@ -596,7 +633,7 @@ class Mirror:
             pipe = None  # HEAD answers cannot be framed in a pipeline; bodies are not repeated
         if same_head and pool.base_path == primary.base_path and \
                 pool.host_header == primary.host_header:
-            return _Leg(self, job, pool, same_head[:-2] + _SHADOW_HEADER_END, limit, pipe)
+            return _new_leg(self, job, pool, _shadow_head(same_head), limit, pipe)
         parts = [job.method, b" ", pool.base_path, target, b" HTTP/1.1\r\n"]
         host = pool.host_header or job.host
         if host is not None:
@@ -615,7 +652,7 @@ class Mirror:
         if job.body or job.method not in _NO_BODY_METHODS:
             parts.append(b"content-length: %d\r\n" % len(job.body))
         parts.append(b"\r\n")
-        leg = _Leg(self, job, pool, b"".join(parts), limit, pipe)
+        leg = _new_leg(self, job, pool, b"".join(parts), limit, pipe)
         leg.span = span
         return leg
 
@@ -692,7 +729,8 @@ class Mirror:
         if state is None:
             self.failing[job.route] = [0, now]
             log.warning("shadow requests failing", upstream=leg.pool.name,
-                        error=type(leg.error).__name__, request_id=job.request_id,
+                        error=type(leg.error).__name__,
+                        request_id=job.request_id.decode() if job.request_id else None,
                         route=job.route)
             return
         state[0] += 1
