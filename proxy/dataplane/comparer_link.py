@@ -107,7 +107,8 @@ class ComparerLink:
 
     # -- the hot path ---------------------------------------------------------------------------
     def busy(self) -> bool:
-        """The comparer is behind (or gone): a new mirror would be shed anyway."""
+        """The comparer is behind (or gone): a new mirror would be shed anyway. (Mirror.wants
+        reads the same condition inline, once per request: keep the two alike.)"""
         t = self.transport
         return t is None or t.is_closing() or t.get_write_buffer_size() >= self.max_pending
 

@@ -61,16 +61,12 @@ INTERIM_MIN = len(b"HTTP/1.1 100\r\n\r\n")  # the fewest bytes of an interim hea
 
 class PipelineLeg:
     """What a pipelined connection reads and calls on each request it carries (mirror's `_Leg`
-    is one). Compiled, a C base type: those reads and calls are C, not Python attribute
-    lookups (pipeline.pxd)."""
+    is one, and sets these fields). Compiled, a C base type: those reads and calls are C, not
+    Python attribute lookups (pipeline.pxd). `head`: the request as written; `attempt`: 1 for
+    a retry, which goes alone on its connection; `done`: answered, failed or timed out, not
+    (re)sent; `sent_at`: the loop's time when written."""
 
     __slots__ = ("attempt", "done", "head", "sent_at")
-
-    def __init__(self, head: bytes) -> None:
-        self.head = head  # the request as written
-        self.attempt = 0  # 1: a retry, which goes alone on its connection
-        self.done = False  # answered, failed or timed out: not (re)sent
-        self.sent_at = 0.0  # the loop's time when written
 
     # (C-typed parameters unannotated: pipeline.pxd types them)
     def on_written(self, conn: PipelinedConnection, now) -> None:
