@@ -328,6 +328,7 @@ def worker_pids(pid: int) -> list[int]:
             if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
+@pytest.mark.alone  # its answer's time is asserted: a CI host's other tests add their own
 async def test_a_rollback_with_a_frozen_worker_is_saved_audited_and_names_the_worker(
         upstreams, proxy_process):
     """One of two workers does not read its control socket (SIGSTOP: as if its CPU were taken
@@ -353,7 +354,7 @@ async def test_a_rollback_with_a_frozen_worker_is_saved_audited_and_names_the_wo
         assert (body["state"], body["weight"]) == ("rolled_back", 0)
         assert f"pid {frozen}" in body["warning"] and "NOT CONFIRMED" in body["warning"], body
         assert "NOT CONFIRMED" in err  # the CLI prints the warning for the SRE
-        assert took < 10
+        assert took < 10, took  # the worker's 5 s to acknowledge, and the CLI's own start
         _, history = await admin_json(p.admin, "GET", "/admin/history?limit=5")
         [entry] = [e for e in history["entries"] if e["action"] == "rollback"]
         assert [u["pid"] for u in entry["unconfirmed_planes"]] == [frozen]

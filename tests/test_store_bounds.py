@@ -24,7 +24,7 @@ from shadow.comparer import encode
 from shadow.model import Comparison, Difference, Exchange, RequestRecord
 from shadow.redact import Redactor
 from shadow.store import OTHER, DiffStore
-from tests.support import free_port, routes_yaml, wait_for
+from tests.support import free_port, routes_yaml
 
 JSON = (("content-type", "application/json"),)
 REQ = RequestRecord("GET", "/m", (), b"")
@@ -196,11 +196,19 @@ async def test_random_key_maps_keep_the_comparer_small_and_the_counts_exact(
                 assert r.status == 200
                 await r.read()
 
-        async def all_counted() -> bool:
+        async def compared() -> int:
             async with s.get(proxy.admin + "/admin/routes/maps/diffs?all=1") as r:
-                return (await r.json())["compared"] == REQUESTS
+                return (await r.json())["compared"]
 
-        await wait_for(all_counted, timeout=120, interval=0.5)
+        # Each pair is 2 x 20,000 keys walked in Python: on a busy CI host the comparer gets a
+        # share of a core and takes minutes. What is asserted is that none is lost: the count
+        # keeps moving until it is exact (no progress for 60 s fails).
+        seen, since = -1, time.monotonic()
+        while (n := await compared()) != REQUESTS:
+            if n != seen:
+                seen, since = n, time.monotonic()
+            assert time.monotonic() - since < 60, f"stuck at {n} of {REQUESTS} compared"
+            await asyncio.sleep(0.5)
         async with s.get(proxy.admin + "/admin/routes/maps/diffs?limit=5000&all=1") as r:
             view = await r.json()
     peak = _peak_rss_mb(comparer)
