@@ -72,13 +72,20 @@ def traced(loop: Any, plane: Any, ratio: float) -> Any:
     """`loop` with a tracer at `ratio` on `plane`, its spans OTLP-encoded as they would be
     exported."""
     from proxy.config.spec import TracingSpec
+    from proxy.dataplane import basics
     from proxy.dataplane.otlp import encode
     from proxy.dataplane.tracing import Tracer
 
     spans: list = []
-    rng = random.Random(1)  # the same requests sampled in every count
+    rng = random.Random(1)
+    # the same requests sampled in every count, by the data plane's own draw (a tree from
+    # before basics.draw: by a seeded random.random)
+    draws: dict[str, Any] = {"rand": rng.random}
+    if hasattr(basics, "reseed_draws"):
+        basics.reseed_draws(1)
+        draws = {}
     tracer = Tracer(TracingSpec(otlp_endpoint="http://127.0.0.1:9", sample_ratio=ratio),
-                    spans.append, rand=rng.random, ids=rng.getrandbits)
+                    spans.append, ids=rng.getrandbits, **draws)
     if hasattr(plane, "use_tracer"):
         plane.use_tracer(tracer)
     else:  # a tree from before use_tracer (--tree)

@@ -6,6 +6,8 @@ cdef Py_ssize_t _MAX_CODED
 cdef tuple _NAMES_BY_LEN, _CODES_BY_LEN
 cdef unsigned long long _ID_MASK
 cdef tuple _LOW_DIGITS
+cdef unsigned long long _draw_state, _GOLDEN, _MIX1, _MIX2
+cdef double _TWO_POW_M53
 
 
 @cython.final
@@ -27,3 +29,5 @@ cpdef int header_code(bytes name)
                names=bytes, codes=bytes)
 cdef int code_at(const char* p, Py_ssize_t n) noexcept
 cpdef double monotonic()
+@cython.locals(z="unsigned long long")
+cpdef double draw()

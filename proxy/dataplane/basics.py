@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import time
 
@@ -208,6 +209,42 @@ def find_byte(data: bytes, byte) -> int:  # byte: a C int (basics.pxd)
 
 new_request_id = _RequestIds()
 os.register_at_fork(after_in_child=new_request_id.reseed)
+
+# `draw`'s state and constants (compiled: C unsigned 64-bit integers, basics.pxd, whose
+# arithmetic wraps as splitmix64 needs; the .py files use random.random instead)
+_draw_state = 0
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+_TWO_POW_M53 = 1.0 / (1 << 53)
+
+
+def reseed_draws(seed: int | None = None) -> None:
+    """A new random start for `draw` (at import, and in a forked child: no two processes share
+    a sequence); `seed`: a given one, for a benchmark that must draw the same each run."""
+    global _draw_state
+    _draw_state = int.from_bytes(os.urandom(8), "little") if seed is None else seed
+    if seed is not None:
+        random.seed(seed)
+
+
+def draw() -> float:
+    """A uniform draw in [0, 1) for a weighted split or a trace's sampling: what random.random
+    gives, without a Python call when compiled (splitmix64 over a per-process random seed: 53
+    random bits, as random.random has; not for secrets, as random.random is not)."""
+    global _draw_state
+    if _COMPILED:
+        _draw_state += _GOLDEN
+        z = _draw_state
+        z = (z ^ (z >> 30)) * _MIX1
+        z = (z ^ (z >> 27)) * _MIX2
+        z ^= z >> 31
+        return (z >> 11) * _TWO_POW_M53
+    return random.random()
+
+
+reseed_draws()
+os.register_at_fork(after_in_child=reseed_draws)
 
 
 def monotonic() -> float:

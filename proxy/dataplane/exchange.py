@@ -491,7 +491,9 @@ class Exchange:
         if tracer is not None:  # None (no span work at all) unless sampled
             if b"traceparent" in hdict:
                 ex.trace = tracer.sample(hdict)  # the caller's flag decides
-            elif plane.trace_ratio >= 1.0 or plane.trace_rand() < plane.trace_ratio:
+            elif plane.trace_ratio >= 1.0 or (
+                    basics.draw() if plane.trace_c_rand else plane.trace_rand()
+            ) < plane.trace_ratio:
                 ex.trace = tracer.sample(hdict, True)  # drawn here: no call for the others
         route = ex._route(method, hdict)
         if route is not None:
@@ -703,7 +705,7 @@ class Exchange:
         elif key:  # split.choose_target, inlined: a call less per request
             to_target = route.hasher.bucket(key) < bp
         else:
-            draw: cython.double = plane.rand()
+            draw: cython.double = basics.draw() if plane.c_rand else plane.rand()
             to_target = draw * BUCKETS < bp
         pin = route.override
         if pin is not None and pin in hdict:

@@ -35,6 +35,7 @@ cdef class DataPlane:
     cdef public object overrides
     cdef public dict pools
     cdef public object rand
+    cdef public bint c_rand
     cdef public Recorder recorder
     cdef public frozenset req_special
     cdef public list servers
@@ -45,6 +46,7 @@ cdef class DataPlane:
     cdef public object tracer
     cdef public double trace_ratio
     cdef public object trace_rand
+    cdef public bint trace_c_rand
     cdef public object trusted
     cdef public object xfp
     cdef dict __dict__

@@ -100,6 +100,9 @@ class DataPlane:
         line = getattr(access_log, "line", None)
         self.log_line = line if isinstance(line, LineState) else None
         self.rand = rand
+        # Compiled, random.random's draws come from basics.draw (no Python call per request);
+        # any other `rand` (a test's, a seeded one) is called as given
+        self.c_rand = _COMPILED and rand is random.random
         self.table: RouteTable | None = None
         self.config: Config | None = None
         self._set_limits(LimitsSpec())
@@ -132,6 +135,7 @@ class DataPlane:
         # its sample_ratio and draw, read by every request without traceparent (C fields)
         self.trace_ratio = 0.0
         self.trace_rand: Any = None
+        self.trace_c_rand = False  # the tracer's draw is random.random's: basics.draw instead
         self._exporter: Any = None  # proxy.dataplane.otlp.OtlpExporter of `tracer`
 
     def now(self) -> float:
@@ -222,6 +226,7 @@ class DataPlane:
         self.tracer = tracer
         self.trace_ratio = tracer.ratio if tracer is not None else 0.0
         self.trace_rand = tracer.rand if tracer is not None else None
+        self.trace_c_rand = _COMPILED and tracer is not None and tracer.rand is random.random
 
     # -- lifetime ------------------------------------------------------------------------
     async def listen(self, host: str, port: int, reuse_port: bool = False) -> None:
