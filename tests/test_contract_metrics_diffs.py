@@ -92,6 +92,22 @@ async def test_first_scrape_has_every_label_value_the_contract_lists(
     assert not missing, f"{metric}: no {label} series at 0 on the first scrape for {missing}"
 
 
+def test_every_skip_reason_the_data_plane_counts_is_listed() -> None:
+    """The data plane counts a skipped mirror by a literal reason where it decides
+    (proxy/dataplane/*.py, compiled: no constant lookup per request); every such literal must be
+    one /metrics pre-creates and the contract lists, or a new reason would appear on no first
+    scrape and in no document."""
+    from proxy.api.metrics import SKIP_REASONS
+
+    root = Path(__file__).resolve().parent.parent / "proxy" / "dataplane"
+    counted = {m for f in root.glob("*.py")
+               for m in re.findall(r'shadow_skipped\([^,()]+, "(\w+)"\)', f.read_text())}
+    assert {"sampled_out", "comparer_busy", "body_too_large"} <= counted  # the scan finds them
+    listed = set(contract_values("strangler_shadow_skipped_total", "reason"))
+    assert counted - set(SKIP_REASONS) == set(), "not pre-created in proxy/api/metrics.py"
+    assert counted - listed == set(), "not listed in docs/contract.md"
+
+
 async def test_decoded_too_large_is_pre_created_and_counted_on_the_same_series(
         upstreams, inproc_proxy) -> None:
     """The comparer's own skip reason: at 0 from the first scrape, then counted there."""
