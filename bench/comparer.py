@@ -7,6 +7,8 @@ the data plane sends them: decode, compare, de-noise, count, sample, redact, wri
   way new services do: `owner` renamed `owner_name` on 12 of them, a few amounts as strings, an
   extra `source_system`, `lines[]` reversed, `updated_at` different everywhere.
 - `big64k`: the bench's 64 KiB pair (`bench.servers.big_body`): 1,500 items, every amount differs.
+- `randmap20k`: two maps of 20,000 random 12-character keys each (balances keyed by account,
+  say), no key in common: 40,000 differences, all but `max_fields` of them counted as `other`.
 
 Prints the process CPU time per pair (min of --rounds), including the store's writer thread
 (flushed at the end of each round).
@@ -21,7 +23,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import random
 import sqlite3
+import string
 import tempfile
 import time
 from pathlib import Path
@@ -51,9 +55,17 @@ def accounts(drift: bool, n: int = 120) -> bytes:
     return json.dumps(out).encode()
 
 
+def random_map(seed: int, n: int = 20_000) -> bytes:
+    rng = random.Random(seed)
+    alphabet = string.ascii_lowercase + string.digits
+    return json.dumps({"".join(rng.choices(alphabet, k=12)): rng.randrange(1000)
+                       for _ in range(n)}).encode()
+
+
 PAIRS = {
     "list120": (accounts(False), accounts(True)),
     "big64k": (big_body(False), big_body(True)),
+    "randmap20k": (random_map(1), random_map(2)),
 }
 JSON = [(b"content-type", b"application/json")]
 

@@ -414,7 +414,7 @@ class Comparator:
             if skip:
                 continue
             if kb is None:
-                out.add(cpath + self._key(k), "missing", (*at, k), va, None, outer, of)
+                out.add_member(cpath, k, self._key, "missing", at, va, None, outer, of)
                 missing.append((k, va))
             else:
                 self._walk(va, b[kb], (*at, k), cpath + self._key(k), ist, kst, outer, of, out)
@@ -426,7 +426,7 @@ class Comparator:
                 continue
             skip, _, _ = self._child(ign, keys, k)
             if not skip:
-                out.add(cpath + self._key(k), "extra", (*at, k), None, vb, outer, of)
+                out.add_member(cpath, k, self._key, "extra", at, None, vb, outer, of)
                 extra.append((k, vb))
         if missing and extra and len(missing) * len(extra) <= _RENAME_PAIRS:
             out.renamed(cpath, self._key, missing, extra)
@@ -521,12 +521,14 @@ class _Found:
     """The differences of one comparison, grouped by canonical path: at most `cap` groups,
     further occurrences only counted (`overflow`)."""
 
-    __slots__ = ("cap", "groups", "overflow", "red", "renames")
+    __slots__ = ("cap", "groups", "members", "overflow", "red", "renames")
 
     def __init__(self, cap: int, redactor: Redactor) -> None:
         self.cap = cap
         self.red = redactor
         self.groups: dict[tuple[str, str], _Group] = {}
+        # (object's path, key, kind) of each group `add_member` made: at most `cap`
+        self.members: set[tuple[str, str, str]] = set()
         self.overflow = 0
         self.renames: set[tuple[str, str]] = set()
 
@@ -546,6 +548,23 @@ class _Found:
             g.examples.append(at)
         if not g.varies and kind == "value" and not isinstance(a, dict | list) and a != g.first:
             g.varies = True
+
+    def add_member(self, cpath: str, key: str, text: Callable[[str], str], kind: str,
+                   at: tuple, a: object, b: object, outer: int, of: int) -> None:
+        """`add` for the member `key` ("missing" or "extra") of the object at `cpath`; `text`
+        makes a key's path segment. Once there are `cap` groups, a member without one is only
+        counted, its path never built: a map of thousands of random keys differs in each, and
+        building each path was a large part of comparing it. A member's path is its object's
+        and its key's (no other path ends as a member's does), so (cpath, key, kind) names its
+        group exactly."""
+        member = (cpath, key, kind)
+        if len(self.groups) >= self.cap:
+            if member not in self.members:
+                self.overflow += 1
+                return
+        else:
+            self.members.add(member)
+        self.add(cpath + text(key), kind, (*at, key), a, b, outer, of)
 
     def renamed(self, cpath: str, key: Callable[[str], str],
                 missing: list[tuple[str, object]], extra: list[tuple[str, object]]) -> None:
