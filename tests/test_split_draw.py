@@ -4,6 +4,7 @@ data plane (a test's, a seeded one) is still the one that decides."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
@@ -39,12 +40,12 @@ def test_every_process_draws_its_own_sequence() -> None:
     pid = os.fork()
     if pid == 0:  # the child: its next draws, to the parent
         os.close(read)
-        os.write(write, repr([basics.draw() for _ in range(8)]).encode())
+        os.write(write, json.dumps([basics.draw() for _ in range(8)]).encode())
         os._exit(0)
     os.close(write)
     mine = [basics.draw() for _ in range(8)]
     with os.fdopen(read) as f:
-        theirs = eval(f.read())  # our own child's repr of floats
+        theirs = json.loads(f.read())
     os.waitpid(pid, 0)
     assert not set(mine) & set(theirs)
 

@@ -221,7 +221,8 @@ _TWO_POW_M53 = 1.0 / (1 << 53)
 
 def reseed_draws(seed: int | None = None) -> None:
     """A new random start for `draw` (at import, and in a forked child: no two processes share
-    a sequence); `seed`: a given one, for a benchmark that must draw the same each run."""
+    a sequence); `seed`: a given one, for a benchmark that must draw the same each run (it
+    seeds `random` too: the .py files' draw)."""
     global _draw_state
     _draw_state = int.from_bytes(os.urandom(8), "little") if seed is None else seed
     if seed is not None:

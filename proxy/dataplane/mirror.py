@@ -382,8 +382,8 @@ def _new_leg(mirror: Mirror, job: _Job, pool: UpstreamPool, head: bytes, limit,
              pipe: PipelinePool | None) -> _Leg:
     """`_Leg(mirror, job, pool, head, limit, pipe)`. Compiled, without the call protocol and
     its argument parsing: the type's tp_new zeroes the C fields and sets the others to None,
-    then the ones whose start is neither are set here (tests/test_mirror_identical.py checks
-    that both give the same leg)."""
+    then the ones whose start is neither are set here (tests/test_mirror_leg.py checks that
+    both give the same leg)."""
     if not _COMPILED:
         return _Leg(mirror, job, pool, head, limit, pipe)
     leg = _Leg.__new__(_Leg)
